@@ -1,0 +1,8 @@
+"""attnbench: faithful attention variants for vision, and one harness to measure what each costs."""
+
+from attnbench import variants as _variants  # noqa: F401  (registers the variants)
+from attnbench.registry import build_variant, get_variant_spec, list_variants
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "build_variant", "get_variant_spec", "list_variants"]

@@ -1,0 +1,3 @@
+"""The attention variants. Each module registers itself on import; add new ones here, one line each."""
+
+from attnbench.variants import axial, conv, gsa, local, non_local  # noqa: F401

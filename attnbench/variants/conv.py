@@ -1,0 +1,49 @@
+"""3x3 convolution with batch norm: the control every attention variant is compared with.
+
+Paper: "Deep Residual Learning for Image Recognition", He et al., arXiv 1512.03385. The layer is
+the spatial convolution of a ResNet bottleneck (v1.5: the stride, when there is one, is on this
+3x3, as in torchvision), followed by its batch norm.
+
+Deviations: none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from attnbench.registry import VariantConfig, register_variant
+
+
+@dataclass(frozen=True)
+class ConvConfig(VariantConfig):
+    kernel_size: int = 3  # spatial extent of the convolution (pixels, odd)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise ValueError(f"Invalid kernel_size={self.kernel_size}: kernel_size must be a positive odd integer.")
+
+
+@register_variant(
+    "conv",
+    ConvConfig,
+    description="3x3 convolution + batch norm (the ResNet baseline)",
+    paper="Deep Residual Learning for Image Recognition",
+    arxiv="1512.03385",
+    ends_with_norm=True,
+)
+class Conv(nn.Module):
+    """``kernel_size`` x ``kernel_size`` convolution, bias-free, then batch norm."""
+
+    def __init__(self, cfg: ConvConfig):
+        super().__init__()
+        self.cfg = cfg
+        k = cfg.kernel_size
+        self.conv = nn.Conv2d(cfg.dim, cfg.dim, k, stride=cfg.stride, padding=k // 2, bias=False)
+        self.bn = nn.BatchNorm2d(cfg.dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x))

@@ -1,0 +1,81 @@
+"""Non-local block, embedded-Gaussian form.
+
+Paper: "Non-local Neural Networks", Wang, Girshick, Gupta, He, arXiv 1711.07971 (Sections 3.2-3.3).
+
+Mechanism: z = BN(W_z y) + x with y_i = sum_j softmax_j(theta(x_i)^T phi(x_j)) g(x_j); theta, phi
+and g are 1x1 convolutions to half the channels; W_z restores them and is followed by batch norm
+whose scale starts at zero, so the block starts as the identity. With ``subsample`` a 2x2 max-pool
+follows phi and g (not theta), cutting the pairwise work to a quarter, as the paper does in every
+block. No 1/sqrt(d) scaling (embedded Gaussian: exp of the plain dot product).
+
+Implementation: the attention runs through ``torch.nn.functional.scaled_dot_product_attention``
+(scale 1), so backends with fused kernels never hold the N x N matrix.
+
+Deviations: none. (timm's ``NonLocalAttn`` differs: 1/8 channels, scaled logits, no subsampling.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attnbench.registry import VariantConfig, register_variant
+
+
+@dataclass(frozen=True)
+class NonLocalConfig(VariantConfig):
+    reduction: int = 2  # theta, phi and g have dim / reduction channels
+    subsample: bool = True  # 2x2 max-pool after phi and g
+
+    def validate(self) -> None:
+        super().validate()
+        if self.reduction < 1:
+            raise ValueError(f"Invalid reduction={self.reduction}: reduction must be a positive integer.")
+        self.check_divisible("dim", self.dim, "reduction", self.reduction)
+
+
+@register_variant(
+    "nonlocal",
+    NonLocalConfig,
+    description="embedded-Gaussian non-local block: softmax attention over all pixels, residual",
+    paper="Non-local Neural Networks",
+    arxiv="1711.07971",
+    placement="insert",
+    global_receptive_field=True,
+)
+class NonLocalBlock(nn.Module):
+    """Non-local block; output has the input's channels and, with stride 1, its size."""
+
+    def __init__(self, cfg: NonLocalConfig):
+        super().__init__()
+        self.cfg = cfg
+        inner = cfg.dim // cfg.reduction
+        self.theta = nn.Conv2d(cfg.dim, inner, 1)
+        self.phi = nn.Conv2d(cfg.dim, inner, 1)
+        self.g = nn.Conv2d(cfg.dim, inner, 1)
+        self.w_z = nn.Conv2d(inner, cfg.dim, 1)
+        self.bn = nn.BatchNorm2d(cfg.dim)
+        nn.init.zeros_(self.bn.weight)
+
+    def attention_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """theta (B, 1, N, d), phi and g (B, 1, M, d): M = N, or N/4 when subsampled."""
+        phi, g = self.phi(x), self.g(x)
+        if self.cfg.subsample:
+            phi, g = F.max_pool2d(phi, 2), F.max_pool2d(g, 2)
+        return tuple(t.flatten(2).transpose(1, 2).unsqueeze(1) for t in (self.theta(x), phi, g))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        theta, phi, g = self.attention_inputs(x)
+        y = F.scaled_dot_product_attention(theta, phi, g, scale=1.0)  # (B, 1, N, d)
+        return self.finish(x, y)
+
+    def finish(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """z = BN(W_z y) + x, then the optional downsampling."""
+        B, C, H, W = x.shape
+        y = y.squeeze(1).transpose(1, 2).reshape(B, -1, H, W)
+        z = self.bn(self.w_z(y)) + x
+        return F.avg_pool2d(z, 2) if self.cfg.stride == 2 else z

@@ -1,0 +1,155 @@
+"""Every registered variant, against the contract and against a naive implementation of its paper."""
+
+import pytest
+import torch
+
+import attnbench
+from conftest import DEVICE, VARIANTS, randomize_norms
+from naive import NAIVE
+
+TEST_DIM = 16
+TEST_RES = 12
+
+
+def make(name: str, dim: int = TEST_DIM, **options) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return randomize_norms(attnbench.build_variant(name, dim, size=TEST_RES, **options)).to(DEVICE)
+
+
+def test_registry_lists_the_five_variants():
+    assert set(attnbench.list_variants()) >= {"gsa", "local", "nonlocal", "axial", "conv"}
+
+
+def test_shape_and_dtype(variant):
+    m = make(variant).eval()
+    for shape in [(2, TEST_DIM, TEST_RES, TEST_RES), (1, TEST_DIM, 7, 10)]:
+        x = torch.randn(*shape, device=DEVICE)
+        y = m(x)
+        assert y.shape == x.shape and y.dtype == x.dtype
+    m64 = make(variant).double().eval()
+    assert m64(torch.randn(1, TEST_DIM, 6, 6, dtype=torch.float64, device=DEVICE)).dtype == torch.float64
+
+
+def test_stride_two_halves_the_map(variant):
+    m = make(variant, stride=2).eval()
+    assert m(torch.randn(2, TEST_DIM, 8, 12, device=DEVICE)).shape == (2, TEST_DIM, 4, 6)
+
+
+def test_finite_for_large_inputs(variant):
+    m = make(variant).eval()
+    y = m(torch.randn(2, TEST_DIM, TEST_RES, TEST_RES, device=DEVICE) * 1e3)
+    assert torch.isfinite(y).all()
+
+
+def test_every_parameter_gets_a_gradient(variant):
+    m = make(variant).train()
+    x = torch.randn(2, TEST_DIM, 8, 8, device=DEVICE)
+    (m(x) * torch.randn(2, TEST_DIM, 8, 8, device=DEVICE)).sum().backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None, f"{variant}.{name} got no gradient"
+        assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, f"{variant}.{name} got a zero gradient"
+
+
+def test_batch_independence_in_eval(variant):
+    m = make(variant).eval()
+    x = torch.randn(3, TEST_DIM, 9, 9, device=DEVICE)
+    together = m(x)
+    for i in range(3):
+        torch.testing.assert_close(m(x[i : i + 1]), together[i : i + 1], rtol=1e-4, atol=1e-5)
+
+
+CASES = {  # options exercising each variant's paths on tiny inputs
+    "gsa": [{}, {"span": 3}, {"content": False}, {"positional": False}, {"dim_key": 8, "heads": 4}, {"stride": 2}],
+    "local": [{}, {"window": 3}, {"window": 3, "block": 2}, {"stride": 2}],
+    "nonlocal": [{}, {"subsample": False}, {"stride": 2}],
+    "axial": [{}, {"span": 3}, {"stride": 2}],
+    "conv": [{}, {"stride": 2}],
+}
+
+
+def test_every_variant_has_a_naive_reference(variant):
+    assert variant in NAIVE and variant in CASES, f"write a naive implementation of '{variant}' in tests/naive.py"
+
+
+@pytest.mark.parametrize(
+    "variant, options", [(v, o) for v in VARIANTS for o in CASES.get(v, [{}])], ids=lambda p: str(p)
+)
+def test_matches_naive_implementation(variant, options):
+    fields = attnbench.get_variant_spec(variant).options()
+    heads = {"heads": 2} if "heads" in fields and "heads" not in options else {}
+    m = make(variant, dim=8, **heads, **options).double().eval().cpu()
+    x = torch.randn(2, 8, 6, 5, dtype=torch.float64)
+    got = m(x)
+    want = NAIVE[variant](m, x)
+    diff = (got - want).abs().max().item()
+    assert diff < 1e-5, f"{variant} {options}: max abs difference {diff:.3g} from the naive implementation"
+
+
+def _changed_pixels(m, x, at):
+    y0 = m(x)
+    x1 = x.clone()
+    x1[0, :, at[0], at[1]] += 1.0
+    return (m(x1) - y0).abs().amax(dim=(0, 1)) > 1e-9
+
+
+@pytest.mark.parametrize("at", [(0, 0), (4, 5)])
+def test_receptive_field(variant, at):
+    spec = attnbench.get_variant_spec(variant)
+    options = {"window": 3} if variant == "local" else {}
+    m = make(variant, **options).double().eval()
+    x = torch.randn(1, TEST_DIM, 9, 10, dtype=torch.float64, device=DEVICE)
+    changed = _changed_pixels(m, x, at)
+    if spec.global_receptive_field:
+        expected = torch.ones_like(changed)
+    else:
+        reach = {"conv": 1, "local": 1}[variant]
+        rows = (torch.arange(9, device=DEVICE) - at[0]).abs() <= reach
+        cols = (torch.arange(10, device=DEVICE) - at[1]).abs() <= reach
+        expected = rows[:, None] & cols[None, :]
+    assert torch.equal(changed, expected), f"{variant}: outputs changed by pixel {at}:\n{changed.int()}"
+
+
+def test_bf16_forward_on_cpu(variant):
+    m = make(variant).eval().cpu()
+    x = torch.randn(2, TEST_DIM, TEST_RES, TEST_RES)
+    want = m(x)
+    got = m.to(torch.bfloat16)(x.to(torch.bfloat16))
+    assert got.dtype == torch.bfloat16 and torch.isfinite(got).all()
+    rel = (got.float() - want).norm() / want.norm()
+    assert rel < 0.05, f"{variant}: bf16 relative error {rel:.3g}"
+
+
+def test_unknown_variant_lists_names_and_closest():
+    with pytest.raises(KeyError) as err:
+        attnbench.build_variant("gssa", 16)
+    msg = str(err.value)
+    assert "Available: axial, conv, gsa, local, nonlocal" in msg and "Did you mean 'gsa'?" in msg
+
+
+@pytest.mark.parametrize(
+    "name, options, fragment",
+    [
+        ("gsa", {"heads": 3}, "Invalid dim=16: dim must be divisible by heads=3"),
+        ("local", {"window": 0}, "Invalid window=0: window must be a positive odd integer"),
+        ("local", {"window": 4}, "Invalid window=4"),
+        ("axial", {"span": 2}, "Invalid span=2"),
+        ("nonlocal", {"reduction": 3}, "Invalid dim=16: dim must be divisible by reduction=3"),
+        ("conv", {"stride": 3}, "Invalid stride=3: stride must be 1 or 2"),
+        ("gsa", {"content": False, "positional": False}, "at least one branch"),
+        ("gsa", {"size": 0}, "Invalid size=0"),
+    ],
+)
+def test_invalid_option_says_which_and_why(name, options, fragment):
+    with pytest.raises(ValueError, match=fragment.replace("(", r"\(")):
+        attnbench.build_variant(name, 16, **options)
+
+
+def test_unknown_option_is_an_error():
+    with pytest.raises(TypeError, match="Unknown option 'windw' for variant 'local'.*Did you mean 'window'"):
+        attnbench.build_variant("local", 16, windw=7)
+
+
+def test_whole_axis_tables_refuse_a_larger_input():
+    m = attnbench.build_variant("gsa", 16, size=8)
+    with pytest.raises(ValueError, match="input side 9 exceeds size=8"):
+        m(torch.randn(1, 16, 9, 9))
