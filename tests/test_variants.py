@@ -153,3 +153,19 @@ def test_whole_axis_tables_refuse_a_larger_input():
     m = attnbench.build_variant("gsa", 16, size=8)
     with pytest.raises(ValueError, match="input side 9 exceeds size=8"):
         m(torch.randn(1, 16, 9, 9))
+
+
+@pytest.mark.parametrize("variant", ["gsa", "local"])
+def test_chunked_computation_matches_naive(variant, monkeypatch):
+    """Force one image (gsa) or one tile (local) per chunk; train-mode BN must still see the whole batch."""
+    module = {"gsa": "attnbench.variants.gsa", "local": "attnbench.variants.local"}[variant]
+    monkeypatch.setattr(f"{module}.CHUNK_ELEMENTS", 1)
+    m = make(variant, dim=8, heads=2).double().eval().cpu()
+    x = torch.randn(3, 8, 6, 5, dtype=torch.float64)
+    diff = (m(x) - NAIVE[variant](m, x)).abs().max().item()
+    assert diff < 1e-5, f"{variant}: max abs difference {diff:.3g}"
+    m.train()
+    monkeypatch.setattr(f"{module}.CHUNK_ELEMENTS", 1 << 30)
+    whole = m(x)
+    monkeypatch.setattr(f"{module}.CHUNK_ELEMENTS", 1)
+    torch.testing.assert_close(m(x), whole)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnbench.registry import VariantConfig, register_variant
-from attnbench.variants._relative import check_fits, relative_to_absolute, table_entries, window_mask
+from attnbench.variants._common import check_fits, pointwise, relative_to_absolute, table_entries, window_mask
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class AxialLayer(nn.Module):
         B, C, H, W = x.shape
         h, d = self.cfg.heads, self.head_dim
         check_fits("axial", H, self.cfg.span, self.cfg.size)
-        qkv = self.bn_qkv(self.qkv(x)).reshape(B, h, 2 * d, H, W).permute(0, 4, 1, 3, 2)  # (B, W, h, H, 2d)
+        qkv = self.bn_qkv(pointwise(self.qkv, x)).reshape(B, h, 2 * d, H, W).permute(0, 4, 1, 3, 2)  # (B, W, h, H, 2d)
         q, k, v = qkv.split([d // 2, d // 2, d], dim=-1)
         rel = relative_to_absolute(self.relative, H)  # (H_query, H_key, 2d)
         r_q, r_k, r_v = rel.split([d // 2, d // 2, d], dim=-1)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnbench.registry import VariantConfig, register_variant
-from attnbench.variants._relative import check_fits, relative_to_absolute, table_entries
+from attnbench.variants._common import check_fits, pointwise, relative_to_absolute, table_entries
 
 
 @dataclass(frozen=True)
@@ -85,11 +85,29 @@ class GlobalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
-        h, dk = self.heads, self.dim_key
-        q, k, v = self.to_qkv(x).split([dk, dk, C], dim=1)
-        out = torch.zeros_like(x) if not self.cfg.content else self.content(q, k, v)
+        dk = self.dim_key
         if self.cfg.positional:
-            out = out + self.positional(q, v)
+            check_fits("gsa", max(H, W), self.cfg.span, self.cfg.size)
+            rel_col = relative_to_absolute(self.rel_col, H)  # (H_query, H_key, dkh)
+            rel_row = relative_to_absolute(self.rel_row, W)
+        # Images are processed in chunks whose attention logits stay cache-sized; the batch norm
+        # between the column and row layers still sees the whole batch.
+        chunk = max(1, CHUNK_ELEMENTS // (self.heads * H * W * max(H, W)))
+        pieces = []
+        for xs in x.split(chunk):
+            q, k, v = pointwise(self.to_qkv, xs).split([dk, dk, C], dim=1)
+            content = self.content(q, k, v) if self.cfg.content else None
+            column = self.column(q, v, rel_col) if self.cfg.positional else None
+            pieces.append((q, content, column))
+        if self.cfg.positional:
+            columns = self.norm(torch.cat([column for *_, column in pieces])).split(chunk)
+            parts = [
+                self.row(q, col, rel_row) if c is None else c + self.row(q, col, rel_row)
+                for (q, c, _), col in zip(pieces, columns)
+            ]
+        else:
+            parts = [c for _, c, _ in pieces]
+        out = parts[0] if len(parts) == 1 else torch.cat(parts)
         return F.avg_pool2d(out, 2) if self.cfg.stride == 2 else out
 
     def content(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -101,20 +119,38 @@ class GlobalSelfAttention(nn.Module):
         out = context.transpose(-1, -2) @ q.reshape(B, h, -1, H * W)  # (B, h, dvh, N)
         return out.reshape(B, C, H, W)
 
-    def positional(self, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Column-only layer, batch norm, row-only layer (Figure 1)."""
+    def column(self, q: torch.Tensor, v: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
+        """Column-only layer: y[x, c] = sum_i (q[x, c] . R^c[i - x]) v[i, c]."""
         B, C, H, W = v.shape
         h = self.heads
-        check_fits("gsa", max(H, W), self.cfg.span, self.cfg.size)
-        qh = q.reshape(B, h, -1, H, W)  # (B, h, dkh, H, W)
-        # column: y[x, col] = sum_i (q[x, col] . R^c[i - x]) v[i, col]
-        r_col = relative_to_absolute(self.rel_col, H)  # (H_query, H_key, dkh)
-        logits = torch.einsum("bndxy,xid->bnyxi", qh, r_col)  # (B, h, W, H, H)
-        vh = v.reshape(B, h, C // h, H, W).permute(0, 1, 4, 3, 2)  # (B, h, W, H, dvh)
-        y = (logits @ vh).permute(0, 1, 4, 3, 2).reshape(B, C, H, W)
-        y = self.norm(y)
-        # row: out[row, y] = sum_j (q[row, y] . R^r[j - y]) ycol[row, j]
-        r_row = relative_to_absolute(self.rel_row, W)  # (W_query, W_key, dkh)
-        logits = torch.einsum("bndxy,yjd->bnxyj", qh, r_row)  # (B, h, H, W, W)
-        yh = y.reshape(B, h, C // h, H, W).permute(0, 1, 3, 4, 2)  # (B, h, H, W, dvh)
-        return (logits @ yh).permute(0, 1, 4, 2, 3).reshape(B, C, H, W)
+        qc = q.reshape(B, h, -1, H, W).permute(0, 1, 4, 3, 2).reshape(B * h * W, H, -1)  # (B h W, H, dkh)
+        vc = v.reshape(B, h, -1, H, W).permute(0, 1, 4, 3, 2).reshape(B * h * W, H, C // h)
+        y = axis_attend(qc, vc, rel)  # (B h W, H, dvh)
+        return y.view(B, h, W, H, -1).permute(0, 1, 4, 3, 2).reshape(B, C, H, W)
+
+    def row(self, q: torch.Tensor, col: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
+        """Row-only layer on the column layer's output: y[r, y] = sum_j (q[r, y] . R^r[j - y]) col[r, j]."""
+        B, C, H, W = col.shape
+        h = self.heads
+        qr = q.reshape(B, h, -1, H, W).permute(0, 1, 3, 4, 2).reshape(B * h * H, W, -1)  # (B h H, W, dkh)
+        vr = col.reshape(B, h, -1, H, W).permute(0, 1, 3, 4, 2).reshape(B * h * H, W, C // h)
+        y = axis_attend(qr, vr, rel)  # (B h H, W, dvh)
+        return y.view(B, h, H, W, -1).permute(0, 1, 4, 2, 3).reshape(B, C, H, W)
+
+
+CHUNK_ELEMENTS = 1 << 21  # attention logits per chunk of images (8 MiB in fp32)
+
+
+def axis_attend(q: torch.Tensor, v: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
+    """Positional attention along one axis, relative embeddings as keys, no softmax.
+
+    Args:
+        q: ``(M, L, d)`` queries of M lines of length L.
+        v: ``(M, L, e)`` values of the same lines.
+        rel: ``(L, L, d)`` embedding of each (query, key) offset, zero outside the span.
+
+    Returns:
+        ``(M, L, e)``: ``out[m, x] = sum_i (q[m, x] . rel[x, i]) v[m, i]``.
+    """
+    logits = torch.bmm(q.transpose(0, 1), rel.transpose(1, 2))  # (L_query, M, L_key), batched over x
+    return torch.bmm(logits.transpose(0, 1), v)  # (M, L_query, e)

@@ -30,6 +30,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnbench.registry import VariantConfig, register_variant
+from attnbench.variants._common import pointwise
+
+
+CHUNK_ELEMENTS = 1 << 21  # attention logits per chunk of tiles (8 MiB in fp32)
 
 
 @dataclass(frozen=True)
@@ -86,7 +90,7 @@ class LocalSelfAttention(nn.Module):
         b = min(self.cfg.block, max(H, W))
         nby, nbx = math.ceil(H / b), math.ceil(W / b)
         halo = b + 2 * pad
-        q, kv = self.to_qkv(x).split([C, 2 * C], dim=1)
+        q, kv = pointwise(self.to_qkv, x).split([C, 2 * C], dim=1)
 
         # queries in b x b tiles: (B*nby*nbx, h, b*b, dh)
         q = F.pad(q, (0, nbx * b - W, 0, nby * b - H))
@@ -97,24 +101,41 @@ class LocalSelfAttention(nn.Module):
         kv = kv.reshape(B, 2, h, dh, nby, nbx, halo * halo).permute(1, 0, 4, 5, 2, 6, 3)
         keys, values = kv.reshape(2, -1, h, halo * halo, dh).unbind(0)
 
-        logits = q @ keys.transpose(-1, -2)  # (Bt, h, b*b, halo*halo): q . k
-        # q . r: the row half of q meets row-offset embeddings, the column half column-offset ones
-        qt = q.reshape(-1, h, b, b, dh)
-        rel_row = torch.einsum("nhuvd,hod->nhuvo", qt[..., : dh // 2], self.rel_row)  # (Bt, h, b, b, k)
-        rel_col = torch.einsum("nhuvd,hod->nhuvo", qt[..., dh // 2 :], self.rel_col)
-        place = self._placement(b, k, halo, x.device, logits.dtype)  # (b, k, halo): offset -> halo index
-        rel_row = torch.einsum("nhuvo,uop->nhuvp", rel_row, place)  # (Bt, h, b, b, halo)
-        rel_col = torch.einsum("nhuvo,vos->nhuvs", rel_col, place)
-        logits = logits.view(-1, h, b, b, halo, halo)
-        logits += rel_row[..., :, None]
-        logits += rel_col[..., None, :]
-        outside = self._outside(B, H, W, b, k, x.device)  # (Bt or 1, 1, b, b, halo, halo)
-        logits.masked_fill_(outside, torch.finfo(logits.dtype).min)
-        attn = logits.view(-1, h, b * b, halo * halo).softmax(dim=-1)
-        out = attn @ values  # (Bt, h, b*b, dh)
+        place = self._placement(b, k, halo, x.device, q.dtype)  # (b, k, halo): offset -> halo index
+        outside = self._outside(B, H, W, b, k, x.device)  # (Bt, 1, b, b, halo, halo)
+        # tiles in chunks whose logits stay cache-sized
+        chunk = max(1, CHUNK_ELEMENTS // (h * b * b * halo * halo))
+        out = torch.cat([
+            self._attend(q[i : i + chunk], keys[i : i + chunk], values[i : i + chunk], place, outside[i : i + chunk])
+            for i in range(0, q.shape[0], chunk)
+        ])  # (Bt, h, b*b, dh)
         out = out.reshape(B, nby, nbx, h, b, b, dh).permute(0, 3, 6, 1, 4, 2, 5)
         out = out.reshape(B, C, nby * b, nbx * b)[:, :, :H, :W]
         return F.avg_pool2d(out, 2) if self.cfg.stride == 2 else out
+
+    def _attend(self, q, keys, values, place, outside):
+        """Attention of tiles of queries over their halos.
+
+        Args:
+            q: ``(T, h, b*b, dh)``; keys, values: ``(T, h, halo*halo, dh)``.
+            place: ``(b, k, halo)`` one-hot of window offset to halo index.
+            outside: ``(T, 1, b, b, halo, halo)``, True where a key is out of the window or image.
+        """
+        T, h, _, dh = q.shape
+        b, k, halo = place.shape
+        logits = q @ keys.transpose(-1, -2)  # (T, h, b*b, halo*halo): q . k
+        # q . r: the row half of q meets row-offset embeddings, the column half column-offset ones
+        qt = q.view(T, h, b, b, dh)
+        rel_row = torch.einsum("nhuvd,hod->nhuvo", qt[..., : dh // 2], self.rel_row)  # (T, h, b, b, k)
+        rel_col = torch.einsum("nhuvd,hod->nhuvo", qt[..., dh // 2 :], self.rel_col)
+        rel_row = torch.einsum("nhuvo,uop->nhuvp", rel_row, place)  # (T, h, b, b, halo)
+        rel_col = torch.einsum("nhuvo,vos->nhuvs", rel_col, place)
+        logits = logits.view(T, h, b, b, halo, halo)
+        logits += rel_row[..., :, None]
+        logits += rel_col[..., None, :]
+        logits.masked_fill_(outside, torch.finfo(logits.dtype).min)
+        attn = logits.view(T, h, b * b, halo * halo).softmax(dim=-1)
+        return attn @ values  # (T, h, b*b, dh)
 
     @staticmethod
     def _placement(b: int, k: int, halo: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:

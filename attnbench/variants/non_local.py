@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnbench.registry import VariantConfig, register_variant
+from attnbench.variants._common import pointwise
 
 
 @dataclass(frozen=True)
@@ -62,10 +63,12 @@ class NonLocalBlock(nn.Module):
 
     def attention_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """theta (B, 1, N, d), phi and g (B, 1, M, d): M = N, or N/4 when subsampled."""
-        phi, g = self.phi(x), self.g(x)
+        phi, g = pointwise(self.phi, x), pointwise(self.g, x)
         if self.cfg.subsample:
             phi, g = F.max_pool2d(phi, 2), F.max_pool2d(g, 2)
-        return tuple(t.flatten(2).transpose(1, 2).unsqueeze(1) for t in (self.theta(x), phi, g))
+        # contiguous (B, 1, N, d): fused attention kernels refuse transposed inputs and fall back
+        # to the path that materialises the N x M matrix
+        return tuple(t.flatten(2).transpose(1, 2).contiguous().unsqueeze(1) for t in (pointwise(self.theta, x), phi, g))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
@@ -77,5 +80,5 @@ class NonLocalBlock(nn.Module):
         """z = BN(W_z y) + x, then the optional downsampling."""
         B, C, H, W = x.shape
         y = y.squeeze(1).transpose(1, 2).reshape(B, -1, H, W)
-        z = self.bn(self.w_z(y)) + x
+        z = self.bn(pointwise(self.w_z, y)) + x
         return F.avg_pool2d(z, 2) if self.cfg.stride == 2 else z

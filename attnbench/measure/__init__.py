@@ -1,0 +1,1 @@
+"""Measurements: plain functions of (module, input, device) that know nothing of sweeps or storage."""

@@ -1,0 +1,64 @@
+"""Multiply-accumulate counts (one fused multiply-add = 1, the torchvision convention).
+
+Counted with fvcore's tracer plus :mod:`attnbench.measure.flop_handles`. A module may declare its
+own cost with a ``macs(input_shape) -> int`` method when its implementation does masked-out work
+that the mechanism does not need (the blocked local attention); its traced count is then replaced
+by the declared one.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from attnbench.measure.flop_handles import HANDLES
+
+
+@dataclass(frozen=True)
+class MacCount:
+    macs: int  # multiply-accumulates of one forward pass
+    uncounted_ops: dict[str, int] = field(default_factory=dict)  # traced ops with no MAC handle: count
+    declared_by: tuple[str, ...] = ()  # submodules whose own ``macs`` replaced the traced count
+
+
+def analyse_macs(module: nn.Module, inputs: torch.Tensor | tuple[torch.Tensor, ...]) -> MacCount:
+    """Trace one forward pass of ``module`` (in eval mode) and count its MACs."""
+    from fvcore.nn import FlopCountAnalysis
+
+    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    declared: dict[str, int] = {}
+    hooks = []
+    for name, sub in module.named_modules():
+        if callable(getattr(sub, "macs", None)) and not any(name.startswith(d + ".") for d in declared):
+            declared[name] = 0
+
+            def hook(mod, args, _out, name=name):
+                declared[name] += int(mod.macs(tuple(args[0].shape)))
+
+            hooks.append(sub.register_forward_hook(hook))
+    was_training = module.training
+    module.eval()
+    try:
+        analysis = FlopCountAnalysis(module, inputs)
+        analysis.set_op_handle(**HANDLES)
+        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python values
+            total = analysis.total()
+            by_module = analysis.by_module()
+            uncounted = dict(analysis.unsupported_ops())
+    finally:
+        for h in hooks:
+            h.remove()
+        module.train(was_training)
+    for name, macs in declared.items():
+        total += macs - by_module.get(name, 0)
+    return MacCount(int(total), uncounted, tuple(n or type(module).__name__ for n in declared))
+
+
+def count_macs(module: nn.Module, inputs: torch.Tensor | tuple[torch.Tensor, ...]) -> int:
+    """MACs of one forward pass of ``module`` on ``inputs`` (one fused multiply-add = 1)."""
+    return analyse_macs(module, inputs).macs

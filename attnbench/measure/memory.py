@@ -1,0 +1,77 @@
+"""Peak memory of one iteration, as a delta over what already lived (weights, inputs).
+
+CUDA: the caching allocator's peak statistics (allocated and reserved). CPU: there is no
+allocator peak API and tracemalloc does not see tensors, so the process's peak resident memory
+(VmHWM) is reset, the iteration runs, and the peak is read back; freed heap memory is returned to
+the system first, so the peak is not hidden by memory the allocator kept. The CPU figure is only
+meaningful in a process that runs nothing else at the time: the harness runs every case in a
+fresh child process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def _status_bytes(field: str) -> int:
+    match = re.search(rf"^{field}:\s+(\d+) kB", _STATUS.read_text(), re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"{_STATUS} has no {field} line")
+    return int(match.group(1)) * 1024
+
+
+def cpu_peak_supported() -> bool:
+    """Linux with a resettable peak-RSS counter (``/proc/self/clear_refs``)."""
+    return _STATUS.exists() and _CLEAR_REFS.exists()
+
+
+def _release_free_memory() -> None:
+    gc.collect()
+    libc_name = ctypes.util.find_library("c")
+    if libc_name:
+        libc = ctypes.CDLL(libc_name)
+        if hasattr(libc, "malloc_trim"):
+            libc.malloc_trim(0)
+
+
+def peak_memory(fn: Callable[[], object], device: torch.device | str) -> dict[str, int | str | None]:
+    """Run ``fn`` once and return its peak memory over the baseline before it.
+
+    Returns ``peak_mem_bytes`` (allocated on CUDA, resident on CPU), ``peak_mem_reserved_bytes``
+    (CUDA caching allocator only, else None) and ``peak_mem_method``. Where the platform cannot
+    measure, the byte counts are None, never 0.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        allocated, reserved = torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return {
+            "peak_mem_bytes": torch.cuda.max_memory_allocated(device) - allocated,
+            "peak_mem_reserved_bytes": torch.cuda.max_memory_reserved(device) - reserved,
+            "peak_mem_method": "cuda_max_allocated",
+        }
+    if not cpu_peak_supported():
+        return {"peak_mem_bytes": None, "peak_mem_reserved_bytes": None, "peak_mem_method": "unavailable"}
+    _release_free_memory()
+    _CLEAR_REFS.write_text("5")  # reset VmHWM to the current resident size
+    baseline = _status_bytes("VmRSS")
+    fn()
+    return {
+        "peak_mem_bytes": max(0, _status_bytes("VmHWM") - baseline),
+        "peak_mem_reserved_bytes": None,
+        "peak_mem_method": "cpu_peak_rss",
+    }
