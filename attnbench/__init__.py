@@ -1,8 +1,21 @@
 """attnbench: faithful attention variants for vision, and one harness to measure what each costs."""
 
 from attnbench import variants as _variants  # noqa: F401  (registers the variants)
+from attnbench.api import load_results, run
+from attnbench.measure.macs import count_macs
+from attnbench.models import build_model, list_models
 from attnbench.registry import build_variant, get_variant_spec, list_variants
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "build_variant", "get_variant_spec", "list_variants"]
+__all__ = [
+    "__version__",
+    "build_model",
+    "build_variant",
+    "count_macs",
+    "get_variant_spec",
+    "list_models",
+    "list_variants",
+    "load_results",
+    "run",
+]

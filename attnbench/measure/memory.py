@@ -75,3 +75,76 @@ def peak_memory(fn: Callable[[], object], device: torch.device | str) -> dict[st
         "peak_mem_reserved_bytes": None,
         "peak_mem_method": "cpu_peak_rss",
     }
+
+
+class _LiveBytes:
+    """Dispatch mode that follows the bytes of every storage an op creates, until it is freed."""
+
+    def __init__(self) -> None:
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        tracker = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                tracker.add(out)
+                return out
+
+        self.mode = Mode()
+        self.live = 0
+        self.peak = 0
+        self._sizes: dict[int, int] = {}
+
+    def add(self, out: object) -> None:
+        import weakref
+
+        from torch.utils._pytree import tree_leaves
+
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                storage = t.untyped_storage()
+                key = storage._cdata
+                if key not in self._sizes:
+                    self._sizes[key] = storage.nbytes()
+                    self.live += self._sizes[key]
+                    self.peak = max(self.peak, self.live)
+                    weakref.finalize(storage, self._free, key)
+
+    def _free(self, key: int) -> None:
+        self.live -= self._sizes.pop(key)
+
+
+def predict_peak_memory(module: torch.nn.Module, x: torch.Tensor, mode: str) -> int:
+    """Predicted peak bytes of one iteration over the weights and inputs, without running it.
+
+    The iteration runs under ``FakeTensorMode`` on a fake copy of ``x`` (the weights are used as
+    they are), so nothing is computed or allocated, while every storage an operation creates is
+    counted until it is freed. Kernel workspaces are not seen, so the real peak can be somewhat
+    higher.
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from attnbench.measure.latency import make_step
+
+    state = {k: v.clone() for k, v in module.state_dict().items()}  # batch-norm statistics
+    with FakeTensorMode(allow_non_fake_inputs=True) as fake:
+        step = make_step(module, fake.from_tensor(x), mode)
+        tracker = _LiveBytes()
+        with tracker.mode:
+            step()
+    module.zero_grad(set_to_none=True)
+    module.load_state_dict(state)
+    return tracker.peak
+
+
+def available_memory(device: torch.device | str) -> int | None:
+    """Bytes a new allocation can use now: free GPU memory, or the system's MemAvailable."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        match = re.search(r"^MemAvailable:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.MULTILINE)
+    except OSError:
+        return None
+    return int(match.group(1)) * 1024 if match else None

@@ -1,0 +1,87 @@
+"""The Python entry points behind the command line: ``run`` a sweep, read its results back."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+import pandas as pd
+import torch
+
+from attnbench import store
+from attnbench.env import env_key, environment
+from attnbench.harness import run_cases
+from attnbench.registry import list_variants
+from attnbench.sweep import Case, expand, shard
+
+DEFAULT_DB = os.path.join("reports", "results.sqlite")
+
+
+def default_devices() -> list[str]:
+    """Every CUDA device present, else the CPU."""
+    if torch.cuda.is_available():
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    return ["cpu"]
+
+
+def default_threads() -> int:
+    """All cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def plan(
+    *,
+    variants: Sequence[str] | None = None,
+    res: Sequence[int] = (224,),
+    batch: Sequence[int] = (1,),
+    dim: Sequence[int] = (64,),
+    dtype: Sequence[str] = ("fp32",),
+    device: Sequence[str] | None = None,
+    mode: Sequence[str] = ("infer",),
+    scope: str = "model",
+    arch: str = "resnet50",
+    threads: int | None = None,
+    shard_spec: tuple[int, int] | None = None,
+) -> list[Case]:
+    """The cases of a sweep (one shard of it, with ``shard_spec=(i, n)``)."""
+    cases = expand(
+        variants=list(variants or list_variants()), res=list(res), batch=list(batch), dims=list(dim),
+        dtypes=list(dtype), devices=list(device or default_devices()), modes=list(mode), scope=scope,
+        arch=arch, threads=threads or default_threads(),
+    )
+    return shard(cases, *shard_spec) if shard_spec else cases
+
+
+def results_for(db: str, cases: Sequence[Case]) -> pd.DataFrame:
+    """The stored rows of ``cases`` for this machine's environment, in the cases' order."""
+    if not cases or not os.path.exists(db):
+        return pd.DataFrame(columns=store.NAMES)
+    frame = store.load_results(db)
+    envs = {c.device: env_key(environment(c.device)) for c in cases}
+    order = {c.key: i for i, c in enumerate(cases)}
+    keep = frame[[order.get(k) is not None and envs.get(d) == e
+                  for k, d, e in zip(frame.case_key, frame.device, frame.env_key)]]
+    return keep.sort_values("case_key", key=lambda s: s.map(order)).reset_index(drop=True)
+
+
+def run(
+    *,
+    db: str = DEFAULT_DB,
+    timeout: float = 600,
+    force: bool = False,
+    on_case: Callable[[Case, dict | None], None] | None = None,
+    **sweep,
+) -> pd.DataFrame:
+    """Run a sweep (see :func:`plan` for its options) and return its rows, stored ones included.
+
+    Every case runs in its own process; cases already stored for this environment are not run
+    again unless ``force``.
+    """
+    cases = plan(**sweep)
+    run_cases(cases, db, timeout=timeout, force=force, on_case=on_case)
+    return results_for(db, cases)
+
+
+def load_results(db: str = DEFAULT_DB) -> pd.DataFrame:
+    """Every row of a results store."""
+    return store.load_results(db)

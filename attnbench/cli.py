@@ -1,0 +1,311 @@
+"""The ``attnbench`` command: ``list``, ``run``, ``export``, ``merge``.
+
+Every handler takes parsed arguments and returns an exit code; bad input is one line on stderr
+and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Callable, Sequence
+
+import torch
+
+from attnbench import api, store
+from attnbench.registry import get_variant_spec, iter_specs, list_variants, unknown_name_message
+from attnbench.sweep import DTYPES, MODES, SCOPES
+
+
+class UsageError(Exception):
+    """Bad command-line input; the message is printed as one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        raise UsageError(f"{self.prog}: {message}")
+
+
+# ---- argument types: each validates and explains -------------------------------------------------
+
+
+def _split(text: str) -> list[str]:
+    items = [t.strip() for t in text.split(",")]
+    if not all(items):
+        raise argparse.ArgumentTypeError(f"'{text}' has an empty item; give a comma-separated list")
+    return items
+
+
+def positive_ints(name: str) -> Callable[[str], list[int]]:
+    def parse(text: str) -> list[int]:
+        values = []
+        for item in _split(text):
+            try:
+                value = int(item)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{name} '{item}' is not a whole number") from None
+            if value < 1:
+                raise argparse.ArgumentTypeError(f"{name} {value} must be at least 1")
+            values.append(value)
+        return values
+
+    return parse
+
+
+def variant_list(text: str) -> list[str]:
+    names = _split(text)
+    for name in names:
+        if name not in list_variants():
+            raise argparse.ArgumentTypeError(unknown_name_message("variant", name, list_variants()))
+    return names
+
+
+def choice_list(name: str, choices: Sequence[str]) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        items = _split(text)
+        for item in items:
+            if item not in choices:
+                raise argparse.ArgumentTypeError(unknown_name_message(name, item, list(choices)))
+        return items
+
+    return parse
+
+
+def device_list(text: str) -> list[str]:
+    devices = []
+    for item in _split(text):
+        try:
+            dev = torch.device(item)
+        except RuntimeError:
+            raise argparse.ArgumentTypeError(f"unknown device '{item}'; use cpu, cuda or cuda:N") from None
+        if dev.type not in ("cpu", "cuda"):
+            raise argparse.ArgumentTypeError(f"unsupported device '{item}'; use cpu, cuda or cuda:N")
+        if dev.type == "cuda":
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if count == 0:
+                raise argparse.ArgumentTypeError(f"device '{item}' requested but this machine has no CUDA device")
+            if dev.index is None:
+                devices += [f"cuda:{i}" for i in range(count)]
+                continue
+            if dev.index >= count:
+                raise argparse.ArgumentTypeError(f"device '{item}' does not exist: this machine has {count} CUDA device(s)")
+        devices.append(str(dev))
+    return list(dict.fromkeys(devices))
+
+
+def shard_spec(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(p) for p in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"shard '{text}' must be i/n, e.g. 2/4") from None
+    if n < 1 or not 1 <= i <= n:
+        raise argparse.ArgumentTypeError(f"shard {i}/{n} is out of range: it must be i/n with 1 <= i <= n")
+    return i, n
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"{value} must be a positive number of seconds")
+    return value
+
+
+# ---- formatting ---------------------------------------------------------------------------------
+
+
+def si(value: float | None, unit: str = "") -> str:
+    """12.3 M, 4.09 G, ... ('-' where there is no value)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.3g} {prefix}{unit}"
+    return f"{value:.3g} {unit}".rstrip()
+
+
+def mib(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value / 2**20:.1f}"
+
+
+def results_table(frame) -> str:
+    """The human table of a sweep's rows."""
+    headers = ["variant", "scope", "res", "batch", "dtype", "device", "mode", "params", "MACs",
+               "latency ms (IQR)", "img/s", "peak MiB", "status"]
+    rows = []
+    for r in frame.to_dict("records"):
+        what = r["variant"] if r["scope"] == "module" else f"{r['variant']}:{r['arch']}"
+        lat = "-" if r["status"] != "ok" else f"{r['latency_ms_median']:.2f} ({r['latency_ms_iqr']:.2f})"
+        status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r['reason']}"
+        rows.append([what, r["scope"], str(r["res"]), str(r["batch"]), r["dtype"], r["device"], r["mode"],
+                     si(r["params"]), si(r["macs"]), lat,
+                     "-" if r["status"] != "ok" else f"{r['throughput_per_s']:.1f}", mib(r["peak_mem_bytes"]),
+                     status])
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    widths[-1] = len(headers[-1])
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+    return "\n".join(lines)
+
+
+# ---- commands -----------------------------------------------------------------------------------
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from attnbench.models import list_models
+
+    print("Variants:")
+    for spec in iter_specs():
+        print(f"  {spec.name:10} {spec.description}")
+        print(f"  {'':10} {spec.paper} (arXiv {spec.arxiv}); options: {', '.join(spec.options())}")
+    print("\nModels:")
+    names = list_models()
+    for i in range(0, len(names), 4):
+        print("  " + "".join(f"{n:22}" for n in names[i : i + 4]).rstrip())
+    return 0
+
+
+def _check_db(path: str) -> None:
+    try:
+        store.open_store(path).close()
+    except store.StoreError as e:
+        raise UsageError(str(e)) from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    if args.scope == "module" and args.arch != "resnet50":
+        raise UsageError("attnbench run: --arch applies to --scope model only")
+    if args.scope == "model":
+        from attnbench.models import parse_model_name
+
+        try:
+            parse_model_name(f"conv_{args.arch}")
+        except KeyError as e:
+            raise UsageError(f"attnbench run: --arch: {e}") from None
+    if args.scope == "module":
+        for v in args.variants or list_variants():
+            for d in args.dim:
+                try:
+                    get_variant_spec(v).make_config(d)
+                except (ValueError, TypeError) as e:
+                    raise UsageError(f"attnbench run: --dim {d} for variant '{v}': {e}") from None
+    _check_db(args.db)
+    sweep = dict(variants=args.variants, res=args.res, batch=args.batch, dim=args.dim, dtype=args.dtype,
+                 device=args.device, mode=args.mode, scope=args.scope, arch=args.arch, threads=args.threads,
+                 shard_spec=args.shard)
+    cases = api.plan(**sweep)
+    bar = tqdm(total=len(cases), unit="case", file=sys.stderr, disable=args.json or None, dynamic_ncols=True)
+    finished = 0
+
+    def on_case(case, row) -> None:
+        nonlocal finished
+        finished += 1
+        bar.set_postfix_str(f"{case.label}: {'stored' if row is None else row['status']}", refresh=False)
+        bar.update()
+
+    try:
+        frame = api.run(db=args.db, timeout=args.timeout, force=args.force, on_case=on_case, **sweep)
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"attnbench run: interrupted; {finished} of {len(cases)} cases are stored in {args.db}. "
+              "Run the same command again to finish the sweep.", file=sys.stderr)
+        return 130
+    except store.StoreError as e:
+        bar.close()
+        raise UsageError(str(e)) from None
+    bar.close()
+    if args.json:
+        print(frame.to_json(orient="records", indent=1))
+    else:
+        print(results_table(frame))
+        print(f"\n{len(frame)} cases; results in {args.db}. Latency in ms (median and IQR), MACs per forward "
+              "pass of the batch (1 multiply-add = 1), peak memory over weights and inputs.")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    try:
+        frame = store.load_results(args.db)
+    except store.StoreError as e:
+        raise UsageError(str(e)) from None
+    text = frame.to_csv(index=False) if args.format == "csv" else frame.to_markdown(index=False)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text + ("" if text.endswith("\n") else "\n"))
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    try:
+        added = store.merge(args.sources, args.output)
+    except store.StoreError as e:
+        raise UsageError(str(e)) from None
+    print(f"merged {len(args.sources)} stores into {args.output}: {added} new rows")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="attnbench", description="What each attention mechanism costs and what it buys.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    sub.add_parser("list", help="the variants and networks").set_defaults(func=cmd_list)
+
+    run = sub.add_parser("run", help="measure a sweep of cases and store the results")
+    run.add_argument("--variants", type=variant_list, default=None, help="comma-separated (default: all)")
+    run.add_argument("--scope", choices=SCOPES, default="model",
+                     help="model: each variant's network at image side --res; module: the variant alone")
+    run.add_argument("--arch", default="resnet50", help="network depth at model scope (resnet26/38/50/101)")
+    run.add_argument("--res", type=positive_ints("resolution"), default=None,
+                     help="sides in pixels, comma-separated (default: 224 for models, 56 for modules)")
+    run.add_argument("--batch", type=positive_ints("batch"), default=[1])
+    run.add_argument("--dim", type=positive_ints("dim"), default=[64], help="channels at module scope")
+    run.add_argument("--dtype", type=choice_list("dtype", list(DTYPES)), default=["fp32"])
+    run.add_argument("--device", type=device_list, default=None, help="cpu, cuda, cuda:0,cuda:1 (default: every GPU, else cpu)")
+    run.add_argument("--mode", type=choice_list("mode", MODES), default=["infer"])
+    run.add_argument("--threads", type=positive_ints("threads"), default=None, help="CPU threads (default: all cores)")
+    run.add_argument("--timeout", type=positive_float, default=600.0, help="seconds per case")
+    run.add_argument("--db", default=api.DEFAULT_DB, help="results store (SQLite)")
+    run.add_argument("--force", action="store_true", help="measure again cases already stored")
+    run.add_argument("--shard", type=shard_spec, default=None, help="run slice i of n: i/n")
+    run.add_argument("--json", action="store_true", help="print the rows as JSON")
+    run.set_defaults(func=cmd_run)
+
+    export = sub.add_parser("export", help="write a store as CSV or Markdown")
+    export.add_argument("--db", default=api.DEFAULT_DB)
+    export.add_argument("--format", choices=("csv", "md"), default="csv")
+    export.add_argument("-o", "--output", default=None)
+    export.set_defaults(func=cmd_export)
+
+    merge = sub.add_parser("merge", help="merge stores from several machines, without duplicates")
+    merge.add_argument("sources", nargs="+")
+    merge.add_argument("-o", "--output", required=True)
+    merge.set_defaults(func=cmd_merge)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "run":
+            args.res = args.res or ([224] if args.scope == "model" else [56])
+            args.threads = args.threads[0] if args.threads else None
+        return args.func(args)
+    except UsageError as e:
+        print(str(e).splitlines()[0] if str(e) else "attnbench: error", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""The environment a measurement was taken in, recorded with every result."""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import re
+import socket
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+import attnbench
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """CPU model name from /proc/cpuinfo, else platform's processor string."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        match = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
+        if match:
+            return match.group(1).strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    """The commit of the attnbench checkout this code runs from, or None outside a checkout."""
+    root = Path(attnbench.__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=5, check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def device_name(device: str) -> str:
+    """Human name of a device: the GPU's name, or the CPU model."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return cpu_model()
+
+
+def environment(device: str) -> dict[str, str | int | None]:
+    """Facts that identify where and with what a number was measured."""
+    dev = torch.device(device)
+    return {
+        "host": socket.gethostname(),
+        "device_name": device_name(device),
+        "cpu_model": cpu_model(),
+        "gpu_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
+        "cpu_count": os.cpu_count(),
+        "torch_version": torch.__version__,
+        "cuda_version": torch.version.cuda,
+        "python_version": platform.python_version(),
+        "attnbench_version": attnbench.__version__,
+        "git_commit": git_commit(),
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def env_key(env: dict) -> str:
+    """The part of the environment that makes two measurements comparable: same machine and software."""
+    return "|".join(str(env[k]) for k in ("host", "device_name", "torch_version", "attnbench_version"))

@@ -1,0 +1,169 @@
+"""One case in, one record out: build, predict, count, time and measure, each case in its own process.
+
+A case that crashes, runs out of memory or overruns its time limit is recorded with that status;
+the sweep goes on. Records are written to the store as each case finishes.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import asdict
+
+import torch
+
+from attnbench import store
+from attnbench.env import env_key, environment
+from attnbench.measure.latency import make_step, measure_latency
+from attnbench.measure.macs import analyse_macs
+from attnbench.measure.memory import available_memory, peak_memory, predict_peak_memory
+from attnbench.measure.params import count_params
+from attnbench.sweep import DTYPES, Case
+
+MEMORY_HEADROOM = 1.25  # predicted peak x this must fit the memory available
+MIN_RUN_TIME_S = 0.5  # timed runs per case (torch.utils.benchmark autorange)
+
+
+def build_case(case: Case) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The module and a random input of one case, on the case's device and in its dtype."""
+    from attnbench.models import model_for_variant
+    from attnbench.registry import build_variant
+
+    if case.scope == "module":
+        module = build_variant(case.variant, case.dim, size=case.res)
+        shape = (case.batch, case.dim, case.res, case.res)
+    else:
+        module = model_for_variant(case.variant, case.arch, image_size=case.res)
+        shape = (case.batch, 3, case.res, case.res)
+    dtype = DTYPES[case.dtype]
+    return module.to(case.device, dtype), torch.randn(*shape, device=case.device, dtype=dtype)
+
+
+def _is_oom(err: BaseException) -> bool:
+    if isinstance(err, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
+
+
+def measure_case(case: Case) -> dict:
+    """Measure one case in this process. Returns the record's measurement fields and status."""
+    torch.set_num_threads(case.threads)
+    torch.manual_seed(0)
+    record: dict = {}
+    try:
+        module, x = build_case(case)
+        predicted = predict_peak_memory(module, x, case.mode)
+        record["predicted_mem_bytes"] = predicted
+        available = available_memory(case.device)
+        if available is not None and predicted * MEMORY_HEADROOM > available:
+            return {**record, "status": "skipped", "reason": (
+                f"predicted peak {predicted / 2**20:.0f} MiB exceeds the {available / 2**20:.0f} MiB "
+                f"available on {case.device}")}
+        record.update(count_params(module))
+        count = analyse_macs(module, x[:1])
+        record.update(macs=count.macs * case.batch, macs_counter="fvcore+attnbench", uncounted_ops=count.uncounted_ops)
+        step = make_step(module, x, case.mode)
+        step()  # warm-up: one-time initialisation is not part of the peak
+        record.update(peak_memory(step, case.device))
+        record.update(measure_latency(step, case.device, batch=case.batch, threads=case.threads,
+                                      min_run_time=MIN_RUN_TIME_S))
+        record["status"] = "ok"
+    except Exception as err:  # noqa: BLE001 - every failure becomes the case's status
+        status = "oom" if _is_oom(err) else "error"
+        record.update(status=status, reason=f"{type(err).__name__}: {err}".splitlines()[0][:500])
+    return record
+
+
+def _child(case: Case, conn) -> None:
+    try:
+        record = measure_case(case)
+        record.update(environment(case.device))
+    except BaseException as err:  # the parent must always hear back
+        record = {"status": "error", "reason": "".join(traceback.format_exception_only(err)).strip()[:500]}
+    conn.send(record)
+    conn.close()
+
+
+_CONTEXT: mp.context.BaseContext | None = None
+
+
+def _context() -> mp.context.BaseContext:
+    """A fork server: children start as forks of one clean process that has imported torch once."""
+    global _CONTEXT
+    if _CONTEXT is None:
+        _CONTEXT = mp.get_context("forkserver") if "forkserver" in mp.get_all_start_methods() else mp.get_context("spawn")
+        if _CONTEXT.get_start_method() == "forkserver":
+            _CONTEXT.set_forkserver_preload(["attnbench.worker"])
+    return _CONTEXT
+
+
+def run_isolated(case: Case, timeout: float) -> dict:
+    """Measure ``case`` in a fresh child process; a crash or an overrun becomes the record's status."""
+    ctx = _context()
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(case, send), daemon=True)
+    start = time.monotonic()
+    proc.start()
+    send.close()
+    try:
+        if recv.poll(timeout):
+            record = recv.recv()
+            proc.join(10)
+        else:
+            record = {"status": "timeout", "reason": f"no result within the {timeout:g} s time limit"}
+    except EOFError:  # the child died without a word
+        proc.join(10)
+        code = proc.exitcode
+        reason = f"the case's process died (exit code {code})"
+        status = "error"
+        if code == -9:
+            status, reason = "oom", "the case's process was killed (SIGKILL), most likely out of memory"
+        record = {"status": status, "reason": reason}
+    finally:
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+        recv.close()
+    record["wall_s"] = time.monotonic() - start
+    return record
+
+
+def complete(case: Case, record: dict, run_id: str) -> dict:
+    """The full row: case fields, environment (as the child saw it, when it could report) and measurements."""
+    row = {**asdict(case), **environment(case.device), **record}
+    row.update(case_key=case.key, env_key=env_key(row), run_id=run_id)
+    return row
+
+
+def run_cases(
+    cases: Iterable[Case],
+    db: str,
+    *,
+    timeout: float = 600,
+    force: bool = False,
+    on_case: Callable[[Case, dict | None], None] | None = None,
+) -> list[dict]:
+    """Measure every case not yet stored for this environment (all of them with ``force``).
+
+    Each record is written as soon as its case ends. ``on_case(case, row)`` is called after each
+    case, with None for cases skipped because they were already stored. Returns the rows written.
+    """
+    run_id = uuid.uuid4().hex[:12]
+    cases = list(cases)
+    done = {dev: store.stored_keys(db, env_key(environment(dev))) for dev in {c.device for c in cases}}
+    rows = []
+    for case in cases:
+        if not force and case.key in done[case.device]:
+            if on_case:
+                on_case(case, None)
+            continue
+        row = complete(case, run_isolated(case, timeout), run_id)
+        store.write(db, row, replace=force)
+        rows.append(row)
+        if on_case:
+            on_case(case, row)
+    return rows

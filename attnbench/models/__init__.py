@@ -1,0 +1,58 @@
+"""Networks built from the variant registry: the ResNet family with any variant in the spatial slot.
+
+Names: ``resnet{26,38,50,101}`` (3x3 convolutions), ``<variant>_resnet{26,38,50,101}`` for every
+registered variant (``conv_resnet50`` is ``resnet50``), and Axial-DeepLab's own ImageNet networks
+``axial_deeplab_26s`` and ``axial_deeplab_50s``. A newly registered variant gets its networks with
+no change here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from attnbench.models.resnet import DEPTHS, ResNet
+from attnbench.registry import list_variants, unknown_name_message
+
+AXIAL_DEEPLAB = {"axial_deeplab_26s": 26, "axial_deeplab_50s": 50}  # Axial-DeepLab, multiplier s = 0.5
+
+
+def list_models() -> list[str]:
+    """Every network name, plain ResNets first."""
+    plain = [f"resnet{d}" for d in DEPTHS]
+    return plain + [f"{v}_resnet{d}" for v in list_variants() for d in DEPTHS] + list(AXIAL_DEEPLAB)
+
+
+def parse_model_name(name: str) -> tuple[str, int]:
+    """``(variant, depth)`` of a ResNet-family name; ``KeyError`` listing the names otherwise."""
+    variant, _, arch = name.rpartition("_") if "_resnet" in name else ("conv", "", name)
+    if arch.startswith("resnet") and arch[6:].isdigit() and int(arch[6:]) in DEPTHS and (
+        variant in list_variants()
+    ):
+        return variant, int(arch[6:])
+    raise KeyError(unknown_name_message("model", name, list_models()))
+
+
+def build_model(name: str, num_classes: int = 1000, **options: Any) -> nn.Module:
+    """Build network ``name``.
+
+    Options: ``stem`` ("conv": 7x7 + max-pool, or "cifar": 3x3, no pool), ``width`` (channel
+    multiplier), ``image_size`` (side of the input images; sizes whole-axis relative tables,
+    default 224, or 32 with the CIFAR stem), ``nonlocal_blocks`` (for ``nonlocal_*``: (stage,
+    block) pairs after which a block is inserted), and any option of the variant (``heads``, ...).
+    """
+    if name in AXIAL_DEEPLAB:
+        return ResNet("axial", AXIAL_DEEPLAB[name], num_classes=num_classes, expansion=2, stem_width=32,
+                      **options)
+    variant, depth = parse_model_name(name)
+    return ResNet(variant, depth, num_classes=num_classes, **options)
+
+
+def model_for_variant(variant: str, arch: str, **options: Any) -> nn.Module:
+    """The network a variant stands for at model scope: ``arch`` ``resnet50`` with ``gsa`` is ``gsa_resnet50``."""
+    name = arch if arch in AXIAL_DEEPLAB else f"{variant}_{arch}"
+    return build_model(name, **options)
+
+
+__all__ = ["build_model", "list_models", "model_for_variant", "parse_model_name"]

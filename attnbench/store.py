@@ -1,0 +1,160 @@
+"""The results store: one SQLite file, one row per measured case and environment.
+
+Every write is its own transaction, so a run killed at any instant leaves only whole rows; WAL
+journaling and a busy timeout let several processes write one store at once. Exports (CSV,
+Markdown) and reports are derived from it, never the other way round.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable
+from contextlib import closing
+from pathlib import Path
+
+import pandas as pd
+
+SCHEMA_VERSION = 1
+
+# (column, SQL type). Units live in the names.
+COLUMNS: list[tuple[str, str]] = [
+    ("case_key", "TEXT NOT NULL"),
+    ("env_key", "TEXT NOT NULL"),
+    ("run_id", "TEXT NOT NULL"),
+    ("scope", "TEXT NOT NULL"),
+    ("variant", "TEXT NOT NULL"),
+    ("arch", "TEXT NOT NULL"),
+    ("res", "INTEGER NOT NULL"),
+    ("batch", "INTEGER NOT NULL"),
+    ("dim", "INTEGER NOT NULL"),
+    ("dtype", "TEXT NOT NULL"),
+    ("device", "TEXT NOT NULL"),
+    ("mode", "TEXT NOT NULL"),
+    ("threads", "INTEGER NOT NULL"),
+    ("status", "TEXT NOT NULL"),  # ok | skipped | oom | error | timeout
+    ("reason", "TEXT"),
+    ("params", "INTEGER"),
+    ("params_trainable", "INTEGER"),
+    ("macs", "INTEGER"),  # per forward pass of the whole batch; one fused multiply-add = 1
+    ("macs_counter", "TEXT"),
+    ("uncounted_ops", "TEXT"),  # JSON {op: count}
+    ("latency_ms_median", "REAL"),
+    ("latency_ms_iqr", "REAL"),
+    ("latency_runs", "INTEGER"),
+    ("latency_noisy", "INTEGER"),
+    ("throughput_per_s", "REAL"),
+    ("peak_mem_bytes", "INTEGER"),
+    ("peak_mem_reserved_bytes", "INTEGER"),
+    ("peak_mem_method", "TEXT"),
+    ("predicted_mem_bytes", "INTEGER"),
+    ("host", "TEXT"),
+    ("device_name", "TEXT"),
+    ("cpu_model", "TEXT"),
+    ("gpu_name", "TEXT"),
+    ("cpu_count", "INTEGER"),
+    ("torch_version", "TEXT"),
+    ("cuda_version", "TEXT"),
+    ("python_version", "TEXT"),
+    ("attnbench_version", "TEXT"),
+    ("git_commit", "TEXT"),
+    ("created_utc", "TEXT"),
+    ("wall_s", "REAL"),
+]
+NAMES = [c for c, _ in COLUMNS]
+
+
+class StoreError(Exception):
+    """A store that cannot be opened, read or written, with the reason in one line."""
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=60, isolation_level=None)  # explicit transactions only
+    conn.execute("PRAGMA busy_timeout = 60000")
+    return conn
+
+
+def open_store(path: str | Path, *, create: bool = True) -> sqlite3.Connection:
+    """Open (and create, if asked) a store, checking that it is one and that its schema is known."""
+    path = Path(path)
+    if not path.exists():
+        if not create:
+            raise StoreError(f"No results store at {path}.")
+        if not path.parent.exists():
+            try:
+                path.parent.mkdir(parents=True)
+            except OSError as e:
+                raise StoreError(f"Cannot create the directory of the store {path}: {e.strerror}.") from None
+    try:
+        conn = _connect(path)
+        conn.execute("PRAGMA journal_mode = WAL")
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "meta" not in tables:
+            if tables:
+                raise StoreError(f"{path} is an SQLite database but not an attnbench results store.")
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            cols = ", ".join(f"{c} {t}" for c, t in COLUMNS)
+            conn.execute(f"CREATE TABLE IF NOT EXISTS results ({cols}, UNIQUE (case_key, env_key))")
+            conn.execute("COMMIT")
+        version = int(conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
+    except sqlite3.DatabaseError as e:
+        raise StoreError(f"{path} is not a usable results store: {e}.") from None
+    except OSError as e:
+        raise StoreError(f"Cannot open the store {path}: {e.strerror}.") from None
+    if version > SCHEMA_VERSION:
+        conn.close()
+        raise StoreError(
+            f"{path} has schema version {version}, newer than this attnbench reads ({SCHEMA_VERSION}); "
+            "upgrade attnbench."
+        )
+    return conn
+
+
+def write(path: str | Path, record: dict, *, replace: bool = False) -> None:
+    """Insert one record in its own transaction (``replace`` overwrites the same case and environment)."""
+    row = {k: record.get(k) for k in NAMES}
+    if isinstance(row["uncounted_ops"], dict):
+        row["uncounted_ops"] = json.dumps(row["uncounted_ops"], sort_keys=True)
+    verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
+    try:
+        with closing(open_store(path)) as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(f"{verb} INTO results ({', '.join(NAMES)}) VALUES ({', '.join('?' * len(NAMES))})",
+                         [row[k] for k in NAMES])
+            conn.execute("COMMIT")
+    except sqlite3.Error as e:
+        raise StoreError(f"Cannot write to the store {path}: {e}.") from None
+
+
+def stored_keys(path: str | Path, env_key: str) -> set[str]:
+    """Case keys already stored for an environment."""
+    if not Path(path).exists():
+        return set()
+    with closing(open_store(path, create=False)) as conn:
+        return {r[0] for r in conn.execute("SELECT case_key FROM results WHERE env_key = ?", (env_key,))}
+
+
+def load_results(path: str | Path) -> pd.DataFrame:
+    """Every row of a store as a DataFrame (one column per field, units in the names)."""
+    with closing(open_store(path, create=False)) as conn:
+        return pd.read_sql_query("SELECT * FROM results ORDER BY rowid", conn)
+
+
+def merge(sources: Iterable[str | Path], out: str | Path) -> int:
+    """Copy the rows of every source store into ``out`` without duplicates; returns rows added."""
+    with closing(open_store(out)) as dst:
+        before = dst.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+        for src in sources:
+            open_store(src, create=False).close()  # checks it is a store of a known schema
+            try:
+                dst.execute("ATTACH DATABASE ? AS src", (str(src),))
+                dst.execute("BEGIN IMMEDIATE")
+                cols = ", ".join(NAMES)
+                dst.execute(f"INSERT OR IGNORE INTO results ({cols}) SELECT {cols} FROM src.results")
+                dst.execute("COMMIT")
+                dst.execute("DETACH DATABASE src")
+            except sqlite3.Error as e:
+                raise StoreError(f"Cannot merge {src} into {out}: {e}.") from None
+        return dst.execute("SELECT COUNT(*) FROM results").fetchone()[0] - before

@@ -1,0 +1,74 @@
+"""Sweeps: the cross product of the user's options, as small frozen cases with stable keys."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+SCOPES = ("module", "model")
+MODES = ("infer", "train")
+
+
+@dataclass(frozen=True, order=True)
+class Case:
+    """One point of a sweep.
+
+    At ``module`` scope a variant runs alone on a ``dim`` x ``res`` x ``res`` feature map; at
+    ``model`` scope ``variant`` stands for its network of depth ``arch`` (``gsa`` with
+    ``resnet50`` is ``gsa_resnet50``) on ``res`` x ``res`` images, and ``dim`` is unused (0).
+    """
+
+    scope: str
+    variant: str
+    arch: str  # network depth at model scope ("resnet50"), "" at module scope
+    res: int  # feature-map side (module) or image side (model), pixels
+    batch: int
+    dim: int  # channels at module scope, 0 at model scope
+    dtype: str  # fp32 | bf16 | fp16
+    device: str  # cpu | cuda:N
+    mode: str  # infer | train
+    threads: int  # intra-op CPU threads
+
+    @property
+    def key(self) -> str:
+        """Stable identity, the same on every machine and Python version."""
+        return "/".join(f"{k}={v}" for k, v in asdict(self).items())
+
+    @property
+    def label(self) -> str:
+        what = self.variant if self.scope == "module" else f"{self.variant}:{self.arch}"
+        return f"{what} res={self.res} b={self.batch} {self.dtype} {self.device} {self.mode}"
+
+
+def expand(
+    *,
+    variants: list[str],
+    res: list[int],
+    batch: list[int],
+    dims: list[int],
+    dtypes: list[str],
+    devices: list[str],
+    modes: list[str],
+    scope: str,
+    arch: str,
+    threads: int,
+) -> list[Case]:
+    """Every combination, ordered so that each variant's resolutions run smallest first."""
+    if scope == "model":
+        dims = [0]
+    arch = arch if scope == "model" else ""
+    cases = [
+        Case(scope, v, arch, r, b, d, dt, dev, m, threads)
+        for dev, v, dt, m, d, b, r in itertools.product(devices, variants, dtypes, modes, dims, batch, sorted(res))
+    ]
+    return cases
+
+
+def shard(cases: list[Case], index: int, count: int) -> list[Case]:
+    """The ``index``-th (1-based) of ``count`` deterministic slices: cases whose position is ``index-1`` mod ``count``."""
+    if count < 1 or not 1 <= index <= count:
+        raise ValueError(f"Invalid shard {index}/{count}: the shard must be i/n with 1 <= i <= n.")
+    return [c for i, c in enumerate(cases) if i % count == index - 1]
