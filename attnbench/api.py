@@ -10,7 +10,7 @@ import torch
 
 from attnbench import store
 from attnbench.env import env_key, environment
-from attnbench.harness import run_cases
+from attnbench.harness import MIN_RUN_TIME_S, run_cases
 from attnbench.registry import list_variants
 from attnbench.sweep import Case, expand, shard
 
@@ -68,6 +68,7 @@ def run(
     *,
     db: str = DEFAULT_DB,
     timeout: float = 600,
+    min_run_time: float = MIN_RUN_TIME_S,
     force: bool = False,
     on_case: Callable[[Case, dict | None], None] | None = None,
     **sweep,
@@ -78,7 +79,7 @@ def run(
     again unless ``force``.
     """
     cases = plan(**sweep)
-    run_cases(cases, db, timeout=timeout, force=force, on_case=on_case)
+    run_cases(cases, db, timeout=timeout, min_run_time=min_run_time, force=force, on_case=on_case)
     return results_for(db, cases)
 
 

@@ -7,7 +7,6 @@ and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from collections.abc import Callable, Sequence
@@ -90,7 +89,8 @@ def device_list(text: str) -> list[str]:
                 devices += [f"cuda:{i}" for i in range(count)]
                 continue
             if dev.index >= count:
-                raise argparse.ArgumentTypeError(f"device '{item}' does not exist: this machine has {count} CUDA device(s)")
+                raise argparse.ArgumentTypeError(
+                    f"device '{item}' does not exist: this machine has {count} CUDA device(s)")
         devices.append(str(dev))
     return list(dict.fromkeys(devices))
 
@@ -212,7 +212,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         bar.update()
 
     try:
-        frame = api.run(db=args.db, timeout=args.timeout, force=args.force, on_case=on_case, **sweep)
+        frame = api.run(db=args.db, timeout=args.timeout, min_run_time=args.min_run_time, force=args.force,
+                        on_case=on_case, **sweep)
     except KeyboardInterrupt:
         bar.close()
         print(f"attnbench run: interrupted; {finished} of {len(cases)} cases are stored in {args.db}. "
@@ -270,10 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch", type=positive_ints("batch"), default=[1])
     run.add_argument("--dim", type=positive_ints("dim"), default=[64], help="channels at module scope")
     run.add_argument("--dtype", type=choice_list("dtype", list(DTYPES)), default=["fp32"])
-    run.add_argument("--device", type=device_list, default=None, help="cpu, cuda, cuda:0,cuda:1 (default: every GPU, else cpu)")
+    run.add_argument("--device", type=device_list, default=None,
+                     help="cpu, cuda, cuda:0,cuda:1 (default: every GPU, else cpu)")
     run.add_argument("--mode", type=choice_list("mode", MODES), default=["infer"])
     run.add_argument("--threads", type=positive_ints("threads"), default=None, help="CPU threads (default: all cores)")
     run.add_argument("--timeout", type=positive_float, default=600.0, help="seconds per case")
+    run.add_argument("--min-run-time", type=positive_float, default=0.5, help="seconds of timed runs per case")
     run.add_argument("--db", default=api.DEFAULT_DB, help="results store (SQLite)")
     run.add_argument("--force", action="store_true", help="measure again cases already stored")
     run.add_argument("--shard", type=shard_spec, default=None, help="run slice i of n: i/n")

@@ -24,11 +24,11 @@ from attnbench.measure.params import count_params
 from attnbench.sweep import DTYPES, Case
 
 MEMORY_HEADROOM = 1.25  # predicted peak x this must fit the memory available
-MIN_RUN_TIME_S = 0.5  # timed runs per case (torch.utils.benchmark autorange)
+MIN_RUN_TIME_S = 0.5  # default seconds of timed runs per case (torch.utils.benchmark autorange)
 
 
-def build_case(case: Case) -> tuple[torch.nn.Module, torch.Tensor]:
-    """The module and a random input of one case, on the case's device and in its dtype."""
+def build_case(case: Case) -> tuple[torch.nn.Module, tuple[int, ...]]:
+    """The module of one case, on the case's device and in its dtype, and its input's shape."""
     from attnbench.models import model_for_variant
     from attnbench.registry import build_variant
 
@@ -38,8 +38,7 @@ def build_case(case: Case) -> tuple[torch.nn.Module, torch.Tensor]:
     else:
         module = model_for_variant(case.variant, case.arch, image_size=case.res)
         shape = (case.batch, 3, case.res, case.res)
-    dtype = DTYPES[case.dtype]
-    return module.to(case.device, dtype), torch.randn(*shape, device=case.device, dtype=dtype)
+    return module.to(case.device, DTYPES[case.dtype]), shape
 
 
 def _is_oom(err: BaseException) -> bool:
@@ -49,20 +48,22 @@ def _is_oom(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
 
 
-def measure_case(case: Case) -> dict:
+def measure_case(case: Case, min_run_time: float = MIN_RUN_TIME_S) -> dict:
     """Measure one case in this process. Returns the record's measurement fields and status."""
     torch.set_num_threads(case.threads)
     torch.manual_seed(0)
     record: dict = {}
     try:
-        module, x = build_case(case)
-        predicted = predict_peak_memory(module, x, case.mode)
+        module, shape = build_case(case)
+        dtype = DTYPES[case.dtype]
+        predicted = predict_peak_memory(module, shape, case.mode, dtype=dtype, device=case.device)
         record["predicted_mem_bytes"] = predicted
         available = available_memory(case.device)
         if available is not None and predicted * MEMORY_HEADROOM > available:
             return {**record, "status": "skipped", "reason": (
                 f"predicted peak {predicted / 2**20:.0f} MiB exceeds the {available / 2**20:.0f} MiB "
                 f"available on {case.device}")}
+        x = torch.randn(*shape, device=case.device, dtype=dtype)
         record.update(count_params(module))
         count = analyse_macs(module, x[:1])
         record.update(macs=count.macs * case.batch, macs_counter="fvcore+attnbench", uncounted_ops=count.uncounted_ops)
@@ -70,7 +71,7 @@ def measure_case(case: Case) -> dict:
         step()  # warm-up: one-time initialisation is not part of the peak
         record.update(peak_memory(step, case.device))
         record.update(measure_latency(step, case.device, batch=case.batch, threads=case.threads,
-                                      min_run_time=MIN_RUN_TIME_S))
+                                      min_run_time=min_run_time))
         record["status"] = "ok"
     except Exception as err:  # noqa: BLE001 - every failure becomes the case's status
         status = "oom" if _is_oom(err) else "error"
@@ -78,9 +79,9 @@ def measure_case(case: Case) -> dict:
     return record
 
 
-def _child(case: Case, conn) -> None:
+def _child(case: Case, min_run_time: float, conn) -> None:
     try:
-        record = measure_case(case)
+        record = measure_case(case, min_run_time)
         record.update(environment(case.device))
     except BaseException as err:  # the parent must always hear back
         record = {"status": "error", "reason": "".join(traceback.format_exception_only(err)).strip()[:500]}
@@ -95,17 +96,18 @@ def _context() -> mp.context.BaseContext:
     """A fork server: children start as forks of one clean process that has imported torch once."""
     global _CONTEXT
     if _CONTEXT is None:
-        _CONTEXT = mp.get_context("forkserver") if "forkserver" in mp.get_all_start_methods() else mp.get_context("spawn")
+        method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+        _CONTEXT = mp.get_context(method)
         if _CONTEXT.get_start_method() == "forkserver":
             _CONTEXT.set_forkserver_preload(["attnbench.worker"])
     return _CONTEXT
 
 
-def run_isolated(case: Case, timeout: float) -> dict:
+def run_isolated(case: Case, timeout: float, min_run_time: float = MIN_RUN_TIME_S) -> dict:
     """Measure ``case`` in a fresh child process; a crash or an overrun becomes the record's status."""
     ctx = _context()
     recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(case, send), daemon=True)
+    proc = ctx.Process(target=_child, args=(case, min_run_time, send), daemon=True)
     start = time.monotonic()
     proc.start()
     send.close()
@@ -144,6 +146,7 @@ def run_cases(
     db: str,
     *,
     timeout: float = 600,
+    min_run_time: float = MIN_RUN_TIME_S,
     force: bool = False,
     on_case: Callable[[Case, dict | None], None] | None = None,
 ) -> list[dict]:
@@ -161,7 +164,7 @@ def run_cases(
             if on_case:
                 on_case(case, None)
             continue
-        row = complete(case, run_isolated(case, timeout), run_id)
+        row = complete(case, run_isolated(case, timeout, min_run_time), run_id)
         store.write(db, row, replace=force)
         rows.append(row)
         if on_case:

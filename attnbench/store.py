@@ -80,6 +80,8 @@ def open_store(path: str | Path, *, create: bool = True) -> sqlite3.Connection:
     if not path.exists():
         if not create:
             raise StoreError(f"No results store at {path}.")
+        if path.parent.exists() and not path.parent.is_dir():
+            raise StoreError(f"Cannot create the store {path}: {path.parent} is not a directory.")
         if not path.parent.exists():
             try:
                 path.parent.mkdir(parents=True)

@@ -68,7 +68,7 @@ def expand(
 
 
 def shard(cases: list[Case], index: int, count: int) -> list[Case]:
-    """The ``index``-th (1-based) of ``count`` deterministic slices: cases whose position is ``index-1`` mod ``count``."""
+    """The ``index``-th (1-based) of ``count`` deterministic slices: every ``count``-th case from ``index``."""
     if count < 1 or not 1 <= index <= count:
         raise ValueError(f"Invalid shard {index}/{count}: the shard must be i/n with 1 <= i <= n.")
     return [c for i, c in enumerate(cases) if i % count == index - 1]

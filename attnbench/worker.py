@@ -12,6 +12,6 @@ from attnbench.measure.memory import predict_peak_memory
 
 _layer = torch.nn.Conv2d(2, 2, 1)
 _x = torch.zeros(1, 2, 2, 2)
-predict_peak_memory(_layer, _x, "infer")
+predict_peak_memory(_layer, tuple(_x.shape), "infer")
 analyse_macs(_layer, _x)
 del _layer, _x

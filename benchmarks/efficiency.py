@@ -2,7 +2,8 @@
 
     python benchmarks/efficiency.py [--threads N] [--min-run-time S]
 
-Prints forward latency (median of ``torch.utils.benchmark`` runs, same process, same threads)
+Prints forward latency (``torch.utils.benchmark`` medians, the two implementations alternating
+in one process with the same threads)
 and peak memory (each implementation in a fresh process, peak resident delta on CPU) with their
 ratios against the bounds the project holds the variants to. Exits 1 if a bound is missed.
 """
@@ -11,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import statistics
 import sys
 
 import torch
 
 import attnbench
+from attnbench.env import cpu_model
 from attnbench.measure.latency import make_step, measure_latency
 from attnbench.measure.memory import peak_memory
 from attnbench.plain import PLAIN
@@ -66,29 +69,36 @@ def peak_in_fresh_process(name, options, shape, plain, threads) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--min-run-time", type=float, default=2.0, help="seconds of timed runs per implementation")
+    parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds of timed runs per round")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating timing rounds per implementation")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads, fp32, CPU, forward (eval, no grad)\n")
-    header = f"{'variant':9} {'input':16} {'impl':6} {'latency ms (IQR)':>20} {'peak MiB':>9}"
+    print(f"torch {torch.__version__}, {args.threads} threads, fp32, CPU ({cpu_model()}), forward (eval, no grad); "
+          f"latency: median over {args.rounds} alternating rounds of torch.utils.benchmark medians\n")
+    header = f"{'variant':9} {'input':16} {'impl':6} {'latency ms (range of rounds)':>25} {'peak MiB':>9}"
     print(header + "\n" + "-" * len(header))
     failed = False
     for name, options, shape, lat_bound, mem_bound in COMPARISONS:
-        row = {}
-        for plain in (False, True):
-            module, x = build(name, options, shape, plain)
-            lat = measure_latency(make_step(module, x, "infer"), "cpu", batch=shape[0], threads=args.threads,
-                                  min_run_time=args.min_run_time)
-            mem = peak_in_fresh_process(name, options, shape, plain, args.threads)
-            row[plain] = (lat["latency_ms_median"], mem)
-            impl = "plain" if plain else "ours"
-            print(f"{name:9} {'x'.join(map(str, shape)):16} {impl:6} "
-                  f"{lat['latency_ms_median']:>11.2f} ({lat['latency_ms_iqr']:6.2f}) {mem / 2**20:>9.1f}")
-        lat_ratio = row[False][0] / row[True][0]
-        mem_ratio = row[False][1] / row[True][1]
+        impls = {impl: build(name, options, shape, impl == "plain") for impl in ("ours", "plain")}
+        steps = {impl: make_step(module, x, "infer") for impl, (module, x) in impls.items()}
+        # alternate the two implementations, so that load on a shared machine hits both alike
+        medians: dict[str, list[float]] = {impl: [] for impl in impls}
+        for _ in range(args.rounds):
+            for impl, step in steps.items():
+                lat = measure_latency(step, "cpu", batch=shape[0], threads=args.threads,
+                                      min_run_time=args.min_run_time)
+                medians[impl].append(lat["latency_ms_median"])
+        result = {}
+        for impl in impls:
+            ms = statistics.median(medians[impl])
+            mem = peak_in_fresh_process(name, options, shape, impl == "plain", args.threads)
+            result[impl] = (ms, mem)
+            spread = f"{min(medians[impl]):.2f}-{max(medians[impl]):.2f}"
+            print(f"{name:9} {'x'.join(map(str, shape)):16} {impl:6} {ms:>9.2f} ({spread:>13}) {mem / 2**20:>9.1f}")
         checks = []
-        for what, ratio, bound in (("latency", lat_ratio, lat_bound), ("memory", mem_ratio, mem_bound)):
-            verdict = "" if bound is None else (" <= %.2f ok" % bound if ratio <= bound else " > %.2f MISSED" % bound)
+        for what, i, bound in (("latency", 0, lat_bound), ("memory", 1, mem_bound)):
+            ratio = result["ours"][i] / result["plain"][i]
+            verdict = "" if bound is None else f" <= {bound:.2f} ok" if ratio <= bound else f" > {bound:.2f} MISSED"
             failed |= bound is not None and ratio > bound
             checks.append(f"{what} ratio {ratio:.3f}{verdict}")
         print(f"{'':9} ours / plain: " + "; ".join(checks) + "\n")

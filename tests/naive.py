@@ -112,7 +112,7 @@ def gsa(m, x: torch.Tensor) -> torch.Tensor:
 
 def local(m, x: torch.Tensor) -> torch.Tensor:
     cfg = m.cfg
-    h, k, C = cfg.heads, cfg.window, cfg.dim
+    h, C = cfg.heads, cfg.dim
     dh, p = C // h, cfg.window // 2
     out = []
     for img in x:

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-
-import attnbench
 from conftest import DEVICE, VARIANTS, randomize_norms
 from naive import NAIVE
+
+import attnbench
 
 TEST_DIM = 16
 TEST_RES = 12

@@ -115,24 +115,25 @@ class _LiveBytes:
         self.live -= self._sizes.pop(key)
 
 
-def predict_peak_memory(module: torch.nn.Module, x: torch.Tensor, mode: str) -> int:
-    """Predicted peak bytes of one iteration over the weights and inputs, without running it.
+def predict_peak_memory(
+    module: torch.nn.Module, input_shape: tuple[int, ...], mode: str, *, dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> int:
+    """Predicted peak bytes of one iteration over the weights, without running it or making its input.
 
-    The iteration runs under ``FakeTensorMode`` on a fake copy of ``x`` (the weights are used as
-    they are), so nothing is computed or allocated, while every storage an operation creates is
-    counted until it is freed. Kernel workspaces are not seen, so the real peak can be somewhat
-    higher.
+    The iteration runs under ``FakeTensorMode`` on a fake input (the weights are used as they
+    are), so nothing is computed or allocated, while every storage an operation creates, the
+    input included, is counted until it is freed. Kernel workspaces are not seen, so the real
+    peak can be somewhat higher.
     """
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from attnbench.measure.latency import make_step
 
     state = {k: v.clone() for k, v in module.state_dict().items()}  # batch-norm statistics
-    with FakeTensorMode(allow_non_fake_inputs=True) as fake:
-        step = make_step(module, fake.from_tensor(x), mode)
-        tracker = _LiveBytes()
-        with tracker.mode:
-            step()
+    tracker = _LiveBytes()
+    with FakeTensorMode(allow_non_fake_inputs=True), tracker.mode:
+        make_step(module, torch.empty(input_shape, dtype=dtype, device=device), mode)()
     module.zero_grad(set_to_none=True)
     module.load_state_dict(state)
     return tracker.peak

@@ -23,6 +23,11 @@ DEPTHS = {26: (1, 2, 4, 1), 38: (2, 3, 5, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 
 STEMS = ("conv", "cifar")
 
 
+def ceil_half(n: int) -> int:
+    """Side of a map after a stride-2 layer with "same" padding."""
+    return -(-n // 2)
+
+
 def conv1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
 
@@ -100,7 +105,7 @@ class ResNet(nn.Module):
         if stem == "conv":
             self.stem = nn.Sequential(nn.Conv2d(3, stem_c, 7, 2, 3, bias=False), nn.BatchNorm2d(stem_c),
                                       nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
-            size = -(-(-(-image_size // 2)) // 2)  # ceil twice: stride-2 conv, then stride-2 pool
+            size = ceil_half(ceil_half(image_size))  # stride-2 conv, then stride-2 max-pool
         else:
             self.stem = nn.Sequential(nn.Conv2d(3, stem_c, 3, 1, 1, bias=False), nn.BatchNorm2d(stem_c),
                                       nn.ReLU(inplace=True))
@@ -114,7 +119,7 @@ class ResNet(nn.Module):
                 stride = 2 if stage > 0 and i == 0 else 1
                 layers.append(Bottleneck(cin, w, cout, stride, spatial, size, options if not inserted else {}))
                 cin = cout
-                size = -(-size // stride)
+                size = ceil_half(size) if stride == 2 else size
                 if (stage, i) in places:
                     layers.append(build_variant(variant, cout, size=size, **options))
         bad = places - {(s, i) for s, n in enumerate(blocks) for i in range(n)}

@@ -34,7 +34,6 @@ from torch import nn
 from attnbench.registry import VariantConfig, register_variant
 from attnbench.variants._common import pointwise
 
-
 CHUNK_ELEMENTS = 1 << 21  # attention logits per chunk of tiles (8 MiB in fp32)
 
 

@@ -1,0 +1,197 @@
+"""The command line: sweeps end to end, every bad input, interruption and SIGKILL."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import attnbench
+from attnbench import store
+from attnbench.cli import main
+
+FAST = ["--min-run-time", "0.01", "--threads", "1"]
+
+
+def run_cli(capsys, *args):
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_list_shows_variants_and_models(capsys):
+    code, out, _ = run_cli(capsys, "list")
+    assert code == 0
+    for name in attnbench.list_variants():
+        assert f"  {name} " in out
+    assert "gsa_resnet50" in out and "axial_deeplab_26s" in out and "arXiv 2010.03019" in out
+
+
+def test_module_sweep_stores_every_case_and_resumes(capsys, tmp_path):
+    db = str(tmp_path / "r.sqlite")
+    args = ["run", "--scope", "module", "--variants", "gsa,conv", "--res", "8,12", "--dim", "16", "--db", db, *FAST]
+    code, out, _ = run_cli(capsys, *args)
+    assert code == 0 and "gsa" in out and "results in" in out
+    frame = store.load_results(db)
+    assert len(frame) == 4 and set(frame.status) == {"ok"}
+    for r in frame.itertuples():
+        m = attnbench.build_variant(r.variant, 16, size=r.res)
+        assert r.macs == attnbench.count_macs(m, torch.randn(1, 16, r.res, r.res))
+        assert r.latency_ms_median > 0 and r.peak_mem_bytes is not None and r.threads == 1
+        assert r.throughput_per_s == pytest.approx(1000 / r.latency_ms_median)
+        assert r.device_name and r.torch_version == torch.__version__
+    run_ids = set(frame.run_id)
+    assert run_cli(capsys, *args)[0] == 0
+    assert set(store.load_results(db).run_id) == run_ids  # nothing measured again
+    assert run_cli(capsys, *args, "--force")[0] == 0
+    again = store.load_results(db)
+    assert len(again) == 4 and not set(again.run_id) & run_ids
+
+
+def test_json_output(capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "run", "--scope", "module", "--variants", "conv", "--res", "8", "--dim", "8",
+                           "--db", str(tmp_path / "r.sqlite"), "--json", *FAST)
+    rows = json.loads(out)
+    assert code == 0 and rows[0]["variant"] == "conv" and rows[0]["status"] == "ok"
+
+
+def test_a_failing_case_does_not_lose_the_others(capsys, tmp_path):
+    db = str(tmp_path / "r.sqlite")
+    # a 1x1 map cannot be max-pooled by the non-local block's subsampling: an error case
+    code, out, _ = run_cli(capsys, "run", "--scope", "module", "--variants", "nonlocal,conv", "--res", "1",
+                           "--dim", "8", "--db", db, *FAST)
+    frame = store.load_results(db).set_index("variant")
+    assert code == 0
+    assert frame.loc["nonlocal", "status"] == "error" and "RuntimeError" in frame.loc["nonlocal", "reason"]
+    assert frame.loc["conv", "status"] == "ok"
+
+
+def test_a_case_that_cannot_fit_is_skipped_with_its_reason(capsys, tmp_path):
+    db = str(tmp_path / "r.sqlite")
+    # axial logits at 4096^2 need terabytes; predicted without allocating them
+    code, _, _ = run_cli(capsys, "run", "--scope", "module", "--variants", "axial", "--res", "4096", "--dim", "16",
+                         "--db", db, *FAST)
+    row = store.load_results(db).iloc[0]
+    assert code == 0 and row.status == "skipped" and "exceeds" in row.reason and row.predicted_mem_bytes > 2**40
+
+
+def test_a_case_over_its_time_limit_times_out(capsys, tmp_path):
+    db = str(tmp_path / "r.sqlite")
+    code, _, _ = run_cli(capsys, "run", "--variants", "conv", "--res", "224", "--timeout", "0.05", "--db", db, *FAST)
+    row = store.load_results(db).iloc[0]
+    assert code == 0 and row.status == "timeout"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--variants", "gssa"],
+         "Unknown variant 'gssa'. Available: axial, conv, gsa, local, nonlocal. Did you mean 'gsa'?"),
+        (["--res", "0"], "resolution 0 must be at least 1"),
+        (["--res", "-1"], "resolution -1 must be at least 1"),
+        (["--res", "abc"], "resolution 'abc' is not a whole number"),
+        (["--res", "3.5"], "resolution '3.5' is not a whole number"),
+        (["--batch", "0"], "batch 0 must be at least 1"),
+        (["--scope", "module", "--variants", "gsa", "--dim", "12"], "dim must be divisible by heads=8"),
+        (["--dtype", "fp64"], "Unknown dtype 'fp64'"),
+        (["--shard", "3/2"], "shard 3/2 is out of range"),
+        (["--shard", "x"], "shard 'x' must be i/n"),
+        (["--mode", "fast"], "Unknown mode 'fast'"),
+        (["--timeout", "0"], "must be a positive number of seconds"),
+        (["--arch", "resnet7"], "Unknown model 'conv_resnet7'"),
+    ],
+)
+def test_bad_arguments_are_one_line_and_exit_2(capsys, tmp_path, args, message):
+    code, out, err = run_cli(capsys, "run", "--db", str(tmp_path / "r.sqlite"), *args)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_without_cuda(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "run", "--device", "cuda", "--db", str(tmp_path / "r.sqlite"))
+    assert code == 2 and "no CUDA device" in err and err.count("\n") == 1
+
+
+def test_bad_stores(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, _, err = run_cli(capsys, "run", "--db", str(blocker / "r.sqlite"))
+    assert code == 2 and "is not a directory" in err and err.count("\n") == 1
+    code, _, err = run_cli(capsys, "run", "--db", str(blocker / "sub" / "r.sqlite"))
+    assert code == 2 and "Cannot create the directory" in err and err.count("\n") == 1
+    notdb = tmp_path / "not.sqlite"
+    notdb.write_text("plain text " * 200)
+    code, _, err = run_cli(capsys, "run", "--db", str(notdb))
+    assert code == 2 and "is not a usable results store" in err
+    newer = tmp_path / "newer.sqlite"
+    store.open_store(newer).close()
+    with sqlite3.connect(newer) as conn:
+        conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    for args in (["run", "--db", str(newer)], ["export", "--db", str(newer)]):
+        code, _, err = run_cli(capsys, *args)
+        assert code == 2 and "schema version 99" in err
+
+
+def test_export_and_merge(capsys, tmp_path):
+    a, b, out = (str(tmp_path / n) for n in ("a.sqlite", "b.sqlite", "all.sqlite"))
+    for db, res in ((a, "8"), (b, "8,12")):
+        assert run_cli(capsys, "run", "--scope", "module", "--variants", "conv", "--res", res, "--dim", "8",
+                       "--db", db, *FAST)[0] == 0
+    code, text, _ = run_cli(capsys, "merge", a, b, "-o", out)
+    assert code == 0 and "2 new rows" in text
+    code, csv, _ = run_cli(capsys, "export", "--db", out, "--format", "csv")
+    assert code == 0 and csv.count("\n") == 3 and csv.startswith("case_key,")
+    code, md, _ = run_cli(capsys, "export", "--db", out, "--format", "md")
+    assert code == 0 and md.startswith("| case_key")
+
+
+def _sweep_command(db):
+    return [sys.executable, "-m", "attnbench", "run", "--scope", "module", "--variants", "conv,gsa,nonlocal",
+            "--res", "8,12,16", "--dim", "16", "--db", db, "--min-run-time", "0.3", "--threads", "1"]
+
+
+def _wait_for_rows(db, n, proc, limit=120):
+    start = time.time()
+    while time.time() - start < limit:
+        if os.path.exists(db):
+            try:
+                if len(store.load_results(db)) >= n:
+                    return
+            except store.StoreError:
+                pass
+        assert proc.poll() is None, "the sweep ended before it could be interrupted"
+        time.sleep(0.05)
+    raise AssertionError("no rows appeared")
+
+
+@pytest.mark.slow
+def test_sigkill_mid_sweep_then_rerun_stores_every_case_once(tmp_path):
+    db = str(tmp_path / "r.sqlite")
+    proc = subprocess.Popen(_sweep_command(db), start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    _wait_for_rows(db, 2, proc)
+    os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its case processes, at once
+    proc.wait()
+    partial = len(store.load_results(db))
+    assert 2 <= partial < 9
+    subprocess.run(_sweep_command(db), check=True, capture_output=True)
+    frame = store.load_results(db)
+    assert len(frame) == 9 and frame.case_key.is_unique and set(frame.status) == {"ok"}
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_finished_cases(tmp_path):
+    db = str(tmp_path / "r.sqlite")
+    proc = subprocess.Popen(_sweep_command(db), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_rows(db, 1, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+    kept = store.load_results(db)
+    assert 1 <= len(kept) < 9 and set(kept.status) == {"ok"}

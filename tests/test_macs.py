@@ -1,0 +1,97 @@
+"""MAC counts: every variant against an analytic formula and against torch's FlopCounterMode."""
+
+import pytest
+import torch
+from conftest import VARIANTS
+from torch.utils.flop_counter import FlopCounterMode
+
+import attnbench
+from attnbench.measure.flop_handles import einsum_equation_macs, matmul_macs
+from attnbench.measure.macs import analyse_macs
+from attnbench.plain import PLAIN
+
+# C = 32 keeps every per-head width above 1: torch.einsum turns size-1 contractions into mul + sum,
+# which FlopCounterMode does not count
+B, C, H, W = 2, 32, 12, 10
+N = H * W
+
+
+def analytic(name: str, m) -> int:
+    """MACs from each paper's equations (one multiply-add = 1), per forward pass of B images."""
+    cfg = m.cfg
+    if name == "conv":
+        return B * N * 9 * C * C
+    if name == "gsa":
+        dk, h = m.dim_key, cfg.heads
+        projections = N * C * (2 * dk + C)
+        content = 2 * N * dk * C // h  # rho(K)^T V, then Q times it
+        positional = N * H * (dk + C) + N * W * (dk + C)  # column, then row: q.r and the weighted sum
+        return B * (projections + content + positional)
+    if name == "local":
+        return B * (3 * N * C * C + 3 * N * cfg.window**2 * C)  # q.k, q.r, weighted sum per window element
+    if name == "nonlocal":
+        d = C // cfg.reduction
+        keys = (H // 2) * (W // 2) if cfg.subsample else N
+        return B * (3 * N * C * d + N * d * C + 2 * N * keys * d)
+    if name == "axial":
+        layer = lambda length: N * C * 2 * C + N * length * (3 * C // 2 + 2 * C)  # noqa: E731
+        return B * (layer(H) + layer(W))
+    raise AssertionError(f"no analytic MAC formula for '{name}'")
+
+
+OPTIONS = {"nonlocal": [{}, {"subsample": False}], "gsa": [{}, {"dim_key": 16}], "local": [{}, {"window": 3}]}
+
+
+@pytest.mark.parametrize("name, options", [(v, o) for v in VARIANTS for o in OPTIONS.get(v, [{}])], ids=str)
+def test_count_matches_the_analytic_formula(name, options):
+    m = attnbench.build_variant(name, C, size=max(H, W), **options)
+    assert attnbench.count_macs(m, torch.randn(B, C, H, W)) == analytic(name, m)
+
+
+def flop_counter_macs(fn, *args) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn(*args)
+    total = counter.get_total_flops()
+    assert total % 2 == 0
+    return total // 2
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_count_matches_torch_flop_counter(name):
+    """FlopCounterMode counts 2 per MAC; for variants whose fast path does masked or fused work
+    (local: halo tiles; nonlocal: fused attention, which the counter misses on CPU) it counts
+    the textbook implementation, whose every multiply-add is one the mechanism needs."""
+    m = attnbench.build_variant(name, C, size=max(H, W)).eval()
+    x = torch.randn(B, C, H, W)
+    fn = (lambda t: PLAIN[name](m, t)) if name in ("local", "nonlocal") else m
+    with torch.no_grad():
+        assert attnbench.count_macs(m, x) == flop_counter_macs(fn, x)
+
+
+def test_resnet50_matches_torchvision_count():
+    m = attnbench.build_model("resnet50")
+    assert attnbench.count_macs(m, torch.randn(1, 3, 224, 224)) == 4_089_184_256
+
+
+def test_uncounted_ops_are_reported():
+    count = analyse_macs(attnbench.build_variant("gsa", C, size=12), torch.randn(1, C, 12, 12))
+    assert "aten::softmax" in count.uncounted_ops
+
+
+def test_declared_macs_replace_the_traced_work():
+    count = analyse_macs(attnbench.build_variant("local", C, size=12), torch.randn(1, C, 12, 12))
+    assert count.declared_by == ("LocalSelfAttention",)
+
+
+@pytest.mark.parametrize(
+    "a, b, want",
+    [([3, 4], [4, 5], 60), ([2, 3, 4], [4, 5], 120), ([4], [4, 5], 20), ([2, 1, 3, 4], [5, 4, 6], 2 * 5 * 3 * 4 * 6)],
+)
+def test_matmul_macs_follow_broadcasting(a, b, want):
+    assert matmul_macs(a, b) == want
+
+
+def test_einsum_macs_and_refusals():
+    assert einsum_equation_macs("bij,bjk->bik", [[2, 3, 4], [2, 4, 5]]) == 2 * 3 * 4 * 5
+    with pytest.raises(ValueError, match="summed out of one operand"):
+        einsum_equation_macs("ij,jk->k", [[3, 4], [4, 5]])

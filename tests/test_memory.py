@@ -1,0 +1,44 @@
+"""Peak memory: measured on a known allocation, and predicted without running."""
+
+import pytest
+import torch
+
+from attnbench.measure.memory import cpu_peak_supported, peak_memory, predict_peak_memory
+
+MIB = 2**20
+
+
+class Allocates(torch.nn.Module):
+    """Allocates (and touches) ``mib`` MiB in forward, keeping it alive until the output exists."""
+
+    def __init__(self, mib: int):
+        super().__init__()
+        self.n = mib * MIB // 4
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        big = torch.ones(self.n, dtype=torch.float32, device=x.device)
+        return x + big[:1]
+
+
+@pytest.mark.skipif(not cpu_peak_supported(), reason="needs Linux's resettable peak RSS")
+def test_cpu_peak_reads_a_known_allocation():
+    m, x = Allocates(256), torch.zeros(1)
+    m(x)  # warm-up, as the harness does
+    got = peak_memory(lambda: m(x), "cpu")
+    assert got["peak_mem_method"] == "cpu_peak_rss"
+    assert abs(got["peak_mem_bytes"] - 256 * MIB) <= 0.1 * 256 * MIB, got
+
+
+def test_prediction_sees_the_allocation_without_making_it():
+    predicted = predict_peak_memory(Allocates(4096), (1,), "infer")  # 4 GiB: never allocated
+    assert abs(predicted - 4096 * MIB) <= 0.01 * 4096 * MIB
+
+
+def test_prediction_leaves_the_module_untouched():
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    predict_peak_memory(m, (2, 3, 8, 8), "train")
+    after = m.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(p.grad is None for p in m.parameters())
+    assert m(torch.randn(2, 3, 8, 8)).shape == (2, 4, 6, 6)

@@ -1,0 +1,96 @@
+"""The results store: whole rows, no duplicates, clear errors, several writers."""
+
+import multiprocessing as mp
+import sqlite3
+
+import pytest
+
+from attnbench import store
+
+
+def row(key: str, env: str = "e1", **extra) -> dict:
+    base = dict(case_key=key, env_key=env, run_id="r", scope="module", variant="gsa", arch="", res=8, batch=1,
+                dim=16, dtype="fp32", device="cpu", mode="infer", threads=1, status="ok", macs=10,
+                uncounted_ops={"aten::softmax": 1})
+    return {**base, **extra}
+
+
+def test_write_and_load_round_trip(tmp_path):
+    db = tmp_path / "r.sqlite"
+    store.write(db, row("a"))
+    store.write(db, row("b", latency_ms_median=1.5))
+    frame = store.load_results(db)
+    assert list(frame.case_key) == ["a", "b"]
+    assert frame.latency_ms_median.iloc[1] == 1.5
+    assert frame.uncounted_ops.iloc[0] == '{"aten::softmax": 1}'
+
+
+def test_same_case_and_environment_is_stored_once_unless_replaced(tmp_path):
+    db = tmp_path / "r.sqlite"
+    store.write(db, row("a", macs=1))
+    store.write(db, row("a", macs=2))
+    assert list(store.load_results(db).macs) == [1]
+    store.write(db, row("a", macs=3), replace=True)
+    assert list(store.load_results(db).macs) == [3]
+    store.write(db, row("a", env="e2"))
+    assert store.stored_keys(db, "e1") == {"a"} and len(store.load_results(db)) == 2
+
+
+def test_merge_has_no_duplicates(tmp_path):
+    a, b, out = tmp_path / "a.sqlite", tmp_path / "b.sqlite", tmp_path / "out.sqlite"
+    for key in ("x", "y"):
+        store.write(a, row(key))
+    for key in ("y", "z"):
+        store.write(b, row(key))
+    assert store.merge([a, b], out) == 3
+    assert store.merge([a, b], out) == 0
+    assert sorted(store.load_results(out).case_key) == ["x", "y", "z"]
+
+
+def test_a_file_that_is_not_a_database(tmp_path):
+    bad = tmp_path / "notes.sqlite"
+    bad.write_text("hello, this is not SQLite" * 100)
+    with pytest.raises(store.StoreError, match="is not a usable results store"):
+        store.open_store(bad)
+
+
+def test_a_foreign_database(tmp_path):
+    db = tmp_path / "other.sqlite"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE t (x)")
+    with pytest.raises(store.StoreError, match="not an attnbench results store"):
+        store.open_store(db)
+
+
+def test_a_newer_schema_is_refused(tmp_path):
+    db = tmp_path / "new.sqlite"
+    store.open_store(db).close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(store.SCHEMA_VERSION + 1),))
+    with pytest.raises(store.StoreError, match="newer than this attnbench reads"):
+        store.open_store(db)
+
+
+def test_a_directory_that_cannot_be_created(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(store.StoreError, match="Cannot create the directory"):
+        store.open_store(blocker / "sub" / "r.sqlite")
+
+
+def _writer(db, start):
+    for i in range(start, start + 25):
+        store.write(db, row(f"k{i}"))
+
+
+def test_several_processes_write_one_store(tmp_path):
+    db = tmp_path / "r.sqlite"
+    store.open_store(db).close()
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(str(db), 25 * i)) for i in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    assert sorted(store.load_results(db).case_key) == sorted(f"k{i}" for i in range(100))

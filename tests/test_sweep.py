@@ -1,0 +1,40 @@
+import pytest
+
+from attnbench.sweep import Case, expand, shard
+
+
+def sweep(**kw):
+    base = dict(variants=["gsa", "conv"], res=[32, 16], batch=[1, 2], dims=[8], dtypes=["fp32", "bf16"],
+                devices=["cpu"], modes=["infer"], scope="module", arch="resnet50", threads=1)
+    return expand(**{**base, **kw})
+
+
+def test_cross_product_and_order():
+    cases = sweep()
+    assert len(cases) == 2 * 2 * 2 * 2
+    assert len({c.key for c in cases}) == len(cases)
+    gsa = [c.res for c in cases if c.variant == "gsa" and c.batch == 1 and c.dtype == "fp32"]
+    assert gsa == [16, 32]  # each variant's resolutions smallest first
+
+
+def test_keys_are_stable_text():
+    c = Case("module", "gsa", "", 16, 1, 8, "fp32", "cpu", "infer", 2)
+    assert c.key == "scope=module/variant=gsa/arch=/res=16/batch=1/dim=8/dtype=fp32/device=cpu/mode=infer/threads=2"
+
+
+def test_model_scope_ignores_dim():
+    assert {c.dim for c in sweep(scope="model", dims=[8, 16])} == {0}
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5])
+def test_shards_partition_the_sweep(n):
+    cases = sweep()
+    parts = [shard(cases, i, n) for i in range(1, n + 1)]
+    assert sorted(c.key for p in parts for c in p) == sorted(c.key for c in cases)
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+@pytest.mark.parametrize("i, n", [(3, 2), (0, 2), (1, 0)])
+def test_bad_shard(i, n):
+    with pytest.raises(ValueError, match="Invalid shard"):
+        shard(sweep(), i, n)
