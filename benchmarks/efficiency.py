@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds of timed runs per round")
     parser.add_argument("--rounds", type=int, default=5, help="alternating timing rounds per implementation")
+    parser.add_argument("--only", default=None, help="comma-separated variants to compare (default: all)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, fp32, CPU ({cpu_model()}), forward (eval, no grad); "
@@ -79,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     print(header + "\n" + "-" * len(header))
     failed = False
     for name, options, shape, lat_bound, mem_bound in COMPARISONS:
+        if args.only and name not in args.only.split(","):
+            continue
         impls = {impl: build(name, options, shape, impl == "plain") for impl in ("ours", "plain")}
         steps = {impl: make_step(module, x, "infer") for impl, (module, x) in impls.items()}
         # alternate the two implementations, so that load on a shared machine hits both alike

@@ -169,3 +169,25 @@ def test_chunked_computation_matches_naive(variant, monkeypatch):
     whole = m(x)
     monkeypatch.setattr(f"{module}.CHUNK_ELEMENTS", 1)
     torch.testing.assert_close(m(x), whole)
+
+
+def test_gsa_train_mode_batch_norm_matches_the_plain_implementation():
+    """GSA normalises the column layer in its own layout; in training it must behave as nn.BatchNorm2d:
+    same output, same running statistics, same gradients."""
+    import copy
+
+    from attnbench.plain import plain_gsa
+
+    fast = make("gsa", dim=8, heads=2).double().train()
+    plain = copy.deepcopy(fast)
+    x = torch.randn(3, 8, 6, 5, dtype=torch.float64)
+    y_fast, y_plain = fast(x), plain_gsa(plain, x)
+    torch.testing.assert_close(y_fast, y_plain)
+    torch.testing.assert_close(fast.norm.running_mean, plain.norm.running_mean)
+    torch.testing.assert_close(fast.norm.running_var, plain.norm.running_var)
+    assert fast.norm.num_batches_tracked == plain.norm.num_batches_tracked == 1
+    g = torch.randn_like(y_fast)
+    (y_fast * g).sum().backward()
+    (y_plain * g).sum().backward()
+    for (name, a), b in zip(fast.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=f"gradient of {name}")

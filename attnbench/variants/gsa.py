@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnbench.registry import VariantConfig, register_variant
-from attnbench.variants._common import check_fits, pointwise, relative_to_absolute, table_entries
+from attnbench.variants._common import check_fits, relative_to_absolute, table_entries
 
 
 @dataclass(frozen=True)
@@ -85,72 +85,89 @@ class GlobalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
-        dk = self.dim_key
+        h, dk = self.heads, self.dim_key
+        dkh, dvh = dk // h, C // h
         if self.cfg.positional:
             check_fits("gsa", max(H, W), self.cfg.span, self.cfg.size)
-            rel_col = relative_to_absolute(self.rel_col, H)  # (H_query, H_key, dkh)
-            rel_row = relative_to_absolute(self.rel_row, W)
-        # Images are processed in chunks whose attention logits stay cache-sized; the batch norm
-        # between the column and row layers still sees the whole batch.
-        chunk = max(1, CHUNK_ELEMENTS // (self.heads * H * W * max(H, W)))
-        pieces = []
-        for xs in x.split(chunk):
-            q, k, v = pointwise(self.to_qkv, xs).split([dk, dk, C], dim=1)
-            content = self.content(q, k, v) if self.cfg.content else None
-            column = self.column(q, v, rel_col) if self.cfg.positional else None
-            pieces.append((q, content, column))
-        if self.cfg.positional:
-            columns = self.norm(torch.cat([column for *_, column in pieces])).split(chunk)
-            parts = [
-                self.row(q, col, rel_row) if c is None else c + self.row(q, col, rel_row)
-                for (q, c, _), col in zip(pieces, columns)
-            ]
-        else:
-            parts = [c for _, c, _ in pieces]
-        out = parts[0] if len(parts) == 1 else torch.cat(parts)
+            rel_col = relative_to_absolute(self.rel_col, H).transpose(1, 2)  # (x, d, i)
+            rel_row = relative_to_absolute(self.rel_row, W).transpose(1, 2)  # (y, d, j)
+        weight = self.to_qkv.weight.view(-1, C).t()  # (C, 2dk + C)
+        # Image by image, pixel-major: each (x, ...) or (..., y) slice of q, k, v is then a plain
+        # matrix, so every product below is a batched matrix product on views.
+        queries, contents, cols = [], [], []
+        for image in x:
+            qkv = image.view(C, H * W).t() @ weight  # (N, 2dk + C): 1x1 projections
+            q, k, v = qkv.split([dk, dk, C], dim=1)
+            queries.append(q)
+            if self.cfg.content:
+                # F^c = Q (softmax_positions(K)^T V), per head
+                keys = k.softmax(dim=0).view(H * W, h, dkh).permute(1, 2, 0)  # (h, dkh, N)
+                context = torch.bmm(keys, v.view(H * W, h, dvh).transpose(0, 1))  # (h, dkh, dvh)
+                contents.append(torch.bmm(context.transpose(1, 2), q.view(H * W, h, dkh).permute(1, 2, 0)))
+            if self.cfg.positional:
+                # column: col[(y, n), x] = sum_i (q[x, (y, n)] . R^c[i - x]) v[(y, n), i]
+                cols.append(
+                    axis_attend(q.reshape(H, W * h, dkh), v.reshape(H, W * h, dvh).transpose(0, 1), rel_col)
+                )
+        if not self.cfg.positional:
+            out = torch.stack(contents).view(B, C, H, W)
+            return F.avg_pool2d(out, 2) if self.cfg.stride == 2 else out
+        col = batch_norm(torch.stack(cols).view(B, W, h, H, dvh), self.norm, channel_dims=(2, 4))  # (b, y, n, x, e)
+        outs = []
+        for b, q in enumerate(queries):
+            # row: out[(x, n), y] = sum_j (q[y, (x, n)] . R^r[j - y]) col[(x, n), j]
+            row = axis_attend(
+                q.view(H, W, dk).transpose(0, 1).reshape(W, H * h, dkh),  # (y, x, n, d): pixel vectors move
+                col[b].permute(2, 1, 0, 3).reshape(H * h, W, dvh),  # (x, n, j, e)
+                rel_row,
+            ).view(H, h, W, dvh).permute(1, 3, 0, 2)  # (n, e, x, y)
+            outs.append(row if not contents else contents[b].view(h, dvh, H, W) + row)
+        out = torch.stack(outs).view(B, C, H, W)
         return F.avg_pool2d(out, 2) if self.cfg.stride == 2 else out
 
-    def content(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """F^c = Q (softmax_positions(K)^T V), per head."""
-        B, C, H, W = v.shape
-        h = self.heads
-        keys = k.reshape(B, h, -1, H * W).softmax(dim=-1)  # (B, h, dkh, N)
-        context = keys @ v.reshape(B, h, C // h, H * W).transpose(-1, -2)  # (B, h, dkh, dvh)
-        out = context.transpose(-1, -2) @ q.reshape(B, h, -1, H * W)  # (B, h, dvh, N)
-        return out.reshape(B, C, H, W)
 
-    def column(self, q: torch.Tensor, v: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
-        """Column-only layer: y[x, c] = sum_i (q[x, c] . R^c[i - x]) v[i, c]."""
-        B, C, H, W = v.shape
-        h = self.heads
-        qc = q.reshape(B, h, -1, H, W).permute(0, 1, 4, 3, 2).reshape(B * h * W, H, -1)  # (B h W, H, dkh)
-        vc = v.reshape(B, h, -1, H, W).permute(0, 1, 4, 3, 2).reshape(B * h * W, H, C // h)
-        y = axis_attend(qc, vc, rel)  # (B h W, H, dvh)
-        return y.view(B, h, W, H, -1).permute(0, 1, 4, 3, 2).reshape(B, C, H, W)
-
-    def row(self, q: torch.Tensor, col: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
-        """Row-only layer on the column layer's output: y[r, y] = sum_j (q[r, y] . R^r[j - y]) col[r, j]."""
-        B, C, H, W = col.shape
-        h = self.heads
-        qr = q.reshape(B, h, -1, H, W).permute(0, 1, 3, 4, 2).reshape(B * h * H, W, -1)  # (B h H, W, dkh)
-        vr = col.reshape(B, h, -1, H, W).permute(0, 1, 3, 4, 2).reshape(B * h * H, W, C // h)
-        y = axis_attend(qr, vr, rel)  # (B h H, W, dvh)
-        return y.view(B, h, H, W, -1).permute(0, 1, 4, 2, 3).reshape(B, C, H, W)
-
-
-CHUNK_ELEMENTS = 1 << 21  # attention logits per chunk of images (8 MiB in fp32)
+CHUNK_ELEMENTS = 1 << 21  # attention logits per chunk of lines (8 MiB in fp32)
 
 
 def axis_attend(q: torch.Tensor, v: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
     """Positional attention along one axis, relative embeddings as keys, no softmax.
 
     Args:
-        q: ``(M, L, d)`` queries of M lines of length L.
-        v: ``(M, L, e)`` values of the same lines.
-        rel: ``(L, L, d)`` embedding of each (query, key) offset, zero outside the span.
+        q: ``(L, M, d)``: the queries at each position of M lines of length L.
+        v: ``(M, L, e)``: the values of the same lines.
+        rel: ``(L, d, L)``: ``rel[x, :, i]`` embeds the offset ``i - x``, zero outside the span.
 
     Returns:
-        ``(M, L, e)``: ``out[m, x] = sum_i (q[m, x] . rel[x, i]) v[m, i]``.
+        ``(M, L, e)``: ``out[m, x] = sum_i (q[x, m] . rel[x, :, i]) v[m, i]``. The lines are taken in
+        chunks whose logits stay cache-sized.
     """
-    logits = torch.bmm(q.transpose(0, 1), rel.transpose(1, 2))  # (L_query, M, L_key), batched over x
-    return torch.bmm(logits.transpose(0, 1), v)  # (M, L_query, e)
+    L, M, _ = q.shape
+    step = max(1, CHUNK_ELEMENTS // (L * L))
+    parts = []
+    for m in range(0, M, step):
+        logits = torch.bmm(q[:, m : m + step], rel)  # (L_query, chunk, L_key), batched over the query position
+        parts.append(torch.bmm(logits.transpose(0, 1), v[m : m + step]))  # (chunk, L_query, e)
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def batch_norm(x: torch.Tensor, bn: nn.BatchNorm2d, channel_dims: tuple[int, int]) -> torch.Tensor:
+    """``bn`` applied to a tensor whose channels are spread over two dims, in any layout.
+
+    Same statistics, running averages and gradients as ``bn`` on the (B, C, H, W) form of ``x``;
+    the two channel dims must be in channel order (outer, inner).
+    """
+    shape = [x.shape[d] if d in channel_dims else 1 for d in range(x.dim())]
+    if bn.training or not bn.track_running_stats:
+        dims = [d for d in range(x.dim()) if d not in channel_dims]
+        var, mean = torch.var_mean(x, dim=dims, correction=0, keepdim=True)
+        if bn.training and bn.track_running_stats:
+            n = x.numel() // mean.numel()
+            with torch.no_grad():
+                bn.num_batches_tracked.add_(1)
+                momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+                bn.running_mean.lerp_(mean.flatten(), momentum)
+                bn.running_var.lerp_(var.flatten() * n / max(n - 1, 1), momentum)
+    else:
+        mean, var = bn.running_mean.view(shape), bn.running_var.view(shape)
+    scale = torch.rsqrt(var + bn.eps) * bn.weight.view(shape)
+    return torch.addcmul(bn.bias.view(shape) - mean * scale, x, scale)
