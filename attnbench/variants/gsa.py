@@ -15,10 +15,16 @@ Deviations / choices where the figure is silent:
 * The relative tables are shared by all heads, ``dim_key/heads`` wide, and cover the offsets
   ``-(L-1)/2 .. (L-1)/2`` of a span L; the default span is the whole axis (offsets up to
   ``size - 1``, i.e. ``2*size - 1`` rows). Sharing follows Axial-DeepLab and the public port; it
-  keeps GSA-ResNet-50 at 18.05 M parameters, inside the paper's reported ~18 M.
+  keeps GSA-ResNet-50 at 18.05 M parameters, inside the 18.0-18.2 M that the paper is recalled to
+  report (unverified; see baselines/published.csv).
 * No output reprojection after the sum (the figure has none; the public port adds one).
-* Cost is linear in pixels x axis length: the positional layer multiplies by per-axis banded
-  (length x length) matrices, which is exact for any span and the fastest form on dense hardware.
+* Cost is linear in pixels x axis length: each positional layer multiplies by banded
+  (length x length) matrices of relative embeddings, exact for any span; a fixed span shorter
+  than the axis masks the band but does not shorten the product.
+
+Implementation: images are processed one by one in a pixel-major layout, in which every slice the
+column and row layers need is a plain matrix, so both are batched matrix products on views; the
+batch norm between them is applied in that layout with the statistics of nn.BatchNorm2d.
 """
 
 from __future__ import annotations

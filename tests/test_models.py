@@ -1,0 +1,97 @@
+"""Networks: names from the registry, architecture checks, and the published parameter and MAC counts."""
+
+import pytest
+import torch
+
+import attnbench
+from attnbench.baselines import compare_published, load_published
+from attnbench.models import list_models, parse_model_name
+from attnbench.models.resnet import DEPTHS
+
+
+@pytest.fixture(scope="module")
+def published():
+    return compare_published()
+
+
+def test_every_variant_gets_its_networks():
+    names = list_models()
+    for variant in attnbench.list_variants():
+        for depth in DEPTHS:
+            assert f"{variant}_resnet{depth}" in names
+    assert {"resnet26", "resnet38", "resnet50", "resnet101", "axial_deeplab_26s", "axial_deeplab_50s"} <= set(names)
+
+
+def test_conv_resnet50_is_resnet50():
+    a, b = attnbench.build_model("resnet50"), attnbench.build_model("conv_resnet50")
+    assert [(n, p.shape) for n, p in a.named_parameters()] == [(n, p.shape) for n, p in b.named_parameters()]
+
+
+def test_unknown_model():
+    with pytest.raises(KeyError, match="Unknown model 'gsa_resnet51'.*Did you mean 'gsa_resnet50'"):
+        parse_model_name("gsa_resnet51")
+
+
+@pytest.mark.parametrize("row", range(len(load_published())))
+def test_published_figures(published, row):
+    r = published.iloc[row]
+    if r.expect == "unmatched":
+        assert r.model not in list_models(), "an unmatched row must not name one of our networks"
+        return
+    detail = f"{r.model} {r.metric}: ours {r.ours:,.0f}, published {r.value:,.0f} ({r.printed}, {r.source})"
+    if r.expect == "match":
+        assert r.within, detail
+    else:  # a known, explained difference: it must still be there, or the note is stale
+        assert not r.within and isinstance(r.note, str) and r.note, detail
+
+
+def test_resnet50_parameters_exactly(published):
+    row = published[(published.model == "resnet50") & (published.metric == "params")].iloc[0]
+    assert row.ours == 25_557_032
+
+
+def test_gsa_resnet50_in_range(published):
+    row = published[(published.model == "gsa_resnet50") & (published.metric == "params")].iloc[0]
+    assert 18_000_000 <= row.ours <= 18_200_000
+
+
+@pytest.mark.parametrize("name", ["gsa_resnet26", "local_resnet26", "axial_resnet26", "nonlocal_resnet26",
+                                  "resnet26", "axial_deeplab_26s"])
+def test_cifar_stem_small_network_trains_a_step(name):
+    torch.manual_seed(0)
+    net = attnbench.build_model(name, num_classes=10, stem="cifar", width=0.25)
+    x = torch.randn(2, 3, 32, 32)
+    out = net(x)
+    assert out.shape == (2, 10)
+    out.logsumexp(1).sum().backward()
+    assert all(p.grad is not None for p in net.parameters())
+
+
+def test_nonlocal_placement():
+    from attnbench.variants.non_local import NonLocalBlock
+
+    net = attnbench.build_model("nonlocal_resnet50")
+    assert sum(isinstance(m, NonLocalBlock) for m in net.modules()) == 5  # 2 in res3, 3 in res4
+    net = attnbench.build_model("nonlocal_resnet50", nonlocal_blocks=[(3, 2)])
+    assert sum(isinstance(m, NonLocalBlock) for m in net.modules()) == 1
+    with pytest.raises(ValueError, match="no such"):
+        attnbench.build_model("nonlocal_resnet50", nonlocal_blocks=[(3, 3)])
+
+
+def test_attention_replaces_every_spatial_convolution():
+    net = attnbench.build_model("gsa_resnet50")
+    kernels = [m.kernel_size for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert (3, 3) not in kernels and kernels.count((7, 7)) == 1  # only the stem stays spatial
+
+
+def test_model_scope_run(capsys, tmp_path):
+    from attnbench import store
+    from attnbench.cli import main
+
+    db = str(tmp_path / "r.sqlite")
+    assert main(["run", "--variants", "gsa,conv", "--arch", "resnet26", "--res", "64", "--db", db,
+                 "--min-run-time", "0.01", "--threads", "1"]) == 0
+    frame = store.load_results(db).set_index("variant")
+    assert set(frame.status) == {"ok"} and set(frame.arch) == {"resnet26"}
+    net = attnbench.build_model("gsa_resnet26", image_size=64)
+    assert frame.loc["gsa", "params"] == sum(p.numel() for p in net.parameters())
