@@ -1,0 +1,87 @@
+"""CUDA paths: synchronised timing, allocator statistics, device names, several devices.
+
+Marked ``gpu`` and skipped (with the reason) on machines without CUDA.
+"""
+
+import pytest
+import torch
+
+import attnbench
+from attnbench import store
+from attnbench.env import environment
+from attnbench.harness import _is_oom
+from attnbench.measure.latency import make_step, measure_latency
+from attnbench.measure.memory import peak_memory, predict_peak_memory
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+MIB = 2**20
+
+
+@pytest.mark.parametrize("name", attnbench.list_variants())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_variants_on_cuda_match_cpu(name, dtype):
+    torch.manual_seed(0)
+    m = attnbench.build_variant(name, 32, size=24).eval()
+    x = torch.randn(2, 32, 24, 20)
+    want = m(x)
+    got = m.to("cuda", dtype)(x.to("cuda", dtype)).float().cpu()
+    tol = 1e-3 if dtype == torch.float32 else 5e-2
+    rel = ((got - want).norm() / want.norm()).item()
+    assert torch.isfinite(got).all() and rel < tol, f"{name} {dtype}: relative error {rel:.3g}"
+
+
+def test_cuda_peak_reads_a_known_allocation():
+    def step():
+        return torch.ones(64 * MIB, device="cuda")  # 256 MiB
+
+    got = peak_memory(step, "cuda")
+    assert got["peak_mem_method"] == "cuda_max_allocated"
+    assert abs(got["peak_mem_bytes"] - 256 * MIB) <= 0.1 * 256 * MIB
+    assert got["peak_mem_reserved_bytes"] >= got["peak_mem_bytes"] - 2 * MIB
+
+
+def test_prediction_is_close_to_the_cuda_peak():
+    m = attnbench.build_variant("axial", 64, size=64).cuda()
+    step = make_step(m, torch.randn(4, 64, 64, 64, device="cuda"), "train")
+    step()
+    measured = peak_memory(step, "cuda")["peak_mem_bytes"]
+    predicted = predict_peak_memory(m, (4, 64, 64, 64), "train", device="cuda")
+    assert 0.5 * measured <= predicted <= 2 * measured, (predicted, measured)
+
+
+def test_cuda_timing_synchronises():
+    a = torch.randn(4096, 4096, device="cuda")
+    slow = measure_latency(lambda: a @ a @ a @ a, "cuda", batch=1, threads=1, min_run_time=0.2)
+    fast = measure_latency(lambda: a + 1, "cuda", batch=1, threads=1, min_run_time=0.2)
+    assert slow["latency_ms_median"] > 3 * fast["latency_ms_median"] > 0
+
+
+def test_device_names_are_recorded():
+    env = environment("cuda:0")
+    assert env["gpu_name"] == torch.cuda.get_device_name(0) == env["device_name"]
+    assert env["cuda_version"] == torch.version.cuda
+
+
+def test_out_of_memory_is_recognised():
+    try:
+        torch.empty(1 << 50, dtype=torch.uint8, device="cuda")
+    except Exception as err:  # noqa: BLE001
+        assert _is_oom(err)
+    else:
+        pytest.fail("a petabyte allocation succeeded")
+
+
+def test_sweep_on_every_gpu(tmp_path):
+    from attnbench.cli import main
+
+    db = str(tmp_path / "r.sqlite")
+    devices = ",".join(f"cuda:{i}" for i in range(torch.cuda.device_count()))
+    assert main(["run", "--scope", "module", "--variants", "gsa,local,nonlocal,axial,conv", "--res", "16,64",
+                 "--device", devices, "--db", db, "--min-run-time", "0.05"]) == 0
+    frame = store.load_results(db)
+    assert set(frame.status) == {"ok"}
+    assert len(frame) == 10 * torch.cuda.device_count()
+    assert (frame.peak_mem_method == "cuda_max_allocated").all() and frame.gpu_name.notna().all()
