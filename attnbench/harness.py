@@ -89,23 +89,28 @@ def _child(case: Case, min_run_time: float, conn) -> None:
     conn.close()
 
 
-_CONTEXT: mp.context.BaseContext | None = None
+_FORKSERVER: mp.context.BaseContext | None = None
 
 
-def _context() -> mp.context.BaseContext:
-    """A fork server: children start as forks of one clean process that has imported torch once."""
-    global _CONTEXT
-    if _CONTEXT is None:
-        method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-        _CONTEXT = mp.get_context(method)
-        if _CONTEXT.get_start_method() == "forkserver":
-            _CONTEXT.set_forkserver_preload(["attnbench.worker"])
-    return _CONTEXT
+def _context(device: str) -> mp.context.BaseContext:
+    """How a case's process starts.
+
+    CPU cases fork from one clean fork-server process that has imported and warmed torch once.
+    CUDA cases start a fresh interpreter ("spawn"): CUDA cannot be used in a process forked from
+    one where it was initialised, and the tracer and fake tensors used by every case may do that.
+    """
+    global _FORKSERVER
+    if torch.device(device).type == "cuda" or "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    if _FORKSERVER is None:
+        _FORKSERVER = mp.get_context("forkserver")
+        _FORKSERVER.set_forkserver_preload(["attnbench.worker"])
+    return _FORKSERVER
 
 
 def run_isolated(case: Case, timeout: float, min_run_time: float = MIN_RUN_TIME_S) -> dict:
     """Measure ``case`` in a fresh child process; a crash or an overrun becomes the record's status."""
-    ctx = _context()
+    ctx = _context(case.device)
     recv, send = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_child, args=(case, min_run_time, send), daemon=True)
     start = time.monotonic()
