@@ -21,6 +21,7 @@ from attnbench.measure.latency import make_step, measure_latency
 from attnbench.measure.macs import analyse_macs
 from attnbench.measure.memory import available_memory, peak_memory, predict_peak_memory
 from attnbench.measure.params import count_params
+from attnbench.measure.peak import matmul_peak_gflops
 from attnbench.sweep import DTYPES, Case
 
 MEMORY_HEADROOM = 1.25  # predicted peak x this must fit the memory available
@@ -163,13 +164,18 @@ def run_cases(
     run_id = uuid.uuid4().hex[:12]
     cases = list(cases)
     done = {dev: store.stored_keys(db, env_key(environment(dev))) for dev in {c.device for c in cases}}
+    peaks: dict[tuple[str, str, int], float] = {}  # measured once per device, dtype and threads
     rows = []
     for case in cases:
         if not force and case.key in done[case.device]:
             if on_case:
                 on_case(case, None)
             continue
-        row = complete(case, run_isolated(case, timeout, min_run_time), run_id)
+        peak_key = (case.device, case.dtype, case.threads)
+        if peak_key not in peaks:
+            peaks[peak_key] = matmul_peak_gflops(case.device, DTYPES[case.dtype], case.threads)
+        row = complete(case, {**run_isolated(case, timeout, min_run_time), "device_peak_gflops": peaks[peak_key]},
+                       run_id)
         store.write(db, row, replace=force)
         rows.append(row)
         if on_case:

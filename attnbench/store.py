@@ -48,6 +48,7 @@ COLUMNS: list[tuple[str, str]] = [
     ("peak_mem_reserved_bytes", "INTEGER"),
     ("peak_mem_method", "TEXT"),
     ("predicted_mem_bytes", "INTEGER"),
+    ("device_peak_gflops", "REAL"),  # matmul rate of the device in this dtype (2 FLOPs per MAC)
     ("host", "TEXT"),
     ("device_name", "TEXT"),
     ("cpu_model", "TEXT"),
