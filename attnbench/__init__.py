@@ -5,6 +5,7 @@ from attnbench.api import load_results, run
 from attnbench.measure.macs import count_macs
 from attnbench.models import build_model, list_models
 from attnbench.registry import build_variant, get_variant_spec, list_variants
+from attnbench.report import report
 
 __version__ = "0.1.0"
 
@@ -17,5 +18,6 @@ __all__ = [
     "list_models",
     "list_variants",
     "load_results",
+    "report",
     "run",
 ]

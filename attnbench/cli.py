@@ -1,4 +1,4 @@
-"""The ``attnbench`` command: ``list``, ``run``, ``export``, ``merge``.
+"""The ``attnbench`` command: ``list``, ``run``, ``report``, ``train``, ``eval``, ``export``, ``merge``.
 
 Every handler takes parsed arguments and returns an exit code; bad input is one line on stderr
 and exit code 2, never a traceback.
@@ -255,6 +255,52 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from attnbench.report import ReportError, report
+
+    try:
+        rep = report(args.db or [api.DEFAULT_DB], args.out)
+    except (ReportError, store.StoreError) as e:
+        raise UsageError(f"attnbench report: {e}") from None
+    print(f"wrote {len(rep.tables)} tables and {len(rep.figures)} figures under {args.out} "
+          f"(index: {args.out}/README.md)")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from attnbench.data import DataError
+    from attnbench.models import list_models
+    from attnbench.train import TrainConfig, TrainError, train
+
+    if args.model not in list_models():
+        raise UsageError("attnbench train: " + unknown_name_message("model", args.model, list_models()))
+    cfg = TrainConfig(model=args.model, dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
+                      batch=args.batch, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+                      width=args.width, stem=args.stem, dtype=args.dtype, device=args.device, seed=args.seed)
+    out = args.out or f"runs/{args.model}-{args.dataset}-s{args.seed}"
+    try:
+        history = train(cfg, out=out, db=args.db, resume=args.resume, stop_after_epoch=args.stop_after_epoch)
+    except (DataError, TrainError, store.StoreError) as e:
+        raise UsageError(f"attnbench train: {e}") from None
+    if history:
+        print(f"checkpoint: {out}/checkpoint.pt; metrics stored in {args.db}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from attnbench.data import DataError
+    from attnbench.train import TrainError, evaluate_checkpoint
+
+    try:
+        metrics = evaluate_checkpoint(args.checkpoint, args.dataset, args.data_dir, batch=args.batch,
+                                      device=args.device)
+    except (DataError, TrainError) as e:
+        raise UsageError(f"attnbench eval: {e}") from None
+    print(f"{args.dataset} test: loss {metrics['test_loss']:.4f}, top-1 {metrics['top1_pct']:.2f} %, "
+          f"top-5 {metrics['top5_pct']:.2f} %")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="attnbench", description="What each attention mechanism costs and what it buys.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -282,6 +328,43 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--shard", type=shard_spec, default=None, help="run slice i of n: i/n")
     run.add_argument("--json", action="store_true", help="print the rows as JSON")
     run.set_defaults(func=cmd_run)
+
+    from attnbench.data import DATASETS
+
+    tr = sub.add_parser("train", help="train a network and store its accuracy per epoch (runs under torchrun too)")
+    tr.add_argument("--model", required=True, help="any name of `attnbench list`, e.g. gsa_resnet26 or gsa_probe")
+    tr.add_argument("--dataset", required=True, choices=DATASETS)
+    tr.add_argument("--data-dir", default=None, help="folder with the data set's files (cifar100)")
+    tr.add_argument("--epochs", type=lambda t: positive_ints("epochs")(t)[0], default=10)
+    tr.add_argument("--batch", type=lambda t: positive_ints("batch")(t)[0], default=128,
+                    help="global batch, split over torchrun's processes")
+    tr.add_argument("--lr", type=positive_float, default=0.1)
+    tr.add_argument("--momentum", type=float, default=0.9)
+    tr.add_argument("--weight-decay", type=float, default=5e-4)
+    tr.add_argument("--width", type=positive_float, default=1.0, help="channel multiplier, e.g. 0.25")
+    tr.add_argument("--stem", choices=("conv", "cifar"), default="cifar")
+    tr.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    tr.add_argument("--device", default="cpu", help="cpu or cuda")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--out", default=None, help="checkpoint folder (default runs/MODEL-DATASET-sSEED)")
+    tr.add_argument("--db", default=api.DEFAULT_DB, help="results store for the per-epoch metrics")
+    tr.add_argument("--resume", default=None, help="checkpoint to continue from, exactly")
+    tr.add_argument("--stop-after-epoch", type=lambda t: positive_ints("stop-after-epoch")(t)[0], default=None,
+                    help="stop after this epoch (the schedule still spans --epochs); continue with --resume")
+    tr.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("eval", help="evaluate a checkpoint on a data set's test split")
+    ev.add_argument("--checkpoint", required=True)
+    ev.add_argument("--dataset", required=True, choices=DATASETS)
+    ev.add_argument("--data-dir", default=None)
+    ev.add_argument("--batch", type=lambda t: positive_ints("batch")(t)[0], default=256)
+    ev.add_argument("--device", default="cpu")
+    ev.set_defaults(func=cmd_eval)
+
+    rep = sub.add_parser("report", help="regenerate tables and plots from results stores")
+    rep.add_argument("--db", action="append", default=None, help="a results store; repeat for several")
+    rep.add_argument("--out", default="reports", help="folder for the tables, figures and index")
+    rep.set_defaults(func=cmd_report)
 
     export = sub.add_parser("export", help="write a store as CSV or Markdown")
     export.add_argument("--db", default=api.DEFAULT_DB)

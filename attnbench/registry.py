@@ -73,6 +73,7 @@ class VariantSpec:
     ends_with_norm: bool = False  # the layer's output is already normalised (a network adds no BN)
     placement: str = "replace"  # "replace" the bottleneck 3x3, or "insert" between bottlenecks
     global_receptive_field: bool = False  # one layer lets every output see every input pixel
+    scaling: tuple[float, float] = (1.0, 1.0)  # asymptotic exponent k of cost ~ pixels^k (range over spans)
 
     def options(self) -> list[str]:
         """Names of the options ``build_variant`` accepts besides ``dim``."""
@@ -114,6 +115,7 @@ def register_variant(
     ends_with_norm: bool = False,
     placement: str = "replace",
     global_receptive_field: bool = False,
+    scaling: tuple[float, float] = (1.0, 1.0),
 ) -> Callable[[type[nn.Module]], type[nn.Module]]:
     """Class decorator that registers a variant under ``name``."""
 
@@ -128,7 +130,7 @@ def register_variant(
             raise ValueError(f"Variant '{name}': placement must be 'replace' or 'insert', got {placement!r}.")
         _VARIANTS[name] = VariantSpec(
             name, cls, config_cls, description, paper, arxiv, ends_with_norm, placement,
-            global_receptive_field,
+            global_receptive_field, scaling,
         )
         return cls
 

@@ -64,6 +64,38 @@ COLUMNS: list[tuple[str, str]] = [
 ]
 NAMES = [c for c, _ in COLUMNS]
 
+# One row per epoch of a training run (attnbench train).
+TRAINING_COLUMNS: list[tuple[str, str]] = [
+    ("run_id", "TEXT NOT NULL"),
+    ("epoch", "INTEGER NOT NULL"),
+    ("epochs", "INTEGER NOT NULL"),
+    ("model", "TEXT NOT NULL"),
+    ("dataset", "TEXT NOT NULL"),
+    ("train_loss", "REAL"),
+    ("test_loss", "REAL"),
+    ("top1_pct", "REAL"),
+    ("top5_pct", "REAL"),
+    ("images_per_s", "REAL"),
+    ("epoch_s", "REAL"),
+    ("params", "INTEGER"),
+    ("macs", "INTEGER"),  # per image (batch 1, 32 x 32)
+    ("batch", "INTEGER"),
+    ("lr", "REAL"),
+    ("width", "REAL"),
+    ("stem", "TEXT"),
+    ("dtype", "TEXT"),
+    ("device", "TEXT"),
+    ("world_size", "INTEGER"),
+    ("seed", "INTEGER"),
+    ("host", "TEXT"),
+    ("device_name", "TEXT"),
+    ("torch_version", "TEXT"),
+    ("attnbench_version", "TEXT"),
+    ("git_commit", "TEXT"),
+    ("created_utc", "TEXT"),
+]
+TRAINING_NAMES = [c for c, _ in TRAINING_COLUMNS]
+
 
 class StoreError(Exception):
     """A store that cannot be opened, read or written, with the reason in one line."""
@@ -92,43 +124,59 @@ def open_store(path: str | Path, *, create: bool = True) -> sqlite3.Connection:
         conn = _connect(path)
         conn.execute("PRAGMA journal_mode = WAL")
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if "meta" not in tables:
-            if tables:
-                raise StoreError(f"{path} is an SQLite database but not an attnbench results store.")
+        if "meta" not in tables and tables:
+            raise StoreError(f"{path} is an SQLite database but not an attnbench results store.")
+        if "meta" in tables:
+            version = int(conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                conn.close()
+                raise StoreError(f"{path} has schema version {version}, newer than this attnbench reads "
+                                 f"({SCHEMA_VERSION}); upgrade attnbench.")
+        if not {"meta", "results", "training"} <= tables:
             conn.execute("BEGIN IMMEDIATE")
             conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             cols = ", ".join(f"{c} {t}" for c, t in COLUMNS)
             conn.execute(f"CREATE TABLE IF NOT EXISTS results ({cols}, UNIQUE (case_key, env_key))")
+            cols = ", ".join(f"{c} {t}" for c, t in TRAINING_COLUMNS)
+            conn.execute(f"CREATE TABLE IF NOT EXISTS training ({cols}, UNIQUE (run_id, epoch))")
             conn.execute("COMMIT")
-        version = int(conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
     except sqlite3.DatabaseError as e:
         raise StoreError(f"{path} is not a usable results store: {e}.") from None
     except OSError as e:
         raise StoreError(f"Cannot open the store {path}: {e.strerror}.") from None
-    if version > SCHEMA_VERSION:
-        conn.close()
-        raise StoreError(
-            f"{path} has schema version {version}, newer than this attnbench reads ({SCHEMA_VERSION}); "
-            "upgrade attnbench."
-        )
     return conn
 
 
-def write(path: str | Path, record: dict, *, replace: bool = False) -> None:
-    """Insert one record in its own transaction (``replace`` overwrites the same case and environment)."""
-    row = {k: record.get(k) for k in NAMES}
-    if isinstance(row["uncounted_ops"], dict):
-        row["uncounted_ops"] = json.dumps(row["uncounted_ops"], sort_keys=True)
+def _insert(path: str | Path, table: str, names: list[str], row: dict, replace: bool) -> None:
     verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
     try:
         with closing(open_store(path)) as conn:
             conn.execute("BEGIN IMMEDIATE")
-            conn.execute(f"{verb} INTO results ({', '.join(NAMES)}) VALUES ({', '.join('?' * len(NAMES))})",
-                         [row[k] for k in NAMES])
+            conn.execute(f"{verb} INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                         [row.get(k) for k in names])
             conn.execute("COMMIT")
     except sqlite3.Error as e:
         raise StoreError(f"Cannot write to the store {path}: {e}.") from None
+
+
+def write(path: str | Path, record: dict, *, replace: bool = False) -> None:
+    """Insert one measured case in its own transaction (``replace`` overwrites the same case and environment)."""
+    row = dict(record)
+    if isinstance(row.get("uncounted_ops"), dict):
+        row["uncounted_ops"] = json.dumps(row["uncounted_ops"], sort_keys=True)
+    _insert(path, "results", NAMES, row, replace)
+
+
+def write_training(path: str | Path, record: dict) -> None:
+    """Insert (or replace) one epoch of a training run."""
+    _insert(path, "training", TRAINING_NAMES, record, replace=True)
+
+
+def load_training(path: str | Path) -> pd.DataFrame:
+    """Every training epoch stored, as a DataFrame."""
+    with closing(open_store(path, create=False)) as conn:
+        return pd.read_sql_query("SELECT * FROM training ORDER BY rowid", conn)
 
 
 def stored_keys(path: str | Path, env_key: str) -> set[str]:
@@ -156,6 +204,8 @@ def merge(sources: Iterable[str | Path], out: str | Path) -> int:
                 dst.execute("BEGIN IMMEDIATE")
                 cols = ", ".join(NAMES)
                 dst.execute(f"INSERT OR IGNORE INTO results ({cols}) SELECT {cols} FROM src.results")
+                tcols = ", ".join(TRAINING_NAMES)
+                dst.execute(f"INSERT OR IGNORE INTO training ({tcols}) SELECT {tcols} FROM src.training")
                 dst.execute("COMMIT")
                 dst.execute("DETACH DATABASE src")
             except sqlite3.Error as e:

@@ -1,8 +1,9 @@
 """Networks built from the variant registry: the ResNet family with any variant in the spatial slot.
 
 Names: ``resnet{26,38,50,101}`` (3x3 convolutions), ``<variant>_resnet{26,38,50,101}`` for every
-registered variant (``conv_resnet50`` is ``resnet50``), and Axial-DeepLab's own ImageNet networks
-``axial_deeplab_26s`` and ``axial_deeplab_50s``. A newly registered variant gets its networks with
+registered variant (``conv_resnet50`` is ``resnet50``), Axial-DeepLab's own ImageNet networks
+``axial_deeplab_26s`` and ``axial_deeplab_50s``, and ``<variant>_probe``, two blocks of a variant at
+full resolution (:mod:`attnbench.models.probe`). A newly registered variant gets its networks with
 no change here.
 """
 
@@ -12,6 +13,7 @@ from typing import Any
 
 from torch import nn
 
+from attnbench.models.probe import ProbeNet
 from attnbench.models.resnet import DEPTHS, ResNet
 from attnbench.registry import list_variants, unknown_name_message
 
@@ -21,7 +23,8 @@ AXIAL_DEEPLAB = {"axial_deeplab_26s": 26, "axial_deeplab_50s": 50}  # Axial-Deep
 def list_models() -> list[str]:
     """Every network name, plain ResNets first."""
     plain = [f"resnet{d}" for d in DEPTHS]
-    return plain + [f"{v}_resnet{d}" for v in list_variants() for d in DEPTHS] + list(AXIAL_DEEPLAB)
+    return (plain + [f"{v}_resnet{d}" for v in list_variants() for d in DEPTHS] + list(AXIAL_DEEPLAB)
+            + [f"{v}_probe" for v in list_variants()])
 
 
 def parse_model_name(name: str) -> tuple[str, int]:
@@ -42,6 +45,10 @@ def build_model(name: str, num_classes: int = 1000, **options: Any) -> nn.Module
     default 224, or 32 with the CIFAR stem), ``nonlocal_blocks`` (for ``nonlocal_*``: (stage,
     block) pairs after which a block is inserted), and any option of the variant (``heads``, ...).
     """
+    if name.endswith("_probe") and name[: -len("_probe")] in list_variants():
+        options.pop("stem", None)
+        width = options.pop("width", 1.0)
+        return ProbeNet(name[: -len("_probe")], num_classes=num_classes, width=max(8, int(32 * width)), **options)
     if name in AXIAL_DEEPLAB:
         return ResNet("axial", AXIAL_DEEPLAB[name], num_classes=num_classes, expansion=2, stem_width=32,
                       **options)

@@ -95,6 +95,7 @@ class AxialLayer(nn.Module):
     arxiv="2003.07853",
     ends_with_norm=True,
     global_receptive_field=True,
+    scaling=(1.0, 1.5),  # N (H + W): 1.5 with whole-axis spans, 1 with a fixed span
 )
 class AxialAttention(nn.Module):
     """Height-axis layer, then width-axis layer; each ends with its output batch norm."""

@@ -72,6 +72,7 @@ class GsaConfig(VariantConfig):
     paper="Global Self-Attention Networks for Image Recognition",
     arxiv="2010.03019",
     global_receptive_field=True,
+    scaling=(1.0, 1.5),  # N (H + W): 1.5 with whole-axis spans, 1 with a fixed span
 )
 class GlobalSelfAttention(nn.Module):
     """GSA module; ``content``/``positional`` switch the branches off for the paper's ablations."""

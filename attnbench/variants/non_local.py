@@ -46,6 +46,7 @@ class NonLocalConfig(VariantConfig):
     arxiv="1711.07971",
     placement="insert",
     global_receptive_field=True,
+    scaling=(2.0, 2.0),  # N x N/4 pairs
 )
 class NonLocalBlock(nn.Module):
     """Non-local block; output has the input's channels and, with stride 1, its size."""

@@ -1,0 +1,198 @@
+"""Data sets for the accuracy work, all loaded from disk or generated: nothing is downloaded.
+
+* ``cifar100``: the standard python-pickle archive (the ``cifar-100-python`` folder, or its
+  ``.tar.gz``) from a directory the user gives.
+* ``digits``: scikit-learn's bundled 8x8 handwritten digits (1,797 images), upsampled to 32x32,
+  with a fixed stratified train/test split.
+* ``longrange``: a generated probe in the spirit of Long Range Arena's Pathfinder. Each 32x32
+  image holds two marked 3x3 patterns far apart (one in the left quarter, one in the right
+  quarter) and unmarked distractor patterns; the label says whether the two marked patterns are
+  the same. A network that pools local features before relating them cannot tell (the answer
+  depends on a pair of distant positions), so it is solved only by variants that relate distant
+  pixels early.
+
+Every loader returns float images ``(N, 3, 32, 32)`` normalised per channel, and int64 labels.
+"""
+
+from __future__ import annotations
+
+import pickle
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+DATASETS = ("cifar100", "digits", "longrange")
+
+
+class DataError(Exception):
+    """A data set that cannot be found or read, with what was expected, in one line."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    images: torch.Tensor  # (N, 3, 32, 32) float32, normalised
+    labels: torch.Tensor  # (N,) int64
+    num_classes: int
+    augment: bool  # random crop + flip while training (natural images only)
+
+
+def _split_normalise(train: torch.Tensor, test: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    mean = train.mean(dim=(0, 2, 3), keepdim=True)
+    std = train.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    return (train - mean) / std, (test - mean) / std
+
+
+# ---- cifar100 ------------------------------------------------------------------------------------
+
+CIFAR_FOLDER = "cifar-100-python"
+
+
+def _read_cifar_split(raw: bytes, what: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        batch = pickle.loads(raw, encoding="latin1")
+        data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(batch["fine_labels"], dtype=np.int64)
+    except Exception as err:  # noqa: BLE001 - any malformed content is the same user error
+        raise DataError(f"{what} is not a CIFAR-100 python-pickle batch ({type(err).__name__}: {err}).") from None
+    if len(data) != len(labels):
+        raise DataError(f"{what} holds {len(data)} images but {len(labels)} labels.")
+    return data, labels
+
+
+def load_cifar100(data_dir: str | Path) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """(train, test) as uint8 arrays and labels, from ``cifar-100-python/`` or its ``.tar.gz``."""
+    root = Path(data_dir)
+    if not root.exists():
+        raise DataError(f"--data-dir {root} does not exist; it should hold {CIFAR_FOLDER}/ or {CIFAR_FOLDER}.tar.gz.")
+    folder = root / CIFAR_FOLDER if (root / CIFAR_FOLDER).is_dir() else root
+    if (folder / "train").is_file() and (folder / "test").is_file():
+        return tuple(_read_cifar_split((folder / s).read_bytes(), str(folder / s)) for s in ("train", "test"))
+    archive = root / f"{CIFAR_FOLDER}.tar.gz"
+    if archive.is_file():
+        try:
+            with tarfile.open(archive) as tar:
+                members = {m.name: m for m in tar.getmembers()}
+                splits = []
+                for s in ("train", "test"):
+                    name = f"{CIFAR_FOLDER}/{s}"
+                    if name not in members:
+                        raise DataError(f"{archive} has no {name}; is it the CIFAR-100 python archive?")
+                    splits.append(_read_cifar_split(tar.extractfile(members[name]).read(), f"{archive}:{name}"))
+                return tuple(splits)
+        except tarfile.TarError as err:
+            raise DataError(f"{archive} is not a readable .tar.gz archive ({err}).") from None
+    raise DataError(
+        f"--data-dir {root} holds neither {CIFAR_FOLDER}/train and /test nor {CIFAR_FOLDER}.tar.gz "
+        "(the python version of CIFAR-100)."
+    )
+
+
+# ---- digits --------------------------------------------------------------------------------------
+
+
+def load_digits_32(seed: int = 0) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """scikit-learn's 8x8 digits upsampled (bilinear) to 32x32, three channels; a fixed stratified 80/20 split."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16.0  # (N, 1, 8, 8)
+    images = F.interpolate(images, size=(32, 32), mode="bilinear", align_corners=False).expand(-1, 3, -1, -1)
+    labels = torch.tensor(digits.target, dtype=torch.int64)
+    rng = np.random.default_rng(seed)
+    test = np.zeros(len(labels), dtype=bool)
+    for c in range(10):  # stratified: 20 % of each class
+        idx = np.flatnonzero(digits.target == c)
+        test[rng.choice(idx, size=len(idx) // 5, replace=False)] = True
+    test_t = torch.from_numpy(test)
+    return (images[~test_t].contiguous(), labels[~test_t]), (images[test_t].contiguous(), labels[test_t])
+
+
+# ---- longrange ------------------------------------------------------------------------------------
+
+PATTERNS = torch.tensor(
+    [
+        [[1, 0, 1], [0, 1, 0], [1, 0, 1]],  # X
+        [[0, 1, 0], [1, 1, 1], [0, 1, 0]],  # +
+        [[1, 1, 1], [1, 0, 1], [1, 1, 1]],  # ring
+        [[1, 1, 0], [1, 1, 0], [0, 0, 1]],  # corner
+    ],
+    dtype=torch.float32,
+)
+
+
+def make_longrange(n: int, seed: int, distractors: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` probe images and labels (1: the two marked patterns are the same), deterministic in ``seed``.
+
+    Channel 0 holds patterns, channel 1 a 5x5 frame around the two marked ones, channel 2 noise.
+    The marked patterns sit in columns 1-6 and 25-30, so they are at least 19 pixels apart.
+    """
+    g = torch.Generator().manual_seed(seed)
+    images = torch.zeros(n, 3, 32, 32)
+    labels = torch.randint(0, 2, (n,), generator=g)
+    for i in range(n):
+        first = int(torch.randint(0, len(PATTERNS), (1,), generator=g))
+        other = (first + int(torch.randint(1, len(PATTERNS), (1,), generator=g))) % len(PATTERNS)
+        second = first if labels[i] == 1 else other
+        taken = []
+        for pattern, cols in ((first, (1, 4)), (second, (25, 28))):
+            r = int(torch.randint(2, 27, (1,), generator=g))
+            c = int(torch.randint(*cols, (1,), generator=g))
+            images[i, 0, r : r + 3, c : c + 3] = PATTERNS[pattern]
+            images[i, 1, r - 1 : r + 4, c - 1 : c + 4] = 1.0
+            images[i, 1, r : r + 3, c : c + 3] = 0.0
+            taken.append((r, c))
+        placed = 0
+        while placed < distractors:  # unmarked patterns in the middle band, away from the marks
+            r = int(torch.randint(1, 28, (1,), generator=g))
+            c = int(torch.randint(9, 21, (1,), generator=g))
+            if all(abs(r - tr) > 4 or abs(c - tc) > 4 for tr, tc in taken):
+                images[i, 0, r : r + 3, c : c + 3] = PATTERNS[int(torch.randint(0, len(PATTERNS), (1,), generator=g))]
+                taken.append((r, c))
+                placed += 1
+    images[:, 2] = 0.1 * torch.rand(n, 32, 32, generator=g)
+    return images, labels
+
+
+# ---- entry point ---------------------------------------------------------------------------------
+
+
+def load_dataset(name: str, data_dir: str | Path | None = None, *, seed: int = 0) -> tuple[Dataset, Dataset]:
+    """(train, test) of data set ``name``; the test split is normalised with the train statistics."""
+    if name == "cifar100":
+        if data_dir is None:
+            raise DataError("cifar100 needs --data-dir: a folder with cifar-100-python/ or cifar-100-python.tar.gz.")
+        (xtr, ytr), (xte, yte) = load_cifar100(data_dir)
+        train, test = _split_normalise(torch.from_numpy(xtr).float() / 255, torch.from_numpy(xte).float() / 255)
+        return (Dataset(name, train, torch.from_numpy(ytr), 100, True),
+                Dataset(name, test, torch.from_numpy(yte), 100, False))
+    if name == "digits":
+        (xtr, ytr), (xte, yte) = load_digits_32()
+        train, test = _split_normalise(xtr, xte)
+        return Dataset(name, train, ytr, 10, False), Dataset(name, test, yte, 10, False)
+    if name == "longrange":
+        xtr, ytr = make_longrange(4000, seed=1000 + seed)
+        xte, yte = make_longrange(1000, seed=2000 + seed)
+        train, test = _split_normalise(xtr, xte)
+        return Dataset(name, train, ytr, 2, False), Dataset(name, test, yte, 2, False)
+    from attnbench.registry import unknown_name_message
+
+    raise DataError(unknown_name_message("data set", name, list(DATASETS)))
+
+
+def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Standard CIFAR augmentation: random 32x32 crop of the 4-pixel zero-padded image, random flip."""
+    n = images.shape[0]
+    padded = F.pad(images, (4, 4, 4, 4))
+    dy = torch.randint(0, 9, (n,), generator=generator)
+    dx = torch.randint(0, 9, (n,), generator=generator)
+    flip = torch.rand(n, generator=generator) < 0.5
+    rows = (dy[:, None] + torch.arange(32))[:, :, None]  # (n, 32, 1)
+    cols = dx[:, None] + torch.arange(32)  # (n, 32)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, :]  # (n, 1, 32)
+    batch = torch.arange(n)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()

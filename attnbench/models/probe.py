@@ -1,0 +1,28 @@
+"""Probe networks: a stem, two blocks of one variant at full resolution, global pooling, a classifier.
+
+Small enough to train on a CPU, and shallow enough that whether a network relates distant pixels
+depends on the variant alone: with 3x3 convolutions the receptive field before pooling is 7x7.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from attnbench.registry import build_variant, get_variant_spec
+
+
+class ProbeNet(nn.Module):
+    def __init__(self, variant: str, *, num_classes: int = 10, width: int = 32, image_size: int = 32, **options):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        norm = get_variant_spec(variant).ends_with_norm
+        self.blocks = nn.ModuleList(build_variant(variant, width, size=image_size, **options) for _ in range(2))
+        self.norms = nn.ModuleList(nn.Identity() if norm else nn.BatchNorm2d(width) for _ in range(2))
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for block, norm in zip(self.blocks, self.norms):
+            x = torch.relu(x + norm(block(x)))
+        return self.fc(x.mean(dim=(2, 3)))

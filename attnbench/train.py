@@ -1,0 +1,223 @@
+"""Training and evaluation of any registered network, with accuracy stored beside its cost.
+
+SGD with momentum and a per-step cosine schedule, deterministic from the seed: each epoch's order
+and augmentation come from a generator seeded with (seed, epoch), so a run resumed from its last
+checkpoint continues exactly. Under ``torchrun`` the same command trains with
+DistributedDataParallel (gloo on CPU, NCCL on GPU): every global batch is split evenly over the
+ranks, gradients are averaged, and only rank 0 evaluates, writes checkpoints and stores results.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from attnbench import store
+from attnbench.data import Dataset, augment, load_dataset
+from attnbench.env import environment
+
+CHECKPOINT_FORMAT = "attnbench-checkpoint-1"
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16}
+
+
+class TrainError(Exception):
+    """Bad training input (a checkpoint of another model, a corrupted file, ...), in one line."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str
+    dataset: str
+    data_dir: str | None = None
+    epochs: int = 10
+    batch: int = 128  # global batch, split over the ranks
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    width: float = 1.0  # channel multiplier
+    stem: str = "cifar"  # conv (7x7 + max-pool) or cifar (3x3)
+    dtype: str = "fp32"  # fp32, or bf16 autocast
+    device: str = "cpu"
+    seed: int = 0
+
+
+MATH_FIELDS = ("model", "dataset", "epochs", "batch", "lr", "momentum", "weight_decay", "width", "stem", "seed")
+
+
+def build(cfg: TrainConfig, num_classes: int) -> nn.Module:
+    from attnbench.models import build_model
+
+    torch.manual_seed(cfg.seed)
+    return build_model(cfg.model, num_classes=num_classes, stem=cfg.stem, width=cfg.width, image_size=32)
+
+
+def evaluate(model: nn.Module, data: Dataset, *, batch: int = 256, device: str = "cpu",
+             dtype: str = "fp32") -> dict[str, float]:
+    """Loss, top-1 and top-5 accuracy (%) on a whole data set, in eval mode."""
+    model.eval()
+    loss = correct1 = correct5 = 0.0
+    k = min(5, data.num_classes)
+    with torch.no_grad(), torch.autocast(torch.device(device).type, AUTOCAST[dtype] or torch.float32,
+                                         enabled=AUTOCAST[dtype] is not None):
+        for i in range(0, len(data.labels), batch):
+            x = data.images[i : i + batch].to(device)
+            y = data.labels[i : i + batch].to(device)
+            logits = model(x).float()
+            loss += F.cross_entropy(logits, y, reduction="sum").item()
+            top = logits.topk(k, dim=1).indices
+            correct1 += (top[:, 0] == y).sum().item()
+            correct5 += (top == y[:, None]).any(dim=1).sum().item()
+    n = len(data.labels)
+    return {"test_loss": loss / n, "top1_pct": 100 * correct1 / n, "top5_pct": 100 * correct5 / n}
+
+
+def _lr(cfg: TrainConfig, step: int, total: int) -> float:
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * step / total))
+
+
+def _save(path: Path, payload: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)  # a run killed while saving keeps the previous checkpoint whole
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A checkpoint written by :func:`train`; clear errors for missing, corrupted or foreign files."""
+    path = Path(path)
+    if not path.is_file():
+        raise TrainError(f"No checkpoint at {path}.")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
+        raise TrainError(f"{path} is not a readable checkpoint ({type(err).__name__}).") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise TrainError(f"{path} is not an attnbench checkpoint.")
+    return ckpt
+
+
+def _distributed(device: str) -> tuple[int, int]:
+    """(rank, world size), initialising the process group (NCCL for GPUs, gloo for CPUs) under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.device(device).type == "cuda" else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def train(cfg: TrainConfig, *, out: str | Path, db: str | Path | None = None, resume: str | Path | None = None,
+          stop_after_epoch: int | None = None, progress: bool = True) -> list[dict]:
+    """Train ``cfg.model`` on ``cfg.dataset``; returns the per-epoch metrics (rank 0; others get [])."""
+    from tqdm import tqdm
+
+    from attnbench.measure.macs import count_macs
+    from attnbench.measure.params import count_params
+
+    rank, world = _distributed(cfg.device)
+    if cfg.batch % world:
+        raise TrainError(f"Invalid batch={cfg.batch}: the global batch must be divisible by the {world} ranks.")
+    device = cfg.device if cfg.device != "cuda" or world == 1 else f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    train_set, test_set = load_dataset(cfg.dataset, cfg.data_dir, seed=cfg.seed)
+    model = build(cfg, train_set.num_classes).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                                nesterov=True)
+    history: list[dict] = []
+    start_epoch = 0
+    out = Path(out)
+    run_id = f"{cfg.model}-{cfg.dataset}-s{cfg.seed}-{int(time.time())}"
+    if resume is not None:
+        ckpt = load_checkpoint(resume)
+        saved = ckpt["config"]
+        for name in MATH_FIELDS:
+            if saved[name] != getattr(cfg, name):
+                raise TrainError(f"Checkpoint {resume} is for {name}={saved[name]!r}, not {getattr(cfg, name)!r}; "
+                                 "resume with the options it was trained with.")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start_epoch, history, run_id = ckpt["epoch"], ckpt["history"], ckpt["run_id"]
+    ddp = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    params = count_params(model)["params"]
+    macs = count_macs(build(cfg, train_set.num_classes), torch.randn(1, 3, 32, 32))
+    n = len(train_set.labels)
+    steps = n // cfg.batch
+    if steps == 0:
+        raise TrainError(f"Invalid batch={cfg.batch}: larger than the {n} training images.")
+    total = steps * cfg.epochs
+    local = cfg.batch // world
+    autocast = AUTOCAST[cfg.dtype]
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    last = cfg.epochs if stop_after_epoch is None else min(cfg.epochs, stop_after_epoch)
+    for epoch in range(start_epoch, last):
+        g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        order = torch.randperm(n, generator=g)[: steps * cfg.batch].view(steps, cfg.batch)
+        ddp.train()
+        start, seen, loss_sum = time.perf_counter(), 0, 0.0
+        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=(rank != 0 or not progress) or None,
+                   leave=False)
+        for step in bar:
+            x, y = train_set.images[order[step]], train_set.labels[order[step]]
+            if train_set.augment:  # the whole global batch, on every rank: the same images as one process
+                x = augment(x, g)
+            mine = slice(rank * local, (rank + 1) * local)
+            x, y = x[mine].to(device), y[mine].to(device)
+            for group in optimizer.param_groups:
+                group["lr"] = _lr(cfg, epoch * steps + step, total)
+            with torch.autocast(torch.device(device).type, autocast or torch.float32, enabled=autocast is not None):
+                loss = F.cross_entropy(ddp(x).float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            seen += cfg.batch
+            loss_sum += loss.item()
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        if world > 1:
+            total_loss = torch.tensor([loss_sum], device=device)
+            dist.all_reduce(total_loss)
+            loss_sum = total_loss.item() / world
+        epoch_s = time.perf_counter() - start
+        if rank == 0:
+            metrics = {"epoch": epoch + 1, "train_loss": loss_sum / steps, "images_per_s": seen / epoch_s,
+                       "epoch_s": epoch_s, **evaluate(model, test_set, device=device, dtype=cfg.dtype)}
+            history.append(metrics)
+            _save(out / "checkpoint.pt", {
+                "format": CHECKPOINT_FORMAT, "config": asdict(cfg), "epoch": epoch + 1, "run_id": run_id,
+                "num_classes": train_set.num_classes, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "history": history,
+            })
+            if db is not None:
+                store.write_training(db, {
+                    **environment(device), **asdict(cfg), **metrics, "run_id": run_id, "epochs": cfg.epochs,
+                    "world_size": world, "params": params, "macs": macs,
+                })
+            if progress:
+                print(f"epoch {epoch + 1}/{cfg.epochs}: loss {metrics['train_loss']:.4f}, "
+                      f"test top-1 {metrics['top1_pct']:.2f} %, top-5 {metrics['top5_pct']:.2f} %, "
+                      f"{metrics['images_per_s']:.0f} img/s, {epoch_s:.1f} s", flush=True)
+        if world > 1:
+            dist.barrier()
+    if world > 1:
+        dist.destroy_process_group()
+    return history if rank == 0 else []
+
+
+def evaluate_checkpoint(path: str | Path, dataset: str, data_dir: str | None = None, *, batch: int = 256,
+                        device: str = "cpu") -> dict[str, float]:
+    """Evaluate a checkpoint on the test split of ``dataset`` (the one it was trained on)."""
+    ckpt = load_checkpoint(path)
+    cfg = TrainConfig(**ckpt["config"])
+    if dataset != cfg.dataset:
+        raise TrainError(f"Checkpoint {path} was trained on {cfg.dataset}, not {dataset}.")
+    _, test_set = load_dataset(dataset, data_dir, seed=cfg.seed)
+    model = build(cfg, ckpt["num_classes"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError:
+        raise TrainError(f"Checkpoint {path} does not fit network {cfg.model}.") from None
+    return evaluate(model.to(device), test_set, batch=batch, device=device, dtype=cfg.dtype)

@@ -1,0 +1,116 @@
+"""Reports from a store built here with known costs: exponents, files, determinism, clear refusals."""
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from attnbench import store
+from attnbench.cli import main
+from attnbench.report import ReportError, fit_exponent, report
+
+EXPONENTS = {"conv": 1.0, "gsa": 1.5, "nonlocal": 2.0}
+RES = [8, 16, 32, 64, 128]
+
+
+def row(variant, res, *, device="cpu", name="Test CPU", scope="module", batch=1, status="ok", k=None):
+    k = EXPONENTS[variant] if k is None else k
+    pixels = res * res
+    ok = status == "ok"
+    key = f"{scope}/{variant}/{res}/{batch}/{device}"
+    return dict(
+        case_key=key, env_key=f"host|{name}", run_id="r1", scope=scope, variant=variant,
+        arch="resnet50" if scope == "model" else "", res=res, batch=batch, dim=0 if scope == "model" else 16,
+        dtype="fp32", device=device, mode="infer", threads=2, status=status,
+        reason=None if ok else "predicted peak exceeds the memory available",
+        params=1000, macs=int(3e3 * pixels**k) * batch if ok else None,
+        latency_ms_median=2e-3 * pixels**k if ok else None, latency_ms_iqr=1e-4 * pixels**k if ok else None,
+        latency_runs=10, throughput_per_s=batch / (2e-6 * pixels**k) if ok else None,
+        peak_mem_bytes=int(500 * pixels**k) if ok else None, device_peak_gflops=300.0, host="host",
+        device_name=name, torch_version="2.13.0", attnbench_version="0.1.0", created_utc="2026-11-27T00:00:00",
+    )
+
+
+@pytest.fixture
+def db(tmp_path):
+    path = tmp_path / "known.sqlite"
+    for variant in EXPONENTS:
+        for res in RES:
+            store.write(path, row(variant, res))
+    store.write(path, row("nonlocal", 256, status="skipped"))  # the line stops here
+    for batch in (1, 4, 16):
+        store.write(path, row("gsa", 32, batch=batch))
+    for variant in ("conv", "gsa"):
+        store.write(path, row(variant, 224, scope="model", batch=8))
+        store.write(path, row(variant, 64, device="cuda:0", name="Test GPU"))
+    return path
+
+
+def test_fitted_exponents_come_back(db, tmp_path):
+    rep = report([db], tmp_path / "out", published=False)
+    exps = rep.tables["scaling_exponents"]
+    cpu = exps[(exps.device == "Test CPU") & (exps.batch == 1)].set_index("variant")
+    for variant, k in EXPONENTS.items():
+        for metric in ("latency", "MACs", "peak memory"):
+            assert abs(cpu.loc[variant, f"k {metric}"] - k) < 0.02, (variant, metric)
+    largest = rep.tables["largest_fit"].set_index("variant")
+    assert largest.loc["nonlocal", "largest res measured"] == 128
+    assert largest.loc["nonlocal", "first res not measured"] == 256
+
+
+def test_fit_exponent_is_exact_on_a_power_law():
+    pixels = np.array([64, 256, 1024, 4096.0])
+    k, r2 = fit_exponent(pixels, 7 * pixels**1.37)
+    assert abs(k - 1.37) < 1e-9 and abs(r2 - 1) < 1e-12
+
+
+def test_every_promised_file_exists_and_images_are_drawn(db, tmp_path):
+    import matplotlib.image as mpimg
+
+    out = tmp_path / "out"
+    rep = report([db], out, published=False)
+    names = {p.name for p in rep.files}
+    assert "README.md" in names
+    for prefix in ("scaling_", "efficiency_", "throughput_", "models_", "devices_"):
+        assert any(n.startswith(prefix) and n.endswith(".png") for n in names), prefix
+        assert any(n.startswith(prefix) and n.endswith(".svg") for n in names), prefix
+    for table in ("largest_fit", "scaling_exponents", "environments", "results_test-cpu_module"):
+        assert (out / "tables" / f"{table}.md").exists() and (out / "tables" / f"{table}.csv").exists()
+    index = (out / "README.md").read_text()
+    for path in rep.files:
+        assert path.exists() and path.stat().st_size > 0
+        if path.suffix == ".png":
+            image = mpimg.imread(path)
+            assert image.std() > 0.05, f"{path.name} looks blank"
+            assert f"figures/{path.name}" in index, f"{path.name} is not linked from the index"
+
+
+def test_regenerating_gives_identical_tables(db, tmp_path):
+    def digest(folder):
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((folder / "tables").iterdir())}
+
+    report([db], tmp_path / "a", published=False)
+    report([db], tmp_path / "b", published=False)
+    assert digest(tmp_path / "a") == digest(tmp_path / "b")
+    assert (tmp_path / "a" / "README.md").read_text() == (tmp_path / "b" / "README.md").read_text()
+
+
+def test_empty_and_failed_stores_are_refused_clearly(tmp_path, capsys):
+    empty = tmp_path / "empty.sqlite"
+    store.open_store(empty).close()
+    with pytest.raises(ReportError, match="hold no results"):
+        report([empty], tmp_path / "out")
+    failed = tmp_path / "failed.sqlite"
+    store.write(failed, row("gsa", 4096, status="oom"))
+    with pytest.raises(ReportError, match="Every stored case failed \\(oom\\)"):
+        report([failed], tmp_path / "out")
+    for path in (empty, failed, tmp_path / "missing.sqlite"):
+        assert main(["report", "--db", str(path), "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_cli_report_with_published_figures(db, tmp_path, capsys):
+    assert main(["report", "--db", str(db), "--out", str(tmp_path / "out")]) == 0
+    published = (tmp_path / "out" / "tables" / "published.md").read_text()
+    assert "local_resnet38" in published and "SASA" in published

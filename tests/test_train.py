@@ -1,0 +1,164 @@
+"""Training: a tiny CIFAR-format archive, exact resume, 2-process torchrun, and every bad input."""
+
+import pickle
+import shutil
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+
+from attnbench import store
+from attnbench.cli import main
+from attnbench.data import PATTERNS, DataError, augment, load_cifar100, load_dataset, make_longrange
+from attnbench.train import TrainConfig, evaluate_checkpoint, load_checkpoint, train
+
+TINY = ["--model", "resnet26", "--width", "0.25", "--stem", "cifar", "--batch", "16", "--lr", "0.05"]
+
+
+def write_cifar(root, n_train=64, n_test=32, archive=False):
+    """A CIFAR-100 python archive in the real format, with random images."""
+    rng = np.random.default_rng(0)
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    for split, n in (("train", n_train), ("test", n_test)):
+        batch = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 "fine_labels": rng.integers(0, 100, n).tolist(), "coarse_labels": [0] * n}
+        (folder / split).write_bytes(pickle.dumps(batch))
+    (folder / "meta").write_bytes(pickle.dumps({"fine_label_names": [str(i) for i in range(100)]}))
+    if archive:
+        with tarfile.open(root / "cifar-100-python.tar.gz", "w:gz") as tar:
+            tar.add(folder, arcname="cifar-100-python")
+        shutil.rmtree(folder)
+    return root
+
+
+def test_cifar_folder_and_archive_read_the_same(tmp_path):
+    a = load_cifar100(write_cifar(tmp_path / "a"))
+    b = load_cifar100(write_cifar(tmp_path / "b", archive=True))
+    assert a[0][0].shape == (64, 3, 32, 32) and a[1][0].shape == (32, 3, 32, 32)
+    assert all(np.array_equal(x, y) for x, y in zip(a[0] + a[1], b[0] + b[1]))
+
+
+def test_digits_and_longrange():
+    train, test = load_dataset("digits")
+    assert train.images.shape[1:] == (3, 32, 32) and len(train.labels) + len(test.labels) == 1797
+    assert set(test.labels.tolist()) == set(range(10))
+    x1, y1 = make_longrange(50, seed=3)
+    x2, y2 = make_longrange(50, seed=3)
+    assert torch.equal(x1, x2) and torch.equal(y1, y2) and 0 < y1.float().mean() < 1
+    # the label is whether the two framed patterns are the same: recover it from the pixels
+    frame = torch.ones(5, 5)
+    frame[1:4, 1:4] = 0
+    for img, label in zip(x1, y1):
+        windows = torch.nn.functional.unfold(img[None, 1:2], 5)[0].T.reshape(-1, 5, 5)  # every 5x5 window
+        corners = [divmod(i, 28) for i in range(len(windows)) if torch.equal(windows[i], frame)]
+        inner = [img[0, r + 1 : r + 4, c + 1 : c + 4] for r, c in corners]
+        assert len(inner) == 2 and all(any(torch.equal(p, q) for q in PATTERNS) for p in inner)
+        assert abs(corners[0][1] - corners[1][1]) >= 19  # far apart
+        assert torch.equal(inner[0], inner[1]) == bool(label)
+
+
+def test_augment_is_a_crop_or_flip_of_the_image():
+    x = torch.arange(2 * 3 * 32 * 32, dtype=torch.float32).view(2, 3, 32, 32)
+    y = augment(x, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape
+    assert torch.equal(augment(x, torch.Generator().manual_seed(0)), y)
+
+
+def test_tiny_cifar_trains_one_epoch_and_evaluates(tmp_path, capsys):
+    data = write_cifar(tmp_path / "data")
+    db, out = tmp_path / "r.sqlite", tmp_path / "run"
+    assert main(["train", *TINY, "--dataset", "cifar100", "--data-dir", str(data), "--epochs", "1",
+                 "--out", str(out), "--db", str(db)]) == 0
+    rows = store.load_training(db)
+    assert len(rows) == 1 and rows.model[0] == "resnet26" and rows.params[0] > 0 and rows.macs[0] > 0
+    assert 0 <= rows.top1_pct[0] <= rows.top5_pct[0] <= 100
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(out / "checkpoint.pt"), "--dataset", "cifar100",
+                 "--data-dir", str(data)]) == 0
+    assert f"top-1 {rows.top1_pct[0]:.2f} %" in capsys.readouterr().out
+
+
+def test_resume_continues_exactly(tmp_path):
+    cfg = TrainConfig(model="conv_probe", dataset="digits", epochs=3, batch=64, lr=0.05, width=0.5, seed=1)
+    straight = train(cfg, out=tmp_path / "a", progress=False)
+    train(cfg, out=tmp_path / "b", stop_after_epoch=1, progress=False)  # an interrupted run
+    resumed = train(cfg, out=tmp_path / "b", resume=tmp_path / "b" / "checkpoint.pt", progress=False)
+    assert [h["train_loss"] for h in straight] == [h["train_loss"] for h in resumed]
+    a, b = (load_checkpoint(tmp_path / d / "checkpoint.pt")["model"] for d in "ab")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_two_process_torchrun_matches_one_process(tmp_path):
+    common = ["train", "--model", "conv_probe", "--width", "0.5", "--dataset", "digits", "--batch", "64",
+              "--lr", "0.05", "--epochs", "2", "--seed", "3"]
+    single = tmp_path / "single"
+    assert main([*common, "--out", str(single), "--db", str(tmp_path / "single.sqlite")]) == 0
+    torchrun = shutil.which("torchrun")
+    prefix = [torchrun] if torchrun else [sys.executable, "-m", "torch.distributed.run"]
+    proc = subprocess.run([*prefix, "--standalone", "--nproc_per_node", "2", "-m", "attnbench", *common,
+                           "--out", str(tmp_path / "ddp"), "--db", str(tmp_path / "ddp.sqlite")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = store.load_training(tmp_path / "single.sqlite"), store.load_training(tmp_path / "ddp.sqlite")
+    assert len(two) == 2 and (two.world_size == 2).all()  # only rank 0 stored, once per epoch
+    # same data, order and averaged gradients; batch-norm statistics are per rank (32 images, not 64),
+    # so the runs drift apart a little
+    np.testing.assert_allclose(two.train_loss, one.train_loss, rtol=0.05)
+    assert abs(two.top1_pct.iloc[-1] - one.top1_pct.iloc[-1]) < 5
+    a = load_checkpoint(single / "checkpoint.pt")["model"]
+    b = load_checkpoint(tmp_path / "ddp" / "checkpoint.pt")["model"]
+    weights = [k for k in a if "running_" not in k and a[k].is_floating_point()]
+    wa, wb = (torch.cat([w[k].flatten() for k in weights]) for w in (a, b))
+    drift = ((wa - wb).norm() / wa.norm()).item()
+    assert drift < 0.05, f"relative difference of all weights {drift:.3g}"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "gsa_resnet27", "--dataset", "digits"], "Unknown model 'gsa_resnet27'"),
+        (["--model", "resnet26", "--dataset", "imagenet"], "invalid choice: 'imagenet'"),
+        (["--model", "resnet26", "--dataset", "cifar100"], "cifar100 needs --data-dir"),
+        (["--model", "resnet26", "--dataset", "cifar100", "--data-dir", "/nonexistent"], "does not exist"),
+        (["--model", "resnet26", "--dataset", "digits", "--epochs", "0"], "epochs 0 must be at least 1"),
+    ],
+)
+def test_bad_training_input(capsys, tmp_path, args, message):
+    assert main(["train", *args, "--out", str(tmp_path / "run"), "--db", str(tmp_path / "r.sqlite")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_wrong_files_in_data_dir(tmp_path, capsys):
+    (tmp_path / "cifar-100-python").mkdir()
+    (tmp_path / "cifar-100-python" / "train").write_bytes(b"not a pickle")
+    (tmp_path / "cifar-100-python" / "test").write_bytes(b"not a pickle")
+    with pytest.raises(DataError, match="is not a CIFAR-100 python-pickle batch"):
+        load_cifar100(tmp_path)
+
+
+def test_checkpoints_of_another_model_or_corrupted(tmp_path, capsys):
+    cfg = TrainConfig(model="conv_probe", dataset="digits", epochs=1, batch=64, width=0.25)
+    train(cfg, out=tmp_path / "run", progress=False)
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    code = main(["train", "--model", "gsa_probe", "--dataset", "digits", "--epochs", "1", "--batch", "64",
+                 "--width", "0.25", "--resume", str(ckpt), "--out", str(tmp_path / "x"),
+                 "--db", str(tmp_path / "r.sqlite")])
+    err = capsys.readouterr().err
+    assert code == 2 and "is for model='conv_probe', not 'gsa_probe'" in err
+    assert main(["eval", "--checkpoint", str(ckpt), "--dataset", "longrange"]) == 2
+    assert "was trained on digits, not longrange" in capsys.readouterr().err
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(ckpt.read_bytes()[:1000])
+    for args in (["eval", "--checkpoint", str(bad), "--dataset", "digits"],
+                 ["train", "--model", "conv_probe", "--dataset", "digits", "--resume", str(bad),
+                  "--out", str(tmp_path / "y"), "--db", str(tmp_path / "r.sqlite")]):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert "not a readable checkpoint" in err and err.count("\n") == 1
+    assert evaluate_checkpoint(ckpt, "digits")["top1_pct"] >= 0
