@@ -184,12 +184,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.scope == "module" and args.arch != "resnet50":
         raise UsageError("attnbench run: --arch applies to --scope model only")
     if args.scope == "model":
-        from attnbench.models import parse_model_name
+        from attnbench.models import list_models
 
-        try:
-            parse_model_name(f"conv_{args.arch}")
-        except KeyError as e:
-            raise UsageError(f"attnbench run: --arch: {e}") from None
+        if f"conv_{args.arch}" not in list_models():
+            archs = sorted({m[len("conv_"):] for m in list_models() if m.startswith("conv_")})
+            raise UsageError("attnbench run: --arch: " + unknown_name_message("architecture", args.arch, archs))
     if args.scope == "module":
         for v in args.variants or list_variants():
             for d in args.dim:
@@ -311,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--variants", type=variant_list, default=None, help="comma-separated (default: all)")
     run.add_argument("--scope", choices=SCOPES, default="model",
                      help="model: each variant's network at image side --res; module: the variant alone")
-    run.add_argument("--arch", default="resnet50", help="network depth at model scope (resnet26/38/50/101)")
+    run.add_argument("--arch", default="resnet50",
+                     help="network at model scope: resnet26/38/50/101, or probe (two blocks at full resolution)")
     run.add_argument("--res", type=positive_ints("resolution"), default=None,
                      help="sides in pixels, comma-separated (default: 224 for models, 56 for modules)")
     run.add_argument("--batch", type=positive_ints("batch"), default=[1])

@@ -39,22 +39,75 @@ class Report:
 # ---- data ----------------------------------------------------------------------------------------
 
 
-def load(dbs: Sequence[str | Path]) -> pd.DataFrame:
-    """Every row of the stores, one row per (case, environment), in a stable order."""
+def load(dbs: Sequence[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every measured case and every training epoch of the stores, in a stable order."""
     if not dbs:
         raise ReportError("No results store given.")
-    frames = [store.load_results(db).assign(store=Path(db).name) for db in dbs]
-    frame = pd.concat(frames, ignore_index=True).drop_duplicates(["case_key", "env_key"])
-    if frame.empty:
+    frame = pd.concat([store.load_results(db).assign(store=Path(db).name) for db in dbs], ignore_index=True)
+    frame = frame.drop_duplicates(["case_key", "env_key"])
+    training = pd.concat([store.load_training(db) for db in dbs], ignore_index=True).drop_duplicates(
+        ["run_id", "epoch"])
+    if frame.empty and training.empty:
         raise ReportError(f"The store{'s' if len(dbs) > 1 else ''} {', '.join(map(str, dbs))} hold no results; "
-                          "run `attnbench run` first.")
-    if not (frame.status == "ok").any():
+                          "run `attnbench run` or `attnbench train` first.")
+    if training.empty and not (frame.status == "ok").any():
         raise ReportError("Every stored case failed (" + ", ".join(sorted(set(frame.status))) +
                           "): there is nothing to draw; see `attnbench export` for the reasons.")
     frame["pixels"] = frame.res.astype(np.int64) ** 2
     frame["device_label"] = frame.device_name.fillna(frame.device)
-    return frame.sort_values(["device_label", "scope", "variant", "arch", "dtype", "mode", "dim", "batch",
-                              "res", "created_utc"]).reset_index(drop=True)
+    frame = frame.sort_values(["device_label", "scope", "variant", "arch", "dtype", "mode", "dim", "batch",
+                               "res", "created_utc"]).reset_index(drop=True)
+    return frame, training.sort_values(["dataset", "model", "run_id", "epoch"]).reset_index(drop=True)
+
+
+def accuracy_table(frame: pd.DataFrame, training: pd.DataFrame) -> pd.DataFrame:
+    """The last epoch of each training run, with its cost: params, MACs, training time and, where the
+    network was also measured (model scope at 32 x 32, batch 1), its inference latency."""
+    last = training.sort_values("epoch").groupby("run_id", sort=False).tail(1)
+    time_s = training.groupby("run_id").epoch_s.sum()
+    latency = {}
+    measured = frame[(frame.scope == "model") & (frame.status == "ok") & (frame.res == 32) & (frame.batch == 1)]
+    for r in measured.itertuples():
+        latency[(f"{r.variant}_{r.arch}", r.device_name)] = r.latency_ms_median
+    rows = []
+    for r in last.sort_values(["dataset", "model", "run_id"]).itertuples():
+        rows.append({"dataset": r.dataset, "model": r.model, "width": r.width, "epochs": r.epoch,
+                     "top-1 (%)": round(r.top1_pct, 2), "top-5 (%)": round(r.top5_pct, 2),
+                     "params": int(r.params), "MACs (M)": round(r.macs / 1e6, 2),
+                     "training time (s)": round(time_s[r.run_id], 1),
+                     "latency ms (batch 1)": round(latency[(r.model, r.device_name)], 3)
+                     if (r.model, r.device_name) in latency else math.nan,
+                     "device": r.device_name, "processes": r.world_size, "seed": r.seed})
+    return pd.DataFrame(rows)
+
+
+def pareto(cost: Sequence[float], accuracy: Sequence[float]) -> list[int]:
+    """Indices of the points no other point beats on both (lower cost, higher accuracy), by cost."""
+    order = sorted(range(len(cost)), key=lambda i: (cost[i], -accuracy[i]))
+    front, best = [], -math.inf
+    for i in order:
+        if accuracy[i] > best:
+            front.append(i)
+            best = accuracy[i]
+    return front
+
+
+def accuracy_figure(table: pd.DataFrame, cost: str, label: str, title: str):
+    """Top-1 accuracy against a cost, one point per network, with the Pareto front."""
+    palette = colours()
+    fig, (ax,) = _new_figure(1, 6.5)
+    t = table.dropna(subset=[cost]).reset_index(drop=True)
+    for model, x, y in zip(t.model, t[cost], t["top-1 (%)"]):
+        ax.scatter(x, y, color=palette.get(model.split("_")[0]), s=40, zorder=3)
+        ax.annotate(model, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    front = pareto(list(t[cost]), list(t["top-1 (%)"]))
+    ax.plot(t.loc[front, cost], t.loc[front, "top-1 (%)"], "--", color="grey", label="Pareto front", zorder=2)
+    ax.set(xscale="log", xlabel=label, ylabel="test top-1 (%)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
 
 
 def slug(text: str) -> str:
@@ -303,7 +356,7 @@ def environments(frame: pd.DataFrame) -> pd.DataFrame:
 
 def report(dbs: Sequence[str | Path], out: str | Path = "reports", *, published: bool = True) -> Report:
     """Regenerate the tables, figures and index under ``out`` from the stores ``dbs``."""
-    frame = load(dbs)
+    frame, training = load(dbs)
     out = Path(out)
     for sub in ("tables", "figures"):
         (out / sub).mkdir(parents=True, exist_ok=True)
@@ -369,6 +422,22 @@ def report(dbs: Sequence[str | Path], out: str | Path = "reports", *, published:
                     g, "latency_ms_median", "latency (ms)", "device_label",
                     f"Latency across devices: {scope} scope, res {res}, {dtype}, {mode}"))
                 index.append(f"- {scope} scope at {res}, {dtype}: ![devices](figures/devices_{tag}.png)")
+
+    if len(training):
+        acc = accuracy_table(frame, training)
+        _write_table(rep, out, "accuracy", acc)
+        index += ["", "## Accuracy against cost\n", "- [last epoch of every training run](tables/accuracy.md)"]
+        for (dataset, device), t in acc.groupby(["dataset", "device"], sort=True):
+            tag = f"{dataset}_{slug(device)}"
+            _write_figure(rep, out, f"accuracy_macs_{tag}", accuracy_figure(
+                t, "MACs (M)", "MACs per image (M)", f"{dataset}: test top-1 against MACs ({device})"))
+            index.append(f"- {dataset}, {device}: ![accuracy against MACs](figures/accuracy_macs_{tag}.png)")
+            if t["latency ms (batch 1)"].notna().sum() >= 2:
+                _write_figure(rep, out, f"accuracy_latency_{tag}", accuracy_figure(
+                    t, "latency ms (batch 1)", "inference latency, batch 1 (ms)",
+                    f"{dataset}: test top-1 against latency ({device})"))
+                index.append(f"- {dataset}, {device}: ![accuracy against latency]"
+                             f"(figures/accuracy_latency_{tag}.png)")
 
     if published:
         _write_table(rep, out, "published", published_table())

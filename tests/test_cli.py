@@ -103,7 +103,7 @@ def test_a_case_over_its_time_limit_times_out(capsys, tmp_path):
         (["--shard", "x"], "shard 'x' must be i/n"),
         (["--mode", "fast"], "Unknown mode 'fast'"),
         (["--timeout", "0"], "must be a positive number of seconds"),
-        (["--arch", "resnet7"], "Unknown model 'conv_resnet7'"),
+        (["--arch", "resnet7"], "Unknown architecture 'resnet7'. Available: probe, resnet101, resnet26"),
     ],
 )
 def test_bad_arguments_are_one_line_and_exit_2(capsys, tmp_path, args, message):

@@ -114,3 +114,28 @@ def test_cli_report_with_published_figures(db, tmp_path, capsys):
     assert main(["report", "--db", str(db), "--out", str(tmp_path / "out")]) == 0
     published = (tmp_path / "out" / "tables" / "published.md").read_text()
     assert "local_resnet38" in published and "SASA" in published
+
+
+def test_pareto_front():
+    from attnbench.report import pareto
+
+    cost, acc = [1, 2, 3, 4, 5], [50, 45, 60, 60, 70]
+    assert pareto(cost, acc) == [0, 2, 4]
+
+
+def test_accuracy_against_cost(db, tmp_path):
+    runs = {"conv_probe": (51.0, 1e6, 0.5), "gsa_probe": (95.0, 3e6, 2.0), "local_probe": (60.0, 4e6, 3.0)}
+    for model, (top1, macs, latency) in runs.items():
+        for epoch in (1, 2):
+            store.write_training(db, dict(run_id=f"{model}-1", epoch=epoch, epochs=2, model=model, dataset="longrange",
+                                          train_loss=0.5, top1_pct=top1 - (2 - epoch), top5_pct=100.0, epoch_s=3.0,
+                                          params=100, macs=int(macs), width=1.0, device_name="Test CPU",
+                                          world_size=1, seed=0))
+        variant = model.split("_")[0]
+        store.write(db, {**row(variant, 32, scope="model", batch=1, k=1.0), "arch": "probe",
+                         "case_key": f"probe/{model}", "latency_ms_median": latency})
+    rep = report([db], tmp_path / "out", published=False)
+    acc = rep.tables["accuracy"].set_index("model")
+    assert acc.loc["gsa_probe", "top-1 (%)"] == 95.0 and acc.loc["gsa_probe", "training time (s)"] == 6.0
+    assert acc.loc["local_probe", "latency ms (batch 1)"] == 3.0
+    assert {"accuracy_macs_longrange_test-cpu", "accuracy_latency_longrange_test-cpu"} <= set(rep.figures)
