@@ -1,4 +1,4 @@
-"""The ``attnbench`` command: ``list``, ``run``, ``report``, ``train``, ``eval``, ``export``, ``merge``.
+"""The ``attnbench`` command: ``list``, ``run``, ``report``, ``profile``, ``train``, ``eval``, ``export``, ``merge``.
 
 Every handler takes parsed arguments and returns an exit code; bad input is one line on stderr
 and exit code 2, never a traceback.
@@ -266,6 +266,44 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import pandas as pd
+
+    from attnbench.profiling import profile_case, stacked_figure
+    from attnbench.report import slug
+
+    cases = api.plan(variants=args.variants, res=args.res, batch=args.batch, dim=args.dim, dtype=args.dtype,
+                     device=args.device, mode=args.mode, scope=args.scope, arch=args.arch, threads=args.threads)
+    out = Path(args.out)
+    for sub in ("tables", "figures", "traces"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    groups: dict[tuple, dict[str, pd.DataFrame]] = {}
+    for case in cases:
+        name = case.variant if case.scope == "module" else f"{case.variant}_{case.arch}"
+        tag = f"{case.scope}_r{case.res}_b{case.batch}_{case.dtype}_{case.mode}_{slug(case.device)}"
+        try:
+            table = profile_case(case, out / "traces" / f"{name}_{tag}", iters=args.iters)
+        except Exception as e:  # noqa: BLE001 - one failing case must not lose the others
+            print(f"{name} {tag}: {type(e).__name__}: {e}".splitlines()[0], file=sys.stderr)
+            continue
+        groups.setdefault(tag, {})[name] = table
+        top = table.head(3)
+        print(f"{name:18} {tag}: " + ", ".join(f"{o} {s:.0f} %" for o, s in zip(top.operator, top["share (%)"])))
+    for tag, tables in groups.items():
+        combined = pd.concat([t.head(args.top).assign(variant=n) for n, t in tables.items()], ignore_index=True)
+        combined = combined[["variant", "operator", "self ms / iter", "share (%)", "calls / iter"]].round(4)
+        combined.to_csv(out / "tables" / f"profile_{tag}.csv", index=False)
+        (out / "tables" / f"profile_{tag}.md").write_text(combined.to_markdown(index=False) + "\n")
+        fig = stacked_figure(tables, f"Self time by operator ({tag.replace('_', ', ')})", top=args.top)
+        for ext in ("png", "svg"):
+            fig.savefig(out / "figures" / f"profile_{tag}.{ext}")
+        print(f"traces under {out / 'traces'}; operator table {out / 'tables' / f'profile_{tag}.md'}; "
+              f"plot {out / 'figures' / f'profile_{tag}.png'}")
+    return 0 if groups else 1
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from attnbench.data import DataError
     from attnbench.models import list_models
@@ -328,6 +366,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--shard", type=shard_spec, default=None, help="run slice i of n: i/n")
     run.add_argument("--json", action="store_true", help="print the rows as JSON")
     run.set_defaults(func=cmd_run)
+
+    prof = sub.add_parser("profile", help="torch.profiler traces and operator tables per variant")
+    prof.add_argument("--variants", type=variant_list, default=None, help="comma-separated (default: all)")
+    prof.add_argument("--scope", choices=SCOPES, default="module")
+    prof.add_argument("--arch", default="resnet50", help="network at model scope")
+    prof.add_argument("--res", type=positive_ints("resolution"), default=[56])
+    prof.add_argument("--batch", type=positive_ints("batch"), default=[1])
+    prof.add_argument("--dim", type=positive_ints("dim"), default=[64])
+    prof.add_argument("--dtype", type=choice_list("dtype", list(DTYPES)), default=["fp32"])
+    prof.add_argument("--device", type=device_list, default=None)
+    prof.add_argument("--mode", type=choice_list("mode", MODES), default=["infer"])
+    prof.add_argument("--threads", type=lambda t: positive_ints("threads")(t)[0], default=None)
+    prof.add_argument("--iters", type=lambda t: positive_ints("iters")(t)[0], default=5)
+    prof.add_argument("--top", type=lambda t: positive_ints("top")(t)[0], default=8, help="operators per variant")
+    prof.add_argument("--out", default="reports")
+    prof.set_defaults(func=cmd_profile)
 
     from attnbench.data import DATASETS
 

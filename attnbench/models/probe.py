@@ -21,8 +21,12 @@ class ProbeNet(nn.Module):
         self.norms = nn.ModuleList(nn.Identity() if norm else nn.BatchNorm2d(width) for _ in range(2))
         self.fc = nn.Linear(width, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The feature map before pooling."""
         x = self.stem(x)
         for block, norm in zip(self.blocks, self.norms):
             x = torch.relu(x + norm(block(x)))
-        return self.fc(x.mean(dim=(2, 3)))
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x).mean(dim=(2, 3)))

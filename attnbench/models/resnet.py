@@ -132,6 +132,9 @@ class ResNet(nn.Module):
             if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1) or m in (self.stem[0],):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last feature map, before pooling."""
+        return self.layers(self.stem(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.layers(self.stem(x))
-        return self.fc(torch.flatten(self.pool(x), 1))
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))

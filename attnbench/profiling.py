@@ -1,0 +1,80 @@
+"""Where each variant's time goes: torch.profiler over a few iterations, Kineto traces and operator tables.
+
+Traces are written as Kineto JSON (``*.pt.trace.json``), which TensorBoard's profiler plugin
+(the optional ``tensorboard`` extra; the plugin is no longer maintained upstream), Perfetto
+(ui.perfetto.dev) and Holistic Trace Analysis all read.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from attnbench.harness import build_case
+from attnbench.measure.latency import make_step, synchronized
+from attnbench.sweep import DTYPES, Case
+
+
+def profile_case(case: Case, trace_dir: str | Path, *, iters: int = 5) -> pd.DataFrame:
+    """Profile ``iters`` iterations of a case (after one warm-up); write its trace; return its operators.
+
+    The table has one row per operator: self time in ms per iteration (CPU, and CUDA where the case
+    runs on a GPU), calls per iteration and the share of the total self time.
+    """
+    torch.set_num_threads(case.threads)
+    torch.manual_seed(0)
+    module, shape = build_case(case)
+    x = torch.randn(*shape, device=case.device, dtype=DTYPES[case.dtype])
+    step = synchronized(make_step(module, x, case.mode), torch.device(case.device))
+    step()
+    cuda = torch.device(case.device).type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities, record_shapes=True) as prof:
+        for _ in range(iters):
+            step()
+    trace_dir = Path(trace_dir)
+    trace_dir.mkdir(parents=True, exist_ok=True)
+    prof.export_chrome_trace(str(trace_dir / f"{socket.gethostname()}.pt.trace.json"))
+    rows = []
+    for e in prof.key_averages():
+        self_us = e.self_device_time_total if cuda else e.self_cpu_time_total
+        if self_us <= 0:
+            continue
+        rows.append({"operator": e.key, "self ms / iter": self_us / 1e3 / iters, "calls / iter": e.count / iters,
+                     "self CPU ms / iter": e.self_cpu_time_total / 1e3 / iters})
+    table = pd.DataFrame(rows).sort_values(["self ms / iter", "operator"], ascending=[False, True])
+    table["share (%)"] = 100 * table["self ms / iter"] / table["self ms / iter"].sum()
+    return table.reset_index(drop=True)
+
+
+def stacked_figure(tables: dict[str, pd.DataFrame], title: str, top: int = 8):
+    """One stacked bar per variant: self time of its top operators, the rest as 'other'."""
+    import numpy as np
+
+    from attnbench.report import _new_figure
+
+    ops: list[str] = []
+    for t in tables.values():
+        for op in t.operator.head(top):
+            if op not in ops:
+                ops.append(op)
+    fig, (ax,) = _new_figure(1, 8)
+    bottoms = np.zeros(len(tables))
+    names = list(tables)
+    for op in ops + ["other"]:
+        heights = []
+        for t in tables.values():
+            shown = t.operator.isin(ops)
+            heights.append(t.loc[~shown, "self ms / iter"].sum() if op == "other"
+                           else t.loc[t.operator == op, "self ms / iter"].sum())
+        ax.bar(names, heights, bottom=bottoms, label=op)
+        bottoms += heights
+    ax.set(ylabel="self time per iteration (ms)")
+    ax.legend(fontsize=6, ncol=2)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
