@@ -2,6 +2,7 @@
 
 from attnbench import variants as _variants  # noqa: F401  (registers the variants)
 from attnbench.api import load_results, run
+from attnbench.inspection import attention_maps, effective_receptive_field
 from attnbench.measure.macs import count_macs
 from attnbench.models import build_model, list_models
 from attnbench.registry import build_variant, get_variant_spec, list_variants
@@ -11,6 +12,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
+    "attention_maps",
+    "effective_receptive_field",
     "build_model",
     "build_variant",
     "count_macs",

@@ -175,7 +175,7 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, seed: int = 0
         train, test = _split_normalise(xtr, xte)
         return Dataset(name, train, ytr, 10, False), Dataset(name, test, yte, 10, False)
     if name == "longrange":
-        xtr, ytr = make_longrange(4000, seed=1000 + seed)
+        xtr, ytr = make_longrange(2000, seed=1000 + seed)
         xte, yte = make_longrange(1000, seed=2000 + seed)
         train, test = _split_normalise(xtr, xte)
         return Dataset(name, train, ytr, 2, False), Dataset(name, test, yte, 2, False)

@@ -48,3 +48,45 @@ def erf_figure(maps: dict[str, torch.Tensor], title: str = "Effective receptive 
     fig.colorbar(image, ax=axes, shrink=0.8, label="log10 |gradient| (max = 0)")
     fig.suptitle(title, fontsize=10)
     return fig
+
+
+def attention_maps(model: nn.Module, image: torch.Tensor, query: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """For every attention layer of ``model``, the weights with which the pixel under ``query`` gathers.
+
+    Args:
+        model: a variant or a network built from variants.
+        image: ``(C, H, W)``, one input.
+        query: ``(y, x)`` in the image's pixels; a layer working at a lower resolution is asked for
+            the pixel at the same relative position.
+
+    Returns:
+        ``{"<layer>.<kind>": (heads, h, w)}`` in the layer's input coordinates: ``kind`` is
+        ``attention`` (local, non-local, axial), ``content`` and ``positional`` (GSA) or ``support``
+        (convolution); each variant's ``attention_maps`` says what its map means. The maps come from
+        the layers' own forward pass (captured), not from a second implementation.
+    """
+    layers = {name: m for name, m in model.named_modules() if callable(getattr(m, "attention_maps", None))}
+    sizes: dict[str, tuple[int, int]] = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, args, name=name: sizes.__setitem__(name, args[0].shape[-2:]))
+             for name, m in layers.items()]
+    was_training = model.training
+    model.eval()
+    for m in layers.values():
+        m.capture(True)
+    try:
+        with torch.no_grad():
+            model(image[None])
+        H, W = image.shape[-2:]
+        maps = {}
+        for name, m in layers.items():
+            h, w = sizes[name]
+            local_query = (query[0] * h // H, query[1] * w // W)
+            for kind, value in m.attention_maps(local_query).items():
+                maps[f"{name}.{kind}" if name else kind] = value
+        return maps
+    finally:
+        for h in hooks:
+            h.remove()
+        for m in layers.values():
+            m.capture(False)
+        model.train(was_training)

@@ -38,8 +38,7 @@ def plain_local(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def plain_nonlocal(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Non-local block with the explicit N x M attention matrix."""
     theta, phi, g = m.attention_inputs(x)
-    attn = (theta @ phi.transpose(-1, -2)).softmax(dim=-1)  # (B, 1, N, M)
-    return m.finish(x, attn @ g)
+    return m.finish(x, m.attention_weights(theta, phi) @ g)  # the (B, 1, N, M) matrix, explicitly
 
 
 def _reindex(length: int, entries: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:

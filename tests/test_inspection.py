@@ -28,3 +28,70 @@ def test_erf_of_a_network_and_its_figure():
 def nz_box(m):
     idx = torch.nonzero(m > 0)
     return int(idx.min()), int(idx.max())
+
+
+def _values(module, x, channels):
+    """v of a variant's 1x1 projection: the last ``channels`` outputs of its qkv weight."""
+    w = module.to_qkv.weight[-channels:, :, 0, 0]
+    return torch.einsum("oc,bchw->bohw", w, x)
+
+
+def test_local_maps_reproduce_the_output_and_stay_in_the_window():
+    torch.manual_seed(0)
+    m = attnbench.build_variant("local", 8, size=10, heads=2, window=3, block=4).double().eval()
+    x = torch.randn(1, 8, 9, 10, dtype=torch.float64)
+    for y, xq in [(0, 0), (4, 5), (8, 9)]:
+        maps = attnbench.attention_maps(m, x[0], (y, xq))["attention"]  # (2, 9, 10)
+        assert torch.allclose(maps.sum(dim=(1, 2)), torch.ones(2, dtype=torch.float64))
+        outside = torch.ones(9, 10, dtype=torch.bool)
+        outside[max(0, y - 1) : y + 2, max(0, xq - 1) : xq + 2] = False
+        assert (maps[:, outside] == 0).all()
+        v = _values(m, x, 8)[0].view(2, 4, 9, 10)
+        rebuilt = torch.einsum("nhw,nehw->ne", maps, v).reshape(8)
+        torch.testing.assert_close(rebuilt, m(x)[0, :, y, xq])
+
+
+def test_nonlocal_maps_reproduce_the_output():
+    from naive import bn
+
+    torch.manual_seed(0)
+    for subsample in (True, False):
+        m = attnbench.build_variant("nonlocal", 8, subsample=subsample).double().eval()
+        torch.nn.init.normal_(m.bn.weight)
+        x = torch.randn(1, 8, 6, 8, dtype=torch.float64)
+        y, xq = 3, 5
+        maps = attnbench.attention_maps(m, x[0], (y, xq))["attention"][0]  # (6, 8)
+        assert torch.isclose(maps.sum(), torch.tensor(1.0, dtype=torch.float64))
+        weights = maps.view(3, 2, 4, 2).sum(dim=(1, 3)).flatten() if subsample else maps.flatten()
+        _, _, g = m.attention_inputs(x)
+        gathered = weights @ g[0, 0]  # (d,)
+        z = m.w_z.weight[:, :, 0, 0] @ gathered + m.w_z.bias
+        z = bn(z[:, None, None], m.bn)[:, 0, 0] + x[0, :, y, xq]
+        torch.testing.assert_close(z, m(x)[0, :, y, xq])
+
+
+def test_gsa_maps_reproduce_each_branch():
+    torch.manual_seed(0)
+    x = torch.randn(1, 8, 6, 7, dtype=torch.float64)
+    y, xq = 2, 4
+    content = attnbench.build_variant("gsa", 8, size=7, heads=2, positional=False).double().eval()
+    maps = attnbench.attention_maps(content, x[0], (y, xq))["content"]
+    v = _values(content, x, 8)[0].view(2, 4, 6, 7)
+    torch.testing.assert_close(torch.einsum("nhw,nehw->ne", maps, v).reshape(8), content(x)[0, :, y, xq])
+    positional = attnbench.build_variant("gsa", 8, size=7, heads=2, content=False).double().eval()
+    maps = attnbench.attention_maps(positional, x[0], (y, xq))["positional"]
+    v = _values(positional, x, 8)[0].view(2, 4, 6, 7)
+    scale = (1 + positional.norm.eps) ** -0.5  # the untrained batch norm between the layers
+    torch.testing.assert_close(torch.einsum("nhw,nehw->ne", maps, v).reshape(8) * scale,
+                               positional(x)[0, :, y, xq])
+
+
+def test_network_maps_follow_each_layer_resolution():
+    net = attnbench.build_model("axial_resnet26", num_classes=10, stem="cifar", width=0.25, image_size=32)
+    maps = attnbench.attention_maps(net, torch.randn(3, 32, 32), (31, 0))
+    sizes = {tuple(m.shape[-2:]) for m in maps.values()}
+    # each stage's first block attends at the previous stage's resolution, then downsamples;
+    # ResNet-26's last stage has one block, so no layer sees 4 x 4
+    assert sizes == {(32, 32), (16, 16), (8, 8)}
+    for m in maps.values():
+        torch.testing.assert_close(m.sum(dim=(1, 2)), torch.ones(m.shape[0]))

@@ -48,7 +48,7 @@ def build_model(name: str, num_classes: int = 1000, **options: Any) -> nn.Module
     if name.endswith("_probe") and name[: -len("_probe")] in list_variants():
         options.pop("stem", None)
         width = options.pop("width", 1.0)
-        return ProbeNet(name[: -len("_probe")], num_classes=num_classes, width=max(8, int(32 * width)), **options)
+        return ProbeNet(name[: -len("_probe")], num_classes=num_classes, width=max(8, int(16 * width)), **options)
     if name in AXIAL_DEEPLAB:
         return ResNet("axial", AXIAL_DEEPLAB[name], num_classes=num_classes, expansion=2, stem_width=32,
                       **options)

@@ -13,7 +13,7 @@ from attnbench.registry import build_variant, get_variant_spec
 
 
 class ProbeNet(nn.Module):
-    def __init__(self, variant: str, *, num_classes: int = 10, width: int = 32, image_size: int = 32, **options):
+    def __init__(self, variant: str, *, num_classes: int = 10, width: int = 16, image_size: int = 32, **options):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
         norm = get_variant_spec(variant).ends_with_norm

@@ -63,6 +63,7 @@ class AxialLayer(nn.Module):
         # rows: r^q (d/2), r^k (d/2), r^v (d) for d = head width; columns: offsets -r .. r
         self.relative = nn.Parameter(torch.randn(entries, 2 * self.head_dim) * self.head_dim**-0.5)
         nn.init.normal_(self.qkv.weight, 0.0, C**-0.5)
+        self.captured: dict | None = None  # attention weights of the last forward, when capturing
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
@@ -81,6 +82,8 @@ class AxialLayer(nn.Module):
         if outside is not None:
             sim = sim.masked_fill(outside, torch.finfo(sim.dtype).min)
         attn = sim.softmax(dim=-1)
+        if self.captured is not None:
+            self.captured["attn"] = attn.detach()  # (B, lines, h, query, key)
         sv = attn @ v  # (B, W, h, H, d)
         sve = torch.einsum("bwnij,ijc->bwnic", attn, r_v)
         out = torch.stack([sv, sve], dim=-1).permute(0, 2, 4, 5, 3, 1).reshape(B, 2 * C, H, W)
@@ -105,6 +108,22 @@ class AxialAttention(nn.Module):
         self.cfg = cfg
         self.height = AxialLayer(cfg)
         self.width = AxialLayer(cfg)
+
+    def capture(self, enabled: bool = True) -> None:
+        """Keep both layers' attention weights of the next forward (for :meth:`attention_maps`)."""
+        for layer in (self.height, self.width):
+            layer.captured = {} if enabled else None
+
+    def attention_maps(self, query: tuple[int, int], image: int = 0) -> dict[str, torch.Tensor]:
+        """``{"attention": (heads, H, W)}``: the width layer's weight of (y, j) for pixel ``query`` = (y, x),
+        per head, times the height layer's weight of (i, j) for (y, j), averaged over heads (the width
+        layer's projections mix the height layer's heads), in the last captured forward."""
+        y, x = query
+        along_height = self.height.captured["attn"][image]  # (W, h, H_query, H_key)
+        along_width = self.width.captured["attn"][image]  # (H, h, W_query, W_key)
+        w_width = along_width[y, :, x]  # (h, j)
+        w_height = along_height[:, :, y].mean(dim=1).T  # (i, j)
+        return {"attention": w_width[:, None, :] * w_height[None]}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.height(x)

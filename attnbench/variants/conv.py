@@ -44,6 +44,23 @@ class Conv(nn.Module):
         k = cfg.kernel_size
         self.conv = nn.Conv2d(cfg.dim, cfg.dim, k, stride=cfg.stride, padding=k // 2, bias=False)
         self.bn = nn.BatchNorm2d(cfg.dim)
+        self.captured: dict | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.captured is not None:
+            self.captured["size"] = tuple(x.shape[-2:])
         return self.bn(self.conv(x))
+
+    def capture(self, enabled: bool = True) -> None:
+        """Remember the input size of the next forward passes (for :meth:`attention_maps`)."""
+        self.captured = {} if enabled else None
+
+    def attention_maps(self, query: tuple[int, int], image: int = 0) -> dict[str, torch.Tensor]:
+        """``{"support": (1, H, W)}``: a convolution's weights do not depend on the input, so its map is
+        its k x k support around ``query``, uniform (in-image part)."""
+        H, W = self.captured["size"]
+        y, x = query
+        r = self.cfg.kernel_size // 2
+        support = torch.zeros(1, H, W)
+        support[:, max(0, y - r) : y + r + 1, max(0, x - r) : x + r + 1] = 1.0
+        return {"support": support / support.sum()}

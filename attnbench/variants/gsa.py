@@ -89,6 +89,37 @@ class GlobalSelfAttention(nn.Module):
             self.rel_col = nn.Parameter(torch.randn(entries, head_key) * head_key**-0.5)  # R^c
             self.rel_row = nn.Parameter(torch.randn(entries, head_key) * head_key**-0.5)  # R^r
             self.norm = nn.BatchNorm2d(cfg.dim)
+        self.captured: dict | None = None  # intermediate results of the last forward, when capturing
+
+    def capture(self, enabled: bool = True) -> None:
+        """Keep the keys, queries and positional logits of the next forward (for :meth:`attention_maps`)."""
+        self.captured = {} if enabled else None
+
+    def attention_maps(self, query: tuple[int, int], image: int = 0) -> dict[str, torch.Tensor]:
+        """Per head, how much each pixel contributes to pixel ``query`` = (y, x), in the last captured forward.
+
+        ``content`` (heads, H, W): the effective weight of pixel p, sum_d q_d(query) softmax_positions(k_d)(p),
+        with which the content layer adds v(p). ``positional`` (heads, H, W): the column layer's weight of
+        (i, x') for (y, x') times the row layer's weight of (y, x') for (y, x), composed; the batch norm
+        between the two layers (a per-channel scale and shift) is left out. Positional weights have no
+        softmax and can be negative.
+        """
+        c = self.captured
+        H, W = c["size"]
+        h = self.heads
+        y, x = query
+        maps = {}
+        if c["keys"]:
+            q = c["queries"][image].view(H * W, h, -1)[y * W + x]  # (h, dkh)
+            maps["content"] = torch.einsum("nd,ndp->np", q, c["keys"][image]).view(h, H, W)
+        if c["col"]:
+            per_image = len(c["col"]) // len(c["queries"])
+            col = torch.cat(c["col"][image * per_image : (image + 1) * per_image], dim=1)  # (x, (y', n), i)
+            row = torch.cat(c["row"][image * per_image : (image + 1) * per_image], dim=1)  # (y, (x', n), j)
+            w_col = col[y].view(W, h, H).permute(1, 2, 0)  # (n, i, j): row y's pixel (i, j) into (y, j)
+            w_row = row[x].view(H, h, W)[y]  # (n, j): (y, j) into (y, x)
+            maps["positional"] = w_col * w_row[:, None, :]
+        return maps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
@@ -102,6 +133,9 @@ class GlobalSelfAttention(nn.Module):
         # Image by image, pixel-major: each (x, ...) or (..., y) slice of q, k, v is then a plain
         # matrix, so every product below is a batched matrix product on views.
         queries, contents, cols = [], [], []
+        kept = self.captured
+        if kept is not None:
+            kept.update(keys=[], queries=queries, col=[], row=[], size=(H, W))
         for image in x:
             qkv = image.view(C, H * W).t() @ weight  # (N, 2dk + C): 1x1 projections
             q, k, v = qkv.split([dk, dk, C], dim=1)
@@ -109,13 +143,14 @@ class GlobalSelfAttention(nn.Module):
             if self.cfg.content:
                 # F^c = Q (softmax_positions(K)^T V), per head
                 keys = k.softmax(dim=0).view(H * W, h, dkh).permute(1, 2, 0)  # (h, dkh, N)
+                if kept is not None:
+                    kept["keys"].append(keys.detach())
                 context = torch.bmm(keys, v.view(H * W, h, dvh).transpose(0, 1))  # (h, dkh, dvh)
                 contents.append(torch.bmm(context.transpose(1, 2), q.view(H * W, h, dkh).permute(1, 2, 0)))
             if self.cfg.positional:
                 # column: col[(y, n), x] = sum_i (q[x, (y, n)] . R^c[i - x]) v[(y, n), i]
-                cols.append(
-                    axis_attend(q.reshape(H, W * h, dkh), v.reshape(H, W * h, dvh).transpose(0, 1), rel_col)
-                )
+                cols.append(axis_attend(q.reshape(H, W * h, dkh), v.reshape(H, W * h, dvh).transpose(0, 1), rel_col,
+                                        None if kept is None else kept["col"]))
         if not self.cfg.positional:
             out = torch.stack(contents).view(B, C, H, W)
             return F.avg_pool2d(out, 2) if self.cfg.stride == 2 else out
@@ -127,6 +162,7 @@ class GlobalSelfAttention(nn.Module):
                 q.view(H, W, dk).transpose(0, 1).reshape(W, H * h, dkh),  # (y, x, n, d): pixel vectors move
                 col[b].permute(2, 1, 0, 3).reshape(H * h, W, dvh),  # (x, n, j, e)
                 rel_row,
+                None if kept is None else kept["row"],
             ).view(H, h, W, dvh).permute(1, 3, 0, 2)  # (n, e, x, y)
             outs.append(row if not contents else contents[b].view(h, dvh, H, W) + row)
         out = torch.stack(outs).view(B, C, H, W)
@@ -136,7 +172,7 @@ class GlobalSelfAttention(nn.Module):
 CHUNK_ELEMENTS = 1 << 21  # attention logits per chunk of lines (8 MiB in fp32)
 
 
-def axis_attend(q: torch.Tensor, v: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
+def axis_attend(q: torch.Tensor, v: torch.Tensor, rel: torch.Tensor, keep: list | None = None) -> torch.Tensor:
     """Positional attention along one axis, relative embeddings as keys, no softmax.
 
     Args:
@@ -146,13 +182,15 @@ def axis_attend(q: torch.Tensor, v: torch.Tensor, rel: torch.Tensor) -> torch.Te
 
     Returns:
         ``(M, L, e)``: ``out[m, x] = sum_i (q[x, m] . rel[x, :, i]) v[m, i]``. The lines are taken in
-        chunks whose logits stay cache-sized.
+        chunks whose logits stay cache-sized; with ``keep``, the logit chunks are appended to it.
     """
     L, M, _ = q.shape
     step = max(1, CHUNK_ELEMENTS // (L * L))
     parts = []
     for m in range(0, M, step):
         logits = torch.bmm(q[:, m : m + step], rel)  # (L_query, chunk, L_key), batched over the query position
+        if keep is not None:
+            keep.append(logits.detach())
         parts.append(torch.bmm(logits.transpose(0, 1), v[m : m + step]))  # (chunk, L_query, e)
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 

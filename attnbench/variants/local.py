@@ -77,6 +77,28 @@ class LocalSelfAttention(nn.Module):
         self.to_qkv = nn.Conv2d(cfg.dim, 3 * cfg.dim, 1, bias=False)
         self.rel_row = nn.Parameter(torch.randn(cfg.heads, cfg.window, half) * half**-0.5)  # r_{a-i}
         self.rel_col = nn.Parameter(torch.randn(cfg.heads, cfg.window, half) * half**-0.5)  # r_{b-j}
+        self.captured: dict | None = None  # attention weights of the last forward, when capturing
+
+    def capture(self, enabled: bool = True) -> None:
+        """Keep the attention weights of the next forward passes (for :meth:`attention_maps`)."""
+        self.captured = {} if enabled else None
+
+    def attention_maps(self, query: tuple[int, int], image: int = 0) -> dict[str, torch.Tensor]:
+        """``{"attention": (heads, H, W)}``: the softmax weights with which pixel ``query`` = (y, x) of
+        ``image`` gathered values in the last captured forward; they fill its k x k window (in-image
+        part) and are zero elsewhere."""
+        attn = torch.cat(self.captured["attn"])  # (tiles, h, b*b, halo*halo)
+        B, H, W, b = self.captured["geometry"]
+        pad = self.cfg.window // 2
+        halo = b + 2 * pad
+        nby, nbx = math.ceil(H / b), math.ceil(W / b)
+        y, x = query
+        tile = (image * nby + y // b) * nbx + x // b
+        weights = attn[tile, :, (y % b) * b + x % b].view(-1, halo, halo)
+        canvas = weights.new_zeros(weights.shape[0], nby * b + 2 * pad, nbx * b + 2 * pad)
+        top, left = (y // b) * b, (x // b) * b
+        canvas[:, top : top + halo, left : left + halo] = weights  # halo row 0 is image row top - pad
+        return {"attention": canvas[:, pad : pad + H, pad : pad + W]}
 
     def macs(self, input_shape: tuple[int, ...]) -> int:
         """MACs of the mechanism as the paper writes it: the projections, then per window element
@@ -103,6 +125,8 @@ class LocalSelfAttention(nn.Module):
         kv = kv.reshape(B, 2, h, dh, nby, nbx, halo * halo).permute(1, 0, 4, 5, 2, 6, 3)
         keys, values = kv.reshape(2, -1, h, halo * halo, dh).unbind(0)
 
+        if self.captured is not None:
+            self.captured.update(attn=[], geometry=(B, H, W, b))
         place = self._placement(b, k, halo, x.device, q.dtype)  # (b, k, halo): offset -> halo index
         outside = self._outside(B, H, W, b, k, x.device)  # (Bt, 1, b, b, halo, halo)
         # tiles in chunks whose logits stay cache-sized
@@ -137,6 +161,8 @@ class LocalSelfAttention(nn.Module):
         logits += rel_col[..., None, :]
         logits.masked_fill_(outside, torch.finfo(logits.dtype).min)
         attn = logits.view(T, h, b * b, halo * halo).softmax(dim=-1)
+        if self.captured is not None:
+            self.captured["attn"].append(attn.detach())
         return attn @ values  # (T, h, b*b, dh)
 
     @staticmethod

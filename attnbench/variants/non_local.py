@@ -61,6 +61,28 @@ class NonLocalBlock(nn.Module):
         self.w_z = nn.Conv2d(inner, cfg.dim, 1)
         self.bn = nn.BatchNorm2d(cfg.dim)
         nn.init.zeros_(self.bn.weight)
+        self.captured: dict | None = None  # attention weights of the last forward, when capturing
+
+    def capture(self, enabled: bool = True) -> None:
+        """Keep the attention weights of the next forward passes (for :meth:`attention_maps`); while
+        capturing, the attention runs unfused, since fused kernels do not return their weights."""
+        self.captured = {} if enabled else None
+
+    def attention_maps(self, query: tuple[int, int], image: int = 0) -> dict[str, torch.Tensor]:
+        """``{"attention": (1, H, W)}``: the softmax row of pixel ``query`` = (y, x) over all keys. With
+        subsampling each key is a max-pooled 2x2 block, and its weight is spread evenly over the block."""
+        attn, (H, W) = self.captured["attn"], self.captured["size"]
+        y, x = query
+        row = attn[image, 0, y * W + x]
+        if not self.cfg.subsample:
+            return {"attention": row.view(1, H, W)}
+        blocks = row.view(1, H // 2, W // 2).repeat_interleave(2, dim=1).repeat_interleave(2, dim=2) / 4
+        return {"attention": F.pad(blocks, (0, W - blocks.shape[-1], 0, H - blocks.shape[-2]))}
+
+    @staticmethod
+    def attention_weights(theta: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
+        """softmax_j(theta_i . phi_j), explicitly: (B, 1, N, M)."""
+        return (theta @ phi.transpose(-1, -2)).softmax(dim=-1)
 
     def attention_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """theta (B, 1, N, d), phi and g (B, 1, M, d): M = N, or N/4 when subsampled."""
@@ -74,6 +96,10 @@ class NonLocalBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
         theta, phi, g = self.attention_inputs(x)
+        if self.captured is not None:
+            attn = self.attention_weights(theta, phi)
+            self.captured.update(attn=attn.detach(), size=(H, W))
+            return self.finish(x, attn @ g)
         y = F.scaled_dot_product_attention(theta, phi, g, scale=1.0)  # (B, 1, N, d)
         return self.finish(x, y)
 
