@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from attnbench.harness import build_case
@@ -41,6 +42,8 @@ def profile_case(case: Case, trace_dir: str | Path, *, iters: int = 5) -> pd.Dat
     prof.export_chrome_trace(str(trace_dir / f"{socket.gethostname()}.pt.trace.json"))
     rows = []
     for e in prof.key_averages():
+        if e.device_type != DeviceType.CPU:  # kernels: their time is already the self device time of their op
+            continue
         self_us = e.self_device_time_total if cuda else e.self_cpu_time_total
         if self_us <= 0:
             continue
