@@ -102,12 +102,7 @@ def accuracy_figure(table: pd.DataFrame, cost: str, label: str, title: str):
         ax.annotate(model, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
     front = pareto(list(t[cost]), list(t["top-1 (%)"]))
     ax.plot(t.loc[front, cost], t.loc[front, "top-1 (%)"], "--", color="grey", label="Pareto front", zorder=2)
-    ax.set(xscale="log", xlabel=label, ylabel="test top-1 (%)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, title, xscale="log", xlabel=label, ylabel="test top-1 (%)")
 
 
 def slug(text: str) -> str:
@@ -245,6 +240,16 @@ def _new_figure(ncols: int = 1, width: float = 5.2):
     return fig, list(fig.subplots(1, ncols, squeeze=False)[0])
 
 
+def _finish(fig, ax, title: str, *, grid: str = "both", **axes):
+    """Axes settings, grid, legend and title shared by the one-panel figures."""
+    ax.set(**axes)
+    ax.grid(True, axis=grid, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def scaling_figure(g: pd.DataFrame, title: str):
     """Latency, MACs and peak memory against pixels, log-log, with fitted exponents; failures marked."""
     palette = colours()
@@ -263,9 +268,7 @@ def scaling_figure(g: pd.DataFrame, title: str):
                 ax.plot([first.pixels], [ok[column].iloc[-1] * scale], "x", ms=10, mew=2, color=palette.get(variant))
                 ax.annotate(first.status, (first.pixels, ok[column].iloc[-1] * scale), textcoords="offset points",
                             xytext=(4, 4), fontsize=7, color=palette.get(variant))
-        ax.set(xscale="log", yscale="log", xlabel="pixels (res²)", ylabel=label, title=label.split(" (")[0])
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+        _finish(fig, ax, label.split(" (")[0], xscale="log", yscale="log", xlabel="pixels (res²)", ylabel=label)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
@@ -283,12 +286,8 @@ def efficiency_figure(g: pd.DataFrame, title: str):
     peak = ok.device_peak_gflops.dropna()
     if len(peak):
         ax.axhline(peak.median(), ls="--", color="black", label=f"measured matmul peak {peak.median():.0f} GFLOP/s")
-    ax.set(xscale="log", yscale="log", xlabel="pixels (res²)", ylabel="achieved GFLOP/s (2 per MAC)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, title, xscale="log", yscale="log", xlabel="pixels (res²)",
+                   ylabel="achieved GFLOP/s (2 per MAC)")
 
 
 def throughput_figure(g: pd.DataFrame, title: str):
@@ -298,12 +297,7 @@ def throughput_figure(g: pd.DataFrame, title: str):
     for (variant, res), v in g[g.status == "ok"].groupby(["variant", "res"], sort=True):
         v = v.sort_values("batch")
         ax.plot(v.batch, v.throughput_per_s, "o-", color=palette.get(variant), label=f"{variant} @ {res}")
-    ax.set(xscale="log", yscale="log", xlabel="batch", ylabel="throughput (images / s)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, title, xscale="log", yscale="log", xlabel="batch", ylabel="throughput (images / s)")
 
 
 def bars_figure(g: pd.DataFrame, column: str, label: str, by: str, title: str):
@@ -317,12 +311,7 @@ def bars_figure(g: pd.DataFrame, column: str, label: str, by: str, title: str):
         values = [g[(g.variant == variant) & (g[by] == k)][column].median() for k in groups]
         ax.bar(np.arange(len(groups)) + i * width, values, width, color=palette.get(variant), label=variant)
     ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2, [str(k) for k in groups], fontsize=7)
-    ax.set(ylabel=label, yscale="log")
-    ax.grid(True, axis="y", which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, title, grid="y", ylabel=label, yscale="log")
 
 
 # ---- writing -------------------------------------------------------------------------------------
