@@ -195,3 +195,18 @@ def test_ctrl_c_keeps_finished_cases(tmp_path):
     assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
     kept = store.load_results(db)
     assert 1 <= len(kept) < 9 and set(kept.status) == {"ok"}
+
+
+def test_shards_on_two_machines_merge_into_the_whole_sweep(capsys, tmp_path):
+    sweep = ["run", "--scope", "module", "--variants", "conv,nonlocal", "--res", "8,12", "--dim", "8", *FAST]
+    parts = []
+    for i in (1, 2):
+        db = str(tmp_path / f"machine{i}.sqlite")
+        assert run_cli(capsys, *sweep, "--shard", f"{i}/2", "--db", db)[0] == 0
+        parts.append(db)
+    merged = str(tmp_path / "all.sqlite")
+    assert run_cli(capsys, "merge", *parts, "-o", merged)[0] == 0
+    frame = store.load_results(merged)
+    assert len(frame) == 4 and frame.case_key.is_unique
+    assert sorted(zip(frame.variant, frame.res)) == [("conv", 8), ("conv", 12), ("nonlocal", 8), ("nonlocal", 12)]
+    assert all(len(store.load_results(p)) == 2 for p in parts)
