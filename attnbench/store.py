@@ -141,6 +141,12 @@ def open_store(path: str | Path, *, create: bool = True) -> sqlite3.Connection:
             cols = ", ".join(f"{c} {t}" for c, t in TRAINING_COLUMNS)
             conn.execute(f"CREATE TABLE IF NOT EXISTS training ({cols}, UNIQUE (run_id, epoch))")
             conn.execute("COMMIT")
+        for table, columns in (("results", COLUMNS), ("training", TRAINING_COLUMNS)):
+            # columns added within this schema version are nullable: a store from before them gains them
+            have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+            for name, kind in columns:
+                if name not in have:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind.replace(' NOT NULL', '')}")
     except sqlite3.DatabaseError as e:
         raise StoreError(f"{path} is not a usable results store: {e}.") from None
     except OSError as e:

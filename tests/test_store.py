@@ -94,3 +94,14 @@ def test_several_processes_write_one_store(tmp_path):
         p.join(120)
         assert p.exitcode == 0
     assert sorted(store.load_results(db).case_key) == sorted(f"k{i}" for i in range(100))
+
+
+def test_a_store_from_before_a_new_column_gains_it(tmp_path):
+    db = tmp_path / "old.sqlite"
+    old_columns = [c for c in store.COLUMNS if c[0] != "device_peak_gflops"]
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+        conn.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+        conn.execute(f"CREATE TABLE results ({', '.join(f'{c} {t}' for c, t in old_columns)})")
+    store.write(db, row("a", device_peak_gflops=300.0))
+    assert store.load_results(db).device_peak_gflops.tolist() == [300.0]

@@ -1,7 +1,8 @@
 """Probe networks: a stem, two blocks of one variant at full resolution, global pooling, a classifier.
 
-Small enough to train on a CPU, and shallow enough that whether a network relates distant pixels
-depends on the variant alone: with 3x3 convolutions the receptive field before pooling is 7x7.
+Small enough to train on a CPU (16 channels; attention variants get one head per 8 channels unless
+told otherwise), and shallow enough that whether a network relates distant pixels depends on the
+variant alone: with 3x3 convolutions the receptive field before pooling is 7x7.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ class ProbeNet(nn.Module):
     def __init__(self, variant: str, *, num_classes: int = 10, width: int = 16, image_size: int = 32, **options):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
-        norm = get_variant_spec(variant).ends_with_norm
+        spec = get_variant_spec(variant)
+        if "heads" in spec.options():
+            options.setdefault("heads", max(1, width // 8))  # 8 channels a head: 16 channels, 2 heads
+        norm = spec.ends_with_norm
         self.blocks = nn.ModuleList(build_variant(variant, width, size=image_size, **options) for _ in range(2))
         self.norms = nn.ModuleList(nn.Identity() if norm else nn.BatchNorm2d(width) for _ in range(2))
         self.fc = nn.Linear(width, num_classes)
