@@ -198,6 +198,8 @@ def exponent_table(frame: pd.DataFrame) -> pd.DataFrame:
     out = []
     for (device, dtype, mode, dim, batch), g in series_groups(frame):
         for variant, v in g[g.status == "ok"].groupby("variant", sort=True):
+            if v.res.nunique() < 3:  # too few resolutions to fit an exponent
+                continue
             row = {"device": device, "dtype": dtype, "mode": mode, "dim": dim, "batch": batch,
                    "variant": variant, "points": len(v),
                    "res": f"{v.res.min()}-{v.res.max()}"}
