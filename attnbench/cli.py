@@ -115,45 +115,6 @@ def positive_float(text: str) -> float:
     return value
 
 
-# ---- formatting ---------------------------------------------------------------------------------
-
-
-def si(value: float | None, unit: str = "") -> str:
-    """12.3 M, 4.09 G, ... ('-' where there is no value)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= factor:
-            return f"{value / factor:.3g} {prefix}{unit}"
-    return f"{value:.3g} {unit}".rstrip()
-
-
-def mib(value: float | None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return f"{value / 2**20:.1f}"
-
-
-def results_table(frame) -> str:
-    """The human table of a sweep's rows."""
-    headers = ["variant", "scope", "res", "batch", "dtype", "device", "mode", "params", "MACs",
-               "latency ms (IQR)", "img/s", "peak MiB", "status"]
-    rows = []
-    for r in frame.to_dict("records"):
-        what = r["variant"] if r["scope"] == "module" else f"{r['variant']}:{r['arch']}"
-        lat = "-" if r["status"] != "ok" else f"{r['latency_ms_median']:.2f} ({r['latency_ms_iqr']:.2f})"
-        status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r['reason']}"
-        rows.append([what, r["scope"], str(r["res"]), str(r["batch"]), r["dtype"], r["device"], r["mode"],
-                     si(r["params"]), si(r["macs"]), lat,
-                     "-" if r["status"] != "ok" else f"{r['throughput_per_s']:.1f}", mib(r["peak_mem_bytes"]),
-                     status])
-    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    widths[-1] = len(headers[-1])
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
-    return "\n".join(lines)
-
-
 # ---- commands -----------------------------------------------------------------------------------
 
 
@@ -225,7 +186,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.json:
         print(frame.to_json(orient="records", indent=1))
     else:
-        print(results_table(frame))
+        from attnbench.report import results_table
+
+        print(results_table(frame).to_string(index=False) if len(frame) else "no cases")
         print(f"\n{len(frame)} cases; results in {args.db}. Latency in ms (median and IQR), MACs per forward "
               "pass of the batch (1 multiply-add = 1), peak memory over weights and inputs.")
     return 0

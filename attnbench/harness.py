@@ -86,8 +86,12 @@ def _child(case: Case, min_run_time: float, conn) -> None:
         record.update(environment(case.device))
     except BaseException as err:  # the parent must always hear back
         record = {"status": "error", "reason": "".join(traceback.format_exception_only(err)).strip()[:500]}
-    conn.send(record)
-    conn.close()
+    try:
+        conn.send(record)
+    except OSError:  # the sweep was interrupted and no longer listens: nothing to report to
+        pass
+    finally:
+        conn.close()
 
 
 _FORKSERVER: mp.context.BaseContext | None = None

@@ -147,10 +147,10 @@ def series_groups(frame: pd.DataFrame):
 # ---- tables --------------------------------------------------------------------------------------
 
 
-def _fmt(value, spec: str) -> str:
+def _fmt(value, spec: str, scale: float = 1.0) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    return format(value, spec)
+    return format(value * scale, spec)
 
 
 def results_table(rows: pd.DataFrame) -> pd.DataFrame:
@@ -162,14 +162,15 @@ def results_table(rows: pd.DataFrame) -> pd.DataFrame:
         "batch": rows.batch.values,
         "dim": np.where(rows.scope == "module", rows.dim, "-"),
         "dtype": rows.dtype.values,
+        "device": rows.device.values,
         "mode": rows["mode"].values,
-        "params (M)": [_fmt(v / 1e6, ".3f") for v in rows.params],
-        "MACs (G)": [_fmt(v / 1e9, ".3f") for v in rows.macs],
+        "params (M)": [_fmt(v, ".4g", 1e-6) for v in rows.params],
+        "MACs (G)": [_fmt(v, ".4g", 1e-9) for v in rows.macs],
         "latency ms (median ± IQR)": [
             "-" if s != "ok" else f"{m:.3f} ± {i:.3f}" for s, m, i in zip(rows.status, rows.latency_ms_median,
                                                                        rows.latency_ms_iqr)],
         "throughput (/s)": [_fmt(v, ".1f") for v in rows.throughput_per_s],
-        "peak memory (MiB)": [_fmt(v / MIB, ".1f") for v in rows.peak_mem_bytes],
+        "peak memory (MiB)": [_fmt(v, ".4g", 1 / MIB) for v in rows.peak_mem_bytes],
         "GFLOP/s": [_fmt(2 * m / (t * 1e-3) / 1e9, ".1f") if s == "ok" else "-"
                     for s, m, t in zip(rows.status, rows.macs, rows.latency_ms_median)],
         "status": [s if s == "ok" else f"{s}: {r}" for s, r in zip(rows.status, rows.reason)],
