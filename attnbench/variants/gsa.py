@@ -151,20 +151,19 @@ class GlobalSelfAttention(nn.Module):
                 # column: col[(y, n), x] = sum_i (q[x, (y, n)] . R^c[i - x]) v[(y, n), i]
                 cols.append(axis_attend(q.reshape(H, W * h, dkh), v.reshape(H, W * h, dvh).transpose(0, 1), rel_col,
                                         None if kept is None else kept["col"]))
-        if not self.cfg.positional:
-            out = torch.stack(contents).view(B, C, H, W)
-            return F.avg_pool2d(out, 2) if self.cfg.stride == 2 else out
-        col = batch_norm(torch.stack(cols).view(B, W, h, H, dvh), self.norm, channel_dims=(2, 4))  # (b, y, n, x, e)
-        outs = []
-        for b, q in enumerate(queries):
-            # row: out[(x, n), y] = sum_j (q[y, (x, n)] . R^r[j - y]) col[(x, n), j]
-            row = axis_attend(
-                q.view(H, W, dk).transpose(0, 1).reshape(W, H * h, dkh),  # (y, x, n, d): pixel vectors move
-                col[b].permute(2, 1, 0, 3).reshape(H * h, W, dvh),  # (x, n, j, e)
-                rel_row,
-                None if kept is None else kept["row"],
-            ).view(H, h, W, dvh).permute(1, 3, 0, 2)  # (n, e, x, y)
-            outs.append(row if not contents else contents[b].view(h, dvh, H, W) + row)
+        outs = contents
+        if self.cfg.positional:
+            col = batch_norm(torch.stack(cols).view(B, W, h, H, dvh), self.norm, channel_dims=(2, 4))  # (b, y, n, x, e)
+            outs = []
+            for b, q in enumerate(queries):
+                # row: out[(x, n), y] = sum_j (q[y, (x, n)] . R^r[j - y]) col[(x, n), j]
+                row = axis_attend(
+                    q.view(H, W, dk).transpose(0, 1).reshape(W, H * h, dkh),  # (y, x, n, d): pixel vectors move
+                    col[b].permute(2, 1, 0, 3).reshape(H * h, W, dvh),  # (x, n, j, e)
+                    rel_row,
+                    None if kept is None else kept["row"],
+                ).view(H, h, W, dvh).permute(1, 3, 0, 2)  # (n, e, x, y)
+                outs.append(row if not contents else contents[b].view(h, dvh, H, W) + row)
         out = torch.stack(outs).view(B, C, H, W)
         return F.avg_pool2d(out, 2) if self.cfg.stride == 2 else out
 
