@@ -62,10 +62,14 @@ def test_digits_and_longrange():
 
 
 def test_augment_is_a_crop_or_flip_of_the_image():
-    x = torch.arange(2 * 3 * 32 * 32, dtype=torch.float32).view(2, 3, 32, 32)
+    x = torch.arange(4 * 3 * 32 * 32, dtype=torch.float32).view(4, 3, 32, 32) + 1
     y = augment(x, torch.Generator().manual_seed(0))
     assert y.shape == x.shape
     assert torch.equal(augment(x, torch.Generator().manual_seed(0)), y)
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    for img, out in zip(padded, y):
+        crops = [img[:, r : r + 32, c : c + 32] for r in range(9) for c in range(9)]
+        assert any(torch.equal(out, crop) or torch.equal(out, crop.flip(-1)) for crop in crops)
 
 
 def test_tiny_cifar_trains_one_epoch_and_evaluates(tmp_path, capsys):
