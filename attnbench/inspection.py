@@ -4,6 +4,7 @@ Field in Deep Convolutional Neural Networks", arXiv 1701.04128)."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -50,7 +51,8 @@ def erf_figure(maps: dict[str, torch.Tensor], title: str = "Effective receptive 
     return fig
 
 
-def attention_maps(model: nn.Module, image: torch.Tensor, query: tuple[int, int]) -> dict[str, torch.Tensor]:
+def attention_maps(model: nn.Module, image: torch.Tensor, query: tuple[int, int], *,
+                   in_image: bool = True) -> dict[str, torch.Tensor]:
     """For every attention layer of ``model``, the weights with which the pixel under ``query`` gathers.
 
     Args:
@@ -59,8 +61,11 @@ def attention_maps(model: nn.Module, image: torch.Tensor, query: tuple[int, int]
         query: ``(y, x)`` in the image's pixels; a layer working at a lower resolution is asked for
             the pixel at the same relative position.
 
+        in_image: lay every map out on the image's pixels (a layer pixel's weight spread evenly over
+            the image pixels it covers, so sums are kept); otherwise in the layer's input coordinates.
+
     Returns:
-        ``{"<layer>.<kind>": (heads, h, w)}`` in the layer's input coordinates: ``kind`` is
+        ``{"<layer>.<kind>": (heads, H, W)}`` (or ``(heads, h, w)`` per layer): ``kind`` is
         ``attention`` (local, non-local, axial), ``content`` and ``positional`` (GSA) or ``support``
         (convolution); each variant's ``attention_maps`` says what its map means. The maps come from
         the layers' own forward pass (captured), not from a second implementation.
@@ -82,6 +87,8 @@ def attention_maps(model: nn.Module, image: torch.Tensor, query: tuple[int, int]
             h, w = sizes[name]
             local_query = (query[0] * h // H, query[1] * w // W)
             for kind, value in m.attention_maps(local_query).items():
+                if in_image and (h, w) != (H, W):
+                    value = F.interpolate(value[None], size=(H, W), mode="nearest")[0] * (h * w) / (H * W)
                 maps[f"{name}.{kind}" if name else kind] = value
         return maps
     finally:

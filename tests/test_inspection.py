@@ -88,10 +88,16 @@ def test_gsa_maps_reproduce_each_branch():
 
 def test_network_maps_follow_each_layer_resolution():
     net = attnbench.build_model("axial_resnet26", num_classes=10, stem="cifar", width=0.25, image_size=32)
-    maps = attnbench.attention_maps(net, torch.randn(3, 32, 32), (31, 0))
+    image = torch.randn(3, 32, 32)
+    maps = attnbench.attention_maps(net, image, (31, 0), in_image=False)
     sizes = {tuple(m.shape[-2:]) for m in maps.values()}
     # each stage's first block attends at the previous stage's resolution, then downsamples;
     # ResNet-26's last stage has one block, so no layer sees 4 x 4
     assert sizes == {(32, 32), (16, 16), (8, 8)}
     for m in maps.values():
+        torch.testing.assert_close(m.sum(dim=(1, 2)), torch.ones(m.shape[0]))
+    on_image = attnbench.attention_maps(net, image, (31, 0))
+    assert on_image.keys() == maps.keys()
+    for m in on_image.values():
+        assert m.shape[-2:] == (32, 32)
         torch.testing.assert_close(m.sum(dim=(1, 2)), torch.ones(m.shape[0]))
