@@ -14,8 +14,9 @@ from collections.abc import Callable, Sequence
 import torch
 
 from attnbench import api, store
+from attnbench.measure.latency import MODES
 from attnbench.registry import get_variant_spec, iter_specs, list_variants, unknown_name_message
-from attnbench.sweep import DTYPES, MODES, SCOPES
+from attnbench.sweep import DTYPES, SCOPES
 
 
 class UsageError(Exception):
@@ -49,6 +50,18 @@ def positive_ints(name: str) -> Callable[[str], list[int]]:
                 raise argparse.ArgumentTypeError(f"{name} {value} must be at least 1")
             values.append(value)
         return values
+
+    return parse
+
+
+def positive_int(name: str) -> Callable[[str], int]:
+    """One whole number >= 1, with the same messages as :func:`positive_ints`."""
+    many = positive_ints(name)
+
+    def parse(text: str) -> int:
+        if "," in text:
+            raise argparse.ArgumentTypeError(f"{name} takes one value, not the list '{text}'")
+        return many(text)[0]
 
     return parse
 
@@ -321,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", type=device_list, default=None,
                      help="cpu, cuda, cuda:0,cuda:1 (default: every GPU, else cpu)")
     run.add_argument("--mode", type=choice_list("mode", MODES), default=["infer"])
-    run.add_argument("--threads", type=positive_ints("threads"), default=None, help="CPU threads (default: all cores)")
+    run.add_argument("--threads", type=positive_int("threads"), default=None, help="CPU threads (default: all cores)")
     run.add_argument("--timeout", type=positive_float, default=600.0, help="seconds per case")
     run.add_argument("--min-run-time", type=positive_float, default=0.5, help="seconds of timed runs per case")
     run.add_argument("--db", default=api.DEFAULT_DB, help="results store (SQLite)")
@@ -340,9 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--dtype", type=choice_list("dtype", list(DTYPES)), default=["fp32"])
     prof.add_argument("--device", type=device_list, default=None)
     prof.add_argument("--mode", type=choice_list("mode", MODES), default=["infer"])
-    prof.add_argument("--threads", type=lambda t: positive_ints("threads")(t)[0], default=None)
-    prof.add_argument("--iters", type=lambda t: positive_ints("iters")(t)[0], default=5)
-    prof.add_argument("--top", type=lambda t: positive_ints("top")(t)[0], default=8, help="operators per variant")
+    prof.add_argument("--threads", type=positive_int("threads"), default=None)
+    prof.add_argument("--iters", type=positive_int("iters"), default=5)
+    prof.add_argument("--top", type=positive_int("top"), default=8, help="operators per variant")
     prof.add_argument("--out", default="reports")
     prof.set_defaults(func=cmd_profile)
 
@@ -352,8 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--model", required=True, help="any name of `attnbench list`, e.g. gsa_resnet26 or gsa_probe")
     tr.add_argument("--dataset", required=True, choices=DATASETS)
     tr.add_argument("--data-dir", default=None, help="folder with the data set's files (cifar100)")
-    tr.add_argument("--epochs", type=lambda t: positive_ints("epochs")(t)[0], default=10)
-    tr.add_argument("--batch", type=lambda t: positive_ints("batch")(t)[0], default=128,
+    tr.add_argument("--epochs", type=positive_int("epochs"), default=10)
+    tr.add_argument("--batch", type=positive_int("batch"), default=128,
                     help="global batch, split over torchrun's processes")
     tr.add_argument("--lr", type=positive_float, default=0.1)
     tr.add_argument("--momentum", type=float, default=0.9)
@@ -366,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", default=None, help="checkpoint folder (default runs/MODEL-DATASET-sSEED)")
     tr.add_argument("--db", default=api.DEFAULT_DB, help="results store for the per-epoch metrics")
     tr.add_argument("--resume", default=None, help="checkpoint to continue from, exactly")
-    tr.add_argument("--stop-after-epoch", type=lambda t: positive_ints("stop-after-epoch")(t)[0], default=None,
+    tr.add_argument("--stop-after-epoch", type=positive_int("stop-after-epoch"), default=None,
                     help="stop after this epoch (the schedule still spans --epochs); continue with --resume")
     tr.set_defaults(func=cmd_train)
 
@@ -374,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint", required=True)
     ev.add_argument("--dataset", required=True, choices=DATASETS)
     ev.add_argument("--data-dir", default=None)
-    ev.add_argument("--batch", type=lambda t: positive_ints("batch")(t)[0], default=256)
+    ev.add_argument("--batch", type=positive_int("batch"), default=256)
     ev.add_argument("--device", default="cpu")
     ev.set_defaults(func=cmd_eval)
 
@@ -401,7 +414,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command == "run":
             args.res = args.res or ([224] if args.scope == "model" else [56])
-            args.threads = args.threads[0] if args.threads else None
         return args.func(args)
     except UsageError as e:
         print(str(e).splitlines()[0] if str(e) else "attnbench: error", file=sys.stderr)

@@ -9,7 +9,6 @@ import torch
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SCOPES = ("module", "model")
-MODES = ("infer", "train")
 
 
 @dataclass(frozen=True, order=True)

@@ -103,6 +103,7 @@ def test_a_case_over_its_time_limit_times_out(capsys, tmp_path):
         (["--shard", "x"], "shard 'x' must be i/n"),
         (["--mode", "fast"], "Unknown mode 'fast'"),
         (["--timeout", "0"], "must be a positive number of seconds"),
+        (["--threads", "1,2"], "threads takes one value, not the list '1,2'"),
         (["--arch", "resnet7"], "Unknown architecture 'resnet7'. Available: probe, resnet101, resnet26"),
     ],
 )
