@@ -143,7 +143,7 @@ def train(cfg: TrainConfig, *, out: str | Path, db: str | Path | None = None, re
         start_epoch, history, run_id = ckpt["epoch"], ckpt["history"], ckpt["run_id"]
     ddp = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     params = count_params(model)["params"]
-    macs = count_macs(build(cfg, train_set.num_classes), torch.randn(1, 3, 32, 32))
+    macs = count_macs(model, torch.randn(1, 3, 32, 32, device=device))  # eval-mode trace; changes no state
     n = len(train_set.labels)
     steps = n // cfg.batch
     if steps == 0:
