@@ -3,8 +3,10 @@
 They compute the same function as the registered variants the way a first implementation
 usually does: ``local`` unfolds k^2 copies of keys and values, ``nonlocal`` forms the N x M
 attention matrix, ``gsa`` is written as plain einsums with a relative-position reindexing tensor.
-The efficiency benchmark measures the variants against them, and the MAC tests count them with a
-second counter: every multiply-add they perform is one the mechanism needs.
+They are registered as each variant's ``plain`` implementation, so the registry's equality tests
+cover them and a sweep can measure them (``--impl plain``). The efficiency benchmarks measure the
+variants against them, and the MAC tests count them with a second counter: every multiply-add they
+perform is one the mechanism needs.
 """
 
 from __future__ import annotations
@@ -13,7 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnbench.registry import register_impl
 
+TEXTBOOK = "the textbook implementation"
+
+
+@register_impl("local", "plain", description=f"{TEXTBOOK}: unfold k^2 copies of keys and values")
 def plain_local(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """SASA by ``unfold``: each pixel's k x k keys and values are copied out, k^2 copies in all."""
     B, C, H, W = x.shape
@@ -35,6 +42,7 @@ def plain_local(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return F.avg_pool2d(out, 2) if m.cfg.stride == 2 else out
 
 
+@register_impl("nonlocal", "plain", description=f"{TEXTBOOK}: the explicit N x M attention matrix")
 def plain_nonlocal(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Non-local block with the explicit N x M attention matrix."""
     theta, phi, g = m.attention_inputs(x)
@@ -49,6 +57,7 @@ def _reindex(length: int, entries: int, device: torch.device, dtype: torch.dtype
     return F.one_hot(rows.clamp(0, entries - 1), entries).to(dtype) * ((rows >= 0) & (rows < entries))[..., None]
 
 
+@register_impl("gsa", "plain", description=f"{TEXTBOOK}: einsums over (batch, head), one-hot reindexing")
 def plain_gsa(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """GSA as plain einsums over (batch, head) with a one-hot reindexing of the relative tables."""
     B, C, H, W = x.shape
@@ -71,5 +80,3 @@ def plain_gsa(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     out = out.reshape(B, C, H, W)
     return F.avg_pool2d(out, 2) if m.cfg.stride == 2 else out
 
-
-PLAIN = {"local": plain_local, "nonlocal": plain_nonlocal, "gsa": plain_gsa}

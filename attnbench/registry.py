@@ -9,12 +9,22 @@ Contract every registered variant meets:
   (``replace`` the spatial 3x3 convolution of a bottleneck, or ``insert`` a residual block
   between bottlenecks), so networks and the harness never special-case names.
 
+A variant is one definition (config, parameters, reference semantics) with one or more
+*implementations* of its forward, registered with :func:`register_impl`: functions
+``forward(module, x)`` that read the same parameters, so a state dict loads into any of them and
+they compute the same function. The module's ``impl`` attribute picks one; ``"auto"`` (the
+default) picks per device type by the variant's ``auto`` table (measured; see the README), else
+its ``reference`` implementation. While a module captures attention maps
+(``capture(True)``, read back with ``attention_maps(query)``) its reference implementation runs,
+since that is the one that records them.
+
 Variants register themselves with :func:`register_variant`; ``attnbench.variants`` imports
 each variant module explicitly.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import fnmatch
@@ -22,6 +32,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import torch
 from torch import nn
 
 
@@ -95,6 +106,55 @@ class VariantSpec:
         return config
 
 
+@dataclass(frozen=True)
+class ImplSpec:
+    """One implementation of a variant's forward."""
+
+    name: str
+    forward: Callable[[nn.Module, torch.Tensor], torch.Tensor]
+    description: str  # one line: how it computes
+    # why it cannot run a case (device type, whether gradients are needed), or None when it can
+    unsupported: Callable[[str, bool], str | None] = lambda device_type, grad: None
+
+
+AUTO = "auto"
+
+
+class Variant(nn.Module):
+    """Base of every registered variant: holds the config and dispatches ``forward`` to an implementation.
+
+    Subclasses define the parameters in ``__init__(cfg)`` and, for inspection, ``attention_maps``;
+    their implementations are registered separately with :func:`register_impl`.
+    """
+
+    variant_name: ClassVar[str] = ""  # set by register_variant
+
+    def __init__(self, cfg: VariantConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.impl = AUTO
+        self.captured: dict | None = None  # what the reference implementation recorded, when capturing
+
+    def capture(self, enabled: bool = True) -> None:
+        """Record what :meth:`attention_maps` needs during the next forward passes (reference implementation)."""
+        self.captured = {} if enabled else None
+
+    def implementation(self, x: torch.Tensor) -> ImplSpec:
+        """The implementation that runs on ``x``: the chosen one, or the reference while capturing."""
+        impls = _IMPLS[self.variant_name]
+        if self.captured is not None:
+            return impls[_REFERENCE[self.variant_name]]
+        if self.impl == AUTO:
+            return impls[auto_impl(self.variant_name, x.device.type)]
+        return impls[self.impl]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.implementation(x).forward(self, x)
+
+    def extra_repr(self) -> str:
+        return f"impl={self.impl}"
+
+
 class UnknownVariantError(KeyError):
     """A name that no variant is registered under."""
 
@@ -103,6 +163,9 @@ class UnknownVariantError(KeyError):
 
 
 _VARIANTS: dict[str, VariantSpec] = {}
+_IMPLS: dict[str, dict[str, ImplSpec]] = {}  # variant -> implementations
+_REFERENCE: dict[str, str] = {}  # variant -> its reference implementation
+_AUTO: dict[str, dict[str, str]] = {}  # variant -> device type -> implementation
 
 
 def register_variant(
@@ -116,14 +179,22 @@ def register_variant(
     placement: str = "replace",
     global_receptive_field: bool = False,
     scaling: tuple[float, float] = (1.0, 1.0),
-) -> Callable[[type[nn.Module]], type[nn.Module]]:
-    """Class decorator that registers a variant under ``name``."""
+    reference: str,
+    auto: dict[str, str] | None = None,
+) -> Callable[[type[Variant]], type[Variant]]:
+    """Class decorator that registers a variant under ``name``.
 
-    def wrap(cls: type[nn.Module]) -> type[nn.Module]:
+    ``reference`` names the implementation that records attention maps and that MAC counting and
+    fake-tensor tools trace (registered with :func:`register_impl`, like the others). ``auto`` maps a
+    device type ("cpu", "cuda") to the implementation ``impl="auto"`` runs there; device types it
+    does not name run the reference implementation.
+    """
+
+    def wrap(cls: type[Variant]) -> type[Variant]:
         if name in _VARIANTS:
             raise ValueError(f"Variant '{name}' is already registered by {_VARIANTS[name].cls.__name__}.")
-        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-            raise ValueError(f"Variant '{name}' must be an nn.Module subclass, got {cls!r}.")
+        if not (isinstance(cls, type) and issubclass(cls, Variant)):
+            raise ValueError(f"Variant '{name}' must be a Variant subclass, got {cls!r}.")
         if not issubclass(config_cls, VariantConfig):
             raise ValueError(f"Variant '{name}' config {config_cls!r} must subclass VariantConfig.")
         if placement not in ("replace", "insert"):
@@ -132,9 +203,72 @@ def register_variant(
             name, cls, config_cls, description, paper, arxiv, ends_with_norm, placement,
             global_receptive_field, scaling,
         )
+        _REFERENCE[name] = reference
+        _AUTO[name] = dict(auto or {})
+        _IMPLS.setdefault(name, {})
+        cls.variant_name = name
         return cls
 
     return wrap
+
+
+def register_impl(
+    variant: str,
+    name: str,
+    *,
+    description: str,
+    unsupported: Callable[[str, bool], str | None] | None = None,
+) -> Callable[[Callable], Callable]:
+    """Function decorator that registers ``forward(module, x)`` as implementation ``name`` of ``variant``."""
+
+    def wrap(fn: Callable) -> Callable:
+        impls = _IMPLS.setdefault(variant, {})
+        if name == AUTO or name in impls:
+            raise ValueError(f"Implementation '{name}' of variant '{variant}' is reserved or already registered.")
+        impls[name] = ImplSpec(name, fn, description, unsupported or ImplSpec.unsupported)
+        return fn
+
+    return wrap
+
+
+def list_impls(name: str) -> list[str]:
+    """Implementations of variant ``name``, reference first."""
+    get_variant_spec(name)
+    return sorted(_IMPLS[name], key=lambda impl: impl != _REFERENCE[name])
+
+
+def get_impl(name: str, impl: str) -> ImplSpec:
+    """Implementation ``impl`` of variant ``name``; ``ValueError`` lists the valid names."""
+    impls = list_impls(name)
+    if impl not in impls:
+        raise ValueError(unknown_name_message(f"implementation of variant '{name}':", impl, [AUTO, *impls]))
+    return _IMPLS[name][impl]
+
+
+def auto_impl(name: str, device_type: str) -> str:
+    """The implementation ``impl="auto"`` runs for variant ``name`` on a device of this type."""
+    return _AUTO[name].get(device_type) or _REFERENCE[name]
+
+
+def resolve_impl(name: str, impl: str, device: str | torch.device) -> str:
+    """``impl`` as it will run on ``device``: ``auto`` resolved, any other name checked."""
+    if impl == AUTO:
+        return auto_impl(name, torch.device(device).type)
+    return get_impl(name, impl).name
+
+
+def set_impl(module: nn.Module, impl: str) -> nn.Module:
+    """Choose implementation ``impl`` for every variant layer in ``module`` (a layer or a whole network).
+
+    Layers of a variant without ``impl`` keep theirs; ``ValueError`` when no layer has it.
+    """
+    layers = [m for m in module.modules() if isinstance(m, Variant)]
+    if impl != AUTO and layers and not any(impl in _IMPLS[m.variant_name] for m in layers):
+        get_impl(layers[0].variant_name, impl)  # raises, listing the valid names
+    for m in layers:
+        if impl == AUTO or impl in _IMPLS[m.variant_name]:
+            m.impl = impl
+    return module
 
 
 def list_variants(pattern: str = "*") -> list[str]:
@@ -157,10 +291,31 @@ def get_variant_spec(name: str) -> VariantSpec:
         raise UnknownVariantError(unknown_name_message("variant", name, list_variants())) from None
 
 
-def build_variant(name: str, dim: int, **options: Any) -> nn.Module:
-    """Build variant ``name`` with ``dim`` channels; unknown or invalid options raise."""
+@contextlib.contextmanager
+def reference_impls(module: nn.Module) -> Iterator[nn.Module]:
+    """Run every variant layer of ``module`` on its reference implementation inside the block: for tools
+    that trace or intercept operators (MAC counting, fake-tensor memory prediction) that fused kernels
+    such as FlexAttention's do not support."""
+    layers = [m for m in module.modules() if isinstance(m, Variant)]
+    kept = [m.impl for m in layers]
+    for m in layers:
+        m.impl = _REFERENCE[m.variant_name]
+    try:
+        yield module
+    finally:
+        for m, impl in zip(layers, kept):
+            m.impl = impl
+
+
+def build_variant(name: str, dim: int, *, impl: str = AUTO, **options: Any) -> Variant:
+    """Build variant ``name`` with ``dim`` channels running implementation ``impl``; unknown or invalid
+    options raise."""
     spec = get_variant_spec(name)
-    return spec.cls(spec.make_config(dim, **options))
+    if impl != AUTO:
+        get_impl(name, impl)
+    module = spec.cls(spec.make_config(dim, **options))
+    module.impl = impl
+    return module
 
 
 def iter_specs() -> Iterator[VariantSpec]:

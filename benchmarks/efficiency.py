@@ -21,7 +21,6 @@ import attnbench
 from attnbench.env import cpu_model
 from attnbench.measure.latency import make_step, measure_latency
 from attnbench.measure.memory import peak_memory
-from attnbench.plain import PLAIN
 
 # (variant, options, input shape, bound on latency ratio, bound on memory ratio)
 COMPARISONS = [
@@ -39,7 +38,7 @@ class _Plain(torch.nn.Module):
         self.name, self.module = name, module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return PLAIN[self.name](self.module, x)
+        return attnbench.get_impl(self.name, "plain").forward(self.module, x)
 
 
 def build(name: str, options: dict, shape: tuple[int, ...], plain: bool) -> tuple[torch.nn.Module, torch.Tensor]:

@@ -8,7 +8,6 @@ from torch.utils.flop_counter import FlopCounterMode
 import attnbench
 from attnbench.measure.flop_handles import einsum_equation_macs, matmul_macs
 from attnbench.measure.macs import analyse_macs
-from attnbench.plain import PLAIN
 
 # C = 32 keeps every per-head width above 1: torch.einsum turns size-1 contractions into mul + sum,
 # which FlopCounterMode does not count
@@ -21,11 +20,12 @@ def analytic(name: str, m) -> int:
     cfg = m.cfg
     if name == "conv":
         return B * N * 9 * C * C
+    reach = lambda side: side if getattr(cfg, "span", None) is None else min(cfg.span, side)  # noqa: E731
     if name == "gsa":
         dk, h = m.dim_key, cfg.heads
         projections = N * C * (2 * dk + C)
         content = 2 * N * dk * C // h  # rho(K)^T V, then Q times it
-        positional = N * H * (dk + C) + N * W * (dk + C)  # column, then row: q.r and the weighted sum
+        positional = N * reach(H) * (dk + C) + N * reach(W) * (dk + C)  # column, row: q.r, weighted sum
         return B * (projections + content + positional)
     if name == "local":
         return B * (3 * N * C * C + 3 * N * cfg.window**2 * C)  # q.k, q.r, weighted sum per window element
@@ -35,17 +35,20 @@ def analytic(name: str, m) -> int:
         return B * (3 * N * C * d + N * d * C + 2 * N * keys * d)
     if name == "axial":
         layer = lambda length: N * C * 2 * C + N * length * (3 * C // 2 + 2 * C)  # noqa: E731
-        return B * (layer(H) + layer(W))
+        return B * (layer(reach(H)) + layer(reach(W)))
     raise AssertionError(f"no analytic MAC formula for '{name}'")
 
 
-OPTIONS = {"nonlocal": [{}, {"subsample": False}], "gsa": [{}, {"dim_key": 16}], "local": [{}, {"window": 3}]}
+OPTIONS = {"nonlocal": [{}, {"subsample": False}], "gsa": [{}, {"dim_key": 16}, {"span": 5}],
+           "local": [{}, {"window": 3}], "axial": [{}, {"span": 5}]}
 
 
 @pytest.mark.parametrize("name, options", [(v, o) for v in VARIANTS for o in OPTIONS.get(v, [{}])], ids=str)
 def test_count_matches_the_analytic_formula(name, options):
-    m = attnbench.build_variant(name, C, size=max(H, W), **options)
-    assert attnbench.count_macs(m, torch.randn(B, C, H, W)) == analytic(name, m)
+    """The same count whichever implementation the layer runs."""
+    for impl in attnbench.list_impls(name):
+        m = attnbench.build_variant(name, C, size=max(H, W), impl=impl, **options)
+        assert attnbench.count_macs(m, torch.randn(B, C, H, W)) == analytic(name, m), impl
 
 
 def flop_counter_macs(fn, *args) -> int:
@@ -63,7 +66,7 @@ def test_count_matches_torch_flop_counter(name):
     the textbook implementation, whose every multiply-add is one the mechanism needs."""
     m = attnbench.build_variant(name, C, size=max(H, W)).eval()
     x = torch.randn(B, C, H, W)
-    fn = (lambda t: PLAIN[name](m, t)) if name in ("local", "nonlocal") else m
+    fn = (lambda t: attnbench.get_impl(name, "plain").forward(m, t)) if name in ("local", "nonlocal") else m
     with torch.no_grad():
         assert attnbench.count_macs(m, x) == flop_counter_macs(fn, x)
 

@@ -71,18 +71,98 @@ def test_every_variant_has_a_naive_reference(variant):
     assert variant in NAIVE and variant in CASES, f"write a naive implementation of '{variant}' in tests/naive.py"
 
 
-@pytest.mark.parametrize(
-    "variant, options", [(v, o) for v in VARIANTS for o in CASES.get(v, [{}])], ids=lambda p: str(p)
-)
-def test_matches_naive_implementation(variant, options):
+IMPL_CASES = [(v, i, o) for v in VARIANTS for i in attnbench.list_impls(v) for o in CASES.get(v, [{}])]
+SHAPES = [(2, 8, 6, 5), (2, 8, 11, 13)]  # even and odd sides, non-square
+
+
+def make_fp64(variant: str, impl: str, options: dict) -> torch.nn.Module:
     fields = attnbench.get_variant_spec(variant).options()
     heads = {"heads": 2} if "heads" in fields and "heads" not in options else {}
-    m = make(variant, dim=8, **heads, **options).double().eval().cpu()
-    x = torch.randn(2, 8, 6, 5, dtype=torch.float64)
-    got = m(x)
+    torch.manual_seed(0)
+    m = attnbench.build_variant(variant, 8, size=13, impl=impl, **heads, **options)
+    return randomize_norms(m).double().cpu()
+
+
+def skip_unless_supported(variant: str, impl: str, grad: bool) -> None:
+    reason = attnbench.get_impl(variant, impl).unsupported("cpu", grad)
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.mark.parametrize("variant, impl, options", IMPL_CASES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_every_implementation_matches_naive_implementation(variant, impl, options, shape):
+    m = make_fp64(variant, impl, options).eval()
+    x = torch.randn(*shape, dtype=torch.float64)
+    with torch.no_grad():
+        got = m(x)
     want = NAIVE[variant](m, x)
     diff = (got - want).abs().max().item()
-    assert diff < 1e-5, f"{variant} {options}: max abs difference {diff:.3g} from the naive implementation"
+    assert diff < 1e-5, f"{variant}/{impl} {options} {shape}: max abs difference {diff:.3g} from the naive one"
+
+
+@pytest.mark.parametrize("variant, impl, options", [c for c in IMPL_CASES if c[1] != attnbench.list_impls(c[0])[0]],
+                         ids=str)
+def test_every_implementation_trains_as_the_reference(variant, impl, options):
+    """Train mode: same output, same batch-norm statistics and the same gradients as the reference."""
+    skip_unless_supported(variant, impl, grad=True)
+    reference = make_fp64(variant, attnbench.list_impls(variant)[0], options).train()
+    other = make_fp64(variant, impl, options).train()
+    x = torch.randn(*SHAPES[1], dtype=torch.float64)
+    y_ref, y = reference(x), other(x)
+    torch.testing.assert_close(y, y_ref)
+    g = torch.randn_like(y)
+    (y_ref * g).sum().backward()
+    (y * g).sum().backward()
+    for (name, a), b in zip(other.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=f"{variant}/{impl}: gradient of {name}")
+    for (name, a), b in zip(other.named_buffers(), reference.buffers()):
+        torch.testing.assert_close(a, b, msg=f"{variant}/{impl}: buffer {name}")
+
+
+@pytest.mark.parametrize("variant, impl", [(v, i) for v in VARIANTS for i in attnbench.list_impls(v)], ids=str)
+def test_every_implementation_compiles_without_graph_breaks(variant, impl):
+    m = make_fp64(variant, impl, {}).eval()
+    x = torch.randn(*SHAPES[1], dtype=torch.float64)
+    torch._dynamo.reset()
+    compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), m(x))
+
+
+def test_state_dicts_load_into_every_implementation(variant):
+    source = make_fp64(variant, "auto", {})
+    x = torch.randn(*SHAPES[0], dtype=torch.float64)
+    with torch.no_grad():
+        want = source.eval()(x)
+        for impl in attnbench.list_impls(variant):
+            target = attnbench.build_variant(variant, 8, size=13, impl=impl, **(
+                {"heads": 2} if "heads" in attnbench.get_variant_spec(variant).options() else {}))
+            target.double().load_state_dict(source.state_dict())
+            torch.testing.assert_close(target.eval()(x), want, msg=f"{variant}/{impl}")
+
+
+def test_auto_runs_the_measured_choice_per_device(variant):
+    m = attnbench.build_variant(variant, 16)
+    for device in ("cpu", "cuda"):
+        chosen = attnbench.resolve_impl(variant, "auto", device)
+        assert chosen in attnbench.list_impls(variant)
+        assert m.implementation(torch.empty(0, device="meta")).name == attnbench.list_impls(variant)[0]
+    assert attnbench.resolve_impl(variant, "auto", "cpu") == attnbench.list_impls(variant)[0]
+
+
+def test_unknown_implementation_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="Unknown implementation of variant 'local': 'flx'. Available: auto, halo"):
+        attnbench.build_variant("local", 16, impl="flx")
+
+
+def test_capturing_runs_the_reference_implementation(variant):
+    m = attnbench.build_variant(variant, 16, size=TEST_RES, impl=attnbench.list_impls(variant)[-1])
+    x = torch.randn(1, 16, 6, 6)
+    m.capture(True)
+    assert m.implementation(x).name == attnbench.list_impls(variant)[0]
+    m.capture(False)
+    assert m.implementation(x).name == attnbench.list_impls(variant)[-1]
 
 
 def _changed_pixels(m, x, at):
@@ -176,12 +256,10 @@ def test_gsa_train_mode_batch_norm_matches_the_plain_implementation():
     same output, same running statistics, same gradients."""
     import copy
 
-    from attnbench.plain import plain_gsa
-
     fast = make("gsa", dim=8, heads=2).double().train()
     plain = copy.deepcopy(fast)
     x = torch.randn(3, 8, 6, 5, dtype=torch.float64)
-    y_fast, y_plain = fast(x), plain_gsa(plain, x)
+    y_fast, y_plain = fast(x), attnbench.get_impl("gsa", "plain").forward(plain, x)
     torch.testing.assert_close(y_fast, y_plain)
     torch.testing.assert_close(fast.norm.running_mean, plain.norm.running_mean)
     torch.testing.assert_close(fast.norm.running_var, plain.norm.running_var)

@@ -1,9 +1,10 @@
 """Multiply-accumulate counts (one fused multiply-add = 1, the torchvision convention).
 
-Counted with fvcore's tracer plus :mod:`attnbench.measure.flop_handles`. A module may declare its
-own cost with a ``macs(input_shape) -> int`` method when its implementation does masked-out work
-that the mechanism does not need (the blocked local attention); its traced count is then replaced
-by the declared one.
+Counted with fvcore's tracer plus :mod:`attnbench.measure.flop_handles`, on each variant's
+reference implementation, so the count does not depend on the implementation that runs. A module
+may declare its own cost with a ``macs(input_shape) -> int`` method when its implementations do
+masked-out work that the mechanism does not need (local attention's halos, a fixed span's band);
+its traced count is then replaced by the declared one.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from attnbench.measure.flop_handles import HANDLES
+from attnbench.registry import reference_impls
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,7 @@ def analyse_macs(module: nn.Module, inputs: torch.Tensor | tuple[torch.Tensor, .
         analysis = FlopCountAnalysis(module, inputs)
         analysis.set_op_handle(**HANDLES)
         analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), reference_impls(module):
             warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python values
             total = analysis.total()
             by_module = analysis.by_module()

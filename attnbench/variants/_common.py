@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -33,6 +34,59 @@ def relative_to_absolute(table: torch.Tensor, length: int) -> torch.Tensor:
     inside = offset.abs() <= r
     rows = table[(offset + r).clamp(0, 2 * r)]  # (length, length, d)
     return rows * inside[..., None].to(table.dtype)
+
+
+def keys_per_query(span: int | None, length: int) -> int:
+    """Keys one query meets along an axis of ``length`` as the mechanism is written: min(span, length)."""
+    return length if span is None else min(span, length)
+
+
+def blocked(span: int | None, length: int) -> bool:
+    """Whether a banded product along this axis is cheaper blocked than whole: tiles of ``span`` queries
+    meet the ``2 span - 1`` keys of their halo, against ``length`` for the whole axis."""
+    return span is not None and 2 * span - 1 < length
+
+
+def band_tiles(table: torch.Tensor, tile: int) -> torch.Tensor:
+    """``(tile, d, tile + 2r)``: for query ``u`` of a tile and key ``p`` of its halo (the tile widened by
+    ``r`` on each side), the embedding of the offset ``p - r - u``, zero outside ``-r .. r``."""
+    r = (table.shape[0] - 1) // 2
+    u = torch.arange(tile, device=table.device)[:, None]
+    p = torch.arange(tile + 2 * r, device=table.device)[None, :]
+    offset = p - r - u
+    inside = offset.abs() <= r
+    rows = table[(offset + r).clamp(0, 2 * r)] * inside[..., None].to(table.dtype)  # (tile, halo, d)
+    return rows.transpose(1, 2)
+
+
+def banded_axis(q: torch.Tensor, v: torch.Tensor, table: torch.Tensor, span: int | None) -> torch.Tensor:
+    """Relative-position attention without softmax along one axis: ``out[m, x] = sum_i (q[x, m] .
+    table[i - x]) v[m, i]`` over the keys ``i`` within reach (``|i - x| <= r``, r from the table).
+
+    Args:
+        q: ``(L, M, d)``, the queries of M lines of length L, position first.
+        v: ``(M, L, e)``, their values.
+        table: ``(2r + 1, d)``, row ``o + r`` embeds the offset ``o``.
+        span: the layer's span (None: the whole axis), which decides the blocking.
+
+    Returns ``(M, L, e)``. Whole-axis: two batched products with the ``(L, d, L)`` banded matrix.
+    Blocked (see :func:`blocked`): the axis in tiles of ``span`` queries, each against its halo of
+    keys (zero-padded outside the line, which adds nothing without a softmax), so the work is
+    proportional to L x span.
+    """
+    L, M, d = q.shape
+    if not blocked(span, L):
+        logits = torch.bmm(q, relative_to_absolute(table, L).transpose(1, 2))  # (L_query, M, L_key)
+        return torch.bmm(logits.transpose(0, 1), v)
+    r = (table.shape[0] - 1) // 2
+    t = span
+    nb = -(-L // t)
+    e = v.shape[-1]
+    q = F.pad(q, (0, 0, 0, 0, 0, nb * t - L)).view(nb, t, M, d).transpose(0, 1).reshape(t, nb * M, d)
+    logits = torch.bmm(q, band_tiles(table, t)).view(t, nb, M, t + 2 * r)  # (u, tile, line, halo)
+    halo = F.pad(v, (0, 0, r, r + nb * t - L)).unfold(1, t + 2 * r, t)  # (M, tile, e, halo), a view
+    out = torch.matmul(logits.permute(1, 2, 0, 3), halo.permute(1, 0, 3, 2))  # (tile, M, u, e)
+    return out.permute(1, 0, 2, 3).reshape(M, nb * t, e)[:, :L]
 
 
 def window_mask(length: int, span: int | None, size: int, device: torch.device) -> torch.Tensor | None:

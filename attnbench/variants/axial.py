@@ -10,6 +10,11 @@ on each of the three similarity terms (before they are summed), and on the two o
 they are summed). Per head, queries and keys are half as wide as values (d_out = 2 d_q). The span m
 defaults to the whole axis. With stride 2 a 2x2 average pool follows the width layer.
 
+Implementations (one parameter set, the same function): ``dense`` (reference), as written above;
+``lines`` (GPUs), the same products on contiguous lines without the intermediate stacks and
+permuted copies, each eval-mode batch norm folded into a weighted sum of its terms. A fixed span
+masks the whole-axis product in both; the MACs (``macs``) count the span's keys only.
+
 Deviations: the relative offset is taken as key - query for all three tables (the public code
 indexes r^q and r^v by query - key); this mirrors the tables and changes nothing else. Unlike the
 public code, the span is not tied to the input size: a fixed odd span m masks keys farther than
@@ -24,8 +29,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnbench.registry import VariantConfig, register_variant
-from attnbench.variants._common import check_fits, pointwise, relative_to_absolute, table_entries, window_mask
+from attnbench.registry import Variant, VariantConfig, register_impl, register_variant
+from attnbench.variants._common import (
+    check_fits,
+    keys_per_query,
+    pointwise,
+    relative_to_absolute,
+    table_entries,
+    window_mask,
+)
 
 
 @dataclass(frozen=True)
@@ -65,7 +77,8 @@ class AxialLayer(nn.Module):
         nn.init.normal_(self.qkv.weight, 0.0, C**-0.5)
         self.captured: dict | None = None  # attention weights of the last forward, when capturing
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def dense(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer as the paper writes it: the three similarity terms stacked, then normalised."""
         B, C, H, W = x.shape
         h, d = self.cfg.heads, self.head_dim
         check_fits("axial", H, self.cfg.span, self.cfg.size)
@@ -89,6 +102,49 @@ class AxialLayer(nn.Module):
         out = torch.stack([sv, sve], dim=-1).permute(0, 2, 4, 5, 3, 1).reshape(B, 2 * C, H, W)
         return self.bn_output(out).reshape(B, C, 2, H, W).sum(dim=2)
 
+    def lines(self, x: torch.Tensor) -> torch.Tensor:
+        """The same layer shaped for GPUs: lines contiguous, every product one batched matrix product on
+        views; in eval mode each batch norm is folded into the sum of its terms."""
+        B, C, H, W = x.shape
+        h, d = self.cfg.heads, self.head_dim
+        check_fits("axial", H, self.cfg.span, self.cfg.size)
+        qkv = self.bn_qkv(pointwise(self.qkv, x)).view(B, h, 2 * d, H, W).permute(0, 4, 1, 3, 2)
+        qkv = qkv.reshape(B * W * h, H, 2 * d)  # (line, position, channel), contiguous
+        q, k, v = qkv.split([d // 2, d // 2, d], dim=-1)
+        rel = relative_to_absolute(self.relative, H)  # (H_query, H_key, 2d)
+        r_q, r_k, r_v = rel.split([d // 2, d // 2, d], dim=-1)
+        qk = torch.bmm(q, k.transpose(1, 2))  # (line, i, j)
+        qr = torch.bmm(q.transpose(0, 1), r_q.transpose(1, 2)).transpose(0, 1)  # batched over i: q_i . r^q_{j-i}
+        kr = torch.bmm(k.transpose(0, 1), r_k.permute(1, 2, 0)).permute(1, 2, 0)  # batched over j: k_j . r^k_{j-i}
+        terms = [t.view(B, W, h, H, H) for t in (qk, qr, kr)]
+        if self.training:
+            sim = torch.stack(terms, dim=2).view(B * W, 3 * h, H, H)
+            sim = self.bn_similarity(sim).view(B, W, 3, h, H, H).sum(dim=2)
+        else:
+            scale, shift = folded(self.bn_similarity)
+            scale, shift = scale.view(3, h, 1, 1), shift.view(3, h, 1, 1).sum(dim=0)
+            sim = torch.addcmul(shift, terms[0], scale[0])
+            sim = sim.addcmul_(terms[1], scale[1]).addcmul_(terms[2], scale[2])
+        outside = window_mask(H, self.cfg.span, self.cfg.size, x.device)
+        if outside is not None:
+            sim = sim.masked_fill(outside, torch.finfo(sim.dtype).min)
+        attn = sim.softmax(dim=-1).view(B * W * h, H, H)
+        sv = torch.bmm(attn, v).view(B, W, h, H, d)
+        sve = torch.bmm(attn.transpose(0, 1), r_v).transpose(0, 1).view(B, W, h, H, d)  # batched over i
+        if self.training:
+            out = torch.stack([sv, sve], dim=-1).permute(0, 2, 4, 5, 3, 1).reshape(B, 2 * C, H, W)
+            return self.bn_output(out).view(B, C, 2, H, W).sum(dim=2)
+        scale, shift = folded(self.bn_output)
+        scale, shift = scale.view(h, d, 2), shift.view(h, d, 2).sum(dim=-1)
+        out = torch.addcmul(shift[:, None, :], sv, scale[:, None, :, 0]).addcmul_(sve, scale[:, None, :, 1])
+        return out.permute(0, 2, 4, 3, 1).reshape(B, C, H, W)  # (b, n, c, i, w)
+
+
+def folded(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode batch norm as ``x * scale + shift`` per channel."""
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    return scale, bn.bias - bn.running_mean * scale
+
 
 @register_variant(
     "axial",
@@ -99,20 +155,29 @@ class AxialLayer(nn.Module):
     ends_with_norm=True,
     global_receptive_field=True,
     scaling=(1.0, 1.5),  # N (H + W): 1.5 with whole-axis spans, 1 with a fixed span
+    auto={"cuda": "lines"},
+    reference="dense",
 )
-class AxialAttention(nn.Module):
+class AxialAttention(Variant):
     """Height-axis layer, then width-axis layer; each ends with its output batch norm."""
 
     def __init__(self, cfg: AxialConfig):
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg)
         self.height = AxialLayer(cfg)
         self.width = AxialLayer(cfg)
 
     def capture(self, enabled: bool = True) -> None:
         """Keep both layers' attention weights of the next forward (for :meth:`attention_maps`)."""
+        super().capture(enabled)
         for layer in (self.height, self.width):
             layer.captured = {} if enabled else None
+
+    def macs(self, input_shape: tuple[int, ...]) -> int:
+        """MACs of the mechanism, per axis layer: the q/k/v projection, then for each query and each of
+        the min(span, axis) keys it reaches q.k, q.r^q and k.r^k (half-width) and the sums over v and r^v."""
+        B, C, H, W = input_shape
+        n = B * H * W
+        return sum(n * 2 * C * C + n * keys_per_query(self.cfg.span, side) * (3 * C // 2 + 2 * C) for side in (H, W))
 
     def attention_maps(self, query: tuple[int, int], image: int = 0) -> dict[str, torch.Tensor]:
         """``{"attention": (heads, H, W)}``: the width layer's weight of (y, j) for pixel ``query`` = (y, x),
@@ -125,7 +190,18 @@ class AxialAttention(nn.Module):
         w_height = along_height[:, :, y].mean(dim=1).T  # (i, j)
         return {"attention": w_width[:, None, :] * w_height[None]}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.height(x)
-        x = self.width(x.transpose(-1, -2)).transpose(-1, -2)
+
+
+def _both_axes(layer_forward):
+    def forward(self: AxialAttention, x: torch.Tensor) -> torch.Tensor:
+        x = layer_forward(self.height, x)
+        x = layer_forward(self.width, x.transpose(-1, -2)).transpose(-1, -2)
         return F.avg_pool2d(x, 2) if self.cfg.stride == 2 else x
+
+    return forward
+
+
+register_impl("axial", "dense", description="the similarity terms stacked and normalised, as the paper writes it")(
+    _both_axes(AxialLayer.dense))
+register_impl("axial", "lines", description="contiguous lines, products on views, eval-mode norms folded (GPUs)")(
+    _both_axes(AxialLayer.lines))

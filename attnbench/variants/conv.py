@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from attnbench.registry import VariantConfig, register_variant
+from attnbench.registry import Variant, VariantConfig, register_impl, register_variant
 
 
 @dataclass(frozen=True)
@@ -34,26 +34,16 @@ class ConvConfig(VariantConfig):
     paper="Deep Residual Learning for Image Recognition",
     arxiv="1512.03385",
     ends_with_norm=True,
+    reference="native",
 )
-class Conv(nn.Module):
+class Conv(Variant):
     """``kernel_size`` x ``kernel_size`` convolution, bias-free, then batch norm."""
 
     def __init__(self, cfg: ConvConfig):
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg)
         k = cfg.kernel_size
         self.conv = nn.Conv2d(cfg.dim, cfg.dim, k, stride=cfg.stride, padding=k // 2, bias=False)
         self.bn = nn.BatchNorm2d(cfg.dim)
-        self.captured: dict | None = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.captured is not None:
-            self.captured["size"] = tuple(x.shape[-2:])
-        return self.bn(self.conv(x))
-
-    def capture(self, enabled: bool = True) -> None:
-        """Remember the input size of the next forward passes (for :meth:`attention_maps`)."""
-        self.captured = {} if enabled else None
 
     def attention_maps(self, query: tuple[int, int], image: int = 0) -> dict[str, torch.Tensor]:
         """``{"support": (1, H, W)}``: a convolution's weights do not depend on the input, so its map is
@@ -64,3 +54,10 @@ class Conv(nn.Module):
         support = torch.zeros(1, H, W)
         support[:, max(0, y - r) : y + r + 1, max(0, x - r) : x + r + 1] = 1.0
         return {"support": support / support.sum()}
+
+
+@register_impl("conv", "native", description="torch's convolution (cuDNN, oneDNN)")
+def native(self: Conv, x: torch.Tensor) -> torch.Tensor:
+    if self.captured is not None:
+        self.captured["size"] = tuple(x.shape[-2:])
+    return self.bn(self.conv(x))

@@ -18,13 +18,17 @@ Deviations / choices where the figure is silent:
   keeps GSA-ResNet-50 at 18.05 M parameters, inside the 18.0-18.2 M that the paper is recalled to
   report (unverified; see baselines/published.csv).
 * No output reprojection after the sum (the figure has none; the public port adds one).
-* Cost is linear in pixels x axis length: each positional layer multiplies by banded
-  (length x length) matrices of relative embeddings, exact for any span; a fixed span shorter
-  than the axis masks the band but does not shorten the product.
+* The MACs are the mechanism's (``macs``): a query meets min(span, axis) relative embeddings and
+  values along each axis, whatever an implementation computes to get there.
 
-Implementation: images are processed one by one in a pixel-major layout, in which every slice the
-column and row layers need is a plain matrix, so both are batched matrix products on views; the
-batch norm between them is applied in that layout with the statistics of nn.BatchNorm2d.
+Implementations (one parameter set, the same function):
+* ``pixelmajor`` (reference; CPUs): images one by one in a pixel-major layout, in which every slice
+  the column and row layers need is a plain matrix, so both are batched matrix products on views,
+  with the logits taken in cache-sized chunks; the batch norm between them is applied in that
+  layout with the statistics of nn.BatchNorm2d. A fixed span masks a whole-axis product.
+* ``batched`` (GPUs): the whole batch at once, every head and line in one batched matrix product
+  per step; a fixed span shorter than about half the axis runs blocked along the axis (tiles of
+  ``span`` queries against their ``2 span - 1`` key halo), so it costs pixels x span.
 """
 
 from __future__ import annotations
@@ -35,8 +39,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnbench.registry import VariantConfig, register_variant
-from attnbench.variants._common import check_fits, relative_to_absolute, table_entries
+from attnbench.registry import Variant, VariantConfig, register_impl, register_variant
+from attnbench.variants._common import (
+    banded_axis,
+    check_fits,
+    keys_per_query,
+    pointwise,
+    relative_to_absolute,
+    table_entries,
+)
 
 
 @dataclass(frozen=True)
@@ -73,13 +84,14 @@ class GsaConfig(VariantConfig):
     arxiv="2010.03019",
     global_receptive_field=True,
     scaling=(1.0, 1.5),  # N (H + W): 1.5 with whole-axis spans, 1 with a fixed span
+    auto={"cuda": "batched"},
+    reference="pixelmajor",
 )
-class GlobalSelfAttention(nn.Module):
+class GlobalSelfAttention(Variant):
     """GSA module; ``content``/``positional`` switch the branches off for the paper's ablations."""
 
     def __init__(self, cfg: GsaConfig):
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg)
         self.heads = cfg.heads
         self.dim_key = cfg.key_dim
         self.to_qkv = nn.Conv2d(cfg.dim, 2 * self.dim_key + cfg.dim, 1, bias=False)
@@ -89,11 +101,6 @@ class GlobalSelfAttention(nn.Module):
             self.rel_col = nn.Parameter(torch.randn(entries, head_key) * head_key**-0.5)  # R^c
             self.rel_row = nn.Parameter(torch.randn(entries, head_key) * head_key**-0.5)  # R^r
             self.norm = nn.BatchNorm2d(cfg.dim)
-        self.captured: dict | None = None  # intermediate results of the last forward, when capturing
-
-    def capture(self, enabled: bool = True) -> None:
-        """Keep the keys, queries and positional logits of the next forward (for :meth:`attention_maps`)."""
-        self.captured = {} if enabled else None
 
     def attention_maps(self, query: tuple[int, int], image: int = 0) -> dict[str, torch.Tensor]:
         """Per head, how much each pixel contributes to pixel ``query`` = (y, x), in the last captured forward.
@@ -121,51 +128,99 @@ class GlobalSelfAttention(nn.Module):
             maps["positional"] = w_col * w_row[:, None, :]
         return maps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, C, H, W = x.shape
-        h, dk = self.heads, self.dim_key
-        dkh, dvh = dk // h, C // h
+    def macs(self, input_shape: tuple[int, ...]) -> int:
+        """MACs of the mechanism: the projections; the content layer's context and its mixing by the
+        queries; per axis, each query's logits against the min(span, axis) relative embeddings it
+        reaches and the weighted sum of as many values."""
+        B, C, H, W = input_shape
+        n, dk = B * H * W, self.dim_key
+        total = n * C * (2 * dk + C)
+        if self.cfg.content:
+            total += 2 * n * dk * (C // self.heads)
         if self.cfg.positional:
-            check_fits("gsa", max(H, W), self.cfg.span, self.cfg.size)
-            rel_col = relative_to_absolute(self.rel_col, H).transpose(1, 2)  # (x, d, i)
-            rel_row = relative_to_absolute(self.rel_row, W).transpose(1, 2)  # (y, d, j)
-        weight = self.to_qkv.weight.view(-1, C).t()  # (C, 2dk + C)
-        # Image by image, pixel-major: each (x, ...) or (..., y) slice of q, k, v is then a plain
-        # matrix, so every product below is a batched matrix product on views.
-        queries, contents, cols = [], [], []
-        kept = self.captured
-        if kept is not None:
-            kept.update(keys=[], queries=queries, col=[], row=[], size=(H, W))
-        for image in x:
-            qkv = image.view(C, H * W).t() @ weight  # (N, 2dk + C): 1x1 projections
-            q, k, v = qkv.split([dk, dk, C], dim=1)
-            queries.append(q)
-            if self.cfg.content:
-                # F^c = Q (softmax_positions(K)^T V), per head
-                keys = k.softmax(dim=0).view(H * W, h, dkh).permute(1, 2, 0)  # (h, dkh, N)
-                if kept is not None:
-                    kept["keys"].append(keys.detach())
-                context = torch.bmm(keys, v.view(H * W, h, dvh).transpose(0, 1))  # (h, dkh, dvh)
-                contents.append(torch.bmm(context.transpose(1, 2), q.view(H * W, h, dkh).permute(1, 2, 0)))
-            if self.cfg.positional:
-                # column: col[(y, n), x] = sum_i (q[x, (y, n)] . R^c[i - x]) v[(y, n), i]
-                cols.append(axis_attend(q.reshape(H, W * h, dkh), v.reshape(H, W * h, dvh).transpose(0, 1), rel_col,
-                                        None if kept is None else kept["col"]))
-        outs = contents
+            total += n * (dk + C) * (keys_per_query(self.cfg.span, H) + keys_per_query(self.cfg.span, W))
+        return total
+
+
+@register_impl("gsa", "pixelmajor", description="image by image, pixel-major views, chunked logits (CPU caches)")
+def pixelmajor(self: GlobalSelfAttention, x: torch.Tensor) -> torch.Tensor:
+    B, C, H, W = x.shape
+    h, dk = self.heads, self.dim_key
+    dkh, dvh = dk // h, C // h
+    if self.cfg.positional:
+        check_fits("gsa", max(H, W), self.cfg.span, self.cfg.size)
+        rel_col = relative_to_absolute(self.rel_col, H).transpose(1, 2)  # (x, d, i)
+        rel_row = relative_to_absolute(self.rel_row, W).transpose(1, 2)  # (y, d, j)
+    weight = self.to_qkv.weight.view(-1, C).t()  # (C, 2dk + C)
+    # Image by image, pixel-major: each (x, ...) or (..., y) slice of q, k, v is then a plain
+    # matrix, so every product below is a batched matrix product on views.
+    queries, contents, cols = [], [], []
+    kept = self.captured
+    if kept is not None:
+        kept.update(keys=[], queries=queries, col=[], row=[], size=(H, W))
+    for image in x:
+        qkv = image.view(C, H * W).t() @ weight  # (N, 2dk + C): 1x1 projections
+        q, k, v = qkv.split([dk, dk, C], dim=1)
+        queries.append(q)
+        if self.cfg.content:
+            # F^c = Q (softmax_positions(K)^T V), per head
+            keys = k.softmax(dim=0).view(H * W, h, dkh).permute(1, 2, 0)  # (h, dkh, N)
+            if kept is not None:
+                kept["keys"].append(keys.detach())
+            context = torch.bmm(keys, v.view(H * W, h, dvh).transpose(0, 1))  # (h, dkh, dvh)
+            contents.append(torch.bmm(context.transpose(1, 2), q.view(H * W, h, dkh).permute(1, 2, 0)))
         if self.cfg.positional:
-            col = batch_norm(torch.stack(cols).view(B, W, h, H, dvh), self.norm, channel_dims=(2, 4))  # (b, y, n, x, e)
-            outs = []
-            for b, q in enumerate(queries):
-                # row: out[(x, n), y] = sum_j (q[y, (x, n)] . R^r[j - y]) col[(x, n), j]
-                row = axis_attend(
-                    q.view(H, W, dk).transpose(0, 1).reshape(W, H * h, dkh),  # (y, x, n, d): pixel vectors move
-                    col[b].permute(2, 1, 0, 3).reshape(H * h, W, dvh),  # (x, n, j, e)
-                    rel_row,
-                    None if kept is None else kept["row"],
-                ).view(H, h, W, dvh).permute(1, 3, 0, 2)  # (n, e, x, y)
-                outs.append(row if not contents else contents[b].view(h, dvh, H, W) + row)
-        out = torch.stack(outs).view(B, C, H, W)
-        return F.avg_pool2d(out, 2) if self.cfg.stride == 2 else out
+            # column: col[(y, n), x] = sum_i (q[x, (y, n)] . R^c[i - x]) v[(y, n), i]
+            cols.append(axis_attend(q.reshape(H, W * h, dkh), v.reshape(H, W * h, dvh).transpose(0, 1), rel_col,
+                                    None if kept is None else kept["col"]))
+    outs = contents
+    if self.cfg.positional:
+        col = batch_norm(torch.stack(cols).view(B, W, h, H, dvh), self.norm, channel_dims=(2, 4))  # (b, y, n, x, e)
+        outs = []
+        for b, q in enumerate(queries):
+            # row: out[(x, n), y] = sum_j (q[y, (x, n)] . R^r[j - y]) col[(x, n), j]
+            row = axis_attend(
+                q.view(H, W, dk).transpose(0, 1).reshape(W, H * h, dkh),  # (y, x, n, d): pixel vectors move
+                col[b].permute(2, 1, 0, 3).reshape(H * h, W, dvh),  # (x, n, j, e)
+                rel_row,
+                None if kept is None else kept["row"],
+            ).view(H, h, W, dvh).permute(1, 3, 0, 2)  # (n, e, x, y)
+            outs.append(row if not contents else contents[b].view(h, dvh, H, W) + row)
+    out = torch.stack(outs).view(B, C, H, W)
+    return F.avg_pool2d(out, 2) if self.cfg.stride == 2 else out
+
+
+@register_impl("gsa", "batched", description="whole batch per step: batched matrix products, blocked fixed spans")
+def batched(self: GlobalSelfAttention, x: torch.Tensor) -> torch.Tensor:
+    B, C, H, W = x.shape
+    h, dk = self.heads, self.dim_key
+    dkh, dvh = dk // h, C // h
+    qkv = pointwise(self.to_qkv, x)
+    q, k, v = qkv.split([dk, dk, C], dim=1)
+    out = None
+    if self.cfg.content:
+        keys = k.reshape(B * h, dkh, H * W).softmax(dim=-1)
+        context = torch.bmm(keys, v.reshape(B * h, dvh, H * W).transpose(1, 2))  # (Bh, dkh, dvh)
+        out = torch.bmm(context.transpose(1, 2), q.reshape(B * h, dkh, H * W)).view(B, C, H, W)
+    if self.cfg.positional:
+        check_fits("gsa", max(H, W), self.cfg.span, self.cfg.size)
+        q = q.view(B, h, dkh, H, W)
+        v = v.view(B, h, dvh, H, W)
+        # column layer, along H: lines are (b, n, y)
+        col = banded_axis(
+            q.permute(3, 0, 1, 4, 2).reshape(H, B * h * W, dkh),
+            v.permute(0, 1, 4, 3, 2).reshape(B * h * W, H, dvh),
+            self.rel_col, self.cfg.span,
+        ).view(B, h, W, H, dvh)
+        col = batch_norm(col, self.norm, channel_dims=(1, 4))
+        # row layer, along W: lines are (b, n, x), values the column layer's output
+        row = banded_axis(
+            q.permute(4, 0, 1, 3, 2).reshape(W, B * h * H, dkh),
+            col.permute(0, 1, 3, 2, 4).reshape(B * h * H, W, dvh),
+            self.rel_row, self.cfg.span,
+        ).view(B, h, H, W, dvh).permute(0, 1, 4, 2, 3).reshape(B, C, H, W)
+        out = row if out is None else out + row
+    return F.avg_pool2d(out, 2) if self.cfg.stride == 2 else out
 
 
 CHUNK_ELEMENTS = 1 << 21  # attention logits per chunk of lines (8 MiB in fp32)

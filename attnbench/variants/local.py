@@ -10,7 +10,8 @@ is the concatenation of a row-offset embedding and a column-offset embedding, ea
 width, learned per head. No 1/sqrt(d) scaling (the paper's equation has none). Pixels outside the
 image are never attended to: the softmax runs over the in-image part of the window only.
 
-Implementation: queries are processed in ``block`` x ``block`` tiles that attend to their
+Implementations (one parameter set, the same function):
+* ``halo`` (reference; CPUs): queries are processed in ``block`` x ``block`` tiles that attend to their
 (block + k - 1)^2 halo with dense matrix products; pairs outside each query's window are masked
 before the softmax, so the result is exactly the windowed attention. The blocked form computes
 (block + k - 1)^2 / k^2 more logits than the mechanism needs but runs as large matrix products and
@@ -18,12 +19,17 @@ never copies keys and values k^2 times; it also computes q.r once per row and co
 rather than once per window element. The MACs reported for this layer are the mechanism's as the
 paper writes it (``macs``: q.k, q.r and the weighted sum over the k^2 window), not the work of
 this implementation, so they compare with SASA's published figures.
+* ``flex`` (GPUs): FlexAttention over the raster-ordered pixels with a block mask of the k x k
+  neighbourhoods (pairs outside the window or the image are never scored) and the q.r terms added
+  by a ``score_mod`` from per-query tables of k row and k column offsets; compiled into fused kernels
+  on GPUs. FlexAttention has no backward on CPUs, where this path serves only to check it.
 
 Deviations: none in the result.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -31,8 +37,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnbench.registry import VariantConfig, register_variant
+from attnbench.registry import Variant, VariantConfig, register_impl, register_variant
 from attnbench.variants._common import pointwise
+
+try:
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+except ImportError:  # torch < 2.5
+    create_block_mask = flex_attention = None
 
 CHUNK_ELEMENTS = 1 << 21  # attention logits per chunk of tiles (8 MiB in fp32)
 
@@ -65,23 +76,19 @@ class LocalConfig(VariantConfig):
     description="stand-alone local self-attention over a k x k window (SASA)",
     paper="Stand-Alone Self-Attention in Vision Models",
     arxiv="1906.05909",
+    auto={"cuda": "flex"},
+    reference="halo",
 )
-class LocalSelfAttention(nn.Module):
+class LocalSelfAttention(Variant):
     """SASA layer: multi-head attention over each pixel's ``window`` x ``window`` neighbourhood."""
 
     def __init__(self, cfg: LocalConfig):
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg)
         self.heads = cfg.heads
         half = cfg.dim // cfg.heads // 2
         self.to_qkv = nn.Conv2d(cfg.dim, 3 * cfg.dim, 1, bias=False)
         self.rel_row = nn.Parameter(torch.randn(cfg.heads, cfg.window, half) * half**-0.5)  # r_{a-i}
         self.rel_col = nn.Parameter(torch.randn(cfg.heads, cfg.window, half) * half**-0.5)  # r_{b-j}
-        self.captured: dict | None = None  # attention weights of the last forward, when capturing
-
-    def capture(self, enabled: bool = True) -> None:
-        """Keep the attention weights of the next forward passes (for :meth:`attention_maps`)."""
-        self.captured = {} if enabled else None
 
     def attention_maps(self, query: tuple[int, int], image: int = 0) -> dict[str, torch.Tensor]:
         """``{"attention": (heads, H, W)}``: the softmax weights with which pixel ``query`` = (y, x) of
@@ -107,7 +114,8 @@ class LocalSelfAttention(nn.Module):
         n = B * H * W
         return n * C * 3 * C + 3 * n * self.cfg.window**2 * C
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def halo(self, x: torch.Tensor) -> torch.Tensor:
+        """The blocked computation (see the module's docstring)."""
         B, C, H, W = x.shape
         h, k, dh = self.heads, self.cfg.window, C // self.heads
         pad = k // 2
@@ -197,3 +205,62 @@ class LocalSelfAttention(nn.Module):
         )
         mask = mask.reshape(1, nby * nbx, 1, b, b, halo, halo).expand(B, -1, -1, -1, -1, -1, -1)
         return mask.reshape(B * nby * nbx, 1, b, b, halo, halo)
+
+
+register_impl("local", "halo", description="query tiles against their key halos, masked, chunked (CPU caches)")(
+    LocalSelfAttention.halo)
+
+
+def _flex_unsupported(device_type: str, grad: bool) -> str | None:
+    if flex_attention is None:
+        return f"this torch ({torch.__version__}) has no FlexAttention"
+    if device_type == "cpu" and grad:
+        return "FlexAttention has no backward on CPUs"
+    return None
+
+
+@register_impl("local", "flex", unsupported=_flex_unsupported,
+               description="FlexAttention: a k x k neighbourhood block mask, relative terms as score_mod")
+def flex(self: LocalSelfAttention, x: torch.Tensor) -> torch.Tensor:
+    B, C, H, W = x.shape
+    h, k, dh = self.heads, self.cfg.window, C // self.heads
+    pad = k // 2
+    qkv = pointwise(self.to_qkv, x).view(B, 3, h, dh, H * W).permute(1, 0, 2, 4, 3)  # (3, B, h, N, dh)
+    q, keys, values = (t.contiguous() for t in qkv.unbind(0))
+    # q . r per query and row / column offset: (B, h, N, k) each, looked up by the score_mod
+    rel_row = torch.einsum("bhnd,hod->bhno", q[..., : dh // 2], self.rel_row)
+    rel_col = torch.einsum("bhnd,hod->bhno", q[..., dh // 2 :], self.rel_col)
+
+    def relative(score, b, head, qi, ki):
+        dy = (ki // W - qi // W + pad).clamp(0, k - 1)
+        dx = (ki % W - qi % W + pad).clamp(0, k - 1)
+        return score + rel_row[b, head, qi, dy] + rel_col[b, head, qi, dx]
+
+    out = _flex()(q, keys, values, score_mod=relative, block_mask=neighbourhood_mask(H, W, k, x.device), scale=1.0)
+    out = out.transpose(2, 3).reshape(B, C, H, W)
+    return F.avg_pool2d(out, 2) if self.cfg.stride == 2 else out
+
+
+def _flex():
+    """FlexAttention, compiled into fused kernels on GPUs (eager, unfused, elsewhere and inside a graph
+    that is itself being compiled)."""
+    global _FLEX_COMPILED
+    if torch.compiler.is_compiling() or not torch.cuda.is_available():
+        return flex_attention
+    if _FLEX_COMPILED is None:
+        _FLEX_COMPILED = torch.compile(flex_attention, dynamic=False)
+    return _FLEX_COMPILED
+
+
+_FLEX_COMPILED = None
+
+
+@functools.lru_cache(maxsize=32)
+def neighbourhood_mask(H: int, W: int, k: int, device: torch.device):
+    """Block mask of the raster-order (query, key) pairs within each other's k x k window."""
+    pad = k // 2
+
+    def inside(b, head, qi, ki):
+        return ((ki // W - qi // W).abs() <= pad) & ((ki % W - qi % W).abs() <= pad)
+
+    return create_block_mask(inside, None, None, H * W, H * W, device=device)

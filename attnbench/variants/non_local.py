@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnbench.registry import VariantConfig, register_variant
+from attnbench.registry import Variant, VariantConfig, register_impl, register_variant
 from attnbench.variants._common import pointwise
 
 
@@ -47,13 +47,13 @@ class NonLocalConfig(VariantConfig):
     placement="insert",
     global_receptive_field=True,
     scaling=(2.0, 2.0),  # N x N/4 pairs
+    reference="sdpa",
 )
-class NonLocalBlock(nn.Module):
+class NonLocalBlock(Variant):
     """Non-local block; output has the input's channels and, with stride 1, its size."""
 
     def __init__(self, cfg: NonLocalConfig):
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg)
         inner = cfg.dim // cfg.reduction
         self.theta = nn.Conv2d(cfg.dim, inner, 1)
         self.phi = nn.Conv2d(cfg.dim, inner, 1)
@@ -61,12 +61,6 @@ class NonLocalBlock(nn.Module):
         self.w_z = nn.Conv2d(inner, cfg.dim, 1)
         self.bn = nn.BatchNorm2d(cfg.dim)
         nn.init.zeros_(self.bn.weight)
-        self.captured: dict | None = None  # attention weights of the last forward, when capturing
-
-    def capture(self, enabled: bool = True) -> None:
-        """Keep the attention weights of the next forward passes (for :meth:`attention_maps`); while
-        capturing, the attention runs unfused, since fused kernels do not return their weights."""
-        self.captured = {} if enabled else None
 
     def attention_maps(self, query: tuple[int, int], image: int = 0) -> dict[str, torch.Tensor]:
         """``{"attention": (1, H, W)}``: the softmax row of pixel ``query`` = (y, x) over all keys. With
@@ -93,19 +87,19 @@ class NonLocalBlock(nn.Module):
         # to the path that materialises the N x M matrix
         return tuple(t.flatten(2).transpose(1, 2).contiguous().unsqueeze(1) for t in (pointwise(self.theta, x), phi, g))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, C, H, W = x.shape
-        theta, phi, g = self.attention_inputs(x)
-        if self.captured is not None:
-            attn = self.attention_weights(theta, phi)
-            self.captured.update(attn=attn.detach(), size=(H, W))
-            return self.finish(x, attn @ g)
-        y = F.scaled_dot_product_attention(theta, phi, g, scale=1.0)  # (B, 1, N, d)
-        return self.finish(x, y)
-
     def finish(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """z = BN(W_z y) + x, then the optional downsampling."""
         B, C, H, W = x.shape
         y = y.squeeze(1).transpose(1, 2).reshape(B, -1, H, W)
         z = self.bn(pointwise(self.w_z, y)) + x
         return F.avg_pool2d(z, 2) if self.cfg.stride == 2 else z
+
+
+@register_impl("nonlocal", "sdpa", description="scaled_dot_product_attention (fused kernels where backends have them)")
+def sdpa(self: NonLocalBlock, x: torch.Tensor) -> torch.Tensor:
+    theta, phi, g = self.attention_inputs(x)
+    if self.captured is not None:  # fused kernels do not return their weights: explicitly, while capturing
+        attn = self.attention_weights(theta, phi)
+        self.captured.update(attn=attn.detach(), size=tuple(x.shape[-2:]))
+        return self.finish(x, attn @ g)
+    return self.finish(x, F.scaled_dot_product_attention(theta, phi, g, scale=1.0))
