@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnbench.registry import register_impl
+from attnbench.variants._common import downsample
 
 TEXTBOOK = "the textbook implementation"
 
@@ -39,7 +40,7 @@ def plain_local(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     logits = logits.masked_fill(inside[:, None] == 0, float("-inf"))
     attn = logits.softmax(dim=2)
     out = torch.einsum("bhkn,bhdkn->bhdn", attn, values).reshape(B, C, H, W)
-    return F.avg_pool2d(out, 2) if m.cfg.stride == 2 else out
+    return downsample(out, m.cfg.stride)
 
 
 @register_impl("nonlocal", "plain", description=f"{TEXTBOOK}: the explicit N x M attention matrix")
@@ -78,5 +79,5 @@ def plain_gsa(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
         keys_row = torch.einsum("yjm,md->yjd", _reindex(W, entries, x.device, x.dtype), m.rel_row)
         out = out + torch.einsum("njxy,nexj->nexy", torch.einsum("ndxy,yjd->njxy", q, keys_row), col)
     out = out.reshape(B, C, H, W)
-    return F.avg_pool2d(out, 2) if m.cfg.stride == 2 else out
+    return downsample(out, m.cfg.stride)
 

@@ -36,10 +36,11 @@ def conv1x1(w: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None) 
 
 
 def avg_pool2(x: torch.Tensor) -> torch.Tensor:
+    """2x2 average pool; on an odd side the last window averages the pixels it has."""
     C, H, W = x.shape
-    out = torch.zeros(C, H // 2, W // 2, dtype=x.dtype)
-    for i in range(H // 2):
-        for j in range(W // 2):
+    out = torch.zeros(C, (H + 1) // 2, (W + 1) // 2, dtype=x.dtype)
+    for i in range(out.shape[1]):
+        for j in range(out.shape[2]):
             out[:, i, j] = x[:, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2].mean(dim=(1, 2))
     return out
 
@@ -145,10 +146,9 @@ def non_local(m, x: torch.Tensor) -> torch.Tensor:
         phi = conv1x1(m.phi.weight, img, m.phi.bias)
         g = conv1x1(m.g.weight, img, m.g.bias)
         if m.cfg.subsample:  # 2x2 max-pool, explicit
-            phi = torch.stack([phi[:, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2].amax(dim=(1, 2))
-                               for i in range(H // 2) for j in range(W // 2)], dim=1)
-            g = torch.stack([g[:, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2].amax(dim=(1, 2))
-                             for i in range(H // 2) for j in range(W // 2)], dim=1)
+            blocks = [(i, j) for i in range(0, H, 2) for j in range(0, W, 2)]  # partial on odd sides
+            phi = torch.stack([phi[:, i : i + 2, j : j + 2].amax(dim=(1, 2)) for i, j in blocks], dim=1)
+            g = torch.stack([g[:, i : i + 2, j : j + 2].amax(dim=(1, 2)) for i, j in blocks], dim=1)
         phi, g = phi.reshape(phi.shape[0], -1).T, g.reshape(g.shape[0], -1).T  # (M, d)
         f = torch.exp(theta @ phi.T)  # (N, M) explicit
         y = (f / f.sum(dim=1, keepdim=True)) @ g  # (N, d)

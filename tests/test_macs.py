@@ -31,7 +31,7 @@ def analytic(name: str, m) -> int:
         return B * (3 * N * C * C + 3 * N * cfg.window**2 * C)  # q.k, q.r, weighted sum per window element
     if name == "nonlocal":
         d = C // cfg.reduction
-        keys = (H // 2) * (W // 2) if cfg.subsample else N
+        keys = -(-H // 2) * -(-W // 2) if cfg.subsample else N
         return B * (3 * N * C * d + N * d * C + 2 * N * keys * d)
     if name == "axial":
         layer = lambda length: N * C * 2 * C + N * length * (3 * C // 2 + 2 * C)  # noqa: E731

@@ -95,3 +95,25 @@ def test_model_scope_run(capsys, tmp_path):
     assert set(frame.status) == {"ok"} and set(frame.arch) == {"resnet26"}
     net = attnbench.build_model("gsa_resnet26", image_size=64)
     assert frame.loc["gsa", "params"] == sum(p.numel() for p in net.parameters())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", attnbench.list_variants())
+def test_resnet50_runs_at_any_side(variant):
+    """Odd sides after a stride: the attention's average pool and the strided shortcut both round up."""
+    for side in (112, 144, 200, 225):
+        net = attnbench.build_model(f"{variant}_resnet50", num_classes=10, image_size=side).eval()
+        with torch.no_grad():
+            assert net(torch.randn(1, 3, side, side)).shape == (1, 10), side
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [f"{v}_resnet26" for v in attnbench.list_variants()] + ["axial_deeplab_26s"])
+def test_every_network_compiles_without_graph_breaks(name):
+    torch.manual_seed(0)
+    net = attnbench.build_model(name, num_classes=10, stem="cifar", width=0.25, image_size=20).eval()
+    x = torch.randn(2, 3, 20, 20)
+    torch._dynamo.reset()
+    compiled = torch.compile(net, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), net(x))

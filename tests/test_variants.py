@@ -33,6 +33,7 @@ def test_shape_and_dtype(variant):
 def test_stride_two_halves_the_map(variant):
     m = make(variant, stride=2).eval()
     assert m(torch.randn(2, TEST_DIM, 8, 12, device=DEVICE)).shape == (2, TEST_DIM, 4, 6)
+    assert m(torch.randn(2, TEST_DIM, 9, 11, device=DEVICE)).shape == (2, TEST_DIM, 5, 6)  # odd sides round up
 
 
 def test_finite_for_large_inputs(variant):

@@ -107,6 +107,13 @@ def check_fits(name: str, length: int, span: int | None, size: int) -> None:
         )
 
 
+def downsample(x: torch.Tensor, stride: int) -> torch.Tensor:
+    """The 2x2 average pool after an attention layer of stride 2. An odd side rounds up (the last
+    window averages the pixels it has), as the strided convolutions of the residual path do, so a
+    network runs at any input side."""
+    return F.avg_pool2d(x, 2, ceil_mode=True) if stride == 2 else x
+
+
 def pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """A 1x1 convolution as one matrix product per image.
 

@@ -26,12 +26,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from attnbench.registry import Variant, VariantConfig, register_impl, register_variant
 from attnbench.variants._common import (
     check_fits,
+    downsample,
     keys_per_query,
     pointwise,
     relative_to_absolute,
@@ -196,7 +196,7 @@ def _both_axes(layer_forward):
     def forward(self: AxialAttention, x: torch.Tensor) -> torch.Tensor:
         x = layer_forward(self.height, x)
         x = layer_forward(self.width, x.transpose(-1, -2)).transpose(-1, -2)
-        return F.avg_pool2d(x, 2) if self.cfg.stride == 2 else x
+        return downsample(x, self.cfg.stride)
 
     return forward
 

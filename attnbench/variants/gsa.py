@@ -36,13 +36,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from attnbench.registry import Variant, VariantConfig, register_impl, register_variant
 from attnbench.variants._common import (
     banded_axis,
     check_fits,
+    downsample,
     keys_per_query,
     pointwise,
     relative_to_absolute,
@@ -187,7 +187,7 @@ def pixelmajor(self: GlobalSelfAttention, x: torch.Tensor) -> torch.Tensor:
             ).view(H, h, W, dvh).permute(1, 3, 0, 2)  # (n, e, x, y)
             outs.append(row if not contents else contents[b].view(h, dvh, H, W) + row)
     out = torch.stack(outs).view(B, C, H, W)
-    return F.avg_pool2d(out, 2) if self.cfg.stride == 2 else out
+    return downsample(out, self.cfg.stride)
 
 
 @register_impl("gsa", "batched", description="whole batch per step: batched matrix products, blocked fixed spans")
@@ -220,7 +220,7 @@ def batched(self: GlobalSelfAttention, x: torch.Tensor) -> torch.Tensor:
             self.rel_row, self.cfg.span,
         ).view(B, h, H, W, dvh).permute(0, 1, 4, 2, 3).reshape(B, C, H, W)
         out = row if out is None else out + row
-    return F.avg_pool2d(out, 2) if self.cfg.stride == 2 else out
+    return downsample(out, self.cfg.stride)
 
 
 CHUNK_ELEMENTS = 1 << 21  # attention logits per chunk of lines (8 MiB in fp32)

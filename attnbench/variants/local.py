@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnbench.registry import Variant, VariantConfig, register_impl, register_variant
-from attnbench.variants._common import pointwise
+from attnbench.variants._common import downsample, pointwise
 
 try:
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
@@ -145,7 +145,7 @@ class LocalSelfAttention(Variant):
         ])  # (Bt, h, b*b, dh)
         out = out.reshape(B, nby, nbx, h, b, b, dh).permute(0, 3, 6, 1, 4, 2, 5)
         out = out.reshape(B, C, nby * b, nbx * b)[:, :, :H, :W]
-        return F.avg_pool2d(out, 2) if self.cfg.stride == 2 else out
+        return downsample(out, self.cfg.stride)
 
     def _attend(self, q, keys, values, place, outside):
         """Attention of tiles of queries over their halos.
@@ -238,7 +238,7 @@ def flex(self: LocalSelfAttention, x: torch.Tensor) -> torch.Tensor:
 
     out = _flex()(q, keys, values, score_mod=relative, block_mask=neighbourhood_mask(H, W, k, x.device), scale=1.0)
     out = out.transpose(2, 3).reshape(B, C, H, W)
-    return F.avg_pool2d(out, 2) if self.cfg.stride == 2 else out
+    return downsample(out, self.cfg.stride)
 
 
 def _flex():

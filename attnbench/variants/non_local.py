@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnbench.registry import Variant, VariantConfig, register_impl, register_variant
-from attnbench.variants._common import pointwise
+from attnbench.variants._common import downsample, pointwise
 
 
 @dataclass(frozen=True)
@@ -70,8 +70,9 @@ class NonLocalBlock(Variant):
         row = attn[image, 0, y * W + x]
         if not self.cfg.subsample:
             return {"attention": row.view(1, H, W)}
-        blocks = row.view(1, H // 2, W // 2).repeat_interleave(2, dim=1).repeat_interleave(2, dim=2) / 4
-        return {"attention": F.pad(blocks, (0, W - blocks.shape[-1], 0, H - blocks.shape[-2]))}
+        counts = F.avg_pool2d(row.new_ones(1, H, W), 2, ceil_mode=True, divisor_override=1)  # pixels per block
+        blocks = row.view(counts.shape) / counts  # the last blocks are partial on odd sides
+        return {"attention": blocks.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)[:, :H, :W]}
 
     @staticmethod
     def attention_weights(theta: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
@@ -82,7 +83,7 @@ class NonLocalBlock(Variant):
         """theta (B, 1, N, d), phi and g (B, 1, M, d): M = N, or N/4 when subsampled."""
         phi, g = pointwise(self.phi, x), pointwise(self.g, x)
         if self.cfg.subsample:
-            phi, g = F.max_pool2d(phi, 2), F.max_pool2d(g, 2)
+            phi, g = F.max_pool2d(phi, 2, ceil_mode=True), F.max_pool2d(g, 2, ceil_mode=True)
         # contiguous (B, 1, N, d): fused attention kernels refuse transposed inputs and fall back
         # to the path that materialises the N x M matrix
         return tuple(t.flatten(2).transpose(1, 2).contiguous().unsqueeze(1) for t in (pointwise(self.theta, x), phi, g))
@@ -92,7 +93,7 @@ class NonLocalBlock(Variant):
         B, C, H, W = x.shape
         y = y.squeeze(1).transpose(1, 2).reshape(B, -1, H, W)
         z = self.bn(pointwise(self.w_z, y)) + x
-        return F.avg_pool2d(z, 2) if self.cfg.stride == 2 else z
+        return downsample(z, self.cfg.stride)
 
 
 @register_impl("nonlocal", "sdpa", description="scaled_dot_product_attention (fused kernels where backends have them)")
