@@ -41,13 +41,19 @@ def plan(
     scope: str = "model",
     arch: str = "resnet50",
     threads: int | None = None,
+    impl: Sequence[str] = ("auto",),
     shard_spec: tuple[int, int] | None = None,
 ) -> list[Case]:
-    """The cases of a sweep (one shard of it, with ``shard_spec=(i, n)``)."""
+    """The cases of a sweep (one shard of it, with ``shard_spec=(i, n)``).
+
+    ``impl``: which implementations run (see :func:`attnbench.sweep.variant_impls`): ``auto`` (each
+    variant's choice for the device), a name such as ``plain`` for every variant that has it, or
+    ``VARIANT=NAME``; several sweep them side by side.
+    """
     cases = expand(
         variants=list(variants or list_variants()), res=list(res), batch=list(batch), dims=list(dim),
         dtypes=list(dtype), devices=list(device or default_devices()), modes=list(mode), scope=scope,
-        arch=arch, threads=threads or default_threads(),
+        arch=arch, threads=threads or default_threads(), impls=list(impl),
     )
     return shard(cases, *shard_spec) if shard_spec else cases
 

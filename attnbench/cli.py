@@ -15,7 +15,15 @@ import torch
 
 from attnbench import api, store
 from attnbench.measure.latency import MODES
-from attnbench.registry import get_variant_spec, iter_specs, list_variants, unknown_name_message
+from attnbench.registry import (
+    get_impl,
+    get_variant_spec,
+    iter_specs,
+    list_impls,
+    list_variants,
+    resolve_impl,
+    unknown_name_message,
+)
 from attnbench.sweep import DTYPES, SCOPES
 
 
@@ -138,6 +146,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     for spec in iter_specs():
         print(f"  {spec.name:10} {spec.description}")
         print(f"  {'':10} {spec.paper} (arXiv {spec.arxiv}); options: {', '.join(spec.options())}")
+        auto = {d: resolve_impl(spec.name, "auto", d) for d in ("cpu", "cuda")}
+        for name in list_impls(spec.name):
+            runs = [d for d, chosen in auto.items() if chosen == name]
+            tag = f" [auto on {', '.join(runs)}]" if runs else ""
+            print(f"  {'':10}   impl {name}: {get_impl(spec.name, name).description}{tag}")
     print("\nModels:")
     names = list_models()
     for i in range(0, len(names), 4):
@@ -173,8 +186,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     _check_db(args.db)
     sweep = dict(variants=args.variants, res=args.res, batch=args.batch, dim=args.dim, dtype=args.dtype,
                  device=args.device, mode=args.mode, scope=args.scope, arch=args.arch, threads=args.threads,
-                 shard_spec=args.shard)
-    cases = api.plan(**sweep)
+                 impl=args.impl, shard_spec=args.shard)
+    try:
+        cases = api.plan(**sweep)
+    except ValueError as e:
+        raise UsageError(f"attnbench run: {e}") from None
     bar = tqdm(total=len(cases), unit="case", file=sys.stderr, disable=args.json or None, dynamic_ncols=True)
     finished = 0
 
@@ -335,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="cpu, cuda, cuda:0,cuda:1 (default: every GPU, else cpu)")
     run.add_argument("--mode", type=choice_list("mode", MODES), default=["infer"])
     run.add_argument("--threads", type=positive_int("threads"), default=None, help="CPU threads (default: all cores)")
+    run.add_argument("--impl", type=_split, default=["auto"],
+                     help="implementations, comma-separated: auto (each variant's choice for the device), a name "
+                          "for every variant that has it (e.g. plain), or VARIANT=NAME; see `attnbench list`")
     run.add_argument("--timeout", type=positive_float, default=600.0, help="seconds per case")
     run.add_argument("--min-run-time", type=positive_float, default=0.5, help="seconds of timed runs per case")
     run.add_argument("--db", default=api.DEFAULT_DB, help="results store (SQLite)")

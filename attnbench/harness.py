@@ -22,6 +22,7 @@ from attnbench.measure.macs import analyse_macs
 from attnbench.measure.memory import available_memory, peak_memory, predict_peak_memory
 from attnbench.measure.params import count_params
 from attnbench.measure.peak import matmul_peak_gflops
+from attnbench.registry import get_impl
 from attnbench.sweep import DTYPES, Case
 
 MEMORY_HEADROOM = 1.25  # predicted peak x this must fit the memory available
@@ -34,10 +35,10 @@ def build_case(case: Case) -> tuple[torch.nn.Module, tuple[int, ...]]:
     from attnbench.registry import build_variant
 
     if case.scope == "module":
-        module = build_variant(case.variant, case.dim, size=case.res)
+        module = build_variant(case.variant, case.dim, size=case.res, impl=case.impl)
         shape = (case.batch, case.dim, case.res, case.res)
     else:
-        module = model_for_variant(case.variant, case.arch, image_size=case.res)
+        module = model_for_variant(case.variant, case.arch, image_size=case.res, impl=case.impl)
         shape = (case.batch, 3, case.res, case.res)
     return module.to(case.device, DTYPES[case.dtype]), shape
 
@@ -55,6 +56,10 @@ def measure_case(case: Case, min_run_time: float = MIN_RUN_TIME_S) -> dict:
     torch.manual_seed(0)
     record: dict = {}
     try:
+        impl = get_impl(case.variant, case.impl)
+        unsupported = impl.unsupported(torch.device(case.device).type, case.mode == "train")
+        if unsupported:
+            return {"status": "skipped", "reason": f"implementation {case.impl}: {unsupported}"}
         module, shape = build_case(case)
         dtype = DTYPES[case.dtype]
         predicted = predict_peak_memory(module, shape, case.mode, dtype=dtype, device=case.device)

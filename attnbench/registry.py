@@ -115,6 +115,7 @@ class ImplSpec:
     description: str  # one line: how it computes
     # why it cannot run a case (device type, whether gradients are needed), or None when it can
     unsupported: Callable[[str, bool], str | None] = lambda device_type, grad: None
+    fakeable: bool = True  # runs on fake tensors and under operator interception (memory prediction)
 
 
 AUTO = "auto"
@@ -218,6 +219,7 @@ def register_impl(
     *,
     description: str,
     unsupported: Callable[[str, bool], str | None] | None = None,
+    fakeable: bool = True,
 ) -> Callable[[Callable], Callable]:
     """Function decorator that registers ``forward(module, x)`` as implementation ``name`` of ``variant``."""
 
@@ -225,7 +227,7 @@ def register_impl(
         impls = _IMPLS.setdefault(variant, {})
         if name == AUTO or name in impls:
             raise ValueError(f"Implementation '{name}' of variant '{variant}' is reserved or already registered.")
-        impls[name] = ImplSpec(name, fn, description, unsupported or ImplSpec.unsupported)
+        impls[name] = ImplSpec(name, fn, description, unsupported or ImplSpec.unsupported, fakeable)
         return fn
 
     return wrap
@@ -292,11 +294,15 @@ def get_variant_spec(name: str) -> VariantSpec:
 
 
 @contextlib.contextmanager
-def reference_impls(module: nn.Module) -> Iterator[nn.Module]:
-    """Run every variant layer of ``module`` on its reference implementation inside the block: for tools
-    that trace or intercept operators (MAC counting, fake-tensor memory prediction) that fused kernels
-    such as FlexAttention's do not support."""
+def reference_impls(module: nn.Module, unfakeable_on: str | None = None) -> Iterator[nn.Module]:
+    """Run the variant layers of ``module`` on their reference implementations inside the block: all of
+    them (for MAC counting, whose count must not depend on the implementation), or with
+    ``unfakeable_on`` a device type only those whose implementation there cannot run on fake tensors
+    (FlexAttention's), for memory prediction."""
     layers = [m for m in module.modules() if isinstance(m, Variant)]
+    if unfakeable_on is not None:
+        layers = [m for m in layers if not _IMPLS[m.variant_name][resolve_impl(m.variant_name, m.impl,
+                                                                               unfakeable_on)].fakeable]
     kept = [m.impl for m in layers]
     for m in layers:
         m.impl = _REFERENCE[m.variant_name]

@@ -54,6 +54,9 @@ def load(dbs: Sequence[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
         raise ReportError("Every stored case failed (" + ", ".join(sorted(set(frame.status))) +
                           "): there is nothing to draw; see `attnbench export` for the reasons.")
     frame["pixels"] = frame.res.astype(np.int64) ** 2
+    # a variant measured with several implementations is drawn and tabled as one series per implementation
+    several = frame.groupby("variant").impl.transform("nunique") > 1
+    frame["variant"] = frame.variant.where(~several, frame.variant + "/" + frame.impl)
     frame["device_label"] = frame.device_name.fillna(frame.device)
     frame = frame.sort_values(["device_label", "scope", "variant", "arch", "dtype", "mode", "dim", "batch",
                                "res", "created_utc"]).reset_index(drop=True)
@@ -122,13 +125,20 @@ def fit_exponent(pixels: Sequence[float], cost: Sequence[float]) -> tuple[float,
     return float(k), float(1 - (residual**2).sum() / total) if total > 0 else 1.0
 
 
-def colours() -> dict[str, tuple[float, float, float]]:
+class Palette(dict):
+    """Colours by variant; a series labelled ``variant/impl`` takes its variant's colour."""
+
+    def get(self, label: str, default=None):
+        return super().get(label.split("/")[0], default)
+
+
+def colours() -> Palette:
     """One colour per variant, the same in every figure (registry order)."""
     import seaborn as sns
 
     names = list_variants()
     palette = sns.color_palette("colorblind", n_colors=max(10, len(names)))
-    return {name: palette[i] for i, name in enumerate(names)}
+    return Palette({name: palette[i] for i, name in enumerate(names)})
 
 
 METRICS = {  # column -> (axis label, scale)
@@ -153,10 +163,15 @@ def _fmt(value, spec: str, scale: float = 1.0) -> str:
     return format(value * scale, spec)
 
 
+def impls_vary(rows: pd.DataFrame) -> bool:
+    """Whether some variant appears with more than one implementation."""
+    return bool(len(rows)) and rows.groupby("variant").impl.nunique().max() > 1
+
+
 def results_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """The human table: units in the headers, one row per case."""
+    """The human table: units in the headers, one row per case; the implementation where it varies."""
     what = np.where(rows.scope == "module", rows.variant, rows.variant + "_" + rows.arch)
-    return pd.DataFrame({
+    table = pd.DataFrame({
         "variant": what,
         "res": rows.res.values,
         "batch": rows.batch.values,
@@ -175,6 +190,9 @@ def results_table(rows: pd.DataFrame) -> pd.DataFrame:
                     for s, m, t in zip(rows.status, rows.macs, rows.latency_ms_median)],
         "status": [s if s == "ok" else f"{s}: {r}" for s, r in zip(rows.status, rows.reason)],
     })
+    if impls_vary(rows):
+        table.insert(1, "impl", rows.impl.values)
+    return table
 
 
 def largest_fit_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -209,7 +227,7 @@ def exponent_table(frame: pd.DataFrame) -> pd.DataFrame:
                 name = label.split(" (")[0]
                 row[f"k {name}"] = round(k, 3) if not math.isnan(k) else math.nan
                 row[f"R2 {name}"] = round(r2, 3) if not math.isnan(r2) else math.nan
-            low, high = expected.get(variant, (math.nan, math.nan))
+            low, high = expected.get(variant.split("/")[0], (math.nan, math.nan))
             row["expected k (asymptotic)"] = f"{low:g}" if low == high else f"{low:g}-{high:g}"
             out.append(row)
     return pd.DataFrame(out)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Iterable
 from contextlib import closing
 from pathlib import Path
@@ -32,6 +33,7 @@ COLUMNS: list[tuple[str, str]] = [
     ("device", "TEXT NOT NULL"),
     ("mode", "TEXT NOT NULL"),
     ("threads", "INTEGER NOT NULL"),
+    ("impl", "TEXT"),  # the implementation that ran (see attnbench.list_impls), "auto" resolved
     ("status", "TEXT NOT NULL"),  # ok | skipped | oom | error | timeout
     ("reason", "TEXT"),
     ("params", "INTEGER"),
@@ -63,6 +65,14 @@ COLUMNS: list[tuple[str, str]] = [
     ("wall_s", "REAL"),
 ]
 NAMES = [c for c, _ in COLUMNS]
+
+# Rows stored before the ``impl`` column were measured with what is now each variant's reference
+# implementation: the migration records that.
+LEGACY_IMPLS = {"gsa": "pixelmajor", "local": "halo", "axial": "dense", "nonlocal": "sdpa", "conv": "native"}
+BACKFILL = {
+    ("results", "impl"): "UPDATE results SET impl = CASE variant "
+    + " ".join(f"WHEN '{v}' THEN '{i}'" for v, i in LEGACY_IMPLS.items()) + " END",
+}
 
 # One row per epoch of a training run (attnbench train).
 TRAINING_COLUMNS: list[tuple[str, str]] = [
@@ -107,6 +117,21 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def _use_wal(conn: sqlite3.Connection, wait_s: float = 60.0) -> None:
+    """Switch to WAL journaling unless the store already uses it. The switch needs the database to
+    itself and SQLite does not wait for that (no busy timeout), so it is retried while others read."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def open_store(path: str | Path, *, create: bool = True) -> sqlite3.Connection:
     """Open (and create, if asked) a store, checking that it is one and that its schema is known."""
     path = Path(path)
@@ -122,7 +147,7 @@ def open_store(path: str | Path, *, create: bool = True) -> sqlite3.Connection:
                 raise StoreError(f"Cannot create the directory of the store {path}: {e.strerror}.") from None
     try:
         conn = _connect(path)
-        conn.execute("PRAGMA journal_mode = WAL")
+        _use_wal(conn)
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if "meta" not in tables and tables:
             raise StoreError(f"{path} is an SQLite database but not an attnbench results store.")
@@ -141,17 +166,37 @@ def open_store(path: str | Path, *, create: bool = True) -> sqlite3.Connection:
             cols = ", ".join(f"{c} {t}" for c, t in TRAINING_COLUMNS)
             conn.execute(f"CREATE TABLE IF NOT EXISTS training ({cols}, UNIQUE (run_id, epoch))")
             conn.execute("COMMIT")
-        for table, columns in (("results", COLUMNS), ("training", TRAINING_COLUMNS)):
-            # columns added within this schema version are nullable: a store from before them gains them
-            have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
-            for name, kind in columns:
-                if name not in have:
-                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind.replace(' NOT NULL', '')}")
+        _add_missing_columns(conn)
     except sqlite3.DatabaseError as e:
         raise StoreError(f"{path} is not a usable results store: {e}.") from None
     except OSError as e:
         raise StoreError(f"Cannot open the store {path}: {e.strerror}.") from None
     return conn
+
+
+def _missing_columns(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
+    missing = []
+    for table, columns in (("results", COLUMNS), ("training", TRAINING_COLUMNS)):
+        have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+        missing += [(table, name, kind) for name, kind in columns if name not in have]
+    return missing
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """Columns added within this schema version are nullable: a store from before them gains them, with
+    their backfill, in one transaction (several processes may open an old store at once)."""
+    if not _missing_columns(conn):
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for table, name, kind in _missing_columns(conn):  # again, now that no other writer can add them
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind.replace(' NOT NULL', '')}")
+            if (table, name) in BACKFILL:
+                conn.execute(BACKFILL[table, name])
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 def _insert(path: str | Path, table: str, names: list[str], row: dict, replace: bool) -> None:

@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from attnbench.registry import AUTO, get_impl, list_impls, resolve_impl
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SCOPES = ("module", "model")
 
@@ -30,6 +32,7 @@ class Case:
     device: str  # cpu | cuda:N
     mode: str  # infer | train
     threads: int  # intra-op CPU threads
+    impl: str = AUTO  # the variant's implementation, resolved for the device (never "auto" in a plan)
 
     @property
     def key(self) -> str:
@@ -54,16 +57,46 @@ def expand(
     scope: str,
     arch: str,
     threads: int,
+    impls: list[str] = (AUTO,),
 ) -> list[Case]:
-    """Every combination, ordered so that each variant's resolutions run smallest first."""
+    """Every combination, ordered so that each variant's resolutions run smallest first. ``impls`` as
+    :func:`variant_impls` reads them; each is resolved for its device, and duplicates dropped."""
     if scope == "model":
         dims = [0]
     arch = arch if scope == "model" else ""
-    cases = [
-        Case(scope, v, arch, r, b, d, dt, dev, m, threads)
-        for dev, v, dt, m, d, b, r in itertools.product(devices, variants, dtypes, modes, dims, batch, sorted(res))
-    ]
+    chosen = variant_impls(variants, list(impls))
+    cases = []
+    for dev, v in itertools.product(devices, variants):
+        resolved = list(dict.fromkeys(resolve_impl(v, i, dev) for i in chosen[v]))
+        cases += [
+            Case(scope, v, arch, r, b, d, dt, dev, m, threads, i)
+            for dt, m, i, d, b, r in itertools.product(dtypes, modes, resolved, dims, batch, sorted(res))
+        ]
     return cases
+
+
+def variant_impls(variants: list[str], impls: list[str]) -> dict[str, list[str]]:
+    """Which implementations each variant runs: ``VARIANT=NAME`` names one for a variant, a bare ``NAME``
+    applies to every variant that has it (``auto`` to all), and a variant named by none runs ``auto``.
+    ``ValueError`` for an item that no variant of the sweep has, or a malformed one."""
+    chosen: dict[str, list[str]] = {v: [] for v in variants}
+    for item in impls:
+        variant, _, name = item.rpartition("=")
+        if variant:
+            if variant not in chosen:
+                raise ValueError(f"Invalid --impl {item}: '{variant}' is not a variant of this sweep "
+                                 f"({', '.join(variants)}).")
+            get_impl(variant, name)
+            chosen[variant].append(name)
+            continue
+        takers = [v for v in variants if name == AUTO or name in list_impls(v)]
+        if not takers:
+            options = sorted({i for v in variants for i in list_impls(v)})
+            raise ValueError(f"Invalid --impl {name}: no variant of this sweep has it (implementations: "
+                             f"{', '.join([AUTO, *options])}).")
+        for v in takers:
+            chosen[v].append(name)
+    return {v: names or [AUTO] for v, names in chosen.items()}
 
 
 def shard(cases: list[Case], index: int, count: int) -> list[Case]:

@@ -53,6 +53,25 @@ def test_module_sweep_stores_every_case_and_resumes(capsys, tmp_path):
     assert len(again) == 4 and not set(again.run_id) & run_ids
 
 
+def test_implementations_are_swept_side_by_side(capsys, tmp_path):
+    db = str(tmp_path / "r.sqlite")
+    code, out, _ = run_cli(capsys, "run", "--scope", "module", "--variants", "gsa,local,conv", "--res", "8",
+                           "--dim", "16", "--impl", "auto,plain,local=flex", "--mode", "infer,train", "--db", db, *FAST)
+    assert code == 0 and " impl " in out.splitlines()[0]
+    frame = store.load_results(db)
+    got = {(r.variant, r.impl, r["mode"]): r.status for _, r in frame.iterrows()}
+    assert got == {
+        ("gsa", "pixelmajor", "infer"): "ok", ("gsa", "plain", "infer"): "ok",
+        ("gsa", "pixelmajor", "train"): "ok", ("gsa", "plain", "train"): "ok",
+        ("local", "halo", "infer"): "ok", ("local", "plain", "infer"): "ok", ("local", "flex", "infer"): "ok",
+        ("local", "halo", "train"): "ok", ("local", "plain", "train"): "ok", ("local", "flex", "train"): "skipped",
+        ("conv", "native", "infer"): "ok", ("conv", "native", "train"): "ok",
+    }
+    ok = frame[frame.status == "ok"]
+    for variant, g in ok.groupby("variant"):
+        assert g.macs.nunique() == 1, f"{variant}: the MACs are the mechanism's, whatever the implementation"
+
+
 def test_json_output(capsys, tmp_path):
     code, out, _ = run_cli(capsys, "run", "--scope", "module", "--variants", "conv", "--res", "8", "--dim", "8",
                            "--db", str(tmp_path / "r.sqlite"), "--json", *FAST)
@@ -60,15 +79,23 @@ def test_json_output(capsys, tmp_path):
     assert code == 0 and rows[0]["variant"] == "conv" and rows[0]["status"] == "ok"
 
 
-def test_a_failing_case_does_not_lose_the_others(capsys, tmp_path):
+def test_a_failing_case_does_not_lose_the_others(tmp_path):
+    from attnbench.harness import run_cases
+    from attnbench.sweep import Case
+
     db = str(tmp_path / "r.sqlite")
-    # a 1x1 map cannot be max-pooled by the non-local block's subsampling: an error case
-    code, out, _ = run_cli(capsys, "run", "--scope", "module", "--variants", "nonlocal,conv", "--res", "1",
-                           "--dim", "8", "--db", db, *FAST)
+    good = Case("module", "conv", "", 8, 1, 8, "fp32", "cpu", "infer", 1, "native")
+    bad = Case("module", "gsa", "", 8, 1, 8, "fp32", "cpu", "infer", 1, "no-such-impl")  # fails in its process
+    run_cases([bad, good], db, min_run_time=0.01)
     frame = store.load_results(db).set_index("variant")
-    assert code == 0
-    assert frame.loc["nonlocal", "status"] == "error" and "RuntimeError" in frame.loc["nonlocal", "reason"]
+    assert frame.loc["gsa", "status"] == "error" and "no-such-impl" in frame.loc["gsa", "reason"]
     assert frame.loc["conv", "status"] == "ok"
+
+
+def test_every_variant_runs_on_a_one_pixel_map(capsys, tmp_path):
+    db = str(tmp_path / "r.sqlite")
+    code, _, _ = run_cli(capsys, "run", "--scope", "module", "--res", "1", "--dim", "16", "--db", db, *FAST)
+    assert code == 0 and set(store.load_results(db).status) == {"ok"}
 
 
 def test_a_case_that_cannot_fit_is_skipped_with_its_reason(capsys, tmp_path):
@@ -105,6 +132,9 @@ def test_a_case_over_its_time_limit_times_out(capsys, tmp_path):
         (["--timeout", "0"], "must be a positive number of seconds"),
         (["--threads", "1,2"], "threads takes one value, not the list '1,2'"),
         (["--arch", "resnet7"], "Unknown architecture 'resnet7'. Available: probe, resnet101, resnet26"),
+        (["--variants", "gsa,conv", "--impl", "flx"], "Invalid --impl flx: no variant of this sweep has it"),
+        (["--variants", "gsa", "--impl", "local=flex"], "'local' is not a variant of this sweep (gsa)"),
+        (["--variants", "local", "--impl", "local=flx"], "Unknown implementation of variant 'local': 'flx'"),
     ],
 )
 def test_bad_arguments_are_one_line_and_exit_2(capsys, tmp_path, args, message):

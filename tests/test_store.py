@@ -105,3 +105,48 @@ def test_a_store_from_before_a_new_column_gains_it(tmp_path):
         conn.execute(f"CREATE TABLE results ({', '.join(f'{c} {t}' for c, t in old_columns)})")
     store.write(db, row("a", device_peak_gflops=300.0))
     assert store.load_results(db).device_peak_gflops.tolist() == [300.0]
+
+
+def _old_store(db, without: str) -> None:
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+        conn.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+        cols = [c for c in store.COLUMNS if c[0] != without]
+        conn.execute(f"CREATE TABLE results ({', '.join(f'{c} {t}' for c, t in cols)}, UNIQUE (case_key, env_key))")
+        for i, variant in enumerate(["gsa", "local", "axial", "nonlocal", "conv"]):
+            values = {**row(f"k{i}", variant=variant, uncounted_ops="{}")}
+            names = [c for c, _ in cols if c in values]
+            conn.execute(f"INSERT INTO results ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                         [values[c] for c in names])
+
+
+def test_rows_from_before_implementations_record_the_one_that_measured_them(tmp_path):
+    db = tmp_path / "old.sqlite"
+    _old_store(db, without="impl")
+    frame = store.load_results(db)
+    assert dict(zip(frame.variant, frame.impl)) == {
+        "gsa": "pixelmajor", "local": "halo", "axial": "dense", "nonlocal": "sdpa", "conv": "native"}
+    import attnbench
+
+    for variant, impl in store.LEGACY_IMPLS.items():  # what the old code ran is now each reference
+        assert attnbench.list_impls(variant)[0] == impl
+
+
+def _open(db: str, barrier) -> None:
+    barrier.wait()
+    store.open_store(db).close()
+
+
+def test_an_old_store_opened_by_several_processes_at_once_is_upgraded_once(tmp_path):
+    for trial in range(3):
+        db = tmp_path / f"old{trial}.sqlite"
+        _old_store(db, without="impl")
+        ctx = mp.get_context("spawn")
+        barrier = ctx.Barrier(4)
+        procs = [ctx.Process(target=_open, args=(str(db), barrier)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(120)
+        assert [p.exitcode for p in procs] == [0] * 4
+        assert store.load_results(db).impl.tolist() == ["pixelmajor", "halo", "dense", "sdpa", "native"]

@@ -124,8 +124,8 @@ def predict_peak_memory(
     The iteration runs under ``FakeTensorMode`` on a fake input (the weights are used as they
     are), so nothing is computed or allocated, while every storage an operation creates, the
     input included, is counted until it is freed. Kernel workspaces are not seen, so the real
-    peak can be somewhat higher. Implementations built on operators that fake tensors cannot
-    intercept (FlexAttention) are predicted on the variant's reference implementation instead.
+    peak can be somewhat higher. Implementations that cannot run on fake tensors (FlexAttention's)
+    are predicted on the variant's reference implementation instead.
     """
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -134,20 +134,13 @@ def predict_peak_memory(
 
     state = {k: v.clone() for k, v in module.state_dict().items()}  # batch-norm statistics
 
-    def predict() -> int:
-        tracker = _LiveBytes()
+    tracker = _LiveBytes()
+    with reference_impls(module, unfakeable_on=torch.device(device).type):
         with FakeTensorMode(allow_non_fake_inputs=True), tracker.mode:
             make_step(module, torch.empty(input_shape, dtype=dtype, device=device), mode)()
-        return tracker.peak
-
-    try:
-        peak = predict()
-    except NotImplementedError:  # an operator with no fake-tensor rule for our mode
-        with reference_impls(module):
-            peak = predict()
     module.zero_grad(set_to_none=True)
     module.load_state_dict(state)
-    return peak
+    return tracker.peak
 
 
 def available_memory(device: torch.device | str) -> int | None:

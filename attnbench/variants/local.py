@@ -219,7 +219,7 @@ def _flex_unsupported(device_type: str, grad: bool) -> str | None:
     return None
 
 
-@register_impl("local", "flex", unsupported=_flex_unsupported,
+@register_impl("local", "flex", unsupported=_flex_unsupported, fakeable=False,
                description="FlexAttention: a k x k neighbourhood block mask, relative terms as score_mod")
 def flex(self: LocalSelfAttention, x: torch.Tensor) -> torch.Tensor:
     B, C, H, W = x.shape
