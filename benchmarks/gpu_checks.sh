@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
-# The GPU checks in one run: the gpu-marked tests, then module- and model-scope sweeps on CUDA.
-# Writes its logs and the results store under $OUT (default /tmp/gpu-checks).
+# The GPU checks in one run (at most 6 minutes on one H100 or H200): the variants' GPU goals side by
+# side (benchmarks/gpu.py: one table, a store), then the gpu-marked tests. Needs attnbench's
+# dependencies importable (pip install -e .). Writes logs and the store under $OUT (default
+# /tmp/gpu-checks); the table is printed last.
 #   bash benchmarks/gpu_checks.sh
 set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's attnbench
 out=${OUT:-/tmp/gpu-checks}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
-python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$out/pytest.txt"
-python3 -m attnbench run --scope module --variants gsa,local,nonlocal,axial,conv --res 16,32,64,128 --dim 64 \
-  --device cuda --db "$out/gpu.sqlite" --min-run-time 0.2 2>&1 | tee "$out/module.txt"
-python3 -m attnbench run --variants gsa,local,nonlocal,axial,conv --res 224 --batch 8 --dtype fp32,bf16 \
-  --device cuda --db "$out/gpu.sqlite" --min-run-time 0.5 2>&1 | tee "$out/model.txt"
+timeout 270 python3 benchmarks/gpu.py --db "$out/gpu.sqlite" >"$out/table.txt" 2>"$out/progress.txt"
+status=$?
+tail -n 3 "$out/progress.txt"
+timeout 150 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py >"$out/pytest.txt" 2>&1
+tail -n 15 "$out/pytest.txt"
+cat "$out/table.txt"
+exit $status

@@ -33,6 +33,32 @@ def test_variants_on_cuda_match_cpu(name, dtype):
     assert torch.isfinite(got).all() and rel < tol, f"{name} {dtype}: relative error {rel:.3g}"
 
 
+@pytest.mark.parametrize("name, impl", [(v, i) for v in attnbench.list_variants() for i in attnbench.list_impls(v)],
+                         ids=str)
+def test_every_implementation_on_cuda_trains_as_the_cpu_reference(name, impl):
+    """fp32 on the GPU (TF32 off) against the reference on the CPU: output, gradients, batch-norm statistics."""
+    torch.manual_seed(0)
+    ref = attnbench.build_variant(name, 32, size=24).train()
+    gpu = attnbench.build_variant(name, 32, size=24, impl=impl).train()
+    gpu.load_state_dict(ref.state_dict())
+    gpu.cuda()
+    x, g = torch.randn(2, 32, 24, 20), torch.randn(2, 32, 24, 20)
+    want = ref(x)
+    (want * g).sum().backward()
+    allow = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        got = gpu(x.cuda())
+        (got * g.cuda()).sum().backward()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = allow
+    torch.testing.assert_close(got.cpu(), want, rtol=1e-3, atol=1e-3)
+    for (pname, a), b in zip(gpu.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(a.grad.cpu(), b.grad, rtol=1e-3, atol=1e-3, msg=f"{name}/{impl}: grad of {pname}")
+    for (bname, a), b in zip(gpu.named_buffers(), ref.buffers()):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-3, atol=1e-3, msg=f"{name}/{impl}: buffer {bname}")
+
+
 def test_cuda_peak_reads_a_known_allocation():
     def step():
         return torch.ones(64 * MIB, device="cuda")  # 256 MiB

@@ -248,10 +248,19 @@ def _flex():
     if torch.compiler.is_compiling() or not torch.cuda.is_available():
         return flex_attention
     if _FLEX_COMPILED is None:
-        _FLEX_COMPILED = torch.compile(flex_attention, dynamic=False)
+        compiled = torch.compile(flex_attention, dynamic=False)
+
+        def run(*args, **kwargs):
+            # one compiled kernel per map shape and grad mode: a ResNet has about 8 shapes, each in
+            # inference and training, past dynamo's default limit of 8 per function
+            with torch._dynamo.config.patch(recompile_limit=FLEX_SHAPES):
+                return compiled(*args, **kwargs)
+
+        _FLEX_COMPILED = run
     return _FLEX_COMPILED
 
 
+FLEX_SHAPES = 64
 _FLEX_COMPILED = None
 
 

@@ -1,0 +1,160 @@
+"""The GPU goals of the variants, measured side by side in one process, stored and printed as one table.
+
+    python benchmarks/gpu.py --db OUT/gpu.sqlite                      # the goals' sizes, on cuda
+    python benchmarks/gpu.py --device cpu --batch 2 --dim 32 --res 12 \\
+        --net-batch 2 --net-res 32 --arch resnet26 --dtype fp32          # the same script, small, anywhere
+
+Module rows: each variant alone (``--batch`` x ``--dim`` x ``--res``^2, forward) with every
+implementation, in each of ``--module-dtypes``: the one ``auto`` picks on the device must be the
+fastest, and meet its goal beside the textbook one of ``attnbench/plain.py`` (axial has none: its
+reference ``dense``, the paper's equations as written, stands in), and, for
+local, a bare FlexAttention neighbourhood core with the 1x1 projections (no relative terms): what
+a GPU user would write first. Network rows: every variant's ResNet (``--arch``) on
+``--net-res``^2 images, forward (infer) and forward + backward (train), against the plain ResNet.
+Every case is measured by the harness's own ``measure_case`` (MACs, parameters, peak memory,
+``torch.utils.benchmark`` median) and written to ``--db`` with its environment. Exits 1 if a goal
+is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import uuid
+
+import torch
+
+import attnbench
+from attnbench import store
+from attnbench.harness import complete, measure_case
+from attnbench.measure.latency import measure_latency
+from attnbench.measure.peak import matmul_peak_gflops
+from attnbench.sweep import DTYPES, Case
+
+MODULE_GOAL_MS = {"gsa": 1.0, "local": 2.0, "axial": 1.5, "nonlocal": 1.0}  # at B=32, C=256, 56x56, bf16
+TEXTBOOK = {"gsa": "plain", "local": "plain", "nonlocal": "plain", "axial": "dense"}
+TEXTBOOK_RATIO = 0.6  # the chosen implementation's latency over the textbook one's, at most
+FLEX_CORE_RATIO = 1.5  # local over a bare FlexAttention core plus projections, at most
+NETWORK_GOAL_X = {"gsa": 2.0, "local": 3.0, "axial": 3.0, "nonlocal": 1.7}  # latency over the plain ResNet's
+
+
+def flex_core_ms(batch: int, dim: int, res: int, dtype: torch.dtype, device: str, threads: int,
+                 min_run_time: float) -> float:
+    """A bare FlexAttention 7 x 7 neighbourhood core (8 heads, no relative terms) plus the q/k/v projection."""
+    from attnbench.variants._common import pointwise
+    from attnbench.variants.local import _flex, neighbourhood_mask
+
+    h = 8
+    proj = torch.nn.Conv2d(dim, 3 * dim, 1, bias=False).to(device, dtype)
+    x = torch.randn(batch, dim, res, res, device=device, dtype=dtype)
+    mask = neighbourhood_mask(res, res, 7, torch.device(device))
+    flex = _flex()
+
+    def step():
+        with torch.no_grad():
+            qkv = pointwise(proj, x).view(batch, 3, h, dim // h, res * res).permute(1, 0, 2, 4, 3)
+            q, k, v = (t.contiguous() for t in qkv.unbind(0))
+            return flex(q, k, v, block_mask=mask, scale=1.0)
+
+    return measure_latency(step, device, batch=batch, threads=threads, min_run_time=min_run_time)["latency_ms_median"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--dtype", default="bf16", choices=list(DTYPES), help="the goals' dtype")
+    p.add_argument("--module-dtypes", default="bf16,fp32", help="dtypes of the module rows")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--dim", type=int, default=256)
+    p.add_argument("--res", type=int, default=56)
+    p.add_argument("--arch", default="resnet50")
+    p.add_argument("--net-batch", type=int, default=64)
+    p.add_argument("--net-res", type=int, default=224)
+    p.add_argument("--min-run-time", type=float, default=0.3)
+    p.add_argument("--db", default="/tmp/gpu-checks/gpu.sqlite")
+    args = p.parse_args(argv)
+    threads = torch.get_num_threads()
+    print(f"{'case':58} {'impl':18} {'latency':>12} {'rate':>15}  comparison  goal met", flush=True)
+    run_id = uuid.uuid4().hex[:12]
+    peak = matmul_peak_gflops(args.device, DTYPES[args.dtype], threads)
+    table, failures = [], []
+
+    def measure(case: Case) -> dict:
+        print(f"  {case.label} impl={case.impl}", file=sys.stderr, flush=True)
+        row = complete(case, {**measure_case(case, args.min_run_time), "device_peak_gflops": peak}, run_id)
+        store.write(args.db, row, replace=True)
+        if row["status"] != "ok":
+            failures.append(f"{case.label} {case.impl}: {row['status']} {row.get('reason')}")
+        return row
+
+    def check(ok: bool, text: str) -> str:
+        if not ok:
+            failures.append(text)
+        return "yes" if ok else "NO"
+
+    def show(line: dict) -> None:
+        table.append(line)
+        print(f"{line['what']:58} {line['impl']:18} {line['ms']:9.3f} ms {line['TFLOP/s']:7.2f} TFLOP/s  "
+              f"{line.get('against', '')}  {line.get('goal met', '')}", flush=True)
+
+    # one module alone, forward, every implementation
+    for dtype in args.module_dtypes.split(","):
+        shape = f"B={args.batch} C={args.dim} {args.res}x{args.res} {dtype}"
+        goals = dtype == args.dtype
+        for variant in ["conv", "gsa", "local", "axial", "nonlocal"]:
+            rows = {impl: measure(Case("module", variant, "", args.res, args.batch, args.dim, dtype, args.device,
+                                       "infer", threads, impl)) for impl in attnbench.list_impls(variant)}
+            times = {impl: r.get("latency_ms_median") or float("inf") for impl, r in rows.items()}
+            auto = attnbench.resolve_impl(variant, "auto", args.device)
+            for impl, row in rows.items():
+                ms = times[impl]
+                line = {"what": f"{variant} module, {shape}", "impl": impl + (" (auto)" if impl == auto else ""),
+                        "ms": ms, "TFLOP/s": 2 * (row.get("macs") or 0) / (ms * 1e-3) / 1e12}
+                if impl == auto and len(rows) > 1:
+                    fastest = min(times, key=times.get)
+                    line["against"] = f"fastest: {fastest}"
+                    line["goal met"] = check(fastest == auto, f"{variant} {dtype}: auto runs {auto}, {fastest} faster")
+                if impl == auto and goals and variant in TEXTBOOK:
+                    base = times[TEXTBOOK[variant]]
+                    line["against"] += f"; {TEXTBOOK[variant]} {base:.3f} ms: {ms / base:.2f}x (<= {TEXTBOOK_RATIO})"
+                    line["what"] += f" (goal {MODULE_GOAL_MS[variant]} ms)"
+                    line["goal met"] = check(line["goal met"] == "yes" and ms <= MODULE_GOAL_MS[variant]
+                                             and ms / base <= TEXTBOOK_RATIO,
+                                             f"{variant} module: {ms:.3f} ms, goal {MODULE_GOAL_MS[variant]} ms; "
+                                             f"{ms / base:.2f}x of {TEXTBOOK[variant]}")
+                    if variant == "local":
+                        core = flex_core_ms(args.batch, args.dim, args.res, DTYPES[dtype], args.device, threads,
+                                            args.min_run_time)
+                        line["against"] += f"; flex core+proj {core:.3f} ms: {ms / core:.2f}x (<= {FLEX_CORE_RATIO})"
+                        line["goal met"] = check(line["goal met"] == "yes" and ms / core <= FLEX_CORE_RATIO,
+                                                 f"local: {ms / core:.2f}x of the bare FlexAttention core")
+                show(line)
+
+    # networks, forward and forward + backward, against the plain ResNet
+    for mode in ["infer", "train"]:
+        base = None
+        for variant in ["conv", "gsa", "local", "axial", "nonlocal"]:
+            resolved = attnbench.resolve_impl(variant, "auto", args.device)
+            row = measure(Case("model", variant, args.arch, args.net_res, args.net_batch, 0, args.dtype, args.device,
+                               mode, threads, resolved))
+            ms = row.get("latency_ms_median") or float("nan")
+            name = args.arch if variant == "conv" else f"{variant}_{args.arch}"
+            line = {"what": f"{name}, {args.net_res}, batch {args.net_batch}, {args.dtype}, {mode}",
+                    "impl": row["impl"], "ms": ms, "TFLOP/s": 2 * (row.get("macs") or 0) / (ms * 1e-3) / 1e12}
+            if variant == "conv":
+                base = ms
+            else:
+                goal = NETWORK_GOAL_X[variant]
+                line["against"] = f"{args.arch} {base:.2f} ms: {ms / base:.2f}x (<= {goal})"
+                line["goal met"] = check(ms / base <= goal, f"{name} {mode}: {ms / base:.2f}x of {args.arch}")
+            show(line)
+
+    print(f"\n{torch.cuda.get_device_name() if args.device.startswith('cuda') else args.device}, "
+          f"torch {torch.__version__}, attnbench {attnbench.__version__}; store {args.db}")
+    if failures:
+        print("\nmissed:\n  " + "\n  ".join(failures))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
