@@ -98,3 +98,18 @@ def test_einsum_macs_and_refusals():
     assert einsum_equation_macs("bij,bjk->bik", [[2, 3, 4], [2, 4, 5]]) == 2 * 3 * 4 * 5
     with pytest.raises(ValueError, match="summed out of one operand"):
         einsum_equation_macs("ij,jk->k", [[3, 4], [4, 5]])
+
+
+@pytest.mark.parametrize("name, impl", [("gsa", "batched"), ("axial", "lines")])
+def test_a_fixed_span_costs_pixels_times_span(name, impl):
+    """Blocked along the axis, the GPU-shaped implementations do at most twice the mechanism's work
+    (tiles of span queries meet 2 span - 1 keys), however long the axis; whole-axis products would
+    do side / span times more."""
+    side, span = 96, 5
+    m = attnbench.build_variant(name, C, size=side, span=span, impl=impl).eval()
+    x = torch.randn(1, C, side, side)
+    with torch.no_grad():
+        work = flop_counter_macs(m, x)
+    mechanism = attnbench.count_macs(m, x)
+    projections = flop_counter_macs(lambda t: m.to_qkv(t) if name == "gsa" else (m.height.qkv(t), m.width.qkv(t)), x)
+    assert mechanism < work <= projections + 2 * (mechanism - projections)

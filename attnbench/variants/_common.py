@@ -125,3 +125,37 @@ def pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     if conv.bias is not None:
         out = out + conv.bias[:, None]
     return out.view(B, conv.out_channels, H, W)
+
+
+def batch_norm(x: torch.Tensor, bn: nn.BatchNorm2d, channel_dims: tuple[int, ...],
+               valid: torch.Tensor | None = None) -> torch.Tensor:
+    """``bn`` applied to a tensor whose channels are spread over some dims, in any layout.
+
+    Same statistics, running averages and gradients as ``bn`` on the (B, C, H, W) form of ``x``;
+    the channel dims must be in channel order (outer first). With ``valid`` (a boolean tensor that
+    broadcasts against ``x`` and is constant along the channel dims), training statistics are taken
+    over the valid entries only, as if the others did not exist; they are normalised all the same.
+    """
+    shape = [x.shape[d] if d in channel_dims else 1 for d in range(x.dim())]
+    if bn.training or not bn.track_running_stats:
+        dims = [d for d in range(x.dim()) if d not in channel_dims]
+        if valid is None:
+            var, mean = torch.var_mean(x, dim=dims, correction=0, keepdim=True)
+            n = x.numel() // mean.numel()
+        else:
+            weight = valid.to(x.dtype).expand_as(x)
+            n = weight.sum(dim=dims, keepdim=True)  # the same for every channel; a tensor, so no sync
+            mean = (x * weight).sum(dim=dims, keepdim=True) / n
+            var = ((x - mean).square() * weight).sum(dim=dims, keepdim=True) / n
+        if bn.training and bn.track_running_stats:
+            with torch.no_grad():
+                bn.num_batches_tracked.add_(1)
+                momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+                bn.running_mean.lerp_(mean.flatten(), momentum)
+                unbiased = n / (n - 1).clamp(min=1) if isinstance(n, torch.Tensor) else n / max(n - 1, 1)
+                bn.running_var.lerp_((var * unbiased).flatten(), momentum)
+    else:
+        mean, var = bn.running_mean.view(shape), bn.running_var.view(shape)
+    scale = torch.rsqrt(var + bn.eps) * bn.weight.view(shape)
+    return torch.addcmul(bn.bias.view(shape) - mean * scale, x, scale)
+

@@ -26,10 +26,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from attnbench.registry import Variant, VariantConfig, register_impl, register_variant
 from attnbench.variants._common import (
+    band_tiles,
+    batch_norm,
+    blocked,
     check_fits,
     downsample,
     keys_per_query,
@@ -89,9 +93,9 @@ class AxialLayer(nn.Module):
         qk = q @ k.transpose(-1, -2)  # (B, W, h, H, H)
         qr = torch.einsum("bwnic,ijc->bwnij", q, r_q)  # q_o . r^q_{p-o}
         kr = torch.einsum("bwnjc,ijc->bwnij", k, r_k)  # k_p . r^k_{p-o}
-        sim = torch.stack([qk, qr, kr], dim=2).reshape(B * W, 3 * h, H, H)
-        sim = self.bn_similarity(sim).reshape(B, W, 3, h, H, H).sum(dim=2)
         outside = window_mask(H, self.cfg.span, self.cfg.size, x.device)
+        sim = self.norm_similarity(torch.stack([qk, qr, kr], dim=2).reshape(B * W, 3 * h, H, H), outside)
+        sim = sim.reshape(B, W, 3, h, H, H).sum(dim=2)
         if outside is not None:
             sim = sim.masked_fill(outside, torch.finfo(sim.dtype).min)
         attn = sim.softmax(dim=-1)
@@ -102,12 +106,22 @@ class AxialLayer(nn.Module):
         out = torch.stack([sv, sve], dim=-1).permute(0, 2, 4, 5, 3, 1).reshape(B, 2 * C, H, W)
         return self.bn_output(out).reshape(B, C, 2, H, W).sum(dim=2)
 
+    def norm_similarity(self, sim: torch.Tensor, outside: torch.Tensor | None) -> torch.Tensor:
+        """``bn_similarity`` on the stacked terms ``(lines, 3 heads, query, key)``; with a fixed span its
+        training statistics are those of the pairs within the span, the similarities the mechanism has."""
+        if outside is None:
+            return self.bn_similarity(sim)
+        return batch_norm(sim, self.bn_similarity, channel_dims=(1,), valid=~outside)
+
     def lines(self, x: torch.Tensor) -> torch.Tensor:
         """The same layer shaped for GPUs: lines contiguous, every product one batched matrix product on
-        views; in eval mode each batch norm is folded into the sum of its terms."""
+        views; in eval mode each batch norm is folded into the sum of its terms. A fixed span much
+        shorter than the axis runs blocked (:meth:`tiles`)."""
         B, C, H, W = x.shape
         h, d = self.cfg.heads, self.head_dim
         check_fits("axial", H, self.cfg.span, self.cfg.size)
+        if blocked(self.cfg.span, H):
+            return self.tiles(x)
         qkv = self.bn_qkv(pointwise(self.qkv, x)).view(B, h, 2 * d, H, W).permute(0, 4, 1, 3, 2)
         qkv = qkv.reshape(B * W * h, H, 2 * d)  # (line, position, channel), contiguous
         q, k, v = qkv.split([d // 2, d // 2, d], dim=-1)
@@ -117,20 +131,26 @@ class AxialLayer(nn.Module):
         qr = torch.bmm(q.transpose(0, 1), r_q.transpose(1, 2)).transpose(0, 1)  # batched over i: q_i . r^q_{j-i}
         kr = torch.bmm(k.transpose(0, 1), r_k.permute(1, 2, 0)).permute(1, 2, 0)  # batched over j: k_j . r^k_{j-i}
         terms = [t.view(B, W, h, H, H) for t in (qk, qr, kr)]
+        outside = window_mask(H, self.cfg.span, self.cfg.size, x.device)
         if self.training:
-            sim = torch.stack(terms, dim=2).view(B * W, 3 * h, H, H)
-            sim = self.bn_similarity(sim).view(B, W, 3, h, H, H).sum(dim=2)
+            sim = self.norm_similarity(torch.stack(terms, dim=2).view(B * W, 3 * h, H, H), outside)
+            sim = sim.view(B, W, 3, h, H, H).sum(dim=2)
         else:
             scale, shift = folded(self.bn_similarity)
             scale, shift = scale.view(3, h, 1, 1), shift.view(3, h, 1, 1).sum(dim=0)
             sim = torch.addcmul(shift, terms[0], scale[0])
             sim = sim.addcmul_(terms[1], scale[1]).addcmul_(terms[2], scale[2])
-        outside = window_mask(H, self.cfg.span, self.cfg.size, x.device)
         if outside is not None:
             sim = sim.masked_fill(outside, torch.finfo(sim.dtype).min)
         attn = sim.softmax(dim=-1).view(B * W * h, H, H)
         sv = torch.bmm(attn, v).view(B, W, h, H, d)
         sve = torch.bmm(attn.transpose(0, 1), r_v).transpose(0, 1).view(B, W, h, H, d)  # batched over i
+        return self.finish(sv, sve)
+
+    def finish(self, sv: torch.Tensor, sve: torch.Tensor) -> torch.Tensor:
+        """``bn_output`` on the two output terms ``(B, lines, heads, position, d)``, summed, as ``(B, C, H, W)``."""
+        B, W, h, H, d = sv.shape
+        C = h * d
         if self.training:
             out = torch.stack([sv, sve], dim=-1).permute(0, 2, 4, 5, 3, 1).reshape(B, 2 * C, H, W)
             return self.bn_output(out).view(B, C, 2, H, W).sum(dim=2)
@@ -138,6 +158,46 @@ class AxialLayer(nn.Module):
         scale, shift = scale.view(h, d, 2), shift.view(h, d, 2).sum(dim=-1)
         out = torch.addcmul(shift[:, None, :], sv, scale[:, None, :, 0]).addcmul_(sve, scale[:, None, :, 1])
         return out.permute(0, 2, 4, 3, 1).reshape(B, C, H, W)  # (b, n, c, i, w)
+
+    def tiles(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`lines` for a fixed span blocked along the axis: tiles of ``span`` queries, each against
+        the ``2 span - 1`` keys of its halo, so the work is pixels x span. Pairs out of the window or the
+        line are masked before the softmax and left out of the similarity statistics."""
+        B, C, H, W = x.shape
+        h, d, t = self.cfg.heads, self.head_dim, self.cfg.span
+        r = (t - 1) // 2
+        nb, halo = -(-H // t), t + 2 * r
+        M = B * W * h
+        qkv = self.bn_qkv(pointwise(self.qkv, x)).view(B, h, 2 * d, H, W).permute(0, 4, 1, 3, 2)
+        qkv = qkv.reshape(M, H, 2 * d)
+        q, kv = F.pad(qkv[..., : d // 2], (0, 0, 0, nb * t - H)), qkv[..., d // 2 :]
+        q = q.view(M * nb, t, d // 2)  # query tiles
+        kv = F.pad(kv, (0, 0, r, r + nb * t - H)).unfold(1, halo, t)  # (M, nb, 3d/2, halo), a view
+        kv = kv.transpose(2, 3).reshape(M * nb, halo, 3 * d // 2)
+        k, v = kv.split([d // 2, d], dim=-1)
+        band = band_tiles(self.relative, t)  # (u, 2d, p): the embedding of offset p - r - u
+        r_q, r_k, r_v = band.split([d // 2, d // 2, d], dim=1)
+        qk = torch.bmm(q, k.transpose(1, 2))  # (tile, u, p)
+        qr = torch.bmm(q.transpose(0, 1), r_q).transpose(0, 1)  # batched over u
+        kr = torch.bmm(k.transpose(0, 1), r_k.permute(2, 1, 0)).permute(1, 2, 0)  # batched over p
+        u = torch.arange(t, device=x.device)[:, None]
+        p = torch.arange(halo, device=x.device)[None, :]
+        start = torch.arange(nb, device=x.device)[:, None, None] * t
+        valid = ((p - r - u).abs() <= r) & (start + p - r >= 0) & (start + p - r < H) & (start + u < H)  # (nb, u, p)
+        terms = [term.view(B, W, h, nb, t, halo) for term in (qk, qr, kr)]
+        if self.training:
+            sim = batch_norm(torch.stack(terms, dim=2), self.bn_similarity, channel_dims=(2, 3), valid=valid)
+            sim = sim.sum(dim=2)
+        else:
+            scale, shift = folded(self.bn_similarity)
+            scale, shift = scale.view(3, h, 1, 1, 1), shift.view(3, h, 1, 1, 1).sum(dim=0)
+            sim = torch.addcmul(shift, terms[0], scale[0])
+            sim = sim.addcmul_(terms[1], scale[1]).addcmul_(terms[2], scale[2])
+        attn = sim.masked_fill(~valid, torch.finfo(sim.dtype).min).softmax(dim=-1).view(M * nb, t, halo)
+        sv = torch.bmm(attn, v).view(B, W, h, nb * t, d)[:, :, :, :H]
+        sve = torch.bmm(attn.view(M, nb, t, halo).permute(2, 0, 1, 3).reshape(t, M * nb, halo), r_v.transpose(1, 2))
+        sve = sve.view(t, B, W, h, nb, d).permute(1, 2, 3, 4, 0, 5).reshape(B, W, h, nb * t, d)[:, :, :, :H]
+        return self.finish(sv, sve)
 
 
 def folded(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:

@@ -41,6 +41,7 @@ from torch import nn
 from attnbench.registry import Variant, VariantConfig, register_impl, register_variant
 from attnbench.variants._common import (
     banded_axis,
+    batch_norm,
     check_fits,
     downsample,
     keys_per_query,
@@ -247,26 +248,3 @@ def axis_attend(q: torch.Tensor, v: torch.Tensor, rel: torch.Tensor, keep: list 
             keep.append(logits.detach())
         parts.append(torch.bmm(logits.transpose(0, 1), v[m : m + step]))  # (chunk, L_query, e)
     return parts[0] if len(parts) == 1 else torch.cat(parts)
-
-
-def batch_norm(x: torch.Tensor, bn: nn.BatchNorm2d, channel_dims: tuple[int, int]) -> torch.Tensor:
-    """``bn`` applied to a tensor whose channels are spread over two dims, in any layout.
-
-    Same statistics, running averages and gradients as ``bn`` on the (B, C, H, W) form of ``x``;
-    the two channel dims must be in channel order (outer, inner).
-    """
-    shape = [x.shape[d] if d in channel_dims else 1 for d in range(x.dim())]
-    if bn.training or not bn.track_running_stats:
-        dims = [d for d in range(x.dim()) if d not in channel_dims]
-        var, mean = torch.var_mean(x, dim=dims, correction=0, keepdim=True)
-        if bn.training and bn.track_running_stats:
-            n = x.numel() // mean.numel()
-            with torch.no_grad():
-                bn.num_batches_tracked.add_(1)
-                momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
-                bn.running_mean.lerp_(mean.flatten(), momentum)
-                bn.running_var.lerp_(var.flatten() * n / max(n - 1, 1), momentum)
-    else:
-        mean, var = bn.running_mean.view(shape), bn.running_var.view(shape)
-    scale = torch.rsqrt(var + bn.eps) * bn.weight.view(shape)
-    return torch.addcmul(bn.bias.view(shape) - mean * scale, x, scale)
