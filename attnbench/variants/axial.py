@@ -10,10 +10,13 @@ on each of the three similarity terms (before they are summed), and on the two o
 they are summed). Per head, queries and keys are half as wide as values (d_out = 2 d_q). The span m
 defaults to the whole axis. With stride 2 a 2x2 average pool follows the width layer.
 
-Implementations (one parameter set, the same function): ``dense`` (reference), as written above;
-``lines`` (GPUs), the same products on contiguous lines without the intermediate stacks and
-permuted copies, each eval-mode batch norm folded into a weighted sum of its terms. A fixed span
-masks the whole-axis product in both; the MACs (``macs``) count the span's keys only.
+Implementations (one parameter set, the same function): ``dense`` (reference), as written above,
+a fixed span masking the whole-axis product; ``lines`` (GPUs), the same products on contiguous
+lines without the intermediate stacks and permuted copies, each eval-mode batch norm folded into a
+weighted sum of its terms, and a fixed span much shorter than the axis blocked (tiles of span
+queries against their halos), so it costs pixels x span. With a fixed span, the training
+statistics of the similarity batch norm are those of the pairs within the span. The MACs
+(``macs``) count the span's keys only.
 
 Deviations: the relative offset is taken as key - query for all three tables (the public code
 indexes r^q and r^v by query - key); this mirrors the tables and changes nothing else. Unlike the
@@ -215,7 +218,7 @@ def folded(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     ends_with_norm=True,
     global_receptive_field=True,
     scaling=(1.0, 1.5),  # N (H + W): 1.5 with whole-axis spans, 1 with a fixed span
-    auto={"cuda": "lines"},
+    auto={"cpu": "lines", "cuda": "lines"},  # lines measured 1.1-2.3x faster than dense on CPUs too
     reference="dense",
 )
 class AxialAttention(Variant):
