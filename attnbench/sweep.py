@@ -32,7 +32,7 @@ class Case:
     device: str  # cpu | cuda:N
     mode: str  # infer | train
     threads: int  # intra-op CPU threads
-    impl: str = AUTO  # the variant's implementation, resolved for the device (never "auto" in a plan)
+    impl: str  # the variant's implementation, resolved for the device
 
     @property
     def key(self) -> str:

@@ -18,8 +18,18 @@ def test_cross_product_and_order():
 
 
 def test_keys_are_stable_text():
-    c = Case("module", "gsa", "", 16, 1, 8, "fp32", "cpu", "infer", 2)
-    assert c.key == "scope=module/variant=gsa/arch=/res=16/batch=1/dim=8/dtype=fp32/device=cpu/mode=infer/threads=2"
+    c = Case("module", "gsa", "", 16, 1, 8, "fp32", "cpu", "infer", 2, "batched")
+    assert c.key == ("scope=module/variant=gsa/arch=/res=16/batch=1/dim=8/dtype=fp32/device=cpu/mode=infer/threads=2/"
+                     "impl=batched")
+
+
+def test_implementations_resolve_per_device_without_duplicates():
+    cases = sweep(res=[16], batch=[1], dtypes=["fp32"], devices=["cpu", "cuda:0"], impls=["auto", "pixelmajor"])
+    got = sorted((c.device, c.variant, c.impl) for c in cases)
+    assert got == [("cpu", "conv", "native"), ("cpu", "gsa", "pixelmajor"),
+                   ("cuda:0", "conv", "native"), ("cuda:0", "gsa", "batched"), ("cuda:0", "gsa", "pixelmajor")]
+    named = sweep(res=[16], batch=[1], dtypes=["fp32"], impls=["gsa=plain", "gsa=batched"])
+    assert sorted(c.impl for c in named) == ["batched", "native", "plain"]
 
 
 def test_model_scope_ignores_dim():
