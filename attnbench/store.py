@@ -132,8 +132,22 @@ def _use_wal(conn: sqlite3.Connection, wait_s: float = 60.0) -> None:
             time.sleep(0.05)
 
 
+def _check_tables(conn: sqlite3.Connection, path: Path) -> set[str]:
+    """The store's tables; ``StoreError`` for a foreign database or a newer schema."""
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "meta" not in tables and tables:
+        raise StoreError(f"{path} is an SQLite database but not an attnbench results store.")
+    if "meta" in tables:
+        version = int(conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{path} has schema version {version}, newer than this attnbench reads "
+                             f"({SCHEMA_VERSION}); upgrade attnbench.")
+    return tables
+
+
 def open_store(path: str | Path, *, create: bool = True) -> sqlite3.Connection:
-    """Open (and create, if asked) a store, checking that it is one and that its schema is known."""
+    """Open a store for writing (creating it, if asked), checking that it is one and that its schema is
+    known; a store from before a column was added gains it here."""
     path = Path(path)
     if not path.exists():
         if not create:
@@ -145,18 +159,11 @@ def open_store(path: str | Path, *, create: bool = True) -> sqlite3.Connection:
                 path.parent.mkdir(parents=True)
             except OSError as e:
                 raise StoreError(f"Cannot create the directory of the store {path}: {e.strerror}.") from None
+    conn = None
     try:
         conn = _connect(path)
+        tables = _check_tables(conn, path)
         _use_wal(conn)
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if "meta" not in tables and tables:
-            raise StoreError(f"{path} is an SQLite database but not an attnbench results store.")
-        if "meta" in tables:
-            version = int(conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
-            if version > SCHEMA_VERSION:
-                conn.close()
-                raise StoreError(f"{path} has schema version {version}, newer than this attnbench reads "
-                                 f"({SCHEMA_VERSION}); upgrade attnbench.")
         if not {"meta", "results", "training"} <= tables:
             conn.execute("BEGIN IMMEDIATE")
             conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
@@ -167,10 +174,36 @@ def open_store(path: str | Path, *, create: bool = True) -> sqlite3.Connection:
             conn.execute(f"CREATE TABLE IF NOT EXISTS training ({cols}, UNIQUE (run_id, epoch))")
             conn.execute("COMMIT")
         _add_missing_columns(conn)
+    except StoreError:
+        conn.close()
+        raise
     except sqlite3.DatabaseError as e:
+        if conn is not None:
+            conn.close()
         raise StoreError(f"{path} is not a usable results store: {e}.") from None
     except OSError as e:
         raise StoreError(f"Cannot open the store {path}: {e.strerror}.") from None
+    return conn
+
+
+def open_reader(path: str | Path) -> sqlite3.Connection:
+    """Open a store read-only: nothing in the file or beside it changes (no journal switch, no upgrade;
+    columns it lacks are filled in by the loaders)."""
+    path = Path(path)
+    if not path.is_file():
+        raise StoreError(f"No results store at {path}.")
+    conn = None
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=60)
+        if not {"meta", "results"} <= _check_tables(conn, path):  # training came later
+            raise StoreError(f"{path} is not an attnbench results store.")
+    except StoreError:
+        conn.close()
+        raise
+    except sqlite3.DatabaseError as e:
+        if conn is not None:
+            conn.close()
+        raise StoreError(f"{path} is not a usable results store: {e}.") from None
     return conn
 
 
@@ -224,41 +257,64 @@ def write_training(path: str | Path, record: dict) -> None:
     _insert(path, "training", TRAINING_NAMES, record, replace=True)
 
 
+def _read(path: str | Path, table: str, names: list[str], order: str) -> pd.DataFrame:
+    """Every row of ``table``, with the columns of this schema (those a store from before them lacks are
+    filled as the migration would fill them)."""
+    try:
+        with closing(open_reader(path)) as conn:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if table not in tables:
+                return pd.DataFrame(columns=names)
+            frame = pd.read_sql_query(f"SELECT * FROM {table} ORDER BY {order}", conn)
+    except sqlite3.DatabaseError as e:
+        raise StoreError(f"Cannot read {path}: {e}.") from None
+    for name in names:
+        if name not in frame:
+            frame[name] = frame.variant.map(LEGACY_IMPLS) if (table, name) == ("results", "impl") else None
+    return frame[names + [c for c in frame.columns if c not in names]]
+
+
 def load_training(path: str | Path) -> pd.DataFrame:
     """Every training epoch stored, as a DataFrame."""
-    with closing(open_store(path, create=False)) as conn:
-        return pd.read_sql_query("SELECT * FROM training ORDER BY rowid", conn)
+    return _read(path, "training", TRAINING_NAMES, "rowid")
 
 
 def stored_keys(path: str | Path, env_key: str) -> set[str]:
     """Case keys already stored for an environment."""
     if not Path(path).exists():
         return set()
-    with closing(open_store(path, create=False)) as conn:
+    with closing(open_reader(path)) as conn:
         return {r[0] for r in conn.execute("SELECT case_key FROM results WHERE env_key = ?", (env_key,))}
 
 
 def load_results(path: str | Path) -> pd.DataFrame:
     """Every row of a store as a DataFrame (one column per field, units in the names)."""
-    with closing(open_store(path, create=False)) as conn:
-        return pd.read_sql_query("SELECT * FROM results ORDER BY rowid", conn)
+    return _read(path, "results", NAMES, "rowid")
+
+
+def _plain_rows(frame: pd.DataFrame) -> list[tuple]:
+    """The rows as tuples of Python values, missing ones None (what sqlite3 binds)."""
+    return [tuple(None if pd.isna(v) else v.item() if hasattr(v, "item") else v for v in row)
+            for row in frame.itertuples(index=False)]
 
 
 def merge(sources: Iterable[str | Path], out: str | Path) -> int:
-    """Copy the rows of every source store into ``out`` without duplicates; returns rows added."""
+    """Copy the rows of every source store into ``out`` without duplicates, all or nothing; returns rows
+    added. Sources are only read (older ones as the migration would fill them)."""
+    sources = list(sources)
+    if Path(out).exists() and any(Path(src).resolve() == Path(out).resolve() for src in sources):
+        raise StoreError(f"Cannot merge {out} into itself: name an output that is not a source.")
+    read = [(src, load_results(src), load_training(src)) for src in sources]  # a bad source stops all here
     with closing(open_store(out)) as dst:
         before = dst.execute("SELECT COUNT(*) FROM results").fetchone()[0]
-        for src in sources:
-            open_store(src, create=False).close()  # checks it is a store of a known schema
-            try:
-                dst.execute("ATTACH DATABASE ? AS src", (str(src),))
-                dst.execute("BEGIN IMMEDIATE")
-                cols = ", ".join(NAMES)
-                dst.execute(f"INSERT OR IGNORE INTO results ({cols}) SELECT {cols} FROM src.results")
-                tcols = ", ".join(TRAINING_NAMES)
-                dst.execute(f"INSERT OR IGNORE INTO training ({tcols}) SELECT {tcols} FROM src.training")
-                dst.execute("COMMIT")
-                dst.execute("DETACH DATABASE src")
-            except sqlite3.Error as e:
-                raise StoreError(f"Cannot merge {src} into {out}: {e}.") from None
+        try:
+            dst.execute("BEGIN IMMEDIATE")
+            for _, results, training in read:
+                for table, names, frame in (("results", NAMES, results), ("training", TRAINING_NAMES, training)):
+                    dst.executemany(f"INSERT OR IGNORE INTO {table} ({', '.join(names)}) "
+                                    f"VALUES ({', '.join('?' * len(names))})", _plain_rows(frame[names]))
+            dst.execute("COMMIT")
+        except sqlite3.Error as e:
+            dst.execute("ROLLBACK")
+            raise StoreError(f"Cannot merge {', '.join(map(str, sources))} into {out}: {e}.") from None
         return dst.execute("SELECT COUNT(*) FROM results").fetchone()[0] - before

@@ -150,3 +150,40 @@ def test_an_old_store_opened_by_several_processes_at_once_is_upgraded_once(tmp_p
             p.join(120)
         assert [p.exitcode for p in procs] == [0] * 4
         assert store.load_results(db).impl.tolist() == ["pixelmajor", "halo", "dense", "sdpa", "native"]
+
+
+def _snapshot(folder) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_reading_a_store_changes_nothing(tmp_path):
+    """Readers open read-only: no journal switch, no upgrade, no file created beside the store."""
+    folder = tmp_path / "committed"
+    folder.mkdir()
+    db = folder / "old.sqlite"
+    _old_store(db, without="impl")  # rollback-journal mode, as committed stores ship
+    before = _snapshot(folder)
+    frame = store.load_results(db)
+    assert frame.impl.tolist() == ["pixelmajor", "halo", "dense", "sdpa", "native"]
+    assert store.load_training(db).empty and store.stored_keys(db, "e1") == {f"k{i}" for i in range(5)}
+    store.merge([db], tmp_path / "out.sqlite")
+    assert _snapshot(folder) == before
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        store.open_reader(db).execute("DELETE FROM results")
+    assert store.load_results(tmp_path / "out.sqlite").impl.tolist() == frame.impl.tolist()
+
+
+def test_merge_into_a_source_is_refused(tmp_path):
+    db = tmp_path / "a.sqlite"
+    store.write(db, row("a"))
+    with pytest.raises(store.StoreError, match="into itself"):
+        store.merge([db], db)
+
+
+def test_merge_is_all_or_nothing(tmp_path):
+    good, bad, out = tmp_path / "good.sqlite", tmp_path / "bad.sqlite", tmp_path / "out.sqlite"
+    store.write(good, row("a"))
+    bad.write_text("not a store " * 100)
+    with pytest.raises(store.StoreError):
+        store.merge([good, bad], out)
+    assert not out.exists() or store.load_results(out).empty
