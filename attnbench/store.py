@@ -159,9 +159,8 @@ def open_store(path: str | Path, *, create: bool = True) -> sqlite3.Connection:
                 path.parent.mkdir(parents=True)
             except OSError as e:
                 raise StoreError(f"Cannot create the directory of the store {path}: {e.strerror}.") from None
-    conn = None
-    try:
-        conn = _connect(path)
+
+    def prepare(conn: sqlite3.Connection) -> None:
         tables = _check_tables(conn, path)
         _use_wal(conn)
         if not {"meta", "results", "training"} <= tables:
@@ -174,16 +173,25 @@ def open_store(path: str | Path, *, create: bool = True) -> sqlite3.Connection:
             conn.execute(f"CREATE TABLE IF NOT EXISTS training ({cols}, UNIQUE (run_id, epoch))")
             conn.execute("COMMIT")
         _add_missing_columns(conn)
-    except StoreError:
-        conn.close()
-        raise
-    except sqlite3.DatabaseError as e:
+
+    return _opened(path, lambda: _connect(path), prepare)
+
+
+def _opened(path: Path, connect, prepare) -> sqlite3.Connection:
+    """``connect()``, then ``prepare`` the connection; a failure closes it and becomes a one-line StoreError."""
+    conn = None
+    try:
+        conn = connect()
+        prepare(conn)
+        return conn
+    except (StoreError, sqlite3.DatabaseError, OSError) as e:
         if conn is not None:
             conn.close()
-        raise StoreError(f"{path} is not a usable results store: {e}.") from None
-    except OSError as e:
-        raise StoreError(f"Cannot open the store {path}: {e.strerror}.") from None
-    return conn
+        if isinstance(e, sqlite3.DatabaseError):
+            raise StoreError(f"{path} is not a usable results store: {e}.") from None
+        if isinstance(e, OSError):
+            raise StoreError(f"Cannot open the store {path}: {e.strerror}.") from None
+        raise
 
 
 def open_reader(path: str | Path) -> sqlite3.Connection:
@@ -192,19 +200,12 @@ def open_reader(path: str | Path) -> sqlite3.Connection:
     path = Path(path)
     if not path.is_file():
         raise StoreError(f"No results store at {path}.")
-    conn = None
-    try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=60)
+
+    def check(conn: sqlite3.Connection) -> None:
         if not {"meta", "results"} <= _check_tables(conn, path):  # training came later
             raise StoreError(f"{path} is not an attnbench results store.")
-    except StoreError:
-        conn.close()
-        raise
-    except sqlite3.DatabaseError as e:
-        if conn is not None:
-            conn.close()
-        raise StoreError(f"{path} is not a usable results store: {e}.") from None
-    return conn
+
+    return _opened(path, lambda: sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=60), check)
 
 
 def _missing_columns(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
