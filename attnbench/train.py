@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -89,17 +90,29 @@ def _save(path: Path, payload: dict) -> None:
     os.replace(tmp, path)  # a run killed while saving keeps the previous checkpoint whole
 
 
+CHECKPOINT_KEYS = ("format", "config", "epoch", "run_id", "num_classes", "model", "optimizer", "history")
+
+
 def load_checkpoint(path: str | Path) -> dict:
-    """A checkpoint written by :func:`train`; clear errors for missing, corrupted or foreign files."""
+    """A checkpoint written by :func:`train`, loaded as weights only: tensors and plain containers, never
+    code (a pickle that would import or call anything is refused). Clear errors for missing,
+    corrupted, unsafe or foreign files."""
     path = Path(path)
     if not path.is_file():
         raise TrainError(f"No checkpoint at {path}.")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights_only" in str(err) or "Unsupported global" in str(err):
+            raise TrainError(f"{path} holds more than weights (loading it would run code); refused.") from None
+        raise TrainError(f"{path} is not a readable checkpoint (UnpicklingError).") from None
     except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
         raise TrainError(f"{path} is not a readable checkpoint ({type(err).__name__}).") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise TrainError(f"{path} is not an attnbench checkpoint.")
+    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
+    if missing:
+        raise TrainError(f"{path} is an incomplete attnbench checkpoint (no {', '.join(missing)}).")
     return ckpt
 
 

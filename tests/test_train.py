@@ -13,7 +13,7 @@ import torch
 from attnbench import store
 from attnbench.cli import main
 from attnbench.data import PATTERNS, DataError, augment, load_cifar100, load_dataset, make_longrange
-from attnbench.train import TrainConfig, evaluate_checkpoint, load_checkpoint, train
+from attnbench.train import TrainConfig, TrainError, evaluate_checkpoint, load_checkpoint, train
 
 TINY = ["--model", "resnet26", "--width", "0.25", "--stem", "cifar", "--batch", "16", "--lr", "0.05"]
 
@@ -166,3 +166,31 @@ def test_checkpoints_of_another_model_or_corrupted(tmp_path, capsys):
         err = capsys.readouterr().err
         assert "not a readable checkpoint" in err and err.count("\n") == 1
     assert evaluate_checkpoint(ckpt, "digits")["top1_pct"] >= 0
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))  # creates the marker file when unpickled
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, capsys):
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "attnbench-checkpoint-1", "payload": _RunsCode(marker)}, evil)
+    for args in (["eval", "--checkpoint", str(evil), "--dataset", "digits"],
+                 ["train", "--model", "conv_probe", "--dataset", "digits", "--resume", str(evil),
+                  "--out", str(tmp_path / "y"), "--db", str(tmp_path / "r.sqlite")]):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert "holds more than weights" in err and err.count("\n") == 1
+    assert not marker.exists()
+
+
+def test_a_checkpoint_missing_keys_is_named(tmp_path):
+    path = tmp_path / "partial.pt"
+    torch.save({"format": "attnbench-checkpoint-1", "config": {}}, path)
+    with pytest.raises(TrainError, match="incomplete attnbench checkpoint .no epoch, run_id"):
+        load_checkpoint(path)
