@@ -150,6 +150,11 @@ class Variant(nn.Module):
         return impls[self.impl]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.cfg.dim:
+            raise ValueError(f"{self.variant_name}: expected input (B, {self.cfg.dim}, H, W), got {tuple(x.shape)}.")
+        if x.shape[0] == 0:  # no image: the empty result, the same for every variant and implementation
+            side = [-(-n // self.cfg.stride) for n in x.shape[2:]]
+            return x.new_empty(0, self.cfg.dim, *side)
         return self.implementation(x).forward(self, x)
 
     def extra_repr(self) -> str:
@@ -287,6 +292,8 @@ def unknown_name_message(kind: str, name: str, available: list[str]) -> str:
 
 def get_variant_spec(name: str) -> VariantSpec:
     """The spec of ``name``; :class:`UnknownVariantError` lists the names and the closest match."""
+    if not isinstance(name, str):
+        raise UnknownVariantError(f"A variant name is a string, not {name!r}. Available: {', '.join(list_variants())}.")
     try:
         return _VARIANTS[name]
     except KeyError:

@@ -271,3 +271,23 @@ def test_gsa_train_mode_batch_norm_matches_the_plain_implementation():
     (y_plain * g).sum().backward()
     for (name, a), b in zip(fast.named_parameters(), plain.parameters()):
         torch.testing.assert_close(a.grad, b.grad, msg=f"gradient of {name}")
+
+
+def test_empty_batches_and_wrong_inputs_are_the_same_for_every_variant(variant):
+    for impl in attnbench.list_impls(variant):
+        for stride in (1, 2):
+            m = attnbench.build_variant(variant, 16, size=9, stride=stride, impl=impl)
+            assert m(torch.randn(0, 16, 9, 7)).shape == (0, 16, -(-9 // stride), -(-7 // stride))
+        with pytest.raises(ValueError, match=rf"{variant}: expected input \(B, 16, H, W\), got \(1, 8, 9, 9\)"):
+            m(torch.randn(1, 8, 9, 9))
+
+
+@pytest.mark.parametrize("call, error", [
+    (lambda: attnbench.build_variant(None, 16), "A variant name is a string, not None"),
+    (lambda: attnbench.build_model(None), "A model name is a string, not None"),
+    (lambda: attnbench.build_model("resnet26", num_classes=0), "Invalid num_classes=0"),
+    (lambda: attnbench.build_model("gsa_probe", width=0), "Invalid width=0"),
+])
+def test_bad_builder_arguments_are_named(call, error):
+    with pytest.raises((KeyError, ValueError), match=error):
+        call()

@@ -45,6 +45,13 @@ def build_model(name: str, num_classes: int = 1000, **options: Any) -> nn.Module
     default 224, or 32 with the CIFAR stem), ``nonlocal_blocks`` (for ``nonlocal_*``: (stage,
     block) pairs after which a block is inserted), and any option of the variant (``heads``, ...).
     """
+    if not isinstance(name, str):
+        raise KeyError(f"A model name is a string, not {name!r}; see attnbench.list_models().")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"Invalid num_classes={num_classes!r}: num_classes must be a positive integer.")
+    width = options.get("width", 1.0)
+    if isinstance(width, bool) or not isinstance(width, int | float) or not width > 0:
+        raise ValueError(f"Invalid width={width!r}: width must be a positive multiplier.")
     if name.endswith("_probe") and name[: -len("_probe")] in list_variants():
         options.pop("stem", None)
         width = options.pop("width", 1.0)
