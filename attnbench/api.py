@@ -76,16 +76,19 @@ def run(
     timeout: float = 600,
     min_run_time: float = MIN_RUN_TIME_S,
     force: bool = False,
+    retry_failed: bool = False,
     on_case: Callable[[Case, dict | None], None] | None = None,
     **sweep,
 ) -> pd.DataFrame:
     """Run a sweep (see :func:`plan` for its options) and return its rows, stored ones included.
 
     Every case runs in its own process; cases already stored for this environment are not run
-    again unless ``force``.
+    again unless ``force``, except failures that may now succeed (a time-out given more time, a case
+    that now fits in memory; all failures with ``retry_failed``).
     """
     cases = plan(**sweep)
-    run_cases(cases, db, timeout=timeout, min_run_time=min_run_time, force=force, on_case=on_case)
+    run_cases(cases, db, timeout=timeout, min_run_time=min_run_time, force=force, retry_failed=retry_failed,
+              on_case=on_case)
     return results_for(db, cases)
 
 

@@ -202,7 +202,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         frame = api.run(db=args.db, timeout=args.timeout, min_run_time=args.min_run_time, force=args.force,
-                        on_case=on_case, **sweep)
+                        retry_failed=args.retry_failed, on_case=on_case, **sweep)
     except KeyboardInterrupt:
         bar.close()
         print(f"attnbench run: interrupted; {finished} of {len(cases)} cases are stored in {args.db}. "
@@ -358,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--min-run-time", type=positive_float, default=0.5, help="seconds of timed runs per case")
     run.add_argument("--db", default=api.DEFAULT_DB, help="results store (SQLite)")
     run.add_argument("--force", action="store_true", help="measure again cases already stored")
+    run.add_argument("--retry-failed", action="store_true",
+                     help="measure again stored failures (time-outs given more time and cases that now fit in "
+                          "memory are retried without it)")
     run.add_argument("--shard", type=shard_spec, default=None, help="run slice i of n: i/n")
     run.add_argument("--json", action="store_true", help="print the rows as JSON")
     run.set_defaults(func=cmd_run)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import platform
 import re
@@ -48,6 +49,17 @@ def git_commit() -> str | None:
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
+@functools.lru_cache(maxsize=1)
+def code_hash() -> str:
+    """Identity of the code that measures: a hash of every source file of the package, so that any change
+    to a variant, a network or a measurement gives new results, in a git checkout or not."""
+    root = Path(attnbench.__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
 def device_name(device: str) -> str:
     """Human name of a device: the GPU's name, or the CPU model."""
     dev = torch.device(device)
@@ -70,10 +82,11 @@ def environment(device: str) -> dict[str, str | int | None]:
         "python_version": platform.python_version(),
         "attnbench_version": attnbench.__version__,
         "git_commit": git_commit(),
+        "code_hash": code_hash(),
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
 
 def env_key(env: dict) -> str:
-    """The part of the environment that makes two measurements comparable: same machine and software."""
-    return "|".join(str(env[k]) for k in ("host", "device_name", "torch_version", "attnbench_version"))
+    """The part of the environment that makes two measurements comparable: same machine, software and code."""
+    return "|".join(str(env[k]) for k in ("host", "device_name", "torch_version", "attnbench_version", "code_hash"))

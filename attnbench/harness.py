@@ -156,6 +156,18 @@ def complete(case: Case, record: dict, run_id: str) -> dict:
     return row
 
 
+def worth_retrying(stored: dict, device: str, timeout: float) -> bool:
+    """Whether a stored failure may now succeed: a time-out given a longer limit than the one it ran
+    out of, or a case skipped or killed for memory that its prediction says now fits. Errors and other
+    kills are this code's answer (a code change measures everything again); ``--retry-failed`` forces."""
+    if stored["status"] == "timeout":
+        return stored["wall_s"] is None or timeout > 1.05 * stored["wall_s"]
+    if stored["status"] in ("skipped", "oom") and stored["predicted_mem_bytes"]:
+        available = available_memory(device)
+        return available is not None and stored["predicted_mem_bytes"] * MEMORY_HEADROOM <= available
+    return False
+
+
 def run_cases(
     cases: Iterable[Case],
     db: str,
@@ -163,20 +175,25 @@ def run_cases(
     timeout: float = 600,
     min_run_time: float = MIN_RUN_TIME_S,
     force: bool = False,
+    retry_failed: bool = False,
     on_case: Callable[[Case, dict | None], None] | None = None,
 ) -> list[dict]:
-    """Measure every case not yet stored for this environment (all of them with ``force``).
+    """Measure every case not yet stored for this environment (all of them with ``force``), and stored
+    failures that may now succeed (:func:`worth_retrying`; every failure with ``retry_failed``).
 
     Each record is written as soon as its case ends. ``on_case(case, row)`` is called after each
     case, with None for cases skipped because they were already stored. Returns the rows written.
     """
     run_id = uuid.uuid4().hex[:12]
     cases = list(cases)
-    done = {dev: store.stored_keys(db, env_key(environment(dev))) for dev in {c.device for c in cases}}
+    done = {dev: store.stored_cases(db, env_key(environment(dev))) for dev in {c.device for c in cases}}
     peaks: dict[tuple[str, str, int], float] = {}  # measured once per device, dtype and threads
     rows = []
     for case in cases:
-        if not force and case.key in done[case.device]:
+        stored = done[case.device].get(case.key)
+        again = stored is not None and stored["status"] != "ok" and (
+            retry_failed or worth_retrying(stored, case.device, timeout))
+        if not force and stored is not None and not again:
             if on_case:
                 on_case(case, None)
             continue
@@ -185,7 +202,7 @@ def run_cases(
             peaks[peak_key] = matmul_peak_gflops(case.device, DTYPES[case.dtype], case.threads)
         row = complete(case, {**run_isolated(case, timeout, min_run_time), "device_peak_gflops": peaks[peak_key]},
                        run_id)
-        store.write(db, row, replace=force)
+        store.write(db, row, replace=force or again)
         rows.append(row)
         if on_case:
             on_case(case, row)

@@ -192,6 +192,8 @@ def results_table(rows: pd.DataFrame) -> pd.DataFrame:
     })
     if impls_vary(rows):
         table.insert(1, "impl", rows.impl.values)
+    if rows.code_hash.fillna("").nunique() > 1:  # rows of different code side by side: never silently
+        table.insert(1, "code", rows.code_hash.fillna("-").str[:8].values)
     return table
 
 
@@ -360,7 +362,8 @@ def environments(frame: pd.DataFrame) -> pd.DataFrame:
             "attnbench_version"]
     g = frame.groupby(cols, dropna=False, sort=True)
     env = g.agg(rows=("case_key", "size"), first_utc=("created_utc", "min"), last_utc=("created_utc", "max"),
-                commits=("git_commit", lambda s: ", ".join(sorted(set(s.dropna().str[:12]))) or "-")).reset_index()
+                commits=("git_commit", lambda s: ", ".join(sorted(set(s.dropna().str[:12]))) or "-"),
+                code=("code_hash", lambda s: ", ".join(sorted(set(s.fillna("before code hashes")))))).reset_index()
     return env.rename(columns={"device_label": "device"})
 
 

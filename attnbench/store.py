@@ -61,6 +61,7 @@ COLUMNS: list[tuple[str, str]] = [
     ("python_version", "TEXT"),
     ("attnbench_version", "TEXT"),
     ("git_commit", "TEXT"),
+    ("code_hash", "TEXT"),  # hash of the package's source (attnbench.env.code_hash); part of env_key
     ("created_utc", "TEXT"),
     ("wall_s", "REAL"),
 ]
@@ -282,10 +283,18 @@ def load_training(path: str | Path) -> pd.DataFrame:
 
 def stored_keys(path: str | Path, env_key: str) -> set[str]:
     """Case keys already stored for an environment."""
+    return set(stored_cases(path, env_key))
+
+
+def stored_cases(path: str | Path, env_key: str) -> dict[str, dict]:
+    """What is stored for an environment, by case key: status, wall_s and predicted_mem_bytes."""
     if not Path(path).exists():
-        return set()
+        return {}
     with closing(open_reader(path)) as conn:
-        return {r[0] for r in conn.execute("SELECT case_key FROM results WHERE env_key = ?", (env_key,))}
+        rows = conn.execute("SELECT case_key, status, wall_s, predicted_mem_bytes FROM results WHERE env_key = ?",
+                            (env_key,))
+        return {key: {"status": status, "wall_s": wall, "predicted_mem_bytes": predicted}
+                for key, status, wall, predicted in rows}
 
 
 def load_results(path: str | Path) -> pd.DataFrame:

@@ -2,11 +2,13 @@
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -112,6 +114,30 @@ def test_a_case_over_its_time_limit_times_out(capsys, tmp_path):
     code, _, _ = run_cli(capsys, "run", "--variants", "conv", "--res", "224", "--timeout", "0.05", "--db", db, *FAST)
     row = store.load_results(db).iloc[0]
     assert code == 0 and row.status == "timeout"
+    # the same limit again: the stored time-out stands; a longer one retries it, and the case is measured
+    run_cli(capsys, "run", "--variants", "conv", "--res", "224", "--timeout", "0.05", "--db", db, *FAST)
+    assert store.load_results(db).run_id.tolist() == [row.run_id]
+    run_cli(capsys, "run", "--variants", "conv", "--res", "224", "--timeout", "300", "--db", db, *FAST)
+    again = store.load_results(db)
+    assert len(again) == 1 and again.status.iloc[0] == "ok" and again.run_id.iloc[0] != row.run_id
+
+
+def test_retry_failed_measures_stored_failures_again(capsys, tmp_path):
+    from attnbench.env import env_key, environment
+    from attnbench.sweep import expand
+
+    db = str(tmp_path / "r.sqlite")
+    case = expand(variants=["conv"], res=[8], batch=[1], dims=[8], dtypes=["fp32"], devices=["cpu"],
+                  modes=["infer"], scope="module", arch="", threads=1)[0]
+    env = environment("cpu")
+    store.write(db, {**case.__dict__, **env, "case_key": case.key, "env_key": env_key(env), "run_id": "old",
+                     "status": "error", "reason": "RuntimeError: from an earlier run"})
+    args = ["run", "--scope", "module", "--variants", "conv", "--res", "8", "--dim", "8", "--db", db, *FAST]
+    run_cli(capsys, *args)
+    assert store.load_results(db).run_id.tolist() == ["old"]  # an error is this code's answer
+    run_cli(capsys, *args, "--retry-failed")
+    frame = store.load_results(db)
+    assert frame.status.tolist() == ["ok"] and frame.run_id.tolist() != ["old"]
 
 
 @pytest.mark.parametrize(
@@ -241,3 +267,21 @@ def test_shards_on_two_machines_merge_into_the_whole_sweep(capsys, tmp_path):
     assert len(frame) == 4 and frame.case_key.is_unique
     assert sorted(zip(frame.variant, frame.res)) == [("conv", 8), ("conv", 12), ("nonlocal", 8), ("nonlocal", 12)]
     assert all(len(store.load_results(p)) == 2 for p in parts)
+
+
+def test_a_code_change_measures_again(tmp_path):
+    """Results are keyed by the code that produced them: editing a variant (here, a copy of the package)
+    makes the same command measure again instead of printing the old rows."""
+    shutil.copytree(Path(attnbench.__file__).parent, tmp_path / "pkg" / "attnbench")
+    db = tmp_path / "r.sqlite"
+    cmd = [sys.executable, "-m", "attnbench", "run", "--scope", "module", "--variants", "conv", "--res", "8",
+           "--dim", "8", "--db", str(db), *FAST]
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "pkg")}
+    for _ in range(2):  # the second run finds the case stored
+        subprocess.run(cmd, env=env, check=True, capture_output=True, cwd=tmp_path)
+    assert store.load_results(db).run_id.nunique() == 1
+    with open(tmp_path / "pkg" / "attnbench" / "variants" / "conv.py", "a") as f:
+        f.write("\n# a change\n")
+    subprocess.run(cmd, env=env, check=True, capture_output=True, cwd=tmp_path)
+    frame = store.load_results(db)
+    assert frame.run_id.nunique() == 2 and frame.code_hash.nunique() == 2 and frame.env_key.nunique() == 2
