@@ -15,6 +15,7 @@ from attnbench.registry import list_variants
 from attnbench.sweep import Case, expand, shard
 
 DEFAULT_DB = os.path.join("reports", "results.sqlite")
+MAX_THREADS_PER_CORE = 4  # more intra-op threads than this crash OpenMP runtimes, and never help
 
 
 def default_devices() -> list[str]:
@@ -50,6 +51,9 @@ def plan(
     variant's choice for the device), a name such as ``plain`` for every variant that has it, or
     ``VARIANT=NAME``; several sweep them side by side.
     """
+    if threads is not None and not 1 <= threads <= MAX_THREADS_PER_CORE * (os.cpu_count() or 1):
+        raise ValueError(f"Invalid threads={threads}: at most {MAX_THREADS_PER_CORE} per core, "
+                         f"{MAX_THREADS_PER_CORE * (os.cpu_count() or 1)} on this machine.")
     cases = expand(
         variants=list(variants or list_variants()), res=list(res), batch=list(batch), dims=list(dim),
         dtypes=list(dtype), devices=list(device or default_devices()), modes=list(mode), scope=scope,

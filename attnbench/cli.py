@@ -266,14 +266,20 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from attnbench.profiling import profile_case, stacked_figure
     from attnbench.report import slug
 
-    cases = api.plan(variants=args.variants, res=args.res, batch=args.batch, dim=args.dim, dtype=args.dtype,
-                     device=args.device, mode=args.mode, scope=args.scope, arch=args.arch, threads=args.threads)
+    try:
+        cases = api.plan(variants=args.variants, res=args.res, batch=args.batch, dim=args.dim, dtype=args.dtype,
+                         device=args.device, mode=args.mode, scope=args.scope, arch=args.arch, threads=args.threads,
+                         impl=args.impl)
+    except ValueError as e:
+        raise UsageError(f"attnbench profile: {e}") from None
     out = Path(args.out)
     for sub in ("tables", "figures", "traces"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     groups: dict[tuple, dict[str, pd.DataFrame]] = {}
+    several = {v for v in {c.variant for c in cases} if len({c.impl for c in cases if c.variant == v}) > 1}
     for case in cases:
         name = case.variant if case.scope == "module" else f"{case.variant}_{case.arch}"
+        name += f"-{case.impl}" if case.variant in several else ""
         tag = f"{case.scope}_r{case.res}_b{case.batch}_{case.dtype}_{case.mode}_{slug(case.device)}"
         try:
             table = profile_case(case, out / "traces" / f"{name}_{tag}", iters=args.iters)
@@ -376,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--device", type=device_list, default=None)
     prof.add_argument("--mode", type=choice_list("mode", MODES), default=["infer"])
     prof.add_argument("--threads", type=positive_int("threads"), default=None)
+    prof.add_argument("--impl", type=_split, default=["auto"], help="implementations, as for run")
     prof.add_argument("--iters", type=positive_int("iters"), default=5)
     prof.add_argument("--top", type=positive_int("top"), default=8, help="operators per variant")
     prof.add_argument("--out", default="reports")

@@ -6,6 +6,7 @@ the sweep goes on. Records are written to the store as each case finishes.
 
 from __future__ import annotations
 
+import math
 import multiprocessing as mp
 import time
 import traceback
@@ -29,6 +30,11 @@ MEMORY_HEADROOM = 1.25  # predicted peak x this must fit the memory available
 MIN_RUN_TIME_S = 0.5  # default seconds of timed runs per case (torch.utils.benchmark autorange)
 
 
+def input_shape(case: Case) -> tuple[int, ...]:
+    """The shape of one case's input batch."""
+    return (case.batch, case.dim if case.scope == "module" else 3, case.res, case.res)
+
+
 def build_case(case: Case) -> tuple[torch.nn.Module, tuple[int, ...]]:
     """The module of one case, on the case's device and in its dtype, and its input's shape."""
     from attnbench.models import model_for_variant
@@ -36,11 +42,20 @@ def build_case(case: Case) -> tuple[torch.nn.Module, tuple[int, ...]]:
 
     if case.scope == "module":
         module = build_variant(case.variant, case.dim, size=case.res, impl=case.impl)
-        shape = (case.batch, case.dim, case.res, case.res)
     else:
         module = model_for_variant(case.variant, case.arch, image_size=case.res, impl=case.impl)
-        shape = (case.batch, 3, case.res, case.res)
-    return module.to(case.device, DTYPES[case.dtype]), shape
+    return module.to(case.device, DTYPES[case.dtype]), input_shape(case)
+
+
+def too_large(case: Case) -> str | None:
+    """Why a case cannot fit, known before anything is built: its input and one map of the same size
+    (the layer's output, or the stem's, which is larger) must be held at once."""
+    floor = 2 * math.prod(input_shape(case)) * DTYPES[case.dtype].itemsize
+    available = available_memory(case.device)
+    if available is not None and floor * MEMORY_HEADROOM > available:
+        return (f"the input and one map of its size alone need {floor / 2**20:.0f} MiB, more than the "
+                f"{available / 2**20:.0f} MiB available on {case.device}")
+    return None
 
 
 def _is_oom(err: BaseException) -> bool:
@@ -60,6 +75,9 @@ def measure_case(case: Case, min_run_time: float = MIN_RUN_TIME_S) -> dict:
         unsupported = impl.unsupported(torch.device(case.device).type, case.mode == "train")
         if unsupported:
             return {"status": "skipped", "reason": f"implementation {case.impl}: {unsupported}"}
+        reason = too_large(case)
+        if reason:
+            return {"status": "skipped", "reason": reason}
         module, shape = build_case(case)
         dtype = DTYPES[case.dtype]
         predicted = predict_peak_memory(module, shape, case.mode, dtype=dtype, device=case.device)

@@ -157,6 +157,7 @@ def test_retry_failed_measures_stored_failures_again(capsys, tmp_path):
         (["--mode", "fast"], "Unknown mode 'fast'"),
         (["--timeout", "0"], "must be a positive number of seconds"),
         (["--threads", "1,2"], "threads takes one value, not the list '1,2'"),
+        (["--threads", "100000"], "Invalid threads=100000: at most 4 per core"),
         (["--arch", "resnet7"], "Unknown architecture 'resnet7'. Available: probe, resnet101, resnet26"),
         (["--variants", "gsa,conv", "--impl", "flx"], "Invalid --impl flx: no variant of this sweep has it"),
         (["--variants", "gsa", "--impl", "local=flex"], "'local' is not a variant of this sweep (gsa)"),
@@ -285,3 +286,12 @@ def test_a_code_change_measures_again(tmp_path):
     subprocess.run(cmd, env=env, check=True, capture_output=True, cwd=tmp_path)
     frame = store.load_results(db)
     assert frame.run_id.nunique() == 2 and frame.code_hash.nunique() == 2 and frame.env_key.nunique() == 2
+
+
+def test_a_huge_input_is_skipped_before_anything_is_built(capsys, tmp_path):
+    db = str(tmp_path / "r.sqlite")
+    code, _, _ = run_cli(capsys, "run", "--scope", "module", "--variants", "gsa,local", "--res", "100000",
+                         "--dim", "16", "--timeout", "20", "--db", db, *FAST)
+    frame = store.load_results(db)
+    assert code == 0 and set(frame.status) == {"skipped"}
+    assert frame.reason.str.contains("the input and one map of its size alone need 1220703 MiB").all()
