@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
+import re
 import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
+from pathlib import Path
 
 import torch
 
@@ -136,12 +138,22 @@ def _context(device: str) -> mp.context.BaseContext:
     return _FORKSERVER
 
 
+def oom_kills() -> int:
+    """How many processes the kernel's out-of-memory killer has killed since boot (0 where unknown)."""
+    try:
+        match = re.search(r"^oom_kill (\d+)$", Path("/proc/vmstat").read_text(), re.MULTILINE)
+    except OSError:
+        return 0
+    return int(match.group(1)) if match else 0
+
+
 def run_isolated(case: Case, timeout: float, min_run_time: float = MIN_RUN_TIME_S) -> dict:
     """Measure ``case`` in a fresh child process; a crash or an overrun becomes the record's status."""
     ctx = _context(case.device)
     recv, send = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_child, args=(case, min_run_time, send), daemon=True)
     start = time.monotonic()
+    oom_before = oom_kills()
     proc.start()
     send.close()
     try:
@@ -156,7 +168,10 @@ def run_isolated(case: Case, timeout: float, min_run_time: float = MIN_RUN_TIME_
         reason = f"the case's process died (exit code {code})"
         status = "error"
         if code == -9:
-            status, reason = "oom", "the case's process was killed (SIGKILL), most likely out of memory"
+            if oom_kills() > oom_before:
+                status, reason = "oom", "the case's process was killed by the kernel's out-of-memory killer"
+            else:
+                status, reason = "killed", "the case's process was killed (SIGKILL) by another process"
         record = {"status": status, "reason": reason}
     finally:
         if proc.is_alive():

@@ -34,7 +34,7 @@ COLUMNS: list[tuple[str, str]] = [
     ("mode", "TEXT NOT NULL"),
     ("threads", "INTEGER NOT NULL"),
     ("impl", "TEXT"),  # the implementation that ran (see attnbench.list_impls), "auto" resolved
-    ("status", "TEXT NOT NULL"),  # ok | skipped | oom | error | timeout
+    ("status", "TEXT NOT NULL"),  # ok | skipped | oom | error | timeout | killed
     ("reason", "TEXT"),
     ("params", "INTEGER"),
     ("params_trainable", "INTEGER"),

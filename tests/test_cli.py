@@ -295,3 +295,28 @@ def test_a_huge_input_is_skipped_before_anything_is_built(capsys, tmp_path):
     frame = store.load_results(db)
     assert code == 0 and set(frame.status) == {"skipped"}
     assert frame.reason.str.contains("the input and one map of its size alone need 1220703 MiB").all()
+
+
+def test_a_case_killed_from_outside_is_not_called_out_of_memory():
+    import multiprocessing as mp
+    import threading
+
+    from attnbench.harness import run_isolated
+    from attnbench.sweep import Case
+
+    case = Case("model", "conv", "resnet50", 224, 1, 0, "fp32", "cpu", "infer", 1, "native")
+
+    def kill_the_case() -> None:
+        for _ in range(600):
+            children = mp.active_children()
+            if children:
+                time.sleep(1.0)
+                os.kill(children[0].pid, signal.SIGKILL)
+                return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_the_case)
+    killer.start()
+    record = run_isolated(case, timeout=120, min_run_time=30)
+    killer.join()
+    assert record["status"] == "killed" and "SIGKILL" in record["reason"]
