@@ -7,9 +7,13 @@ and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import os
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 
@@ -159,10 +163,36 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def _check_db(path: str) -> None:
+    """The store opens for writing, before any work is done."""
     try:
-        store.open_store(path).close()
+        with contextlib.closing(store.open_store(path)) as conn:
+            conn.execute("BEGIN IMMEDIATE")  # fails at once on a store that cannot be written
+            conn.execute("ROLLBACK")
     except store.StoreError as e:
         raise UsageError(str(e)) from None
+    except sqlite3.Error as e:
+        raise UsageError(f"Cannot write the store {path}: {e}.") from None
+
+
+def _check_out_dir(command: str, option: str, path: str) -> None:
+    """An output folder that exists as one, or can be made, and can be written, before any work is done."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"attnbench {command}: {option} {path} is a file, not a folder.")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"attnbench {command}: cannot make {option} {path}: {e.strerror}.") from None
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"attnbench {command}: {option} {path} cannot be written.")
+
+
+def _write_text(command: str, path: str, text: str) -> None:
+    """``text`` into the file ``path``, with a one-line error when that is not possible."""
+    try:
+        Path(path).write_text(text)
+    except OSError as e:
+        raise UsageError(f"attnbench {command}: cannot write {path}: {e.strerror or e}.") from None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -230,8 +260,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     text = frame.to_csv(index=False) if args.format == "csv" else frame.to_markdown(index=False)
     if args.output:
-        with open(args.output, "w") as f:
-            f.write(text)
+        _write_text("export", args.output, text)
     else:
         sys.stdout.write(text + ("" if text.endswith("\n") else "\n"))
     return 0
@@ -249,6 +278,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from attnbench.report import ReportError, report
 
+    _check_out_dir("report", "--out", args.out)
     try:
         rep = report(args.db or [api.DEFAULT_DB], args.out)
     except (ReportError, store.StoreError) as e:
@@ -259,8 +289,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     import pandas as pd
 
     from attnbench.profiling import profile_case, stacked_figure
@@ -272,6 +300,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
                          impl=args.impl)
     except ValueError as e:
         raise UsageError(f"attnbench profile: {e}") from None
+    _check_out_dir("profile", "--out", args.out)
     out = Path(args.out)
     for sub in ("tables", "figures", "traces"):
         (out / sub).mkdir(parents=True, exist_ok=True)
@@ -313,6 +342,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                       batch=args.batch, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
                       width=args.width, stem=args.stem, dtype=args.dtype, device=args.device, seed=args.seed)
     out = args.out or f"runs/{args.model}-{args.dataset}-s{args.seed}"
+    _check_out_dir("train", "--out", out)
+    if args.db is not None:
+        _check_db(args.db)
     try:
         history = train(cfg, out=out, db=args.db, resume=args.resume, stop_after_epoch=args.stop_after_epoch)
     except (DataError, TrainError, store.StoreError) as e:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import multiprocessing as mp
 import re
+import tempfile
 import time
 import traceback
 import uuid
@@ -120,6 +121,7 @@ def _child(case: Case, min_run_time: float, conn) -> None:
 
 
 _FORKSERVER: mp.context.BaseContext | None = None
+MAX_SOCKET_DIR = 80  # the fork server's socket lives in the temporary folder; Unix socket paths end at 108 bytes
 
 
 def _context(device: str) -> mp.context.BaseContext:
@@ -130,7 +132,8 @@ def _context(device: str) -> mp.context.BaseContext:
     one where it was initialised, and the tracer and fake tensors used by every case may do that.
     """
     global _FORKSERVER
-    if torch.device(device).type == "cuda" or "forkserver" not in mp.get_all_start_methods():
+    if (torch.device(device).type == "cuda" or "forkserver" not in mp.get_all_start_methods()
+            or len(tempfile.gettempdir()) > MAX_SOCKET_DIR):
         return mp.get_context("spawn")
     if _FORKSERVER is None:
         _FORKSERVER = mp.get_context("forkserver")

@@ -391,7 +391,7 @@ def report(dbs: Sequence[str | Path], out: str | Path = "reports", *, published:
                   "- [fitted exponents k, cost ~ pixels^k](tables/scaling_exponents.md)", ""]
         for (device, dtype, mode, dim, batch), g in series_groups(frame):
             ress = g.res.nunique()
-            tag = f"{slug(device)}_{dtype}_{mode}_d{dim}_b{batch}"
+            tag = f"{slug(device)}_{slug(dtype)}_{mode}_d{dim}_b{batch}"
             what = f"{device}, {dtype}, {mode}, dim {dim}, batch {batch}"
             if ress >= 2:
                 _write_figure(rep, out, f"scaling_{tag}", scaling_figure(g, f"Cost against pixels: {what}"))
@@ -405,7 +405,7 @@ def report(dbs: Sequence[str | Path], out: str | Path = "reports", *, published:
             batched = g.groupby(["variant", "res"]).batch.nunique()
             if (batched >= 2).any():
                 keep = g.set_index(["variant", "res"]).index.isin(batched[batched >= 2].index)
-                tag = f"{slug(device)}_{dtype}_{mode}_d{dim}"
+                tag = f"{slug(device)}_{slug(dtype)}_{mode}_d{dim}"
                 _write_figure(rep, out, f"throughput_{tag}",
                               throughput_figure(g[keep], f"Throughput against batch: {device}, {dtype}, {mode}"))
                 index.append(f"- throughput against batch, {device}: ![throughput](figures/throughput_{tag}.png)")
@@ -414,7 +414,7 @@ def report(dbs: Sequence[str | Path], out: str | Path = "reports", *, published:
     if len(models):
         index += ["", "## Networks (model scope)\n"]
         for (device, dtype, mode, res), g in models.groupby(["device_label", "dtype", "mode", "res"], sort=True):
-            tag = f"{slug(device)}_{dtype}_{mode}_r{res}"
+            tag = f"{slug(device)}_{slug(dtype)}_{mode}_r{res}"
             _write_figure(rep, out, f"models_{tag}", bars_figure(
                 g, "latency_ms_median", "latency (ms)", "batch",
                 f"Network latency by batch at {res}x{res}: {device}, {dtype}, {mode}"))
@@ -430,7 +430,7 @@ def report(dbs: Sequence[str | Path], out: str | Path = "reports", *, published:
         index += ["", "## Across devices\n"]
         for (scope, res, dtype, mode), g in ok.groupby(["scope", "res", "dtype", "mode"], sort=True):
             if g.device_label.nunique() >= 2:
-                tag = f"{scope}_r{res}_{dtype}_{mode}"
+                tag = f"{scope}_r{res}_{slug(dtype)}_{mode}"
                 _write_figure(rep, out, f"devices_{tag}", bars_figure(
                     g, "latency_ms_median", "latency (ms)", "device_label",
                     f"Latency across devices: {scope} scope, res {res}, {dtype}, {mode}"))

@@ -139,7 +139,12 @@ def _check_tables(conn: sqlite3.Connection, path: Path) -> set[str]:
     if "meta" not in tables and tables:
         raise StoreError(f"{path} is an SQLite database but not an attnbench results store.")
     if "meta" in tables:
-        version = int(conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
+        found = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        try:
+            version = int(found[0])
+        except (TypeError, ValueError):
+            raise StoreError(f"{path} has no readable schema version ({found[0] if found else 'none'!r}); "
+                             "it is not a store this attnbench wrote.") from None
         if version > SCHEMA_VERSION:
             raise StoreError(f"{path} has schema version {version}, newer than this attnbench reads "
                              f"({SCHEMA_VERSION}); upgrade attnbench.")
@@ -150,16 +155,17 @@ def open_store(path: str | Path, *, create: bool = True) -> sqlite3.Connection:
     """Open a store for writing (creating it, if asked), checking that it is one and that its schema is
     known; a store from before a column was added gains it here."""
     path = Path(path)
-    if not path.exists():
-        if not create:
-            raise StoreError(f"No results store at {path}.")
-        if path.parent.exists() and not path.parent.is_dir():
-            raise StoreError(f"Cannot create the store {path}: {path.parent} is not a directory.")
-        if not path.parent.exists():
-            try:
-                path.parent.mkdir(parents=True)
-            except OSError as e:
-                raise StoreError(f"Cannot create the directory of the store {path}: {e.strerror}.") from None
+    try:
+        if path.is_dir():
+            raise StoreError(f"{path} is a folder, not a results store.")
+        if not path.exists():
+            if not create:
+                raise StoreError(f"No results store at {path}.")
+            if path.parent.exists() and not path.parent.is_dir():
+                raise StoreError(f"Cannot create the store {path}: {path.parent} is not a directory.")
+            path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StoreError(f"Cannot create the store {path}: {e.strerror}.") from None
 
     def prepare(conn: sqlite3.Connection) -> None:
         tables = _check_tables(conn, path)
@@ -199,8 +205,11 @@ def open_reader(path: str | Path) -> sqlite3.Connection:
     """Open a store read-only: nothing in the file or beside it changes (no journal switch, no upgrade;
     columns it lacks are filled in by the loaders)."""
     path = Path(path)
-    if not path.is_file():
-        raise StoreError(f"No results store at {path}.")
+    try:
+        if not path.is_file():
+            raise StoreError(f"No results store at {path}.")
+    except OSError as e:
+        raise StoreError(f"Cannot open the store {path}: {e.strerror}.") from None
 
     def check(conn: sqlite3.Connection) -> None:
         if not {"meta", "results"} <= _check_tables(conn, path):  # training came later

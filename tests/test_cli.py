@@ -182,7 +182,7 @@ def test_bad_stores(capsys, tmp_path):
     code, _, err = run_cli(capsys, "run", "--db", str(blocker / "r.sqlite"))
     assert code == 2 and "is not a directory" in err and err.count("\n") == 1
     code, _, err = run_cli(capsys, "run", "--db", str(blocker / "sub" / "r.sqlite"))
-    assert code == 2 and "Cannot create the directory" in err and err.count("\n") == 1
+    assert code == 2 and "Cannot create the store" in err and "Not a directory" in err and err.count("\n") == 1
     notdb = tmp_path / "not.sqlite"
     notdb.write_text("plain text " * 200)
     code, _, err = run_cli(capsys, "run", "--db", str(notdb))
@@ -320,3 +320,32 @@ def test_a_case_killed_from_outside_is_not_called_out_of_memory():
     record = run_isolated(case, timeout=120, min_run_time=30)
     killer.join()
     assert record["status"] == "killed" and "SIGKILL" in record["reason"]
+
+
+def test_outputs_are_checked_before_any_work(capsys, tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    cases = [
+        (["export", "--db", "reports/reference.sqlite", "-o", str(tmp_path)], "cannot write"),
+        (["export", "--db", "reports/reference.sqlite", "-o", str(tmp_path / "no" / "x.csv")], "cannot write"),
+        (["report", "--db", "reports/reference.sqlite", "--out", str(a_file)], "is a file, not a folder"),
+        (["profile", "--variants", "conv", "--res", "8", "--out", str(a_file)], "is a file, not a folder"),
+        (["train", "--model", "conv_probe", "--dataset", "digits", "--out", str(a_file)], "is a file, not a folder"),
+        (["train", "--model", "conv_probe", "--dataset", "digits", "--out", str(tmp_path / "t"),
+          "--db", str(tmp_path)], "is a folder, not a results store"),
+        (["run", "--variants", "conv", "--db", str(tmp_path / ("x" * 300) / "r.sqlite")], "Cannot"),
+    ]
+    for args, message in cases:
+        start = time.monotonic()
+        code, out, err = run_cli(capsys, *args)
+        assert code == 2 and message in err and err.count("\n") == 1, (args, err)
+        assert time.monotonic() - start < 30, f"{args}: the check came after the work"
+
+
+def test_a_store_without_a_readable_schema_version(capsys, tmp_path):
+    db = tmp_path / "odd.sqlite"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+        conn.execute("INSERT INTO meta VALUES ('schema_version', 'one')")
+    code, _, err = run_cli(capsys, "export", "--db", str(db))
+    assert code == 2 and "has no readable schema version ('one')" in err and err.count("\n") == 1

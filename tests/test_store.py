@@ -74,7 +74,7 @@ def test_a_newer_schema_is_refused(tmp_path):
 def test_a_directory_that_cannot_be_created(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    with pytest.raises(store.StoreError, match="Cannot create the directory"):
+    with pytest.raises(store.StoreError, match="Cannot create the store .*Not a directory"):
         store.open_store(blocker / "sub" / "r.sqlite")
 
 
