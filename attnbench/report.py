@@ -9,7 +9,10 @@ and ``baselines/published.csv``, which are as fixed as the stores.
 from __future__ import annotations
 
 import math
+import os
 import re
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -367,10 +370,39 @@ def environments(frame: pd.DataFrame) -> pd.DataFrame:
     return env.rename(columns={"device_label": "device"})
 
 
+KEPT_PREFIX = "profile_"  # `attnbench profile` writes beside the report; its files outlive a new report
+
+
 def report(dbs: Sequence[str | Path], out: str | Path = "reports", *, published: bool = True) -> Report:
-    """Regenerate the tables, figures and index under ``out`` from the stores ``dbs``."""
+    """Regenerate the tables, figures and index under ``out`` from the stores ``dbs``.
+
+    The report is written to a staging folder inside ``out`` and swapped in when it is whole: a report
+    that fails or is killed leaves the previous one as it was, and files of an older report that the
+    new one does not produce are gone (except ``attnbench profile``'s). Other files in ``out``, such as
+    stores, are never touched.
+    """
     frame, training = load(dbs)
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
+    try:
+        rep = _write_report(frame, training, dbs, staging, published)
+        for sub in ("tables", "figures"):
+            old = out / sub
+            if old.is_dir():
+                for kept in old.glob(KEPT_PREFIX + "*"):
+                    os.replace(kept, staging / sub / kept.name)
+                os.replace(old, staging / f"old-{sub}")
+            os.replace(staging / sub, old)
+        os.replace(staging / "README.md", out / "README.md")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    rep.files = [out / f.relative_to(staging) for f in rep.files]
+    return rep
+
+
+def _write_report(frame: pd.DataFrame, training: pd.DataFrame, dbs: Sequence[str | Path], out: Path,
+                  published: bool) -> Report:
     for sub in ("tables", "figures"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     rep = Report()

@@ -139,3 +139,26 @@ def test_accuracy_against_cost(db, tmp_path):
     assert acc.loc["gsa_probe", "top-1 (%)"] == 95.0 and acc.loc["gsa_probe", "training time (s)"] == 6.0
     assert acc.loc["local_probe", "latency ms (batch 1)"] == 3.0
     assert {"accuracy_macs_longrange_test-cpu", "accuracy_latency_longrange_test-cpu"} <= set(rep.figures)
+
+
+def test_a_new_report_replaces_the_old_one_whole(db, tmp_path, monkeypatch):
+    import sys
+
+    report_module = sys.modules["attnbench.report"]  # the package's `report` is the function
+    out = tmp_path / "out"
+    (out / "tables").mkdir(parents=True)
+    (out / "tables" / "stale.md").write_text("from an older report")
+    (out / "tables" / "profile_x.md").write_text("from attnbench profile")
+    (out / "store.sqlite").write_text("not the report's")
+    report([db], out, published=False)
+    assert not (out / "tables" / "stale.md").exists()
+    assert (out / "tables" / "profile_x.md").exists() and (out / "store.sqlite").exists()
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report_module, "environments", killed)  # dies after the tables and figures
+    with pytest.raises(KeyboardInterrupt):
+        report([db], out, published=False)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # the old report, whole
