@@ -268,10 +268,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_merge(args: argparse.Namespace) -> int:
     try:
-        added = store.merge(args.sources, args.output)
+        merged = store.merge(args.sources, args.output)
     except store.StoreError as e:
         raise UsageError(str(e)) from None
-    print(f"merged {len(args.sources)} stores into {args.output}: {added} new rows")
+    conflicts = (f"; {merged.conflicts} cases measured differently in the same environment, the newest kept"
+                 if merged.conflicts else "")
+    print(f"merged {len(args.sources)} stores into {args.output}: {merged.added} new rows{conflicts}")
     return 0
 
 

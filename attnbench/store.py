@@ -12,6 +12,7 @@ import sqlite3
 import time
 from collections.abc import Iterable
 from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -244,12 +245,11 @@ def _add_missing_columns(conn: sqlite3.Connection) -> None:
 
 
 def _insert(path: str | Path, table: str, names: list[str], row: dict, replace: bool) -> None:
-    verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
     try:
         with closing(open_store(path)) as conn:
             conn.execute("BEGIN IMMEDIATE")
-            conn.execute(f"{verb} INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
-                         [row.get(k) for k in names])
+            verb = "OR REPLACE" if replace else "OR IGNORE"
+            conn.execute(_insert_sql(table, names, verb), [row.get(k) for k in names])
             conn.execute("COMMIT")
     except sqlite3.Error as e:
         raise StoreError(f"Cannot write to the store {path}: {e}.") from None
@@ -311,29 +311,50 @@ def load_results(path: str | Path) -> pd.DataFrame:
     return _read(path, "results", NAMES, "rowid")
 
 
+def _insert_sql(table: str, names: list[str], verb: str = "") -> str:
+    return f"INSERT {verb} INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
+
+
 def _plain_rows(frame: pd.DataFrame) -> list[tuple]:
     """The rows as tuples of Python values, missing ones None (what sqlite3 binds)."""
     return [tuple(None if pd.isna(v) else v.item() if hasattr(v, "item") else v for v in row)
             for row in frame.itertuples(index=False)]
 
 
-def merge(sources: Iterable[str | Path], out: str | Path) -> int:
-    """Copy the rows of every source store into ``out`` without duplicates, all or nothing; returns rows
-    added. Sources are only read (older ones as the migration would fill them)."""
+@dataclass(frozen=True)
+class Merged:
+    """What a merge did: results rows added, and measurements of one case and environment that
+    differed between the stores (the newer kept)."""
+
+    added: int
+    conflicts: int
+
+
+def merge(sources: Iterable[str | Path], out: str | Path) -> Merged:
+    """Copy the rows of every source store into ``out``, all or nothing. A case measured in the same
+    environment in several stores (different runs) is a conflict: the newest measurement is kept and
+    the conflicts are counted. Sources are only read (older ones as the migration would fill them)."""
     sources = list(sources)
     if Path(out).exists() and any(Path(src).resolve() == Path(out).resolve() for src in sources):
         raise StoreError(f"Cannot merge {out} into itself: name an output that is not a source.")
-    read = [(src, load_results(src), load_training(src)) for src in sources]  # a bad source stops all here
+    read = [(load_results(src), load_training(src)) for src in sources]  # a bad source stops all here
+    keys = ["case_key", "env_key"]
     with closing(open_store(out)) as dst:
-        before = dst.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+        before = pd.read_sql_query("SELECT case_key, env_key, run_id FROM results", dst)
+        runs = pd.concat([before, *(r[keys + ["run_id"]] for r, _ in read)], ignore_index=True)
+        conflicts = int((runs.drop_duplicates().groupby(keys).size() > 1).sum())
+        newest = (_insert_sql("results", NAMES) + " ON CONFLICT (case_key, env_key) DO UPDATE SET "
+                  + ", ".join(f"{c} = excluded.{c}" for c in NAMES)
+                  + " WHERE excluded.created_utc > results.created_utc")
         try:
             dst.execute("BEGIN IMMEDIATE")
-            for _, results, training in read:
-                for table, names, frame in (("results", NAMES, results), ("training", TRAINING_NAMES, training)):
-                    dst.executemany(f"INSERT OR IGNORE INTO {table} ({', '.join(names)}) "
-                                    f"VALUES ({', '.join('?' * len(names))})", _plain_rows(frame[names]))
+            for results, training in read:
+                dst.executemany(newest, _plain_rows(results[NAMES]))
+                dst.executemany(_insert_sql("training", TRAINING_NAMES, "OR IGNORE"),
+                                _plain_rows(training[TRAINING_NAMES]))
             dst.execute("COMMIT")
         except sqlite3.Error as e:
             dst.execute("ROLLBACK")
             raise StoreError(f"Cannot merge {', '.join(map(str, sources))} into {out}: {e}.") from None
-        return dst.execute("SELECT COUNT(*) FROM results").fetchone()[0] - before
+        added = dst.execute("SELECT COUNT(*) FROM results").fetchone()[0] - len(before)
+        return Merged(added, conflicts)

@@ -42,8 +42,8 @@ def test_merge_has_no_duplicates(tmp_path):
         store.write(a, row(key))
     for key in ("y", "z"):
         store.write(b, row(key))
-    assert store.merge([a, b], out) == 3
-    assert store.merge([a, b], out) == 0
+    assert store.merge([a, b], out) == store.Merged(3, 0)
+    assert store.merge([a, b], out) == store.Merged(0, 0)
     assert sorted(store.load_results(out).case_key) == ["x", "y", "z"]
 
 
@@ -187,3 +187,13 @@ def test_merge_is_all_or_nothing(tmp_path):
     with pytest.raises(store.StoreError):
         store.merge([good, bad], out)
     assert not out.exists() or store.load_results(out).empty
+
+
+def test_merge_keeps_the_newest_of_conflicting_measurements_and_counts_them(tmp_path):
+    a, b, out = tmp_path / "a.sqlite", tmp_path / "b.sqlite", tmp_path / "out.sqlite"
+    store.write(a, row("k", run_id="new", macs=2, created_utc="2026-11-28T00:00:00"))
+    store.write(b, row("k", run_id="old", macs=1, created_utc="2026-11-27T00:00:00"))
+    store.write(b, row("other"))
+    assert store.merge([a, b], out) == store.Merged(2, 1)
+    frame = store.load_results(out).set_index("case_key")
+    assert frame.loc["k", "run_id"] == "new" and frame.loc["k", "macs"] == 2
