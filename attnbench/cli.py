@@ -285,6 +285,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         rep = report(args.db or [api.DEFAULT_DB], args.out)
     except (ReportError, store.StoreError) as e:
         raise UsageError(f"attnbench report: {e}") from None
+    except OSError as e:  # a full disk, a folder that went away: the previous report stays as it was
+        raise UsageError(f"attnbench report: cannot write under {args.out}: {e.strerror or e}.") from None
     print(f"wrote {len(rep.tables)} tables and {len(rep.figures)} figures under {args.out} "
           f"(index: {args.out}/README.md)")
     return 0

@@ -349,3 +349,26 @@ def test_a_store_without_a_readable_schema_version(capsys, tmp_path):
         conn.execute("INSERT INTO meta VALUES ('schema_version', 'one')")
     code, _, err = run_cli(capsys, "export", "--db", str(db))
     assert code == 2 and "has no readable schema version ('one')" in err and err.count("\n") == 1
+
+
+def test_a_long_temporary_folder_still_runs_cases(tmp_path):
+    """The fork server's Unix socket would not fit under a long TMPDIR: cases then start by spawning."""
+    tmp = tmp_path / ("t" * 100)
+    tmp.mkdir()
+    db = tmp_path / "r.sqlite"
+    done = subprocess.run([sys.executable, "-m", "attnbench", "run", "--scope", "module", "--variants", "conv",
+                           "--res", "8", "--dim", "8", "--db", str(db), *FAST],
+                          env={**os.environ, "TMPDIR": str(tmp)}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert store.load_results(db).status.tolist() == ["ok"]
+
+
+def test_a_report_that_cannot_be_written_is_one_line(capsys, tmp_path, monkeypatch):
+    import sys as system
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(system.modules["attnbench.report"], "_write_table", full_disk)
+    code, _, err = run_cli(capsys, "report", "--db", "reports/reference.sqlite", "--out", str(tmp_path / "r"))
+    assert code == 2 and "cannot write under" in err and "No space left" in err and err.count("\n") == 1
