@@ -2,9 +2,18 @@
 
 Contract every registered variant meets:
 
-* it is an ``nn.Module`` built from a frozen config dataclass that subclasses
-  :class:`VariantConfig` (``dim`` channels in and out, plus its own typed options);
-* ``forward`` maps ``(B, dim, H, W) -> (B, dim, H / stride, W / stride)``, in any float dtype;
+* it is a :class:`Variant` (an ``nn.Module``) built from a frozen config dataclass that
+  subclasses :class:`VariantConfig` (``dim`` channels in and out, plus its own typed options,
+  validated in the config's ``validate`` and nowhere else);
+* ``forward`` maps ``(B, dim, H, W) -> (B, dim, ceil(H / stride), ceil(W / stride))`` in any float
+  dtype, for any side and batch (an empty batch gives the empty result);
+* it registers a ``reference`` implementation and any others (below);
+* ``capture(True)`` makes the next forward passes record what ``attention_maps(query, image)``
+  needs to return, per map name, a ``(heads or 1, H, W)`` tensor of the weights with which the
+  query pixel gathers from every pixel (the inspection tools read nothing else);
+* where its implementations do work the mechanism does not need (masked blocks, halos), it
+  declares the mechanism's cost with ``macs(input_shape)``, so counts never depend on the
+  implementation;
 * its spec says whether it ends with a normalisation of its own and how a network uses it
   (``replace`` the spatial 3x3 convolution of a bottleneck, or ``insert`` a residual block
   between bottlenecks), so networks and the harness never special-case names.
@@ -139,6 +148,11 @@ class Variant(nn.Module):
     def capture(self, enabled: bool = True) -> None:
         """Record what :meth:`attention_maps` needs during the next forward passes (reference implementation)."""
         self.captured = {} if enabled else None
+
+    def attention_maps(self, query: tuple[int, int], image: int = 0) -> dict[str, torch.Tensor]:
+        """Per map name, ``(heads or 1, H, W)``: the weights with which pixel ``query`` = (y, x) of ``image``
+        gathered in the last captured forward."""
+        raise NotImplementedError(f"Variant '{self.variant_name}' does not draw attention maps.")
 
     def implementation(self, x: torch.Tensor) -> ImplSpec:
         """The implementation that runs on ``x``: the chosen one, or the reference while capturing."""
