@@ -11,10 +11,12 @@ import torch
 from attnbench import store
 from attnbench.env import env_key, environment
 from attnbench.harness import MIN_RUN_TIME_S, run_cases
-from attnbench.registry import list_variants
-from attnbench.sweep import Case, expand, shard
+from attnbench.models import list_models
+from attnbench.registry import get_variant_spec, list_variants, unknown_name_message
+from attnbench.sweep import SCOPES, Case, expand, shard
 
 DEFAULT_DB = os.path.join("reports", "results.sqlite")
+DEFAULT_RES = {"model": 224, "module": 56}  # image side for networks, feature-map side for modules
 MAX_THREADS_PER_CORE = 4  # more intra-op threads than this crash OpenMP runtimes, and never help
 
 
@@ -33,7 +35,7 @@ def default_threads() -> int:
 def plan(
     *,
     variants: Sequence[str] | None = None,
-    res: Sequence[int] = (224,),
+    res: Sequence[int] | None = None,
     batch: Sequence[int] = (1,),
     dim: Sequence[int] = (64,),
     dtype: Sequence[str] = ("fp32",),
@@ -45,18 +47,36 @@ def plan(
     impl: Sequence[str] = ("auto",),
     shard_spec: tuple[int, int] | None = None,
 ) -> list[Case]:
-    """The cases of a sweep (one shard of it, with ``shard_spec=(i, n)``).
+    """The cases of a sweep (one shard of it, with ``shard_spec=(i, n)``). ``res`` defaults to 224 at
+    model scope and 56 at module scope.
 
     ``impl``: which implementations run (see :func:`attnbench.sweep.variant_impls`): ``auto`` (each
     variant's choice for the device), a name such as ``plain`` for every variant that has it, or
     ``VARIANT=NAME``; several sweep them side by side.
     """
+    if scope not in SCOPES:
+        raise ValueError(f"Unknown scope {scope!r}. Available: {', '.join(SCOPES)}.")
+    if scope == "module" and arch != "resnet50":
+        raise ValueError("--arch applies to --scope model only")
+    if scope == "model":
+        archs = sorted({m[len("conv_"):] for m in list_models() if m.startswith("conv_")})
+        if arch not in archs:
+            raise ValueError("--arch: " + unknown_name_message("architecture", arch, archs))
+    for v in variants or []:
+        get_variant_spec(v)  # an unknown name lists the known ones
+    if scope == "module":
+        for v in variants or list_variants():
+            for d in dim:
+                try:
+                    get_variant_spec(v).make_config(d)
+                except (ValueError, TypeError) as e:
+                    raise ValueError(f"--dim {d} for variant '{v}': {e}") from None
     if threads is not None and not 1 <= threads <= MAX_THREADS_PER_CORE * (os.cpu_count() or 1):
         raise ValueError(f"Invalid threads={threads}: at most {MAX_THREADS_PER_CORE} per core, "
                          f"{MAX_THREADS_PER_CORE * (os.cpu_count() or 1)} on this machine.")
     cases = expand(
-        variants=list(variants or list_variants()), res=list(res), batch=list(batch), dims=list(dim),
-        dtypes=list(dtype), devices=list(device or default_devices()), modes=list(mode), scope=scope,
+        variants=list(variants or list_variants()), res=list(res or [DEFAULT_RES[scope]]), batch=list(batch),
+        dims=list(dim), dtypes=list(dtype), devices=list(device or default_devices()), modes=list(mode), scope=scope,
         arch=arch, threads=threads or default_threads(), impls=list(impl),
     )
     return shard(cases, *shard_spec) if shard_spec else cases

@@ -21,7 +21,6 @@ from attnbench import api, store
 from attnbench.measure.latency import MODES
 from attnbench.registry import (
     get_impl,
-    get_variant_spec,
     iter_specs,
     list_impls,
     list_variants,
@@ -198,22 +197,6 @@ def _write_text(command: str, path: str, text: str) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    if args.scope == "module" and args.arch != "resnet50":
-        raise UsageError("attnbench run: --arch applies to --scope model only")
-    if args.scope == "model":
-        from attnbench.models import list_models
-
-        if f"conv_{args.arch}" not in list_models():
-            archs = sorted({m[len("conv_"):] for m in list_models() if m.startswith("conv_")})
-            raise UsageError("attnbench run: --arch: " + unknown_name_message("architecture", args.arch, archs))
-    if args.scope == "module":
-        for v in args.variants or list_variants():
-            for d in args.dim:
-                try:
-                    get_variant_spec(v).make_config(d)
-                except (ValueError, TypeError) as e:
-                    raise UsageError(f"attnbench run: --dim {d} for variant '{v}': {e}") from None
-    _check_db(args.db)
     sweep = dict(variants=args.variants, res=args.res, batch=args.batch, dim=args.dim, dtype=args.dtype,
                  device=args.device, mode=args.mode, scope=args.scope, arch=args.arch, threads=args.threads,
                  impl=args.impl, shard_spec=args.shard)
@@ -221,6 +204,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         cases = api.plan(**sweep)
     except ValueError as e:
         raise UsageError(f"attnbench run: {e}") from None
+    _check_db(args.db)
     bar = tqdm(total=len(cases), unit="case", file=sys.stderr, disable=args.json or None, dynamic_ncols=True)
     finished = 0
 
@@ -372,6 +356,28 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_sweep_arguments(p: argparse.ArgumentParser, *, scope: str) -> None:
+    """The options that define a sweep's cases, the same for every command that takes a sweep."""
+    p.add_argument("--variants", type=variant_list, default=None, help="comma-separated (default: all)")
+    p.add_argument("--scope", choices=SCOPES, default=scope,
+                   help="model: each variant's network at image side --res; module: the variant alone")
+    p.add_argument("--arch", default="resnet50",
+                   help="network at model scope: resnet26/38/50/101, or probe (two blocks at full resolution)")
+    p.add_argument("--res", type=positive_ints("resolution"), default=None,
+                   help=f"sides in pixels, comma-separated (default: {api.DEFAULT_RES['model']} for models, "
+                        f"{api.DEFAULT_RES['module']} for modules)")
+    p.add_argument("--batch", type=positive_ints("batch"), default=[1])
+    p.add_argument("--dim", type=positive_ints("dim"), default=[64], help="channels at module scope")
+    p.add_argument("--dtype", type=choice_list("dtype", list(DTYPES)), default=["fp32"])
+    p.add_argument("--device", type=device_list, default=None,
+                   help="cpu, cuda, cuda:0,cuda:1 (default: every GPU, else cpu)")
+    p.add_argument("--mode", type=choice_list("mode", MODES), default=["infer"])
+    p.add_argument("--threads", type=positive_int("threads"), default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--impl", type=_split, default=["auto"],
+                   help="implementations, comma-separated: auto (each variant's choice for the device), a name "
+                        "for every variant that has it (e.g. plain), or VARIANT=NAME; see `attnbench list`")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="attnbench", description="What each attention mechanism costs and what it buys.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -379,23 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="the variants and networks").set_defaults(func=cmd_list)
 
     run = sub.add_parser("run", help="measure a sweep of cases and store the results")
-    run.add_argument("--variants", type=variant_list, default=None, help="comma-separated (default: all)")
-    run.add_argument("--scope", choices=SCOPES, default="model",
-                     help="model: each variant's network at image side --res; module: the variant alone")
-    run.add_argument("--arch", default="resnet50",
-                     help="network at model scope: resnet26/38/50/101, or probe (two blocks at full resolution)")
-    run.add_argument("--res", type=positive_ints("resolution"), default=None,
-                     help="sides in pixels, comma-separated (default: 224 for models, 56 for modules)")
-    run.add_argument("--batch", type=positive_ints("batch"), default=[1])
-    run.add_argument("--dim", type=positive_ints("dim"), default=[64], help="channels at module scope")
-    run.add_argument("--dtype", type=choice_list("dtype", list(DTYPES)), default=["fp32"])
-    run.add_argument("--device", type=device_list, default=None,
-                     help="cpu, cuda, cuda:0,cuda:1 (default: every GPU, else cpu)")
-    run.add_argument("--mode", type=choice_list("mode", MODES), default=["infer"])
-    run.add_argument("--threads", type=positive_int("threads"), default=None, help="CPU threads (default: all cores)")
-    run.add_argument("--impl", type=_split, default=["auto"],
-                     help="implementations, comma-separated: auto (each variant's choice for the device), a name "
-                          "for every variant that has it (e.g. plain), or VARIANT=NAME; see `attnbench list`")
+    add_sweep_arguments(run, scope="model")
     run.add_argument("--timeout", type=positive_float, default=600.0, help="seconds per case")
     run.add_argument("--min-run-time", type=positive_float, default=0.5, help="seconds of timed runs per case")
     run.add_argument("--db", default=api.DEFAULT_DB, help="results store (SQLite)")
@@ -408,17 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     prof = sub.add_parser("profile", help="torch.profiler traces and operator tables per variant")
-    prof.add_argument("--variants", type=variant_list, default=None, help="comma-separated (default: all)")
-    prof.add_argument("--scope", choices=SCOPES, default="module")
-    prof.add_argument("--arch", default="resnet50", help="network at model scope")
-    prof.add_argument("--res", type=positive_ints("resolution"), default=[56])
-    prof.add_argument("--batch", type=positive_ints("batch"), default=[1])
-    prof.add_argument("--dim", type=positive_ints("dim"), default=[64])
-    prof.add_argument("--dtype", type=choice_list("dtype", list(DTYPES)), default=["fp32"])
-    prof.add_argument("--device", type=device_list, default=None)
-    prof.add_argument("--mode", type=choice_list("mode", MODES), default=["infer"])
-    prof.add_argument("--threads", type=positive_int("threads"), default=None)
-    prof.add_argument("--impl", type=_split, default=["auto"], help="implementations, as for run")
+    add_sweep_arguments(prof, scope="module")
     prof.add_argument("--iters", type=positive_int("iters"), default=5)
     prof.add_argument("--top", type=positive_int("top"), default=8, help="operators per variant")
     prof.add_argument("--out", default="reports")
@@ -477,8 +457,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        if args.command == "run":
-            args.res = args.res or ([224] if args.scope == "model" else [56])
         return args.func(args)
     except UsageError as e:
         print(str(e).splitlines()[0] if str(e) else "attnbench: error", file=sys.stderr)
