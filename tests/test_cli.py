@@ -372,3 +372,16 @@ def test_a_report_that_cannot_be_written_is_one_line(capsys, tmp_path, monkeypat
     monkeypatch.setattr(system.modules["attnbench.report"], "_write_table", full_disk)
     code, _, err = run_cli(capsys, "report", "--db", "reports/reference.sqlite", "--out", str(tmp_path / "r"))
     assert code == 2 and "cannot write under" in err and "No space left" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("sweep, message", [
+    ({"scope": "module", "variants": ["gsa"], "dim": [12]}, "--dim 12 for variant 'gsa'"),
+    ({"arch": "resnet7"}, "Unknown architecture 'resnet7'"),
+    ({"scope": "module", "arch": "resnet26"}, "--arch applies to --scope model only"),
+    ({"scope": "modules"}, "Unknown scope 'modules'"),
+    ({"variants": ["gsa"], "impl": ["local=flex"]}, "'local' is not a variant of this sweep"),
+])
+def test_python_sweeps_are_checked_like_the_command_line(tmp_path, sweep, message):
+    with pytest.raises(ValueError, match=message):
+        attnbench.run(db=str(tmp_path / "r.sqlite"), **sweep)
+    assert not (tmp_path / "r.sqlite").exists()
