@@ -35,8 +35,31 @@ class UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):  # every command's --help shows the defaults
+        kwargs.setdefault("formatter_class", _Help)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # one line, exit 2
         raise UsageError(f"{self.prog}: {message}")
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown (unless the help says its own); the examples of the epilog kept as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text, default = action.help or "", action.default
+        if "default" in text or default in (None, False, argparse.SUPPRESS):
+            return text
+        return f"{text} (default: {','.join(map(str, default)) if isinstance(default, list) else default})"
+
+
+EXAMPLES = """examples:
+  attnbench run --variants gsa,local --res 224              # gsa_resnet50 against local_resnet50
+  attnbench run --scope module --res 16,32,64 --dim 64      # every variant alone, three sides
+  attnbench run --variants gsa --impl auto,plain            # an implementation beside the textbook one
+  attnbench report --db reports/results.sqlite --out reports
+  attnbench train --model gsa_probe --dataset longrange --epochs 10
+"""
 
 
 # ---- argument types: each validates and explains -------------------------------------------------
@@ -366,12 +389,14 @@ def add_sweep_arguments(p: argparse.ArgumentParser, *, scope: str) -> None:
     p.add_argument("--res", type=positive_ints("resolution"), default=None,
                    help=f"sides in pixels, comma-separated (default: {api.DEFAULT_RES['model']} for models, "
                         f"{api.DEFAULT_RES['module']} for modules)")
-    p.add_argument("--batch", type=positive_ints("batch"), default=[1])
+    p.add_argument("--batch", type=positive_ints("batch"), default=[1], help="batch sizes, comma-separated")
     p.add_argument("--dim", type=positive_ints("dim"), default=[64], help="channels at module scope")
-    p.add_argument("--dtype", type=choice_list("dtype", list(DTYPES)), default=["fp32"])
+    p.add_argument("--dtype", type=choice_list("dtype", list(DTYPES)), default=["fp32"],
+                   help=f"{', '.join(DTYPES)}; comma-separated")
     p.add_argument("--device", type=device_list, default=None,
                    help="cpu, cuda, cuda:0,cuda:1 (default: every GPU, else cpu)")
-    p.add_argument("--mode", type=choice_list("mode", MODES), default=["infer"])
+    p.add_argument("--mode", type=choice_list("mode", MODES), default=["infer"],
+                   help="infer (forward, no grad) or train (forward + backward); comma-separated")
     p.add_argument("--threads", type=positive_int("threads"), default=None, help="CPU threads (default: all cores)")
     p.add_argument("--impl", type=_split, default=["auto"],
                    help="implementations, comma-separated: auto (each variant's choice for the device), a name "
@@ -379,7 +404,11 @@ def add_sweep_arguments(p: argparse.ArgumentParser, *, scope: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="attnbench", description="What each attention mechanism costs and what it buys.")
+    from attnbench import __version__
+
+    parser = _Parser(prog="attnbench", description="What each attention mechanism costs and what it buys.",
+                     epilog=EXAMPLES)
+    parser.add_argument("--version", action="version", version=f"attnbench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     sub.add_parser("list", help="the variants and networks").set_defaults(func=cmd_list)

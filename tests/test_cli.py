@@ -385,3 +385,16 @@ def test_python_sweeps_are_checked_like_the_command_line(tmp_path, sweep, messag
     with pytest.raises(ValueError, match=message):
         attnbench.run(db=str(tmp_path / "r.sqlite"), **sweep)
     assert not (tmp_path / "r.sqlite").exists()
+
+
+def test_version_and_help_show_defaults_and_examples(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"attnbench {attnbench.__version__}"
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "examples:" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "seconds per case (default: 600.0)" in text and "(default: fp32)" in text
