@@ -291,3 +291,17 @@ def test_empty_batches_and_wrong_inputs_are_the_same_for_every_variant(variant):
 def test_bad_builder_arguments_are_named(call, error):
     with pytest.raises((KeyError, ValueError), match=error):
         call()
+
+
+def test_set_impl_chooses_for_every_layer_of_a_network():
+    net = attnbench.build_model("gsa_resnet26", num_classes=10, stem="cifar", width=0.25)
+    attnbench.set_impl(net, "batched")
+    layers = [m for m in net.modules() if isinstance(m, attnbench.registry.Variant)]
+    assert {m.impl for m in layers if m.variant_name == "gsa"} == {"batched"}
+    assert {m.impl for m in layers if m.variant_name == "conv"} <= {"auto"}  # conv has no 'batched'
+    with pytest.raises(ValueError, match="Unknown implementation of variant 'gsa': 'bached'"):
+        attnbench.set_impl(net, "bached")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = attnbench.set_impl(net.eval(), "pixelmajor")(x)
+        torch.testing.assert_close(attnbench.set_impl(net, "batched")(x), want)
