@@ -1,8 +1,11 @@
 """The results store: one SQLite file, one row per measured case and environment.
 
 Every write is its own transaction, so a run killed at any instant leaves only whole rows; WAL
-journaling and a busy timeout let several processes write one store at once. Exports (CSV,
-Markdown) and reports are derived from it, never the other way round.
+journaling and a busy timeout let several processes write one store at once. Only writers switch
+a store to WAL or add the columns of a newer attnbench (in one transaction); readers open it
+read-only and fill in what an older store lacks as they read, so reading changes nothing and works
+on stores shipped in rollback-journal mode. Exports (CSV, Markdown) and reports are derived from
+it, never the other way round.
 """
 
 from __future__ import annotations
