@@ -162,3 +162,11 @@ def test_a_new_report_replaces_the_old_one_whole(db, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         report([db], out, published=False)
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # the old report, whole
+
+
+def test_a_stored_dtype_with_a_slash_names_files_safely(tmp_path):
+    path = tmp_path / "odd.sqlite"
+    for res in RES:
+        store.write(path, {**row("gsa", res), "dtype": "bf16/amp", "case_key": f"odd/{res}"})
+    rep = report([path], tmp_path / "out", published=False)
+    assert rep.files and all(f.parent.name in ("tables", "figures", "out") for f in rep.files)

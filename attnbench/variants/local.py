@@ -236,7 +236,9 @@ def flex(self: LocalSelfAttention, x: torch.Tensor) -> torch.Tensor:
         dx = (ki % W - qi % W + pad).clamp(0, k - 1)
         return score + rel_row[b, head, qi, dy] + rel_col[b, head, qi, dx]
 
-    out = _flex()(q, keys, values, score_mod=relative, block_mask=neighbourhood_mask(H, W, k, x.device), scale=1.0)
+    # a graph being compiled builds the mask in the graph (dynamo does not trace through caches)
+    mask = (neighbourhood_mask.__wrapped__ if torch.compiler.is_compiling() else neighbourhood_mask)(H, W, k, x.device)
+    out = _flex()(q, keys, values, score_mod=relative, block_mask=mask, scale=1.0)
     out = out.transpose(2, 3).reshape(B, C, H, W)
     return downsample(out, self.cfg.stride)
 
