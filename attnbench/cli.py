@@ -40,6 +40,8 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # one line, exit 2
+        if message.startswith("unrecognized arguments"):
+            message += " (options take one word: lists are comma-separated, e.g. --batch 1,8)"
         raise UsageError(f"{self.prog}: {message}")
 
 
@@ -484,11 +486,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = None
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)
     except UsageError as e:
-        print(str(e).splitlines()[0] if str(e) else "attnbench: error", file=sys.stderr)
+        line = str(e).splitlines()[0] if str(e) else "error"
+        if not line.startswith("attnbench"):  # one prefix for every command's errors
+            line = f"attnbench {args.command}: {line}" if args is not None else f"attnbench: {line}"
+        print(line, file=sys.stderr)
         return 2
     except BrokenPipeError:
         return 0

@@ -398,3 +398,12 @@ def test_version_and_help_show_defaults_and_examples(capsys):
         main(["run", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "seconds per case (default: 600.0)" in text and "(default: fp32)" in text
+
+
+def test_every_error_has_its_command_as_prefix(capsys, tmp_path):
+    for args, prefix in ((["export", "--db", str(tmp_path / "none.sqlite")], "attnbench export: No results store"),
+                         (["merge", str(tmp_path / "none.sqlite"), "-o", str(tmp_path / "o.sqlite")],
+                          "attnbench merge: No results store"),
+                         (["run", "--batch", "1", "2"], "lists are comma-separated, e.g. --batch 1,8")):
+        code, _, err = run_cli(capsys, *args)
+        assert code == 2 and prefix in err and err.count("\n") == 1, err
