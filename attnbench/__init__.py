@@ -1,38 +1,44 @@
-"""attnbench: faithful attention variants for vision, and one harness to measure what each costs."""
+"""attnbench: faithful attention variants for vision, and one harness to measure what each costs.
 
-from attnbench import variants as _variants  # noqa: F401  (registers the variants)
-from attnbench.api import load_results, run
-from attnbench.inspection import attention_maps, effective_receptive_field
-from attnbench.measure.macs import count_macs
-from attnbench.models import build_model, list_models
-from attnbench.registry import (
-    build_variant,
-    get_impl,
-    get_variant_spec,
-    list_impls,
-    list_variants,
-    resolve_impl,
-    set_impl,
-)
-from attnbench.report import report
+The public names below load on first use (PEP 562), so that ``attnbench --help`` and other light
+uses do not pay for torch; the variants register themselves when the registry is first asked.
+"""
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "__version__",
-    "attention_maps",
-    "effective_receptive_field",
-    "build_model",
-    "build_variant",
-    "count_macs",
-    "get_impl",
-    "get_variant_spec",
-    "list_impls",
-    "list_models",
-    "list_variants",
-    "load_results",
-    "report",
-    "resolve_impl",
-    "run",
-    "set_impl",
-]
+_PUBLIC = {
+    "attention_maps": "attnbench.inspection",
+    "effective_receptive_field": "attnbench.inspection",
+    "build_model": "attnbench.models",
+    "list_models": "attnbench.models",
+    "build_variant": "attnbench.registry",
+    "get_impl": "attnbench.registry",
+    "get_variant_spec": "attnbench.registry",
+    "list_impls": "attnbench.registry",
+    "list_variants": "attnbench.registry",
+    "resolve_impl": "attnbench.registry",
+    "set_impl": "attnbench.registry",
+    "count_macs": "attnbench.measure.macs",
+    "load_results": "attnbench.api",
+    "run": "attnbench.api",
+    "report": "attnbench.report",
+}
+
+__all__ = ["__version__", *sorted(_PUBLIC)]
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        globals()[name] = value  # later lookups are plain attribute reads
+        return value
+    try:  # a submodule, e.g. attnbench.registry
+        return importlib.import_module(f"attnbench.{name}")
+    except ModuleNotFoundError:
+        raise AttributeError(f"module 'attnbench' has no attribute '{name}'") from None
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))

@@ -9,14 +9,13 @@ import pandas as pd
 import torch
 
 from attnbench import store
+from attnbench.choices import DEFAULT_DB, DEFAULT_RES
 from attnbench.env import env_key, environment
 from attnbench.harness import MIN_RUN_TIME_S, run_cases
 from attnbench.models import list_models
 from attnbench.registry import get_variant_spec, list_variants, unknown_name_message
 from attnbench.sweep import SCOPES, Case, expand, shard
 
-DEFAULT_DB = os.path.join("reports", "results.sqlite")
-DEFAULT_RES = {"model": 224, "module": 56}  # image side for networks, feature-map side for modules
 MAX_THREADS_PER_CORE = 4  # more intra-op threads than this crash OpenMP runtimes, and never help
 
 

@@ -15,19 +15,10 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import torch
+from attnbench.choices import DATASETS, DEFAULT_DB, DEFAULT_RES, DTYPES, MODES, SCOPES, unknown_name_message
 
-from attnbench import api, store
-from attnbench.measure.latency import MODES
-from attnbench.registry import (
-    get_impl,
-    iter_specs,
-    list_impls,
-    list_variants,
-    resolve_impl,
-    unknown_name_message,
-)
-from attnbench.sweep import DTYPES, SCOPES
+# The numerical stack (torch, pandas) and everything built on it load inside the commands, so that
+# `attnbench --help` answers at once.
 
 
 class UsageError(Exception):
@@ -103,6 +94,8 @@ def positive_int(name: str) -> Callable[[str], int]:
 
 
 def variant_list(text: str) -> list[str]:
+    from attnbench.registry import list_variants
+
     names = _split(text)
     for name in names:
         if name not in list_variants():
@@ -122,6 +115,8 @@ def choice_list(name: str, choices: Sequence[str]) -> Callable[[str], list[str]]
 
 
 def device_list(text: str) -> list[str]:
+    import torch
+
     devices = []
     for item in _split(text):
         try:
@@ -169,6 +164,7 @@ def positive_float(text: str) -> float:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from attnbench.models import list_models
+    from attnbench.registry import get_impl, iter_specs, list_impls, resolve_impl
 
     print("Variants:")
     for spec in iter_specs():
@@ -188,6 +184,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def _check_db(path: str) -> None:
     """The store opens for writing, before any work is done."""
+    from attnbench import store
+
     try:
         with contextlib.closing(store.open_store(path)) as conn:
             conn.execute("BEGIN IMMEDIATE")  # fails at once on a store that cannot be written
@@ -221,6 +219,8 @@ def _write_text(command: str, path: str, text: str) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
+
+    from attnbench import api, store
 
     sweep = dict(variants=args.variants, res=args.res, batch=args.batch, dim=args.dim, dtype=args.dtype,
                  device=args.device, mode=args.mode, scope=args.scope, arch=args.arch, threads=args.threads,
@@ -263,6 +263,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from attnbench import store
+
     try:
         frame = store.load_results(args.db)
     except store.StoreError as e:
@@ -276,6 +278,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
+    from attnbench import store
+
     try:
         merged = store.merge(args.sources, args.output)
     except store.StoreError as e:
@@ -287,11 +291,12 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from attnbench import store
     from attnbench.report import ReportError, report
 
     _check_out_dir("report", "--out", args.out)
     try:
-        rep = report(args.db or [api.DEFAULT_DB], args.out)
+        rep = report(args.db or [DEFAULT_DB], args.out)
     except (ReportError, store.StoreError) as e:
         raise UsageError(f"attnbench report: {e}") from None
     except OSError as e:  # a full disk, a folder that went away: the previous report stays as it was
@@ -304,6 +309,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_profile(args: argparse.Namespace) -> int:
     import pandas as pd
 
+    from attnbench import api
     from attnbench.profiling import profile_case, stacked_figure
     from attnbench.report import slug
 
@@ -345,6 +351,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from attnbench import store
     from attnbench.data import DataError
     from attnbench.models import list_models
     from attnbench.train import TrainConfig, TrainError, train
@@ -389,8 +396,8 @@ def add_sweep_arguments(p: argparse.ArgumentParser, *, scope: str) -> None:
     p.add_argument("--arch", default="resnet50",
                    help="network at model scope: resnet26/38/50/101, or probe (two blocks at full resolution)")
     p.add_argument("--res", type=positive_ints("resolution"), default=None,
-                   help=f"sides in pixels, comma-separated (default: {api.DEFAULT_RES['model']} for models, "
-                        f"{api.DEFAULT_RES['module']} for modules)")
+                   help=f"sides in pixels, comma-separated (default: {DEFAULT_RES['model']} for models, "
+                        f"{DEFAULT_RES['module']} for modules)")
     p.add_argument("--batch", type=positive_ints("batch"), default=[1], help="batch sizes, comma-separated")
     p.add_argument("--dim", type=positive_ints("dim"), default=[64], help="channels at module scope")
     p.add_argument("--dtype", type=choice_list("dtype", list(DTYPES)), default=["fp32"],
@@ -419,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sweep_arguments(run, scope="model")
     run.add_argument("--timeout", type=positive_float, default=600.0, help="seconds per case")
     run.add_argument("--min-run-time", type=positive_float, default=0.5, help="seconds of timed runs per case")
-    run.add_argument("--db", default=api.DEFAULT_DB, help="results store (SQLite)")
+    run.add_argument("--db", default=DEFAULT_DB, help="results store (SQLite)")
     run.add_argument("--force", action="store_true", help="measure again cases already stored")
     run.add_argument("--retry-failed", action="store_true",
                      help="measure again stored failures (time-outs given more time and cases that now fit in "
@@ -434,8 +441,6 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--top", type=positive_int("top"), default=8, help="operators per variant")
     prof.add_argument("--out", default="reports")
     prof.set_defaults(func=cmd_profile)
-
-    from attnbench.data import DATASETS
 
     tr = sub.add_parser("train", help="train a network and store its accuracy per epoch (runs under torchrun too)")
     tr.add_argument("--model", required=True, help="any name of `attnbench list`, e.g. gsa_resnet26 or gsa_probe")
@@ -453,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--device", default="cpu", help="cpu or cuda")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--out", default=None, help="checkpoint folder (default runs/MODEL-DATASET-sSEED)")
-    tr.add_argument("--db", default=api.DEFAULT_DB, help="results store for the per-epoch metrics")
+    tr.add_argument("--db", default=DEFAULT_DB, help="results store for the per-epoch metrics")
     tr.add_argument("--resume", default=None, help="checkpoint to continue from, exactly")
     tr.add_argument("--stop-after-epoch", type=positive_int("stop-after-epoch"), default=None,
                     help="stop after this epoch (the schedule still spans --epochs); continue with --resume")
@@ -473,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(func=cmd_report)
 
     export = sub.add_parser("export", help="write a store as CSV or Markdown")
-    export.add_argument("--db", default=api.DEFAULT_DB)
+    export.add_argument("--db", default=DEFAULT_DB)
     export.add_argument("--format", choices=("csv", "md"), default="csv")
     export.add_argument("-o", "--output", default=None)
     export.set_defaults(func=cmd_export)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-DATASETS = ("cifar100", "digits", "longrange")
+from attnbench.choices import DATASETS  # noqa: F401  (re-exported)
 
 
 class DataError(Exception):

@@ -44,6 +44,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from attnbench.choices import unknown_name_message  # noqa: F401  (re-exported)
+
 
 @dataclass(frozen=True)
 class VariantConfig:
@@ -273,6 +275,7 @@ def auto_impl(name: str, device_type: str) -> str:
 
 def resolve_impl(name: str, impl: str, device: str | torch.device) -> str:
     """``impl`` as it will run on ``device``: ``auto`` resolved, any other name checked."""
+    get_variant_spec(name)
     if impl == AUTO:
         return auto_impl(name, torch.device(device).type)
     return get_impl(name, impl).name
@@ -292,22 +295,22 @@ def set_impl(module: nn.Module, impl: str) -> nn.Module:
     return module
 
 
+def _load_variants() -> None:
+    """Import the built-in variants (and their implementations), once: they register themselves."""
+    import attnbench.variants  # noqa: F401
+
+
 def list_variants(pattern: str = "*") -> list[str]:
     """Registered variant names matching an fnmatch ``pattern``, sorted."""
+    _load_variants()
     return sorted(n for n in _VARIANTS if fnmatch.fnmatch(n, pattern))
-
-
-def unknown_name_message(kind: str, name: str, available: list[str]) -> str:
-    """'Unknown variant 'gssa'. Available: a, b. Did you mean 'gsa'?'"""
-    close = difflib.get_close_matches(name, available, n=1, cutoff=0.5)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
-    return f"Unknown {kind} '{name}'. Available: {', '.join(available)}.{hint}"
 
 
 def get_variant_spec(name: str) -> VariantSpec:
     """The spec of ``name``; :class:`UnknownVariantError` lists the names and the closest match."""
     if not isinstance(name, str):
         raise UnknownVariantError(f"A variant name is a string, not {name!r}. Available: {', '.join(list_variants())}.")
+    _load_variants()
     try:
         return _VARIANTS[name]
     except KeyError:

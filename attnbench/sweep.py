@@ -7,10 +7,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from attnbench.choices import DTYPES as DTYPE_NAMES
+from attnbench.choices import SCOPES  # noqa: F401  (re-exported)
 from attnbench.registry import AUTO, get_impl, list_impls, resolve_impl
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-SCOPES = ("module", "model")
+DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.bfloat16, torch.float16)))
 
 
 @dataclass(frozen=True, order=True)

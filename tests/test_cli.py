@@ -407,3 +407,13 @@ def test_every_error_has_its_command_as_prefix(capsys, tmp_path):
                          (["run", "--batch", "1", "2"], "lists are comma-separated, e.g. --batch 1,8")):
         code, _, err = run_cli(capsys, *args)
         assert code == 2 and prefix in err and err.count("\n") == 1, err
+
+
+def test_help_loads_no_numerical_stack():
+    """`attnbench --help` answers at once: neither torch nor pandas is imported for it."""
+    code = ("import sys\nfrom attnbench.cli import main\n"
+            "for args in (['--help'], ['run', '--help'], ['train', '--help']):\n"
+            "    try:\n        main(args)\n    except SystemExit:\n        pass\n"
+            "print(sorted(m for m in ('torch', 'pandas', 'numpy') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip().splitlines()[-1] == "[]", done.stderr

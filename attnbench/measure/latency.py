@@ -8,7 +8,7 @@ import torch
 import torch.utils.benchmark as tb
 from torch import nn
 
-MODES = ("infer", "train")
+from attnbench.choices import MODES  # noqa: F401  (re-exported: the modes make_step knows)
 
 
 def make_step(module: nn.Module, x: torch.Tensor, mode: str) -> Callable[[], object]:

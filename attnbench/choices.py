@@ -1,0 +1,21 @@
+"""The names a sweep or a training run is spelled with, and their defaults: plain values, no torch, so
+that the command line can describe itself (``--help``) without loading the numerical stack."""
+
+from __future__ import annotations
+
+import difflib
+import os
+
+DTYPES = ("fp32", "bf16", "fp16")  # attnbench.sweep maps them to torch dtypes
+MODES = ("infer", "train")  # eval forward without grad; forward + backward
+SCOPES = ("module", "model")
+DATASETS = ("cifar100", "digits", "longrange")
+DEFAULT_DB = os.path.join("reports", "results.sqlite")
+DEFAULT_RES = {"model": 224, "module": 56}  # image side for networks, feature-map side for modules
+
+
+def unknown_name_message(kind: str, name: str, available: list[str]) -> str:
+    """'Unknown variant 'gssa'. Available: a, b. Did you mean 'gsa'?'"""
+    close = difflib.get_close_matches(name, available, n=1, cutoff=0.5)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return f"Unknown {kind} '{name}'. Available: {', '.join(available)}.{hint}"
