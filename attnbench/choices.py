@@ -11,6 +11,9 @@ MODES = ("infer", "train")  # eval forward without grad; forward + backward
 SCOPES = ("module", "model")
 DATASETS = ("cifar100", "digits", "longrange")
 DEFAULT_DB = os.path.join("reports", "results.sqlite")
+# generated outputs get folders of their own, never the committed reference report in reports/
+DEFAULT_REPORT = os.path.join("reports", "latest")
+DEFAULT_PROFILE = os.path.join("reports", "profile")
 DEFAULT_RES = {"model": 224, "module": 56}  # image side for networks, feature-map side for modules
 
 

@@ -15,7 +15,17 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from attnbench.choices import DATASETS, DEFAULT_DB, DEFAULT_RES, DTYPES, MODES, SCOPES, unknown_name_message
+from attnbench.choices import (
+    DATASETS,
+    DEFAULT_DB,
+    DEFAULT_PROFILE,
+    DEFAULT_REPORT,
+    DEFAULT_RES,
+    DTYPES,
+    MODES,
+    SCOPES,
+    unknown_name_message,
+)
 
 # The numerical stack (torch, pandas) and everything built on it load inside the commands, so that
 # `attnbench --help` answers at once.
@@ -439,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sweep_arguments(prof, scope="module")
     prof.add_argument("--iters", type=positive_int("iters"), default=5)
     prof.add_argument("--top", type=positive_int("top"), default=8, help="operators per variant")
-    prof.add_argument("--out", default="reports")
+    prof.add_argument("--out", default=DEFAULT_PROFILE, help="folder for traces, tables and figures")
     prof.set_defaults(func=cmd_profile)
 
     tr = sub.add_parser("train", help="train a network and store its accuracy per epoch (runs under torchrun too)")
@@ -474,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="regenerate tables and plots from results stores")
     rep.add_argument("--db", action="append", default=None, help="a results store; repeat for several")
-    rep.add_argument("--out", default="reports", help="folder for the tables, figures and index")
+    rep.add_argument("--out", default=DEFAULT_REPORT, help="folder for the tables, figures and index")
     rep.set_defaults(func=cmd_report)
 
     export = sub.add_parser("export", help="write a store as CSV or Markdown")

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from attnbench import store
+from attnbench.choices import DEFAULT_REPORT
 from attnbench.registry import iter_specs, list_variants
 
 MIB = 2**20
@@ -373,7 +374,7 @@ def environments(frame: pd.DataFrame) -> pd.DataFrame:
 KEPT_PREFIX = "profile_"  # `attnbench profile` writes beside the report; its files outlive a new report
 
 
-def report(dbs: Sequence[str | Path], out: str | Path = "reports", *, published: bool = True) -> Report:
+def report(dbs: Sequence[str | Path], out: str | Path = DEFAULT_REPORT, *, published: bool = True) -> Report:
     """Regenerate the tables, figures and index under ``out`` from the stores ``dbs``.
 
     The report is written to a staging folder inside ``out`` and swapped in when it is whole: a report
