@@ -42,3 +42,4 @@ def test_prediction_leaves_the_module_untouched():
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert all(p.grad is None for p in m.parameters())
     assert m(torch.randn(2, 3, 8, 8)).shape == (2, 4, 6, 6)
+

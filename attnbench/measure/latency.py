@@ -10,6 +10,8 @@ from torch import nn
 
 from attnbench.choices import MODES  # noqa: F401  (re-exported: the modes make_step knows)
 
+MIN_TIMED_RUNS = 3  # the fewest timed runs behind a median and an IQR
+
 
 def make_step(module: nn.Module, x: torch.Tensor, mode: str) -> Callable[[], object]:
     """One iteration: ``infer`` is an eval-mode forward without grad; ``train`` is forward + backward."""
@@ -57,7 +59,8 @@ def measure_latency(
 ) -> dict[str, float | int | bool]:
     """Time ``fn`` with ``Timer.blocked_autorange``.
 
-    Returns median and interquartile range in ms, the number of timed runs, the thread count,
+    At least ``MIN_TIMED_RUNS`` timed runs are taken, however slow the step. Returns median and
+    interquartile range in ms, the number of timed runs, the thread count,
     throughput (``batch`` / median, per second) and whether torch flagged the measurement as
     noisy (IQR above 10 % of the median, or too few runs).
     """
@@ -66,6 +69,8 @@ def measure_latency(
     step()  # warm-up: allocator, kernels, lazy initialisation
     timer = tb.Timer(stmt="step()", globals={"step": step}, num_threads=threads)
     m = timer.blocked_autorange(min_run_time=min_run_time)
+    while len(m.times) < MIN_TIMED_RUNS:  # a case slower than min_run_time: still enough runs for an IQR
+        m = tb.Measurement.merge([m, timer.timeit(m.number_per_run)])[0]
     median_ms = m.median * 1e3
     return {
         "latency_ms_median": median_ms,
