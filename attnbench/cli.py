@@ -264,7 +264,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.json:
         print(frame.to_json(orient="records", indent=1))
     else:
-        from attnbench.report import results_table
+        from attnbench.tables import results_table
 
         print(results_table(frame).to_string(index=False) if len(frame) else "no cases")
         print(f"\n{len(frame)} cases; results in {args.db}. Latency in ms (median and IQR), MACs per forward "

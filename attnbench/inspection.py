@@ -39,9 +39,9 @@ def effective_receptive_field(module: nn.Module, input_shape: tuple[int, int, in
 
 def erf_figure(maps: dict[str, torch.Tensor], title: str = "Effective receptive field"):
     """One panel per map, shared colour scale (log10 of the normalised gradient)."""
-    from attnbench.report import _new_figure
+    from attnbench.plots import new_figure
 
-    fig, axes = _new_figure(len(maps), 3.2)
+    fig, axes = new_figure(len(maps), 3.2)
     for ax, (name, m) in zip(axes, maps.items()):
         image = ax.imshow(torch.log10(m.clamp_min(1e-6)).numpy(), cmap="magma", vmin=-6, vmax=0)
         ax.set_title(name, fontsize=9)

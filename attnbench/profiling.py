@@ -58,14 +58,14 @@ def stacked_figure(tables: dict[str, pd.DataFrame], title: str, top: int = 8):
     """One stacked bar per variant: self time of its top operators, the rest as 'other'."""
     import numpy as np
 
-    from attnbench.report import _new_figure
+    from attnbench.plots import new_figure
 
     ops: list[str] = []
     for t in tables.values():
         for op in t.operator.head(top):
             if op not in ops:
                 ops.append(op)
-    fig, (ax,) = _new_figure(1, 8)
+    fig, (ax,) = new_figure(1, 8)
     bottoms = np.zeros(len(tables))
     names = list(tables)
     for op in ops + ["other"]:

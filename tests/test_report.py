@@ -7,7 +7,8 @@ import pytest
 
 from attnbench import store
 from attnbench.cli import main
-from attnbench.report import ReportError, fit_exponent, report
+from attnbench.report import ReportError, report
+from attnbench.tables import fit_exponent
 
 EXPONENTS = {"conv": 1.0, "gsa": 1.5, "nonlocal": 2.0}
 RES = [8, 16, 32, 64, 128]
@@ -117,7 +118,7 @@ def test_cli_report_with_published_figures(db, tmp_path, capsys):
 
 
 def test_pareto_front():
-    from attnbench.report import pareto
+    from attnbench.tables import pareto
 
     cost, acc = [1, 2, 3, 4, 5], [50, 45, 60, 60, 70]
     assert pareto(cost, acc) == [0, 2, 4]

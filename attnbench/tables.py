@@ -1,0 +1,192 @@
+"""Tables of results: what the report and the command line print, from rows of a store (pure functions of
+DataFrames; nothing is measured or written here)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from attnbench.registry import iter_specs
+
+MIB = 2**20
+
+
+METRICS = {  # column -> (axis label, scale)
+    "latency_ms_median": ("latency (ms)", 1.0),
+    "macs": ("MACs (G)", 1e-9),
+    "peak_mem_bytes": ("peak memory (MiB)", 1 / MIB),
+}
+
+
+def series_groups(frame: pd.DataFrame):
+    """Module-scope series that a scaling plot draws: one per device, dtype, mode, dim and batch."""
+    module = frame[frame.scope == "module"]
+    return module.groupby(["device_label", "dtype", "mode", "dim", "batch"], sort=True)
+
+
+def _fmt(value, spec: str, scale: float = 1.0) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return format(value * scale, spec)
+
+
+def impls_vary(rows: pd.DataFrame) -> bool:
+    """Whether some variant appears with more than one implementation."""
+    return bool(len(rows)) and rows.groupby("variant").impl.nunique().max() > 1
+
+
+def results_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """The human table: units in the headers, one row per case; the implementation where it varies."""
+    what = np.where(rows.scope == "module", rows.variant, rows.variant + "_" + rows.arch)
+    table = pd.DataFrame({
+        "variant": what,
+        "res": rows.res.values,
+        "batch": rows.batch.values,
+        "dim": np.where(rows.scope == "module", rows.dim, "-"),
+        "dtype": rows.dtype.values,
+        "device": rows.device.values,
+        "mode": rows["mode"].values,
+        "params (M)": [_fmt(v, ".4g", 1e-6) for v in rows.params],
+        "MACs (G)": [_fmt(v, ".4g", 1e-9) for v in rows.macs],
+        "latency ms (median ± IQR)": [
+            "-" if s != "ok" else f"{m:.3f} ± {i:.3f}" for s, m, i in zip(rows.status, rows.latency_ms_median,
+                                                                       rows.latency_ms_iqr)],
+        "throughput (/s)": [_fmt(v, ".1f") for v in rows.throughput_per_s],
+        "peak memory (MiB)": [_fmt(v, ".4g", 1 / MIB) for v in rows.peak_mem_bytes],
+        "GFLOP/s": [_fmt(2 * m / (t * 1e-3) / 1e9, ".1f") if s == "ok" else "-"
+                    for s, m, t in zip(rows.status, rows.macs, rows.latency_ms_median)],
+        "status": [s if s == "ok" else f"{s}: {r}" for s, r in zip(rows.status, rows.reason)],
+    })
+    if impls_vary(rows):
+        table.insert(1, "impl", rows.impl.values)
+    if rows.code_hash.fillna("").nunique() > 1:  # rows of different code side by side: never silently
+        table.insert(1, "code", rows.code_hash.fillna("-").str[:8].values)
+    return table
+
+
+def largest_fit_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per device and module-scope series: the largest resolution measured, and the first that was not."""
+    out = []
+    for (device, dtype, mode, dim, batch), g in series_groups(frame):
+        for variant, v in g.groupby("variant", sort=True):
+            ok = v[v.status == "ok"]
+            failed = v[(v.status != "ok") & (v.res > (ok.res.max() if len(ok) else 0))].sort_values("res")
+            out.append({
+                "device": device, "dtype": dtype, "mode": mode, "dim": dim, "batch": batch, "variant": variant,
+                "largest res measured": int(ok.res.max()) if len(ok) else "-",
+                "first res not measured": int(failed.res.iloc[0]) if len(failed) else "-",
+                "why": f"{failed.status.iloc[0]}: {failed.reason.iloc[0]}" if len(failed) else "-",
+            })
+    return pd.DataFrame(out)
+
+
+def exponent_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Fitted scaling exponents k (cost ~ pixels^k) per series, variant and metric, with the expectation."""
+    expected = {s.name: s.scaling for s in iter_specs()}
+    out = []
+    for (device, dtype, mode, dim, batch), g in series_groups(frame):
+        for variant, v in g[g.status == "ok"].groupby("variant", sort=True):
+            if v.res.nunique() < 3:  # too few resolutions to fit an exponent
+                continue
+            row = {"device": device, "dtype": dtype, "mode": mode, "dim": dim, "batch": batch,
+                   "variant": variant, "points": len(v),
+                   "res": f"{v.res.min()}-{v.res.max()}"}
+            for column, (label, _) in METRICS.items():
+                k, r2 = fit_exponent(v.pixels, v[column])
+                name = label.split(" (")[0]
+                row[f"k {name}"] = round(k, 3) if not math.isnan(k) else math.nan
+                row[f"R2 {name}"] = round(r2, 3) if not math.isnan(r2) else math.nan
+            low, high = expected.get(variant.split("/")[0], (math.nan, math.nan))
+            row["expected k (asymptotic)"] = f"{low:g}" if low == high else f"{low:g}-{high:g}"
+            out.append(row)
+    return pd.DataFrame(out)
+
+
+def published_table() -> pd.DataFrame:
+    """Our params and MACs beside the published ones (baselines/published.csv), with the difference."""
+    from attnbench.baselines import compare_published
+
+    t = compare_published()
+    return pd.DataFrame({
+        "network": t.model, "metric": t.metric, "published (as printed)": t.printed, "convention": t.convention,
+        "published": [f"{v:,.0f}" for v in t.value],
+        "ours": [_fmt(v, ",.0f") for v in t.ours],
+        "difference (%)": [_fmt(v, "+.2f") for v in t.diff_pct],
+        "agrees": ["-" if e == "unmatched" else "yes" if w else "no" for e, w in zip(t.expect, t.within)],
+        "expected": t.expect, "source": t.source, "note": t.note.fillna(""),
+    })
+
+
+def accuracy_table(frame: pd.DataFrame, training: pd.DataFrame) -> pd.DataFrame:
+    """The last epoch of each training run, with its cost: params, MACs, training time and, where the
+    network was also measured (model scope at 32 x 32, batch 1), its inference latency."""
+    last = training.sort_values("epoch").groupby("run_id", sort=False).tail(1)
+    time_s = training.groupby("run_id").epoch_s.sum()
+    latency = {}
+    measured = frame[(frame.scope == "model") & (frame.status == "ok") & (frame.res == 32) & (frame.batch == 1)]
+    for r in measured.itertuples():
+        latency[(f"{r.variant}_{r.arch}", r.device_name)] = r.latency_ms_median
+    rows = []
+    for r in last.sort_values(["dataset", "model", "run_id"]).itertuples():
+        rows.append({"dataset": r.dataset, "model": r.model, "width": r.width, "epochs": r.epoch,
+                     "top-1 (%)": round(r.top1_pct, 2), "top-5 (%)": round(r.top5_pct, 2),
+                     "params": int(r.params), "MACs (M)": round(r.macs / 1e6, 2),
+                     "training time (s)": round(time_s[r.run_id], 1),
+                     "latency ms (batch 1)": round(latency[(r.model, r.device_name)], 3)
+                     if (r.model, r.device_name) in latency else math.nan,
+                     "device": r.device_name, "processes": r.world_size, "seed": r.seed})
+    return pd.DataFrame(rows)
+
+
+def pareto(cost: Sequence[float], accuracy: Sequence[float]) -> list[int]:
+    """Indices of the points no other point beats on both (lower cost, higher accuracy), by cost."""
+    order = sorted(range(len(cost)), key=lambda i: (cost[i], -accuracy[i]))
+    front, best = [], -math.inf
+    for i in order:
+        if accuracy[i] > best:
+            front.append(i)
+            best = accuracy[i]
+    return front
+
+
+def fit_exponent(pixels: Sequence[float], cost: Sequence[float]) -> tuple[float, float]:
+    """``k`` and ``R^2`` of the least-squares fit ``log cost = k log pixels + c``; NaN under 3 points."""
+    x, y = np.log(np.asarray(pixels, float)), np.log(np.asarray(cost, float))
+    if len(x) < 3 or np.ptp(x) == 0:
+        return math.nan, math.nan
+    k, c = np.polyfit(x, y, 1)
+    residual = y - (k * x + c)
+    total = ((y - y.mean()) ** 2).sum()
+    return float(k), float(1 - (residual**2).sum() / total) if total > 0 else 1.0
+
+
+def environments(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per store and environment: where and with what its numbers were measured."""
+    cols = ["store", "host", "device_label", "cpu_model", "gpu_name", "torch_version", "cuda_version",
+            "attnbench_version"]
+    g = frame.groupby(cols, dropna=False, sort=True)
+    env = g.agg(rows=("case_key", "size"), first_utc=("created_utc", "min"), last_utc=("created_utc", "max"),
+                commits=("git_commit", lambda s: ", ".join(sorted(set(s.dropna().str[:12]))) or "-"),
+                code=("code_hash", lambda s: ", ".join(sorted(set(s.fillna("before code hashes")))))).reset_index()
+    return env.rename(columns={"device_label": "device"})
+
+
+def relative_to_conv(g: pd.DataFrame) -> pd.DataFrame:
+    """Latency and MACs of each network over the conv ResNet of the same depth and batch."""
+    rows = []
+    for (arch, batch), b in g.groupby(["arch", "batch"], sort=True):
+        base = b[b.variant == "conv"]
+        if base.empty:
+            continue
+        base = base.iloc[0]
+        for r in b.itertuples():
+            rows.append({"network": f"{r.variant}_{arch}", "batch": batch,
+                         "latency (ms)": round(r.latency_ms_median, 2),
+                         "latency / conv": round(r.latency_ms_median / base.latency_ms_median, 2),
+                         "MACs (G)": round(r.macs / 1e9, 3), "MACs / conv": round(r.macs / base.macs, 3),
+                         "latency per GMAC / conv's": round((r.latency_ms_median / r.macs)
+                                                            / (base.latency_ms_median / base.macs), 2)})
+    return pd.DataFrame(rows)
