@@ -48,7 +48,7 @@ def flex_core_ms(batch: int, dim: int, res: int, dtype: torch.dtype, device: str
     proj = torch.nn.Conv2d(dim, 3 * dim, 1, bias=False).to(device, dtype)
     x = torch.randn(batch, dim, res, res, device=device, dtype=dtype)
     mask = neighbourhood_mask(res, res, 7, torch.device(device))
-    flex = _flex()
+    flex = _flex(torch.device(device))
 
     def step():
         with torch.no_grad():

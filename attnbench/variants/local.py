@@ -238,16 +238,16 @@ def flex(self: LocalSelfAttention, x: torch.Tensor) -> torch.Tensor:
 
     # a graph being compiled builds the mask in the graph (dynamo does not trace through caches)
     mask = (neighbourhood_mask.__wrapped__ if torch.compiler.is_compiling() else neighbourhood_mask)(H, W, k, x.device)
-    out = _flex()(q, keys, values, score_mod=relative, block_mask=mask, scale=1.0)
+    out = _flex(x.device)(q, keys, values, score_mod=relative, block_mask=mask, scale=1.0)
     out = out.transpose(2, 3).reshape(B, C, H, W)
     return downsample(out, self.cfg.stride)
 
 
-def _flex():
-    """FlexAttention, compiled into fused kernels on GPUs (eager, unfused, elsewhere and inside a graph
-    that is itself being compiled)."""
+def _flex(device: torch.device):
+    """FlexAttention, compiled into fused kernels for GPU inputs (eager, unfused, for others and inside a
+    graph that is itself being compiled)."""
     global _FLEX_COMPILED
-    if torch.compiler.is_compiling() or not torch.cuda.is_available():
+    if torch.compiler.is_compiling() or device.type != "cuda":
         return flex_attention
     if _FLEX_COMPILED is None:
         compiled = torch.compile(flex_attention, dynamic=False)
@@ -255,14 +255,14 @@ def _flex():
         def run(*args, **kwargs):
             # one compiled kernel per map shape and grad mode: a ResNet has about 8 shapes, each in
             # inference and training, past dynamo's default limit of 8 per function
-            with torch._dynamo.config.patch(recompile_limit=FLEX_SHAPES):
+            with torch._dynamo.config.patch(recompile_limit=FLEX_RECOMPILE_LIMIT):
                 return compiled(*args, **kwargs)
 
         _FLEX_COMPILED = run
     return _FLEX_COMPILED
 
 
-FLEX_SHAPES = 64
+FLEX_RECOMPILE_LIMIT = 64
 _FLEX_COMPILED = None
 
 
