@@ -14,7 +14,7 @@ from attnbench.env import env_key, environment
 from attnbench.harness import MIN_RUN_TIME_S, run_cases
 from attnbench.models import list_models
 from attnbench.registry import get_variant_spec, list_variants, unknown_name_message
-from attnbench.sweep import SCOPES, Case, expand, shard
+from attnbench.sweep import SCOPES, Case, expand, shard, variant_options
 
 MAX_THREADS_PER_CORE = 4  # more intra-op threads than this crash OpenMP runtimes, and never help
 
@@ -44,6 +44,7 @@ def plan(
     arch: str = "resnet50",
     threads: int | None = None,
     impl: Sequence[str] = ("auto",),
+    opt: Sequence[str] = (),
     shard_spec: tuple[int, int] | None = None,
 ) -> list[Case]:
     """The cases of a sweep (one shard of it, with ``shard_spec=(i, n)``). ``res`` defaults to 224 at
@@ -51,7 +52,8 @@ def plan(
 
     ``impl``: which implementations run (see :func:`attnbench.sweep.variant_impls`): ``auto`` (each
     variant's choice for the device), a name such as ``plain`` for every variant that has it, or
-    ``VARIANT=NAME``; several sweep them side by side.
+    ``VARIANT=NAME``; several sweep them side by side. ``opt``: variant options, ``KEY=VALUE`` for every
+    variant that has the option or ``VARIANT.KEY=VALUE`` (see :func:`attnbench.sweep.variant_options`).
     """
     if scope not in SCOPES:
         raise ValueError(f"Unknown scope {scope!r}. Available: {', '.join(SCOPES)}.")
@@ -63,20 +65,22 @@ def plan(
             raise ValueError("--arch: " + unknown_name_message("architecture", arch, archs))
     for v in variants or []:
         get_variant_spec(v)  # an unknown name lists the known ones
-    if scope == "module":
-        for v in variants or list_variants():
-            for d in dim:
-                try:
-                    get_variant_spec(v).make_config(d)
-                except (ValueError, TypeError) as e:
-                    raise ValueError(f"--dim {d} for variant '{v}': {e}") from None
+    options = variant_options(list(variants or list_variants()), list(opt))
+    for v in variants or list_variants():
+        # module scope: each --dim; model scope: the narrowest bottleneck width, of which the others are multiples
+        for d in dim if scope == "module" else [64]:
+            try:
+                get_variant_spec(v).make_config(d, **Case.parse_options(options[v]))
+            except (ValueError, TypeError) as e:
+                what = f"--dim {d}" if scope == "module" else "--opt"
+                raise ValueError(f"{what} for variant '{v}': {e}") from None
     if threads is not None and not 1 <= threads <= MAX_THREADS_PER_CORE * (os.cpu_count() or 1):
         raise ValueError(f"Invalid threads={threads}: at most {MAX_THREADS_PER_CORE} per core, "
                          f"{MAX_THREADS_PER_CORE * (os.cpu_count() or 1)} on this machine.")
     cases = expand(
         variants=list(variants or list_variants()), res=list(res or [DEFAULT_RES[scope]]), batch=list(batch),
         dims=list(dim), dtypes=list(dtype), devices=list(device or default_devices()), modes=list(mode), scope=scope,
-        arch=arch, threads=threads or default_threads(), impls=list(impl),
+        arch=arch, threads=threads or default_threads(), impls=list(impl), options=list(opt),
     )
     return shard(cases, *shard_spec) if shard_spec else cases
 

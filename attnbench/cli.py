@@ -234,7 +234,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     sweep = dict(variants=args.variants, res=args.res, batch=args.batch, dim=args.dim, dtype=args.dtype,
                  device=args.device, mode=args.mode, scope=args.scope, arch=args.arch, threads=args.threads,
-                 impl=args.impl, shard_spec=args.shard)
+                 impl=args.impl, opt=args.opt, shard_spec=args.shard)
     try:
         cases = api.plan(**sweep)
     except ValueError as e:
@@ -326,7 +326,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     try:
         cases = api.plan(variants=args.variants, res=args.res, batch=args.batch, dim=args.dim, dtype=args.dtype,
                          device=args.device, mode=args.mode, scope=args.scope, arch=args.arch, threads=args.threads,
-                         impl=args.impl)
+                         impl=args.impl, opt=args.opt)
     except ValueError as e:
         raise UsageError(f"attnbench profile: {e}") from None
     _check_out_dir("profile", "--out", args.out)
@@ -420,6 +420,9 @@ def add_sweep_arguments(p: argparse.ArgumentParser, *, scope: str) -> None:
     p.add_argument("--impl", type=_split, default=["auto"],
                    help="implementations, comma-separated: auto (each variant's choice for the device), a name "
                         "for every variant that has it (e.g. plain), or VARIANT=NAME; see `attnbench list`")
+    p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="a variant option (e.g. span=15, heads=4, local.window=9) for every variant that has it, "
+                        "or VARIANT.KEY=VALUE; repeat for several")
 
 
 def build_parser() -> argparse.ArgumentParser:

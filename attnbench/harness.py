@@ -44,9 +44,10 @@ def build_case(case: Case) -> tuple[torch.nn.Module, tuple[int, ...]]:
     from attnbench.registry import build_variant
 
     if case.scope == "module":
-        module = build_variant(case.variant, case.dim, size=case.res, impl=case.impl)
+        module = build_variant(case.variant, case.dim, size=case.res, impl=case.impl, **case.variant_options)
     else:
-        module = model_for_variant(case.variant, case.arch, image_size=case.res, impl=case.impl)
+        module = model_for_variant(case.variant, case.arch, image_size=case.res, impl=case.impl,
+                                   **case.variant_options)
     return module.to(case.device, DTYPES[case.dtype]), input_shape(case)
 
 

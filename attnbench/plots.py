@@ -4,6 +4,7 @@ per variant everywhere."""
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -13,10 +14,10 @@ from attnbench.tables import METRICS, fit_exponent, pareto
 
 
 class Palette(dict):
-    """Colours by variant; a series labelled ``variant/impl`` takes its variant's colour."""
+    """Colours by variant; a series labelled ``variant/impl[options]`` takes its variant's colour."""
 
     def get(self, label: str, default=None):
-        return super().get(label.split("/")[0], default)
+        return super().get(re.split(r"[/\[]", label)[0], default)
 
 
 def colours() -> Palette:

@@ -68,9 +68,11 @@ def load(dbs: Sequence[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
         raise ReportError("Every stored case failed (" + ", ".join(sorted(set(frame.status))) +
                           "): there is nothing to draw; see `attnbench export` for the reasons.")
     frame["pixels"] = frame.res.astype(np.int64) ** 2
-    # a variant measured with several implementations is drawn and tabled as one series per implementation
-    several = frame.groupby("variant").impl.transform("nunique") > 1
-    frame["variant"] = frame.variant.where(~several, frame.variant + "/" + frame.impl)
+    # a variant measured with several implementations or option sets is drawn and tabled as one series each
+    several_impls = frame.groupby("variant").impl.transform("nunique") > 1
+    several_options = frame.groupby("variant").options.transform("nunique") > 1
+    frame["variant"] = (frame.variant + np.where(several_impls, "/" + frame.impl, "")
+                        + np.where(several_options, "[" + frame.options.replace("", "defaults") + "]", ""))
     frame["device_label"] = frame.device_name.fillna(frame.device)
     frame = frame.sort_values(["device_label", "scope", "variant", "arch", "dtype", "mode", "dim", "batch",
                                "res", "created_utc"]).reset_index(drop=True)

@@ -38,6 +38,7 @@ COLUMNS: list[tuple[str, str]] = [
     ("mode", "TEXT NOT NULL"),
     ("threads", "INTEGER NOT NULL"),
     ("impl", "TEXT"),  # the implementation that ran (see attnbench.list_impls), "auto" resolved
+    ("options", "TEXT"),  # variant options set by the sweep (--opt), "key=value,..."; "" for the defaults
     ("status", "TEXT NOT NULL"),  # ok | skipped | oom | error | timeout | killed
     ("reason", "TEXT"),
     ("params", "INTEGER"),
@@ -72,11 +73,17 @@ COLUMNS: list[tuple[str, str]] = [
 NAMES = [c for c, _ in COLUMNS]
 
 # Rows stored before the ``impl`` column were measured with what is now each variant's reference
-# implementation: the migration records that.
+# implementation, and before ``options`` with each variant's defaults: writers record that when they
+# add the columns, readers as they read a store that lacks them.
 LEGACY_IMPLS = {"gsa": "pixelmajor", "local": "halo", "axial": "dense", "nonlocal": "sdpa", "conv": "native"}
 BACKFILL = {
     ("results", "impl"): "UPDATE results SET impl = CASE variant "
     + " ".join(f"WHEN '{v}' THEN '{i}'" for v, i in LEGACY_IMPLS.items()) + " END",
+    ("results", "options"): "UPDATE results SET options = ''",
+}
+READ_FILL = {
+    ("results", "impl"): lambda frame: frame.variant.map(LEGACY_IMPLS),
+    ("results", "options"): lambda frame: "",
 }
 
 # One row per epoch of a training run (attnbench train).
@@ -284,7 +291,8 @@ def _read(path: str | Path, table: str, names: list[str], order: str) -> pd.Data
         raise StoreError(f"Cannot read {path}: {e}.") from None
     for name in names:
         if name not in frame:
-            frame[name] = frame.variant.map(LEGACY_IMPLS) if (table, name) == ("results", "impl") else None
+            fill = READ_FILL.get((table, name))
+            frame[name] = fill(frame) if fill else None
     return frame[names + [c for c in frame.columns if c not in names]]
 
 

@@ -9,7 +9,7 @@ import torch
 
 from attnbench.choices import DTYPES as DTYPE_NAMES
 from attnbench.choices import SCOPES  # noqa: F401  (re-exported)
-from attnbench.registry import AUTO, get_impl, list_impls, resolve_impl
+from attnbench.registry import AUTO, get_impl, get_variant_spec, list_impls, resolve_impl
 
 DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.bfloat16, torch.float16)))
 
@@ -34,11 +34,22 @@ class Case:
     mode: str  # infer | train
     threads: int  # intra-op CPU threads
     impl: str  # the variant's implementation, resolved for the device
+    options: str = ""  # the variant's options set by the sweep, "key=value,..." sorted ("" for none)
 
     @property
     def key(self) -> str:
-        """Stable identity, the same on every machine and Python version."""
-        return "/".join(f"{k}={v}" for k, v in asdict(self).items())
+        """Stable identity, the same on every machine and Python version (default options unnamed)."""
+        return "/".join(f"{k}={v}" for k, v in asdict(self).items() if k != "options" or v)
+
+    @property
+    def variant_options(self) -> dict[str, object]:
+        """The options as values: what ``build_variant`` takes."""
+        return self.parse_options(self.options)
+
+    @staticmethod
+    def parse_options(text: str) -> dict[str, object]:
+        """``"key=value,..."`` as values."""
+        return dict(parse_option(item) for item in text.split(",")) if text else {}
 
     @property
     def label(self) -> str:
@@ -59,6 +70,7 @@ def expand(
     arch: str,
     threads: int,
     impls: list[str] = (AUTO,),
+    options: list[str] = (),
 ) -> list[Case]:
     """Every combination, ordered so that each variant's resolutions run smallest first. ``impls`` as
     :func:`variant_impls` reads them; each is resolved for its device, and duplicates dropped."""
@@ -66,11 +78,12 @@ def expand(
         dims = [0]
     arch = arch if scope == "model" else ""
     chosen = variant_impls(variants, list(impls))
+    opts = variant_options(variants, list(options))
     cases = []
     for dev, v in itertools.product(devices, variants):
         resolved = list(dict.fromkeys(resolve_impl(v, i, dev) for i in chosen[v]))
         cases += [
-            Case(scope, v, arch, r, b, d, dt, dev, m, threads, i)
+            Case(scope, v, arch, r, b, d, dt, dev, m, threads, i, opts[v])
             for dt, m, i, d, b, r in itertools.product(dtypes, modes, resolved, dims, batch, sorted(res))
         ]
     return cases
@@ -98,6 +111,49 @@ def variant_impls(variants: list[str], impls: list[str]) -> dict[str, list[str]]
         for v in takers:
             chosen[v].append(name)
     return {v: names or [AUTO] for v, names in chosen.items()}
+
+
+SWEEP_SET = ("dim", "size", "stride")  # options the sweep itself sets
+
+
+def parse_option(item: str) -> tuple[str, object]:
+    """``key=value`` with the value read as an int, a float, true/false or none, else kept as text."""
+    key, _, text = item.partition("=")
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return key, lowered == "true"
+    if lowered == "none":
+        return key, None
+    for kind in (int, float):
+        try:
+            return key, kind(text)
+        except ValueError:
+            pass
+    return key, text
+
+
+def variant_options(variants: list[str], options: list[str]) -> dict[str, str]:
+    """Each variant's options as its cases spell them: ``KEY=VALUE`` applies to every variant that has the
+    option, ``VARIANT.KEY=VALUE`` to one. ``ValueError`` for a malformed item, an option that no variant
+    of the sweep has, or one the sweep sets itself; the values are checked by each variant's config
+    when the sweep is planned (:func:`attnbench.api.plan`)."""
+    chosen: dict[str, dict[str, object]] = {v: {} for v in variants}
+    for item in options:
+        lhs, eq, text = item.partition("=")
+        target, _, key = lhs.rpartition(".")
+        if not eq or not key:
+            raise ValueError(f"Invalid --opt {item}: options are KEY=VALUE (or VARIANT.KEY=VALUE).")
+        if key in SWEEP_SET:
+            raise ValueError(f"Invalid --opt {item}: {key} is set by the sweep (--dim, --res, the network).")
+        if target and target not in chosen:
+            raise ValueError(f"Invalid --opt {item}: '{target}' is not a variant of this sweep "
+                             f"({', '.join(variants)}).")
+        takers = [v for v in ([target] if target else variants) if key in get_variant_spec(v).options()]
+        if not takers:
+            raise ValueError(f"Invalid --opt {item}: no variant of this sweep has an option '{key}'.")
+        for v in takers:
+            chosen[v][key] = parse_option(f"{key}={text}")[1]
+    return {v: ",".join(f"{k}={opts[k]}" for k in sorted(opts)) for v, opts in chosen.items()}
 
 
 def shard(cases: list[Case], index: int, count: int) -> list[Case]:

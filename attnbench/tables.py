@@ -4,6 +4,7 @@ DataFrames; nothing is measured or written here)."""
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -62,6 +63,8 @@ def results_table(rows: pd.DataFrame) -> pd.DataFrame:
     })
     if impls_vary(rows):
         table.insert(1, "impl", rows.impl.values)
+    if rows.options.fillna("").ne("").any():
+        table.insert(1, "options", rows.options.fillna("").values)
     if rows.code_hash.fillna("").nunique() > 1:  # rows of different code side by side: never silently
         table.insert(1, "code", rows.code_hash.fillna("-").str[:8].values)
     return table
@@ -99,7 +102,7 @@ def exponent_table(frame: pd.DataFrame) -> pd.DataFrame:
                 name = label.split(" (")[0]
                 row[f"k {name}"] = round(k, 3) if not math.isnan(k) else math.nan
                 row[f"R2 {name}"] = round(r2, 3) if not math.isnan(r2) else math.nan
-            low, high = expected.get(variant.split("/")[0], (math.nan, math.nan))
+            low, high = expected.get(re.split(r"[/\[]", variant)[0], (math.nan, math.nan))
             row["expected k (asymptotic)"] = f"{low:g}" if low == high else f"{low:g}-{high:g}"
             out.append(row)
     return pd.DataFrame(out)

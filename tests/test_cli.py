@@ -162,6 +162,14 @@ def test_retry_failed_measures_stored_failures_again(capsys, tmp_path):
         (["--variants", "gsa,conv", "--impl", "flx"], "Invalid --impl flx: no variant of this sweep has it"),
         (["--variants", "gsa", "--impl", "local=flex"], "'local' is not a variant of this sweep (gsa)"),
         (["--variants", "local", "--impl", "local=flx"], "Unknown implementation of variant 'local': 'flx'"),
+        (["--variants", "gsa,local", "--opt", "foo=1"], "no variant of this sweep has an option 'foo'"),
+        (["--variants", "gsa", "--opt", "size=3"], "size is set by the sweep"),
+        (["--variants", "gsa", "--opt", "local.window=3"], "'local' is not a variant of this sweep (gsa)"),
+        (["--variants", "gsa", "--opt", "gsa.window=3"], "no variant of this sweep has an option 'window'"),
+        (["--variants", "gsa", "--opt", "span=2"], "--opt for variant 'gsa': Invalid span=2"),
+        (["--scope", "module", "--variants", "gsa", "--dim", "16", "--opt", "heads=3"],
+         "--dim 16 for variant 'gsa': Invalid dim=16: dim must be divisible by heads=3"),
+        (["--variants", "gsa", "--opt", "span"], "options are KEY=VALUE"),
     ],
 )
 def test_bad_arguments_are_one_line_and_exit_2(capsys, tmp_path, args, message):
@@ -417,3 +425,18 @@ def test_help_loads_no_numerical_stack():
             "print(sorted(m for m in ('torch', 'pandas', 'numpy') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip().splitlines()[-1] == "[]", done.stderr
+
+
+def test_variant_options_are_swept_and_stored(capsys, tmp_path):
+    db = str(tmp_path / "r.sqlite")
+    code, out, _ = run_cli(capsys, "run", "--scope", "module", "--variants", "gsa,local,conv", "--res", "12",
+                           "--dim", "16", "--opt", "span=3", "--opt", "local.window=3", "--opt", "heads=4",
+                           "--db", db, *FAST)
+    assert code == 0 and " options " in out.splitlines()[0]
+    frame = store.load_results(db).set_index("variant")
+    assert frame.loc["gsa", "options"] == "heads=4,span=3"
+    assert frame.loc["local", "options"] == "heads=4,window=3" and frame.loc["conv", "options"] == ""
+    for variant, opts in (("gsa", {"span": 3, "heads": 4}), ("local", {"window": 3, "heads": 4})):
+        m = attnbench.build_variant(variant, 16, size=12, **opts)
+        assert frame.loc[variant, "macs"] == attnbench.count_macs(m, torch.randn(1, 16, 12, 12))
+        assert frame.loc[variant, "params"] == sum(p.numel() for p in m.parameters())

@@ -171,3 +171,14 @@ def test_a_stored_dtype_with_a_slash_names_files_safely(tmp_path):
         store.write(path, {**row("gsa", res), "dtype": "bf16/amp", "case_key": f"odd/{res}"})
     rep = report([path], tmp_path / "out", published=False)
     assert rep.files and all(f.parent.name in ("tables", "figures", "out") for f in rep.files)
+
+
+def test_implementations_and_options_that_vary_are_separate_series(tmp_path):
+    path = tmp_path / "mixed.sqlite"
+    for res in RES:
+        store.write(path, {**row("gsa", res), "impl": "pixelmajor", "options": ""})
+        store.write(path, {**row("gsa", res), "impl": "pixelmajor", "options": "span=3",
+                           "case_key": f"span3/{res}"})
+        store.write(path, {**row("conv", res), "impl": "native", "options": ""})
+    exps = report([path], tmp_path / "out", published=False).tables["scaling_exponents"]
+    assert set(exps.variant) == {"gsa[defaults]", "gsa[span=3]", "conv"}

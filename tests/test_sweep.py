@@ -1,3 +1,5 @@
+from dataclasses import astuple
+
 import pytest
 
 from attnbench.sweep import Case, expand, shard
@@ -21,6 +23,7 @@ def test_keys_are_stable_text():
     c = Case("module", "gsa", "", 16, 1, 8, "fp32", "cpu", "infer", 2, "batched")
     assert c.key == ("scope=module/variant=gsa/arch=/res=16/batch=1/dim=8/dtype=fp32/device=cpu/mode=infer/threads=2/"
                      "impl=batched")
+    assert Case(*astuple(c)[:-1], "span=3").key == c.key + "/options=span=3"
 
 
 def test_implementations_resolve_per_device_without_duplicates():
