@@ -1,4 +1,5 @@
-"""Pieces shared by several variants: relative position tables and 1x1 projections."""
+"""Pieces shared by several variants: relative position tables and banded products along an axis
+(whole or blocked), 1x1 projections, batch norm in any layout, and the stride-2 pooling."""
 
 from __future__ import annotations
 
