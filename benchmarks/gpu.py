@@ -35,6 +35,9 @@ MODULE_GOAL_MS = {"gsa": 1.0, "local": 2.0, "axial": 1.5, "nonlocal": 1.0}  # at
 TEXTBOOK = {"gsa": "plain", "local": "plain", "nonlocal": "plain", "axial": "dense"}
 TEXTBOOK_RATIO = 0.6  # the chosen implementation's latency over the textbook one's, at most
 FLEX_CORE_RATIO = 1.5  # local over a bare FlexAttention core plus projections, at most
+# local last: FlexAttention compiles once per map shape and mode (about 7 shapes in a ResNet-50), the
+# slowest start; rows are printed and stored as they come, so a run cut short keeps the others
+ORDER = ["conv", "gsa", "axial", "nonlocal", "local"]
 NETWORK_GOAL_X = {"gsa": 2.0, "local": 3.0, "axial": 3.0, "nonlocal": 1.7}  # latency over the plain ResNet's
 
 
@@ -101,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     for dtype in args.module_dtypes.split(","):
         shape = f"B={args.batch} C={args.dim} {args.res}x{args.res} {dtype}"
         goals = dtype == args.dtype
-        for variant in ["conv", "gsa", "local", "axial", "nonlocal"]:
+        for variant in ORDER:
             rows = {impl: measure(Case("module", variant, "", args.res, args.batch, args.dim, dtype, args.device,
                                        "infer", threads, impl)) for impl in attnbench.list_impls(variant)}
             times = {impl: r.get("latency_ms_median") or float("inf") for impl, r in rows.items()}
@@ -133,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     # networks, forward and forward + backward, against the plain ResNet
     for mode in ["infer", "train"]:
         base = None
-        for variant in ["conv", "gsa", "local", "axial", "nonlocal"]:
+        for variant in ORDER:
             resolved = attnbench.resolve_impl(variant, "auto", args.device)
             row = measure(Case("model", variant, args.arch, args.net_res, args.net_batch, 0, args.dtype, args.device,
                                mode, threads, resolved))
