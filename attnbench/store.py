@@ -301,11 +301,6 @@ def load_training(path: str | Path) -> pd.DataFrame:
     return _read(path, "training", TRAINING_NAMES, "rowid")
 
 
-def stored_keys(path: str | Path, env_key: str) -> set[str]:
-    """Case keys already stored for an environment."""
-    return set(stored_cases(path, env_key))
-
-
 def stored_cases(path: str | Path, env_key: str) -> dict[str, dict]:
     """What is stored for an environment, by case key: status, wall_s and predicted_mem_bytes."""
     if not Path(path).exists():

@@ -33,7 +33,7 @@ def test_same_case_and_environment_is_stored_once_unless_replaced(tmp_path):
     store.write(db, row("a", macs=3), replace=True)
     assert list(store.load_results(db).macs) == [3]
     store.write(db, row("a", env="e2"))
-    assert store.stored_keys(db, "e1") == {"a"} and len(store.load_results(db)) == 2
+    assert set(store.stored_cases(db, "e1")) == {"a"} and len(store.load_results(db)) == 2
 
 
 def test_merge_has_no_duplicates(tmp_path):
@@ -165,7 +165,7 @@ def test_reading_a_store_changes_nothing(tmp_path):
     before = _snapshot(folder)
     frame = store.load_results(db)
     assert frame.impl.tolist() == ["pixelmajor", "halo", "dense", "sdpa", "native"]
-    assert store.load_training(db).empty and store.stored_keys(db, "e1") == {f"k{i}" for i in range(5)}
+    assert store.load_training(db).empty and set(store.stored_cases(db, "e1")) == {f"k{i}" for i in range(5)}
     store.merge([db], tmp_path / "out.sqlite")
     assert _snapshot(folder) == before
     with pytest.raises(sqlite3.OperationalError, match="readonly"):
