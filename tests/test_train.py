@@ -146,6 +146,16 @@ def test_wrong_files_in_data_dir(tmp_path, capsys):
         load_cifar100(tmp_path)
 
 
+def assert_refused_by_eval_and_resume(path, message, tmp_path, capsys) -> None:
+    """`eval --checkpoint` and `train --resume` both refuse ``path`` with one line saying ``message``."""
+    for args in (["eval", "--checkpoint", str(path), "--dataset", "digits"],
+                 ["train", "--model", "conv_probe", "--dataset", "digits", "--resume", str(path),
+                  "--out", str(tmp_path / "y"), "--db", str(tmp_path / "r.sqlite")]):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+
+
 def test_checkpoints_of_another_model_or_corrupted(tmp_path, capsys):
     cfg = TrainConfig(model="conv_probe", dataset="digits", epochs=1, batch=64, width=0.25)
     train(cfg, out=tmp_path / "run", progress=False)
@@ -159,12 +169,7 @@ def test_checkpoints_of_another_model_or_corrupted(tmp_path, capsys):
     assert "was trained on digits, not longrange" in capsys.readouterr().err
     bad = tmp_path / "bad.pt"
     bad.write_bytes(ckpt.read_bytes()[:1000])
-    for args in (["eval", "--checkpoint", str(bad), "--dataset", "digits"],
-                 ["train", "--model", "conv_probe", "--dataset", "digits", "--resume", str(bad),
-                  "--out", str(tmp_path / "y"), "--db", str(tmp_path / "r.sqlite")]):
-        assert main(args) == 2
-        err = capsys.readouterr().err
-        assert "not a readable checkpoint" in err and err.count("\n") == 1
+    assert_refused_by_eval_and_resume(bad, "not a readable checkpoint", tmp_path, capsys)
     assert evaluate_checkpoint(ckpt, "digits")["top1_pct"] >= 0
 
 
@@ -180,12 +185,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, capsys):
     marker = tmp_path / "ran"
     evil = tmp_path / "evil.pt"
     torch.save({"format": "attnbench-checkpoint-1", "payload": _RunsCode(marker)}, evil)
-    for args in (["eval", "--checkpoint", str(evil), "--dataset", "digits"],
-                 ["train", "--model", "conv_probe", "--dataset", "digits", "--resume", str(evil),
-                  "--out", str(tmp_path / "y"), "--db", str(tmp_path / "r.sqlite")]):
-        assert main(args) == 2
-        err = capsys.readouterr().err
-        assert "holds more than weights" in err and err.count("\n") == 1
+    assert_refused_by_eval_and_resume(evil, "holds more than weights", tmp_path, capsys)
     assert not marker.exists()
 
 

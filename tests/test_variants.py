@@ -76,11 +76,14 @@ IMPL_CASES = [(v, i, o) for v in VARIANTS for i in attnbench.list_impls(v) for o
 SHAPES = [(2, 8, 6, 5), (2, 8, 11, 13)]  # even and odd sides, non-square
 
 
+def two_heads(variant: str) -> dict:
+    """8 channels in 2 heads, for the variants that have heads."""
+    return {"heads": 2} if "heads" in attnbench.get_variant_spec(variant).options() else {}
+
+
 def make_fp64(variant: str, impl: str, options: dict) -> torch.nn.Module:
-    fields = attnbench.get_variant_spec(variant).options()
-    heads = {"heads": 2} if "heads" in fields and "heads" not in options else {}
     torch.manual_seed(0)
-    m = attnbench.build_variant(variant, 8, size=13, impl=impl, **heads, **options)
+    m = attnbench.build_variant(variant, 8, size=13, impl=impl, **{**two_heads(variant), **options})
     return randomize_norms(m).double().cpu()
 
 
@@ -137,8 +140,7 @@ def test_state_dicts_load_into_every_implementation(variant):
     with torch.no_grad():
         want = source.eval()(x)
         for impl in attnbench.list_impls(variant):
-            target = attnbench.build_variant(variant, 8, size=13, impl=impl, **(
-                {"heads": 2} if "heads" in attnbench.get_variant_spec(variant).options() else {}))
+            target = attnbench.build_variant(variant, 8, size=13, impl=impl, **two_heads(variant))
             target.double().load_state_dict(source.state_dict())
             torch.testing.assert_close(target.eval()(x), want, msg=f"{variant}/{impl}")
 
