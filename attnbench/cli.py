@@ -60,7 +60,7 @@ EXAMPLES = """examples:
   attnbench run --variants gsa,local --res 224              # gsa_resnet50 against local_resnet50
   attnbench run --scope module --res 16,32,64 --dim 64      # every variant alone, three sides
   attnbench run --variants gsa --impl auto,plain            # an implementation beside the textbook one
-  attnbench report --db reports/results.sqlite --out reports
+  attnbench report --db reports/results.sqlite               # into reports/latest/
   attnbench train --model gsa_probe --dataset longrange --epochs 10
 """
 
@@ -206,25 +206,25 @@ def _check_db(path: str) -> None:
         raise UsageError(f"Cannot write the store {path}: {e}.") from None
 
 
-def _check_out_dir(command: str, option: str, path: str) -> None:
+def _check_out_dir(option: str, path: str) -> None:
     """An output folder that exists as one, or can be made, and can be written, before any work is done."""
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
-        raise UsageError(f"attnbench {command}: {option} {path} is a file, not a folder.")
+        raise UsageError(f"{option} {path} is a file, not a folder.")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UsageError(f"attnbench {command}: cannot make {option} {path}: {e.strerror}.") from None
+        raise UsageError(f"cannot make {option} {path}: {e.strerror}.") from None
     if not os.access(folder, os.W_OK):
-        raise UsageError(f"attnbench {command}: {option} {path} cannot be written.")
+        raise UsageError(f"{option} {path} cannot be written.")
 
 
-def _write_text(command: str, path: str, text: str) -> None:
+def _write_text(path: str, text: str) -> None:
     """``text`` into the file ``path``, with a one-line error when that is not possible."""
     try:
         Path(path).write_text(text)
     except OSError as e:
-        raise UsageError(f"attnbench {command}: cannot write {path}: {e.strerror or e}.") from None
+        raise UsageError(f"cannot write {path}: {e.strerror or e}.") from None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -238,7 +238,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         cases = api.plan(**sweep)
     except ValueError as e:
-        raise UsageError(f"attnbench run: {e}") from None
+        raise UsageError(str(e)) from None
     _check_db(args.db)
     bar = tqdm(total=len(cases), unit="case", file=sys.stderr, disable=args.json or None, dynamic_ncols=True)
     finished = 0
@@ -281,7 +281,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     text = frame.to_csv(index=False) if args.format == "csv" else frame.to_markdown(index=False)
     if args.output:
-        _write_text("export", args.output, text)
+        _write_text(args.output, text)
     else:
         sys.stdout.write(text + ("" if text.endswith("\n") else "\n"))
     return 0
@@ -304,13 +304,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     from attnbench import store
     from attnbench.report import ReportError, report
 
-    _check_out_dir("report", "--out", args.out)
+    _check_out_dir("--out", args.out)
     try:
         rep = report(args.db or [DEFAULT_DB], args.out)
     except (ReportError, store.StoreError) as e:
-        raise UsageError(f"attnbench report: {e}") from None
+        raise UsageError(str(e)) from None
     except OSError as e:  # a full disk, a folder that went away: the previous report stays as it was
-        raise UsageError(f"attnbench report: cannot write under {args.out}: {e.strerror or e}.") from None
+        raise UsageError(f"cannot write under {args.out}: {e.strerror or e}.") from None
     print(f"wrote {len(rep.tables)} tables and {len(rep.figures)} figures under {args.out} "
           f"(index: {args.out}/README.md)")
     return 0
@@ -328,8 +328,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
                          device=args.device, mode=args.mode, scope=args.scope, arch=args.arch, threads=args.threads,
                          impl=args.impl, opt=args.opt)
     except ValueError as e:
-        raise UsageError(f"attnbench profile: {e}") from None
-    _check_out_dir("profile", "--out", args.out)
+        raise UsageError(str(e)) from None
+    _check_out_dir("--out", args.out)
     out = Path(args.out)
     for sub in ("tables", "figures", "traces"):
         (out / sub).mkdir(parents=True, exist_ok=True)
@@ -367,18 +367,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     from attnbench.train import TrainConfig, TrainError, train
 
     if args.model not in list_models():
-        raise UsageError("attnbench train: " + unknown_name_message("model", args.model, list_models()))
+        raise UsageError(unknown_name_message("model", args.model, list_models()))
     cfg = TrainConfig(model=args.model, dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
                       batch=args.batch, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
                       width=args.width, stem=args.stem, dtype=args.dtype, device=args.device, seed=args.seed)
     out = args.out or f"runs/{args.model}-{args.dataset}-s{args.seed}"
-    _check_out_dir("train", "--out", out)
+    _check_out_dir("--out", out)
     if args.db is not None:
         _check_db(args.db)
     try:
         history = train(cfg, out=out, db=args.db, resume=args.resume, stop_after_epoch=args.stop_after_epoch)
     except (DataError, TrainError, store.StoreError) as e:
-        raise UsageError(f"attnbench train: {e}") from None
+        raise UsageError(str(e)) from None
     if history:
         print(f"checkpoint: {out}/checkpoint.pt; metrics stored in {args.db}")
     return 0
@@ -392,7 +392,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         metrics = evaluate_checkpoint(args.checkpoint, args.dataset, args.data_dir, batch=args.batch,
                                       device=args.device)
     except (DataError, TrainError) as e:
-        raise UsageError(f"attnbench eval: {e}") from None
+        raise UsageError(str(e)) from None
     print(f"{args.dataset} test: loss {metrics['test_loss']:.4f}, top-1 {metrics['top1_pct']:.2f} %, "
           f"top-5 {metrics['top5_pct']:.2f} %")
     return 0
@@ -508,9 +508,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)
-    except UsageError as e:
+    except UsageError as e:  # the command's name comes first on every error line, added here once
         line = str(e).splitlines()[0] if str(e) else "error"
-        if not line.startswith("attnbench"):  # one prefix for every command's errors
+        if not line.startswith("attnbench"):  # parse errors already carry it
             line = f"attnbench {args.command}: {line}" if args is not None else f"attnbench: {line}"
         print(line, file=sys.stderr)
         return 2
