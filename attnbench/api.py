@@ -63,8 +63,6 @@ def plan(
         archs = sorted({m[len("conv_"):] for m in list_models() if m.startswith("conv_")})
         if arch not in archs:
             raise ValueError("--arch: " + unknown_name_message("architecture", arch, archs))
-    for v in variants or []:
-        get_variant_spec(v)  # an unknown name lists the known ones
     options = variant_options(list(variants or list_variants()), list(opt))
     for v in variants or list_variants():
         # module scope: each --dim; model scope: the narrowest bottleneck width, of which the others are multiples
@@ -80,7 +78,7 @@ def plan(
     cases = expand(
         variants=list(variants or list_variants()), res=list(res or [DEFAULT_RES[scope]]), batch=list(batch),
         dims=list(dim), dtypes=list(dtype), devices=list(device or default_devices()), modes=list(mode), scope=scope,
-        arch=arch, threads=threads or default_threads(), impls=list(impl), options=list(opt),
+        arch=arch, threads=threads or default_threads(), impls=list(impl), options=options,
     )
     return shard(cases, *shard_spec) if shard_spec else cases
 

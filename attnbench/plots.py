@@ -4,20 +4,19 @@ per variant everywhere."""
 from __future__ import annotations
 
 import math
-import re
 
 import numpy as np
 import pandas as pd
 
 from attnbench.registry import list_variants
-from attnbench.tables import METRICS, fit_exponent, pareto
+from attnbench.tables import METRICS, fit_exponent, pareto, series_variant
 
 
 class Palette(dict):
     """Colours by variant; a series labelled ``variant/impl[options]`` takes its variant's colour."""
 
     def get(self, label: str, default=None):
-        return super().get(re.split(r"[/\[]", label)[0], default)
+        return super().get(series_variant(label), default)
 
 
 def colours() -> Palette:

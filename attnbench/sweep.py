@@ -70,20 +70,21 @@ def expand(
     arch: str,
     threads: int,
     impls: list[str] = (AUTO,),
-    options: list[str] = (),
+    options: dict[str, str] | None = None,
 ) -> list[Case]:
     """Every combination, ordered so that each variant's resolutions run smallest first. ``impls`` as
-    :func:`variant_impls` reads them; each is resolved for its device, and duplicates dropped."""
+    :func:`variant_impls` reads them; each is resolved for its device, and duplicates dropped.
+    ``options``: each variant's options as :func:`variant_options` spells them (none: the defaults)."""
     if scope == "model":
         dims = [0]
     arch = arch if scope == "model" else ""
     chosen = variant_impls(variants, list(impls))
-    opts = variant_options(variants, list(options))
+    opts = options or {}
     cases = []
     for dev, v in itertools.product(devices, variants):
         resolved = list(dict.fromkeys(resolve_impl(v, i, dev) for i in chosen[v]))
         cases += [
-            Case(scope, v, arch, r, b, d, dt, dev, m, threads, i, opts[v])
+            Case(scope, v, arch, r, b, d, dt, dev, m, threads, i, opts.get(v, ""))
             for dt, m, i, d, b, r in itertools.product(dtypes, modes, resolved, dims, batch, sorted(res))
         ]
     return cases
@@ -117,19 +118,24 @@ SWEEP_SET = ("dim", "size", "stride")  # options the sweep itself sets
 
 
 def parse_option(item: str) -> tuple[str, object]:
-    """``key=value`` with the value read as an int, a float, true/false or none, else kept as text."""
+    """``key=value`` with the value read by :func:`parse_value`."""
     key, _, text = item.partition("=")
+    return key, parse_value(text)
+
+
+def parse_value(text: str) -> object:
+    """An option's value: an int, a float, true/false or none, else the text itself."""
     lowered = text.lower()
     if lowered in ("true", "false"):
-        return key, lowered == "true"
+        return lowered == "true"
     if lowered == "none":
-        return key, None
+        return None
     for kind in (int, float):
         try:
-            return key, kind(text)
+            return kind(text)
         except ValueError:
             pass
-    return key, text
+    return text
 
 
 def variant_options(variants: list[str], options: list[str]) -> dict[str, str]:
@@ -152,7 +158,7 @@ def variant_options(variants: list[str], options: list[str]) -> dict[str, str]:
         if not takers:
             raise ValueError(f"Invalid --opt {item}: no variant of this sweep has an option '{key}'.")
         for v in takers:
-            chosen[v][key] = parse_option(f"{key}={text}")[1]
+            chosen[v][key] = parse_value(text)
     return {v: ",".join(f"{k}={opts[k]}" for k in sorted(opts)) for v, opts in chosen.items()}
 
 

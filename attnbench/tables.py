@@ -22,6 +22,12 @@ METRICS = {  # column -> (axis label, scale)
 }
 
 
+
+def series_variant(label: str) -> str:
+    """The variant of a series label: ``gsa/batched[span=15]`` (as the report labels a variant measured
+    with several implementations or option sets) is ``gsa``."""
+    return re.split(r"[/\[]", label)[0]
+
 def series_groups(frame: pd.DataFrame):
     """Module-scope series that a scaling plot draws: one per device, dtype, mode, dim and batch."""
     module = frame[frame.scope == "module"]
@@ -102,7 +108,7 @@ def exponent_table(frame: pd.DataFrame) -> pd.DataFrame:
                 name = label.split(" (")[0]
                 row[f"k {name}"] = round(k, 3) if not math.isnan(k) else math.nan
                 row[f"R2 {name}"] = round(r2, 3) if not math.isnan(r2) else math.nan
-            low, high = expected.get(re.split(r"[/\[]", variant)[0], (math.nan, math.nan))
+            low, high = expected.get(series_variant(variant), (math.nan, math.nan))
             row["expected k (asymptotic)"] = f"{low:g}" if low == high else f"{low:g}-{high:g}"
             out.append(row)
     return pd.DataFrame(out)

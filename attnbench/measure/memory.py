@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from attnbench.registry import reference_impls
+
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 
@@ -130,10 +132,8 @@ def predict_peak_memory(
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from attnbench.measure.latency import make_step
-    from attnbench.registry import reference_impls
 
     state = {k: v.clone() for k, v in module.state_dict().items()}  # batch-norm statistics
-
     tracker = _LiveBytes()
     with reference_impls(module, unfakeable_on=torch.device(device).type):
         with FakeTensorMode(allow_non_fake_inputs=True), tracker.mode:

@@ -49,12 +49,11 @@ def build_model(name: str, num_classes: int = 1000, **options: Any) -> nn.Module
         raise KeyError(f"A model name is a string, not {name!r}; see attnbench.list_models().")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"Invalid num_classes={num_classes!r}: num_classes must be a positive integer.")
-    width = options.get("width", 1.0)
-    if isinstance(width, bool) or not isinstance(width, int | float) or not width > 0:
-        raise ValueError(f"Invalid width={width!r}: width must be a positive multiplier.")
     if name.endswith("_probe") and name[: -len("_probe")] in list_variants():
         options.pop("stem", None)
-        width = options.pop("width", 1.0)
+        width = options.pop("width", 1.0)  # a multiplier here as for ResNets, which check theirs
+        if isinstance(width, bool) or not isinstance(width, int | float) or not width > 0:
+            raise ValueError(f"Invalid width={width!r}: width must be a positive multiplier.")
         return ProbeNet(name[: -len("_probe")], num_classes=num_classes, width=max(8, int(16 * width)), **options)
     if name in AXIAL_DEEPLAB:
         return ResNet("axial", AXIAL_DEEPLAB[name], num_classes=num_classes, expansion=2, stem_width=32,
