@@ -1,18 +1,40 @@
-"""Published figures (``baselines/published.csv``) beside the counts of our networks.
+"""Published figures (``baselines/published.csv``) beside the counts of our networks, and the facts of
+our variants that a report prints.
 
-Our counts are computed once and shipped in ``baselines/ours.csv`` (``python -m attnbench.baselines``
-writes it), so that a report only reads; a test recounts them live and fails when the file is stale.
+Both are computed once and shipped in ``baselines/`` (``ours.csv``, ``variants.csv``;
+``python -m attnbench.baselines`` writes them), so that a report only reads and loads no torch; a test
+recomputes them live and fails when a file is stale.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 PUBLISHED = Path(__file__).resolve().parent.parent / "baselines" / "published.csv"
 OURS = PUBLISHED.with_name("ours.csv")
+VARIANTS = PUBLISHED.with_name("variants.csv")
+
+
+def count_variant_facts() -> pd.DataFrame:
+    """Every registered variant, in registry order: name, paper and the expected exponent k of its cost
+    against pixels (``scaling_low``-``scaling_high`` over its options)."""
+    from attnbench.registry import iter_specs
+
+    return pd.DataFrame([{"name": s.name, "paper": s.paper, "arxiv": s.arxiv, "scaling_low": s.scaling[0],
+                          "scaling_high": s.scaling[1]} for s in iter_specs()])
+
+
+def variant_facts(names: Iterable[str] = ()) -> pd.DataFrame:
+    """:func:`count_variant_facts` as shipped, or from the registry when one of ``names`` is not in the
+    shipped file (a variant added since, or a plugin's)."""
+    if VARIANTS.exists():
+        shipped = pd.read_csv(VARIANTS, dtype={"arxiv": str})
+        if set(names) <= set(shipped.name):
+            return shipped
+    return count_variant_facts()
 
 
 def load_published(path: str | Path = PUBLISHED) -> pd.DataFrame:
@@ -25,6 +47,8 @@ def load_published(path: str | Path = PUBLISHED) -> pd.DataFrame:
 
 def ours(model: str, metric: str, res: int) -> int:
     """Our parameter count or MACs (batch 1, ``res`` x ``res``) of a network."""
+    import torch
+
     from attnbench.measure.macs import count_macs
     from attnbench.measure.params import count_params
     from attnbench.models import build_model
@@ -62,4 +86,5 @@ def compare_published(path: str | Path = PUBLISHED, *, live: bool = False) -> pd
 
 if __name__ == "__main__":
     count_ours().to_csv(OURS, index=False)
-    print(f"wrote {OURS}")
+    count_variant_facts().to_csv(VARIANTS, index=False)
+    print(f"wrote {OURS} and {VARIANTS}")

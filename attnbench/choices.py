@@ -14,7 +14,13 @@ DEFAULT_DB = os.path.join("reports", "results.sqlite")
 # generated outputs get folders of their own, never the committed reference report in reports/
 DEFAULT_REPORT = os.path.join("reports", "latest")
 DEFAULT_PROFILE = os.path.join("reports", "profile")
+PIVOTS = ("latency", "macs", "memory", "params")  # what `attnbench run --pivot` can grid by resolution
+FIGURE_FORMATS = ("png",)  # what reports and profiles draw unless told (svg, pdf: on request)
+FORMATS = ("png", "svg", "pdf")
 DEFAULT_RES = {"model": 224, "module": 56}  # image side for networks, feature-map side for modules
+# a sweep's other defaults (attnbench.sweep.Sweep), which the command line shows in its help
+SWEEP_DEFAULTS = {"batch": (1,), "dim": (64,), "dtype": ("fp32",), "mode": ("infer",), "arch": "resnet50",
+                  "impl": ("auto",)}
 
 
 def unknown_name_message(kind: str, name: str, available: list[str]) -> str:

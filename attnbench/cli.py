@@ -22,8 +22,12 @@ from attnbench.choices import (
     DEFAULT_REPORT,
     DEFAULT_RES,
     DTYPES,
+    FIGURE_FORMATS,
+    FORMATS,
     MODES,
+    PIVOTS,
     SCOPES,
+    SWEEP_DEFAULTS,
     unknown_name_message,
 )
 
@@ -227,31 +231,38 @@ def _write_text(path: str, text: str) -> None:
         raise UsageError(f"cannot write {path}: {e.strerror or e}.") from None
 
 
+def _plan(args: argparse.Namespace) -> list:
+    """The cases of the sweep the arguments describe (see :func:`add_sweep_arguments`)."""
+    from dataclasses import fields
+
+    from attnbench.sweep import Sweep
+
+    try:
+        return Sweep(**{f.name: getattr(args, f.name) for f in fields(Sweep) if hasattr(args, f.name)}).cases()
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from attnbench import api, store
 
-    sweep = dict(variants=args.variants, res=args.res, batch=args.batch, dim=args.dim, dtype=args.dtype,
-                 device=args.device, mode=args.mode, scope=args.scope, arch=args.arch, threads=args.threads,
-                 impl=args.impl, opt=args.opt, shard_spec=args.shard)
-    try:
-        cases = api.plan(**sweep)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+    cases = _plan(args)
     _check_db(args.db)
     bar = tqdm(total=len(cases), unit="case", file=sys.stderr, disable=args.json or None, dynamic_ncols=True)
     finished = 0
 
-    def on_case(case, row) -> None:
+    def on_case(case, record) -> None:
         nonlocal finished
         finished += 1
-        bar.set_postfix_str(f"{case.label}: {'stored' if row is None else row['status']}", refresh=False)
+        bar.set_postfix_str(f"{case.label}: {'stored' if record is None else record.measurement.status}",
+                            refresh=False)
         bar.update()
 
     try:
-        frame = api.run(db=args.db, timeout=args.timeout, min_run_time=args.min_run_time, force=args.force,
-                        retry_failed=args.retry_failed, on_case=on_case, **sweep)
+        frame = api.run(cases=cases, db=args.db, timeout=args.timeout, min_run_time=args.min_run_time,
+                        force=args.force, retry_failed=args.retry_failed, on_case=on_case)
     except KeyboardInterrupt:
         bar.close()
         print(f"attnbench run: interrupted; {finished} of {len(cases)} cases are stored in {args.db}. "
@@ -264,11 +275,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.json:
         print(frame.to_json(orient="records", indent=1))
     else:
-        from attnbench.tables import results_table
+        from attnbench.console import console_table
 
-        print(results_table(frame).to_string(index=False) if len(frame) else "no cases")
-        print(f"\n{len(frame)} cases; results in {args.db}. Latency in ms (median and IQR), MACs per forward "
-              "pass of the batch (1 multiply-add = 1), peak memory over weights and inputs.")
+        print(console_table(frame, pivot=args.pivot, width=args.width))
+        print(f"\n{len(frame)} cases; results in {args.db}. Latency: median of the timed runs; MACs per forward "
+              "pass of the batch (1 multiply-add = 1); memory: peak over weights and inputs.")
     return 0
 
 
@@ -276,8 +287,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from attnbench import store
 
     try:
-        frame = store.load_results(args.db)
-    except store.StoreError as e:
+        frame = store.select(store.load_results(args.db), args.columns, args.where)
+    except (store.StoreError, ValueError) as e:
         raise UsageError(str(e)) from None
     text = frame.to_csv(index=False) if args.format == "csv" else frame.to_markdown(index=False)
     if args.output:
@@ -306,7 +317,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     _check_out_dir("--out", args.out)
     try:
-        rep = report(args.db or [DEFAULT_DB], args.out)
+        rep = report(args.db or [DEFAULT_DB], args.out, formats=args.formats)
     except (ReportError, store.StoreError) as e:
         raise UsageError(str(e)) from None
     except OSError as e:  # a full disk, a folder that went away: the previous report stays as it was
@@ -319,16 +330,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_profile(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from attnbench import api
+    from attnbench.plots import save
     from attnbench.profiling import profile_case, stacked_figure
     from attnbench.report import slug
 
-    try:
-        cases = api.plan(variants=args.variants, res=args.res, batch=args.batch, dim=args.dim, dtype=args.dtype,
-                         device=args.device, mode=args.mode, scope=args.scope, arch=args.arch, threads=args.threads,
-                         impl=args.impl, opt=args.opt)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+    cases = _plan(args)
     _check_out_dir("--out", args.out)
     out = Path(args.out)
     for sub in ("tables", "figures", "traces"):
@@ -353,8 +359,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         combined.to_csv(out / "tables" / f"profile_{tag}.csv", index=False)
         (out / "tables" / f"profile_{tag}.md").write_text(combined.to_markdown(index=False) + "\n")
         fig = stacked_figure(tables, f"Self time by operator ({tag.replace('_', ', ')})", top=args.top)
-        for ext in ("png", "svg"):
-            fig.savefig(out / "figures" / f"profile_{tag}.{ext}")
+        save(fig, out / "figures" / f"profile_{tag}", args.formats)
         print(f"traces under {out / 'traces'}; operator table {out / 'tables' / f'profile_{tag}.md'}; "
               f"plot {out / 'figures' / f'profile_{tag}.png'}")
     return 0 if groups else 1
@@ -403,26 +408,33 @@ def add_sweep_arguments(p: argparse.ArgumentParser, *, scope: str) -> None:
     p.add_argument("--variants", type=variant_list, default=None, help="comma-separated (default: all)")
     p.add_argument("--scope", choices=SCOPES, default=scope,
                    help="model: each variant's network at image side --res; module: the variant alone")
-    p.add_argument("--arch", default="resnet50",
+    p.add_argument("--arch", default=SWEEP_DEFAULTS["arch"],
                    help="network at model scope: resnet26/38/50/101, or probe (two blocks at full resolution)")
     p.add_argument("--res", type=positive_ints("resolution"), default=None,
                    help=f"sides in pixels, comma-separated (default: {DEFAULT_RES['model']} for models, "
                         f"{DEFAULT_RES['module']} for modules)")
-    p.add_argument("--batch", type=positive_ints("batch"), default=[1], help="batch sizes, comma-separated")
-    p.add_argument("--dim", type=positive_ints("dim"), default=[64], help="channels at module scope")
-    p.add_argument("--dtype", type=choice_list("dtype", list(DTYPES)), default=["fp32"],
+    p.add_argument("--batch", type=positive_ints("batch"), default=list(SWEEP_DEFAULTS["batch"]),
+                   help="batch sizes, comma-separated")
+    p.add_argument("--dim", type=positive_ints("dim"), default=list(SWEEP_DEFAULTS["dim"]),
+                   help="channels at module scope")
+    p.add_argument("--dtype", type=choice_list("dtype", list(DTYPES)), default=list(SWEEP_DEFAULTS["dtype"]),
                    help=f"{', '.join(DTYPES)}; comma-separated")
     p.add_argument("--device", type=device_list, default=None,
                    help="cpu, cuda, cuda:0,cuda:1 (default: every GPU, else cpu)")
-    p.add_argument("--mode", type=choice_list("mode", MODES), default=["infer"],
+    p.add_argument("--mode", type=choice_list("mode", MODES), default=list(SWEEP_DEFAULTS["mode"]),
                    help="infer (forward, no grad) or train (forward + backward); comma-separated")
     p.add_argument("--threads", type=positive_int("threads"), default=None, help="CPU threads (default: all cores)")
-    p.add_argument("--impl", type=_split, default=["auto"],
+    p.add_argument("--impl", type=_split, default=list(SWEEP_DEFAULTS["impl"]),
                    help="implementations, comma-separated: auto (each variant's choice for the device), a name "
                         "for every variant that has it (e.g. plain), or VARIANT=NAME; see `attnbench list`")
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="a variant option (e.g. span=15, heads=4, local.window=9) for every variant that has it, "
                         "or VARIANT.KEY=VALUE; repeat for several")
+
+
+def add_formats_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--formats", type=choice_list("format", FORMATS), default=list(FIGURE_FORMATS),
+                   help=f"figure files, comma-separated: {', '.join(FORMATS)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -446,6 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "memory are retried without it)")
     run.add_argument("--shard", type=shard_spec, default=None, help="run slice i of n: i/n")
     run.add_argument("--json", action="store_true", help="print the rows as JSON")
+    run.add_argument("--pivot", nargs="?", const="latency", choices=PIVOTS, default=None,
+                     help="print one metric as a grid of cases by resolution (latency if none named)")
+    run.add_argument("--width", type=positive_int("width"), default=100, help="characters per printed line")
     run.set_defaults(func=cmd_run)
 
     prof = sub.add_parser("profile", help="torch.profiler traces and operator tables per variant")
@@ -453,6 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--iters", type=positive_int("iters"), default=5)
     prof.add_argument("--top", type=positive_int("top"), default=8, help="operators per variant")
     prof.add_argument("--out", default=DEFAULT_PROFILE, help="folder for traces, tables and figures")
+    add_formats_argument(prof)
     prof.set_defaults(func=cmd_profile)
 
     tr = sub.add_parser("train", help="train a network and store its accuracy per epoch (runs under torchrun too)")
@@ -488,11 +504,17 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="regenerate tables and plots from results stores")
     rep.add_argument("--db", action="append", default=None, help="a results store; repeat for several")
     rep.add_argument("--out", default=DEFAULT_REPORT, help="folder for the tables, figures and index")
+    add_formats_argument(rep)
     rep.set_defaults(func=cmd_report)
 
     export = sub.add_parser("export", help="write a store as CSV or Markdown")
     export.add_argument("--db", default=DEFAULT_DB)
     export.add_argument("--format", choices=("csv", "md"), default="csv")
+    export.add_argument("--columns", type=_split, default=None,
+                        help="columns to write, comma-separated, in that order (default: all)")
+    export.add_argument("--where", action="append", default=[], metavar="COLUMN=VALUE",
+                        help="keep the rows where COLUMN=V1,V2 (any of), COLUMN!=V, or COLUMN>=N (also <=, >, <); "
+                             "repeat for several, all must hold")
     export.add_argument("-o", "--output", default=None)
     export.set_defaults(func=cmd_export)
 

@@ -14,7 +14,10 @@ from pathlib import Path
 
 import torch
 
-import attnbench
+from attnbench import __version__
+from attnbench.record import Environment
+
+PACKAGE = Path(__file__).resolve().parent
 
 
 @functools.lru_cache(maxsize=1)
@@ -33,7 +36,7 @@ def cpu_model() -> str:
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:
     """The commit of the attnbench checkout this code runs from, or None outside a checkout."""
-    root = Path(attnbench.__file__).resolve().parent.parent
+    root = PACKAGE.parent
     if not (root / ".git").exists():
         return None
     try:
@@ -53,7 +56,7 @@ def git_commit() -> str | None:
 def code_hash() -> str:
     """Identity of the code that measures: a hash of every source file of the package, so that any change
     to a variant, a network or a measurement gives new results, in a git checkout or not."""
-    root = Path(attnbench.__file__).resolve().parent
+    root = PACKAGE
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
@@ -68,25 +71,20 @@ def device_name(device: str) -> str:
     return cpu_model()
 
 
-def environment(device: str) -> dict[str, str | int | None]:
-    """Facts that identify where and with what a number was measured."""
+def environment(device: str) -> Environment:
+    """Facts that identify where and with what a number was measured, now."""
     dev = torch.device(device)
-    return {
-        "host": socket.gethostname(),
-        "device_name": device_name(device),
-        "cpu_model": cpu_model(),
-        "gpu_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
-        "cpu_count": os.cpu_count(),
-        "torch_version": torch.__version__,
-        "cuda_version": torch.version.cuda,
-        "python_version": platform.python_version(),
-        "attnbench_version": attnbench.__version__,
-        "git_commit": git_commit(),
-        "code_hash": code_hash(),
-        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
-def env_key(env: dict) -> str:
-    """The part of the environment that makes two measurements comparable: same machine, software and code."""
-    return "|".join(str(env[k]) for k in ("host", "device_name", "torch_version", "attnbench_version", "code_hash"))
+    return Environment(
+        host=socket.gethostname(),
+        device_name=device_name(device),
+        cpu_model=cpu_model(),
+        gpu_name=torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
+        cpu_count=os.cpu_count(),
+        torch_version=torch.__version__,
+        cuda_version=torch.version.cuda,
+        python_version=platform.python_version(),
+        attnbench_version=__version__,
+        git_commit=git_commit(),
+        code_hash=code_hash(),
+        created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )

@@ -14,20 +14,21 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from attnbench import store
-from attnbench.env import env_key, environment
+from attnbench.env import environment
 from attnbench.measure.latency import make_step, measure_latency
 from attnbench.measure.macs import analyse_macs
 from attnbench.measure.memory import available_memory, peak_memory, predict_peak_memory
 from attnbench.measure.params import count_params
 from attnbench.measure.peak import matmul_peak_gflops
+from attnbench.record import Case, Environment, Measurement, Record
 from attnbench.registry import get_impl
-from attnbench.sweep import DTYPES, Case
+from attnbench.sweep import DTYPES
 
 MEMORY_HEADROOM = 1.25  # predicted peak x this must fit the memory available
 MIN_RUN_TIME_S = 0.5  # default seconds of timed runs per case (torch.utils.benchmark autorange)
@@ -69,8 +70,8 @@ def _is_oom(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
 
 
-def measure_case(case: Case, min_run_time: float = MIN_RUN_TIME_S) -> dict:
-    """Measure one case in this process. Returns the record's measurement fields and status."""
+def measure_case(case: Case, min_run_time: float = MIN_RUN_TIME_S) -> Measurement:
+    """Measure one case in this process."""
     torch.set_num_threads(case.threads)
     torch.manual_seed(0)
     record: dict = {}
@@ -78,19 +79,18 @@ def measure_case(case: Case, min_run_time: float = MIN_RUN_TIME_S) -> dict:
         impl = get_impl(case.variant, case.impl)
         unsupported = impl.unsupported(torch.device(case.device).type, case.mode == "train")
         if unsupported:
-            return {"status": "skipped", "reason": f"implementation {case.impl}: {unsupported}"}
+            return Measurement("skipped", f"implementation {case.impl}: {unsupported}")
         reason = too_large(case)
         if reason:
-            return {"status": "skipped", "reason": reason}
+            return Measurement("skipped", reason)
         module, shape = build_case(case)
         dtype = DTYPES[case.dtype]
         predicted = predict_peak_memory(module, shape, case.mode, dtype=dtype, device=case.device)
         record["predicted_mem_bytes"] = predicted
         available = available_memory(case.device)
         if available is not None and predicted * MEMORY_HEADROOM > available:
-            return {**record, "status": "skipped", "reason": (
-                f"predicted peak {predicted / 2**20:.0f} MiB exceeds the {available / 2**20:.0f} MiB "
-                f"available on {case.device}")}
+            return Measurement("skipped", f"predicted peak {predicted / 2**20:.0f} MiB exceeds the "
+                               f"{available / 2**20:.0f} MiB available on {case.device}", predicted_mem_bytes=predicted)
         x = torch.randn(*shape, device=case.device, dtype=dtype)
         record.update(count_params(module))
         count = analyse_macs(module, x[:1])
@@ -104,17 +104,16 @@ def measure_case(case: Case, min_run_time: float = MIN_RUN_TIME_S) -> dict:
     except Exception as err:  # noqa: BLE001 - every failure becomes the case's status
         status = "oom" if _is_oom(err) else "error"
         record.update(status=status, reason=f"{type(err).__name__}: {err}".splitlines()[0][:500])
-    return record
+    return Measurement(**record)
 
 
 def _child(case: Case, min_run_time: float, conn) -> None:
     try:
-        record = measure_case(case, min_run_time)
-        record.update(environment(case.device))
+        result = measure_case(case, min_run_time), environment(case.device)
     except BaseException as err:  # the parent must always hear back
-        record = {"status": "error", "reason": "".join(traceback.format_exception_only(err)).strip()[:500]}
+        result = Measurement("error", "".join(traceback.format_exception_only(err)).strip()[:500]), None
     try:
-        conn.send(record)
+        conn.send(result)
     except OSError:  # the sweep was interrupted and no longer listens: nothing to report to
         pass
     finally:
@@ -151,8 +150,9 @@ def oom_kills() -> int:
     return int(match.group(1)) if match else 0
 
 
-def run_isolated(case: Case, timeout: float, min_run_time: float = MIN_RUN_TIME_S) -> dict:
-    """Measure ``case`` in a fresh child process; a crash or an overrun becomes the record's status."""
+def run_isolated(case: Case, timeout: float, min_run_time: float = MIN_RUN_TIME_S) -> tuple[Measurement, Environment]:
+    """Measure ``case`` in a fresh child process; a crash or an overrun becomes the measurement's status.
+    The environment is the child's, as it measured (the parent's, now, when the child could not say)."""
     ctx = _context(case.device)
     recv, send = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_child, args=(case, min_run_time, send), daemon=True)
@@ -160,12 +160,13 @@ def run_isolated(case: Case, timeout: float, min_run_time: float = MIN_RUN_TIME_
     oom_before = oom_kills()
     proc.start()
     send.close()
+    env = None
     try:
         if recv.poll(timeout):
-            record = recv.recv()
+            measurement, env = recv.recv()
             proc.join(10)
         else:
-            record = {"status": "timeout", "reason": f"no result within the {timeout:g} s time limit"}
+            measurement = Measurement("timeout", f"no result within the {timeout:g} s time limit")
     except EOFError:  # the child died without a word
         proc.join(10)
         code = proc.exitcode
@@ -176,21 +177,13 @@ def run_isolated(case: Case, timeout: float, min_run_time: float = MIN_RUN_TIME_
                 status, reason = "oom", "the case's process was killed by the kernel's out-of-memory killer"
             else:
                 status, reason = "killed", "the case's process was killed (SIGKILL) by another process"
-        record = {"status": status, "reason": reason}
+        measurement = Measurement(status, reason)
     finally:
         if proc.is_alive():
             proc.kill()
             proc.join()
         recv.close()
-    record["wall_s"] = time.monotonic() - start
-    return record
-
-
-def complete(case: Case, record: dict, run_id: str) -> dict:
-    """The full row: case fields, environment (as the child saw it, when it could report) and measurements."""
-    row = {**asdict(case), **environment(case.device), **record}
-    row.update(case_key=case.key, env_key=env_key(row), run_id=run_id)
-    return row
+    return replace(measurement, wall_s=time.monotonic() - start), env or environment(case.device)
 
 
 def worth_retrying(stored: dict, device: str, timeout: float) -> bool:
@@ -213,34 +206,35 @@ def run_cases(
     min_run_time: float = MIN_RUN_TIME_S,
     force: bool = False,
     retry_failed: bool = False,
-    on_case: Callable[[Case, dict | None], None] | None = None,
-) -> list[dict]:
+    on_case: Callable[[Case, Record | None], None] | None = None,
+) -> list[Record]:
     """Measure every case not yet stored for this environment (all of them with ``force``), and stored
     failures that may now succeed (:func:`worth_retrying`; every failure with ``retry_failed``).
 
-    Each record is written as soon as its case ends. ``on_case(case, row)`` is called after each
-    case, with None for cases skipped because they were already stored. Returns the rows written.
+    Each record is written as soon as its case ends. ``on_case(case, record)`` is called after each
+    case, with None for cases skipped because they were already stored. Returns the records written.
     """
     run_id = uuid.uuid4().hex[:12]
     cases = list(cases)
-    done = {dev: store.stored_cases(db, env_key(environment(dev))) for dev in {c.device for c in cases}}
+    done = {dev: store.stored_cases(db, environment(dev).key) for dev in {c.device for c in cases}}
     peaks: dict[tuple[str, str, int], float] = {}  # measured once per device, dtype and threads
-    rows = []
-    for case in cases:
-        stored = done[case.device].get(case.key)
-        again = stored is not None and stored["status"] != "ok" and (
-            retry_failed or worth_retrying(stored, case.device, timeout))
-        if not force and stored is not None and not again:
+    records = []
+    with store.Writer(db) as writer:
+        for case in cases:
+            stored = done[case.device].get(case.key)
+            again = stored is not None and stored["status"] != "ok" and (
+                retry_failed or worth_retrying(stored, case.device, timeout))
+            if not force and stored is not None and not again:
+                if on_case:
+                    on_case(case, None)
+                continue
+            peak_key = (case.device, case.dtype, case.threads)
+            if peak_key not in peaks:
+                peaks[peak_key] = matmul_peak_gflops(case.device, DTYPES[case.dtype], case.threads)
+            measurement, env = run_isolated(case, timeout, min_run_time)
+            record = Record(case, replace(measurement, device_peak_gflops=peaks[peak_key]), env, run_id)
+            writer.write(record, replace=force or again)
+            records.append(record)
             if on_case:
-                on_case(case, None)
-            continue
-        peak_key = (case.device, case.dtype, case.threads)
-        if peak_key not in peaks:
-            peaks[peak_key] = matmul_peak_gflops(case.device, DTYPES[case.dtype], case.threads)
-        row = complete(case, {**run_isolated(case, timeout, min_run_time), "device_peak_gflops": peaks[peak_key]},
-                       run_id)
-        store.write(db, row, replace=force or again)
-        rows.append(row)
-        if on_case:
-            on_case(case, row)
-    return rows
+                on_case(case, record)
+    return records

@@ -4,11 +4,15 @@ per variant everywhere."""
 from __future__ import annotations
 
 import math
+import textwrap
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from attnbench.registry import list_variants
+from attnbench.baselines import variant_facts
+from attnbench.choices import FIGURE_FORMATS
 from attnbench.tables import METRICS, fit_exponent, pareto, series_variant
 
 
@@ -19,39 +23,89 @@ class Palette(dict):
         return super().get(series_variant(label), default)
 
 
-def colours() -> Palette:
-    """One colour per variant, the same in every figure (registry order)."""
-    import seaborn as sns
+def colours(labels: Iterable[str] = ()) -> Palette:
+    """One colour per variant, the same in every figure (registry order), from matplotlib's accessible
+    ``petroff10`` sequence (distinguishable with colour-vision deficiencies), repeated past ten.
+    ``labels``: the series to draw (variant names, or labels as :func:`series_variant` reads them)."""
+    import matplotlib
 
-    names = list_variants()
-    palette = sns.color_palette("colorblind", n_colors=max(10, len(names)))
-    return Palette({name: palette[i] for i, name in enumerate(names)})
+    names = list(variant_facts({series_variant(label) for label in labels}).name)
+    sequence = matplotlib.color_sequences["petroff10" if "petroff10" in matplotlib.color_sequences else "tab10"]
+    return Palette({name: sequence[i % len(sequence)] for i, name in enumerate(names)})
 
 
-def new_figure(ncols: int = 1, width: float = 5.2):
-    """A figure outside pyplot's registry (the caller owns it; nothing accumulates)."""
+MARGINS_IN = {"left": 0.85, "right": 0.2, "bottom": 0.6, "top": 0.55, "between": 0.95}  # inches
+TITLE_IN = 0.4  # room for a figure title over the panels' titles
+TITLE_PT = 10  # title font size; a title longer than its width wraps onto a second line
+
+
+def new_figure(ncols: int = 1, width: float = 5.2, layout: str | None = None, *, suptitle: bool = False,
+               nrows: int = 1, height: float = 4.2):
+    """A figure of ``nrows`` x ``ncols`` panels (returned row by row) outside pyplot's registry (the caller
+    owns it; nothing accumulates). By default its margins are fixed (``MARGINS_IN``, room for the axis
+    labels, the panels' titles and, with ``suptitle``, a figure title): laying out by measuring every text
+    (``tight``) costs more than drawing; ``constrained`` suits figures with a colour bar beside panels."""
     import matplotlib
     from matplotlib.figure import Figure
 
     matplotlib.rcParams["svg.hashsalt"] = "attnbench"  # stable ids: same stores, same SVG
-    fig = Figure(figsize=(width * ncols, 4.2), dpi=100)
-    return fig, list(fig.subplots(1, ncols, squeeze=False)[0])
+    fig = Figure(figsize=(width * ncols, height * nrows), dpi=100, layout=layout)
+    axes = list(fig.subplots(nrows, ncols, squeeze=False).flat)
+    if layout is None:
+        w, h = fig.get_size_inches()
+        m = MARGINS_IN
+        top = m["top"] + suptitle * TITLE_IN
+        panel_w = (w - m["left"] - m["right"] - (ncols - 1) * m["between"]) / ncols
+        panel_h = (h - m["bottom"] - top - (nrows - 1) * m["between"]) / nrows
+        fig.subplots_adjust(left=m["left"] / w, right=1 - m["right"] / w, bottom=m["bottom"] / h,
+                            top=1 - top / h, wspace=m["between"] / panel_w, hspace=m["between"] / panel_h)
+    return fig, axes
+
+
+def save(fig, stem: str | Path, formats: Sequence[str] = FIGURE_FORMATS) -> list[Path]:
+    """Write ``fig`` as ``stem.png`` (and the other ``formats``), without dates or versions: the same
+    figure gives the same bytes."""
+    paths = []
+    for ext in formats:
+        path = Path(f"{stem}.{ext}")
+        fig.savefig(path, metadata={"Software": None} if ext == "png" else {"Date": None, "Creator": None})
+        paths.append(path)
+    return paths
+
+
+def wrapped(text: str, width_in: float, lines: int = 2) -> str:
+    """``text`` wrapped to ``width_in`` inches at the title size (``lines`` at most, the rest elided)."""
+    chars = max(20, int(width_in * 72 / (0.55 * TITLE_PT)))  # an average glyph is about 0.55 em wide
+    return "\n".join(textwrap.wrap(text, chars, max_lines=lines, placeholder=" ..."))
 
 
 def finish(fig, ax, title: str, *, grid: str = "both", **axes):
-    """Axes settings, grid, legend and title shared by the one-panel figures."""
+    """Axes settings, grid, legend and title (wrapped to the panel) shared by the figures."""
     ax.set(**axes)
     ax.grid(True, axis=grid, which="both", alpha=0.3)
     ax.legend(fontsize=7)
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
+    ax.set_title(wrapped(title, ax.get_position().width * fig.get_size_inches()[0]), fontsize=TITLE_PT)
     return fig
 
 
+def side_axis(ax, sides) -> None:
+    """A log x axis of image or feature-map sides, ticked at the sides measured."""
+    sides = sorted({int(r) for r in sides})
+    labels, last = [], 0.0
+    for r in sides:  # a side too close to the last one labelled keeps its tick, unlabelled
+        labels.append(str(r) if r >= 1.3 * last else "")
+        last = r if labels[-1] else last
+    ax.set_xscale("log")
+    ax.set_xticks(sides, labels)
+    ax.minorticks_off()
+    ax.set_xlabel("resolution (side in pixels)")
+
+
 def scaling_figure(g: pd.DataFrame, title: str):
-    """Latency, MACs and peak memory against pixels, log-log, with fitted exponents; failures marked."""
-    palette = colours()
-    fig, axes = new_figure(3)
+    """Latency (median, IQR bars), MACs and peak memory against resolution, log-log, with exponents fitted
+    on pixels; where a line stops, the first case that did not run, and why."""
+    palette = colours(g.variant)
+    fig, axes = new_figure(3, suptitle=True)
     for ax, (column, (label, scale)) in zip(axes, METRICS.items()):
         for variant, v in g.groupby("variant", sort=True):
             ok = v[v.status == "ok"].sort_values("pixels")
@@ -59,38 +113,42 @@ def scaling_figure(g: pd.DataFrame, title: str):
                 continue
             k, r2 = fit_exponent(ok.pixels, ok[column])
             fit = f"k={k:.2f}, R²={r2:.3f}" if not math.isnan(k) else "k n/a"
-            ax.plot(ok.pixels, ok[column] * scale, "o-", color=palette.get(variant), label=f"{variant} ({fit})")
+            iqr = ok.latency_ms_iqr * scale / 2 if column == "latency_ms_median" else None
+            ax.errorbar(ok.res, ok[column] * scale, yerr=iqr, fmt="o-", capsize=2, color=palette.get(variant),
+                        label=f"{variant} ({fit})")
             stopped = v[(v.status != "ok") & (v.pixels > ok.pixels.max())].sort_values("pixels")
             if len(stopped):  # where the line stops: the first case that did not run, and why
                 first = stopped.iloc[0]
-                ax.plot([first.pixels], [ok[column].iloc[-1] * scale], "x", ms=10, mew=2, color=palette.get(variant))
-                ax.annotate(first.status, (first.pixels, ok[column].iloc[-1] * scale), textcoords="offset points",
-                            xytext=(4, 4), fontsize=7, color=palette.get(variant))
-        finish(fig, ax, label.split(" (")[0], xscale="log", yscale="log", xlabel="pixels (res²)", ylabel=label)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+                ax.plot([first.res], [ok[column].iloc[-1] * scale], "x", ms=10, mew=2, color=palette.get(variant))
+                ax.annotate(first.status, (first.res, ok[column].iloc[-1] * scale), textcoords="offset points",
+                            xytext=(-6, 6), ha="right", fontsize=7, color=palette.get(variant))
+        finish(fig, ax, label.split(" (")[0], yscale="log", ylabel=label)
+        side_axis(ax, g.res)
+    fig.suptitle(wrapped(title + " (k: cost ~ pixels^k; latency bars: interquartile range)",
+                         fig.get_size_inches()[0], lines=1), fontsize=TITLE_PT)
     return fig
 
 
 def efficiency_figure(g: pd.DataFrame, title: str):
-    """Achieved GFLOP/s (2 x MACs / latency) against pixels, beside the device's measured matmul rate."""
-    palette = colours()
+    """Achieved GFLOP/s (2 x MACs / latency) against resolution, beside the device's measured matmul rate."""
+    palette = colours(g.variant)
     fig, (ax,) = new_figure(1, 6.5)
     ok = g[g.status == "ok"]
     for variant, v in ok.groupby("variant", sort=True):
         v = v.sort_values("pixels")
-        ax.plot(v.pixels, 2 * v.macs / (v.latency_ms_median * 1e-3) / 1e9, "o-", color=palette.get(variant),
+        ax.plot(v.res, 2 * v.macs / (v.latency_ms_median * 1e-3) / 1e9, "o-", color=palette.get(variant),
                 label=variant)
     peak = ok.device_peak_gflops.dropna()
     if len(peak):
         ax.axhline(peak.median(), ls="--", color="black", label=f"measured matmul peak {peak.median():.0f} GFLOP/s")
-    return finish(fig, ax, title, xscale="log", yscale="log", xlabel="pixels (res²)",
-                   ylabel="achieved GFLOP/s (2 per MAC)")
+    finish(fig, ax, title, yscale="log", ylabel="achieved GFLOP/s (2 per MAC)")
+    side_axis(ax, ok.res)
+    return fig
 
 
 def throughput_figure(g: pd.DataFrame, title: str):
     """Throughput against batch, one line per variant and resolution."""
-    palette = colours()
+    palette = colours(g.variant)
     fig, (ax,) = new_figure(1, 6.5)
     for (variant, res), v in g[g.status == "ok"].groupby(["variant", "res"], sort=True):
         v = v.sort_values("batch")
@@ -98,28 +156,33 @@ def throughput_figure(g: pd.DataFrame, title: str):
     return finish(fig, ax, title, xscale="log", yscale="log", xlabel="batch", ylabel="throughput (images / s)")
 
 
-def bars_figure(g: pd.DataFrame, column: str, label: str, by: str, title: str):
-    """One bar per variant, grouped by ``by`` (devices, or batch sizes), of one metric."""
-    palette = colours()
+def bars_figure(g: pd.DataFrame, column: str, label: str, by: str, by_label: str, title: str):
+    """One bar per variant, grouped by ``by`` (devices, or batch sizes), of one metric; latency bars carry
+    the interquartile range."""
+    palette = colours(g.variant)
     fig, (ax,) = new_figure(1, 7.5)
     groups = sorted(g[by].unique(), key=str)
     variants = sorted(g.variant.unique())
     width = 0.8 / max(1, len(variants))
     for i, variant in enumerate(variants):
-        values = [g[(g.variant == variant) & (g[by] == k)][column].median() for k in groups]
-        ax.bar(np.arange(len(groups)) + i * width, values, width, color=palette.get(variant), label=variant)
+        cells = [g[(g.variant == variant) & (g[by] == k)] for k in groups]
+        values = [c[column].median() for c in cells]
+        spread = [c.latency_ms_iqr.median() / 2 for c in cells] if column == "latency_ms_median" else None
+        ax.bar(np.arange(len(groups)) + i * width, values, width, yerr=spread, capsize=2,
+               color=palette.get(variant), label=variant)
     ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2, [str(k) for k in groups], fontsize=7)
-    return finish(fig, ax, title, grid="y", ylabel=label, yscale="log")
+    return finish(fig, ax, title, grid="y", xlabel=by_label, ylabel=label, yscale="log")
 
 
 def accuracy_figure(table: pd.DataFrame, cost: str, label: str, title: str):
     """Top-1 accuracy against a cost, one point per network, with the Pareto front."""
-    palette = colours()
+    palette = colours(m.split("_")[0] for m in table.model)
     fig, (ax,) = new_figure(1, 6.5)
     t = table.dropna(subset=[cost]).reset_index(drop=True)
     for model, x, y in zip(t.model, t[cost], t["top-1 (%)"]):
         ax.scatter(x, y, color=palette.get(model.split("_")[0]), s=40, zorder=3)
         ax.annotate(model, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    ax.margins(x=0.2)  # room for the names of the outermost points
     front = pareto(list(t[cost]), list(t["top-1 (%)"]))
     ax.plot(t.loc[front, cost], t.loc[front, "top-1 (%)"], "--", color="grey", label="Pareto front", zorder=2)
     return finish(fig, ax, title, xscale="log", xlabel=label, ylabel="test top-1 (%)")

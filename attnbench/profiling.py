@@ -17,7 +17,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from attnbench.harness import build_case
 from attnbench.measure.latency import make_step, synchronized
-from attnbench.sweep import DTYPES, Case
+from attnbench.record import Case
+from attnbench.sweep import DTYPES
 
 
 def profile_case(case: Case, trace_dir: str | Path, *, iters: int = 5) -> pd.DataFrame:
@@ -79,5 +80,4 @@ def stacked_figure(tables: dict[str, pd.DataFrame], title: str, top: int = 8):
     ax.set(ylabel="self time per iteration (ms)")
     ax.legend(fontsize=6, ncol=2)
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
     return fig

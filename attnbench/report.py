@@ -20,11 +20,12 @@ import numpy as np
 import pandas as pd
 
 from attnbench import store
-from attnbench.choices import DEFAULT_REPORT
+from attnbench.choices import DEFAULT_REPORT, FIGURE_FORMATS
 from attnbench.plots import (
     accuracy_figure,
     bars_figure,
     efficiency_figure,
+    save,
     scaling_figure,
     throughput_figure,
 )
@@ -51,6 +52,7 @@ class Report:
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     figures: dict[str, object] = field(default_factory=dict)  # name -> matplotlib Figure
     files: list[Path] = field(default_factory=list)
+    formats: Sequence[str] = FIGURE_FORMATS  # of the figures' files
 
 
 def load(dbs: Sequence[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -85,9 +87,11 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text).strip("-")
 
 
-def _write_table(rep: Report, out: Path, name: str, table: pd.DataFrame) -> None:
+def _write_table(rep: Report, out: Path, name: str, table: pd.DataFrame, *, numbers: bool = True) -> None:
+    """``table`` as CSV and Markdown; ``numbers=False`` prints every cell as written (versions such as 13.0)."""
     rep.tables[name] = table
-    for ext, text in (("csv", table.to_csv(index=False)), ("md", table.to_markdown(index=False) + "\n")):
+    markdown = table.to_markdown(index=False, disable_numparse=not numbers)
+    for ext, text in (("csv", table.to_csv(index=False)), ("md", markdown + "\n")):
         path = out / "tables" / f"{name}.{ext}"
         path.write_text(text)
         rep.files.append(path)
@@ -95,17 +99,16 @@ def _write_table(rep: Report, out: Path, name: str, table: pd.DataFrame) -> None
 
 def _write_figure(rep: Report, out: Path, name: str, fig) -> None:
     rep.figures[name] = fig
-    for ext in ("png", "svg"):
-        path = out / "figures" / f"{name}.{ext}"
-        fig.savefig(path, metadata={"Software": None} if ext == "png" else {"Date": None, "Creator": None})
-        rep.files.append(path)
+    rep.files += save(fig, out / "figures" / name, rep.formats)
 
 
 KEPT_PREFIX = "profile_"  # `attnbench profile` writes beside the report; its files outlive a new report
 
 
-def report(dbs: Sequence[str | Path], out: str | Path = DEFAULT_REPORT, *, published: bool = True) -> Report:
-    """Regenerate the tables, figures and index under ``out`` from the stores ``dbs``.
+def report(dbs: Sequence[str | Path], out: str | Path = DEFAULT_REPORT, *, published: bool = True,
+           formats: Sequence[str] = FIGURE_FORMATS) -> Report:
+    """Regenerate the tables, figures (as ``formats``: png, svg, pdf) and index under ``out`` from the
+    stores ``dbs``.
 
     The report is written to a staging folder inside ``out`` and swapped in when it is whole: a report
     that fails or is killed leaves the previous one as it was, and files of an older report that the
@@ -117,7 +120,7 @@ def report(dbs: Sequence[str | Path], out: str | Path = DEFAULT_REPORT, *, publi
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
     try:
-        rep = _write_report(frame, training, dbs, staging, published)
+        rep = _write_report(frame, training, dbs, staging, published, formats)
         for sub in ("tables", "figures"):
             old = out / sub
             if old.is_dir():
@@ -133,10 +136,10 @@ def report(dbs: Sequence[str | Path], out: str | Path = DEFAULT_REPORT, *, publi
 
 
 def _write_report(frame: pd.DataFrame, training: pd.DataFrame, dbs: Sequence[str | Path], out: Path,
-                  published: bool) -> Report:
+                  published: bool, formats: Sequence[str]) -> Report:
     for sub in ("tables", "figures"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    rep = Report()
+    rep = Report(formats=formats)
     index: list[str] = []
 
     index.append("## Results\n")
@@ -179,7 +182,7 @@ def _write_report(frame: pd.DataFrame, training: pd.DataFrame, dbs: Sequence[str
         for (device, dtype, mode, res), g in models.groupby(["device_label", "dtype", "mode", "res"], sort=True):
             tag = f"{slug(device)}_{slug(dtype)}_{mode}_r{res}"
             _write_figure(rep, out, f"models_{tag}", bars_figure(
-                g, "latency_ms_median", "latency (ms)", "batch",
+                g, "latency_ms_median", "latency (ms)", "batch", "batch",
                 f"Network latency by batch at {res}x{res}: {device}, {dtype}, {mode}"))
             index.append(f"- latency of each network at {res}, {device}, {dtype}: ![models](figures/models_{tag}.png)")
             ratios = relative_to_conv(g)
@@ -195,7 +198,7 @@ def _write_report(frame: pd.DataFrame, training: pd.DataFrame, dbs: Sequence[str
             if g.device_label.nunique() >= 2:
                 tag = f"{scope}_r{res}_{slug(dtype)}_{mode}"
                 _write_figure(rep, out, f"devices_{tag}", bars_figure(
-                    g, "latency_ms_median", "latency (ms)", "device_label",
+                    g, "latency_ms_median", "latency (ms)", "device_label", "device",
                     f"Latency across devices: {scope} scope, res {res}, {dtype}, {mode}"))
                 index.append(f"- {scope} scope at {res}, {dtype}: ![devices](figures/devices_{tag}.png)")
 
@@ -206,7 +209,7 @@ def _write_report(frame: pd.DataFrame, training: pd.DataFrame, dbs: Sequence[str
         for (dataset, device), t in acc.groupby(["dataset", "device"], sort=True):
             tag = f"{dataset}_{slug(device)}"
             _write_figure(rep, out, f"accuracy_macs_{tag}", accuracy_figure(
-                t, "MACs (M)", "MACs per image (M)", f"{dataset}: test top-1 against MACs ({device})"))
+                t, "MACs per image (M)", "MACs per image (M)", f"{dataset}: test top-1 against MACs ({device})"))
             index.append(f"- {dataset}, {device}: ![accuracy against MACs](figures/accuracy_macs_{tag}.png)")
             if t["latency ms (batch 1)"].notna().sum() >= 2:
                 _write_figure(rep, out, f"accuracy_latency_{tag}", accuracy_figure(
@@ -222,13 +225,13 @@ def _write_report(frame: pd.DataFrame, training: pd.DataFrame, dbs: Sequence[str
                   "multiply-add as 1; figures published at 2 per MAC are halved before comparing."]
 
     env = environments(frame)
-    _write_table(rep, out, "environments", env)
+    _write_table(rep, out, "environments", env, numbers=False)
     header = ["# attnbench report", "",
               f"Generated by `attnbench report` from {len(dbs)} store(s): "
               + ", ".join(f"`{Path(d).name}`" for d in dbs) + ". Regenerating from the same stores gives the "
               "same files. Latency is the median of `torch.utils.benchmark` runs (IQR beside it); MACs count one "
               "fused multiply-add as 1; peak memory is over the weights and inputs.", "",
-              "## Where the numbers come from", "", env.to_markdown(index=False), ""]
+              "## Where the numbers come from", "", env.to_markdown(index=False, disable_numparse=True), ""]
     path = out / "README.md"
     path.write_text("\n".join(header + index) + "\n")
     rep.files.append(path)

@@ -10,66 +10,24 @@ it, never the other way round.
 
 from __future__ import annotations
 
-import json
+import math
+import re
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from attnbench.choices import unknown_name_message
+from attnbench.record import EPOCH_COLUMNS, RESULT_COLUMNS, Epoch, Record
+
 SCHEMA_VERSION = 1
 
-# (column, SQL type). Units live in the names.
-COLUMNS: list[tuple[str, str]] = [
-    ("case_key", "TEXT NOT NULL"),
-    ("env_key", "TEXT NOT NULL"),
-    ("run_id", "TEXT NOT NULL"),
-    ("scope", "TEXT NOT NULL"),
-    ("variant", "TEXT NOT NULL"),
-    ("arch", "TEXT NOT NULL"),
-    ("res", "INTEGER NOT NULL"),
-    ("batch", "INTEGER NOT NULL"),
-    ("dim", "INTEGER NOT NULL"),
-    ("dtype", "TEXT NOT NULL"),
-    ("device", "TEXT NOT NULL"),
-    ("mode", "TEXT NOT NULL"),
-    ("threads", "INTEGER NOT NULL"),
-    ("impl", "TEXT"),  # the implementation that ran (see attnbench.list_impls), "auto" resolved
-    ("options", "TEXT"),  # variant options set by the sweep (--opt), "key=value,..."; "" for the defaults
-    ("status", "TEXT NOT NULL"),  # ok | skipped | oom | error | timeout | killed
-    ("reason", "TEXT"),
-    ("params", "INTEGER"),
-    ("params_trainable", "INTEGER"),
-    ("macs", "INTEGER"),  # per forward pass of the whole batch; one fused multiply-add = 1
-    ("macs_counter", "TEXT"),
-    ("uncounted_ops", "TEXT"),  # JSON {op: count}
-    ("latency_ms_median", "REAL"),
-    ("latency_ms_iqr", "REAL"),
-    ("latency_runs", "INTEGER"),
-    ("latency_noisy", "INTEGER"),
-    ("throughput_per_s", "REAL"),
-    ("peak_mem_bytes", "INTEGER"),
-    ("peak_mem_reserved_bytes", "INTEGER"),
-    ("peak_mem_method", "TEXT"),
-    ("predicted_mem_bytes", "INTEGER"),
-    ("device_peak_gflops", "REAL"),  # matmul rate of the device in this dtype (2 FLOPs per MAC)
-    ("host", "TEXT"),
-    ("device_name", "TEXT"),
-    ("cpu_model", "TEXT"),
-    ("gpu_name", "TEXT"),
-    ("cpu_count", "INTEGER"),
-    ("torch_version", "TEXT"),
-    ("cuda_version", "TEXT"),
-    ("python_version", "TEXT"),
-    ("attnbench_version", "TEXT"),
-    ("git_commit", "TEXT"),
-    ("code_hash", "TEXT"),  # hash of the package's source (attnbench.env.code_hash); part of env_key
-    ("created_utc", "TEXT"),
-    ("wall_s", "REAL"),
-]
+# (column, SQL type), derived from the records; units live in the names.
+COLUMNS = RESULT_COLUMNS
 NAMES = [c for c, _ in COLUMNS]
 
 # Rows stored before the ``impl`` column were measured with what is now each variant's reference
@@ -80,42 +38,15 @@ BACKFILL = {
     ("results", "impl"): "UPDATE results SET impl = CASE variant "
     + " ".join(f"WHEN '{v}' THEN '{i}'" for v, i in LEGACY_IMPLS.items()) + " END",
     ("results", "options"): "UPDATE results SET options = ''",
+    ("training", "macs_per_image"): "UPDATE training SET macs_per_image = macs",  # the column's older name
 }
 READ_FILL = {
     ("results", "impl"): lambda frame: frame.variant.map(LEGACY_IMPLS),
     ("results", "options"): lambda frame: "",
+    ("training", "macs_per_image"): lambda frame: frame["macs"] if "macs" in frame else None,
 }
 
-# One row per epoch of a training run (attnbench train).
-TRAINING_COLUMNS: list[tuple[str, str]] = [
-    ("run_id", "TEXT NOT NULL"),
-    ("epoch", "INTEGER NOT NULL"),
-    ("epochs", "INTEGER NOT NULL"),
-    ("model", "TEXT NOT NULL"),
-    ("dataset", "TEXT NOT NULL"),
-    ("train_loss", "REAL"),
-    ("test_loss", "REAL"),
-    ("top1_pct", "REAL"),
-    ("top5_pct", "REAL"),
-    ("images_per_s", "REAL"),
-    ("epoch_s", "REAL"),
-    ("params", "INTEGER"),
-    ("macs", "INTEGER"),  # per image (batch 1, 32 x 32)
-    ("batch", "INTEGER"),
-    ("lr", "REAL"),
-    ("width", "REAL"),
-    ("stem", "TEXT"),
-    ("dtype", "TEXT"),
-    ("device", "TEXT"),
-    ("world_size", "INTEGER"),
-    ("seed", "INTEGER"),
-    ("host", "TEXT"),
-    ("device_name", "TEXT"),
-    ("torch_version", "TEXT"),
-    ("attnbench_version", "TEXT"),
-    ("git_commit", "TEXT"),
-    ("created_utc", "TEXT"),
-]
+TRAINING_COLUMNS = EPOCH_COLUMNS  # one row per epoch of a training run (attnbench train)
 TRAINING_NAMES = [c for c, _ in TRAINING_COLUMNS]
 
 
@@ -254,39 +185,61 @@ def _add_missing_columns(conn: sqlite3.Connection) -> None:
         raise
 
 
-def _insert(path: str | Path, table: str, names: list[str], row: dict, replace: bool) -> None:
-    try:
-        with closing(open_store(path)) as conn:
-            conn.execute("BEGIN IMMEDIATE")
+class Writer:
+    """One open store that takes rows, each insert its own transaction (a sweep writes through one)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = path
+        self.conn = open_store(path)
+
+    def __enter__(self) -> Writer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.conn.close()
+
+    def _insert(self, table: str, names: list[str], row: dict, replace: bool) -> None:
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
             verb = "OR REPLACE" if replace else "OR IGNORE"
-            conn.execute(_insert_sql(table, names, verb), [row.get(k) for k in names])
-            conn.execute("COMMIT")
-    except sqlite3.Error as e:
-        raise StoreError(f"Cannot write to the store {path}: {e}.") from None
+            self.conn.execute(_insert_sql(table, names, verb), [row.get(k) for k in names])
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise StoreError(f"Cannot write to the store {self.path}: {e}.") from None
+
+    def write(self, record: Record, *, replace: bool = False) -> None:
+        """Insert one measured case (``replace`` overwrites the same case and environment)."""
+        self._insert("results", NAMES, record.row(), replace)
+
+    def write_training(self, epoch: Epoch) -> None:
+        """Insert (or replace) one epoch of a training run."""
+        self._insert("training", TRAINING_NAMES, epoch.row(), replace=True)
 
 
-def write(path: str | Path, record: dict, *, replace: bool = False) -> None:
+def write(path: str | Path, record: Record, *, replace: bool = False) -> None:
     """Insert one measured case in its own transaction (``replace`` overwrites the same case and environment)."""
-    row = dict(record)
-    if isinstance(row.get("uncounted_ops"), dict):
-        row["uncounted_ops"] = json.dumps(row["uncounted_ops"], sort_keys=True)
-    _insert(path, "results", NAMES, row, replace)
+    with Writer(path) as writer:
+        writer.write(record, replace=replace)
 
 
-def write_training(path: str | Path, record: dict) -> None:
+def write_training(path: str | Path, epoch: Epoch) -> None:
     """Insert (or replace) one epoch of a training run."""
-    _insert(path, "training", TRAINING_NAMES, record, replace=True)
+    with Writer(path) as writer:
+        writer.write_training(epoch)
 
 
-def _read(path: str | Path, table: str, names: list[str], order: str) -> pd.DataFrame:
-    """Every row of ``table``, with the columns of this schema (those a store from before them lacks are
-    filled as the migration would fill them)."""
+def _read(path: str | Path, table: str, names: list[str], order: str, where: str = "",
+          params: Sequence[object] = ()) -> pd.DataFrame:
+    """The rows of ``table`` (those ``where`` selects), with the columns of this schema (those a store from
+    before them lacks are filled as the migration would fill them)."""
     try:
         with closing(open_reader(path)) as conn:
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             if table not in tables:
                 return pd.DataFrame(columns=names)
-            frame = pd.read_sql_query(f"SELECT * FROM {table} ORDER BY {order}", conn)
+            frame = pd.read_sql_query(f"SELECT * FROM {table} {where} ORDER BY {order}", conn, params=list(params))
     except sqlite3.DatabaseError as e:
         raise StoreError(f"Cannot read {path}: {e}.") from None
     for name in names:
@@ -312,9 +265,57 @@ def stored_cases(path: str | Path, env_key: str) -> dict[str, dict]:
                 for key, status, wall, predicted in rows}
 
 
-def load_results(path: str | Path) -> pd.DataFrame:
-    """Every row of a store as a DataFrame (one column per field, units in the names)."""
-    return _read(path, "results", NAMES, "rowid")
+def load_results(path: str | Path, *, env_keys: Iterable[str] | None = None) -> pd.DataFrame:
+    """Every row of a store (of the environments ``env_keys`` only, if given) as a DataFrame: one column
+    per field, units in the names."""
+    if env_keys is None:
+        return _read(path, "results", NAMES, "rowid")
+    keys = sorted(env_keys)
+    return _read(path, "results", NAMES, "rowid", f"WHERE env_key IN ({', '.join('?' * len(keys))})", keys)
+
+
+CONDITION = re.compile(r"^(\w+)(!=|>=|<=|=|>|<)(.*)$")
+
+
+def select(frame: pd.DataFrame, columns: Sequence[str] | None = None, where: Sequence[str] = ()) -> pd.DataFrame:
+    """The rows that meet every condition of ``where`` (``COLUMN=V1,V2`` for any of the values,
+    ``COLUMN!=V``, or ``COLUMN>=N``, ``<=``, ``>``, ``<`` on a number), with ``columns`` only, in that order.
+    ``ValueError`` in one line for an unknown column, a malformed condition or a value that is not a number."""
+    for name in list(columns or []):
+        if name not in frame.columns:
+            raise ValueError(unknown_name_message("column", name, list(frame.columns)))
+    keep = pd.Series(True, index=frame.index)
+    for condition in where:
+        match = CONDITION.match(condition)
+        if not match:
+            raise ValueError(f"Invalid condition {condition!r}: write COLUMN=VALUE (or !=, >=, <=, >, <).")
+        name, op, text = match.groups()
+        if name not in frame.columns:
+            raise ValueError(unknown_name_message("column", name, list(frame.columns)))
+        column = frame[name]
+        if op in ("=", "!="):
+            wanted = set(text.split(",")) if op == "=" else {text}
+            hit = column.map(_text).isin(wanted)
+            keep &= hit if op == "=" else ~hit
+            continue
+        try:
+            bound = float(text)
+        except ValueError:
+            raise ValueError(f"Invalid condition {condition!r}: {op} compares numbers, and {text!r} is not one.") \
+                from None
+        values = pd.to_numeric(column, errors="coerce")
+        keep &= {">=": values >= bound, "<=": values <= bound, ">": values > bound, "<": values < bound}[op]
+    chosen = frame[keep]
+    return chosen[list(columns)] if columns else chosen
+
+
+def _text(value: object) -> str:
+    """A cell as a condition spells it: whole numbers without '.0', a missing value as ''."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _insert_sql(table: str, names: list[str], verb: str = "") -> str:

@@ -1,60 +1,21 @@
-"""Sweeps: the cross product of the user's options, as small frozen cases with stable keys."""
+"""Sweeps: one spec (:class:`Sweep`) owns a sweep's defaults and checks, for the command line and the
+Python API alike, and expands into the cross product of its options as small frozen cases with stable keys."""
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
+from attnbench.choices import DEFAULT_RES, MODES, SCOPES, SWEEP_DEFAULTS, unknown_name_message
 from attnbench.choices import DTYPES as DTYPE_NAMES
-from attnbench.choices import SCOPES  # noqa: F401  (re-exported)
-from attnbench.registry import AUTO, get_impl, get_variant_spec, list_impls, resolve_impl
+from attnbench.record import Case, parse_options, parse_value
+from attnbench.registry import AUTO, get_impl, get_variant_spec, list_impls, list_variants, resolve_impl
 
 DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.bfloat16, torch.float16)))
-
-
-@dataclass(frozen=True, order=True)
-class Case:
-    """One point of a sweep.
-
-    At ``module`` scope a variant runs alone on a ``dim`` x ``res`` x ``res`` feature map; at
-    ``model`` scope ``variant`` stands for its network of depth ``arch`` (``gsa`` with
-    ``resnet50`` is ``gsa_resnet50``) on ``res`` x ``res`` images, and ``dim`` is unused (0).
-    """
-
-    scope: str
-    variant: str
-    arch: str  # network depth at model scope ("resnet50"), "" at module scope
-    res: int  # feature-map side (module) or image side (model), pixels
-    batch: int
-    dim: int  # channels at module scope, 0 at model scope
-    dtype: str  # fp32 | bf16 | fp16
-    device: str  # cpu | cuda:N
-    mode: str  # infer | train
-    threads: int  # intra-op CPU threads
-    impl: str  # the variant's implementation, resolved for the device
-    options: str = ""  # the variant's options set by the sweep, "key=value,..." sorted ("" for none)
-
-    @property
-    def key(self) -> str:
-        """Stable identity, the same on every machine and Python version (default options unnamed)."""
-        return "/".join(f"{k}={v}" for k, v in asdict(self).items() if k != "options" or v)
-
-    @property
-    def variant_options(self) -> dict[str, object]:
-        """The options as values: what ``build_variant`` takes."""
-        return self.parse_options(self.options)
-
-    @staticmethod
-    def parse_options(text: str) -> dict[str, object]:
-        """``"key=value,..."`` as values."""
-        return dict(parse_option(item) for item in text.split(",")) if text else {}
-
-    @property
-    def label(self) -> str:
-        what = self.variant if self.scope == "module" else f"{self.variant}:{self.arch}"
-        return f"{what} res={self.res} b={self.batch} {self.dtype} {self.device} {self.mode}"
 
 
 def expand(
@@ -117,27 +78,6 @@ def variant_impls(variants: list[str], impls: list[str]) -> dict[str, list[str]]
 SWEEP_SET = ("dim", "size", "stride")  # options the sweep itself sets
 
 
-def parse_option(item: str) -> tuple[str, object]:
-    """``key=value`` with the value read by :func:`parse_value`."""
-    key, _, text = item.partition("=")
-    return key, parse_value(text)
-
-
-def parse_value(text: str) -> object:
-    """An option's value: an int, a float, true/false or none, else the text itself."""
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered == "none":
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
 def variant_options(variants: list[str], options: list[str]) -> dict[str, str]:
     """Each variant's options as its cases spell them: ``KEY=VALUE`` applies to every variant that has the
     option, ``VARIANT.KEY=VALUE`` to one. ``ValueError`` for a malformed item, an option that no variant
@@ -167,3 +107,89 @@ def shard(cases: list[Case], index: int, count: int) -> list[Case]:
     if count < 1 or not 1 <= index <= count:
         raise ValueError(f"Invalid shard {index}/{count}: the shard must be i/n with 1 <= i <= n.")
     return [c for i, c in enumerate(cases) if i % count == index - 1]
+
+
+MAX_THREADS_PER_CORE = 4  # more intra-op threads than this crash OpenMP runtimes, and never help
+
+
+def default_devices() -> list[str]:
+    """Every CUDA device present, else the CPU."""
+    if torch.cuda.is_available():
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    return ["cpu"]
+
+
+def default_threads() -> int:
+    """All cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A sweep as the user gives it; :meth:`cases` checks it and expands it. None means the default:
+    every variant, every GPU (else the CPU), all cores, and ``res`` 224 at model scope, 56 at module scope.
+
+    ``impl``: which implementations run (see :func:`variant_impls`): ``auto`` (each variant's choice for
+    the device), a name such as ``plain`` for every variant that has it, or ``VARIANT=NAME``; several
+    sweep them side by side. ``opt``: variant options, ``KEY=VALUE`` for every variant that has the
+    option or ``VARIANT.KEY=VALUE`` (see :func:`variant_options`). ``shard=(i, n)``: the i-th of n slices.
+    """
+
+    variants: Sequence[str] | None = None
+    res: Sequence[int] | None = None
+    batch: Sequence[int] = SWEEP_DEFAULTS["batch"]
+    dim: Sequence[int] = SWEEP_DEFAULTS["dim"]
+    dtype: Sequence[str] = SWEEP_DEFAULTS["dtype"]
+    device: Sequence[str] | None = None
+    mode: Sequence[str] = SWEEP_DEFAULTS["mode"]
+    scope: str = "model"
+    arch: str = SWEEP_DEFAULTS["arch"]
+    threads: int | None = None
+    impl: Sequence[str] = SWEEP_DEFAULTS["impl"]
+    opt: Sequence[str] = ()
+    shard: tuple[int, int] | None = None
+
+    def cases(self) -> list[Case]:
+        """The sweep's cases (its shard's); ``ValueError`` with a one-line reason for anything invalid."""
+        from attnbench.models import list_models
+
+        if self.scope not in SCOPES:
+            raise ValueError(f"Unknown scope {self.scope!r}. Available: {', '.join(SCOPES)}.")
+        if self.scope == "module" and self.arch != SWEEP_DEFAULTS["arch"]:
+            raise ValueError("--arch applies to --scope model only")
+        if self.scope == "model":
+            archs = sorted({m[len("conv_"):] for m in list_models() if m.startswith("conv_")})
+            if self.arch not in archs:
+                raise ValueError("--arch: " + unknown_name_message("architecture", self.arch, archs))
+        variants = list(self.variants or list_variants())
+        for name in variants:
+            if name not in list_variants():
+                raise ValueError(unknown_name_message("variant", name, list_variants()))
+        for name, choices in (("dtype", DTYPE_NAMES), ("mode", MODES)):
+            for item in getattr(self, name):
+                if item not in choices:
+                    raise ValueError(f"--{name}: " + unknown_name_message(name, item, list(choices)))
+        for name in ("res", "batch", "dim"):
+            bad = [v for v in getattr(self, name) or () if not isinstance(v, int) or v < 1]
+            if bad:
+                raise ValueError(f"Invalid {name}={bad[0]!r}: give whole numbers of at least 1.")
+        options = variant_options(variants, list(self.opt))
+        for v in variants:
+            # module scope: each dim; model scope: the narrowest bottleneck width, of which the others are multiples
+            for d in self.dim if self.scope == "module" else [64]:
+                try:
+                    get_variant_spec(v).make_config(d, **parse_options(options[v]))
+                except (ValueError, TypeError) as e:
+                    what = f"--dim {d}" if self.scope == "module" else "--opt"
+                    raise ValueError(f"{what} for variant '{v}': {e}") from None
+        most = MAX_THREADS_PER_CORE * (os.cpu_count() or 1)
+        if self.threads is not None and not 1 <= self.threads <= most:
+            raise ValueError(f"Invalid threads={self.threads}: at most {MAX_THREADS_PER_CORE} per core, "
+                             f"{most} on this machine.")
+        cases = expand(
+            variants=variants, res=list(self.res or [DEFAULT_RES[self.scope]]), batch=list(self.batch),
+            dims=list(self.dim), dtypes=list(self.dtype), devices=list(self.device or default_devices()),
+            modes=list(self.mode), scope=self.scope, arch=self.arch, threads=self.threads or default_threads(),
+            impls=list(self.impl), options=options,
+        )
+        return shard(cases, *self.shard) if self.shard else cases

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from attnbench.registry import iter_specs
+from attnbench.baselines import variant_facts
 
 MIB = 2**20
 
@@ -22,11 +22,11 @@ METRICS = {  # column -> (axis label, scale)
 }
 
 
-
 def series_variant(label: str) -> str:
     """The variant of a series label: ``gsa/batched[span=15]`` (as the report labels a variant measured
     with several implementations or option sets) is ``gsa``."""
     return re.split(r"[/\[]", label)[0]
+
 
 def series_groups(frame: pd.DataFrame):
     """Module-scope series that a scaling plot draws: one per device, dtype, mode, dim and batch."""
@@ -94,7 +94,8 @@ def largest_fit_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 def exponent_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Fitted scaling exponents k (cost ~ pixels^k) per series, variant and metric, with the expectation."""
-    expected = {s.name: s.scaling for s in iter_specs()}
+    facts = variant_facts({series_variant(v) for v in frame.variant})
+    expected = {r.name: (r.scaling_low, r.scaling_high) for r in facts.itertuples()}
     out = []
     for (device, dtype, mode, dim, batch), g in series_groups(frame):
         for variant, v in g[g.status == "ok"].groupby("variant", sort=True):
@@ -142,7 +143,7 @@ def accuracy_table(frame: pd.DataFrame, training: pd.DataFrame) -> pd.DataFrame:
     for r in last.sort_values(["dataset", "model", "run_id"]).itertuples():
         rows.append({"dataset": r.dataset, "model": r.model, "width": r.width, "epochs": r.epoch,
                      "top-1 (%)": round(r.top1_pct, 2), "top-5 (%)": round(r.top5_pct, 2),
-                     "params": int(r.params), "MACs (M)": round(r.macs / 1e6, 2),
+                     "params": int(r.params), "MACs per image (M)": round(r.macs_per_image / 1e6, 2),
                      "training time (s)": round(time_s[r.run_id], 1),
                      "latency ms (batch 1)": round(latency[(r.model, r.device_name)], 3)
                      if (r.model, r.device_name) in latency else math.nan,
@@ -180,7 +181,7 @@ def environments(frame: pd.DataFrame) -> pd.DataFrame:
     env = g.agg(rows=("case_key", "size"), first_utc=("created_utc", "min"), last_utc=("created_utc", "max"),
                 commits=("git_commit", lambda s: ", ".join(sorted(set(s.dropna().str[:12]))) or "-"),
                 code=("code_hash", lambda s: ", ".join(sorted(set(s.fillna("before code hashes")))))).reset_index()
-    return env.rename(columns={"device_label": "device"})
+    return env.rename(columns={"device_label": "device"}).astype(object).fillna("-")
 
 
 def relative_to_conv(g: pd.DataFrame) -> pd.DataFrame:

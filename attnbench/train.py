@@ -24,6 +24,7 @@ from torch import nn
 from attnbench import store
 from attnbench.data import Dataset, augment, load_dataset
 from attnbench.env import environment
+from attnbench.record import Epoch
 
 CHECKPOINT_FORMAT = "attnbench-checkpoint-1"
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16}
@@ -205,10 +206,10 @@ def train(cfg: TrainConfig, *, out: str | Path, db: str | Path | None = None, re
                 "optimizer": optimizer.state_dict(), "history": history,
             })
             if db is not None:
-                store.write_training(db, {
-                    **environment(device), **asdict(cfg), **metrics, "run_id": run_id, "epochs": cfg.epochs,
-                    "world_size": world, "params": params, "macs": macs,
-                })
+                setup = {k: getattr(cfg, k) for k in ("model", "dataset", "epochs", "batch", "lr", "width", "stem",
+                                                     "dtype", "device", "seed")}
+                store.write_training(db, Epoch(run_id=run_id, **setup, **metrics, world_size=world, params=params,
+                                               macs_per_image=macs, environment=environment(device)))
             if progress:
                 print(f"epoch {epoch + 1}/{cfg.epochs}: loss {metrics['train_loss']:.4f}, "
                       f"test top-1 {metrics['top1_pct']:.2f} %, top-5 {metrics['top5_pct']:.2f} %, "

@@ -19,6 +19,7 @@ is missed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import uuid
 
@@ -26,10 +27,12 @@ import torch
 
 import attnbench
 from attnbench import store
-from attnbench.harness import complete, measure_case
+from attnbench.env import environment
+from attnbench.harness import measure_case
 from attnbench.measure.latency import measure_latency
 from attnbench.measure.peak import matmul_peak_gflops
-from attnbench.sweep import DTYPES, Case
+from attnbench.record import Case, Record
+from attnbench.sweep import DTYPES
 
 MODULE_GOAL_MS = {"gsa": 1.0, "local": 2.0, "axial": 1.5, "nonlocal": 1.0}  # at B=32, C=256, 56x56, bf16
 TEXTBOOK = {"gsa": "plain", "local": "plain", "nonlocal": "plain", "axial": "dense"}
@@ -84,8 +87,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def measure(case: Case) -> dict:
         print(f"  {case.label} impl={case.impl}", file=sys.stderr, flush=True)
-        row = complete(case, {**measure_case(case, args.min_run_time), "device_peak_gflops": peak}, run_id)
-        store.write(args.db, row, replace=True)
+        measured = dataclasses.replace(measure_case(case, args.min_run_time), device_peak_gflops=peak)
+        record = Record(case, measured, environment(case.device), run_id)
+        store.write(args.db, record, replace=True)
+        row = record.row()
         if row["status"] != "ok":
             failures.append(f"{case.label} {case.impl}: {row['status']} {row.get('reason')}")
         return row

@@ -59,7 +59,7 @@ def test_implementations_are_swept_side_by_side(capsys, tmp_path):
     db = str(tmp_path / "r.sqlite")
     code, out, _ = run_cli(capsys, "run", "--scope", "module", "--variants", "gsa,local,conv", "--res", "8",
                            "--dim", "16", "--impl", "auto,plain,local=flex", "--mode", "infer,train", "--db", db, *FAST)
-    assert code == 0 and " impl " in out.splitlines()[0]
+    assert code == 0 and "local/flex " in out and "gsa/plain " in out  # the printed case names its implementation
     frame = store.load_results(db)
     got = {(r.variant, r.impl, r["mode"]): r.status for _, r in frame.iterrows()}
     assert got == {
@@ -83,7 +83,7 @@ def test_json_output(capsys, tmp_path):
 
 def test_a_failing_case_does_not_lose_the_others(tmp_path):
     from attnbench.harness import run_cases
-    from attnbench.sweep import Case
+    from attnbench.record import Case
 
     db = str(tmp_path / "r.sqlite")
     good = Case("module", "conv", "", 8, 1, 8, "fp32", "cpu", "infer", 1, "native")
@@ -123,15 +123,14 @@ def test_a_case_over_its_time_limit_times_out(capsys, tmp_path):
 
 
 def test_retry_failed_measures_stored_failures_again(capsys, tmp_path):
-    from attnbench.env import env_key, environment
+    from attnbench.env import environment
+    from attnbench.record import Measurement, Record
     from attnbench.sweep import expand
 
     db = str(tmp_path / "r.sqlite")
     case = expand(variants=["conv"], res=[8], batch=[1], dims=[8], dtypes=["fp32"], devices=["cpu"],
                   modes=["infer"], scope="module", arch="", threads=1)[0]
-    env = environment("cpu")
-    store.write(db, {**case.__dict__, **env, "case_key": case.key, "env_key": env_key(env), "run_id": "old",
-                     "status": "error", "reason": "RuntimeError: from an earlier run"})
+    store.write(db, Record(case, Measurement("error", "RuntimeError: from an earlier run"), environment("cpu"), "old"))
     args = ["run", "--scope", "module", "--variants", "conv", "--res", "8", "--dim", "8", "--db", db, *FAST]
     run_cli(capsys, *args)
     assert store.load_results(db).run_id.tolist() == ["old"]  # an error is this code's answer
@@ -215,6 +214,10 @@ def test_export_and_merge(capsys, tmp_path):
     assert code == 0 and csv.count("\n") == 3 and csv.startswith("case_key,")
     code, md, _ = run_cli(capsys, "export", "--db", out, "--format", "md")
     assert code == 0 and md.startswith("| case_key")
+    code, csv, _ = run_cli(capsys, "export", "--db", out, "--columns", "res,variant", "--where", "res>8")
+    assert code == 0 and csv.splitlines() == ["res,variant", "12,conv"]
+    code, _, err = run_cli(capsys, "export", "--db", out, "--where", "colour=red")
+    assert code == 2 and err.startswith("attnbench export: Unknown column 'colour'") and err.count("\n") == 1
 
 
 def _sweep_command(db):
@@ -310,7 +313,7 @@ def test_a_case_killed_from_outside_is_not_called_out_of_memory():
     import threading
 
     from attnbench.harness import run_isolated
-    from attnbench.sweep import Case
+    from attnbench.record import Case
 
     case = Case("model", "conv", "resnet50", 224, 1, 0, "fp32", "cpu", "infer", 1, "native")
 
@@ -325,9 +328,9 @@ def test_a_case_killed_from_outside_is_not_called_out_of_memory():
 
     killer = threading.Thread(target=kill_the_case)
     killer.start()
-    record = run_isolated(case, timeout=120, min_run_time=30)
+    measurement, _ = run_isolated(case, timeout=120, min_run_time=30)
     killer.join()
-    assert record["status"] == "killed" and "SIGKILL" in record["reason"]
+    assert measurement.status == "killed" and "SIGKILL" in measurement.reason
 
 
 def test_outputs_are_checked_before_any_work(capsys, tmp_path):
@@ -432,7 +435,7 @@ def test_variant_options_are_swept_and_stored(capsys, tmp_path):
     code, out, _ = run_cli(capsys, "run", "--scope", "module", "--variants", "gsa,local,conv", "--res", "12",
                            "--dim", "16", "--opt", "span=3", "--opt", "local.window=3", "--opt", "heads=4",
                            "--db", db, *FAST)
-    assert code == 0 and " options " in out.splitlines()[0]
+    assert code == 0 and "gsa[heads=4,span=3] " in out and "conv " in out  # and its options, where they vary
     frame = store.load_results(db).set_index("variant")
     assert frame.loc["gsa", "options"] == "heads=4,span=3"
     assert frame.loc["local", "options"] == "heads=4,window=3" and frame.loc["conv", "options"] == ""

@@ -87,8 +87,8 @@ def test_cuda_timing_synchronises():
 
 def test_device_names_are_recorded():
     env = environment("cuda:0")
-    assert env["gpu_name"] == torch.cuda.get_device_name(0) == env["device_name"]
-    assert env["cuda_version"] == torch.version.cuda
+    assert env.gpu_name == torch.cuda.get_device_name(0) == env.device_name
+    assert env.cuda_version == torch.version.cuda
 
 
 def test_out_of_memory_is_recognised():

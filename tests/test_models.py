@@ -21,6 +21,15 @@ def test_shipped_counts_are_current(published):
     assert shipped.ours.fillna(-1).tolist() == published.ours.fillna(-1).tolist()
 
 
+def test_shipped_variant_facts_are_current():
+    """baselines/variants.csv (names, papers and expected exponents that reports print without loading torch)
+    is what the registry says now; a name it lacks sends a report to the registry."""
+    from attnbench.baselines import count_variant_facts, variant_facts
+
+    assert variant_facts().to_dict("records") == count_variant_facts().to_dict("records")
+    assert variant_facts({"not-shipped"}).name.tolist() == attnbench.list_variants()
+
+
 def test_every_variant_gets_its_networks():
     names = list_models()
     for variant in attnbench.list_variants():

@@ -7,6 +7,7 @@ import pytest
 
 from attnbench import store
 from attnbench.cli import main
+from attnbench.record import Environment, Epoch, Record
 from attnbench.report import ReportError, report
 from attnbench.tables import fit_exponent
 
@@ -14,14 +15,13 @@ EXPONENTS = {"conv": 1.0, "gsa": 1.5, "nonlocal": 2.0}
 RES = [8, 16, 32, 64, 128]
 
 
-def row(variant, res, *, device="cpu", name="Test CPU", scope="module", batch=1, status="ok", k=None):
+def row(variant, res, *, device="cpu", name="Test CPU", scope="module", batch=1, status="ok", k=None, **extra):
     k = EXPONENTS[variant] if k is None else k
     pixels = res * res
     ok = status == "ok"
-    key = f"{scope}/{variant}/{res}/{batch}/{device}"
-    return dict(
-        case_key=key, env_key=f"host|{name}", run_id="r1", scope=scope, variant=variant,
-        arch="resnet50" if scope == "model" else "", res=res, batch=batch, dim=0 if scope == "model" else 16,
+    return Record.from_row(dict(
+        run_id="r1", scope=scope, variant=variant, impl="ref", arch="resnet50" if scope == "model" else "",
+        res=res, batch=batch, dim=0 if scope == "model" else 16,
         dtype="fp32", device=device, mode="infer", threads=2, status=status,
         reason=None if ok else "predicted peak exceeds the memory available",
         params=1000, macs=int(3e3 * pixels**k) * batch if ok else None,
@@ -29,7 +29,7 @@ def row(variant, res, *, device="cpu", name="Test CPU", scope="module", batch=1,
         latency_runs=10, throughput_per_s=batch / (2e-6 * pixels**k) if ok else None,
         peak_mem_bytes=int(500 * pixels**k) if ok else None, device_peak_gflops=300.0, host="host",
         device_name=name, torch_version="2.13.0", attnbench_version="0.1.0", created_utc="2026-11-27T00:00:00",
-    )
+    ) | extra)
 
 
 @pytest.fixture
@@ -69,12 +69,13 @@ def test_every_promised_file_exists_and_images_are_drawn(db, tmp_path):
     import matplotlib.image as mpimg
 
     out = tmp_path / "out"
-    rep = report([db], out, published=False)
+    rep = report([db], out, published=False, formats=("png", "svg"))
     names = {p.name for p in rep.files}
     assert "README.md" in names
     for prefix in ("scaling_", "efficiency_", "throughput_", "models_", "devices_"):
         assert any(n.startswith(prefix) and n.endswith(".png") for n in names), prefix
         assert any(n.startswith(prefix) and n.endswith(".svg") for n in names), prefix
+    assert not any(n.endswith(".svg") for n in {p.name for p in report([db], tmp_path / "png").files})
     for table in ("largest_fit", "scaling_exponents", "environments", "results_test-cpu_module"):
         assert (out / "tables" / f"{table}.md").exists() and (out / "tables" / f"{table}.csv").exists()
     index = (out / "README.md").read_text()
@@ -128,13 +129,12 @@ def test_accuracy_against_cost(db, tmp_path):
     runs = {"conv_probe": (51.0, 1e6, 0.5), "gsa_probe": (95.0, 3e6, 2.0), "local_probe": (60.0, 4e6, 3.0)}
     for model, (top1, macs, latency) in runs.items():
         for epoch in (1, 2):
-            store.write_training(db, dict(run_id=f"{model}-1", epoch=epoch, epochs=2, model=model, dataset="longrange",
-                                          train_loss=0.5, top1_pct=top1 - (2 - epoch), top5_pct=100.0, epoch_s=3.0,
-                                          params=100, macs=int(macs), width=1.0, device_name="Test CPU",
-                                          world_size=1, seed=0))
+            store.write_training(db, Epoch(
+                run_id=f"{model}-1", epoch=epoch, epochs=2, model=model, dataset="longrange", train_loss=0.5,
+                top1_pct=top1 - (2 - epoch), top5_pct=100.0, epoch_s=3.0, params=100, macs_per_image=int(macs),
+                width=1.0, world_size=1, seed=0, environment=Environment(device_name="Test CPU")))
         variant = model.split("_")[0]
-        store.write(db, {**row(variant, 32, scope="model", batch=1, k=1.0), "arch": "probe",
-                         "case_key": f"probe/{model}", "latency_ms_median": latency})
+        store.write(db, row(variant, 32, scope="model", batch=1, k=1.0, arch="probe", latency_ms_median=latency))
     rep = report([db], tmp_path / "out", published=False)
     acc = rep.tables["accuracy"].set_index("model")
     assert acc.loc["gsa_probe", "top-1 (%)"] == 95.0 and acc.loc["gsa_probe", "training time (s)"] == 6.0
@@ -168,7 +168,7 @@ def test_a_new_report_replaces_the_old_one_whole(db, tmp_path, monkeypatch):
 def test_a_stored_dtype_with_a_slash_names_files_safely(tmp_path):
     path = tmp_path / "odd.sqlite"
     for res in RES:
-        store.write(path, {**row("gsa", res), "dtype": "bf16/amp", "case_key": f"odd/{res}"})
+        store.write(path, row("gsa", res, dtype="bf16/amp"))
     rep = report([path], tmp_path / "out", published=False)
     assert rep.files and all(f.parent.name in ("tables", "figures", "out") for f in rep.files)
 
@@ -176,9 +176,20 @@ def test_a_stored_dtype_with_a_slash_names_files_safely(tmp_path):
 def test_implementations_and_options_that_vary_are_separate_series(tmp_path):
     path = tmp_path / "mixed.sqlite"
     for res in RES:
-        store.write(path, {**row("gsa", res), "impl": "pixelmajor", "options": ""})
-        store.write(path, {**row("gsa", res), "impl": "pixelmajor", "options": "span=3",
-                           "case_key": f"span3/{res}"})
-        store.write(path, {**row("conv", res), "impl": "native", "options": ""})
+        store.write(path, row("gsa", res, impl="pixelmajor"))
+        store.write(path, row("gsa", res, impl="pixelmajor", options="span=3"))
+        store.write(path, row("conv", res, impl="native"))
     exps = report([path], tmp_path / "out", published=False).tables["scaling_exponents"]
     assert set(exps.variant) == {"gsa[defaults]", "gsa[span=3]", "conv"}
+
+
+def test_a_report_only_reads_and_loads_no_torch(db, tmp_path):
+    """Published counts and the variants' facts come from baselines/, so a report builds and measures nothing."""
+    import subprocess
+    import sys
+
+    code = (f"import sys; from attnbench.report import report; report([{str(db)!r}], {str(tmp_path / 'out')!r}); "
+            "assert 'torch' not in sys.modules, 'the report loaded torch'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    environments = (tmp_path / "out" / "tables" / "environments.md").read_text()
+    assert "nan" not in environments and "| -" in environments  # the CPU rows have no GPU name

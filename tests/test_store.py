@@ -2,17 +2,29 @@
 
 import multiprocessing as mp
 import sqlite3
+import zlib
 
+import pandas as pd
 import pytest
 
 from attnbench import store
+from attnbench.record import Record
 
 
-def row(key: str, env: str = "e1", **extra) -> dict:
-    base = dict(case_key=key, env_key=env, run_id="r", scope="module", variant="gsa", arch="", res=8, batch=1,
-                dim=16, dtype="fp32", device="cpu", mode="infer", threads=1, status="ok", macs=10,
-                uncounted_ops={"aten::softmax": 1})
-    return {**base, **extra}
+def row(name: str, env: str = "e1", **extra) -> Record:
+    """A measured case called ``name`` (which sets its side) on host ``env``."""
+    base = dict(run_id="r", scope="module", variant="gsa", arch="", res=zlib.crc32(name.encode()) % 10**6 + 1,
+                batch=1, dim=16, dtype="fp32", device="cpu", mode="infer", threads=1, impl="pixelmajor",
+                status="ok", macs=10, uncounted_ops={"aten::softmax": 1}, host=env)
+    return Record.from_row({**base, **extra})
+
+
+def key(name: str) -> str:
+    return row(name).case.key
+
+
+def env_key(env: str) -> str:
+    return row("a", env).environment.key
 
 
 def test_write_and_load_round_trip(tmp_path):
@@ -20,7 +32,7 @@ def test_write_and_load_round_trip(tmp_path):
     store.write(db, row("a"))
     store.write(db, row("b", latency_ms_median=1.5))
     frame = store.load_results(db)
-    assert list(frame.case_key) == ["a", "b"]
+    assert list(frame.case_key) == [key("a"), key("b")]
     assert frame.latency_ms_median.iloc[1] == 1.5
     assert frame.uncounted_ops.iloc[0] == '{"aten::softmax": 1}'
 
@@ -33,18 +45,18 @@ def test_same_case_and_environment_is_stored_once_unless_replaced(tmp_path):
     store.write(db, row("a", macs=3), replace=True)
     assert list(store.load_results(db).macs) == [3]
     store.write(db, row("a", env="e2"))
-    assert set(store.stored_cases(db, "e1")) == {"a"} and len(store.load_results(db)) == 2
+    assert set(store.stored_cases(db, env_key("e1"))) == {key("a")} and len(store.load_results(db)) == 2
 
 
 def test_merge_has_no_duplicates(tmp_path):
     a, b, out = tmp_path / "a.sqlite", tmp_path / "b.sqlite", tmp_path / "out.sqlite"
-    for key in ("x", "y"):
-        store.write(a, row(key))
-    for key in ("y", "z"):
-        store.write(b, row(key))
+    for name in ("x", "y"):
+        store.write(a, row(name))
+    for name in ("y", "z"):
+        store.write(b, row(name))
     assert store.merge([a, b], out) == store.Merged(3, 0)
     assert store.merge([a, b], out) == store.Merged(0, 0)
-    assert sorted(store.load_results(out).case_key) == ["x", "y", "z"]
+    assert sorted(store.load_results(out).case_key) == sorted(map(key, "xyz"))
 
 
 def test_a_file_that_is_not_a_database(tmp_path):
@@ -93,7 +105,7 @@ def test_several_processes_write_one_store(tmp_path):
     for p in procs:
         p.join(120)
         assert p.exitcode == 0
-    assert sorted(store.load_results(db).case_key) == sorted(f"k{i}" for i in range(100))
+    assert sorted(store.load_results(db).case_key) == sorted(key(f"k{i}") for i in range(100))
 
 
 def test_a_store_from_before_a_new_column_gains_it(tmp_path):
@@ -114,7 +126,7 @@ def _old_store(db, without: str) -> None:
         cols = [c for c in store.COLUMNS if c[0] != without]
         conn.execute(f"CREATE TABLE results ({', '.join(f'{c} {t}' for c, t in cols)}, UNIQUE (case_key, env_key))")
         for i, variant in enumerate(["gsa", "local", "axial", "nonlocal", "conv"]):
-            values = {**row(f"k{i}", variant=variant, uncounted_ops="{}")}
+            values = row(f"k{i}", variant=variant, uncounted_ops="{}").row()
             names = [c for c, _ in cols if c in values]
             conn.execute(f"INSERT INTO results ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
                          [values[c] for c in names])
@@ -165,7 +177,8 @@ def test_reading_a_store_changes_nothing(tmp_path):
     before = _snapshot(folder)
     frame = store.load_results(db)
     assert frame.impl.tolist() == ["pixelmajor", "halo", "dense", "sdpa", "native"]
-    assert store.load_training(db).empty and set(store.stored_cases(db, "e1")) == {f"k{i}" for i in range(5)}
+    assert store.load_training(db).empty and set(store.stored_cases(db, env_key("e1"))) == {
+        row(f"k{i}", variant=v).case.key for i, v in enumerate(["gsa", "local", "axial", "nonlocal", "conv"])}
     store.merge([db], tmp_path / "out.sqlite")
     assert _snapshot(folder) == before
     with pytest.raises(sqlite3.OperationalError, match="readonly"):
@@ -196,4 +209,37 @@ def test_merge_keeps_the_newest_of_conflicting_measurements_and_counts_them(tmp_
     store.write(b, row("other"))
     assert store.merge([a, b], out) == store.Merged(2, 1)
     frame = store.load_results(out).set_index("case_key")
-    assert frame.loc["k", "run_id"] == "new" and frame.loc["k", "macs"] == 2
+    assert frame.loc[key("k"), "run_id"] == "new" and frame.loc[key("k"), "macs"] == 2
+
+
+def test_the_schema_is_the_records_and_a_row_reads_back_as_written(tmp_path):
+    from dataclasses import fields
+
+    from attnbench.record import Case, Environment, Measurement
+
+    parts = [f.name for part in (Case, Measurement, Environment) for f in fields(part)]
+    assert store.NAMES == ["case_key", "env_key", "run_id", *parts]
+    columns = dict(store.COLUMNS)
+    assert columns["res"] == "INTEGER NOT NULL" and columns["latency_ms_median"] == "REAL"  # None allowed or not
+    db = tmp_path / "r.sqlite"
+    written = row("a", latency_ms_median=1.5, latency_noisy=True, created_utc="2026-11-28T00:00:00")
+    store.write(db, written)
+    back = store.load_results(db).iloc[0].to_dict()
+    assert {k: v for k, v in written.row().items() if v is not None} == {k: v for k, v in back.items()
+                                                                         if v is not None and v == v}
+
+
+def test_select_keeps_the_rows_every_condition_names():
+    frame = pd.DataFrame({"variant": ["gsa", "local", "conv", "gsa"], "res": [16, 32, 64, 128],
+                          "latency_ms_median": [1.0, None, 3.0, 8.0], "options": ["", "span=3", "", None]})
+    got = store.select(frame, ["res", "variant"], ["variant=gsa,conv", "res>16"])
+    assert got.columns.tolist() == ["res", "variant"] and got.res.tolist() == [64, 128]
+    assert store.select(frame, where=["latency_ms_median<=3"]).res.tolist() == [16, 64]  # a missing value fails
+    assert store.select(frame, where=["options="]).res.tolist() == [16, 64, 128]  # empty and missing alike
+    assert store.select(frame, where=["variant!=gsa", "res<64"]).variant.tolist() == ["local"]
+    assert store.select(frame, where=["res=16,64"]).res.tolist() == [16, 64]  # numbers as written
+    for columns, where, message in ((["varaint"], [], "Did you mean 'variant'"),
+                                    (None, ["res>=big"], "compares numbers"),
+                                    (None, ["res~3"], "COLUMN=VALUE")):
+        with pytest.raises(ValueError, match=message):
+            store.select(frame, columns, where)

@@ -1,5 +1,6 @@
 """The style the project holds itself to (ruff, configured in pyproject.toml), checked with the tests."""
 
+import ast
 import shutil
 import subprocess
 import sys
@@ -16,3 +17,59 @@ def test_ruff_is_clean():
         pytest.fail("ruff is missing: install the test extra, pip install -e '.[test]'")
     proc = subprocess.run([ruff, "check", "."], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:]
+
+
+# Each module of the package imports only from its own level or below (lazy imports inside functions
+# count too); a module missing here fails the test until it is given a level.
+LEVELS = [
+    {"attnbench", "choices", "record"},  # names, defaults and record types: no torch
+    {"env", "store", "registry", "console"},
+    {"variants", "plain", "models", "measure", "data", "baselines"},
+    {"tables", "sweep"},
+    {"plots", "harness"},
+    {"inspection", "profiling", "train", "report", "api"},
+    {"cli", "worker", "__main__"},
+]
+# The registry loads the built-in variants on first use: they register themselves into it.
+UPWARD_BY_DESIGN = {("registry", "variants")}
+
+
+def _level(top: str) -> int:
+    for i, names in enumerate(LEVELS):
+        if top in names:
+            return i
+    raise AssertionError(f"attnbench.{top} has no level in LEVELS")
+
+
+def _imported(node, package: Path) -> list[str]:
+    """The package's top-level modules an import statement loads ('attnbench' for root names)."""
+    if isinstance(node, ast.Import):
+        names = [a.name for a in node.names]
+    elif isinstance(node, ast.ImportFrom) and node.module:
+        names = [node.module]
+        if node.module == "attnbench":  # from attnbench import store: the submodule, else a root name
+            names = [f"attnbench.{a.name}" for a in node.names]
+    else:
+        return []
+    tops = []
+    for name in names:
+        parts = name.split(".")
+        if parts[0] != "attnbench":
+            continue
+        sub = parts[1] if len(parts) > 1 else ""
+        is_module = (package / f"{sub}.py").exists() or (package / sub / "__init__.py").exists()
+        tops.append(sub if sub and is_module else "attnbench")
+    return tops
+
+
+def test_no_module_imports_upward():
+    package = ROOT / "attnbench"
+    upward = []
+    for path in sorted(package.rglob("*.py")):
+        rel = path.relative_to(package).with_suffix("").parts
+        top = "attnbench" if rel == ("__init__",) else rel[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            for target in _imported(node, package):
+                if _level(target) > _level(top) and (top, target) not in UPWARD_BY_DESIGN:
+                    upward.append(f"{'/'.join(rel)}.py imports attnbench.{target}")
+    assert not upward, "\n".join(upward)

@@ -2,7 +2,8 @@ from dataclasses import astuple
 
 import pytest
 
-from attnbench.sweep import Case, expand, shard
+from attnbench.record import Case
+from attnbench.sweep import expand, shard
 
 
 def sweep(**kw):

@@ -78,7 +78,7 @@ def test_tiny_cifar_trains_one_epoch_and_evaluates(tmp_path, capsys):
     assert main(["train", *TINY, "--dataset", "cifar100", "--data-dir", str(data), "--epochs", "1",
                  "--out", str(out), "--db", str(db)]) == 0
     rows = store.load_training(db)
-    assert len(rows) == 1 and rows.model[0] == "resnet26" and rows.params[0] > 0 and rows.macs[0] > 0
+    assert len(rows) == 1 and rows.model[0] == "resnet26" and rows.params[0] > 0 and rows.macs_per_image[0] > 0
     assert 0 <= rows.top1_pct[0] <= rows.top5_pct[0] <= 100
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(out / "checkpoint.pt"), "--dataset", "cifar100",

@@ -60,7 +60,7 @@ def measure_latency(
     """Time ``fn`` with ``Timer.blocked_autorange``.
 
     At least ``MIN_TIMED_RUNS`` timed runs are taken, however slow the step. Returns median and
-    interquartile range in ms, the number of timed runs, the thread count,
+    interquartile range in ms, the number of timed runs,
     throughput (``batch`` / median, per second) and whether torch flagged the measurement as
     noisy (IQR above 10 % of the median, or too few runs).
     """
@@ -77,6 +77,5 @@ def measure_latency(
         "latency_ms_iqr": m.iqr * 1e3,
         "latency_runs": len(m.times) * m.number_per_run,
         "latency_noisy": bool(m.has_warnings),
-        "threads": threads,
         "throughput_per_s": batch / m.median,
     }

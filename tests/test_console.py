@@ -1,0 +1,74 @@
+"""The printed table: natural units per column, shared facts said once, noisy and failed rows marked,
+a width bound, and a grid by resolution."""
+
+import pandas as pd
+import pytest
+
+from attnbench.console import BYTE_UNITS, COUNT_UNITS, TIME_UNITS, console_table, figure, unit_for
+from attnbench.record import Record
+
+
+def frame(cases) -> pd.DataFrame:
+    rows = []
+    for variant, res, extra in cases:
+        base = dict(run_id="r", scope="module", variant=variant, arch="", res=res, batch=1, dim=64, dtype="fp32",
+                    device="cpu", mode="infer", threads=2, impl="ref", status="ok", params=12_345,
+                    macs=3_000 * res**2, latency_ms_median=0.002 * res**2, latency_ms_iqr=0.0001 * res**2,
+                    latency_noisy=False, peak_mem_bytes=4096 * res**2)
+        rows.append(Record.from_row({**base, **extra}).row())
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("values, units, expected", [
+    ([0.4, 2.0, 30.0], TIME_UNITS, "ms"),  # median 2 ms
+    ([0.004, 0.02, 0.9], TIME_UNITS, "µs"),  # median 20 µs
+    ([900.0, 2_000.0, 40_000.0], TIME_UNITS, "s"),  # median 2 s
+    ([12_345, 23_000_000, 4e9], COUNT_UNITS, "M"),
+    ([100, 900], COUNT_UNITS, ""),
+    ([3 * 2**20, 5 * 2**30, 7 * 2**30], BYTE_UNITS, "GiB"),
+    ([None, float("nan")], BYTE_UNITS, "B"),
+])
+def test_the_unit_reads_the_median_as_at_least_one(values, units, expected):
+    size, name = unit_for(values, units)
+    assert name == expected
+    finite = sorted(v for v in values if v == v and v is not None)
+    if finite:
+        assert 1 <= finite[len(finite) // 2] / size < 1024
+
+
+def test_figures_keep_four_significant_digits():
+    assert [figure(v, 1.0) for v in (1234.5, 12.345, 0.012345, 0, None)] == ["1234", "12.35", "0.01235", "0", "-"]
+    assert figure(2_500_000, 1e6) == "2.500"
+
+
+def test_the_flat_table_says_shared_facts_once_and_marks_noise_and_failures():
+    rows = frame([("gsa", 16, {}), ("gsa", 32, {"latency_noisy": True}),
+                  ("nonlocal", 64, {"status": "oom", "reason": "CUDA out of memory", "latency_ms_median": None,
+                                    "latency_ms_iqr": None, "macs": None, "peak_mem_bytes": None})])
+    lines = console_table(rows).splitlines()
+    assert lines[0] == "module scope, batch 1, dim 64, fp32, cpu, infer, 2 threads"
+    header = lines[1]
+    assert "latency (ms ± IQR)" in header and "MACs (M)" in header and "memory (MiB)" in header
+    assert "0.5120 ± 0.026" in lines[3] and "2.048 ± 0.10 ~" in lines[4]  # 0.002 x 16² ms, noisy marked
+    assert "oom [1]" in lines[5] and lines[-1] == "[1] oom: CUDA out of memory"
+    assert any(line.startswith("~ noisy") for line in lines)
+
+
+def test_no_line_is_wider_than_asked():
+    long = {"reason": "predicted peak 41232 MiB exceeds the 22636 MiB available on cpu " * 3, "status": "skipped"}
+    rows = frame([("gsa", 16, {"batch": 8, "options": "span=15,heads=8"}), ("local", 32, long),
+                  ("axial", 64, {"dtype": "bf16", "mode": "train"})])
+    for width in (60, 100):
+        assert max(len(line) for line in console_table(rows, width=width).splitlines()) <= width
+
+
+def test_the_pivot_is_a_grid_of_one_metric_by_resolution():
+    rows = frame([("gsa", 16, {}), ("gsa", 32, {}), ("conv", 16, {}),
+                  ("conv", 32, {"status": "skipped", "reason": "too large"})])
+    lines = console_table(rows, pivot="latency").splitlines()
+    assert lines[1] == "latency (ms) by resolution (columns: side in pixels)"
+    header, cells = lines[2].split(), {line.split()[0]: line.split()[1:] for line in lines[4:6]}
+    assert header == ["case", "16", "32"]
+    assert cells == {"gsa": ["0.5120", "2.048"], "conv": ["0.5120", "skipped"]}
+    memory = console_table(rows, pivot="memory").splitlines()
+    assert memory[1].startswith("peak memory (MiB)") and memory[4].split()[1:] == ["1.000", "4.000"]
