@@ -41,12 +41,43 @@ def erf_figure(maps: dict[str, torch.Tensor], title: str = "Effective receptive 
     """One panel per map, shared colour scale (log10 of the normalised gradient)."""
     from attnbench.plots import new_figure
 
-    fig, axes = new_figure(len(maps), 3.2)
+    fig, axes = new_figure(len(maps), 3.2, layout="constrained")
     for ax, (name, m) in zip(axes, maps.items()):
         image = ax.imshow(torch.log10(m.clamp_min(1e-6)).numpy(), cmap="magma", vmin=-6, vmax=0)
         ax.set_title(name, fontsize=9)
         ax.axis("off")
     fig.colorbar(image, ax=axes, shrink=0.8, label="log10 |gradient| (max = 0)")
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def maps_figure(panels: dict[str, tuple[torch.Tensor, torch.Tensor, tuple[int, int]]], title: str, *,
+                ncols: int = 3, decades: float = 3.0):
+    """Attention maps over their images, every panel on one colour scale with one colour bar.
+
+    ``panels``: title -> (grey image ``(H, W)``, map ``(H, W)``, query ``(y, x)``). The scale is
+    logarithmic in the weight's magnitude, over ``decades`` below the largest weight of any panel, so
+    that a 7 x 7 window and a map spread over every pixel read on the same scale; weights under the
+    scale (zero ones among them: outside a window) leave the image bare. Signed maps (GSA's) show |weight|.
+    """
+    import numpy as np
+    from matplotlib.colors import LogNorm
+
+    from attnbench.plots import new_figure
+
+    top = max(float(m.abs().max()) for _, m, _ in panels.values()) or 1.0
+    norm = LogNorm(vmin=top * 10**-decades, vmax=top)
+    nrows = -(-len(panels) // ncols)
+    fig, axes = new_figure(ncols, 3.0, layout="constrained", nrows=nrows, height=3.0)
+    for ax, (name, (grey, m, (y, x))) in zip(axes, panels.items()):
+        ax.imshow(grey.numpy(), cmap="gray")
+        magnitude = m.abs().numpy()
+        shown = ax.imshow(np.ma.masked_where(magnitude < norm.vmin, magnitude), cmap="magma", norm=norm, alpha=0.8)
+        ax.plot(x, y, "c+", ms=12, mew=2)
+        ax.set_title(name, fontsize=8)
+    for ax in axes:
+        ax.axis("off")
+    fig.colorbar(shown, ax=axes, shrink=0.6, label="|weight| (log scale, shared)")
     fig.suptitle(title, fontsize=10)
     return fig
 
@@ -57,7 +88,7 @@ def attention_maps(model: nn.Module, image: torch.Tensor, query: tuple[int, int]
 
     Args:
         model: a variant or a network built from variants.
-        image: ``(C, H, W)``, one input.
+        image: one input, ``(C, H, W)`` or ``(1, C, H, W)``.
         query: ``(y, x)`` in the image's pixels; a layer working at a lower resolution is asked for
             the pixel at the same relative position.
 
@@ -70,6 +101,13 @@ def attention_maps(model: nn.Module, image: torch.Tensor, query: tuple[int, int]
         (convolution); each variant's ``attention_maps`` says what its map means. The maps come from
         the layers' own forward pass (captured), not from a second implementation.
     """
+    if not isinstance(image, torch.Tensor) or image.dim() not in (3, 4) or image.dim() == 4 and len(image) != 1:
+        got = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ValueError(f"attention_maps takes one input, (C, H, W) or (1, C, H, W); got {got}.")
+    image = image[0] if image.dim() == 4 else image
+    H, W = image.shape[-2:]
+    if not (0 <= query[0] < H and 0 <= query[1] < W):
+        raise ValueError(f"query {tuple(query)} is outside the {H} x {W} input.")
     layers = {name: m for name, m in model.named_modules() if callable(getattr(m, "attention_maps", None))}
     sizes: dict[str, tuple[int, int]] = {}
     hooks = [m.register_forward_pre_hook(lambda mod, args, name=name: sizes.__setitem__(name, args[0].shape[-2:]))
@@ -81,7 +119,6 @@ def attention_maps(model: nn.Module, image: torch.Tensor, query: tuple[int, int]
     try:
         with torch.no_grad():
             model(image[None])
-        H, W = image.shape[-2:]
         maps = {}
         for name, m in layers.items():
             h, w = sizes[name]

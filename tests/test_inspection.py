@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 import attnbench
@@ -101,3 +102,19 @@ def test_network_maps_follow_each_layer_resolution():
     for m in on_image.values():
         assert m.shape[-2:] == (32, 32)
         torch.testing.assert_close(m.sum(dim=(1, 2)), torch.ones(m.shape[0]))
+
+
+def test_maps_take_one_input_with_or_without_its_batch_axis():
+    layer = attnbench.build_variant("nonlocal", 8, size=6)
+    image = torch.randn(8, 6, 6)
+    plain = attnbench.attention_maps(layer, image, (2, 3))
+    batched = attnbench.attention_maps(layer, image[None], (2, 3))
+    assert plain.keys() == batched.keys()
+    for key in plain:
+        torch.testing.assert_close(plain[key], batched[key])
+    for bad, message in ((torch.randn(2, 8, 6, 6), r"one input, \(C, H, W\) or \(1, C, H, W\); got \(2, 8, 6, 6\)"),
+                         (torch.randn(6, 6), r"got \(6, 6\)"), ([[0.0]], "got list")):
+        with pytest.raises(ValueError, match=message):
+            attnbench.attention_maps(layer, bad, (0, 0))
+    with pytest.raises(ValueError, match=r"query \(6, 0\) is outside the 6 x 6 input"):
+        attnbench.attention_maps(layer, image, (6, 0))

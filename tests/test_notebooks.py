@@ -1,4 +1,5 @@
-"""The notebooks run from top to bottom, and are committed without outputs."""
+"""The notebooks run from top to bottom, and are committed with the outputs of one such run, so that they
+read on a repository page (refresh them with `jupyter nbconvert --to notebook --execute --inplace`)."""
 
 from pathlib import Path
 
@@ -14,11 +15,14 @@ def test_there_are_notebooks():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_committed_without_outputs(path):
+def test_committed_with_the_outputs_of_one_whole_run(path):
     nb = nbformat.read(path, as_version=4)
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            assert cell.outputs == [] and cell.execution_count is None, f"{path.name} holds stale outputs"
+    code = [cell for cell in nb.cells if cell.cell_type == "code"]
+    assert [cell.execution_count for cell in code] == list(range(1, len(code) + 1)), \
+        f"{path.name}: run it top to bottom in a fresh kernel before committing"
+    outputs = [o for cell in code for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"], f"{path.name} was committed with an error"
+    assert any("image/png" in o.get("data", {}) for o in outputs), f"{path.name} was committed without its figures"
 
 
 @pytest.mark.slow
