@@ -355,7 +355,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
         print(f"{name:18} {tag}: " + ", ".join(f"{o} {s:.0f} %" for o, s in zip(top.operator, top["share (%)"])))
     for tag, tables in groups.items():
         combined = pd.concat([t.head(args.top).assign(variant=n) for n, t in tables.items()], ignore_index=True)
-        combined = combined[["variant", "operator", "self ms / iter", "share (%)", "calls / iter"]].round(4)
+        combined = combined[["variant", "operator", "self ms / iter", "share (%)", "calls / iter"]].round(
+            {"self ms / iter": 4, "share (%)": 1, "calls / iter": 2})
         combined.to_csv(out / "tables" / f"profile_{tag}.csv", index=False)
         (out / "tables" / f"profile_{tag}.md").write_text(combined.to_markdown(index=False) + "\n")
         fig = stacked_figure(tables, f"Self time by operator ({tag.replace('_', ', ')})", top=args.top)

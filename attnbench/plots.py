@@ -27,11 +27,16 @@ def colours(labels: Iterable[str] = ()) -> Palette:
     """One colour per variant, the same in every figure (registry order), from matplotlib's accessible
     ``petroff10`` sequence (distinguishable with colour-vision deficiencies), repeated past ten.
     ``labels``: the series to draw (variant names, or labels as :func:`series_variant` reads them)."""
+    names = list(variant_facts({series_variant(label) for label in labels}).name)
+    sequence = colour_sequence()
+    return Palette({name: sequence[i % len(sequence)] for i, name in enumerate(names)})
+
+
+def colour_sequence() -> list:
+    """The colours of every figure: matplotlib's ``petroff10`` (``tab10`` before matplotlib 3.10)."""
     import matplotlib
 
-    names = list(variant_facts({series_variant(label) for label in labels}).name)
-    sequence = matplotlib.color_sequences["petroff10" if "petroff10" in matplotlib.color_sequences else "tab10"]
-    return Palette({name: sequence[i % len(sequence)] for i, name in enumerate(names)})
+    return list(matplotlib.color_sequences["petroff10" if "petroff10" in matplotlib.color_sequences else "tab10"])
 
 
 MARGINS_IN = {"left": 0.85, "right": 0.2, "bottom": 0.6, "top": 0.55, "between": 0.95}  # inches

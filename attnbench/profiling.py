@@ -7,7 +7,12 @@ Traces are written as Kineto JSON (``*.pt.trace.json``), which TensorBoard's pro
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
 import socket
+import sys
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +24,28 @@ from attnbench.harness import build_case
 from attnbench.measure.latency import make_step, synchronized
 from attnbench.record import Case
 from attnbench.sweep import DTYPES
+
+# Kineto writes its own lines (profiler_start, profiler_stop) straight to the process's stderr
+KINETO_LINE = re.compile(rb"^\w+:\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \d+:\d+ \w+\.cpp:\d+\] ")
+
+
+@contextlib.contextmanager
+def without_profiler_log():
+    """Drop the profiler's own log lines written to stderr meanwhile; pass every other line on."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            kept = [line for line in sink.read().splitlines(keepends=True) if not KINETO_LINE.match(line)]
+            if kept:
+                sys.stderr.write(b"".join(kept).decode(errors="replace"))
 
 
 def profile_case(case: Case, trace_dir: str | Path, *, iters: int = 5) -> pd.DataFrame:
@@ -35,7 +62,7 @@ def profile_case(case: Case, trace_dir: str | Path, *, iters: int = 5) -> pd.Dat
     step()
     cuda = torch.device(case.device).type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=activities, record_shapes=True) as prof:
+    with without_profiler_log(), profile(activities=activities, record_shapes=True) as prof:
         for _ in range(iters):
             step()
     trace_dir = Path(trace_dir)
@@ -59,7 +86,7 @@ def stacked_figure(tables: dict[str, pd.DataFrame], title: str, top: int = 8):
     """One stacked bar per variant: self time of its top operators, the rest as 'other'."""
     import numpy as np
 
-    from attnbench.plots import new_figure
+    from attnbench.plots import colour_sequence, new_figure
 
     ops: list[str] = []
     for t in tables.values():
@@ -69,13 +96,16 @@ def stacked_figure(tables: dict[str, pd.DataFrame], title: str, top: int = 8):
     fig, (ax,) = new_figure(1, 8)
     bottoms = np.zeros(len(tables))
     names = list(tables)
-    for op in ops + ["other"]:
+    sequence = colour_sequence()
+    for i, op in enumerate(ops + ["other"]):
         heights = []
         for t in tables.values():
             shown = t.operator.isin(ops)
             heights.append(t.loc[~shown, "self ms / iter"].sum() if op == "other"
                            else t.loc[t.operator == op, "self ms / iter"].sum())
-        ax.bar(names, heights, bottom=bottoms, label=op)
+        colour = "lightgrey" if op == "other" else sequence[i % len(sequence)]
+        ax.bar(names, heights, bottom=bottoms, label=op, color=colour,
+               hatch="//" if i >= len(sequence) and op != "other" else None)  # past ten colours: hatched
         bottoms += heights
     ax.set(ylabel="self time per iteration (ms)")
     ax.legend(fontsize=6, ncol=2)

@@ -345,6 +345,17 @@ def merge(sources: Iterable[str | Path], out: str | Path) -> Merged:
     if Path(out).exists() and any(Path(src).resolve() == Path(out).resolve() for src in sources):
         raise StoreError(f"Cannot merge {out} into itself: name an output that is not a source.")
     read = [(load_results(src), load_training(src)) for src in sources]  # a bad source stops all here
+    created = not Path(out).exists()
+    try:
+        return _merge_into(read, sources, out)
+    except BaseException:
+        if created:  # a failed merge leaves no output behind
+            for path in (Path(out), Path(f"{out}-wal"), Path(f"{out}-shm")):
+                path.unlink(missing_ok=True)
+        raise
+
+
+def _merge_into(read: list[tuple[pd.DataFrame, pd.DataFrame]], sources: list, out: str | Path) -> Merged:
     keys = ["case_key", "env_key"]
     with closing(open_store(out)) as dst:
         before = pd.read_sql_query("SELECT case_key, env_key, run_id FROM results", dst)

@@ -24,3 +24,15 @@ def test_profile_writes_traces_and_tables(tmp_path, capsys):
     for _, t in table.groupby("variant"):
         assert 0 < t["share (%)"].sum() <= 100.01 and (t["self ms / iter"] > 0).all()
     assert next((out / "figures").glob("profile_*.png")).stat().st_size > 0
+
+
+def test_the_profilers_own_log_lines_are_dropped_and_others_kept(capfd):
+    import os
+
+    from attnbench.profiling import without_profiler_log
+
+    with without_profiler_log():
+        os.write(2, b"USDT:2026-11-28 02:24:31 732:732 SyncActivityProfilerHandler.cpp:52] profiler_start\n")
+        os.write(2, b"a warning of our own\n")
+        os.write(2, b"STAGE:2026-11-28 02:24:31 732:732 ActivityProfilerController.cpp:312] Completed Stage\n")
+    assert capfd.readouterr().err == "a warning of our own\n"

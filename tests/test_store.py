@@ -193,13 +193,28 @@ def test_merge_into_a_source_is_refused(tmp_path):
         store.merge([db], db)
 
 
-def test_merge_is_all_or_nothing(tmp_path):
+def test_merge_is_all_or_nothing(tmp_path, monkeypatch):
     good, bad, out = tmp_path / "good.sqlite", tmp_path / "bad.sqlite", tmp_path / "out.sqlite"
     store.write(good, row("a"))
     bad.write_text("not a store " * 100)
     with pytest.raises(store.StoreError):
         store.merge([good, bad], out)
-    assert not out.exists() or store.load_results(out).empty
+    assert not out.exists()
+    full = tmp_path / "full.sqlite"  # a store into which nothing can be inserted: the transaction fails
+    store.write(full, row("b"))
+    with sqlite3.connect(full) as conn:
+        conn.execute("CREATE TRIGGER no_more BEFORE INSERT ON results BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+    with pytest.raises(store.StoreError, match="disk full"):
+        store.merge([good], full)
+    assert store.load_results(full).case_key.tolist() == [key("b")]  # an existing output is left as it was
+
+    def disk_error(frame):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(store, "_plain_rows", disk_error)  # the output is made, then its transaction fails
+    with pytest.raises(store.StoreError, match="disk I/O error"):
+        store.merge([good], out)
+    assert not list(tmp_path.glob("out.sqlite*"))
 
 
 def test_merge_keeps_the_newest_of_conflicting_measurements_and_counts_them(tmp_path):
