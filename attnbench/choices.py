@@ -8,12 +8,15 @@ import os
 
 DTYPES = ("fp32", "bf16", "fp16")  # attnbench.sweep maps them to torch dtypes
 MODES = ("infer", "train")  # eval forward without grad; forward + backward
+AMP_DTYPES = ("bf16", "fp16")  # --amp: autocast to this dtype, weights kept in --dtype
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile
 SCOPES = ("module", "model")
 DATASETS = ("cifar100", "digits", "longrange")
 DEFAULT_DB = os.path.join("reports", "results.sqlite")
 # generated outputs get folders of their own, never the committed reference report in reports/
 DEFAULT_REPORT = os.path.join("reports", "latest")
 DEFAULT_PROFILE = os.path.join("reports", "profile")
+NOISY = "~"  # printed after a latency flagged noisy (a wide spread, or a busy machine)
 PIVOTS = ("latency", "macs", "memory", "params")  # what `attnbench run --pivot` can grid by resolution
 FIGURE_FORMATS = ("png",)  # what reports and profiles draw unless told (svg, pdf: on request)
 FORMATS = ("png", "svg", "pdf")

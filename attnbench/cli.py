@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from attnbench.choices import (
+    AMP_DTYPES,
+    COMPILE_MODES,
     DATASETS,
     DEFAULT_DB,
     DEFAULT_PROFILE,
@@ -55,7 +57,7 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpF
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text, default = action.help or "", action.default
-        if "default" in text or default in (None, False, argparse.SUPPRESS):
+        if "default" in text or default in (None, False, "", argparse.SUPPRESS):
             return text
         return f"{text} (default: {','.join(map(str, default)) if isinstance(default, list) else default})"
 
@@ -250,6 +252,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cases = _plan(args)
     _check_db(args.db)
+    if args.results_file:
+        if Path(args.results_file).suffix not in (".csv", ".json"):
+            raise UsageError(f"--results-file {args.results_file}: name a .csv or a .json file.")
+        _check_out_dir("--results-file's folder", str(Path(args.results_file).parent))
     bar = tqdm(total=len(cases), unit="case", file=sys.stderr, disable=args.json or None, dynamic_ncols=True)
     finished = 0
 
@@ -272,8 +278,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         bar.close()
         raise UsageError(str(e)) from None
     bar.close()
+    busy = frame.latency_noise_reason.fillna("").str.contains("other processes|speed changed")
+    if busy.any():
+        print(f"attnbench run: warning: {int(busy.sum())} of {len(frame)} cases were timed while the machine was "
+              "busy (see latency_noise_reason); for stable numbers run nothing else meanwhile, or pin the sweep "
+              "with --threads and taskset, and measure again with --force.", file=sys.stderr)
+    if args.results_file:
+        rows = frame.to_csv(index=False) if args.results_file.endswith(".csv") else frame.to_json(
+            orient="records", indent=1, double_precision=15)
+        _write_text(args.results_file, rows)
     if args.json:
-        print(frame.to_json(orient="records", indent=1))
+        print(frame.to_json(orient="records", indent=1, double_precision=15))
     else:
         from attnbench.console import console_table
 
@@ -431,6 +446,13 @@ def add_sweep_arguments(p: argparse.ArgumentParser, *, scope: str) -> None:
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="a variant option (e.g. span=15, heads=4, local.window=9) for every variant that has it, "
                         "or VARIANT.KEY=VALUE; repeat for several")
+    p.add_argument("--amp", nargs="?", const="bf16", default="", choices=AMP_DTYPES, metavar="DTYPE",
+                   help="autocast the forward to DTYPE (bf16, or fp16; bf16 if none named), the weights kept in "
+                        "--dtype (as timm's --amp)")
+    p.add_argument("--channels-last", action="store_true", help="weights and input in channels-last memory format")
+    p.add_argument("--compile", nargs="?", const="default", default="", choices=COMPILE_MODES, metavar="MODE",
+                   help=f"torch.compile each case ({', '.join(COMPILE_MODES)}; default if none named); the "
+                        "compile time is stored in compile_s, never in the latency")
 
 
 def add_formats_argument(p: argparse.ArgumentParser) -> None:
@@ -459,6 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "memory are retried without it)")
     run.add_argument("--shard", type=shard_spec, default=None, help="run slice i of n: i/n")
     run.add_argument("--json", action="store_true", help="print the rows as JSON")
+    run.add_argument("--results-file", default=None, metavar="FILE",
+                     help="also write the sweep's rows to FILE, CSV or JSON by its extension (as timm's)")
     run.add_argument("--pivot", nargs="?", const="latency", choices=PIVOTS, default=None,
                      help="print one metric as a grid of cases by resolution (latency if none named)")
     run.add_argument("--width", type=positive_int("width"), default=100, help="characters per printed line")

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import pandas as pd
 from tabulate import tabulate
 
-from attnbench.choices import PIVOTS
+from attnbench.choices import NOISY, PIVOTS
 
 # the units of a kind, from the smallest: (size in the stored unit, name)
 TIME_UNITS = [(1e-3, "µs"), (1.0, "ms"), (1e3, "s")]  # stored in ms
@@ -27,8 +27,8 @@ PIVOT_COLUMNS = dict(zip(PIVOTS, [  # --pivot metric -> (column, units, header)
     ("peak_mem_bytes", BYTE_UNITS, "peak memory"),
     ("params", COUNT_UNITS, "params"),
 ]))
-SHARED = ["scope", "arch", "batch", "dim", "dtype", "device", "mode", "threads"]  # said once when all agree
-NOISY = "~"
+SHARED = ["scope", "arch", "batch", "dim", "dtype", "device", "mode", "threads", "amp", "channels_last",
+          "compile"]  # said once when every row agrees, else a column
 
 
 def unit_for(values: Sequence[float], units: list[tuple[float, str]]) -> tuple[float, str]:
@@ -63,6 +63,14 @@ def _label(rows: pd.DataFrame) -> pd.Series:
     return label
 
 
+SAID = {  # how a shared value is said; None: not said (it is in the case's name, or unset)
+    "scope": lambda v: f"{v} scope", "arch": lambda v: None, "batch": lambda v: f"batch {v}",
+    "dim": lambda v: f"dim {v}" if v else None, "threads": lambda v: f"{v} threads",
+    "amp": lambda v: f"amp {v}" if v else None, "channels_last": lambda v: "channels-last" if v else None,
+    "compile": lambda v: f"compiled ({v})" if v else None,
+}
+
+
 def _shared(rows: pd.DataFrame) -> tuple[list[str], list[str]]:
     """(columns that vary, a description of those that do not)."""
     varying, said = [], []
@@ -70,16 +78,10 @@ def _shared(rows: pd.DataFrame) -> tuple[list[str], list[str]]:
         values = rows[column].unique()
         if len(values) > 1:
             varying.append(column)
-        elif column == "scope":
-            said.append(f"{values[0]} scope")
-        elif column == "threads":
-            said.append(f"{values[0]} threads")
-        elif column == "batch":
-            said.append(f"batch {values[0]}")
-        elif column == "dim" and values[0]:
-            said.append(f"dim {values[0]}")
-        elif column not in ("arch", "dim"):
-            said.append(str(values[0]))
+            continue
+        text = SAID.get(column, str)(values[0])
+        if text:
+            said.append(text)
     return varying, said
 
 

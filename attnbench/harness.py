@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
+import os
 import re
 import tempfile
 import time
@@ -21,7 +22,9 @@ import torch
 
 from attnbench import store
 from attnbench.env import environment
-from attnbench.measure.latency import make_step, measure_latency
+from attnbench.measure.latency import make_step, measure_latency, synchronized
+from attnbench.measure.load import calibrate, noise_reasons, other_cores
+from attnbench.measure.load import sample as load_sample
 from attnbench.measure.macs import analyse_macs
 from attnbench.measure.memory import available_memory, peak_memory, predict_peak_memory
 from attnbench.measure.params import count_params
@@ -49,7 +52,8 @@ def build_case(case: Case) -> tuple[torch.nn.Module, tuple[int, ...]]:
     else:
         module = model_for_variant(case.variant, case.arch, image_size=case.res, impl=case.impl,
                                    **case.variant_options)
-    return module.to(case.device, DTYPES[case.dtype]), input_shape(case)
+    module = module.to(case.device, DTYPES[case.dtype])
+    return module.to(memory_format=torch.channels_last) if case.channels_last else module, input_shape(case)
 
 
 def too_large(case: Case) -> str | None:
@@ -92,19 +96,42 @@ def measure_case(case: Case, min_run_time: float = MIN_RUN_TIME_S) -> Measuremen
             return Measurement("skipped", f"predicted peak {predicted / 2**20:.0f} MiB exceeds the "
                                f"{available / 2**20:.0f} MiB available on {case.device}", predicted_mem_bytes=predicted)
         x = torch.randn(*shape, device=case.device, dtype=dtype)
+        if case.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         record.update(count_params(module))
         count = analyse_macs(module, x[:1])
         record.update(macs=count.macs * case.batch, macs_counter="fvcore+attnbench", uncounted_ops=count.uncounted_ops)
-        step = make_step(module, x, case.mode)
-        step()  # warm-up: one-time initialisation is not part of the peak
+        autocast = DTYPES[case.amp] if case.amp else None
+        if case.compile:
+            module = torch.compile(module, mode=case.compile)
+        step = make_step(module, x, case.mode, autocast=autocast)
+        start = time.perf_counter()
+        synchronized(step, torch.device(case.device))()  # warm-up (and compilation): not part of the peak
+        if case.compile:
+            record["compile_s"] = time.perf_counter() - start
         record.update(peak_memory(step, case.device))
-        record.update(measure_latency(step, case.device, batch=case.batch, threads=case.threads,
-                                      min_run_time=min_run_time))
+        record.update(timed(step, case, min_run_time))
         record["status"] = "ok"
     except Exception as err:  # noqa: BLE001 - every failure becomes the case's status
         status = "oom" if _is_oom(err) else "error"
         record.update(status=status, reason=f"{type(err).__name__}: {err}".splitlines()[0][:500])
     return Measurement(**record)
+
+
+def timed(step: Callable[[], object], case: Case, min_run_time: float) -> dict:
+    """The latency fields of a case; on a CPU, with other processes' use of the cores during the timed
+    runs and a calibration before and after, either of which can mark the timing noisy (and say why)."""
+    if torch.device(case.device).type != "cpu":
+        return measure_latency(step, case.device, batch=case.batch, threads=case.threads, min_run_time=min_run_time)
+    calibration = [calibrate(case.threads)]
+    before = load_sample()
+    latency = measure_latency(step, case.device, batch=case.batch, threads=case.threads, min_run_time=min_run_time)
+    other = other_cores(before, load_sample())
+    calibration.append(calibrate(case.threads))
+    reasons = [latency["latency_noise_reason"]] if latency["latency_noisy"] else []
+    reasons += noise_reasons(other, (calibration[0], calibration[1]), os.cpu_count() or 1)
+    return {**latency, "latency_noisy": bool(reasons), "latency_noise_reason": "; ".join(reasons) or None,
+            "other_load_cores": round(other, 3)}
 
 
 def _child(case: Case, min_run_time: float, conn) -> None:

@@ -12,7 +12,7 @@ import json
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 
 SQL_TYPES = {str: "TEXT", int: "INTEGER", float: "REAL", bool: "INTEGER"}
 
@@ -58,12 +58,17 @@ class Case:
     mode: str  # infer | train
     threads: int  # intra-op CPU threads
     impl: str  # the variant's implementation, resolved for the device (see attnbench.list_impls)
+    # what a sweep may add; each at its default is left out of the key, so older keys stay as they were
     options: str = ""  # the variant's options set by the sweep, "key=value,..." sorted ("" for none)
+    amp: str = ""  # autocast dtype (bf16 | fp16) over weights kept in `dtype`; "" for none
+    channels_last: bool = False  # weights and input in channels-last memory format
+    compile: str = ""  # torch.compile mode ("default", "max-autotune", ...); "" for eager
 
     @property
     def key(self) -> str:
-        """Stable identity, the same on every machine and Python version (default options unnamed)."""
-        return "/".join(f"{k}={v}" for k, v in asdict(self).items() if k != "options" or v)
+        """Stable identity, the same on every machine and Python version (optional fields named only when set)."""
+        optional = {f.name: f.default for f in fields(self) if f.default is not MISSING}
+        return "/".join(f"{k}={v}" for k, v in asdict(self).items() if k not in optional or v != optional[k])
 
     @property
     def variant_options(self) -> dict[str, object]:
@@ -73,7 +78,13 @@ class Case:
     @property
     def label(self) -> str:
         what = self.variant if self.scope == "module" else f"{self.variant}:{self.arch}"
-        return f"{what} res={self.res} b={self.batch} {self.dtype} {self.device} {self.mode}"
+        return f"{what} res={self.res} b={self.batch} {self.dtype} {self.device} {self.mode}{self.setup}"
+
+    @property
+    def setup(self) -> str:
+        """The timm-style options set on this case, as ' amp=bf16 channels_last compile=default' ('' for none)."""
+        return ((f" amp={self.amp}" if self.amp else "") + (" channels_last" if self.channels_last else "")
+                + (f" compile={self.compile}" if self.compile else ""))
 
 
 @dataclass(frozen=True)
@@ -92,12 +103,15 @@ class Measurement:
     latency_ms_iqr: float | None = None
     latency_runs: int | None = None
     latency_noisy: bool | None = None  # IQR above 10 % of the median, too few runs, or a busy machine
+    latency_noise_reason: str | None = None  # why latency_noisy, in words
+    other_load_cores: float | None = None  # other processes' CPU use during the timed runs (CPU cases), in cores
     throughput_per_s: float | None = None
     peak_mem_bytes: int | None = None
     peak_mem_reserved_bytes: int | None = None
     peak_mem_method: str | None = None
     predicted_mem_bytes: int | None = None
     device_peak_gflops: float | None = None  # matmul rate of the device in this dtype (2 FLOPs per MAC)
+    compile_s: float | None = None  # torch.compile's time (the first call), never part of the latency
     wall_s: float | None = None  # the case's whole time, process start to result
 
     def __post_init__(self) -> None:

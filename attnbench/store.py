@@ -16,13 +16,13 @@ import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
 import pandas as pd
 
 from attnbench.choices import unknown_name_message
-from attnbench.record import EPOCH_COLUMNS, RESULT_COLUMNS, Epoch, Record
+from attnbench.record import EPOCH_COLUMNS, RESULT_COLUMNS, Case, Epoch, Record
 
 SCHEMA_VERSION = 1
 
@@ -34,15 +34,18 @@ NAMES = [c for c, _ in COLUMNS]
 # implementation, and before ``options`` with each variant's defaults: writers record that when they
 # add the columns, readers as they read a store that lacks them.
 LEGACY_IMPLS = {"gsa": "pixelmajor", "local": "halo", "axial": "dense", "nonlocal": "sdpa", "conv": "native"}
+# A case field with a default (options, amp, ...) was that default in every row stored before it.
+CASE_DEFAULTS = {f.name: f.default for f in fields(Case) if f.default is not MISSING}
 BACKFILL = {
     ("results", "impl"): "UPDATE results SET impl = CASE variant "
     + " ".join(f"WHEN '{v}' THEN '{i}'" for v, i in LEGACY_IMPLS.items()) + " END",
-    ("results", "options"): "UPDATE results SET options = ''",
+    **{("results", name): f"UPDATE results SET {name} = {int(value) if isinstance(value, bool) else repr(value)}"
+       for name, value in CASE_DEFAULTS.items()},
     ("training", "macs_per_image"): "UPDATE training SET macs_per_image = macs",  # the column's older name
 }
 READ_FILL = {
     ("results", "impl"): lambda frame: frame.variant.map(LEGACY_IMPLS),
-    ("results", "options"): lambda frame: "",
+    **{("results", name): (lambda frame, value=value: value) for name, value in CASE_DEFAULTS.items()},
     ("training", "macs_per_image"): lambda frame: frame["macs"] if "macs" in frame else None,
 }
 

@@ -10,7 +10,15 @@ from dataclasses import dataclass
 
 import torch
 
-from attnbench.choices import DEFAULT_RES, MODES, SCOPES, SWEEP_DEFAULTS, unknown_name_message
+from attnbench.choices import (
+    AMP_DTYPES,
+    COMPILE_MODES,
+    DEFAULT_RES,
+    MODES,
+    SCOPES,
+    SWEEP_DEFAULTS,
+    unknown_name_message,
+)
 from attnbench.choices import DTYPES as DTYPE_NAMES
 from attnbench.record import Case, parse_options, parse_value
 from attnbench.registry import AUTO, get_impl, get_variant_spec, list_impls, list_variants, resolve_impl
@@ -32,10 +40,14 @@ def expand(
     threads: int,
     impls: list[str] = (AUTO,),
     options: dict[str, str] | None = None,
+    amp: str = "",
+    channels_last: bool = False,
+    compile: str = "",
 ) -> list[Case]:
     """Every combination, ordered so that each variant's resolutions run smallest first. ``impls`` as
     :func:`variant_impls` reads them; each is resolved for its device, and duplicates dropped.
-    ``options``: each variant's options as :func:`variant_options` spells them (none: the defaults)."""
+    ``options``: each variant's options as :func:`variant_options` spells them (none: the defaults).
+    ``amp``, ``channels_last``, ``compile``: set on every case (see :class:`attnbench.record.Case`)."""
     if scope == "model":
         dims = [0]
     arch = arch if scope == "model" else ""
@@ -45,7 +57,7 @@ def expand(
     for dev, v in itertools.product(devices, variants):
         resolved = list(dict.fromkeys(resolve_impl(v, i, dev) for i in chosen[v]))
         cases += [
-            Case(scope, v, arch, r, b, d, dt, dev, m, threads, i, opts.get(v, ""))
+            Case(scope, v, arch, r, b, d, dt, dev, m, threads, i, opts.get(v, ""), amp, channels_last, compile)
             for dt, m, i, d, b, r in itertools.product(dtypes, modes, resolved, dims, batch, sorted(res))
         ]
     return cases
@@ -132,7 +144,9 @@ class Sweep:
     ``impl``: which implementations run (see :func:`variant_impls`): ``auto`` (each variant's choice for
     the device), a name such as ``plain`` for every variant that has it, or ``VARIANT=NAME``; several
     sweep them side by side. ``opt``: variant options, ``KEY=VALUE`` for every variant that has the
-    option or ``VARIANT.KEY=VALUE`` (see :func:`variant_options`). ``shard=(i, n)``: the i-th of n slices.
+    option or ``VARIANT.KEY=VALUE`` (see :func:`variant_options`). ``amp`` (``bf16`` or ``fp16``: autocast
+    over weights kept in ``dtype``), ``channels_last`` and ``compile`` (a ``torch.compile`` mode) as timm's
+    benchmark spells them. ``shard=(i, n)``: the i-th of n slices.
     """
 
     variants: Sequence[str] | None = None
@@ -147,6 +161,9 @@ class Sweep:
     threads: int | None = None
     impl: Sequence[str] = SWEEP_DEFAULTS["impl"]
     opt: Sequence[str] = ()
+    amp: str = ""
+    channels_last: bool = False
+    compile: str = ""
     shard: tuple[int, int] | None = None
 
     def cases(self) -> list[Case]:
@@ -169,6 +186,9 @@ class Sweep:
             for item in getattr(self, name):
                 if item not in choices:
                     raise ValueError(f"--{name}: " + unknown_name_message(name, item, list(choices)))
+        for name, value, choices in (("amp", self.amp, AMP_DTYPES), ("compile", self.compile, COMPILE_MODES)):
+            if value and value not in choices:
+                raise ValueError(f"--{name}: " + unknown_name_message(f"{name} mode", value, list(choices)))
         for name in ("res", "batch", "dim"):
             bad = [v for v in getattr(self, name) or () if not isinstance(v, int) or v < 1]
             if bad:
@@ -190,6 +210,7 @@ class Sweep:
             variants=variants, res=list(self.res or [DEFAULT_RES[self.scope]]), batch=list(self.batch),
             dims=list(self.dim), dtypes=list(self.dtype), devices=list(self.device or default_devices()),
             modes=list(self.mode), scope=self.scope, arch=self.arch, threads=self.threads or default_threads(),
-            impls=list(self.impl), options=options,
+            impls=list(self.impl), options=options, amp=self.amp, channels_last=self.channels_last,
+            compile=self.compile,
         )
         return shard(cases, *self.shard) if self.shard else cases

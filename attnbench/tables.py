@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from attnbench.baselines import variant_facts
+from attnbench.choices import NOISY
 
 MIB = 2**20
 
@@ -45,6 +46,13 @@ def impls_vary(rows: pd.DataFrame) -> bool:
     return bool(len(rows)) and rows.groupby("variant").impl.nunique().max() > 1
 
 
+def setup_labels(frame: pd.DataFrame) -> list[str]:
+    """Each row's timm-style options, 'amp=bf16,channels_last,compile=default' ('' for none)."""
+    return [",".join(part for part in (f"amp={a}" if a else "", "channels_last" if c else "",
+                                       f"compile={m}" if m else "") if part)
+            for a, c, m in zip(frame.amp.fillna(""), frame.channels_last.fillna(0), frame.compile.fillna(""))]
+
+
 def results_table(rows: pd.DataFrame) -> pd.DataFrame:
     """The human table: units in the headers, one row per case; the implementation where it varies."""
     what = np.where(rows.scope == "module", rows.variant, rows.variant + "_" + rows.arch)
@@ -59,8 +67,8 @@ def results_table(rows: pd.DataFrame) -> pd.DataFrame:
         "params (M)": [_fmt(v, ".4g", 1e-6) for v in rows.params],
         "MACs (G)": [_fmt(v, ".4g", 1e-9) for v in rows.macs],
         "latency ms (median ± IQR)": [
-            "-" if s != "ok" else f"{m:.3f} ± {i:.3f}" for s, m, i in zip(rows.status, rows.latency_ms_median,
-                                                                       rows.latency_ms_iqr)],
+            "-" if s != "ok" else f"{m:.3f} ± {i:.3f}" + (f" {NOISY}" if n == 1 else "")
+            for s, m, i, n in zip(rows.status, rows.latency_ms_median, rows.latency_ms_iqr, rows.latency_noisy)],
         "throughput (/s)": [_fmt(v, ".1f") for v in rows.throughput_per_s],
         "peak memory (MiB)": [_fmt(v, ".4g", 1 / MIB) for v in rows.peak_mem_bytes],
         "GFLOP/s": [_fmt(2 * m / (t * 1e-3) / 1e9, ".1f") if s == "ok" else "-"
@@ -71,6 +79,10 @@ def results_table(rows: pd.DataFrame) -> pd.DataFrame:
         table.insert(1, "impl", rows.impl.values)
     if rows.options.fillna("").ne("").any():
         table.insert(1, "options", rows.options.fillna("").values)
+    setup = setup_labels(rows)
+    if any(setup):
+        table.insert(1, "setup", setup)
+        table["compile s"] = [_fmt(v, ".1f") for v in rows.compile_s]
     if rows.code_hash.fillna("").nunique() > 1:  # rows of different code side by side: never silently
         table.insert(1, "code", rows.code_hash.fillna("-").str[:8].values)
     return table

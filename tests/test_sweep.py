@@ -1,4 +1,4 @@
-from dataclasses import astuple
+from dataclasses import replace
 
 import pytest
 
@@ -24,7 +24,9 @@ def test_keys_are_stable_text():
     c = Case("module", "gsa", "", 16, 1, 8, "fp32", "cpu", "infer", 2, "batched")
     assert c.key == ("scope=module/variant=gsa/arch=/res=16/batch=1/dim=8/dtype=fp32/device=cpu/mode=infer/threads=2/"
                      "impl=batched")
-    assert Case(*astuple(c)[:-1], "span=3").key == c.key + "/options=span=3"
+    assert replace(c, options="span=3").key == c.key + "/options=span=3"  # optional fields named only when set
+    assert replace(c, amp="bf16", compile="default").key == c.key + "/amp=bf16/compile=default"
+    assert replace(c, channels_last=True).key == c.key + "/channels_last=True"
 
 
 def test_implementations_resolve_per_device_without_duplicates():

@@ -13,14 +13,21 @@ from attnbench.choices import MODES  # noqa: F401  (re-exported: the modes make_
 MIN_TIMED_RUNS = 3  # the fewest timed runs behind a median and an IQR
 
 
-def make_step(module: nn.Module, x: torch.Tensor, mode: str) -> Callable[[], object]:
-    """One iteration: ``infer`` is an eval-mode forward without grad; ``train`` is forward + backward."""
+def make_step(module: nn.Module, x: torch.Tensor, mode: str, *, autocast: torch.dtype | None = None
+              ) -> Callable[[], object]:
+    """One iteration: ``infer`` is an eval-mode forward without grad; ``train`` is forward + backward.
+    With ``autocast``, the forward runs under ``torch.autocast`` to that dtype (the weights keep theirs)."""
+
+    def forward() -> torch.Tensor:
+        with torch.autocast(x.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+            return module(x)
+
     if mode == "infer":
         module.eval()
 
         def infer() -> object:
             with torch.no_grad():
-                return module(x)
+                return forward()
 
         return infer
     if mode == "train":
@@ -28,7 +35,7 @@ def make_step(module: nn.Module, x: torch.Tensor, mode: str) -> Callable[[], obj
 
         def train() -> object:
             module.zero_grad(set_to_none=True)
-            out = module(x)
+            out = forward()
             out.float().sum().backward()
             return out
 
@@ -77,5 +84,6 @@ def measure_latency(
         "latency_ms_iqr": m.iqr * 1e3,
         "latency_runs": len(m.times) * m.number_per_run,
         "latency_noisy": bool(m.has_warnings),
+        "latency_noise_reason": "the runs' spread (IQR) is over 10 % of their median" if m.has_warnings else None,
         "throughput_per_s": batch / m.median,
     }
