@@ -17,6 +17,7 @@ DEFAULT_DB = os.path.join("reports", "results.sqlite")
 DEFAULT_REPORT = os.path.join("reports", "latest")
 DEFAULT_PROFILE = os.path.join("reports", "profile")
 NOISY = "~"  # printed after a latency flagged noisy (a wide spread, or a busy machine)
+LAUNCHERS = ("slurm", "local")  # --launcher: submitit's Slurm executor, or its local one
 PIVOTS = ("latency", "macs", "memory", "params")  # what `attnbench run --pivot` can grid by resolution
 FIGURE_FORMATS = ("png",)  # what reports and profiles draw unless told (svg, pdf: on request)
 FORMATS = ("png", "svg", "pdf")

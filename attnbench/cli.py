@@ -26,6 +26,7 @@ from attnbench.choices import (
     DTYPES,
     FIGURE_FORMATS,
     FORMATS,
+    LAUNCHERS,
     MODES,
     PIVOTS,
     SCOPES,
@@ -250,8 +251,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from attnbench import api, store
 
+    if args.max_res:
+        return _max_res(args)
     cases = _plan(args)
     _check_db(args.db)
+    if args.launcher:
+        return _launch(args)
+    for name in ("partition", "jobs"):
+        if getattr(args, name) is not None:
+            raise UsageError(f"--{name} applies to --launcher slurm (or local).")
     if args.results_file:
         if Path(args.results_file).suffix not in (".csv", ".json"):
             raise UsageError(f"--results-file {args.results_file}: name a .csv or a .json file.")
@@ -295,6 +303,76 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(console_table(frame, pivot=args.pivot, width=args.width))
         print(f"\n{len(frame)} cases; results in {args.db}. Latency: median of the timed runs; MACs per forward "
               "pass of the batch (1 multiply-add = 1); memory: peak over weights and inputs.")
+    return 0
+
+
+def _max_res(args: argparse.Namespace) -> int:
+    """``run --max-res``: the largest side of each case that runs, by doubling then bisection."""
+    from dataclasses import fields
+
+    from attnbench import api, store
+    from attnbench.sweep import Sweep
+
+    if args.res:
+        raise UsageError("--max-res finds the resolution: leave out --res.")
+    if args.launcher or args.shard:
+        raise UsageError("--max-res searches here, one case at a time: leave out --launcher and --shard.")
+    sweep = {f.name: getattr(args, f.name) for f in fields(Sweep) if hasattr(args, f.name) and f.name != "res"}
+    try:
+        api.plan(**sweep, res=[1])  # every check before anything runs
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    _check_db(args.db)
+
+    def on_case(case, record) -> None:
+        status = "stored" if record is None else record.measurement.status
+        print(f"  {case.label}: {status}", file=sys.stderr, flush=True)
+
+    try:
+        found = api.max_res(db=args.db, timeout=args.timeout, min_run_time=args.min_run_time, on_case=on_case,
+                            **sweep)
+    except store.StoreError as e:
+        raise UsageError(str(e)) from None
+    for f in found:
+        what = f.case.label.replace(" res=1 ", " ")
+        largest = f"largest side {f.largest}" if f.largest else "no side ran"
+        print(f"{what}: {largest}; {f.failed} did not ({f.status})")
+    print(f"\nevery side tried is stored in {args.db}; the report's largest-fit table reads them.")
+    return 0
+
+
+def _launch(args: argparse.Namespace) -> int:
+    """``run`` through a launcher: the sweep as a job array, its shard stores merged into --db."""
+    from dataclasses import fields
+
+    from attnbench.launch import LaunchError, launch
+    from attnbench.sweep import Sweep
+
+    if args.launcher == "local" and args.partition:
+        raise UsageError("--partition applies to --launcher slurm.")
+    if args.shard or args.results_file or args.json or args.pivot:
+        raise UsageError("--shard, --results-file, --json and --pivot apply to a sweep run here, not launched.")
+    sweep = Sweep(**{f.name: getattr(args, f.name) for f in fields(Sweep) if hasattr(args, f.name)})
+    run = dict(timeout=args.timeout, min_run_time=args.min_run_time, force=args.force, retry_failed=args.retry_failed)
+    try:
+        merged = launch(sweep, db=args.db, launcher=args.launcher, jobs=args.jobs or 1, partitions=args.partition or [],
+                        timeout_min=args.job_minutes, gpus=args.gpus, run=run)
+    except LaunchError as e:
+        raise UsageError(str(e)) from None
+    print(f"{args.jobs or 1} tasks per partition finished; {merged.added} new rows merged into {args.db} "
+          f"(shard stores and logs under {Path(args.db).with_name(Path(args.db).stem + '-jobs')})")
+    return 0
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from attnbench import store
+    from attnbench.launch import LaunchError, collect
+
+    try:
+        merged = collect(args.db)
+    except (LaunchError, store.StoreError) as e:
+        raise UsageError(str(e)) from None
+    print(f"merged the launched shard stores into {args.db}: {merged.added} new rows")
     return 0
 
 
@@ -480,6 +558,18 @@ def build_parser() -> argparse.ArgumentParser:
                      help="measure again stored failures (time-outs given more time and cases that now fit in "
                           "memory are retried without it)")
     run.add_argument("--shard", type=shard_spec, default=None, help="run slice i of n: i/n")
+    run.add_argument("--max-res", action="store_true",
+                     help="find each case's largest side that runs (within --timeout and the device's memory) by "
+                          "doubling from 16, then bisection; every side tried is stored")
+    run.add_argument("--launcher", choices=LAUNCHERS, default=None,
+                     help="run the sweep as a submitit job array: slurm, or local (processes here); each task runs "
+                          "one shard into its own store, merged into --db when the array finishes (needs the "
+                          "[slurm] extra)")
+    run.add_argument("--jobs", type=positive_int("jobs"), default=None, help="tasks per partition (default 1)")
+    run.add_argument("--partition", type=_split, default=None,
+                     help="Slurm partitions, comma-separated: the whole sweep runs on each (e.g. a100,h100)")
+    run.add_argument("--job-minutes", type=positive_int("job-minutes"), default=60, help="time limit per task")
+    run.add_argument("--gpus", type=positive_int("gpus"), default=1, help="GPUs per Slurm task")
     run.add_argument("--json", action="store_true", help="print the rows as JSON")
     run.add_argument("--results-file", default=None, metavar="FILE",
                      help="also write the sweep's rows to FILE, CSV or JSON by its extension (as timm's)")
@@ -542,6 +632,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "repeat for several, all must hold")
     export.add_argument("-o", "--output", default=None)
     export.set_defaults(func=cmd_export)
+
+    collect = sub.add_parser("collect", help="merge the shard stores of a launched sweep (--launcher) into --db")
+    collect.add_argument("--db", default=DEFAULT_DB, help="the store the sweep was launched into")
+    collect.set_defaults(func=cmd_collect)
 
     merge = sub.add_parser("merge", help="merge stores from several machines, without duplicates")
     merge.add_argument("sources", nargs="+")

@@ -74,8 +74,17 @@ def _is_oom(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
 
 
-def measure_case(case: Case, min_run_time: float = MIN_RUN_TIME_S) -> Measurement:
-    """Measure one case in this process."""
+Counts = dict  # params, params_trainable, macs_per_image, macs_counter, uncounted_ops of one case's shape
+
+
+def shape_key(case: Case) -> tuple:
+    """What parameters and MACs depend on: the network or module and one image's shape, not the batch,
+    dtype, mode, device, implementation or timm-style options (MACs are the mechanism's)."""
+    return case.scope, case.variant, case.arch, case.res, case.dim, case.options
+
+
+def measure_case(case: Case, min_run_time: float = MIN_RUN_TIME_S, counts: Counts | None = None) -> Measurement:
+    """Measure one case in this process; ``counts`` of its shape, when known, are taken instead of counted."""
     torch.set_num_threads(case.threads)
     torch.manual_seed(0)
     record: dict = {}
@@ -98,9 +107,12 @@ def measure_case(case: Case, min_run_time: float = MIN_RUN_TIME_S) -> Measuremen
         x = torch.randn(*shape, device=case.device, dtype=dtype)
         if case.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        record.update(count_params(module))
-        count = analyse_macs(module, x[:1])
-        record.update(macs=count.macs * case.batch, macs_counter="fvcore+attnbench", uncounted_ops=count.uncounted_ops)
+        if counts is None:
+            count = analyse_macs(module, x[:1])
+            counts = {**count_params(module), "macs_per_image": count.macs, "macs_counter": "fvcore+attnbench",
+                      "uncounted_ops": count.uncounted_ops}
+        record.update({k: v for k, v in counts.items() if k != "macs_per_image"},
+                      macs=counts["macs_per_image"] * case.batch)
         autocast = DTYPES[case.amp] if case.amp else None
         if case.compile:
             module = torch.compile(module, mode=case.compile)
@@ -134,9 +146,9 @@ def timed(step: Callable[[], object], case: Case, min_run_time: float) -> dict:
             "other_load_cores": round(other, 3)}
 
 
-def _child(case: Case, min_run_time: float, conn) -> None:
+def _child(case: Case, min_run_time: float, counts: Counts | None, conn) -> None:
     try:
-        result = measure_case(case, min_run_time), environment(case.device)
+        result = measure_case(case, min_run_time, counts), environment(case.device)
     except BaseException as err:  # the parent must always hear back
         result = Measurement("error", "".join(traceback.format_exception_only(err)).strip()[:500]), None
     try:
@@ -177,12 +189,13 @@ def oom_kills() -> int:
     return int(match.group(1)) if match else 0
 
 
-def run_isolated(case: Case, timeout: float, min_run_time: float = MIN_RUN_TIME_S) -> tuple[Measurement, Environment]:
+def run_isolated(case: Case, timeout: float, min_run_time: float = MIN_RUN_TIME_S,
+                 counts: Counts | None = None) -> tuple[Measurement, Environment]:
     """Measure ``case`` in a fresh child process; a crash or an overrun becomes the measurement's status.
     The environment is the child's, as it measured (the parent's, now, when the child could not say)."""
     ctx = _context(case.device)
     recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(case, min_run_time, send), daemon=True)
+    proc = ctx.Process(target=_child, args=(case, min_run_time, counts, send), daemon=True)
     start = time.monotonic()
     oom_before = oom_kills()
     proc.start()
@@ -245,6 +258,7 @@ def run_cases(
     cases = list(cases)
     done = {dev: store.stored_cases(db, environment(dev).key) for dev in {c.device for c in cases}}
     peaks: dict[tuple[str, str, int], float] = {}  # measured once per device, dtype and threads
+    counted: dict[tuple, Counts] = {}  # parameters and MACs, counted once per shape (shape_key)
     records = []
     with store.Writer(db) as writer:
         for case in cases:
@@ -258,7 +272,12 @@ def run_cases(
             peak_key = (case.device, case.dtype, case.threads)
             if peak_key not in peaks:
                 peaks[peak_key] = matmul_peak_gflops(case.device, DTYPES[case.dtype], case.threads)
-            measurement, env = run_isolated(case, timeout, min_run_time)
+            measurement, env = run_isolated(case, timeout, min_run_time, counted.get(shape_key(case)))
+            if measurement.macs is not None and shape_key(case) not in counted:
+                counted[shape_key(case)] = {
+                    "params": measurement.params, "params_trainable": measurement.params_trainable,
+                    "macs_per_image": measurement.macs // case.batch, "macs_counter": measurement.macs_counter,
+                    "uncounted_ops": measurement.uncounted_ops}
             record = Record(case, replace(measurement, device_peak_gflops=peaks[peak_key]), env, run_id)
             writer.write(record, replace=force or again)
             records.append(record)

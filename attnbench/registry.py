@@ -73,6 +73,23 @@ class VariantConfig:
         if self.stride not in (1, 2):
             raise ValueError(f"Invalid stride={self.stride!r}: stride must be 1 or 2.")
 
+    def check_heads(self, halves: str | None = None) -> None:
+        """``heads`` is positive and divides ``dim``; with ``halves`` (what the two halves of a head hold),
+        the head width ``dim / heads`` is even too."""
+        if self.heads < 1:
+            raise ValueError(f"Invalid heads={self.heads}: heads must be a positive integer.")
+        self.check_divisible("dim", self.dim, "heads", self.heads)
+        if halves and (self.dim // self.heads) % 2:
+            raise ValueError(f"Invalid dim={self.dim} with heads={self.heads}: the head width dim/heads must be "
+                             f"even ({halves}).")
+
+    def check_odd(self, name: str, *, optional: bool = False) -> None:
+        """The option ``name`` is a positive odd integer (or None, when ``optional``)."""
+        value = getattr(self, name)
+        if (value is None and not optional) or (value is not None and (value < 1 or value % 2 == 0)):
+            raise ValueError(f"Invalid {name}={value}: {name} must be a positive odd integer"
+                             + (" (or None)." if optional else "."))
+
     def check_divisible(self, name: str, value: int, by_name: str, by: int) -> None:
         """Raise unless ``value`` is divisible by ``by``."""
         if value % by:

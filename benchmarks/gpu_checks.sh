@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks in one run (at most 6 minutes on one H100 or H200): the variants' GPU goals side by
-# side (benchmarks/gpu.py: one table, a store), then the gpu-marked tests. Needs attnbench's
+# side (benchmarks/gpu.py: one table, a store), the five networks x {infer, train} at 224, batch 64,
+# bf16 through `attnbench run`, cold (goal: at most 90 s wall), then the gpu-marked tests. Needs attnbench's
 # dependencies importable (pip install -e .). Writes logs and the store under $OUT (default
 # /tmp/gpu-checks); the table is printed last.
 #   bash benchmarks/gpu_checks.sh
@@ -12,10 +13,15 @@ mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
-timeout 270 python3 benchmarks/gpu.py --db "$out/gpu.sqlite" >"$out/table.txt" 2>"$out/progress.txt"
+timeout 150 python3 benchmarks/gpu.py --db "$out/gpu.sqlite" >"$out/table.txt" 2>"$out/progress.txt"
 status=$?
 tail -n 3 "$out/progress.txt"
-timeout 150 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py >"$out/pytest.txt" 2>&1
+start=$(date +%s)
+timeout 110 python3 -m attnbench run --variants gsa,local,nonlocal,axial,conv --res 224 --batch 64 --dtype bf16 \
+  --mode infer,train --device cuda --db "$out/networks.sqlite" --pivot >"$out/networks.txt" 2>&1
+echo "networks sweep: exit $?, $(( $(date +%s) - start )) s wall, cold (goal: at most 90 s)" | tee -a "$out/networks.txt"
+tail -n 14 "$out/networks.txt"
+timeout 90 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py >"$out/pytest.txt" 2>&1
 tail -n 15 "$out/pytest.txt"
 cat "$out/table.txt"
 exit $status

@@ -485,3 +485,51 @@ def test_results_file_holds_the_sweeps_rows(capsys, tmp_path):
     assert csv.latency_ms_median.tolist() == pytest.approx([r["latency_ms_median"] for r in rows], rel=1e-12)
     code, _, err = run_cli(capsys, *base, "--results-file", str(tmp_path / "r.txt"))
     assert code == 2 and "name a .csv or a .json file" in err
+
+
+def test_params_and_macs_are_counted_once_per_shape_and_reused(tmp_path):
+    from attnbench.harness import measure_case, run_cases, shape_key
+    from attnbench.sweep import expand
+
+    cases = expand(variants=["gsa"], res=[8], batch=[1, 3], dims=[8], dtypes=["fp32", "bf16"], devices=["cpu"],
+                   modes=["infer", "train"], scope="module", arch="", threads=1)
+    assert len(cases) == 8 and len({shape_key(c) for c in cases}) == 1
+    records = run_cases(cases, str(tmp_path / "r.sqlite"), min_run_time=0.01)
+    per_image = attnbench.count_macs(attnbench.build_variant("gsa", 8, size=8), torch.randn(1, 8, 8, 8))
+    assert [r.measurement.macs for r in records] == [per_image * c.batch for c in cases]
+    assert {r.measurement.params for r in records} == {sum(p.numel() for p in
+                                                           attnbench.build_variant("gsa", 8, size=8).parameters())}
+    given = {"params": 1, "params_trainable": 1, "macs_per_image": 7, "macs_counter": "given", "uncounted_ops": "{}"}
+    m = measure_case(cases[1], 0.01, counts=given)  # counts handed in are taken, not counted again
+    assert (m.status, m.macs, m.params, m.macs_counter) == ("ok", 7 * cases[1].batch, 1, "given")
+
+
+@pytest.mark.parametrize("threshold", [1, 15, 16, 17, 100, 4096, 5000])
+def test_max_res_search_finds_the_boundary_in_few_probes(threshold):
+    from attnbench.api import _largest
+
+    tried = []
+
+    def status(side: int) -> str:
+        tried.append(side)
+        return "ok" if side <= threshold else "oom"
+
+    found = _largest(None, status)
+    assert (found.largest, found.failed, found.status) == (threshold, threshold + 1, "oom")
+    assert len(tried) == len(set(tried)) <= 2 * threshold.bit_length() + 4  # doubling, then bisection
+
+
+def test_max_res_stores_the_largest_side_that_ran_and_the_next_that_did_not(capsys, tmp_path):
+    db = str(tmp_path / "r.sqlite")
+    args = ["run", "--scope", "module", "--variants", "nonlocal", "--dim", "8", "--max-res", "--timeout", "1",
+            "--min-run-time", "0.01", "--threads", "1", "--db", db]
+    code, out, _ = run_cli(capsys, *args)
+    frame = store.load_results(db)
+    largest = frame[frame.status == "ok"].res.max()
+    assert code == 0 and f"largest side {largest}; {largest + 1} did not (timeout)" in out
+    assert frame[frame.res == largest + 1].status.tolist() == ["timeout"]  # exact: one pixel more did not run
+    assert not frame[(frame.status == "ok") & (frame.res > largest)].size
+    code, again, err = run_cli(capsys, *args)  # a second search reuses every stored side
+    assert code == 0 and again == out and ": ok" not in err and ": timeout" not in err
+    code, _, err = run_cli(capsys, *args, "--res", "64")
+    assert code == 2 and "--max-res finds the resolution: leave out --res." in err

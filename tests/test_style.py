@@ -27,7 +27,7 @@ LEVELS = [
     {"variants", "plain", "models", "measure", "data", "baselines"},
     {"tables", "sweep"},
     {"plots", "harness"},
-    {"inspection", "profiling", "train", "report", "api"},
+    {"inspection", "profiling", "train", "report", "api", "launch"},
     {"cli", "worker", "__main__"},
 ]
 # The registry loads the built-in variants on first use: they register themselves into it.

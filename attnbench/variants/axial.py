@@ -54,16 +54,8 @@ class AxialConfig(VariantConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.heads < 1:
-            raise ValueError(f"Invalid heads={self.heads}: heads must be a positive integer.")
-        self.check_divisible("dim", self.dim, "heads", self.heads)
-        if (self.dim // self.heads) % 2:
-            raise ValueError(
-                f"Invalid dim={self.dim} with heads={self.heads}: the head width dim/heads must be even "
-                "(queries and keys take half of it)."
-            )
-        if self.span is not None and (self.span < 1 or self.span % 2 == 0):
-            raise ValueError(f"Invalid span={self.span}: span must be a positive odd integer (or None).")
+        self.check_heads(halves="queries and keys take half of it")
+        self.check_odd("span", optional=True)
 
 
 class AxialLayer(nn.Module):

@@ -23,8 +23,7 @@ class ConvConfig(VariantConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
-            raise ValueError(f"Invalid kernel_size={self.kernel_size}: kernel_size must be a positive odd integer.")
+        self.check_odd("kernel_size")
 
 
 @register_variant(

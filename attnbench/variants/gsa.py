@@ -65,14 +65,11 @@ class GsaConfig(VariantConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.heads < 1:
-            raise ValueError(f"Invalid heads={self.heads}: heads must be a positive integer.")
+        self.check_heads()
         if self.dim_key is not None and self.dim_key < 1:
             raise ValueError(f"Invalid dim_key={self.dim_key}: dim_key must be a positive integer.")
-        self.check_divisible("dim", self.dim, "heads", self.heads)
         self.check_divisible("dim_key", self.key_dim, "heads", self.heads)
-        if self.span is not None and (self.span < 1 or self.span % 2 == 0):
-            raise ValueError(f"Invalid span={self.span}: span must be a positive odd integer (or None).")
+        self.check_odd("span", optional=True)
         if not (self.content or self.positional):
             raise ValueError("Invalid content=False, positional=False: at least one branch must be kept.")
 

@@ -56,16 +56,8 @@ class LocalConfig(VariantConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.heads < 1:
-            raise ValueError(f"Invalid heads={self.heads}: heads must be a positive integer.")
-        self.check_divisible("dim", self.dim, "heads", self.heads)
-        if (self.dim // self.heads) % 2:
-            raise ValueError(
-                f"Invalid dim={self.dim} with heads={self.heads}: the head width dim/heads must be even "
-                "(its halves hold the row and column embeddings)."
-            )
-        if self.window < 1 or self.window % 2 == 0:
-            raise ValueError(f"Invalid window={self.window}: window must be a positive odd integer.")
+        self.check_heads(halves="its halves hold the row and column embeddings")
+        self.check_odd("window")
         if self.block < 1:
             raise ValueError(f"Invalid block={self.block}: block must be a positive integer.")
 

@@ -1,0 +1,87 @@
+"""Sweeps beyond one machine, on an existing engine: a Slurm job array through submitit.
+
+``attnbench run ... --launcher slurm --partition P --jobs N`` submits one array of N tasks per
+partition; task i plans the sweep on its node (so ``--device`` defaults to the GPUs it was given)
+and runs shard i/N into a store of its own, under ``<db stem>-jobs/`` beside ``--db``. When the
+arrays finish, the shard stores are merged into ``--db``; ``attnbench collect`` merges whatever
+shards exist (after the submitting process was stopped, say). ``--launcher local`` runs the same
+tasks as local processes (submitit's local executor): for trying a sweep, and for the tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+from attnbench import store
+from attnbench.choices import LAUNCHERS
+from attnbench.sweep import Sweep
+
+
+class LaunchError(Exception):
+    """A launch that cannot start or whose tasks failed, with the reason in one line."""
+
+
+def jobs_folder(db: str | Path) -> Path:
+    """Where the shard stores and submitit's logs of a sweep into ``db`` live."""
+    db = Path(db)
+    return db.with_name(f"{db.stem}-jobs")
+
+
+def run_shard(sweep: Sweep, index: int, count: int, db: str, run: dict) -> int:
+    """One task: shard ``index`` of ``count`` of ``sweep``, planned here, into ``db``. Returns its cases."""
+    from attnbench import api
+
+    cases = dataclasses.replace(sweep, shard=(index, count)).cases()
+    api.run(cases=cases, db=db, **run)
+    return len(cases)
+
+
+def executor(launcher: str, folder: Path, *, partition: str | None, timeout_min: int, gpus: int):
+    """A submitit executor for ``launcher``; LaunchError when submitit is not installed."""
+    try:
+        import submitit
+    except ImportError:
+        raise LaunchError(f"--launcher {launcher} needs submitit: pip install 'attnbench[slurm]'.") from None
+    ex = submitit.AutoExecutor(folder=folder / "logs", cluster="local" if launcher == "local" else "slurm")
+    ex.update_parameters(timeout_min=timeout_min, name="attnbench")
+    if launcher == "slurm":
+        ex.update_parameters(gpus_per_node=gpus, **({"slurm_partition": partition} if partition else {}))
+    return ex
+
+
+def launch(sweep: Sweep, *, db: str | Path, launcher: str, jobs: int, partitions: Sequence[str] = (),
+           timeout_min: int = 60, gpus: int = 1, run: dict | None = None) -> store.Merged:
+    """Run ``sweep`` as ``jobs`` tasks per partition (one array each), wait, and merge their stores into ``db``.
+    Tasks that failed are named in a LaunchError after the others' results are merged."""
+    if launcher not in LAUNCHERS:
+        raise LaunchError(f"Unknown launcher '{launcher}'. Available: {', '.join(LAUNCHERS)}.")
+    folder = jobs_folder(db)
+    folder.mkdir(parents=True, exist_ok=True)
+    submitted = []
+    for partition in list(partitions) or [None]:
+        ex = executor(launcher, folder, partition=partition, timeout_min=timeout_min, gpus=gpus)
+        shards = [str(folder / f"{partition or launcher}-shard-{i}-of-{jobs}.sqlite") for i in range(1, jobs + 1)]
+        array = ex.map_array(run_shard, [sweep] * jobs, range(1, jobs + 1), [jobs] * jobs, shards,
+                             [run or {}] * jobs)
+        submitted += [(partition or launcher, i + 1, job) for i, job in enumerate(array)]
+    failed = []
+    for where, index, job in submitted:
+        try:
+            job.result()
+        except Exception as e:  # noqa: BLE001 - one failed task must not lose the others' results
+            failed.append(f"{where} task {index} ({job.job_id}): {str(e).strip().splitlines()[-1][:200]}")
+    merged = collect(db)
+    if failed:
+        raise LaunchError(f"{len(failed)} of {len(submitted)} tasks failed (the others are merged into {db}): "
+                          + "; ".join(failed))
+    return merged
+
+
+def collect(db: str | Path) -> store.Merged:
+    """Merge every shard store under ``db``'s jobs folder into ``db``."""
+    shards = sorted(jobs_folder(db).glob("*-shard-*.sqlite"))
+    if not shards:
+        raise LaunchError(f"No shard stores under {jobs_folder(db)}: nothing was launched into {db}.")
+    return store.merge(shards, db)

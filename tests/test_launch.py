@@ -1,0 +1,60 @@
+"""Sweeps launched as job arrays through submitit (its local executor here, as Slurm's stand-in)."""
+
+import pytest
+
+from attnbench import store
+from attnbench.cli import main
+from attnbench.launch import jobs_folder
+
+pytest.importorskip("submitit")
+
+
+def test_a_local_array_runs_every_shard_and_merges_them(tmp_path, capsys):
+    db = tmp_path / "r.sqlite"
+    args = ["run", "--scope", "module", "--variants", "conv,gsa,nonlocal", "--res", "8", "--dim", "8",
+            "--min-run-time", "0.01", "--threads", "1", "--db", str(db), "--launcher", "local", "--jobs", "2"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    frame = store.load_results(db)
+    assert sorted(frame.variant) == ["conv", "gsa", "nonlocal"] and set(frame.status) == {"ok"}
+    shards = sorted(p.name for p in jobs_folder(db).glob("*.sqlite"))
+    assert shards == ["local-shard-1-of-2.sqlite", "local-shard-2-of-2.sqlite"] and "3 new rows" in out
+    # each task ran its own shard: together they are the sweep, once
+    per_shard = [len(store.load_results(jobs_folder(db) / s)) for s in shards]
+    assert sorted(per_shard) == [1, 2]
+    assert main(["collect", "--db", str(db)]) == 0 and "0 new rows" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--jobs", "0"], "jobs 0 must be at least 1"),
+    (["--jobs", "2"], "--jobs applies to --launcher slurm"),
+    (["--launcher", "local", "--partition", "a100"], "--partition applies to --launcher slurm"),
+    (["--launcher", "pbs"], "invalid choice: 'pbs'"),
+])
+def test_launch_options_are_checked(tmp_path, capsys, args, message):
+    code = main(["run", "--scope", "module", "--variants", "conv", "--res", "8", "--db", str(tmp_path / "r.sqlite"),
+                 *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_collect_without_a_launch_says_so(tmp_path, capsys):
+    assert main(["collect", "--db", str(tmp_path / "r.sqlite")]) == 2
+    assert "No shard stores under" in capsys.readouterr().err
+
+
+def test_slurm_without_submitit_names_the_extra(monkeypatch, tmp_path):
+    import builtins
+
+    from attnbench.launch import LaunchError, executor
+
+    real = builtins.__import__
+
+    def no_submitit(name, *args, **kwargs):
+        if name == "submitit":
+            raise ImportError(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_submitit)
+    with pytest.raises(LaunchError, match=r"needs submitit: pip install 'attnbench\[slurm\]'"):
+        executor("slurm", tmp_path, partition=None, timeout_min=1, gpus=1)
