@@ -1,20 +1,24 @@
-"""One case in, one record out: build, predict, count, time and measure, each case in its own process.
+"""One case in, one record out: build, predict, count, time and measure, in a worker process.
 
-A case that crashes, runs out of memory or overruns its time limit is recorded with that status;
-the sweep goes on. Records are written to the store as each case finishes.
+CPU cases each run in a fresh process (forked from a warm fork server); CUDA cases run in one warm
+worker per GPU, every GPU at once. A case that crashes, runs out of memory or overruns its time limit
+is recorded with that status and the sweep goes on. Records are written to the store as each case ends.
 """
 
 from __future__ import annotations
 
+import gc
 import math
 import multiprocessing as mp
 import os
 import re
 import tempfile
+import threading
 import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -146,15 +150,37 @@ def timed(step: Callable[[], object], case: Case, min_run_time: float) -> dict:
             "other_load_cores": round(other, 3)}
 
 
-def _child(case: Case, min_run_time: float, counts: Counts | None, conn) -> None:
+def _measure(case: Case, min_run_time: float, counts: Counts | None) -> tuple[Measurement, Environment | None]:
     try:
-        result = measure_case(case, min_run_time, counts), environment(case.device)
+        return measure_case(case, min_run_time, counts), environment(case.device)
     except BaseException as err:  # the parent must always hear back
-        result = Measurement("error", "".join(traceback.format_exception_only(err)).strip()[:500]), None
+        return Measurement("error", "".join(traceback.format_exception_only(err)).strip()[:500]), None
+
+
+UNRECOVERABLE = ("CUDA error", "CUBLAS_STATUS", "cuDNN error")  # after these, a CUDA context cannot be trusted
+
+
+def _serve(conn, reuse: bool) -> None:
+    """A worker's loop: measure each case it is sent, answer, and release what the case held; one case
+    only unless ``reuse``. A CUDA error other than out-of-memory ends the worker (its context is broken)."""
     try:
-        conn.send(result)
-    except OSError:  # the sweep was interrupted and no longer listens: nothing to report to
-        pass
+        while True:
+            try:
+                job = conn.recv()
+            except EOFError:
+                return
+            if job is None:
+                return
+            measurement, env = _measure(*job)
+            try:
+                conn.send((measurement, env))
+            except OSError:  # the sweep was interrupted and no longer listens: nothing to report to
+                return
+            if not reuse or any(text in (measurement.reason or "") for text in UNRECOVERABLE):
+                return
+            gc.collect()
+            if torch.cuda.is_initialized():
+                torch.cuda.empty_cache()  # an out-of-memory case leaves the next one the whole device
     finally:
         conn.close()
 
@@ -189,41 +215,96 @@ def oom_kills() -> int:
     return int(match.group(1)) if match else 0
 
 
+class Worker:
+    """A process that measures the cases of one device, one at a time.
+
+    With ``reuse`` (the default for CUDA devices) the process stays between cases, so torch and CUDA
+    start once per sweep; an out-of-memory case is recovered in place (status ``oom``, memory released).
+    A crash, a hang past the time limit or a CUDA error that breaks the context ends the process and only
+    its case: the next case starts a fresh one. Without ``reuse`` every case gets a fresh process (CPU
+    cases: each case's peak resident memory is its own).
+    """
+
+    def __init__(self, device: str, *, reuse: bool | None = None) -> None:
+        self.device = device
+        self.reuse = torch.device(device).type == "cuda" if reuse is None else reuse
+        self.proc = None
+        self.conn = None
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None and self.proc.is_alive() else None
+
+    def _start(self) -> None:
+        ctx = _context(self.device)
+        self.conn, theirs = ctx.Pipe(duplex=True)
+        self.proc = ctx.Process(target=_serve, args=(theirs, self.reuse), daemon=True)
+        self.proc.start()
+        theirs.close()
+
+    def close(self, *, ask: bool = True) -> None:
+        """End the process: asked to finish (unless not ``ask``: a hung one), then killed."""
+        if self.proc is None:
+            return
+        try:
+            if ask and self.proc.is_alive():
+                self.conn.send(None)
+                self.proc.join(5)
+        except OSError:
+            pass
+        finally:
+            if self.proc.is_alive():
+                self.proc.kill()
+            self.proc.join()
+            self.conn.close()
+            self.proc = self.conn = None
+
+    def run(self, case: Case, timeout: float, min_run_time: float = MIN_RUN_TIME_S,
+            counts: Counts | None = None) -> tuple[Measurement, Environment]:
+        """Measure ``case``; a crash or an overrun becomes the measurement's status. The environment is the
+        worker's, as it measured (the parent's, now, when the worker could not say)."""
+        if self.proc is None or not self.proc.is_alive():
+            self.close()
+            self._start()
+        start = time.monotonic()
+        oom_before = oom_kills()
+        env = None
+        try:
+            self.conn.send((case, min_run_time, counts))
+            if self.conn.poll(timeout):
+                measurement, env = self.conn.recv()
+            else:
+                measurement = Measurement("timeout", f"no result within the {timeout:g} s time limit")
+                self.close(ask=False)  # a hung worker is replaced
+        except (EOFError, OSError):  # the worker died without a word
+            self.proc.join(10)
+            measurement = _death(self.proc.exitcode, oom_kills() > oom_before)
+            self.close(ask=False)
+        if not self.reuse:
+            self.close()
+        return replace(measurement, wall_s=time.monotonic() - start), env or environment(case.device)
+
+
+def _death(code: int | None, oom_killed: bool) -> Measurement:
+    """What a worker's exit code says of the case it was measuring."""
+    if code == -9:
+        if oom_killed:
+            return Measurement("oom", "the case's process was killed by the kernel's out-of-memory killer")
+        return Measurement("killed", "the case's process was killed (SIGKILL) by another process")
+    return Measurement("error", f"the case's process died (exit code {code})")
+
+
 def run_isolated(case: Case, timeout: float, min_run_time: float = MIN_RUN_TIME_S,
                  counts: Counts | None = None) -> tuple[Measurement, Environment]:
-    """Measure ``case`` in a fresh child process; a crash or an overrun becomes the measurement's status.
-    The environment is the child's, as it measured (the parent's, now, when the child could not say)."""
-    ctx = _context(case.device)
-    recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(case, min_run_time, counts, send), daemon=True)
-    start = time.monotonic()
-    oom_before = oom_kills()
-    proc.start()
-    send.close()
-    env = None
-    try:
-        if recv.poll(timeout):
-            measurement, env = recv.recv()
-            proc.join(10)
-        else:
-            measurement = Measurement("timeout", f"no result within the {timeout:g} s time limit")
-    except EOFError:  # the child died without a word
-        proc.join(10)
-        code = proc.exitcode
-        reason = f"the case's process died (exit code {code})"
-        status = "error"
-        if code == -9:
-            if oom_kills() > oom_before:
-                status, reason = "oom", "the case's process was killed by the kernel's out-of-memory killer"
-            else:
-                status, reason = "killed", "the case's process was killed (SIGKILL) by another process"
-        measurement = Measurement(status, reason)
-    finally:
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
-        recv.close()
-    return replace(measurement, wall_s=time.monotonic() - start), env or environment(case.device)
+    """Measure ``case`` in a fresh process of its own (see :class:`Worker`)."""
+    with Worker(case.device, reuse=False) as worker:
+        return worker.run(case, timeout, min_run_time, counts)
 
 
 def worth_retrying(stored: dict, device: str, timeout: float) -> bool:
@@ -259,28 +340,48 @@ def run_cases(
     done = {dev: store.stored_cases(db, environment(dev).key) for dev in {c.device for c in cases}}
     peaks: dict[tuple[str, str, int], float] = {}  # measured once per device, dtype and threads
     counted: dict[tuple, Counts] = {}  # parameters and MACs, counted once per shape (shape_key)
-    records = []
-    with store.Writer(db) as writer:
-        for case in cases:
-            stored = done[case.device].get(case.key)
-            again = stored is not None and stored["status"] != "ok" and (
-                retry_failed or worth_retrying(stored, case.device, timeout))
-            if not force and stored is not None and not again:
+    lock = threading.Lock()  # devices run in threads of their own: one caller of on_case at a time
+
+    def device_cases(device: str, mine: list[Case]) -> list[tuple[int, Record]]:
+        records = []
+        with store.Writer(db) as writer, Worker(device) as worker:
+            for i, case in mine:
+                stored = done[case.device].get(case.key)
+                again = stored is not None and stored["status"] != "ok" and (
+                    retry_failed or worth_retrying(stored, case.device, timeout))
+                if not force and stored is not None and not again:
+                    if on_case:
+                        with lock:
+                            on_case(case, None)
+                    continue
+                peak_key = (case.device, case.dtype, case.threads)
+                if peak_key not in peaks:
+                    peaks[peak_key] = matmul_peak_gflops(case.device, DTYPES[case.dtype], case.threads)
+                measurement, env = worker.run(case, timeout, min_run_time, counted.get(shape_key(case)))
+                if measurement.macs is not None and shape_key(case) not in counted:
+                    counted[shape_key(case)] = {
+                        "params": measurement.params, "params_trainable": measurement.params_trainable,
+                        "macs_per_image": measurement.macs // case.batch, "macs_counter": measurement.macs_counter,
+                        "uncounted_ops": measurement.uncounted_ops}
+                record = Record(case, replace(measurement, device_peak_gflops=peaks[peak_key]), env, run_id)
+                writer.write(record, replace=force or again)
+                records.append((i, record))
                 if on_case:
-                    on_case(case, None)
-                continue
-            peak_key = (case.device, case.dtype, case.threads)
-            if peak_key not in peaks:
-                peaks[peak_key] = matmul_peak_gflops(case.device, DTYPES[case.dtype], case.threads)
-            measurement, env = run_isolated(case, timeout, min_run_time, counted.get(shape_key(case)))
-            if measurement.macs is not None and shape_key(case) not in counted:
-                counted[shape_key(case)] = {
-                    "params": measurement.params, "params_trainable": measurement.params_trainable,
-                    "macs_per_image": measurement.macs // case.batch, "macs_counter": measurement.macs_counter,
-                    "uncounted_ops": measurement.uncounted_ops}
-            record = Record(case, replace(measurement, device_peak_gflops=peaks[peak_key]), env, run_id)
-            writer.write(record, replace=force or again)
-            records.append(record)
-            if on_case:
-                on_case(case, record)
-    return records
+                    with lock:
+                        on_case(case, record)
+        return records
+
+    by_device: dict[str, list[tuple[int, Case]]] = {}
+    for i, case in enumerate(cases):
+        by_device.setdefault(case.device, []).append((i, case))
+    gpus = [d for d in by_device if torch.device(d).type == "cuda"]
+    done_records: list[tuple[int, Record]] = []
+    if len(gpus) > 1:  # every GPU at once; CPU cases after them, alone, so that nothing else times meanwhile
+        with ThreadPoolExecutor(len(gpus), thread_name_prefix="attnbench-gpu") as pool:
+            for records in pool.map(lambda d: device_cases(d, by_device[d]), gpus):
+                done_records += records
+    else:
+        gpus = []
+    for device in [d for d in by_device if d not in gpus]:
+        done_records += device_cases(device, by_device[device])
+    return [record for _, record in sorted(done_records, key=lambda pair: pair[0])]

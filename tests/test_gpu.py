@@ -111,3 +111,35 @@ def test_sweep_on_every_gpu(tmp_path):
     assert set(frame.status) == {"ok"}
     assert len(frame) == 10 * torch.cuda.device_count()
     assert (frame.peak_mem_method == "cuda_max_allocated").all() and frame.gpu_name.notna().all()
+
+
+def test_a_cuda_worker_stays_warm_across_cases_one_of_them_too_large():
+    from attnbench.harness import Worker
+    from attnbench.record import Case
+
+    small = Case("module", "conv", "", 32, 8, 64, "fp32", "cuda:0", "infer", 1, "native")
+    free, _ = torch.cuda.mem_get_info(0)
+    side = int((free / 4 / 64) ** 0.5) + 64  # one input alone larger than the device: predicted, skipped at once
+    with Worker("cuda:0") as worker:
+        first, _ = worker.run(small, timeout=300, min_run_time=0.05)
+        pid = worker.pid
+        big, _ = worker.run(Case("module", "conv", "", side, 1, 64, "fp32", "cuda:0", "infer", 1, "native"),
+                            timeout=300, min_run_time=0.05)
+        again, _ = worker.run(small, timeout=300, min_run_time=0.05)
+    assert first.status == again.status == "ok" and big.status in ("skipped", "oom") and worker.pid is None
+    assert again.wall_s < first.wall_s  # torch and CUDA started once
+    assert pid is not None
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_every_gpu_measures_at_once_into_one_store(tmp_path):
+    from attnbench.harness import run_cases
+    from attnbench.sweep import expand
+
+    db = str(tmp_path / "r.sqlite")
+    cases = expand(variants=["conv", "gsa"], res=[32, 64], batch=[8], dims=[64], dtypes=["fp32"],
+                   devices=["cuda:0", "cuda:1"], modes=["infer"], scope="module", arch="", threads=1)
+    records = run_cases(cases, db, min_run_time=0.05)
+    assert [r.case for r in records] == cases and {r.measurement.status for r in records} == {"ok"}
+    frame = store.load_results(db)
+    assert sorted(frame.device.unique()) == ["cuda:0", "cuda:1"] and len(frame) == len(cases)
