@@ -13,6 +13,7 @@ import os
 import sqlite3
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from attnbench.choices import (
@@ -94,6 +95,19 @@ def positive_ints(name: str) -> Callable[[str], list[int]]:
                 raise argparse.ArgumentTypeError(f"{name} {value} must be at least 1")
             values.append(value)
         return values
+
+    return parse
+
+
+def non_negative_ints(name: str) -> Callable[[str], list[int]]:
+    def parse(text: str) -> list[int]:
+        try:
+            values = [int(item) for item in _split(text)]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name}s '{text}' are not whole numbers") from None
+        if min(values) < 0:
+            raise argparse.ArgumentTypeError(f"{name} {min(values)} must be at least 0")
+        return list(dict.fromkeys(values))
 
     return parse
 
@@ -467,20 +481,48 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.model not in list_models():
         raise UsageError(unknown_name_message("model", args.model, list_models()))
+    seeds = args.seeds or [args.seed]
+    if args.seeds and args.seed != 0:
+        raise UsageError("give --seed or --seeds, not both.")
+    if len(seeds) > 1 and args.resume:
+        raise UsageError("--resume continues one run: give one seed.")
     cfg = TrainConfig(model=args.model, dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
                       batch=args.batch, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
-                      width=args.width, stem=args.stem, dtype=args.dtype, device=args.device, seed=args.seed)
-    out = args.out or f"runs/{args.model}-{args.dataset}-s{args.seed}"
-    _check_out_dir("--out", out)
+                      width=args.width, stem=args.stem, dtype=args.dtype, device=args.device, seed=seeds[0],
+                      steps=args.steps, plateau=args.plateau)
+    outs = {seed: (f"{args.out}/s{seed}" if args.out and len(seeds) > 1 else args.out)
+            or f"runs/{args.model}-{args.dataset}-s{seed}" for seed in seeds}
+    for out in outs.values():
+        _check_out_dir("--out", out)
     if args.db is not None:
         _check_db(args.db)
-    try:
-        history = train(cfg, out=out, db=args.db, resume=args.resume, stop_after_epoch=args.stop_after_epoch)
-    except (DataError, TrainError, store.StoreError) as e:
-        raise UsageError(str(e)) from None
-    if history:
-        print(f"checkpoint: {out}/checkpoint.pt; metrics stored in {args.db}")
+    finished = _finished_seeds(args.db, cfg) if args.skip_finished else set()
+    for seed, out in outs.items():
+        if seed in finished:
+            print(f"seed {seed}: already trained to its end in {args.db}, skipped")
+            continue
+        try:
+            history = train(replace(cfg, seed=seed), out=out, db=args.db, resume=args.resume,
+                            stop_after_epoch=args.stop_after_epoch)
+        except (DataError, TrainError, store.StoreError) as e:
+            raise UsageError(str(e)) from None
+        if history:
+            print(f"seed {seed}: checkpoint {out}/checkpoint.pt; metrics stored in {args.db}")
     return 0
+
+
+def _finished_seeds(db: str | None, cfg) -> set[int]:
+    """The seeds of ``cfg``'s setup that the store holds a finished run of (its last epoch says why it stopped)."""
+    from attnbench import store
+
+    if db is None or not Path(db).exists():
+        return set()
+    rows = store.load_training(db)
+    same = rows[rows.stopped.notna()]
+    for name in ("model", "dataset", "batch", "lr", "width", "stem", "dtype", "steps", "plateau"):
+        value = getattr(cfg, name)
+        same = same[same[name].isna()] if value is None else same[same[name] == value]
+    return set(int(seed) for seed in same.seed)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -492,8 +534,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                       device=args.device)
     except (DataError, TrainError) as e:
         raise UsageError(str(e)) from None
-    print(f"{args.dataset} test: loss {metrics['test_loss']:.4f}, top-1 {metrics['top1_pct']:.2f} %, "
-          f"top-5 {metrics['top5_pct']:.2f} %")
+    top5 = f", top-5 {metrics['top5_pct']:.2f} %" if metrics["top5_pct"] is not None else ""
+    print(f"{args.dataset} test: loss {metrics['test_loss']:.4f}, top-1 {metrics['top1_pct']:.2f} %{top5}")
     return 0
 
 
@@ -600,7 +642,16 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--stem", choices=("conv", "cifar"), default="cifar")
     tr.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     tr.add_argument("--device", default="cpu", help="cpu or cuda")
-    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--seed", type=int, default=0, help="weights, data order, augmentation and data split")
+    tr.add_argument("--seeds", type=non_negative_ints("seed"), default=None,
+                    help="several seeds, comma-separated (e.g. 0,1,2), trained one after the other")
+    tr.add_argument("--steps", type=positive_int("steps"), default=None,
+                    help="optimizer steps in all, instead of --epochs (the schedule spans them)")
+    tr.add_argument("--plateau", type=positive_int("plateau"), default=None, metavar="EPOCHS",
+                    help="stop once the training loss has not improved by 1 %% in this many epochs")
+    tr.add_argument("--skip-finished", action="store_true",
+                    help="skip the seeds whose run of this setup the store already holds to its end (to resume a "
+                         "table trained in several sittings)")
     tr.add_argument("--out", default=None, help="checkpoint folder (default runs/MODEL-DATASET-sSEED)")
     tr.add_argument("--db", default=DEFAULT_DB, help="results store for the per-epoch metrics")
     tr.add_argument("--resume", default=None, help="checkpoint to continue from, exactly")

@@ -96,7 +96,8 @@ def load_cifar100(data_dir: str | Path) -> tuple[tuple[np.ndarray, np.ndarray], 
 
 
 def load_digits_32(seed: int = 0) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """scikit-learn's 8x8 digits upsampled (bilinear) to 32x32, three channels; a fixed stratified 80/20 split."""
+    """scikit-learn's 8x8 digits upsampled (bilinear) to 32x32, three channels; a stratified 80/20 split
+    drawn with ``seed``."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -114,6 +115,7 @@ def load_digits_32(seed: int = 0) -> tuple[tuple[torch.Tensor, torch.Tensor], tu
 
 # ---- longrange ------------------------------------------------------------------------------------
 
+LONGRANGE_SIZES = (10_000, 2_000)  # train, test images (2,000 training images were memorised by axial's probe)
 PATTERNS = torch.tensor(
     [
         [[1, 0, 1], [0, 1, 0], [1, 0, 1]],  # X
@@ -171,12 +173,12 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, seed: int = 0
         return (Dataset(name, train, torch.from_numpy(ytr), 100, True),
                 Dataset(name, test, torch.from_numpy(yte), 100, False))
     if name == "digits":
-        (xtr, ytr), (xte, yte) = load_digits_32()
+        (xtr, ytr), (xte, yte) = load_digits_32(seed)  # the split follows the seed too
         train, test = _split_normalise(xtr, xte)
         return Dataset(name, train, ytr, 10, False), Dataset(name, test, yte, 10, False)
-    if name == "longrange":
-        xtr, ytr = make_longrange(2000, seed=1000 + seed)
-        xte, yte = make_longrange(1000, seed=2000 + seed)
+    if name == "longrange":  # generated, so as many as a model needs not to memorise: about a second
+        xtr, ytr = make_longrange(LONGRANGE_SIZES[0], seed=1000 + seed)
+        xte, yte = make_longrange(LONGRANGE_SIZES[1], seed=2000 + seed)
         train, test = _split_normalise(xtr, xte)
         return Dataset(name, train, ytr, 2, False), Dataset(name, test, yte, 2, False)
     from attnbench.registry import unknown_name_message

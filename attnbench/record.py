@@ -184,10 +184,13 @@ class Epoch:
     epochs: int
     model: str
     dataset: str
+    step: int | None = None  # optimizer steps done by the end of this epoch
     train_loss: float | None = None
+    train_top1_pct: float | None = None  # on the epoch's (augmented) training batches, as they were trained
     test_loss: float | None = None
-    top1_pct: float | None = None
-    top5_pct: float | None = None
+    top1_pct: float | None = None  # test
+    top5_pct: float | None = None  # test; None with five classes or fewer
+    stopped: str | None = None  # "plateau" or "budget" on the run's last epoch
     images_per_s: float | None = None
     epoch_s: float | None = None
     params: int | None = None
@@ -200,6 +203,8 @@ class Epoch:
     device: str | None = None
     world_size: int | None = None
     seed: int | None = None
+    steps: int | None = None  # the step budget asked for (None: epochs x steps per epoch)
+    plateau: int | None = None  # the plateau rule's patience in epochs (None: off)
     environment: Environment = field(default_factory=Environment)
 
     def row(self) -> dict[str, object]:

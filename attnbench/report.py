@@ -94,7 +94,8 @@ def slug(text: str) -> str:
 def _write_table(rep: Report, out: Path, name: str, table: pd.DataFrame, *, numbers: bool = True) -> None:
     """``table`` as CSV and Markdown; ``numbers=False`` prints every cell as written (versions such as 13.0)."""
     rep.tables[name] = table
-    markdown = table.to_markdown(index=False, disable_numparse=not numbers)
+    shown = table.astype(object).where(table.notna(), None)  # a missing value reads "-", not "nan"
+    markdown = shown.to_markdown(index=False, disable_numparse=not numbers, missingval="-")
     for ext, text in (("csv", table.to_csv(index=False)), ("md", markdown + "\n")):
         path = out / "tables" / f"{name}.{ext}"
         path.write_text(text)

@@ -143,24 +143,50 @@ def published_table() -> pd.DataFrame:
 
 
 def accuracy_table(frame: pd.DataFrame, training: pd.DataFrame) -> pd.DataFrame:
-    """The last epoch of each training run, with its cost: params, MACs, training time and, where the
-    network was also measured (model scope at 32 x 32, batch 1), its inference latency."""
+    """One row per trained setup (data set, network, width, learning rate, batch, budget), over its seeds:
+    test and train top-1 as mean, standard deviation and n from each run's last epoch, the optimizer steps
+    the runs took, their cost (params, MACs, training time and, where the network was also measured at
+    model scope at 32 x 32, batch 1, its inference latency), and how it stands against the best of its
+    data set: ``best``, ``within spread`` (the difference is smaller than the two standard deviations
+    together: not significant), or the difference in points (marked when a side has one seed, so no
+    spread to judge it by)."""
     last = training.sort_values("epoch").groupby("run_id", sort=False).tail(1)
     time_s = training.groupby("run_id").epoch_s.sum()
     latency = {}
     measured = frame[(frame.scope == "model") & (frame.status == "ok") & (frame.res == 32) & (frame.batch == 1)]
     for r in measured.itertuples():
         latency[(f"{r.variant}_{r.arch}", r.device_name)] = r.latency_ms_median
+    keys = ["dataset", "model", "width", "lr", "batch", "steps", "plateau", "device_name", "world_size"]
+    last = last.assign(time_s=last.run_id.map(time_s), **{k: last[k].astype(object).where(last[k].notna(), "-")
+                                                            for k in keys})
     rows = []
-    for r in last.sort_values(["dataset", "model", "run_id"]).itertuples():
-        rows.append({"dataset": r.dataset, "model": r.model, "width": r.width, "epochs": r.epoch,
-                     "top-1 (%)": round(r.top1_pct, 2), "top-5 (%)": round(r.top5_pct, 2),
-                     "params": int(r.params), "MACs per image (M)": round(r.macs_per_image / 1e6, 2),
-                     "training time (s)": round(time_s[r.run_id], 1),
-                     "latency ms (batch 1)": round(latency[(r.model, r.device_name)], 3)
-                     if (r.model, r.device_name) in latency else math.nan,
-                     "device": r.device_name, "processes": r.world_size, "seed": r.seed})
-    return pd.DataFrame(rows)
+    for key, runs in last.groupby(keys, sort=True):
+        setup = dict(zip(keys, key))
+        test, train = runs.top1_pct, runs.train_top1_pct
+        rows.append({"dataset": setup["dataset"], "model": setup["model"], "width": setup["width"],
+                     "lr": setup["lr"], "seeds": len(runs),
+                     "top-1 (%)": round(test.mean(), 2), "top-1 std": round(test.std(), 2) if len(runs) > 1 else 0.0,
+                     "train top-1 (%)": round(train.mean(), 2) if train.notna().any() else math.nan,
+                     "steps": int(runs.step.mean()) if runs.step.notna().any() else math.nan,
+                     "params": int(runs.params.iloc[0]),
+                     "MACs per image (M)": round(runs.macs_per_image.iloc[0] / 1e6, 2),
+                     "training time (s)": round(runs.time_s.mean(), 1),
+                     "latency ms (batch 1)": round(latency[(setup["model"], setup["device_name"])], 3)
+                     if (setup["model"], setup["device_name"]) in latency else math.nan,
+                     "device": setup["device_name"], "processes": setup["world_size"]})
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    table["vs best"] = ""
+    for _, group in table.groupby("dataset"):
+        best = group["top-1 (%)"].idxmax()
+        for i in group.index:
+            gap = table.at[best, "top-1 (%)"] - table.at[i, "top-1 (%)"]
+            spread = table.at[best, "top-1 std"] + table.at[i, "top-1 std"]
+            one_seed = min(table.at[best, "seeds"], table.at[i, "seeds"]) < 2  # no spread to compare with
+            table.at[i, "vs best"] = ("best" if i == best else f"-{gap:.2f} (one seed)" if one_seed
+                                      else "within spread" if gap <= spread else f"-{gap:.2f}")
+    return table
 
 
 def pareto(cost: Sequence[float], accuracy: Sequence[float]) -> list[int]:

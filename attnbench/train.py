@@ -13,6 +13,7 @@ import math
 import os
 import pickle
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -48,10 +49,23 @@ class TrainConfig:
     stem: str = "cifar"  # conv (7x7 + max-pool) or cifar (3x3)
     dtype: str = "fp32"  # fp32, or bf16 autocast
     device: str = "cpu"
-    seed: int = 0
+    seed: int = 0  # weights, data order, augmentation and the data split
+    steps: int | None = None  # optimizer steps in all (the schedule spans them); None: epochs x steps per epoch
+    plateau: int | None = None  # stop once the training loss has not improved by PLATEAU_GAIN in this many epochs
 
 
-MATH_FIELDS = ("model", "dataset", "epochs", "batch", "lr", "momentum", "weight_decay", "width", "stem", "seed")
+PLATEAU_GAIN = 0.01  # a relative improvement of the training loss under 1 % is no improvement
+MATH_FIELDS = ("model", "dataset", "epochs", "batch", "lr", "momentum", "weight_decay", "width", "stem", "seed",
+               "steps")
+
+
+def plateaued(losses: list[float], patience: int) -> bool:
+    """Whether the last ``patience`` epochs' training losses all failed to improve on the best before them
+    by more than ``PLATEAU_GAIN`` (relative)."""
+    if len(losses) <= patience:
+        return False
+    best = min(losses[:-patience])
+    return all(loss > best * (1 - PLATEAU_GAIN) for loss in losses[-patience:])
 
 
 def build(cfg: TrainConfig, num_classes: int) -> nn.Module:
@@ -63,7 +77,8 @@ def build(cfg: TrainConfig, num_classes: int) -> nn.Module:
 
 def evaluate(model: nn.Module, data: Dataset, *, batch: int = 256, device: str = "cpu",
              dtype: str = "fp32") -> dict[str, float]:
-    """Loss, top-1 and top-5 accuracy (%) on a whole data set, in eval mode."""
+    """Loss, top-1 and top-5 accuracy (%) on a whole data set, in eval mode (top-5 only with more than
+    five classes, None otherwise: it would be 100 % by construction)."""
     model.eval()
     loss = correct1 = correct5 = 0.0
     k = min(5, data.num_classes)
@@ -78,7 +93,8 @@ def evaluate(model: nn.Module, data: Dataset, *, batch: int = 256, device: str =
             correct1 += (top[:, 0] == y).sum().item()
             correct5 += (top == y[:, None]).any(dim=1).sum().item()
     n = len(data.labels)
-    return {"test_loss": loss / n, "top1_pct": 100 * correct1 / n, "top5_pct": 100 * correct5 / n}
+    return {"test_loss": loss / n, "top1_pct": 100 * correct1 / n,
+            "top5_pct": 100 * correct5 / n if data.num_classes > 5 else None}
 
 
 def _lr(cfg: TrainConfig, step: int, total: int) -> float:
@@ -144,17 +160,20 @@ def train(cfg: TrainConfig, *, out: str | Path, db: str | Path | None = None, re
     history: list[dict] = []
     start_epoch = 0
     out = Path(out)
-    run_id = f"{cfg.model}-{cfg.dataset}-s{cfg.seed}-{int(time.time())}"
+    run_id = f"{cfg.model}-{cfg.dataset}-s{cfg.seed}-{uuid.uuid4().hex[:12]}"
     if resume is not None:
         ckpt = load_checkpoint(resume)
         saved = ckpt["config"]
         for name in MATH_FIELDS:
-            if saved[name] != getattr(cfg, name):
-                raise TrainError(f"Checkpoint {resume} is for {name}={saved[name]!r}, not {getattr(cfg, name)!r}; "
+            was = saved.get(name, TrainConfig.__dataclass_fields__[name].default)  # fields added since: defaults
+            if was != getattr(cfg, name):
+                raise TrainError(f"Checkpoint {resume} is for {name}={was!r}, not {getattr(cfg, name)!r}; "
                                  "resume with the options it was trained with.")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         start_epoch, history, run_id = ckpt["epoch"], ckpt["history"], ckpt["run_id"]
+    if world > 1 and torch.device(device).type == "cuda":  # batch statistics over the global batch, as one process
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ddp = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     params = count_params(model)["params"]
     macs = count_macs(model, torch.randn(1, 3, 32, 32, device=device))  # eval-mode trace; changes no state
@@ -162,18 +181,22 @@ def train(cfg: TrainConfig, *, out: str | Path, db: str | Path | None = None, re
     steps = n // cfg.batch
     if steps == 0:
         raise TrainError(f"Invalid batch={cfg.batch}: larger than the {n} training images.")
-    total = steps * cfg.epochs
+    total = cfg.steps or steps * cfg.epochs
+    epochs = -(-total // steps)
     local = cfg.batch // world
     autocast = AUTOCAST[cfg.dtype]
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-    last = cfg.epochs if stop_after_epoch is None else min(cfg.epochs, stop_after_epoch)
+    last = epochs if stop_after_epoch is None else min(epochs, stop_after_epoch)
     for epoch in range(start_epoch, last):
+        if history and history[-1].get("stopped") == "plateau":  # resumed from a run that had stopped
+            break
         g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         order = torch.randperm(n, generator=g)[: steps * cfg.batch].view(steps, cfg.batch)
+        order = order[: min(steps, total - epoch * steps)]  # the step budget may end inside an epoch
         ddp.train()
-        start, seen, loss_sum = time.perf_counter(), 0, 0.0
-        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=(rank != 0 or not progress) or None,
+        start, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
+        bar = tqdm(range(len(order)), desc=f"epoch {epoch + 1}/{epochs}", disable=(rank != 0 or not progress) or None,
                    leave=False)
         for step in bar:
             x, y = train_set.images[order[step]], train_set.labels[order[step]]
@@ -184,21 +207,27 @@ def train(cfg: TrainConfig, *, out: str | Path, db: str | Path | None = None, re
             for group in optimizer.param_groups:
                 group["lr"] = _lr(cfg, epoch * steps + step, total)
             with torch.autocast(torch.device(device).type, autocast or torch.float32, enabled=autocast is not None):
-                loss = F.cross_entropy(ddp(x).float(), y)
+                logits = ddp(x).float()
+                loss = F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             seen += cfg.batch
             loss_sum += loss.item()
+            correct += (logits.argmax(dim=1) == y).sum().item()
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         if world > 1:
-            total_loss = torch.tensor([loss_sum], device=device)
-            dist.all_reduce(total_loss)
-            loss_sum = total_loss.item() / world
+            sums = torch.tensor([loss_sum, float(correct)], device=device)
+            dist.all_reduce(sums)
+            loss_sum, correct = sums[0].item() / world, int(sums[1].item())
         epoch_s = time.perf_counter() - start
+        done = epoch * steps + len(order)
+        losses = [h["train_loss"] for h in history] + [loss_sum / len(order)]
+        stopped = "plateau" if cfg.plateau and plateaued(losses, cfg.plateau) else "budget" if done == total else None
         if rank == 0:
-            metrics = {"epoch": epoch + 1, "train_loss": loss_sum / steps, "images_per_s": seen / epoch_s,
-                       "epoch_s": epoch_s, **evaluate(model, test_set, device=device, dtype=cfg.dtype)}
+            metrics = {"epoch": epoch + 1, "step": done, "train_loss": losses[-1],
+                       "train_top1_pct": 100 * correct / seen, "images_per_s": seen / epoch_s, "epoch_s": epoch_s,
+                       **evaluate(model, test_set, device=device, dtype=cfg.dtype), "stopped": stopped}
             history.append(metrics)
             _save(out / "checkpoint.pt", {
                 "format": CHECKPOINT_FORMAT, "config": asdict(cfg), "epoch": epoch + 1, "run_id": run_id,
@@ -206,16 +235,20 @@ def train(cfg: TrainConfig, *, out: str | Path, db: str | Path | None = None, re
                 "optimizer": optimizer.state_dict(), "history": history,
             })
             if db is not None:
-                setup = {k: getattr(cfg, k) for k in ("model", "dataset", "epochs", "batch", "lr", "width", "stem",
-                                                     "dtype", "device", "seed")}
-                store.write_training(db, Epoch(run_id=run_id, **setup, **metrics, world_size=world, params=params,
-                                               macs_per_image=macs, environment=environment(device)))
+                setup = {k: getattr(cfg, k) for k in ("model", "dataset", "batch", "lr", "width", "stem", "dtype",
+                                                     "device", "seed", "steps", "plateau")}
+                store.write_training(db, Epoch(run_id=run_id, epochs=epochs, **setup, **metrics, world_size=world,
+                                               params=params, macs_per_image=macs, environment=environment(device)))
             if progress:
-                print(f"epoch {epoch + 1}/{cfg.epochs}: loss {metrics['train_loss']:.4f}, "
-                      f"test top-1 {metrics['top1_pct']:.2f} %, top-5 {metrics['top5_pct']:.2f} %, "
-                      f"{metrics['images_per_s']:.0f} img/s, {epoch_s:.1f} s", flush=True)
+                top5 = f", top-5 {metrics['top5_pct']:.2f} %" if metrics["top5_pct"] is not None else ""
+                print(f"epoch {epoch + 1}/{epochs} (step {done}/{total}): loss {metrics['train_loss']:.4f}, "
+                      f"train top-1 {metrics['train_top1_pct']:.2f} %, test top-1 {metrics['top1_pct']:.2f} %{top5}, "
+                      f"{metrics['images_per_s']:.0f} img/s, {epoch_s:.1f} s"
+                      + (f"; stopped: {stopped}" if stopped == "plateau" else ""), flush=True)
         if world > 1:
             dist.barrier()
+        if stopped == "plateau":
+            break
     if world > 1:
         dist.destroy_process_group()
     return history if rank == 0 else []

@@ -194,3 +194,90 @@ def test_a_checkpoint_missing_keys_is_named(tmp_path):
     torch.save({"format": "attnbench-checkpoint-1", "config": {}}, path)
     with pytest.raises(TrainError, match="incomplete attnbench checkpoint .no epoch, run_id"):
         load_checkpoint(path)
+
+
+def test_an_inserted_residual_block_is_not_wrapped_again_in_the_probe():
+    import attnbench
+
+    x = torch.randn(2, 3, 32, 32)
+    net = attnbench.build_model("nonlocal_probe", num_classes=2).eval()
+    with torch.no_grad():  # the paper's zero-initialised output scale: each block starts as the identity
+        assert torch.equal(net.features(x), net.stem(x))
+    mixing = attnbench.build_model("nonlocal_probe", num_classes=2, zero_init=False).eval()
+    with torch.no_grad():
+        b1, b2 = mixing.blocks
+        torch.testing.assert_close(mixing.features(x), b2(b1(mixing.stem(x))))
+        assert not torch.allclose(mixing.features(x), mixing.stem(x))
+    gsa = attnbench.build_model("gsa_probe", num_classes=2)
+    assert all(isinstance(n, torch.nn.BatchNorm2d) for n in gsa.norms)  # the others keep norm and residual
+
+
+@pytest.mark.parametrize("losses, patience, expected", [
+    ([1.0, 0.8, 0.7], 1, False),
+    ([1.0, 0.8, 0.795], 1, True),  # 0.6 % better than the best before: not an improvement
+    ([1.0, 0.8, 0.81, 0.795], 2, True),  # two epochs, neither 1 % better than 0.8
+    ([1.0, 0.8, 0.81, 0.79], 2, False),  # 1.25 % better than 0.8 within the window
+    ([1.0], 1, False),
+])
+def test_the_plateau_rule(losses, patience, expected):
+    from attnbench.train import plateaued
+
+    assert plateaued(losses, patience) == expected
+
+
+def test_a_step_budget_a_plateau_and_train_accuracy_are_stored(tmp_path):
+    db = tmp_path / "r.sqlite"
+    budget = TrainConfig(model="conv_probe", dataset="digits", batch=64, lr=0.05, width=0.5, steps=30)
+    history = train(budget, out=tmp_path / "a", db=db, progress=False)
+    per_epoch = 1437 // 64  # 22 steps an epoch: the budget ends inside the second
+    assert [h["step"] for h in history] == [per_epoch, 30] and history[-1]["stopped"] == "budget"
+    assert all(0 <= h["train_top1_pct"] <= 100 for h in history)
+    flat = TrainConfig(model="conv_probe", dataset="digits", batch=256, lr=1e-9, width=0.5, epochs=6, plateau=1)
+    history = train(flat, out=tmp_path / "b", db=db, progress=False)  # a learning rate that learns nothing
+    assert len(history) == 2 and history[-1]["stopped"] == "plateau"
+    rows = store.load_training(db)
+    assert rows.step.tolist() == [per_epoch, 30, 5, 10] and rows.stopped.tolist()[-1] == "plateau"
+    assert rows.train_top1_pct.notna().all() and rows.top5_pct.notna().all()  # digits: ten classes
+
+
+def test_top5_is_left_out_with_five_classes_or_fewer(tmp_path):
+    cfg = TrainConfig(model="conv_probe", dataset="longrange", batch=128, lr=0.05, width=0.5, steps=3)
+    history = train(cfg, out=tmp_path, progress=False)
+    assert history[-1]["top5_pct"] is None and history[-1]["stopped"] == "budget"
+
+
+def test_seeds_give_mean_spread_and_significance(tmp_path, capsys):
+    from attnbench.tables import accuracy_table
+
+    db = tmp_path / "r.sqlite"
+    common = ["train", "--dataset", "digits", "--model", "conv_probe", "--batch", "128", "--steps", "4",
+              "--db", str(db), "--out", str(tmp_path / "runs")]
+    assert main([*common, "--width", "0.5", "--seeds", "0,1,2"]) == 0
+    assert main([*common, "--width", "0.25", "--seeds", "0,1"]) == 0
+    training = store.load_training(db)
+    assert training.run_id.nunique() == 5 and sorted(training.seed.unique()) == [0, 1, 2]
+    table = accuracy_table(store.load_results(db), training).set_index("width")
+    last = training.sort_values("epoch").groupby("run_id").tail(1)
+    for model, n in ((0.5, 3), (0.25, 2)):
+        runs = last[last.width == model].top1_pct
+        assert table.loc[model, "seeds"] == n
+        assert table.loc[model, "top-1 (%)"] == round(runs.mean(), 2)
+        assert table.loc[model, "top-1 std"] == round(float(np.std(runs, ddof=1)), 2)
+    best, other = table["top-1 (%)"].idxmax(), table["top-1 (%)"].idxmin()
+    gap = table.loc[best, "top-1 (%)"] - table.loc[other, "top-1 (%)"]
+    spread = table.loc[best, "top-1 std"] + table.loc[other, "top-1 std"]
+    assert table.loc[best, "vs best"] == "best"
+    assert table.loc[other, "vs best"] == ("within spread" if gap <= spread else f"-{gap:.2f}")
+    assert main([*common, "--seeds", "0,1", "--seed", "3"]) == 2
+    assert "give --seed or --seeds, not both" in capsys.readouterr().err
+
+
+def test_skip_finished_resumes_a_table_trained_in_sittings(tmp_path, capsys):
+    db = tmp_path / "r.sqlite"
+    common = ["train", "--dataset", "digits", "--model", "conv_probe", "--width", "0.5", "--batch", "128",
+              "--steps", "2", "--db", str(db), "--out", str(tmp_path / "runs"), "--skip-finished"]
+    assert main([*common, "--seeds", "0"]) == 0
+    assert main([*common, "--seeds", "0,1"]) == 0
+    out = capsys.readouterr().out
+    assert "seed 0: already trained to its end" in out and "seed 1: checkpoint" in out
+    assert store.load_training(db).groupby("seed").run_id.nunique().tolist() == [1, 1]

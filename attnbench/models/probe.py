@@ -2,7 +2,9 @@
 
 Small enough to train on a CPU (16 channels; attention variants get one head per 8 channels unless
 told otherwise), and shallow enough that whether a network relates distant pixels depends on the
-variant alone: with 3x3 convolutions the receptive field before pooling is 7x7.
+variant alone: with 3x3 convolutions the receptive field before pooling is 7x7. A variant that is a
+residual block of its own (non-local, inserted between blocks in its paper) is used as it is, not
+wrapped in a second norm and residual.
 """
 
 from __future__ import annotations
@@ -21,15 +23,18 @@ class ProbeNet(nn.Module):
         if "heads" in spec.options():
             options.setdefault("heads", max(1, width // 8))  # 8 channels a head: 16 channels, 2 heads
         norm = spec.ends_with_norm
+        self.residual = spec.placement != "insert"  # an inserted block (non-local) is already residual
         self.blocks = nn.ModuleList(build_variant(variant, width, size=image_size, **options) for _ in range(2))
-        self.norms = nn.ModuleList(nn.Identity() if norm else nn.BatchNorm2d(width) for _ in range(2))
+        self.norms = nn.ModuleList(nn.Identity() if norm or not self.residual else nn.BatchNorm2d(width)
+                                   for _ in range(2))
         self.fc = nn.Linear(width, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The feature map before pooling."""
+        """The feature map before pooling: each block wrapped as relu(x + norm(block(x))), or applied as it
+        is when it is a residual block of its own (placement "insert", as non-local)."""
         x = self.stem(x)
         for block, norm in zip(self.blocks, self.norms):
-            x = torch.relu(x + norm(block(x)))
+            x = torch.relu(x + norm(block(x))) if self.residual else block(x)
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -4,9 +4,9 @@ Paper: "Non-local Neural Networks", Wang, Girshick, Gupta, He, arXiv 1711.07971 
 
 Mechanism: z = BN(W_z y) + x with y_i = sum_j softmax_j(theta(x_i)^T phi(x_j)) g(x_j); theta, phi
 and g are 1x1 convolutions to half the channels; W_z restores them and is followed by batch norm
-whose scale starts at zero, so the block starts as the identity. With ``subsample`` a 2x2 max-pool
-follows phi and g (not theta), cutting the pairwise work to a quarter, as the paper does in every
-block. No 1/sqrt(d) scaling (embedded Gaussian: exp of the plain dot product).
+whose scale starts at zero, so the block starts as the identity (``zero_init=False`` starts it at 1).
+With ``subsample`` a 2x2 max-pool follows phi and g (not theta), cutting the pairwise work to a
+quarter, as the paper does in every block. No 1/sqrt(d) scaling (embedded Gaussian: exp of the plain dot product).
 
 Implementation: the attention runs through ``torch.nn.functional.scaled_dot_product_attention``
 (scale 1), so backends with fused kernels never hold the N x N matrix.
@@ -30,6 +30,7 @@ from attnbench.variants._common import downsample, pointwise
 class NonLocalConfig(VariantConfig):
     reduction: int = 2  # theta, phi and g have dim / reduction channels
     subsample: bool = True  # 2x2 max-pool after phi and g
+    zero_init: bool = True  # the batch norm after W_z starts at scale 0 (the paper's: the block starts as x)
 
     def validate(self) -> None:
         super().validate()
@@ -60,7 +61,8 @@ class NonLocalBlock(Variant):
         self.g = nn.Conv2d(cfg.dim, inner, 1)
         self.w_z = nn.Conv2d(inner, cfg.dim, 1)
         self.bn = nn.BatchNorm2d(cfg.dim)
-        nn.init.zeros_(self.bn.weight)
+        if cfg.zero_init:
+            nn.init.zeros_(self.bn.weight)
 
     def attention_maps(self, query: tuple[int, int], image: int = 0) -> dict[str, torch.Tensor]:
         """``{"attention": (1, H, W)}``: the softmax row of pixel ``query`` = (y, x) over all keys. With
