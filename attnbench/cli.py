@@ -180,6 +180,11 @@ def shard_spec(text: str) -> tuple[int, int]:
     return i, n
 
 
+def learning_rate(text: str) -> float | str:
+    """A positive number, or ``auto``."""
+    return text if text == "auto" else positive_float(text)
+
+
 def positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -477,7 +482,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from attnbench import store
     from attnbench.data import DataError
     from attnbench.models import list_models
-    from attnbench.train import TrainConfig, TrainError, train
+    from attnbench.train import TrainConfig, TrainError, match_width, train, tune_lr
 
     if args.model not in list_models():
         raise UsageError(unknown_name_message("model", args.model, list_models()))
@@ -486,9 +491,26 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError("give --seed or --seeds, not both.")
     if len(seeds) > 1 and args.resume:
         raise UsageError("--resume continues one run: give one seed.")
+    auto = args.lr == "auto"
+    width, width_source = args.width, "given"
+    if args.match:
+        reference = args.match_to or _conv_of(args.model)
+        if reference not in list_models():
+            raise UsageError("--match-to: " + unknown_name_message("model", reference, list_models()))
+        from attnbench.data import CLASSES
+
+        try:
+            width, cost, target = match_width(args.model, reference, args.match, num_classes=CLASSES[args.dataset],
+                                              reference_width=args.width, stem=args.stem)
+        except TrainError as e:
+            raise UsageError(str(e)) from None
+        width_source = (f"matched to {reference} at width {args.width:g} in {args.match}: {cost:,} against "
+                        f"{target:,}")
+        print(f"width {width:g}: {width_source}")
     cfg = TrainConfig(model=args.model, dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
-                      batch=args.batch, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
-                      width=args.width, stem=args.stem, dtype=args.dtype, device=args.device, seed=seeds[0],
+                      batch=args.batch, lr=0.0 if auto else args.lr, momentum=args.momentum,
+                      weight_decay=args.weight_decay,
+                      width=width, stem=args.stem, dtype=args.dtype, device=args.device, seed=seeds[0],
                       steps=args.steps, plateau=args.plateau)
     outs = {seed: (f"{args.out}/s{seed}" if args.out and len(seeds) > 1 else args.out)
             or f"runs/{args.model}-{args.dataset}-s{seed}" for seed in seeds}
@@ -496,14 +518,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         _check_out_dir("--out", out)
     if args.db is not None:
         _check_db(args.db)
-    finished = _finished_seeds(args.db, cfg) if args.skip_finished else set()
+    finished = _finished_seeds(args.db, cfg, auto) if args.skip_finished else set()
     for seed, out in outs.items():
         if seed in finished:
             print(f"seed {seed}: already trained to its end in {args.db}, skipped")
             continue
         try:
-            history = train(replace(cfg, seed=seed), out=out, db=args.db, resume=args.resume,
-                            stop_after_epoch=args.stop_after_epoch)
+            run, source = replace(cfg, seed=seed), "given"
+            if auto:
+                lr, source = tune_lr(run, Path(out) / "lr-search")
+                run = replace(run, lr=lr)
+                print(f"seed {seed}: learning rate {source}")
+            history = train(run, out=out, db=args.db, resume=args.resume, stop_after_epoch=args.stop_after_epoch,
+                            lr_source=source, width_source=width_source)
         except (DataError, TrainError, store.StoreError) as e:
             raise UsageError(str(e)) from None
         if history:
@@ -511,15 +538,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _finished_seeds(db: str | None, cfg) -> set[int]:
-    """The seeds of ``cfg``'s setup that the store holds a finished run of (its last epoch says why it stopped)."""
+def _conv_of(model: str) -> str:
+    """The convolution network of the same family: conv_probe for gsa_probe, conv_resnet26 for gsa_resnet26."""
+    variant, _, rest = model.partition("_")
+    return f"conv_{rest}" if rest and variant != "conv" else model
+
+
+def _finished_seeds(db: str | None, cfg, auto: bool) -> set[int]:
+    """The seeds of ``cfg``'s setup that the store holds a finished run of (its last epoch says why it
+    stopped); with ``auto``, runs whose learning rate was chosen on validation, whatever it was."""
     from attnbench import store
 
     if db is None or not Path(db).exists():
         return set()
     rows = store.load_training(db)
     same = rows[rows.stopped.notna()]
-    for name in ("model", "dataset", "batch", "lr", "width", "stem", "dtype", "steps", "plateau"):
+    if auto:
+        same = same[same.lr_source.fillna("").str.startswith("validation")]
+    for name in ("model", "dataset", "batch", "width", "stem", "dtype", "steps", "plateau") + (() if auto else ("lr",)):
         value = getattr(cfg, name)
         same = same[same[name].isna()] if value is None else same[same[name] == value]
     return set(int(seed) for seed in same.seed)
@@ -631,11 +667,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train a network and store its accuracy per epoch (runs under torchrun too)")
     tr.add_argument("--model", required=True, help="any name of `attnbench list`, e.g. gsa_resnet26 or gsa_probe")
     tr.add_argument("--dataset", required=True, choices=DATASETS)
-    tr.add_argument("--data-dir", default=None, help="folder with the data set's files (cifar100)")
+    tr.add_argument("--data-dir", default=None, help="folder with the data set's files (cifar100, cifar10)")
     tr.add_argument("--epochs", type=positive_int("epochs"), default=10)
     tr.add_argument("--batch", type=positive_int("batch"), default=128,
                     help="global batch, split over torchrun's processes")
-    tr.add_argument("--lr", type=positive_float, default=0.1)
+    tr.add_argument("--lr", type=learning_rate, default=0.1,
+                    help="learning rate, or auto: chosen per seed on a held-out tenth of the training split "
+                         "(never the test split) among 0.2, 0.1, 0.05, 0.02")
     tr.add_argument("--momentum", type=float, default=0.9)
     tr.add_argument("--weight-decay", type=float, default=5e-4)
     tr.add_argument("--width", type=positive_float, default=1.0, help="channel multiplier, e.g. 0.25")
@@ -649,6 +687,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="optimizer steps in all, instead of --epochs (the schedule spans them)")
     tr.add_argument("--plateau", type=positive_int("plateau"), default=None, metavar="EPOCHS",
                     help="stop once the training loss has not improved by 1 %% in this many epochs")
+    tr.add_argument("--match", choices=("params", "macs"), default=None,
+                    help="choose the width so that the network has the parameters (or MACs per image) of --match-to "
+                         "at --width, within 5 %%")
+    tr.add_argument("--match-to", default=None, metavar="MODEL",
+                    help="the network matched (default: the conv network of the same family, e.g. conv_probe)")
     tr.add_argument("--skip-finished", action="store_true",
                     help="skip the seeds whose run of this setup the store already holds to its end (to resume a "
                          "table trained in several sittings)")

@@ -1,9 +1,9 @@
 """Data sets for the accuracy work, all loaded from disk or generated: nothing is downloaded.
 
-* ``cifar100``: the standard python-pickle archive (the ``cifar-100-python`` folder, or its
-  ``.tar.gz``) from a directory the user gives.
+* ``cifar100``, ``cifar10``: the standard python-pickle archives (the ``cifar-100-python`` or
+  ``cifar-10-batches-py`` folder, or its ``.tar.gz``) from a directory the user gives.
 * ``digits``: scikit-learn's bundled 8x8 handwritten digits (1,797 images), upsampled to 32x32,
-  with a fixed stratified train/test split.
+  with a stratified train/test split drawn with the seed.
 * ``longrange``: a generated probe in the spirit of Long Range Arena's Pathfinder. Each 32x32
   image holds two marked 3x3 patterns far apart (one in the left quarter, one in the right
   quarter) and unmarked distractor patterns; the label says whether the two marked patterns are
@@ -47,48 +47,78 @@ def _split_normalise(train: torch.Tensor, test: torch.Tensor) -> tuple[torch.Ten
     return (train - mean) / std, (test - mean) / std
 
 
-# ---- cifar100 ------------------------------------------------------------------------------------
+# ---- cifar ----------------------------------------------------------------------------------------
 
-CIFAR_FOLDER = "cifar-100-python"
+@dataclass(frozen=True)
+class CifarLayout:
+    """Where the python version of a CIFAR archive keeps its splits."""
+
+    folder: str  # the folder inside the archive, e.g. cifar-100-python
+    train: tuple[str, ...]  # the files of the training split
+    test: tuple[str, ...]
+    label_key: str
+    classes: int
 
 
-def _read_cifar_split(raw: bytes, what: str) -> tuple[np.ndarray, np.ndarray]:
+CIFAR = {
+    "cifar100": CifarLayout("cifar-100-python", ("train",), ("test",), "fine_labels", 100),
+    "cifar10": CifarLayout("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",),
+                           "labels", 10),
+}
+
+
+CLASSES = {**{name: layout.classes for name, layout in CIFAR.items()}, "digits": 10, "longrange": 2}
+
+
+def _read_cifar_batch(raw: bytes, what: str, label_key: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         batch = pickle.loads(raw, encoding="latin1")
         data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-        labels = np.asarray(batch["fine_labels"], dtype=np.int64)
+        labels = np.asarray(batch[label_key], dtype=np.int64)
     except Exception as err:  # noqa: BLE001 - any malformed content is the same user error
-        raise DataError(f"{what} is not a CIFAR-100 python-pickle batch ({type(err).__name__}: {err}).") from None
+        raise DataError(f"{what} is not a CIFAR python-pickle batch ({type(err).__name__}: {err}).") from None
     if len(data) != len(labels):
         raise DataError(f"{what} holds {len(data)} images but {len(labels)} labels.")
     return data, labels
 
 
-def load_cifar100(data_dir: str | Path) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """(train, test) as uint8 arrays and labels, from ``cifar-100-python/`` or its ``.tar.gz``."""
+def load_cifar(data_dir: str | Path, name: str = "cifar100"
+               ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """(train, test) of CIFAR-100 or CIFAR-10 as uint8 arrays and labels, from the python version's folder
+    (``cifar-100-python/``, ``cifar-10-batches-py/``) or its ``.tar.gz``, as they are distributed."""
+    layout = CIFAR[name]
     root = Path(data_dir)
     if not root.exists():
-        raise DataError(f"--data-dir {root} does not exist; it should hold {CIFAR_FOLDER}/ or {CIFAR_FOLDER}.tar.gz.")
-    folder = root / CIFAR_FOLDER if (root / CIFAR_FOLDER).is_dir() else root
-    if (folder / "train").is_file() and (folder / "test").is_file():
-        return tuple(_read_cifar_split((folder / s).read_bytes(), str(folder / s)) for s in ("train", "test"))
-    archive = root / f"{CIFAR_FOLDER}.tar.gz"
+        raise DataError(f"--data-dir {root} does not exist; it should hold {layout.folder}/ or {layout.folder}.tar.gz.")
+    folder = root / layout.folder if (root / layout.folder).is_dir() else root
+
+    def joined(read, files: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+        parts = [_read_cifar_batch(*read(f), layout.label_key) for f in files]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    if all((folder / f).is_file() for f in layout.train + layout.test):
+        def read(f: str) -> tuple[bytes, str]:
+            return (folder / f).read_bytes(), str(folder / f)
+
+        return joined(read, layout.train), joined(read, layout.test)
+    archive = root / f"{layout.folder}.tar.gz"
     if archive.is_file():
         try:
             with tarfile.open(archive) as tar:
                 members = {m.name: m for m in tar.getmembers()}
-                splits = []
-                for s in ("train", "test"):
-                    name = f"{CIFAR_FOLDER}/{s}"
+
+                def read(f: str) -> tuple[bytes, str]:
+                    name = f"{layout.folder}/{f}"
                     if name not in members:
-                        raise DataError(f"{archive} has no {name}; is it the CIFAR-100 python archive?")
-                    splits.append(_read_cifar_split(tar.extractfile(members[name]).read(), f"{archive}:{name}"))
-                return tuple(splits)
+                        raise DataError(f"{archive} has no {name}; is it the {layout.folder} python archive?")
+                    return tar.extractfile(members[name]).read(), f"{archive}:{name}"
+
+                return joined(read, layout.train), joined(read, layout.test)
         except tarfile.TarError as err:
             raise DataError(f"{archive} is not a readable .tar.gz archive ({err}).") from None
     raise DataError(
-        f"--data-dir {root} holds neither {CIFAR_FOLDER}/train and /test nor {CIFAR_FOLDER}.tar.gz "
-        "(the python version of CIFAR-100)."
+        f"--data-dir {root} holds neither {layout.folder}/ with {', '.join(layout.train + layout.test)} nor "
+        f"{layout.folder}.tar.gz (the python version of {name.upper()})."
     )
 
 
@@ -165,13 +195,14 @@ def make_longrange(n: int, seed: int, distractors: int = 3) -> tuple[torch.Tenso
 
 def load_dataset(name: str, data_dir: str | Path | None = None, *, seed: int = 0) -> tuple[Dataset, Dataset]:
     """(train, test) of data set ``name``; the test split is normalised with the train statistics."""
-    if name == "cifar100":
+    if name in CIFAR:
+        layout = CIFAR[name]
         if data_dir is None:
-            raise DataError("cifar100 needs --data-dir: a folder with cifar-100-python/ or cifar-100-python.tar.gz.")
-        (xtr, ytr), (xte, yte) = load_cifar100(data_dir)
+            raise DataError(f"{name} needs --data-dir: a folder with {layout.folder}/ or {layout.folder}.tar.gz.")
+        (xtr, ytr), (xte, yte) = load_cifar(data_dir, name)
         train, test = _split_normalise(torch.from_numpy(xtr).float() / 255, torch.from_numpy(xte).float() / 255)
-        return (Dataset(name, train, torch.from_numpy(ytr), 100, True),
-                Dataset(name, test, torch.from_numpy(yte), 100, False))
+        return (Dataset(name, train, torch.from_numpy(ytr), layout.classes, True),
+                Dataset(name, test, torch.from_numpy(yte), layout.classes, False))
     if name == "digits":
         (xtr, ytr), (xte, yte) = load_digits_32(seed)  # the split follows the seed too
         train, test = _split_normalise(xtr, xte)

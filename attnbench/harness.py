@@ -243,10 +243,13 @@ class Worker:
 
     def _start(self) -> None:
         ctx = _context(self.device)
-        self.conn, theirs = ctx.Pipe(duplex=True)
-        self.proc = ctx.Process(target=_serve, args=(theirs, self.reuse), daemon=True)
-        self.proc.start()
-        theirs.close()
+        conn, theirs = ctx.Pipe(duplex=True)
+        proc = ctx.Process(target=_serve, args=(theirs, self.reuse), daemon=True)
+        try:
+            proc.start()
+        finally:
+            theirs.close()
+        self.proc, self.conn = proc, conn  # only a process that started is ever joined
 
     def close(self, *, ask: bool = True) -> None:
         """End the process: asked to finish (unless not ``ask``: a hung one), then killed."""

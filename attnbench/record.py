@@ -197,7 +197,9 @@ class Epoch:
     macs_per_image: int | None = None  # one 32 x 32 image, one fused multiply-add = 1
     batch: int | None = None
     lr: float | None = None
+    lr_source: str | None = None  # how lr was chosen: given, or "validation: ..." (train --lr auto)
     width: float | None = None
+    width_source: str | None = None  # how width was chosen: given, or matched to a network (train --match)
     stem: str | None = None
     dtype: str | None = None
     device: str | None = None

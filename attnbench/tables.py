@@ -143,7 +143,8 @@ def published_table() -> pd.DataFrame:
 
 
 def accuracy_table(frame: pd.DataFrame, training: pd.DataFrame) -> pd.DataFrame:
-    """One row per trained setup (data set, network, width, learning rate, batch, budget), over its seeds:
+    """One row per trained setup (data set, network, width, learning rate (``auto: ...`` with the rates the
+    seeds chose, for ``--lr auto``), batch, budget), over its seeds:
     test and train top-1 as mean, standard deviation and n from each run's last epoch, the optimizer steps
     the runs took, their cost (params, MACs, training time and, where the network was also measured at
     model scope at 32 x 32, batch 1, its inference latency), and how it stands against the best of its
@@ -157,14 +158,17 @@ def accuracy_table(frame: pd.DataFrame, training: pd.DataFrame) -> pd.DataFrame:
     for r in measured.itertuples():
         latency[(f"{r.variant}_{r.arch}", r.device_name)] = r.latency_ms_median
     keys = ["dataset", "model", "width", "lr", "batch", "steps", "plateau", "device_name", "world_size"]
-    last = last.assign(time_s=last.run_id.map(time_s), **{k: last[k].astype(object).where(last[k].notna(), "-")
-                                                            for k in keys})
+    tuned = last.lr_source.fillna("").str.startswith("validation")  # --lr auto: one setup, whatever each seed chose
+    last = last.assign(time_s=last.run_id.map(time_s), chosen=last.lr,
+                       lr=last.lr.astype(object).where(~tuned, "auto"))
+    last = last.assign(**{k: last[k].astype(object).where(last[k].notna(), "-") for k in keys})
     rows = []
     for key, runs in last.groupby(keys, sort=True):
         setup = dict(zip(keys, key))
         test, train = runs.top1_pct, runs.train_top1_pct
+        lr = setup["lr"] if setup["lr"] != "auto" else "auto: " + ", ".join(f"{v:g}" for v in sorted(set(runs.chosen)))
         rows.append({"dataset": setup["dataset"], "model": setup["model"], "width": setup["width"],
-                     "lr": setup["lr"], "seeds": len(runs),
+                     "lr": lr, "seeds": len(runs),
                      "top-1 (%)": round(test.mean(), 2), "top-1 std": round(test.std(), 2) if len(runs) > 1 else 0.0,
                      "train top-1 (%)": round(train.mean(), 2) if train.notna().any() else math.nan,
                      "steps": int(runs.step.mean()) if runs.step.notna().any() else math.nan,

@@ -14,7 +14,7 @@ import os
 import pickle
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -141,9 +141,81 @@ def _distributed(device: str) -> tuple[int, int]:
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
+MATCH_TOLERANCE = 0.05  # --match: within 5 % of the reference network's parameters or MACs
+WIDTHS = tuple(i / 16 for i in range(8, 129))  # the width multipliers --match tries: 0.5 to 8, by 1/16
+
+
+def network_cost(model: str, metric: str, *, width: float, num_classes: int, stem: str = "cifar") -> int:
+    """Parameters, or MACs per 32 x 32 image, of ``model`` at ``width``."""
+    from attnbench.measure.macs import count_macs
+    from attnbench.measure.params import count_params
+    from attnbench.models import build_model
+
+    net = build_model(model, num_classes=num_classes, stem=stem, width=width, image_size=32)
+    return count_params(net)["params"] if metric == "params" else count_macs(net, torch.randn(1, 3, 32, 32))
+
+
+def match_width(model: str, reference: str, metric: str, *, num_classes: int, reference_width: float = 1.0,
+                stem: str = "cifar") -> tuple[float, int, int]:
+    """The width multiplier at which ``model`` costs what ``reference`` (at ``reference_width``) costs, in
+    parameters or MACs: the closest of ``WIDTHS`` that builds, if within ``MATCH_TOLERANCE``. Returns
+    (width, the model's cost, the reference's); TrainError when no width comes that close."""
+    target = network_cost(reference, metric, width=reference_width, num_classes=num_classes, stem=stem)
+    best: tuple[float, float, int] | None = None  # (relative gap, width, cost)
+    for width in WIDTHS:
+        try:
+            cost = network_cost(model, metric, width=width, num_classes=num_classes, stem=stem)
+        except ValueError:  # a width the variant's options do not allow (heads, even head widths)
+            continue
+        gap = abs(cost - target) / target
+        if best is None or gap < best[0]:
+            best = (gap, width, cost)
+        if cost > target * (1 + MATCH_TOLERANCE):  # costs grow with the width: nothing closer beyond
+            break
+    if best is None or best[0] > MATCH_TOLERANCE:
+        closest = f"; the closest is width {best[1]:g}, {100 * best[0]:.1f} % off" if best else ""
+        raise TrainError(f"No width of {model} matches {reference}'s {metric} ({target:,}) within "
+                         f"{100 * MATCH_TOLERANCE:g} %{closest}.")
+    return best[1], best[2], target
+
+
+LR_CANDIDATES = (0.2, 0.1, 0.05, 0.02)  # what --lr auto tries
+VALIDATION_SHARE = 0.1  # of the training split, held out to choose the learning rate
+TUNING_SHARE = 0.25  # of the run's steps, each candidate's budget
+
+
+def tune_lr(cfg: TrainConfig, out: str | Path, candidates: tuple[float, ...] = LR_CANDIDATES
+            ) -> tuple[float, str]:
+    """The learning rate ``--lr auto`` picks, and how: each candidate trains for a quarter of the run's
+    steps on the training split less a held-out tenth (drawn with the seed), and the best top-1 on that
+    tenth wins. The test split is never seen. Returns (lr, a one-line account stored with the run)."""
+    train_set, _ = load_dataset(cfg.dataset, cfg.data_dir, seed=cfg.seed)
+    n = len(train_set.labels)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 7919))
+    held = order[: int(n * VALIDATION_SHARE)]
+    fit = order[int(n * VALIDATION_SHARE):]
+    part = lambda idx, augment: Dataset(train_set.name, train_set.images[idx], train_set.labels[idx],  # noqa: E731
+                                        train_set.num_classes, augment)
+    data = (part(fit, train_set.augment), part(held, False))
+    run_steps = cfg.steps or cfg.epochs * (len(fit) // cfg.batch)
+    budget = max(1, int(run_steps * TUNING_SHARE))
+    scores = {}
+    for lr in candidates:
+        history = train(replace(cfg, lr=lr, steps=budget, plateau=None), out=Path(out) / f"lr-{lr:g}", data=data,
+                        progress=False)
+        scores[lr] = history[-1]["top1_pct"]
+    best = max(scores, key=lambda lr: (scores[lr], -lr))  # a tie goes to the smaller rate
+    account = (f"validation: {best:g} of " + ", ".join(f"{lr:g} ({top1:.1f} %)" for lr, top1 in scores.items())
+               + f", each {budget} steps, top-1 on {len(held)} held-out training images")
+    return best, account
+
+
 def train(cfg: TrainConfig, *, out: str | Path, db: str | Path | None = None, resume: str | Path | None = None,
-          stop_after_epoch: int | None = None, progress: bool = True) -> list[dict]:
-    """Train ``cfg.model`` on ``cfg.dataset``; returns the per-epoch metrics (rank 0; others get [])."""
+          stop_after_epoch: int | None = None, progress: bool = True, lr_source: str | None = None,
+          width_source: str | None = None, data: tuple[Dataset, Dataset] | None = None) -> list[dict]:
+    """Train ``cfg.model`` on ``cfg.dataset`` (or on ``data``: training and evaluation sets given, as
+    :func:`tune_lr` does); returns the per-epoch metrics (rank 0; others get []). ``lr_source`` says how
+    the learning rate was chosen and ``width_source`` how the width was; both are stored with every epoch."""
     from tqdm import tqdm
 
     from attnbench.measure.macs import count_macs
@@ -153,7 +225,7 @@ def train(cfg: TrainConfig, *, out: str | Path, db: str | Path | None = None, re
     if cfg.batch % world:
         raise TrainError(f"Invalid batch={cfg.batch}: the global batch must be divisible by the {world} ranks.")
     device = cfg.device if cfg.device != "cuda" or world == 1 else f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-    train_set, test_set = load_dataset(cfg.dataset, cfg.data_dir, seed=cfg.seed)
+    train_set, test_set = data or load_dataset(cfg.dataset, cfg.data_dir, seed=cfg.seed)
     model = build(cfg, train_set.num_classes).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                 nesterov=True)
@@ -238,7 +310,9 @@ def train(cfg: TrainConfig, *, out: str | Path, db: str | Path | None = None, re
                 setup = {k: getattr(cfg, k) for k in ("model", "dataset", "batch", "lr", "width", "stem", "dtype",
                                                      "device", "seed", "steps", "plateau")}
                 store.write_training(db, Epoch(run_id=run_id, epochs=epochs, **setup, **metrics, world_size=world,
-                                               params=params, macs_per_image=macs, environment=environment(device)))
+                                               params=params, macs_per_image=macs, lr_source=lr_source,
+                                               width_source=width_source,
+                                               environment=environment(device)))
             if progress:
                 top5 = f", top-5 {metrics['top5_pct']:.2f} %" if metrics["top5_pct"] is not None else ""
                 print(f"epoch {epoch + 1}/{epochs} (step {done}/{total}): loss {metrics['train_loss']:.4f}, "

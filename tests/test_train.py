@@ -12,34 +12,39 @@ import torch
 
 from attnbench import store
 from attnbench.cli import main
-from attnbench.data import PATTERNS, DataError, augment, load_cifar100, load_dataset, make_longrange
+from attnbench.data import CIFAR, PATTERNS, DataError, augment, load_cifar, load_dataset, make_longrange
 from attnbench.train import TrainConfig, TrainError, evaluate_checkpoint, load_checkpoint, train
 
 TINY = ["--model", "resnet26", "--width", "0.25", "--stem", "cifar", "--batch", "16", "--lr", "0.05"]
 
 
-def write_cifar(root, n_train=64, n_test=32, archive=False):
-    """A CIFAR-100 python archive in the real format, with random images."""
+def write_cifar(root, n_train=64, n_test=32, archive=False, name="cifar100"):
+    """A CIFAR python archive in the real format (CIFAR-100's two files, or CIFAR-10's five training
+    batches and a test batch), with random images."""
     rng = np.random.default_rng(0)
-    folder = root / "cifar-100-python"
+    layout = CIFAR[name]
+    folder = root / layout.folder
     folder.mkdir(parents=True)
-    for split, n in (("train", n_train), ("test", n_test)):
+    files = [(f, n_train // len(layout.train)) for f in layout.train] + [(f, n_test) for f in layout.test]
+    for file, n in files:
         batch = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                 "fine_labels": rng.integers(0, 100, n).tolist(), "coarse_labels": [0] * n}
-        (folder / split).write_bytes(pickle.dumps(batch))
-    (folder / "meta").write_bytes(pickle.dumps({"fine_label_names": [str(i) for i in range(100)]}))
+                 layout.label_key: rng.integers(0, layout.classes, n).tolist()}
+        (folder / file).write_bytes(pickle.dumps(batch))
     if archive:
-        with tarfile.open(root / "cifar-100-python.tar.gz", "w:gz") as tar:
-            tar.add(folder, arcname="cifar-100-python")
+        with tarfile.open(root / f"{layout.folder}.tar.gz", "w:gz") as tar:
+            tar.add(folder, arcname=layout.folder)
         shutil.rmtree(folder)
     return root
 
 
-def test_cifar_folder_and_archive_read_the_same(tmp_path):
-    a = load_cifar100(write_cifar(tmp_path / "a"))
-    b = load_cifar100(write_cifar(tmp_path / "b", archive=True))
-    assert a[0][0].shape == (64, 3, 32, 32) and a[1][0].shape == (32, 3, 32, 32)
+@pytest.mark.parametrize("name, n_train", [("cifar100", 64), ("cifar10", 60)])
+def test_cifar_folder_and_archive_read_the_same(tmp_path, name, n_train):
+    a = load_cifar(write_cifar(tmp_path / "a", n_train=n_train, name=name), name)
+    b = load_cifar(write_cifar(tmp_path / "b", n_train=n_train, archive=True, name=name), name)
+    assert a[0][0].shape == (n_train, 3, 32, 32) and a[1][0].shape == (32, 3, 32, 32)
     assert all(np.array_equal(x, y) for x, y in zip(a[0] + a[1], b[0] + b[1]))
+    train, test = load_dataset(name, tmp_path / "a")
+    assert train.num_classes == CIFAR[name].classes and train.augment and len(test.labels) == 32
 
 
 def test_digits_and_longrange():
@@ -142,8 +147,8 @@ def test_wrong_files_in_data_dir(tmp_path, capsys):
     (tmp_path / "cifar-100-python").mkdir()
     (tmp_path / "cifar-100-python" / "train").write_bytes(b"not a pickle")
     (tmp_path / "cifar-100-python" / "test").write_bytes(b"not a pickle")
-    with pytest.raises(DataError, match="is not a CIFAR-100 python-pickle batch"):
-        load_cifar100(tmp_path)
+    with pytest.raises(DataError, match="is not a CIFAR python-pickle batch"):
+        load_cifar(tmp_path)
 
 
 def assert_refused_by_eval_and_resume(path, message, tmp_path, capsys) -> None:
@@ -281,3 +286,44 @@ def test_skip_finished_resumes_a_table_trained_in_sittings(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "seed 0: already trained to its end" in out and "seed 1: checkpoint" in out
     assert store.load_training(db).groupby("seed").run_id.nunique().tolist() == [1, 1]
+
+
+def test_lr_auto_chooses_on_held_out_training_images_and_stores_how(tmp_path, capsys):
+    import re
+
+    from attnbench.tables import accuracy_table
+    from attnbench.train import LR_CANDIDATES
+
+    db = tmp_path / "r.sqlite"
+    assert main(["train", "--dataset", "digits", "--model", "conv_probe", "--width", "0.5", "--batch", "128",
+                 "--steps", "8", "--lr", "auto", "--db", str(db), "--out", str(tmp_path / "run")]) == 0
+    rows = store.load_training(db)
+    source = rows.lr_source.iloc[-1]
+    scores = {float(lr): float(top1) for lr, top1 in re.findall(r"([\d.]+) \(([\d.]+) %\)", source)}
+    held = int(len(load_dataset("digits")[0].labels) * 0.1)  # a tenth of the training split
+    assert set(scores) == set(LR_CANDIDATES) and f"on {held} held-out training images" in source
+    best = max(scores, key=lambda lr: (scores[lr], -lr))
+    assert source.startswith(f"validation: {best:g} of") and set(rows.lr) == {best}
+    assert "seed 0: learning rate validation" in capsys.readouterr().out
+    assert accuracy_table(store.load_results(db), rows).lr.tolist() == [f"auto: {best:g}"]
+
+
+def test_match_picks_the_width_with_the_reference_cost(tmp_path, capsys):
+    import attnbench
+
+    def params(model, width):
+        return sum(p.numel() for p in attnbench.build_model(model, num_classes=10, width=width, stem="cifar",
+                                                            image_size=32).parameters())
+
+    db = tmp_path / "r.sqlite"
+    assert main(["train", "--dataset", "digits", "--model", "gsa_probe", "--match", "params", "--batch", "128",
+                 "--steps", "2", "--db", str(db), "--out", str(tmp_path / "run")]) == 0
+    rows = store.load_training(db)
+    width, target = rows.width.iloc[-1], params("conv_probe", 1.0)
+    assert abs(params("gsa_probe", width) - target) <= 0.05 * target
+    assert rows.params.iloc[-1] == params("gsa_probe", width) and width != 1.0
+    assert rows.width_source.iloc[-1].startswith("matched to conv_probe at width 1 in params: ")
+    code = main(["train", "--dataset", "digits", "--model", "local_probe", "--match", "params", "--steps", "2",
+                 "--out", str(tmp_path / "no")])
+    err = capsys.readouterr().err
+    assert code == 2 and "No width of local_probe matches conv_probe's params" in err and "closest is width" in err
