@@ -28,14 +28,9 @@ def results_for(db: str, cases: Sequence[Case], records: Sequence[Record] = ()) 
     fresh = {r.case.key: r.row() for r in records}
     envs = {c.device: environment(c.device).key for c in cases if c.key not in fresh}
     stored = store.load_results(db, env_keys=set(envs.values())) if envs and os.path.exists(db) else None
-    rows = []
-    for case in cases:
-        if case.key in fresh:
-            rows.append(fresh[case.key])
-        elif stored is not None:
-            match = stored[(stored.case_key == case.key) & (stored.env_key == envs[case.device])]
-            rows += match.to_dict("records")
-    return pd.DataFrame(rows, columns=store.NAMES)
+    held = {} if stored is None else {(row["case_key"], row["env_key"]): row for row in stored.to_dict("records")}
+    rows = [fresh.get(c.key) or held.get((c.key, envs.get(c.device))) for c in cases]
+    return pd.DataFrame([row for row in rows if row is not None], columns=store.NAMES)
 
 
 def run(
@@ -52,9 +47,9 @@ def run(
     """Run a sweep (its options as :func:`plan` takes them, or its ``cases`` planned already) and return
     its rows, stored ones included.
 
-    Every case runs in its own process; cases already stored for this environment are not run
-    again unless ``force``, except failures that may now succeed (a time-out given more time, a case
-    that now fits in memory; all failures with ``retry_failed``).
+    Cases run in worker processes (see :mod:`attnbench.harness`); cases already stored for this
+    environment are not run again unless ``force``, except failures that may now succeed (a time-out
+    given more time, a case that now fits in memory; all failures with ``retry_failed``).
     """
     cases = plan(**sweep) if cases is None else list(cases)
     records = run_cases(cases, db, timeout=timeout, min_run_time=min_run_time, force=force,

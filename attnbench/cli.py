@@ -59,7 +59,7 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpF
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text, default = action.help or "", action.default
-        if "default" in text or default in (None, False, "", argparse.SUPPRESS):
+        if "default" in text or default is None or default is False or default == "" or default == argparse.SUPPRESS:
             return text
         return f"{text} (default: {','.join(map(str, default)) if isinstance(default, list) else default})"
 
@@ -253,14 +253,21 @@ def _write_text(path: str, text: str) -> None:
         raise UsageError(f"cannot write {path}: {e.strerror or e}.") from None
 
 
-def _plan(args: argparse.Namespace) -> list:
-    """The cases of the sweep the arguments describe (see :func:`add_sweep_arguments`)."""
+def _sweep_fields(args: argparse.Namespace) -> dict:
+    """The sweep the arguments describe (see :func:`add_sweep_arguments`), as ``Sweep``'s fields."""
     from dataclasses import fields
 
     from attnbench.sweep import Sweep
 
+    return {f.name: getattr(args, f.name) for f in fields(Sweep) if hasattr(args, f.name)}
+
+
+def _plan(args: argparse.Namespace) -> list:
+    """The cases of the sweep the arguments describe."""
+    from attnbench.sweep import Sweep
+
     try:
-        return Sweep(**{f.name: getattr(args, f.name) for f in fields(Sweep) if hasattr(args, f.name)}).cases()
+        return Sweep(**_sweep_fields(args)).cases()
     except ValueError as e:
         raise UsageError(str(e)) from None
 
@@ -327,16 +334,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _max_res(args: argparse.Namespace) -> int:
     """``run --max-res``: the largest side of each case that runs, by doubling then bisection."""
-    from dataclasses import fields
-
     from attnbench import api, store
-    from attnbench.sweep import Sweep
 
     if args.res:
         raise UsageError("--max-res finds the resolution: leave out --res.")
     if args.launcher or args.shard:
         raise UsageError("--max-res searches here, one case at a time: leave out --launcher and --shard.")
-    sweep = {f.name: getattr(args, f.name) for f in fields(Sweep) if hasattr(args, f.name) and f.name != "res"}
+    sweep = {k: v for k, v in _sweep_fields(args).items() if k != "res"}
     try:
         api.plan(**sweep, res=[1])  # every check before anything runs
     except ValueError as e:
@@ -362,16 +366,14 @@ def _max_res(args: argparse.Namespace) -> int:
 
 def _launch(args: argparse.Namespace) -> int:
     """``run`` through a launcher: the sweep as a job array, its shard stores merged into --db."""
-    from dataclasses import fields
-
-    from attnbench.launch import LaunchError, launch
+    from attnbench.launch import LaunchError, jobs_folder, launch
     from attnbench.sweep import Sweep
 
     if args.launcher == "local" and args.partition:
         raise UsageError("--partition applies to --launcher slurm.")
     if args.shard or args.results_file or args.json or args.pivot:
         raise UsageError("--shard, --results-file, --json and --pivot apply to a sweep run here, not launched.")
-    sweep = Sweep(**{f.name: getattr(args, f.name) for f in fields(Sweep) if hasattr(args, f.name)})
+    sweep = Sweep(**_sweep_fields(args))
     run = dict(timeout=args.timeout, min_run_time=args.min_run_time, force=args.force, retry_failed=args.retry_failed)
     try:
         merged = launch(sweep, db=args.db, launcher=args.launcher, jobs=args.jobs or 1, partitions=args.partition or [],
@@ -379,7 +381,7 @@ def _launch(args: argparse.Namespace) -> int:
     except LaunchError as e:
         raise UsageError(str(e)) from None
     print(f"{args.jobs or 1} tasks per partition finished; {merged.added} new rows merged into {args.db} "
-          f"(shard stores and logs under {Path(args.db).with_name(Path(args.db).stem + '-jobs')})")
+          f"(shard stores and logs under {jobs_folder(args.db)})")
     return 0
 
 
