@@ -28,7 +28,8 @@ its ``reference`` implementation. While a module captures attention maps
 since that is the one that records them.
 
 Variants register themselves with :func:`register_variant`; ``attnbench.variants`` imports
-each variant module explicitly.
+each built-in variant module explicitly, and other packages add theirs through the
+``attnbench.variants`` entry-point group (see the README's "Plugins").
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ import contextlib
 import dataclasses
 import difflib
 import fnmatch
+import importlib.metadata
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -312,9 +315,27 @@ def set_impl(module: nn.Module, impl: str) -> nn.Module:
     return module
 
 
+PLUGIN_GROUP = "attnbench.variants"  # the entry-point group through which other packages add variants
+_PLUGINS: dict[str, str] = {}  # entry point -> "loaded", or why it could not be
+
+
 def _load_variants() -> None:
-    """Import the built-in variants (and their implementations), once: they register themselves."""
+    """Import the built-in variants (and their implementations), then every installed plugin's (an entry
+    point of ``PLUGIN_GROUP`` naming a module that registers its variants on import), once. A plugin that
+    fails to load is reported in a warning and left out; the others and the built-ins stay usable."""
     import attnbench.variants  # noqa: F401
+
+    if _PLUGINS:
+        return
+    _PLUGINS[""] = "started"  # a plugin that lists variants while it loads does not load the plugins again
+    for entry in importlib.metadata.entry_points(group=PLUGIN_GROUP):
+        try:
+            entry.load()
+            _PLUGINS[entry.name] = "loaded"
+        except Exception as err:  # noqa: BLE001 - a broken plugin must not take attnbench down with it
+            _PLUGINS[entry.name] = f"{type(err).__name__}: {err}"
+            warnings.warn(f"attnbench: the variant plugin '{entry.name}' ({entry.value}) did not load: "
+                          f"{_PLUGINS[entry.name]}", stacklevel=3)
 
 
 def list_variants(pattern: str = "*") -> list[str]:
