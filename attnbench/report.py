@@ -210,7 +210,8 @@ def _write_report(frame: pd.DataFrame, training: pd.DataFrame, dbs: Sequence[str
     if len(training):
         acc = accuracy_table(frame, training)
         _write_table(rep, out, "accuracy", acc)
-        index += ["", "## Accuracy against cost\n", "- [last epoch of every training run](tables/accuracy.md)"]
+        index += ["", "## Accuracy against cost\n", "- [each trained setup over its seeds: test and train top-1 "
+                  "(mean, std, n), steps, cost, and its standing against the best](tables/accuracy.md)"]
         for (dataset, device), t in acc.groupby(["dataset", "device"], sort=True):
             tag = f"{dataset}_{slug(device)}"
             _write_figure(rep, out, f"accuracy_macs_{tag}", accuracy_figure(
