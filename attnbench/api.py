@@ -26,7 +26,7 @@ def results_for(db: str, cases: Sequence[Case], records: Sequence[Record] = ()) 
     """The rows of ``cases``, in their order: ``records`` just measured, and for the others what the store
     holds for this machine's environment (read from the store, only those)."""
     fresh = {r.case.key: r.row() for r in records}
-    envs = {c.device: environment(c.device).key for c in cases if c.key not in fresh}
+    envs = {d: environment(d).key for d in {c.device for c in cases if c.key not in fresh}}  # once per device
     stored = store.load_results(db, env_keys=set(envs.values())) if envs and os.path.exists(db) else None
     held = {} if stored is None else {(row["case_key"], row["env_key"]): row for row in stored.to_dict("records")}
     rows = [fresh.get(c.key) or held.get((c.key, envs.get(c.device))) for c in cases]

@@ -19,7 +19,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -78,7 +78,29 @@ def _is_oom(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
 
 
-Counts = dict  # params, params_trainable, macs_per_image, macs_counter, uncounted_ops of one case's shape
+@dataclass(frozen=True)
+class Counts:
+    """Parameters and MACs of one shape (:func:`shape_key`): counted by its first case, handed to the others."""
+
+    params: int
+    params_trainable: int
+    macs_per_image: int
+    macs_counter: str
+    uncounted_ops: str | dict[str, int]  # {op: count}, or its JSON text as a Measurement stores it
+
+    @classmethod
+    def of(cls, measurement: Measurement, batch: int) -> Counts | None:
+        """What a measured case counted (None when it counted nothing)."""
+        if measurement.macs is None:
+            return None
+        return cls(measurement.params, measurement.params_trainable, measurement.macs // batch,
+                   measurement.macs_counter, measurement.uncounted_ops)
+
+    def fields(self, batch: int) -> dict:
+        """The measurement fields of a case of this shape with ``batch`` images."""
+        return {"params": self.params, "params_trainable": self.params_trainable,
+                "macs": self.macs_per_image * batch, "macs_counter": self.macs_counter,
+                "uncounted_ops": self.uncounted_ops}
 
 
 def shape_key(case: Case) -> tuple:
@@ -113,10 +135,9 @@ def measure_case(case: Case, min_run_time: float = MIN_RUN_TIME_S, counts: Count
             x = x.contiguous(memory_format=torch.channels_last)
         if counts is None:
             count = analyse_macs(module, x[:1])
-            counts = {**count_params(module), "macs_per_image": count.macs, "macs_counter": "fvcore+attnbench",
-                      "uncounted_ops": count.uncounted_ops}
-        record.update({k: v for k, v in counts.items() if k != "macs_per_image"},
-                      macs=counts["macs_per_image"] * case.batch)
+            counts = Counts(**count_params(module), macs_per_image=count.macs, macs_counter="fvcore+attnbench",
+                            uncounted_ops=count.uncounted_ops)
+        record.update(counts.fields(case.batch))
         autocast = DTYPES[case.amp] if case.amp else None
         if case.compile:
             module = torch.compile(module, mode=case.compile)
@@ -345,7 +366,7 @@ def run_cases(
     counted: dict[tuple, Counts] = {}  # parameters and MACs, counted once per shape (shape_key)
     lock = threading.Lock()  # devices run in threads of their own: one caller of on_case at a time
 
-    def device_cases(device: str, mine: list[Case]) -> list[tuple[int, Record]]:
+    def device_cases(device: str, mine: list[tuple[int, Case]]) -> list[tuple[int, Record]]:
         records = []
         with store.Writer(db) as writer, Worker(device) as worker:
             for i, case in mine:
@@ -361,11 +382,9 @@ def run_cases(
                 if peak_key not in peaks:
                     peaks[peak_key] = matmul_peak_gflops(case.device, DTYPES[case.dtype], case.threads)
                 measurement, env = worker.run(case, timeout, min_run_time, counted.get(shape_key(case)))
-                if measurement.macs is not None and shape_key(case) not in counted:
-                    counted[shape_key(case)] = {
-                        "params": measurement.params, "params_trainable": measurement.params_trainable,
-                        "macs_per_image": measurement.macs // case.batch, "macs_counter": measurement.macs_counter,
-                        "uncounted_ops": measurement.uncounted_ops}
+                counts = Counts.of(measurement, case.batch)
+                if counts is not None:
+                    counted.setdefault(shape_key(case), counts)
                 record = Record(case, replace(measurement, device_peak_gflops=peaks[peak_key]), env, run_id)
                 writer.write(record, replace=force or again)
                 records.append((i, record))
@@ -378,13 +397,12 @@ def run_cases(
     for i, case in enumerate(cases):
         by_device.setdefault(case.device, []).append((i, case))
     gpus = [d for d in by_device if torch.device(d).type == "cuda"]
+    parallel = gpus if len(gpus) > 1 else []  # every GPU at once; the rest after, one device at a time, alone
     done_records: list[tuple[int, Record]] = []
-    if len(gpus) > 1:  # every GPU at once; CPU cases after them, alone, so that nothing else times meanwhile
-        with ThreadPoolExecutor(len(gpus), thread_name_prefix="attnbench-gpu") as pool:
-            for records in pool.map(lambda d: device_cases(d, by_device[d]), gpus):
+    if parallel:
+        with ThreadPoolExecutor(len(parallel), thread_name_prefix="attnbench-gpu") as pool:
+            for records in pool.map(lambda d: device_cases(d, by_device[d]), parallel):
                 done_records += records
-    else:
-        gpus = []
-    for device in [d for d in by_device if d not in gpus]:
+    for device in [d for d in by_device if d not in parallel]:
         done_records += device_cases(device, by_device[device])
     return [record for _, record in sorted(done_records, key=lambda pair: pair[0])]

@@ -194,8 +194,9 @@ def tune_lr(cfg: TrainConfig, out: str | Path, candidates: tuple[float, ...] = L
     order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 7919))
     held = order[: int(n * VALIDATION_SHARE)]
     fit = order[int(n * VALIDATION_SHARE):]
-    part = lambda idx, augment: Dataset(train_set.name, train_set.images[idx], train_set.labels[idx],  # noqa: E731
-                                        train_set.num_classes, augment)
+    def part(idx: torch.Tensor, augment: bool) -> Dataset:
+        return Dataset(train_set.name, train_set.images[idx], train_set.labels[idx], train_set.num_classes, augment)
+
     data = (part(fit, train_set.augment), part(held, False))
     run_steps = cfg.steps or cfg.epochs * (len(fit) // cfg.batch)
     budget = max(1, int(run_steps * TUNING_SHARE))

@@ -488,7 +488,7 @@ def test_results_file_holds_the_sweeps_rows(capsys, tmp_path):
 
 
 def test_params_and_macs_are_counted_once_per_shape_and_reused(tmp_path):
-    from attnbench.harness import measure_case, run_cases, shape_key
+    from attnbench.harness import Counts, measure_case, run_cases, shape_key
     from attnbench.sweep import expand
 
     cases = expand(variants=["gsa"], res=[8], batch=[1, 3], dims=[8], dtypes=["fp32", "bf16"], devices=["cpu"],
@@ -499,7 +499,7 @@ def test_params_and_macs_are_counted_once_per_shape_and_reused(tmp_path):
     assert [r.measurement.macs for r in records] == [per_image * c.batch for c in cases]
     assert {r.measurement.params for r in records} == {sum(p.numel() for p in
                                                            attnbench.build_variant("gsa", 8, size=8).parameters())}
-    given = {"params": 1, "params_trainable": 1, "macs_per_image": 7, "macs_counter": "given", "uncounted_ops": "{}"}
+    given = Counts(params=1, params_trainable=1, macs_per_image=7, macs_counter="given", uncounted_ops="{}")
     m = measure_case(cases[1], 0.01, counts=given)  # counts handed in are taken, not counted again
     assert (m.status, m.macs, m.params, m.macs_counter) == ("ok", 7 * cases[1].batch, 1, "given")
 
