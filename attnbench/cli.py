@@ -191,7 +191,7 @@ def positive_float(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
     if not value > 0 or math.isinf(value):
-        raise argparse.ArgumentTypeError(f"{value} must be a positive number of seconds")
+        raise argparse.ArgumentTypeError(f"{value} must be a positive number")
     return value
 
 
@@ -494,6 +494,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if len(seeds) > 1 and args.resume:
         raise UsageError("--resume continues one run: give one seed.")
     auto = args.lr == "auto"
+    options = _train_options(args.model, args.opt)
     width, width_source = args.width, "given"
     if args.match:
         reference = args.match_to or _conv_of(args.model)
@@ -503,7 +504,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         try:
             width, cost, target = match_width(args.model, reference, args.match, num_classes=CLASSES[args.dataset],
-                                              reference_width=args.width, stem=args.stem)
+                                              reference_width=args.width, stem=args.stem, options=options)
         except TrainError as e:
             raise UsageError(str(e)) from None
         width_source = (f"matched to {reference} at width {args.width:g} in {args.match}: {cost:,} against "
@@ -513,7 +514,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                       batch=args.batch, lr=0.0 if auto else args.lr, momentum=args.momentum,
                       weight_decay=args.weight_decay,
                       width=width, stem=args.stem, dtype=args.dtype, device=args.device, seed=seeds[0],
-                      steps=args.steps, plateau=args.plateau)
+                      steps=args.steps, plateau=args.plateau, options=options)
     outs = {seed: (f"{args.out}/s{seed}" if args.out and len(seeds) > 1 else args.out)
             or f"runs/{args.model}-{args.dataset}-s{seed}" for seed in seeds}
     for out in outs.values():
@@ -540,6 +541,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_options(model: str, opts: list[str]) -> str:
+    """``--opt`` items as the run stores them (``key=value,...``, sorted), checked against the model's variant."""
+    from attnbench.record import parse_options
+    from attnbench.registry import get_variant_spec
+    from attnbench.sweep import variant_options
+
+    if not opts:
+        return ""
+    variant = model.partition("_")[0]
+    try:
+        options = variant_options([variant], opts)[variant]
+        get_variant_spec(variant).make_config(64, **parse_options(options))
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"--opt for {model}: {e}" if "--opt" not in str(e) else str(e)) from None
+    return options
+
+
 def _conv_of(model: str) -> str:
     """The convolution network of the same family: conv_probe for gsa_probe, conv_resnet26 for gsa_resnet26."""
     variant, _, rest = model.partition("_")
@@ -557,7 +575,8 @@ def _finished_seeds(db: str | None, cfg, auto: bool) -> set[int]:
     same = rows[rows.stopped.notna()]
     if auto:
         same = same[same.lr_source.fillna("").str.startswith("validation")]
-    for name in ("model", "dataset", "batch", "width", "stem", "dtype", "steps", "plateau") + (() if auto else ("lr",)):
+    for name in ("model", "dataset", "batch", "width", "stem", "dtype", "steps", "plateau", "options") + (
+            () if auto else ("lr",)):
         value = getattr(cfg, name)
         same = same[same[name].isna()] if value is None else same[same[name] == value]
     return set(int(seed) for seed in same.seed)
@@ -689,6 +708,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="optimizer steps in all, instead of --epochs (the schedule spans them)")
     tr.add_argument("--plateau", type=positive_int("plateau"), default=None, metavar="EPOCHS",
                     help="stop once the training loss has not improved by 1 %% in this many epochs")
+    tr.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                    help="a variant option of the network (e.g. zero_init=false, heads=4); repeat for several")
     tr.add_argument("--match", choices=("params", "macs"), default=None,
                     help="choose the width so that the network has the parameters (or MACs per image) of --match-to "
                          "at --width, within 5 %%")

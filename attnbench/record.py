@@ -207,6 +207,7 @@ class Epoch:
     seed: int | None = None
     steps: int | None = None  # the step budget asked for (None: epochs x steps per epoch)
     plateau: int | None = None  # the plateau rule's patience in epochs (None: off)
+    options: str = ""  # the variant's options set for the run, "key=value,..." ("" for its defaults)
     environment: Environment = field(default_factory=Environment)
 
     def row(self) -> dict[str, object]:

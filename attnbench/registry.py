@@ -75,6 +75,10 @@ class VariantConfig:
                 raise ValueError(f"Invalid {name}={value!r}: {name} must be a positive integer.")
         if self.stride not in (1, 2):
             raise ValueError(f"Invalid stride={self.stride!r}: stride must be 1 or 2.")
+        for f in dataclasses.fields(self):  # a switch takes true or false, not any word
+            value = getattr(self, f.name)
+            if isinstance(f.default, bool) and not isinstance(value, bool):
+                raise ValueError(f"Invalid {f.name}={value!r}: {f.name} must be true or false.")
 
     def check_heads(self, halves: str | None = None) -> None:
         """``heads`` is positive and divides ``dim``; with ``halves`` (what the two halves of a head hold),

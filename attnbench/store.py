@@ -42,11 +42,13 @@ BACKFILL = {
     **{("results", name): f"UPDATE results SET {name} = {int(value) if isinstance(value, bool) else repr(value)}"
        for name, value in CASE_DEFAULTS.items()},
     ("training", "macs_per_image"): "UPDATE training SET macs_per_image = macs",  # the column's older name
+    ("training", "options"): "UPDATE training SET options = ''",  # runs before it trained with the defaults
 }
 READ_FILL = {
     ("results", "impl"): lambda frame: frame.variant.map(LEGACY_IMPLS),
     **{("results", name): (lambda frame, value=value: value) for name, value in CASE_DEFAULTS.items()},
     ("training", "macs_per_image"): lambda frame: frame["macs"] if "macs" in frame else None,
+    ("training", "options"): lambda frame: "",
 }
 
 TRAINING_COLUMNS = EPOCH_COLUMNS  # one row per epoch of a training run (attnbench train)

@@ -25,7 +25,7 @@ from torch import nn
 from attnbench import store
 from attnbench.data import Dataset, augment, load_dataset
 from attnbench.env import environment
-from attnbench.record import Epoch
+from attnbench.record import Epoch, parse_options
 
 CHECKPOINT_FORMAT = "attnbench-checkpoint-1"
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16}
@@ -52,11 +52,12 @@ class TrainConfig:
     seed: int = 0  # weights, data order, augmentation and the data split
     steps: int | None = None  # optimizer steps in all (the schedule spans them); None: epochs x steps per epoch
     plateau: int | None = None  # stop once the training loss has not improved by PLATEAU_GAIN in this many epochs
+    options: str = ""  # the variant's options, "key=value,..." sorted as a sweep's cases spell them ("" for none)
 
 
 PLATEAU_GAIN = 0.01  # a relative improvement of the training loss under 1 % is no improvement
 MATH_FIELDS = ("model", "dataset", "epochs", "batch", "lr", "momentum", "weight_decay", "width", "stem", "seed",
-               "steps")
+               "steps", "options")
 
 
 def plateaued(losses: list[float], patience: int) -> bool:
@@ -72,7 +73,8 @@ def build(cfg: TrainConfig, num_classes: int) -> nn.Module:
     from attnbench.models import build_model
 
     torch.manual_seed(cfg.seed)
-    return build_model(cfg.model, num_classes=num_classes, stem=cfg.stem, width=cfg.width, image_size=32)
+    return build_model(cfg.model, num_classes=num_classes, stem=cfg.stem, width=cfg.width, image_size=32,
+                       **parse_options(cfg.options))
 
 
 def evaluate(model: nn.Module, data: Dataset, *, batch: int = 256, device: str = "cpu",
@@ -145,26 +147,28 @@ MATCH_TOLERANCE = 0.05  # --match: within 5 % of the reference network's paramet
 WIDTHS = tuple(i / 16 for i in range(8, 129))  # the width multipliers --match tries: 0.5 to 8, by 1/16
 
 
-def network_cost(model: str, metric: str, *, width: float, num_classes: int, stem: str = "cifar") -> int:
-    """Parameters, or MACs per 32 x 32 image, of ``model`` at ``width``."""
+def network_cost(model: str, metric: str, *, width: float, num_classes: int, stem: str = "cifar",
+                 options: str = "") -> int:
+    """Parameters, or MACs per 32 x 32 image, of ``model`` at ``width`` with its variant's ``options``."""
     from attnbench.measure.macs import count_macs
     from attnbench.measure.params import count_params
     from attnbench.models import build_model
 
-    net = build_model(model, num_classes=num_classes, stem=stem, width=width, image_size=32)
+    net = build_model(model, num_classes=num_classes, stem=stem, width=width, image_size=32, **parse_options(options))
     return count_params(net)["params"] if metric == "params" else count_macs(net, torch.randn(1, 3, 32, 32))
 
 
 def match_width(model: str, reference: str, metric: str, *, num_classes: int, reference_width: float = 1.0,
-                stem: str = "cifar") -> tuple[float, int, int]:
-    """The width multiplier at which ``model`` costs what ``reference`` (at ``reference_width``) costs, in
-    parameters or MACs: the closest of ``WIDTHS`` that builds, if within ``MATCH_TOLERANCE``. Returns
-    (width, the model's cost, the reference's); TrainError when no width comes that close."""
+                stem: str = "cifar", options: str = "") -> tuple[float, int, int]:
+    """The width multiplier at which ``model`` (with its variant's ``options``) costs what ``reference`` (at
+    ``reference_width``, with its defaults) costs, in parameters or MACs: the closest of ``WIDTHS`` that
+    builds, if within ``MATCH_TOLERANCE``. Returns (width, the model's cost, the reference's); TrainError
+    when no width comes that close."""
     target = network_cost(reference, metric, width=reference_width, num_classes=num_classes, stem=stem)
     best: tuple[float, float, int] | None = None  # (relative gap, width, cost)
     for width in WIDTHS:
         try:
-            cost = network_cost(model, metric, width=width, num_classes=num_classes, stem=stem)
+            cost = network_cost(model, metric, width=width, num_classes=num_classes, stem=stem, options=options)
         except ValueError:  # a width the variant's options do not allow (heads, even head widths)
             continue
         gap = abs(cost - target) / target
@@ -309,7 +313,7 @@ def train(cfg: TrainConfig, *, out: str | Path, db: str | Path | None = None, re
             })
             if db is not None:
                 setup = {k: getattr(cfg, k) for k in ("model", "dataset", "batch", "lr", "width", "stem", "dtype",
-                                                     "device", "seed", "steps", "plateau")}
+                                                     "device", "seed", "steps", "plateau", "options")}
                 store.write_training(db, Epoch(run_id=run_id, epochs=epochs, **setup, **metrics, world_size=world,
                                                params=params, macs_per_image=macs, lr_source=lr_source,
                                                width_source=width_source,

@@ -2,19 +2,27 @@
 # The reference accuracy table, sized for a 2-core CPU: every variant's probe network (16 channels) on
 # the longrange probe and on digits, three seeds each, the learning rate chosen per variant and seed on
 # held-out training images (--lr auto), each run to a step budget or until its training loss plateaus;
-# then the probes' inference cost at 32 x 32, all into one results store. Finished runs are skipped,
-# so the script may be run in several sittings (it takes hours on 2 cores).
+# non-local twice, with the paper's zero-initialised output scale and with it started at 1; then the
+# probes' inference cost at 32 x 32, all into one results store. Finished runs are skipped, so the
+# script may be run in several sittings (it takes hours on 2 cores).
 #   bash benchmarks/accuracy.sh [reports/results.sqlite] [variants] [seeds]
 set -euo pipefail
 db=${1:-reports/results.sqlite}
 variants=${2:-conv nonlocal gsa axial local}
 seeds=${3:-0,1,2}
-for v in $variants; do
-  attnbench train --model "${v}_probe" --dataset longrange --steps 1500 --plateau 3 --batch 64 --lr auto \
-    --seeds "$seeds" --out "runs/${v}_probe-longrange" --db "$db" --skip-finished
-done
-for v in $variants; do
-  attnbench train --model "${v}_probe" --dataset digits --steps 600 --plateau 3 --batch 64 --lr auto \
-    --seeds "$seeds" --out "runs/${v}_probe-digits" --db "$db" --skip-finished
+budget() { case $1 in longrange) echo 1500 ;; digits) echo 600 ;; esac; }
+for dataset in longrange digits; do
+  for v in $variants; do
+    attnbench train --model "${v}_probe" --dataset "$dataset" --steps "$(budget "$dataset")" --plateau 3 \
+      --batch 64 --lr auto --seeds "$seeds" --out "runs/${v}_probe-$dataset" --db "$db" --skip-finished
+    if [ "$v" = nonlocal ]; then
+      attnbench train --model nonlocal_probe --opt zero_init=false --dataset "$dataset" \
+        --steps "$(budget "$dataset")" --plateau 3 --batch 64 --lr auto --seeds "$seeds" \
+        --out "runs/nonlocal_probe-scale1-$dataset" --db "$db" --skip-finished
+    fi
+  done
 done
 attnbench run --arch probe --res 32 --batch 1 --variants "$(echo "$variants" | tr ' ' ',')" --db "$db"
+if [[ " $variants " == *" nonlocal "* ]]; then
+  attnbench run --arch probe --res 32 --batch 1 --variants nonlocal --opt zero_init=false --db "$db"
+fi

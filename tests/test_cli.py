@@ -155,7 +155,7 @@ def test_retry_failed_measures_stored_failures_again(capsys, tmp_path):
         (["--shard", "3/2"], "shard 3/2 is out of range"),
         (["--shard", "x"], "shard 'x' must be i/n"),
         (["--mode", "fast"], "Unknown mode 'fast'"),
-        (["--timeout", "0"], "must be a positive number of seconds"),
+        (["--timeout", "0"], "must be a positive number"),
         (["--threads", "1,2"], "threads takes one value, not the list '1,2'"),
         (["--threads", "100000"], "Invalid threads=100000: at most 4 per core"),
         (["--arch", "resnet7"], "Unknown architecture 'resnet7'. Available: probe, resnet101, resnet26"),

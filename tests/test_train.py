@@ -13,7 +13,7 @@ import torch
 from attnbench import store
 from attnbench.cli import main
 from attnbench.data import CIFAR, PATTERNS, DataError, augment, load_cifar, load_dataset, make_longrange
-from attnbench.train import TrainConfig, TrainError, evaluate_checkpoint, load_checkpoint, train
+from attnbench.train import TrainConfig, TrainError, build, evaluate_checkpoint, load_checkpoint, train
 
 TINY = ["--model", "resnet26", "--width", "0.25", "--stem", "cifar", "--batch", "16", "--lr", "0.05"]
 
@@ -327,3 +327,31 @@ def test_match_picks_the_width_with_the_reference_cost(tmp_path, capsys):
                  "--out", str(tmp_path / "no")])
     err = capsys.readouterr().err
     assert code == 2 and "No width of local_probe matches conv_probe's params" in err and "closest is width" in err
+
+
+def test_variant_options_reach_the_network_are_stored_and_make_their_own_setup(tmp_path, capsys):
+    from attnbench.tables import accuracy_table
+
+    db = tmp_path / "r.sqlite"
+    common = ["train", "--dataset", "longrange", "--model", "nonlocal_probe", "--batch", "128", "--steps", "1",
+              "--db", str(db), "--skip-finished"]
+    assert main([*common, "--out", str(tmp_path / "zero")]) == 0
+    assert main([*common, "--opt", "zero_init=false", "--out", str(tmp_path / "one")]) == 0
+    assert main([*common, "--opt", "zero_init=false", "--out", str(tmp_path / "again")]) == 0
+    assert "seed 0: already trained to its end" in capsys.readouterr().out  # the same setup, options included
+    # the network each run's stored config builds: the output batch norm's scale starts at 0 by default, at 1
+    # with the option
+    scales = {}
+    for name in ("zero", "one"):
+        net = build(TrainConfig(**load_checkpoint(tmp_path / name / "checkpoint.pt")["config"]), 2)
+        scales[name] = {float(v) for k, t in net.state_dict().items() if k.endswith("bn.weight") for v in t.unique()}
+    assert scales == {"zero": {0.0}, "one": {1.0}}
+    rows = store.load_training(db)
+    assert sorted(rows.groupby("run_id").options.first()) == ["", "zero_init=False"]
+    table = accuracy_table(store.load_results(db), rows)
+    assert sorted(table.model) == ["nonlocal_probe", "nonlocal_probe (zero_init=False)"]
+    assert main([*common, "--opt", "zero_init=maybe", "--out", str(tmp_path / "bad")]) == 2
+    assert main([*common, "--opt", "span=3", "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert "--opt for nonlocal_probe: Invalid zero_init='maybe': zero_init must be true or false" in err
+    assert "no variant of this sweep has an option 'span'" in err
