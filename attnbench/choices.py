@@ -11,7 +11,7 @@ MODES = ("infer", "train")  # eval forward without grad; forward + backward
 AMP_DTYPES = ("bf16", "fp16")  # --amp: autocast to this dtype, weights kept in --dtype
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile
 SCOPES = ("module", "model")
-DATASETS = ("cifar100", "cifar10", "digits", "longrange")
+DATASETS = ("cifar100", "cifar10", "digits", "longrange", "imagefolder")
 DEFAULT_DB = os.path.join("reports", "results.sqlite")
 # generated outputs get folders of their own, never the committed reference report in reports/
 DEFAULT_REPORT = os.path.join("reports", "latest")

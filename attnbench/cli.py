@@ -112,16 +112,23 @@ def non_negative_ints(name: str) -> Callable[[str], list[int]]:
     return parse
 
 
-def positive_int(name: str) -> Callable[[str], int]:
-    """One whole number >= 1, with the same messages as :func:`positive_ints`."""
-    many = positive_ints(name)
-
+def _one(name: str, many: Callable[[str], list[int]]) -> Callable[[str], int]:
     def parse(text: str) -> int:
         if "," in text:
             raise argparse.ArgumentTypeError(f"{name} takes one value, not the list '{text}'")
         return many(text)[0]
 
     return parse
+
+
+def positive_int(name: str) -> Callable[[str], int]:
+    """One whole number >= 1, with the same messages as :func:`positive_ints`."""
+    return _one(name, positive_ints(name))
+
+
+def non_negative_int(name: str) -> Callable[[str], int]:
+    """One whole number >= 0, with the same messages as :func:`non_negative_ints`."""
+    return _one(name, non_negative_ints(name))
 
 
 def variant_list(text: str) -> list[str]:
@@ -514,7 +521,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                       batch=args.batch, lr=0.0 if auto else args.lr, momentum=args.momentum,
                       weight_decay=args.weight_decay,
                       width=width, stem=args.stem, dtype=args.dtype, device=args.device, seed=seeds[0],
-                      steps=args.steps, plateau=args.plateau, options=options)
+                      steps=args.steps, plateau=args.plateau, options=options, image_size=args.image_size,
+                      workers=args.workers)
     outs = {seed: (f"{args.out}/s{seed}" if args.out and len(seeds) > 1 else args.out)
             or f"runs/{args.model}-{args.dataset}-s{seed}" for seed in seeds}
     for out in outs.values():
@@ -568,11 +576,12 @@ def _finished_seeds(db: str | None, cfg, auto: bool) -> set[int]:
     """The seeds of ``cfg``'s setup that the store holds a finished run of (its last epoch says why it
     stopped); with ``auto``, runs whose learning rate was chosen on validation, whatever it was."""
     from attnbench import store
+    from attnbench.train import image_side
 
     if db is None or not Path(db).exists():
         return set()
     rows = store.load_training(db)
-    same = rows[rows.stopped.notna()]
+    same = rows[rows.stopped.notna() & (rows.image_size == image_side(cfg))]
     if auto:
         same = same[same.lr_source.fillna("").str.startswith("validation")]
     for name in ("model", "dataset", "batch", "width", "stem", "dtype", "steps", "plateau", "options") + (
@@ -688,7 +697,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train a network and store its accuracy per epoch (runs under torchrun too)")
     tr.add_argument("--model", required=True, help="any name of `attnbench list`, e.g. gsa_resnet26 or gsa_probe")
     tr.add_argument("--dataset", required=True, choices=DATASETS)
-    tr.add_argument("--data-dir", default=None, help="folder with the data set's files (cifar100, cifar10)")
+    tr.add_argument("--data-dir", default=None,
+                    help="folder with the data set's files: cifar100 and cifar10's archive, or imagefolder's "
+                         "train/<class>/*.jpg and val/<class>/*.jpg")
+    tr.add_argument("--image-size", type=positive_int("image-size"), default=None,
+                    help="imagefolder: the side of the crops the network sees (default: 224)")
+    tr.add_argument("--workers", type=non_negative_int("workers"), default=min(8, os.cpu_count() or 1),
+                    help="imagefolder: processes decoding images (0: in the training process; default: the "
+                         "cores, at most 8)")
     tr.add_argument("--epochs", type=positive_int("epochs"), default=10)
     tr.add_argument("--batch", type=positive_int("batch"), default=128,
                     help="global batch, split over torchrun's processes")

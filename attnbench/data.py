@@ -12,20 +12,26 @@
   pixels early.
 
 Every loader returns float images ``(N, 3, 32, 32)`` normalised per channel, and int64 labels.
+``imagefolder`` (an ImageNet-style tree of image files) is streamed instead: see :mod:`attnbench.imagefolder`.
 """
 
 from __future__ import annotations
 
 import pickle
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from attnbench.choices import DATASETS  # noqa: F401  (re-exported)
+
+if TYPE_CHECKING:
+    from attnbench.imagefolder import ImageFolderSet
 
 
 class DataError(Exception):
@@ -34,11 +40,32 @@ class DataError(Exception):
 
 @dataclass(frozen=True)
 class Dataset:
+    """A data set held in memory. Training and evaluation read it through ``batches`` and
+    ``eval_batches``, which a streaming set (:class:`attnbench.imagefolder.ImageFolderSet`) has too."""
+
     name: str
     images: torch.Tensor  # (N, 3, 32, 32) float32, normalised
     labels: torch.Tensor  # (N,) int64
     num_classes: int
     augment: bool  # random crop + flip while training (natural images only)
+
+    def subset(self, idx: torch.Tensor, augment: bool) -> Dataset:
+        return Dataset(self.name, self.images[idx], self.labels[idx], self.num_classes, augment)
+
+    def batches(self, order: torch.Tensor, generator: torch.Generator, part: slice
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Training batches: row i of ``order`` holds the indices of global batch i; yields this process's
+        ``part`` of each, augmented (drawing from ``generator``) over the whole global batch, so that every
+        process sees what one process would."""
+        for rows in order:
+            x, y = self.images[rows], self.labels[rows]
+            if self.augment:
+                x = augment(x, generator)
+            yield x[part], y[part]
+
+    def eval_batches(self, batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for i in range(0, len(self.labels), batch):
+            yield self.images[i : i + batch], self.labels[i : i + batch]
 
 
 def _split_normalise(train: torch.Tensor, test: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -193,8 +220,23 @@ def make_longrange(n: int, seed: int, distractors: int = 3) -> tuple[torch.Tenso
 # ---- entry point ---------------------------------------------------------------------------------
 
 
-def load_dataset(name: str, data_dir: str | Path | None = None, *, seed: int = 0) -> tuple[Dataset, Dataset]:
-    """(train, test) of data set ``name``; the test split is normalised with the train statistics."""
+IMAGE_SIDE = 32  # of every data set held in memory
+DEFAULT_IMAGEFOLDER_SIDE = 224
+
+
+def load_dataset(name: str, data_dir: str | Path | None = None, *, seed: int = 0, image_size: int | None = None,
+                 workers: int = 0) -> tuple[Dataset, Dataset] | tuple[ImageFolderSet, ImageFolderSet]:
+    """(train, test) of data set ``name``; the test split is normalised with the train statistics.
+    ``imagefolder`` is read from ``data_dir`` as it is used, at ``image_size`` (default 224) in ``workers``
+    processes (:mod:`attnbench.imagefolder`); the others are held in memory, 32 x 32."""
+    if name == "imagefolder":
+        from attnbench.imagefolder import load_imagefolder
+
+        if data_dir is None:
+            raise DataError("imagefolder needs --data-dir: a folder with train/<class>/*.jpg and val/<class>/*.jpg.")
+        return load_imagefolder(data_dir, size=image_size or DEFAULT_IMAGEFOLDER_SIDE, workers=workers)
+    if image_size not in (None, IMAGE_SIDE):
+        raise DataError(f"{name} images are {IMAGE_SIDE} x {IMAGE_SIDE}; --image-size is for imagefolder.")
     if name in CIFAR:
         layout = CIFAR[name]
         if data_dir is None:

@@ -194,7 +194,8 @@ class Epoch:
     images_per_s: float | None = None
     epoch_s: float | None = None
     params: int | None = None
-    macs_per_image: int | None = None  # one 32 x 32 image, one fused multiply-add = 1
+    macs_per_image: int | None = None  # one image of image_size, one fused multiply-add = 1
+    image_size: int | None = None  # the side of the images the network saw (pixels)
     batch: int | None = None
     lr: float | None = None
     lr_source: str | None = None  # how lr was chosen: given, or "validation: ..." (train --lr auto)

@@ -43,12 +43,14 @@ BACKFILL = {
        for name, value in CASE_DEFAULTS.items()},
     ("training", "macs_per_image"): "UPDATE training SET macs_per_image = macs",  # the column's older name
     ("training", "options"): "UPDATE training SET options = ''",  # runs before it trained with the defaults
+    ("training", "image_size"): "UPDATE training SET image_size = 32",  # every data set before it was 32 x 32
 }
 READ_FILL = {
     ("results", "impl"): lambda frame: frame.variant.map(LEGACY_IMPLS),
     **{("results", name): (lambda frame, value=value: value) for name, value in CASE_DEFAULTS.items()},
     ("training", "macs_per_image"): lambda frame: frame["macs"] if "macs" in frame else None,
     ("training", "options"): lambda frame: "",
+    ("training", "image_size"): lambda frame: 32,
 }
 
 TRAINING_COLUMNS = EPOCH_COLUMNS  # one row per epoch of a training run (attnbench train)

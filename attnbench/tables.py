@@ -143,8 +143,8 @@ def published_table() -> pd.DataFrame:
 
 
 def accuracy_table(frame: pd.DataFrame, training: pd.DataFrame) -> pd.DataFrame:
-    """One row per trained setup (data set, network and its variant options, width, learning rate
-    (``auto: ...`` with the rates the seeds chose, for ``--lr auto``), batch, budget), over its seeds:
+    """One row per trained setup (data set and image side, network and its variant options, width,
+    learning rate (``auto: ...`` with the rates the seeds chose, for ``--lr auto``), batch, budget), over its seeds:
     test and train top-1 as mean, standard deviation and n from each run's last epoch, the optimizer steps
     the runs took, their cost (params, MACs, training time and, where the network was also measured at
     model scope at 32 x 32, batch 1, its inference latency), and how it stands against the best of its
@@ -157,7 +157,8 @@ def accuracy_table(frame: pd.DataFrame, training: pd.DataFrame) -> pd.DataFrame:
     measured = frame[(frame.scope == "model") & (frame.status == "ok") & (frame.res == 32) & (frame.batch == 1)]
     for r in measured.itertuples():
         latency[(f"{r.variant}_{r.arch}", r.options, r.device_name)] = r.latency_ms_median
-    keys = ["dataset", "model", "options", "width", "lr", "batch", "steps", "plateau", "device_name", "world_size"]
+    keys = ["dataset", "image_size", "model", "options", "width", "lr", "batch", "steps", "plateau", "device_name",
+            "world_size"]
     tuned = last.lr_source.fillna("").str.startswith("validation")  # --lr auto: one setup, whatever each seed chose
     last = last.assign(time_s=last.run_id.map(time_s), chosen=last.lr, options=last.options.fillna(""),
                        lr=last.lr.astype(object).where(~tuned, "auto"))
@@ -169,7 +170,8 @@ def accuracy_table(frame: pd.DataFrame, training: pd.DataFrame) -> pd.DataFrame:
         lr = setup["lr"] if setup["lr"] != "auto" else "auto: " + ", ".join(f"{v:g}" for v in sorted(set(runs.chosen)))
         options = f" ({setup['options'].replace(',', ', ')})" if setup["options"] else ""
         measured_as = (setup["model"], setup["options"], setup["device_name"])
-        rows.append({"dataset": setup["dataset"], "model": setup["model"] + options, "width": setup["width"],
+        rows.append({"dataset": setup["dataset"], "image side": setup["image_size"],
+                     "model": setup["model"] + options, "width": setup["width"],
                      "lr": lr, "seeds": len(runs),
                      "top-1 (%)": round(test.mean(), 2), "top-1 std": round(test.std(), 2) if len(runs) > 1 else 0.0,
                      "train top-1 (%)": round(train.mean(), 2) if train.notna().any() else math.nan,

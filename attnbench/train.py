@@ -23,11 +23,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnbench import store
-from attnbench.data import Dataset, augment, load_dataset
+from attnbench.data import DEFAULT_IMAGEFOLDER_SIDE, IMAGE_SIDE, Dataset, load_dataset
 from attnbench.env import environment
+from attnbench.imagefolder import ImageFolderSet
 from attnbench.record import Epoch, parse_options
 
 CHECKPOINT_FORMAT = "attnbench-checkpoint-1"
+Splits = tuple[Dataset, Dataset] | tuple[ImageFolderSet, ImageFolderSet]  # (train, test), held or streamed
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16}
 
 
@@ -53,11 +55,13 @@ class TrainConfig:
     steps: int | None = None  # optimizer steps in all (the schedule spans them); None: epochs x steps per epoch
     plateau: int | None = None  # stop once the training loss has not improved by PLATEAU_GAIN in this many epochs
     options: str = ""  # the variant's options, "key=value,..." sorted as a sweep's cases spell them ("" for none)
+    image_size: int | None = None  # side the network sees: imagefolder's crops (None: 224); 32 for the others
+    workers: int = 0  # DataLoader processes decoding imagefolder's images (0: in the training process)
 
 
 PLATEAU_GAIN = 0.01  # a relative improvement of the training loss under 1 % is no improvement
 MATH_FIELDS = ("model", "dataset", "epochs", "batch", "lr", "momentum", "weight_decay", "width", "stem", "seed",
-               "steps", "options")
+               "steps", "options", "image_size")
 
 
 def plateaued(losses: list[float], patience: int) -> bool:
@@ -69,15 +73,24 @@ def plateaued(losses: list[float], patience: int) -> bool:
     return all(loss > best * (1 - PLATEAU_GAIN) for loss in losses[-patience:])
 
 
+def image_side(cfg: TrainConfig) -> int:
+    return cfg.image_size or (DEFAULT_IMAGEFOLDER_SIDE if cfg.dataset == "imagefolder" else IMAGE_SIDE)
+
+
 def build(cfg: TrainConfig, num_classes: int) -> nn.Module:
     from attnbench.models import build_model
 
     torch.manual_seed(cfg.seed)
-    return build_model(cfg.model, num_classes=num_classes, stem=cfg.stem, width=cfg.width, image_size=32,
-                       **parse_options(cfg.options))
+    return build_model(cfg.model, num_classes=num_classes, stem=cfg.stem, width=cfg.width,
+                       image_size=image_side(cfg), **parse_options(cfg.options))
 
 
-def evaluate(model: nn.Module, data: Dataset, *, batch: int = 256, device: str = "cpu",
+def datasets(cfg: TrainConfig) -> Splits:
+    """(train, test) of the run's data set, at its image side."""
+    return load_dataset(cfg.dataset, cfg.data_dir, seed=cfg.seed, image_size=cfg.image_size, workers=cfg.workers)
+
+
+def evaluate(model: nn.Module, data: Dataset | ImageFolderSet, *, batch: int = 256, device: str = "cpu",
              dtype: str = "fp32") -> dict[str, float]:
     """Loss, top-1 and top-5 accuracy (%) on a whole data set, in eval mode (top-5 only with more than
     five classes, None otherwise: it would be 100 % by construction)."""
@@ -86,9 +99,8 @@ def evaluate(model: nn.Module, data: Dataset, *, batch: int = 256, device: str =
     k = min(5, data.num_classes)
     with torch.no_grad(), torch.autocast(torch.device(device).type, AUTOCAST[dtype] or torch.float32,
                                          enabled=AUTOCAST[dtype] is not None):
-        for i in range(0, len(data.labels), batch):
-            x = data.images[i : i + batch].to(device)
-            y = data.labels[i : i + batch].to(device)
+        for x, y in data.eval_batches(batch):
+            x, y = x.to(device), y.to(device)
             logits = model(x).float()
             loss += F.cross_entropy(logits, y, reduction="sum").item()
             top = logits.topk(k, dim=1).indices
@@ -193,15 +205,12 @@ def tune_lr(cfg: TrainConfig, out: str | Path, candidates: tuple[float, ...] = L
     """The learning rate ``--lr auto`` picks, and how: each candidate trains for a quarter of the run's
     steps on the training split less a held-out tenth (drawn with the seed), and the best top-1 on that
     tenth wins. The test split is never seen. Returns (lr, a one-line account stored with the run)."""
-    train_set, _ = load_dataset(cfg.dataset, cfg.data_dir, seed=cfg.seed)
+    train_set, _ = datasets(cfg)
     n = len(train_set.labels)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 7919))
     held = order[: int(n * VALIDATION_SHARE)]
     fit = order[int(n * VALIDATION_SHARE):]
-    def part(idx: torch.Tensor, augment: bool) -> Dataset:
-        return Dataset(train_set.name, train_set.images[idx], train_set.labels[idx], train_set.num_classes, augment)
-
-    data = (part(fit, train_set.augment), part(held, False))
+    data = (train_set.subset(fit, train_set.augment), train_set.subset(held, False))
     run_steps = cfg.steps or cfg.epochs * (len(fit) // cfg.batch)
     budget = max(1, int(run_steps * TUNING_SHARE))
     scores = {}
@@ -217,7 +226,7 @@ def tune_lr(cfg: TrainConfig, out: str | Path, candidates: tuple[float, ...] = L
 
 def train(cfg: TrainConfig, *, out: str | Path, db: str | Path | None = None, resume: str | Path | None = None,
           stop_after_epoch: int | None = None, progress: bool = True, lr_source: str | None = None,
-          width_source: str | None = None, data: tuple[Dataset, Dataset] | None = None) -> list[dict]:
+          width_source: str | None = None, data: Splits | None = None) -> list[dict]:
     """Train ``cfg.model`` on ``cfg.dataset`` (or on ``data``: training and evaluation sets given, as
     :func:`tune_lr` does); returns the per-epoch metrics (rank 0; others get []). ``lr_source`` says how
     the learning rate was chosen and ``width_source`` how the width was; both are stored with every epoch."""
@@ -230,7 +239,7 @@ def train(cfg: TrainConfig, *, out: str | Path, db: str | Path | None = None, re
     if cfg.batch % world:
         raise TrainError(f"Invalid batch={cfg.batch}: the global batch must be divisible by the {world} ranks.")
     device = cfg.device if cfg.device != "cuda" or world == 1 else f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-    train_set, test_set = data or load_dataset(cfg.dataset, cfg.data_dir, seed=cfg.seed)
+    train_set, test_set = data or datasets(cfg)
     model = build(cfg, train_set.num_classes).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                 nesterov=True)
@@ -253,7 +262,8 @@ def train(cfg: TrainConfig, *, out: str | Path, db: str | Path | None = None, re
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ddp = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     params = count_params(model)["params"]
-    macs = count_macs(model, torch.randn(1, 3, 32, 32, device=device))  # eval-mode trace; changes no state
+    side = image_side(cfg)
+    macs = count_macs(model, torch.randn(1, 3, side, side, device=device))  # eval-mode trace; changes no state
     n = len(train_set.labels)
     steps = n // cfg.batch
     if steps == 0:
@@ -275,12 +285,9 @@ def train(cfg: TrainConfig, *, out: str | Path, db: str | Path | None = None, re
         start, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
         bar = tqdm(range(len(order)), desc=f"epoch {epoch + 1}/{epochs}", disable=(rank != 0 or not progress) or None,
                    leave=False)
-        for step in bar:
-            x, y = train_set.images[order[step]], train_set.labels[order[step]]
-            if train_set.augment:  # the whole global batch, on every rank: the same images as one process
-                x = augment(x, g)
-            mine = slice(rank * local, (rank + 1) * local)
-            x, y = x[mine].to(device), y[mine].to(device)
+        batches = train_set.batches(order, g, slice(rank * local, (rank + 1) * local))  # as one process would
+        for step, (x, y) in zip(bar, batches):
+            x, y = x.to(device), y.to(device)
             for group in optimizer.param_groups:
                 group["lr"] = _lr(cfg, epoch * steps + step, total)
             with torch.autocast(torch.device(device).type, autocast or torch.float32, enabled=autocast is not None):
@@ -315,7 +322,8 @@ def train(cfg: TrainConfig, *, out: str | Path, db: str | Path | None = None, re
                 setup = {k: getattr(cfg, k) for k in ("model", "dataset", "batch", "lr", "width", "stem", "dtype",
                                                      "device", "seed", "steps", "plateau", "options")}
                 store.write_training(db, Epoch(run_id=run_id, epochs=epochs, **setup, **metrics, world_size=world,
-                                               params=params, macs_per_image=macs, lr_source=lr_source,
+                                               params=params, macs_per_image=macs, image_size=side,
+                                               lr_source=lr_source,
                                                width_source=width_source,
                                                environment=environment(device)))
             if progress:
@@ -340,7 +348,7 @@ def evaluate_checkpoint(path: str | Path, dataset: str, data_dir: str | None = N
     cfg = TrainConfig(**ckpt["config"])
     if dataset != cfg.dataset:
         raise TrainError(f"Checkpoint {path} was trained on {cfg.dataset}, not {dataset}.")
-    _, test_set = load_dataset(dataset, data_dir, seed=cfg.seed)
+    _, test_set = datasets(replace(cfg, data_dir=data_dir))
     model = build(cfg, ckpt["num_classes"])
     try:
         model.load_state_dict(ckpt["model"])

@@ -24,7 +24,7 @@ def test_ruff_is_clean():
 LEVELS = [
     {"attnbench", "choices", "record"},  # names, defaults and record types: no torch
     {"env", "store", "registry", "console"},
-    {"variants", "plain", "models", "measure", "data", "baselines"},
+    {"variants", "plain", "models", "measure", "data", "imagefolder", "baselines"},
     {"tables", "sweep"},
     {"plots", "harness"},
     {"inspection", "profiling", "train", "report", "api", "launch"},
