@@ -1,8 +1,9 @@
 """Textbook implementations of the attention variants, with the weights of the fast modules.
 
 They compute the same function as the registered variants the way a first implementation
-usually does: ``local`` unfolds k^2 copies of keys and values, ``nonlocal`` forms the N x M
-attention matrix, ``gsa`` is written as plain einsums with a relative-position reindexing tensor.
+usually does: ``local`` unfolds k^2 copies of keys and values, ``neighborhood`` gathers them,
+``nonlocal`` forms the N x M attention matrix, ``gsa`` is written as plain einsums with a
+relative-position reindexing tensor.
 They are registered as each variant's ``plain`` implementation, so the registry's equality tests
 cover them and a sweep can measure them (``--impl plain``). The efficiency benchmarks measure the
 variants against them, and the MAC tests count them with a second counter: every multiply-add they
@@ -41,6 +42,26 @@ def plain_local(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     attn = logits.softmax(dim=2)
     out = torch.einsum("bhkn,bhdkn->bhdn", attn, values).reshape(B, C, H, W)
     return downsample(out, m.cfg.stride)
+
+
+@register_impl("neighborhood", "plain", description=f"{TEXTBOOK}: gather k^2 copies of keys and values")
+def plain_neighborhood(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """NAT by gathering: each pixel's clamped k x k window of keys and values copied out, k^2 copies in all."""
+    B, C, H, W = x.shape
+    h, k = m.cfg.heads, m.cfg.window
+    dh = C // h
+    kh, kw = min(k, H), min(k, W)
+    q, keys, values = (t.reshape(B, h, dh, H * W) for t in m.qkv(x).chunk(3, dim=1))
+    rows = (torch.arange(H, device=x.device) - k // 2).clamp(0, H - kh)[:, None] + torch.arange(kh, device=x.device)
+    cols = (torch.arange(W, device=x.device) - k // 2).clamp(0, W - kw)[:, None] + torch.arange(kw, device=x.device)
+    window = (rows[:, None, :, None] * W + cols[None, :, None, :]).reshape(H * W, kh * kw)  # (N, k^2) key indices
+    keys, values = keys[..., window], values[..., window]  # (B, h, dh, N, k^2): k^2 copies
+    dy = rows - torch.arange(H, device=x.device)[:, None] + k - 1  # (H, kh)
+    dx = cols - torch.arange(W, device=x.device)[:, None] + k - 1  # (W, kw)
+    bias = m.rpb[:, dy[:, None, :, None], dx[None, :, None, :]].reshape(h, H * W, kh * kw)
+    logits = torch.einsum("bhdn,bhdnk->bhnk", q * dh**-0.5, keys) + bias
+    out = torch.einsum("bhnk,bhdnk->bhdn", logits.softmax(dim=-1), values).reshape(B, C, H, W)
+    return downsample(m.proj(out), m.cfg.stride)
 
 
 @register_impl("nonlocal", "plain", description=f"{TEXTBOOK}: the explicit N x M attention matrix")

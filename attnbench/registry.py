@@ -120,6 +120,13 @@ class VariantSpec:
     placement: str = "replace"  # "replace" the bottleneck 3x3, or "insert" between bottlenecks
     global_receptive_field: bool = False  # one layer lets every output see every input pixel
     scaling: tuple[float, float] = (1.0, 1.0)  # asymptotic exponent k of cost ~ pixels^k (range over spans)
+    # options a network sets block by block, cycling within each stage (Swin: unshifted, shifted, ...)
+    alternate: tuple[dict[str, Any], ...] = ()
+
+    def block_options(self, index: int, options: dict[str, Any]) -> dict[str, Any]:
+        """The options of a stage's ``index``-th block of this variant: ``options`` with the alternating ones
+        (an option set explicitly wins)."""
+        return {**self.alternate[index % len(self.alternate)], **options} if self.alternate else dict(options)
 
     def options(self) -> list[str]:
         """Names of the options ``build_variant`` accepts besides ``dim``."""
@@ -227,13 +234,15 @@ def register_variant(
     scaling: tuple[float, float] = (1.0, 1.0),
     reference: str,
     auto: dict[str, str] | None = None,
+    alternate: tuple[dict[str, Any], ...] = (),
 ) -> Callable[[type[Variant]], type[Variant]]:
     """Class decorator that registers a variant under ``name``.
 
     ``reference`` names the implementation that records attention maps and that MAC counting and
     fake-tensor tools trace (registered with :func:`register_impl`, like the others). ``auto`` maps a
     device type ("cpu", "cuda") to the implementation ``impl="auto"`` runs there; device types it
-    does not name run the reference implementation.
+    does not name run the reference implementation. ``alternate``: options a network sets on its blocks
+    in turn within each stage (see :meth:`VariantSpec.block_options`).
     """
 
     def wrap(cls: type[Variant]) -> type[Variant]:
@@ -247,7 +256,7 @@ def register_variant(
             raise ValueError(f"Variant '{name}': placement must be 'replace' or 'insert', got {placement!r}.")
         _VARIANTS[name] = VariantSpec(
             name, cls, config_cls, description, paper, arxiv, ends_with_norm, placement,
-            global_receptive_field, scaling,
+            global_receptive_field, scaling, tuple(alternate),
         )
         _REFERENCE[name] = reference
         _AUTO[name] = dict(auto or {})

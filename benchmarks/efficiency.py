@@ -25,6 +25,7 @@ from attnbench.measure.memory import peak_memory
 # (variant, options, input shape, bound on latency ratio, bound on memory ratio)
 COMPARISONS = [
     ("local", {"window": 7}, (1, 128, 56, 56), 0.25, 0.25),
+    ("neighborhood", {"window": 7}, (1, 128, 56, 56), 0.25, 0.25),
     ("nonlocal", {"subsample": False}, (1, 128, 64, 64), None, 0.2),
     ("gsa", {}, (8, 64, 56, 56), 0.5, None),
 ]
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, fp32, CPU ({cpu_model()}), forward (eval, no grad); "
           f"latency: median over {args.rounds} alternating rounds of torch.utils.benchmark medians\n")
-    header = f"{'variant':9} {'input':16} {'impl':6} {'latency ms (range of rounds)':>25} {'peak MiB':>9}"
+    header = f"{'variant':12} {'input':16} {'impl':6} {'latency ms (range of rounds)':>25} {'peak MiB':>9}"
     print(header + "\n" + "-" * len(header))
     failed = False
     for name, options, shape, lat_bound, mem_bound in COMPARISONS:
@@ -96,14 +97,14 @@ def main(argv: list[str] | None = None) -> int:
             mem = peak_in_fresh_process(name, options, shape, impl == "plain", args.threads)
             result[impl] = (ms, mem)
             spread = f"{min(medians[impl]):.2f}-{max(medians[impl]):.2f}"
-            print(f"{name:9} {'x'.join(map(str, shape)):16} {impl:6} {ms:>9.2f} ({spread:>13}) {mem / 2**20:>9.1f}")
+            print(f"{name:12} {'x'.join(map(str, shape)):16} {impl:6} {ms:>9.2f} ({spread:>13}) {mem / 2**20:>9.1f}")
         checks = []
         for what, i, bound in (("latency", 0, lat_bound), ("memory", 1, mem_bound)):
             ratio = result["ours"][i] / result["plain"][i]
             verdict = "" if bound is None else f" <= {bound:.2f} ok" if ratio <= bound else f" > {bound:.2f} MISSED"
             failed |= bound is not None and ratio > bound
             checks.append(f"{what} ratio {ratio:.3f}{verdict}")
-        print(f"{'':9} ours / plain: " + "; ".join(checks) + "\n")
+        print(f"{'':12} ours / plain: " + "; ".join(checks) + "\n")
     return 1 if failed else 0
 
 

@@ -207,4 +207,125 @@ def axial(m, x: torch.Tensor) -> torch.Tensor:
     return torch.stack(out)
 
 
-NAIVE = {"conv": conv, "gsa": gsa, "local": local, "nonlocal": non_local, "axial": axial}
+def efficient(m, x: torch.Tensor) -> torch.Tensor:
+    """rho_q(Q) (rho_k(K)^T V) per head, with the softmaxes written out."""
+    h = m.cfg.heads
+    out = []
+    for img in x:
+        C, H, W = img.shape
+        keys = conv1x1(m.keys.weight, img, m.keys.bias).reshape(-1, H * W)  # (d_k, N)
+        queries = conv1x1(m.queries.weight, img, m.queries.bias).reshape(-1, H * W)
+        values = conv1x1(m.values.weight, img, m.values.bias).reshape(-1, H * W)  # (d_v, N)
+        dk, dv = keys.shape[0] // h, values.shape[0] // h
+        attended = torch.zeros(values.shape[0], H * W, dtype=x.dtype)
+        for n in range(h):
+            k = torch.exp(keys[n * dk : (n + 1) * dk])
+            k = k / k.sum(dim=1, keepdim=True)  # over positions
+            q = torch.exp(queries[n * dk : (n + 1) * dk])
+            q = q / q.sum(dim=0, keepdim=True)  # over the head's channels
+            v = values[n * dv : (n + 1) * dv]
+            for i in range(H * W):
+                for d in range(dk):
+                    for j in range(H * W):
+                        attended[n * dv : (n + 1) * dv, i] += q[d, i] * k[d, j] * v[:, j]
+        y = conv1x1(m.reprojection.weight, attended.reshape(-1, H, W), m.reprojection.bias) + img
+        out.append(avg_pool2(y) if m.cfg.stride == 2 else y)
+    return torch.stack(out)
+
+
+def mhsa(m, x: torch.Tensor) -> torch.Tensor:
+    """BoTNet's MHSA: per head and pair, (q . k + q . r^h_{a-y} + q . r^w_{b-x}) / sqrt(d), softmax over all pixels."""
+    h, size = m.cfg.heads, m.cfg.size
+    out = []
+    for img in x:
+        C, H, W = img.shape
+        d = C // h
+        qkv = conv1x1(m.to_qkv.weight, img)
+        q, k, v = qkv[:C], qkv[C : 2 * C], qkv[2 * C :]
+        y = torch.zeros(C, H, W, dtype=x.dtype)
+        for n in range(h):
+            sl = slice(n * d, (n + 1) * d)
+            for i in range(H):
+                for j in range(W):
+                    logits = torch.zeros(H, W, dtype=x.dtype)
+                    for a in range(H):
+                        for b in range(W):
+                            r = m.rel_height[a - i + size - 1] + m.rel_width[b - j + size - 1]
+                            logits[a, b] = q[sl, i, j] @ (k[sl, a, b] + r) / math.sqrt(d)
+                    w = torch.softmax(logits.flatten(), dim=0).view(H, W)
+                    y[sl, i, j] = (w[None] * v[sl]).sum(dim=(1, 2))
+        out.append(avg_pool2(y) if m.cfg.stride == 2 else y)
+    return torch.stack(out)
+
+
+def neighborhood(m, x: torch.Tensor) -> torch.Tensor:
+    """NAT: each query's k x k window, centred and shifted inwards at the borders, written out per pixel."""
+    h, k = m.cfg.heads, m.cfg.window
+    out = []
+    for img in x:
+        C, H, W = img.shape
+        d = C // h
+        qkv = conv1x1(m.qkv.weight, img, m.qkv.bias)
+        q, kk, v = qkv[:C], qkv[C : 2 * C], qkv[2 * C :]
+        y = torch.zeros(C, H, W, dtype=x.dtype)
+        for i in range(H):
+            top = min(max(i - k // 2, 0), H - min(k, H))
+            for j in range(W):
+                left = min(max(j - k // 2, 0), W - min(k, W))
+                keys = [(a, b) for a in range(top, top + min(k, H)) for b in range(left, left + min(k, W))]
+                for n in range(h):
+                    sl = slice(n * d, (n + 1) * d)
+                    logits = torch.stack([q[sl, i, j] @ kk[sl, a, b] / math.sqrt(d)
+                                          + m.rpb[n, a - i + k - 1, b - j + k - 1] for a, b in keys])
+                    w = torch.softmax(logits, dim=0)
+                    y[sl, i, j] = sum(wi * v[sl, a, b] for wi, (a, b) in zip(w, keys))
+        y = conv1x1(m.proj.weight, y, m.proj.bias)
+        out.append(avg_pool2(y) if m.cfg.stride == 2 else y)
+    return torch.stack(out)
+
+
+def window(m, x: torch.Tensor) -> torch.Tensor:
+    """Swin, pixel by pixel: pad, roll, and attend within the window each pixel lands in; pairs from different
+    regions of the rolled map get -100."""
+    h, M = m.cfg.heads, m.cfg.window
+    out = []
+    for img in x:
+        C, H, W = img.shape
+        d = C // h
+        side = min(M, H, W)
+        shift = side // 2 if m.cfg.shifted and min(H, W) > M else 0
+        Hp, Wp = -(-H // side) * side, -(-W // side) * side
+        padded = torch.zeros(C, Hp, Wp, dtype=x.dtype)
+        padded[:, :H, :W] = img
+        qkv = conv1x1(m.qkv.weight, padded, m.qkv.bias)
+        q, kk, v = qkv[:C], qkv[C : 2 * C], qkv[2 * C :]
+
+        def region(p: int, length: int, side: int = side, shift: int = shift) -> int:
+            """Which of the rolled map's three strips position p is in."""
+            return 0 if p < length - side else 1 if p < length - shift else 2
+
+        y = torch.zeros(C, Hp, Wp, dtype=x.dtype)
+        for i in range(Hp):  # i, j: positions in the rolled map; the pixel there came from (i + shift, j + shift)
+            for j in range(Wp):
+                top, left = i // side * side, j // side * side
+                members = [(a, b) for a in range(top, top + side) for b in range(left, left + side)]
+                for n in range(h):
+                    sl = slice(n * d, (n + 1) * d)
+                    logits = []
+                    for a, b in members:
+                        src_q, src_k = ((i + shift) % Hp, (j + shift) % Wp), ((a + shift) % Hp, (b + shift) % Wp)
+                        logit = q[sl][:, src_q[0], src_q[1]] @ kk[sl][:, src_k[0], src_k[1]] / math.sqrt(d)
+                        logit = logit + m.rpb[n, a - i + M - 1, b - j + M - 1]
+                        if shift and (region(i, Hp), region(j, Wp)) != (region(a, Hp), region(b, Wp)):
+                            logit = logit - 100.0
+                        logits.append(logit)
+                    w = torch.softmax(torch.stack(logits), dim=0)
+                    value = sum(wi * v[sl][:, (a + shift) % Hp, (b + shift) % Wp] for wi, (a, b) in zip(w, members))
+                    y[sl, (i + shift) % Hp, (j + shift) % Wp] = value
+        y = conv1x1(m.proj.weight, y[:, :H, :W], m.proj.bias)
+        out.append(avg_pool2(y) if m.cfg.stride == 2 else y)
+    return torch.stack(out)
+
+
+NAIVE = {"conv": conv, "gsa": gsa, "local": local, "nonlocal": non_local, "axial": axial, "efficient": efficient,
+         "mhsa": mhsa, "neighborhood": neighborhood, "window": window}

@@ -144,7 +144,8 @@ def test_retry_failed_measures_stored_failures_again(capsys, tmp_path):
     "args, message",
     [
         (["--variants", "gssa"],
-         "Unknown variant 'gssa'. Available: axial, conv, gsa, local, nonlocal. Did you mean 'gsa'?"),
+         "Unknown variant 'gssa'. Available: axial, conv, efficient, gsa, local, mhsa, neighborhood, nonlocal, "
+         "window. Did you mean 'gsa'?"),
         (["--res", "0"], "resolution 0 must be at least 1"),
         (["--res", "-1"], "resolution -1 must be at least 1"),
         (["--res", "abc"], "resolution 'abc' is not a whole number"),

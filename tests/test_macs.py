@@ -36,11 +36,25 @@ def analytic(name: str, m) -> int:
     if name == "axial":
         layer = lambda length: N * C * 2 * C + N * length * (3 * C // 2 + 2 * C)  # noqa: E731
         return B * (layer(reach(H)) + layer(reach(W)))
+    if name == "efficient":
+        dk, dv = cfg.keys, cfg.values
+        # projections and reprojection, then rho_k(K)^T V and rho_q(Q) times it, per head
+        return B * (N * C * (2 * dk + dv) + N * dv * C + 2 * N * dk * dv // cfg.heads)
+    if name == "mhsa":
+        return B * (3 * N * C * C + 2 * N * N * C + N * (H + W) * C)  # q.k and the weighted sum over all pairs; q.r
+    if name == "neighborhood":
+        return B * (4 * N * C * C + 2 * N * min(cfg.window, H) * min(cfg.window, W) * C)
+    if name == "window":  # every pixel of the map padded to whole windows is a query meeting its window's m^2 keys
+        m = min(cfg.window, H, W)
+        padded = -(-H // m) * m * (-(-W // m) * m)
+        return B * (3 * padded * C * C + N * C * C + 2 * padded * m * m * C)
     raise AssertionError(f"no analytic MAC formula for '{name}'")
 
 
 OPTIONS = {"nonlocal": [{}, {"subsample": False}], "gsa": [{}, {"dim_key": 16}, {"span": 5}],
-           "local": [{}, {"window": 3}], "axial": [{}, {"span": 5}]}
+           "local": [{}, {"window": 3}], "axial": [{}, {"span": 5}], "efficient": [{}, {"key_channels": 8}],
+           "neighborhood": [{}, {"window": 3}, {"window": 15}],
+           "window": [{}, {"window": 3}, {"window": 5, "shifted": True}]}
 
 
 @pytest.mark.parametrize("name, options", [(v, o) for v in VARIANTS for o in OPTIONS.get(v, [{}])], ids=str)
@@ -66,7 +80,8 @@ def test_count_matches_torch_flop_counter(name):
     the textbook implementation, whose every multiply-add is one the mechanism needs."""
     m = attnbench.build_variant(name, C, size=max(H, W)).eval()
     x = torch.randn(B, C, H, W)
-    fn = (lambda t: attnbench.get_impl(name, "plain").forward(m, t)) if name in ("local", "nonlocal") else m
+    fn = (lambda t: attnbench.get_impl(name, "plain").forward(m, t)) if name in ("local", "nonlocal",
+                                                                                "neighborhood") else m
     with torch.no_grad():
         assert attnbench.count_macs(m, x) == flop_counter_macs(fn, x)
 

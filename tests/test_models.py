@@ -133,3 +133,22 @@ def test_every_network_compiles_without_graph_breaks(name):
     compiled = torch.compile(net, fullgraph=True, backend="aot_eager")
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), net(x))
+
+
+def test_botnet50_is_resnet50_with_mhsa_in_place_of_the_last_stage_convolutions():
+    """BoT50: c5's three 3x3 convolutions (512 channels) replaced by MHSA, 4 heads, the first followed by the
+    stride-2 pool; each trades 9 x 512^2 weights for q, k, v (3 x 512^2) and two relative tables of
+    2 size - 1 rows of the 128-channel head width (size 14 before the pool, then 7)."""
+    def params(net):
+        return sum(p.numel() for p in net.parameters())
+
+    bot = attnbench.build_model("botnet50")
+    layers = [m for m in bot.modules() if isinstance(m, attnbench.registry.Variant) and m.variant_name == "mhsa"]
+    assert [(m.cfg.dim, m.cfg.heads, m.cfg.stride, m.cfg.size) for m in layers] == [
+        (512, 4, 2, 14), (512, 4, 1, 7), (512, 4, 1, 7)]
+    tables = sum(2 * (2 * size - 1) * 128 for size in (14, 7, 7))
+    assert params(bot) == params(attnbench.build_model("resnet50")) - 3 * 9 * 512**2 + 3 * 3 * 512**2 + tables
+    with torch.no_grad():
+        assert bot.eval()(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
+    with pytest.raises(ValueError, match="Invalid stages \\[4\\]"):
+        attnbench.build_model("mhsa_resnet50", stages=(4,))

@@ -16,8 +16,9 @@ def make(name: str, dim: int = TEST_DIM, **options) -> torch.nn.Module:
     return randomize_norms(attnbench.build_variant(name, dim, size=TEST_RES, **options)).to(DEVICE)
 
 
-def test_registry_lists_the_five_variants():
-    assert set(attnbench.list_variants()) >= {"gsa", "local", "nonlocal", "axial", "conv"}
+def test_registry_lists_the_nine_variants():
+    assert set(attnbench.list_variants()) >= {"gsa", "local", "nonlocal", "axial", "conv", "window", "neighborhood",
+                                              "mhsa", "efficient"}
 
 
 def test_shape_and_dtype(variant):
@@ -65,6 +66,10 @@ CASES = {  # options exercising each variant's paths on tiny inputs
     "nonlocal": [{}, {"subsample": False}, {"stride": 2}],
     "axial": [{}, {"span": 3}, {"stride": 2}],
     "conv": [{}, {"stride": 2}],
+    "efficient": [{}, {"key_channels": 4, "value_channels": 8}, {"stride": 2}],
+    "mhsa": [{}, {"stride": 2}],
+    "neighborhood": [{}, {"window": 3}, {"window": 3, "block": 2}, {"window": 5, "block": 3}, {"stride": 2}],
+    "window": [{}, {"window": 3}, {"window": 3, "shifted": True}, {"window": 4, "shifted": True}, {"stride": 2}],
 }
 
 
@@ -147,7 +152,8 @@ def test_state_dicts_load_into_every_implementation(variant):
 
 AUTO_RULE = {  # the rule README.md documents (measured on CPUs, designed for CUDA): (cpu, cuda)
     "gsa": ("pixelmajor", "batched"), "local": ("halo", "flex"), "axial": ("lines", "lines"),
-    "nonlocal": ("sdpa", "sdpa"), "conv": ("native", "native"),
+    "nonlocal": ("sdpa", "sdpa"), "conv": ("native", "native"), "efficient": ("einsum", "einsum"),
+    "mhsa": ("dense", "sdpa"), "neighborhood": ("tiles", "flex"), "window": ("windows", "sdpa"),
 }
 
 
@@ -182,15 +188,25 @@ def _changed_pixels(m, x, at):
     return (m(x1) - y0).abs().amax(dim=(0, 1)) > 1e-9
 
 
-@pytest.mark.parametrize("at", [(0, 0), (4, 5)])
+@pytest.mark.parametrize("at", [(0, 0), (4, 5), (1, 9)])
 def test_receptive_field(variant, at):
     spec = attnbench.get_variant_spec(variant)
-    options = {"window": 3} if variant == "local" else {}
+    options = {"window": 3} if variant in ("local", "neighborhood", "window") else {}
     m = make(variant, **options).double().eval()
     x = torch.randn(1, TEST_DIM, 9, 10, dtype=torch.float64, device=DEVICE)
     changed = _changed_pixels(m, x, at)
     if spec.global_receptive_field:
         expected = torch.ones_like(changed)
+    elif variant == "neighborhood":  # the queries whose 3 x 3 window, shifted inwards at the borders, holds it
+        def holds(length: int, key: int) -> torch.Tensor:
+            start = (torch.arange(length, device=DEVICE) - 1).clamp(0, length - 3)
+            return (start <= key) & (key < start + 3)
+
+        expected = holds(9, at[0])[:, None] & holds(10, at[1])[None, :]
+    elif variant == "window":  # the pixels of its 3 x 3 window
+        rows = torch.arange(9, device=DEVICE) // 3 == at[0] // 3
+        cols = torch.arange(10, device=DEVICE) // 3 == at[1] // 3
+        expected = rows[:, None] & cols[None, :]
     else:
         reach = {"conv": 1, "local": 1}[variant]
         rows = (torch.arange(9, device=DEVICE) - at[0]).abs() <= reach
@@ -213,7 +229,8 @@ def test_unknown_variant_lists_names_and_closest():
     with pytest.raises(KeyError) as err:
         attnbench.build_variant("gssa", 16)
     msg = str(err.value)
-    assert "Available: axial, conv, gsa, local, nonlocal" in msg and "Did you mean 'gsa'?" in msg
+    assert "Available: axial, conv, efficient, gsa, local, mhsa, neighborhood, nonlocal, window" in msg
+    assert "Did you mean 'gsa'?" in msg
 
 
 @pytest.mark.parametrize(
@@ -313,3 +330,23 @@ def test_set_impl_chooses_for_every_layer_of_a_network():
     with torch.no_grad():
         want = attnbench.set_impl(net.eval(), "pixelmajor")(x)
         torch.testing.assert_close(attnbench.set_impl(net, "batched")(x), want)
+
+
+def _block(rows: range, cols: range, shape=(9, 9)) -> torch.Tensor:
+    out = torch.zeros(shape, dtype=torch.bool, device=DEVICE)
+    out[rows.start : rows.stop, cols.start : cols.stop] = True
+    return out
+
+
+def test_shifted_windows_mask_what_the_roll_brought_together_and_cross_the_previous_partition():
+    shifted = make("window", window=3, shifted=True).double().eval()
+    x = torch.randn(1, TEST_DIM, 9, 9, dtype=torch.float64, device=DEVICE)
+    # windows rolled by one pixel: pixel (4, 4) shares the window of rows and columns 4-6
+    assert torch.equal(_changed_pixels(shifted, x, (4, 4)), _block(range(4, 7), range(4, 7)))
+    # pixel (0, 0) is rolled to the far corner, beside pixels from the far edges: the mask keeps it alone
+    assert torch.equal(_changed_pixels(shifted, x, (0, 0)), _block(range(0, 1), range(0, 1)))
+    # an unshifted block then a shifted one: pixel (2, 2) reaches beyond its first window, to rows and columns 0-3
+    plain = make("window", window=3).double().eval()
+    two = torch.nn.Sequential(plain, shifted)
+    assert torch.equal(_changed_pixels(plain, x, (2, 2)), _block(range(0, 3), range(0, 3)))
+    assert torch.equal(_changed_pixels(two, x, (2, 2)), _block(range(0, 4), range(0, 4)))

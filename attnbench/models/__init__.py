@@ -18,12 +18,13 @@ from attnbench.models.resnet import DEPTHS, ResNet
 from attnbench.registry import list_variants, unknown_name_message
 
 AXIAL_DEEPLAB = {"axial_deeplab_26s": 26, "axial_deeplab_50s": 50}  # Axial-DeepLab, multiplier s = 0.5
+BOTNET = {"botnet50": 50}  # BoTNet's BoT50: ResNet-50 with MHSA in place of the last stage's 3x3 convolutions
 
 
 def list_models() -> list[str]:
     """Every network name, plain ResNets first."""
     plain = [f"resnet{d}" for d in DEPTHS]
-    return (plain + [f"{v}_resnet{d}" for v in list_variants() for d in DEPTHS] + list(AXIAL_DEEPLAB)
+    return (plain + [f"{v}_resnet{d}" for v in list_variants() for d in DEPTHS] + list(AXIAL_DEEPLAB) + list(BOTNET)
             + [f"{v}_probe" for v in list_variants()])
 
 
@@ -43,7 +44,8 @@ def build_model(name: str, num_classes: int = 1000, **options: Any) -> nn.Module
     Options: ``stem`` ("conv": 7x7 + max-pool, or "cifar": 3x3, no pool), ``width`` (channel
     multiplier), ``image_size`` (side of the input images; sizes whole-axis relative tables,
     default 224, or 32 with the CIFAR stem), ``nonlocal_blocks`` (for ``nonlocal_*``: (stage,
-    block) pairs after which a block is inserted), and any option of the variant (``heads``, ...).
+    block) pairs after which a block is inserted), ``stages`` (the stages whose 3x3 convolutions the
+    variant replaces; default all), and any option of the variant (``heads``, ...).
     """
     if not isinstance(name, str):
         raise KeyError(f"A model name is a string, not {name!r}; see attnbench.list_models().")
@@ -55,6 +57,8 @@ def build_model(name: str, num_classes: int = 1000, **options: Any) -> nn.Module
         if isinstance(width, bool) or not isinstance(width, int | float) or not width > 0:
             raise ValueError(f"Invalid width={width!r}: width must be a positive multiplier.")
         return ProbeNet(name[: -len("_probe")], num_classes=num_classes, width=max(8, int(16 * width)), **options)
+    if name in BOTNET:
+        return ResNet("mhsa", BOTNET[name], num_classes=num_classes, stages=(3,), **options)
     if name in AXIAL_DEEPLAB:
         return ResNet("axial", AXIAL_DEEPLAB[name], num_classes=num_classes, expansion=2, stem_width=32,
                       **options)

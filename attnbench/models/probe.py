@@ -24,7 +24,8 @@ class ProbeNet(nn.Module):
             options.setdefault("heads", max(1, width // 8))  # 8 channels a head: 16 channels, 2 heads
         norm = spec.ends_with_norm
         self.residual = spec.placement != "insert"  # an inserted block (non-local) is already residual
-        self.blocks = nn.ModuleList(build_variant(variant, width, size=image_size, **options) for _ in range(2))
+        self.blocks = nn.ModuleList(build_variant(variant, width, size=image_size, **spec.block_options(i, options))
+                                    for i in range(2))
         self.norms = nn.ModuleList(nn.Identity() if norm or not self.residual else nn.BatchNorm2d(width)
                                    for _ in range(2))
         self.fc = nn.Linear(width, num_classes)

@@ -64,8 +64,9 @@ def default_nonlocal_blocks(blocks: Iterable[int]) -> list[tuple[int, int]]:
 
 
 class ResNet(nn.Module):
-    """ResNet of ``depth`` whose spatial layers are ``variant`` (or, for an ``insert`` variant, with
-    its blocks inserted after the (stage, block) pairs of ``nonlocal_blocks``)."""
+    """ResNet of ``depth`` whose spatial layers are ``variant`` (in ``stages``, default all; 3x3 convolutions
+    elsewhere), or, for an ``insert`` variant, with its blocks inserted after the (stage, block) pairs of
+    ``nonlocal_blocks``."""
 
     def __init__(
         self,
@@ -79,6 +80,7 @@ class ResNet(nn.Module):
         stem_width: int = 64,
         image_size: int | None = None,
         nonlocal_blocks: Iterable[tuple[int, int]] | None = None,
+        stages: Iterable[int] | None = None,
         **options: Any,
     ):
         super().__init__()
@@ -95,6 +97,12 @@ class ResNet(nn.Module):
             raise ValueError(f"Invalid nonlocal_blocks for variant '{variant}': only inserted variants take it.")
         image_size = image_size or (32 if stem == "cifar" else 224)
         blocks = DEPTHS[depth]
+        stages = set(range(len(blocks)) if stages is None else stages)
+        if inserted and stages != set(range(len(blocks))):
+            raise ValueError(f"Invalid stages for variant '{variant}': an inserted variant is placed by "
+                             "nonlocal_blocks.")
+        if not stages <= set(range(len(blocks))):
+            raise ValueError(f"Invalid stages {sorted(stages)}: a ResNet has stages 0 to {len(blocks) - 1}.")
         places = set(map(tuple, nonlocal_blocks)) if nonlocal_blocks is not None else set(
             default_nonlocal_blocks(blocks)) if inserted else set()
 
@@ -117,7 +125,9 @@ class ResNet(nn.Module):
             cout = w * expansion
             for i in range(count):
                 stride = 2 if stage > 0 and i == 0 else 1
-                layers.append(Bottleneck(cin, w, cout, stride, spatial, size, options if not inserted else {}))
+                here = spatial if stage in stages else "conv"
+                layers.append(Bottleneck(cin, w, cout, stride, here, size,
+                                         spec.block_options(i, options) if here == variant else {}))
                 cin = cout
                 size = ceil_half(size) if stride == 2 else size
                 if (stage, i) in places:

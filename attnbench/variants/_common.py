@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnbench.registry import Variant, VariantConfig
+
 
 def window_radius(span: int | None, size: int) -> int:
     """Largest |key - query| offset a layer reaches: ``(span - 1) // 2``, or ``size - 1`` for the whole axis."""
@@ -160,3 +162,15 @@ def batch_norm(x: torch.Tensor, bn: nn.BatchNorm2d, channel_dims: tuple[int, ...
     scale = torch.rsqrt(var + bn.eps) * bn.weight.view(shape)
     return torch.addcmul(bn.bias.view(shape) - mean * scale, x, scale)
 
+
+
+class BiasedWindowAttention(Variant):
+    """The parameters Swin and NAT share: one q/k/v projection and an output projection, both with bias, and a
+    relative position bias of (2 window - 1)^2 entries per head, initialised at std 0.02 as both papers' code."""
+
+    def __init__(self, cfg: VariantConfig):
+        super().__init__(cfg)
+        self.heads = cfg.heads
+        self.qkv = nn.Conv2d(cfg.dim, 3 * cfg.dim, 1)
+        self.proj = nn.Conv2d(cfg.dim, cfg.dim, 1)
+        self.rpb = nn.Parameter(torch.randn(cfg.heads, 2 * cfg.window - 1, 2 * cfg.window - 1) * 0.02)

@@ -1,0 +1,106 @@
+"""Global multi-head self-attention with 2D relative position logits (BoTNet's MHSA).
+
+Paper: "Bottleneck Transformers for Visual Recognition", Srinivas, Lin, Parmar, Shlens, Abbeel,
+Vaswani, arXiv 2101.11605 (Section 3, Figure 4).
+
+Mechanism: per head, logits_ij = q_i . k_j + q_i . r^h_{a-y} + q_i . r^w_{b-x} for query i = (y, x)
+and key j = (a, b), over all pixels; q, k, v from bias-free 1x1 projections, q scaled by
+1/sqrt(d_head) before both products; y_i = sum_j softmax_j(logits_ij) v_j. The relative
+embeddings r^h (height offsets) and r^w (width offsets) are learned tables of 2 size - 1 rows of
+the head width, shared by the heads. No output projection: in a bottleneck the 1x1 convolution
+after the layer is that projection. With stride 2, a 2x2 average pool follows.
+
+Implementations (one parameter set, the same function):
+* ``dense`` (reference; CPUs): the N x N logits explicitly, then softmax and the weighted sum.
+* ``sdpa`` (GPUs): ``scaled_dot_product_attention`` with the relative logits as its additive mask,
+  so fused kernels with a bias (memory-efficient attention) never store the softmax for backward.
+
+Deviations: the relative tables cover ``size`` (the largest side the layer will see), as BoTNet's
+cover its fixed feature maps; a larger input is refused rather than losing its far offsets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attnbench.registry import Variant, VariantConfig, register_impl, register_variant
+from attnbench.variants._common import check_fits, downsample, pointwise, relative_to_absolute
+
+
+@dataclass(frozen=True)
+class MHSAConfig(VariantConfig):
+    heads: int = 4  # BoT50's
+
+    def validate(self) -> None:
+        super().validate()
+        self.check_heads()
+
+
+@register_variant(
+    "mhsa",
+    MHSAConfig,
+    description="global multi-head self-attention with 2D relative position logits (BoTNet)",
+    paper="Bottleneck Transformers for Visual Recognition",
+    arxiv="2101.11605",
+    global_receptive_field=True,
+    scaling=(2.0, 2.0),  # N x N pairs
+    reference="dense",
+    auto={"cuda": "sdpa"},
+)
+class MultiHeadSelfAttention(Variant):
+    """BoTNet's MHSA layer; output has the input's channels and, with stride 1, its size."""
+
+    def __init__(self, cfg: MHSAConfig):
+        super().__init__(cfg)
+        self.heads = cfg.heads
+        dh = cfg.dim // cfg.heads
+        self.to_qkv = nn.Conv2d(cfg.dim, 3 * cfg.dim, 1, bias=False)
+        self.rel_height = nn.Parameter(torch.randn(2 * cfg.size - 1, dh) * dh**-0.5)  # r^h, offset a - y
+        self.rel_width = nn.Parameter(torch.randn(2 * cfg.size - 1, dh) * dh**-0.5)  # r^w, offset b - x
+
+    def attention_maps(self, query: tuple[int, int], image: int = 0) -> dict[str, torch.Tensor]:
+        """``{"attention": (heads, H, W)}``: the softmax row of pixel ``query`` = (y, x) over all pixels."""
+        attn, (H, W) = self.captured["attn"], self.captured["size"]
+        y, x = query
+        return {"attention": attn[image, :, y * W + x].view(-1, H, W)}
+
+    def inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q (scaled), k, v as (B, h, N, d) and the relative logits q . r^h + q . r^w as (B, h, N, N)."""
+        B, C, H, W = x.shape
+        for side in (H, W):
+            check_fits("mhsa", side, None, self.cfg.size)
+        h, dh = self.heads, C // self.heads
+        q, k, v = pointwise(self.to_qkv, x).view(B, 3, h, dh, H * W).transpose(-1, -2).unbind(1)
+        q = q * dh**-0.5
+        size = self.cfg.size
+        rel_h = relative_to_absolute(self.rel_height[size - H : size + H - 1], H)  # (y, a, d)
+        rel_w = relative_to_absolute(self.rel_width[size - W : size + W - 1], W)  # (x, b, d)
+        qg = q.view(B, h, H, W, dh)
+        logits_h = torch.einsum("bhyxd,yad->bhyxa", qg, rel_h)
+        logits_w = torch.einsum("bhyxd,xcd->bhyxc", qg, rel_w)
+        relative = (logits_h[..., :, None] + logits_w[..., None, :]).reshape(B, h, H * W, H * W)
+        return q, k.contiguous(), v.contiguous(), relative
+
+    def finish(self, out: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        B, C, H, W = shape
+        return downsample(out.transpose(-1, -2).reshape(B, C, H, W), self.cfg.stride)
+
+    def dense(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v, relative = self.inputs(x)
+        attn = (q @ k.transpose(-1, -2) + relative).softmax(dim=-1)
+        if self.captured is not None:
+            self.captured.update(attn=attn.detach(), size=tuple(x.shape[-2:]))
+        return self.finish(attn @ v, x.shape)
+
+
+register_impl("mhsa", "dense", description="the N x N logits explicitly")(MultiHeadSelfAttention.dense)
+
+
+@register_impl("mhsa", "sdpa", description="scaled_dot_product_attention, the relative logits as its additive mask")
+def sdpa(self: MultiHeadSelfAttention, x: torch.Tensor) -> torch.Tensor:
+    q, k, v, relative = self.inputs(x)
+    return self.finish(F.scaled_dot_product_attention(q, k, v, attn_mask=relative, scale=1.0), x.shape)

@@ -1,0 +1,207 @@
+"""Neighbourhood attention (NAT).
+
+Paper: "Neighborhood Attention Transformer", Hassani, Walton, Li, Li, Shi, arXiv 2204.07143
+(Section 3.1, Equations 2-5).
+
+Mechanism: every query attends to its k x k nearest pixels: the window is centred on the query
+where it fits and shifted inwards at the borders (clamped, never zero-padded, unlike SASA), so
+every query meets k^2 keys. Per head, logits = q . k / sqrt(d_head) + B[dy, dx] with B a learned
+relative position bias of (2k - 1) x (2k - 1) entries per head; q, k, v from one linear projection
+with bias, and a linear output projection with bias after the heads are joined. With stride 2, a
+2x2 average pool follows.
+
+Implementations (one parameter set, the same function):
+* ``tiles`` (reference; CPUs): queries in ``block`` x ``block`` tiles; a tile's clamped windows all
+  lie in one (block + k - 1)^2 stretch of keys, gathered once per tile; logits against it are
+  masked to each query's window. Dense products, no k^2 copies of keys and values. The MACs
+  reported are the mechanism's (k^2 keys per query), not this path's extra masked work.
+* ``flex`` (GPUs): FlexAttention with a block mask of the clamped windows and the bias as a
+  ``score_mod``; compiled into fused kernels on GPUs. FlexAttention has no backward on CPUs.
+
+Deviations: on a side shorter than k the window is the whole side (NAT requires sides of at least
+k). No dilation (that is DiNAT).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from attnbench.registry import VariantConfig, register_impl, register_variant
+from attnbench.variants._common import BiasedWindowAttention, downsample, pointwise
+from attnbench.variants.local import _flex, _flex_unsupported, create_block_mask
+
+CHUNK_ELEMENTS = 1 << 21  # attention logits per chunk of tiles (8 MiB in fp32)
+
+
+@dataclass(frozen=True)
+class NeighborhoodConfig(VariantConfig):
+    heads: int = 8  # attention heads
+    window: int = 7  # the k of the k x k neighbourhood (pixels, odd)
+    block: int = 8  # query tile side of the tiled computation; does not change the result
+
+    def validate(self) -> None:
+        super().validate()
+        self.check_heads()
+        self.check_odd("window")
+        if self.block < 1:
+            raise ValueError(f"Invalid block={self.block}: block must be a positive integer.")
+
+
+def window_starts(length: int, k: int, device: torch.device | None = None) -> torch.Tensor:
+    """The first key of each query's window along an axis: centred, shifted inwards at the borders."""
+    span = min(k, length)
+    return (torch.arange(length, device=device) - k // 2).clamp(0, length - span)
+
+
+@register_variant(
+    "neighborhood",
+    NeighborhoodConfig,
+    description="neighbourhood attention: each pixel's k x k nearest pixels, clamped at borders, relative bias (NAT)",
+    paper="Neighborhood Attention Transformer",
+    arxiv="2204.07143",
+    auto={"cuda": "flex"},
+    reference="tiles",
+)
+class NeighborhoodAttention(BiasedWindowAttention):
+    """NAT layer: multi-head attention over each pixel's clamped ``window`` x ``window`` neighbourhood."""
+
+    def macs(self, input_shape: tuple[int, ...]) -> int:
+        """MACs of the mechanism: the projections, then q . k and the weighted sum over k^2 keys per query."""
+        B, C, H, W = input_shape
+        n = B * H * W
+        return n * C * 4 * C + 2 * n * min(self.cfg.window, H) * min(self.cfg.window, W) * C
+
+    def attention_maps(self, query: tuple[int, int], image: int = 0) -> dict[str, torch.Tensor]:
+        """``{"attention": (heads, H, W)}``: pixel ``query`` = (y, x)'s softmax weights over its window."""
+        attn, (H, W, b, span_h, span_w) = torch.cat(self.captured["attn"], dim=1), self.captured["geometry"]
+        y, x = query
+        tile = (y // b) * math.ceil(W / b) + x // b
+        top, left = _halo_start(y // b * b, b, H, self.cfg.window), _halo_start(x // b * b, b, W, self.cfg.window)
+        canvas = attn.new_zeros(attn.shape[2], H, W)
+        weights = attn[image, tile, :, (y % b) * b + x % b].view(-1, span_h, span_w)
+        canvas[:, top : top + span_h, left : left + span_w] = weights
+        return {"attention": canvas}
+
+    def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q (scaled), k, v as (B, h, d, H, W)."""
+        B, C, H, W = x.shape
+        h = self.heads
+        q, k, v = pointwise(self.qkv, x).view(B, 3, h, C // h, H, W).unbind(1)
+        return q * (C // h) ** -0.5, k, v
+
+    def finish(self, out: torch.Tensor) -> torch.Tensor:
+        return downsample(pointwise(self.proj, out), self.cfg.stride)
+
+    def tiles(self, x: torch.Tensor) -> torch.Tensor:
+        """The tiled computation (see the module's docstring)."""
+        B, C, H, W = x.shape
+        h, k, dh = self.heads, self.cfg.window, C // self.heads
+        b = min(self.cfg.block, max(H, W))
+        nby, nbx = math.ceil(H / b), math.ceil(W / b)
+        span_h, span_w = min(b + k - 1, H), min(b + k - 1, W)  # every tile's keys lie in this stretch
+        q, keys, values = self.split(x)
+        # queries in b x b tiles (zero rows past the image, dropped at the end): (B, tiles, h, b*b, dh)
+        q = F.pad(q, (0, nbx * b - W, 0, nby * b - H))
+        q = q.reshape(B, h, dh, nby, b, nbx, b).permute(0, 3, 5, 1, 4, 6, 2).reshape(B, -1, h, b * b, dh)
+        rows, cols = _halo_index(H, b, k, span_h, x.device), _halo_index(W, b, k, span_w, x.device)
+
+        def gathered(t: torch.Tensor) -> torch.Tensor:  # each tile's stretch of keys: (B, tiles, h, span, dh)
+            t = t[:, :, :, rows][..., cols]  # (B, h, dh, nby, span_h, nbx, span_w)
+            return t.permute(0, 3, 5, 1, 4, 6, 2).reshape(B, -1, h, span_h * span_w, dh)
+
+        keys, values = gathered(keys), gathered(values)
+        bias, outside = self._bias_and_mask(H, W, b, span_h, span_w, x.device)  # (tiles, h or 1, b*b, span)
+        bias = bias.to(q.dtype)
+        if self.captured is not None:
+            self.captured.update(attn=[], geometry=(H, W, b, span_h, span_w))
+        chunk = max(1, CHUNK_ELEMENTS // (B * h * b * b * span_h * span_w))  # tiles whose logits stay cache-sized
+        out = torch.cat([
+            self._attend(q[:, i : i + chunk], keys[:, i : i + chunk], values[:, i : i + chunk], bias[i : i + chunk],
+                         outside[i : i + chunk])
+            for i in range(0, q.shape[1], chunk)
+        ], dim=1)  # (B, tiles, h, b*b, dh)
+        out = out.reshape(B, nby, nbx, h, b, b, dh).permute(0, 3, 6, 1, 4, 2, 5)
+        return self.finish(out.reshape(B, C, nby * b, nbx * b)[:, :, :H, :W])
+
+    def _attend(self, q, keys, values, bias, outside):
+        logits = (q @ keys.transpose(-1, -2) + bias).masked_fill(outside, torch.finfo(q.dtype).min)
+        attn = logits.softmax(dim=-1)
+        if self.captured is not None:
+            self.captured["attn"].append(attn.detach())
+        return attn @ values
+
+    def _bias_and_mask(self, H: int, W: int, b: int, span_h: int, span_w: int, device):
+        """Per tile: the relative bias of each (query, key-of-the-stretch) pair, (tiles, h, b*b, span_h*span_w),
+        and True where the key is outside the query's window or the query outside the image,
+        (tiles, 1, b*b, span_h*span_w)."""
+        k = self.cfg.window
+
+        def axis(length: int, span: int) -> tuple[torch.Tensor, torch.Tensor]:
+            nb = math.ceil(length / b)
+            query = torch.arange(nb, device=device)[:, None] * b + torch.arange(b, device=device)  # (nb, b)
+            key = _halo_index(length, b, k, span, device)  # (nb, span)
+            start = window_starts(length, k, device)[query.clamp(max=length - 1)][..., None]  # (nb, b, 1)
+            far = (key[:, None, :] < start) | (key[:, None, :] >= start + min(k, length)) | (query >= length)[..., None]
+            offset = key[:, None, :] - query[..., None] + k - 1  # (nb, b, span): 0 .. 2k-2 inside the window
+            return far, offset.clamp(0, 2 * k - 2)
+
+        (far_r, off_r), (far_c, off_c) = axis(H, span_h), axis(W, span_w)
+        # (nby, nbx, b_u, b_v, span_h, span_w)
+        outside = far_r[:, None, :, None, :, None] | far_c[None, :, None, :, None, :]
+        bias = self.rpb[:, off_r[:, None, :, None, :, None], off_c[None, :, None, :, None, :]]  # (h, nby, nbx, ...)
+        tiles, bb, span = outside.shape[0] * outside.shape[1], b * b, span_h * span_w
+        return (bias.movedim(0, 2).reshape(tiles, self.heads, bb, span), outside.reshape(tiles, 1, bb, span))
+
+
+def _halo_start(t0: int, b: int, length: int, k: int) -> int:
+    """First key of the stretch that holds the windows of the tile starting at query ``t0``."""
+    span = min(b + k - 1, length)
+    first = max(0, min(t0 - k // 2, length - min(k, length)))
+    return min(first, length - span)
+
+
+def _halo_index(length: int, b: int, k: int, span: int, device) -> torch.Tensor:
+    """(tiles along the axis, span): the keys each tile gathers along an axis."""
+    starts = [_halo_start(t * b, b, length, k) for t in range(math.ceil(length / b))]
+    return torch.tensor(starts, device=device)[:, None] + torch.arange(span, device=device)
+
+
+register_impl("neighborhood", "tiles", description="query tiles against the stretch their clamped windows share")(
+    NeighborhoodAttention.tiles)
+
+
+@register_impl("neighborhood", "flex", unsupported=_flex_unsupported, fakeable=False,
+               description="FlexAttention: a block mask of the clamped windows, the bias as score_mod")
+def flex(self: NeighborhoodAttention, x: torch.Tensor) -> torch.Tensor:
+    B, C, H, W = x.shape
+    k = self.cfg.window
+    q, keys, values = (t.flatten(3).transpose(-1, -2).contiguous() for t in self.split(x))  # (B, h, N, dh)
+    rpb = self.rpb
+
+    def bias(score, b, head, qi, ki):  # pairs outside the mask are scored too, unfused: clamp their lookups
+        dy = (ki // W - qi // W + k - 1).clamp(0, 2 * k - 2)
+        dx = (ki % W - qi % W + k - 1).clamp(0, 2 * k - 2)
+        return score + rpb[head, dy, dx]
+
+    mask = (clamped_mask.__wrapped__ if torch.compiler.is_compiling() else clamped_mask)(H, W, k, x.device)
+    out = _flex(x.device)(q, keys, values, score_mod=bias, block_mask=mask, scale=1.0)  # q is already scaled
+    return self.finish(out.transpose(-1, -2).reshape(B, C, H, W))
+
+
+@functools.lru_cache(maxsize=32)
+def clamped_mask(H: int, W: int, k: int, device: torch.device):
+    """Block mask of the raster-order (query, key) pairs where the key is in the query's clamped window."""
+    span_h, span_w = min(k, H), min(k, W)
+
+    def inside(b, head, qi, ki):
+        top = (qi // W - k // 2).clamp(0, H - span_h)
+        left = (qi % W - k // 2).clamp(0, W - span_w)
+        row, col = ki // W, ki % W
+        return (row >= top) & (row < top + span_h) & (col >= left) & (col < left + span_w)
+
+    return create_block_mask(inside, None, None, H * W, H * W, device=device)

@@ -1,0 +1,163 @@
+"""Shifted-window attention (Swin).
+
+Paper: "Swin Transformer: Hierarchical Vision Transformer using Shifted Windows", Liu, Lin, Cao, Hu,
+Wei, Zhang, Lin, Guo, arXiv 2103.14030 (Section 3.2, Equation 4, Figure 4).
+
+Mechanism: the map is cut into non-overlapping ``window`` x ``window`` windows (7) and every pixel
+attends to the pixels of its window: per head, softmax(q . k / sqrt(d_head) + B) v, with B a learned
+relative position bias of (2M - 1)^2 entries per head; q, k, v from one linear projection with bias,
+and a linear output projection with bias. Alternate blocks shift the windows by M // 2 (the network
+builds its blocks unshifted, shifted, unshifted, ... within each stage): the map is rolled by
+-M // 2, so windows straddle the previous partition, and pairs that the roll brought together from
+far edges get -100 added to their logit, as Swin's mask does; the result is rolled back. A side that
+is not a multiple of M is zero-padded at the bottom and right before the projection, and the padded
+pixels take part as keys (their keys and values are the projection's bias), as in Swin's code. When
+the smaller side is at most M, the window is that side and nothing is shifted, as in Swin.
+
+Implementations (one parameter set, the same function):
+* ``windows`` (reference; CPUs): the windows as one batch of M^2 x M^2 matrix products, the bias
+  and the shift mask broadcast over the batch.
+* ``sdpa`` (GPUs): ``scaled_dot_product_attention`` per window, the bias and shift mask as its
+  additive mask (laid out per image and window, as fused kernels take it).
+
+Deviations: the bias table is built for ``window``; a smaller window (small maps) uses its central
+offsets where Swin would build a smaller table.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from attnbench.registry import VariantConfig, register_impl, register_variant
+from attnbench.variants._common import BiasedWindowAttention, downsample, pointwise
+
+MASKED = -100.0  # what Swin adds to the logits of pairs the shift brought together
+
+
+@dataclass(frozen=True)
+class WindowConfig(VariantConfig):
+    heads: int = 8  # attention heads
+    window: int = 7  # window side M (pixels)
+    shifted: bool = False  # windows shifted by window // 2 (the network sets it on alternate blocks)
+
+    def validate(self) -> None:
+        super().validate()
+        self.check_heads()
+        if self.window < 1:
+            raise ValueError(f"Invalid window={self.window}: window must be a positive integer.")
+
+
+def geometry(H: int, W: int, window: int, shifted: bool) -> tuple[int, int, int, int]:
+    """(window side, shift, padded height, padded width) for an H x W map."""
+    m = min(window, H, W)
+    shift = m // 2 if shifted and min(H, W) > window else 0
+    return m, shift, -(-H // m) * m, -(-W // m) * m
+
+
+@functools.lru_cache(maxsize=64)
+def shift_mask(Hp: int, Wp: int, m: int, shift: int, device: torch.device) -> torch.Tensor | None:
+    """(windows, m^2, m^2): MASKED where two pixels of a shifted window came from different regions of the
+    rolled map (Swin's mask), 0 elsewhere; None without a shift."""
+    if not shift:
+        return None
+    region = torch.zeros(Hp, Wp, device=device)
+    count = 0
+    for rows in (slice(0, -m), slice(-m, -shift), slice(-shift, None)):
+        for cols in (slice(0, -m), slice(-m, -shift), slice(-shift, None)):
+            region[rows, cols] = count
+            count += 1
+    ids = region.view(Hp // m, m, Wp // m, m).transpose(1, 2).reshape(-1, m * m)
+    return (ids[:, None, :] != ids[:, :, None]).float() * MASKED
+
+
+@register_variant(
+    "window",
+    WindowConfig,
+    description="Swin's window attention: M x M windows, relative position bias, shifted on alternate blocks",
+    paper="Swin Transformer: Hierarchical Vision Transformer using Shifted Windows",
+    arxiv="2103.14030",
+    reference="windows",
+    auto={"cuda": "sdpa"},
+    alternate=({"shifted": False}, {"shifted": True}),
+)
+class WindowAttention(BiasedWindowAttention):
+    """Swin layer: multi-head attention within (shifted) ``window`` x ``window`` windows."""
+
+    def macs(self, input_shape: tuple[int, ...]) -> int:
+        """MACs of the mechanism: the projections, then q . k and the weighted sum over the m^2 pixels of each
+        query's window, for every pixel of the padded map (padded pixels are queries too, as in Swin)."""
+        B, C, H, W = input_shape
+        m, _, Hp, Wp = geometry(H, W, self.cfg.window, self.cfg.shifted)
+        return B * (3 * Hp * Wp * C * C + H * W * C * C + 2 * Hp * Wp * m * m * C)
+
+    def attention_maps(self, query: tuple[int, int], image: int = 0) -> dict[str, torch.Tensor]:
+        """``{"attention": (heads, H, W)}``: the weights with which pixel ``query`` = (y, x) gathered within its
+        window (shifted windows: laid back where the pixels were before the roll)."""
+        attn, (H, W, m, shift, Hp, Wp) = self.captured["attn"], self.captured["geometry"]
+        y, x = (query[0] - shift) % Hp, (query[1] - shift) % Wp  # where the roll moved it
+        nwx = Wp // m
+        win = image * (Hp // m) * nwx + (y // m) * nwx + x // m
+        canvas = attn.new_zeros(attn.shape[1], Hp, Wp)
+        top, left = y // m * m, x // m * m
+        canvas[:, top : top + m, left : left + m] = attn[win, :, (y % m) * m + x % m].view(-1, m, m)
+        return {"attention": canvas.roll((shift, shift), dims=(1, 2))[:, :H, :W]}
+
+    def bias(self, m: int) -> torch.Tensor:
+        """(heads, m^2, m^2): the relative position bias of every pair of a window's pixels."""
+        pos = torch.arange(m, device=self.rpb.device)
+        dy = (pos[None, :] - pos[:, None] + self.cfg.window - 1)  # (query row, key row)
+        rows = dy[:, None, :, None].expand(m, m, m, m).reshape(m * m, m * m)
+        cols = dy[None, :, None, :].expand(m, m, m, m).reshape(m * m, m * m)
+        return self.rpb[:, rows, cols]
+
+    def partition(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, ...]]:
+        """q (scaled), k, v per window: (B, windows, heads, m^2, d), and the geometry."""
+        B, C, H, W = x.shape
+        m, shift, Hp, Wp = geometry(H, W, self.cfg.window, self.cfg.shifted)
+        h = self.heads
+        qkv = pointwise(self.qkv, F.pad(x, (0, Wp - W, 0, Hp - H)))
+        if shift:
+            qkv = qkv.roll((-shift, -shift), dims=(2, 3))
+        qkv = qkv.view(B, 3, h, C // h, Hp // m, m, Wp // m, m).permute(1, 0, 4, 6, 2, 5, 7, 3)
+        q, k, v = qkv.reshape(3, B, -1, h, m * m, C // h).unbind(0)
+        return q * (C // h) ** -0.5, k, v, (H, W, m, shift, Hp, Wp)
+
+    def additive(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        """(windows or 1, heads, m^2, m^2): the bias, plus the shift mask where there is one."""
+        H, W, m, shift, Hp, Wp = shape
+        bias = self.bias(m)[None]
+        mask = shift_mask(Hp, Wp, m, shift, device)
+        return bias if mask is None else bias + mask.to(bias.dtype)[:, None]
+
+    def merge(self, out: torch.Tensor, shape: tuple[int, ...], B: int) -> torch.Tensor:
+        """Windows back into the map: rolled back, cropped, projected, then the optional pool."""
+        H, W, m, shift, Hp, Wp = shape
+        C = self.cfg.dim
+        out = out.view(B, Hp // m, Wp // m, self.heads, m, m, C // self.heads).permute(0, 3, 6, 1, 4, 2, 5)
+        out = out.reshape(B, C, Hp, Wp)
+        if shift:
+            out = out.roll((shift, shift), dims=(2, 3))
+        return downsample(pointwise(self.proj, out[:, :, :H, :W]), self.cfg.stride)
+
+    def windows(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v, shape = self.partition(x)
+        attn = (q @ k.transpose(-1, -2) + self.additive(shape, x.device)).softmax(dim=-1)
+        if self.captured is not None:
+            self.captured.update(attn=attn.detach().flatten(0, 1), geometry=shape)
+        return self.merge(attn @ v, shape, x.shape[0])
+
+
+register_impl("window", "windows", description="every window as one batch of dense products")(WindowAttention.windows)
+
+
+@register_impl("window", "sdpa", description="scaled_dot_product_attention per window, bias and shift mask as its mask")
+def sdpa(self: WindowAttention, x: torch.Tensor) -> torch.Tensor:
+    q, k, v, shape = self.partition(x)
+    B, windows = q.shape[:2]
+    mask = self.additive(shape, x.device).to(q.dtype).expand(B, windows, -1, -1, -1).flatten(0, 1)  # fused: 4D
+    out = F.scaled_dot_product_attention(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), attn_mask=mask, scale=1.0)
+    return self.merge(out, shape, B)
