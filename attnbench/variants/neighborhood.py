@@ -115,47 +115,54 @@ class NeighborhoodAttention(BiasedWindowAttention):
             return t.permute(0, 3, 5, 1, 4, 6, 2).reshape(B, -1, h, span_h * span_w, dh)
 
         keys, values = gathered(keys), gathered(values)
-        bias, outside = self._bias_and_mask(H, W, b, span_h, span_w, x.device)  # (tiles, h or 1, b*b, span)
-        bias = bias.to(q.dtype)
+        bias, outside, pattern = self._patterns(H, W, b, span_h, span_w, x.device)
         if self.captured is not None:
             self.captured.update(attn=[], geometry=(H, W, b, span_h, span_w))
         chunk = max(1, CHUNK_ELEMENTS // (B * h * b * b * span_h * span_w))  # tiles whose logits stay cache-sized
-        out = torch.cat([
-            self._attend(q[:, i : i + chunk], keys[:, i : i + chunk], values[:, i : i + chunk], bias[i : i + chunk],
-                         outside[i : i + chunk])
-            for i in range(0, q.shape[1], chunk)
-        ], dim=1)  # (B, tiles, h, b*b, dh)
-        out = out.reshape(B, nby, nbx, h, b, b, dh).permute(0, 3, 6, 1, 4, 2, 5)
+        out = []
+        for i in range(0, q.shape[1], chunk):
+            which = pattern[i : i + chunk]
+            out.append(self._attend(q[:, i : i + chunk], keys[:, i : i + chunk], values[:, i : i + chunk],
+                                    bias.index_select(0, which), outside.index_select(0, which)))
+        out = torch.cat(out, dim=1).reshape(B, nby, nbx, h, b, b, dh).permute(0, 3, 6, 1, 4, 2, 5)
         return self.finish(out.reshape(B, C, nby * b, nbx * b)[:, :, :H, :W])
 
     def _attend(self, q, keys, values, bias, outside):
-        logits = (q @ keys.transpose(-1, -2) + bias).masked_fill(outside, torch.finfo(q.dtype).min)
-        attn = logits.softmax(dim=-1)
+        logits = q @ keys.transpose(-1, -2)
+        logits += bias.to(logits.dtype)
+        attn = logits.masked_fill_(outside, torch.finfo(q.dtype).min).softmax(dim=-1)
         if self.captured is not None:
             self.captured["attn"].append(attn.detach())
         return attn @ values
 
-    def _bias_and_mask(self, H: int, W: int, b: int, span_h: int, span_w: int, device):
-        """Per tile: the relative bias of each (query, key-of-the-stretch) pair, (tiles, h, b*b, span_h*span_w),
-        and True where the key is outside the query's window or the query outside the image,
-        (tiles, 1, b*b, span_h*span_w)."""
+    def _patterns(self, H: int, W: int, b: int, span_h: int, span_w: int, device
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What a tile adds to its logits depends only on where it lies: at a border, or inside, where every
+        tile sees the same offsets. Returns, per distinct pattern, the relative bias of each (query, key of
+        the stretch) pair, (patterns, h, b*b, span), and True where the pair is masked (the key outside the
+        query's window, or the query outside the image), (patterns, 1, b*b, span); and each tile's pattern."""
         k = self.cfg.window
 
-        def axis(length: int, span: int) -> tuple[torch.Tensor, torch.Tensor]:
+        def axis(length: int, span: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             nb = math.ceil(length / b)
             query = torch.arange(nb, device=device)[:, None] * b + torch.arange(b, device=device)  # (nb, b)
-            key = _halo_index(length, b, k, span, device)  # (nb, span)
+            key = _halo_index(length, b, k, span, device)[:, None, :]  # (nb, 1, span)
             start = window_starts(length, k, device)[query.clamp(max=length - 1)][..., None]  # (nb, b, 1)
-            far = (key[:, None, :] < start) | (key[:, None, :] >= start + min(k, length)) | (query >= length)[..., None]
-            offset = key[:, None, :] - query[..., None] + k - 1  # (nb, b, span): 0 .. 2k-2 inside the window
-            return far, offset.clamp(0, 2 * k - 2)
+            far = (key < start) | (key >= start + min(k, length)) | (query >= length)[..., None]
+            offset = (key - query[..., None] + k - 1).clamp(0, 2 * k - 2)  # the bias table's row: 0 .. 2k-2
+            rows = torch.cat([offset.flatten(1), far.flatten(1).long()], dim=1)  # offsets and mask: the pattern
+            unique, inverse = torch.unique(rows, dim=0, return_inverse=True)
+            return unique[:, : b * span].view(-1, b, span), unique[:, b * span :].view(-1, b, span) > 0, inverse
 
-        (far_r, off_r), (far_c, off_c) = axis(H, span_h), axis(W, span_w)
-        # (nby, nbx, b_u, b_v, span_h, span_w)
+        off_r, far_r, tile_r = axis(H, span_h)
+        off_c, far_c, tile_c = axis(W, span_w)
+        side = 2 * k - 1
+        entry = off_r[:, None, :, None, :, None] * side + off_c[None, :, None, :, None, :]  # into the flat table
+        bias = self.rpb.flatten(1)[:, entry]  # (h, rows, cols, b_u, b_v, span_h, span_w)
+        bias = bias.movedim(0, 2).reshape(-1, self.heads, b * b, span_h * span_w)
         outside = far_r[:, None, :, None, :, None] | far_c[None, :, None, :, None, :]
-        bias = self.rpb[:, off_r[:, None, :, None, :, None], off_c[None, :, None, :, None, :]]  # (h, nby, nbx, ...)
-        tiles, bb, span = outside.shape[0] * outside.shape[1], b * b, span_h * span_w
-        return (bias.movedim(0, 2).reshape(tiles, self.heads, bb, span), outside.reshape(tiles, 1, bb, span))
+        pattern = (tile_r[:, None] * len(off_c) + tile_c[None, :]).flatten()  # (tiles,)
+        return bias, outside.reshape(-1, 1, b * b, span_h * span_w), pattern
 
 
 def _halo_start(t0: int, b: int, length: int, k: int) -> int:
