@@ -43,3 +43,14 @@ def test_prediction_leaves_the_module_untouched():
     assert all(p.grad is None for p in m.parameters())
     assert m(torch.randn(2, 3, 8, 8)).shape == (2, 4, 6, 6)
 
+
+
+@pytest.mark.parametrize("mode", ["infer", "train"])
+def test_every_implementation_of_every_variant_is_predicted(variant, mode):
+    """The harness predicts every case before running it; an operation fake tensors cannot run (one whose
+    output shape depends on data) would turn every case of the variant into an error."""
+    import attnbench
+
+    for impl in attnbench.list_impls(variant):
+        m = attnbench.build_variant(variant, 16, size=12, impl=impl).train(mode == "train")
+        assert predict_peak_memory(m, (2, 16, 12, 12), mode) > 2 * 16 * 12 * 12 * 4, impl

@@ -52,12 +52,6 @@ class NeighborhoodConfig(VariantConfig):
             raise ValueError(f"Invalid block={self.block}: block must be a positive integer.")
 
 
-def window_starts(length: int, k: int, device: torch.device | None = None) -> torch.Tensor:
-    """The first key of each query's window along an axis: centred, shifted inwards at the borders."""
-    span = min(k, length)
-    return (torch.arange(length, device=device) - k // 2).clamp(0, length - span)
-
-
 @register_variant(
     "neighborhood",
     NeighborhoodConfig,
@@ -142,27 +136,41 @@ class NeighborhoodAttention(BiasedWindowAttention):
         the stretch) pair, (patterns, h, b*b, span), and True where the pair is masked (the key outside the
         query's window, or the query outside the image), (patterns, 1, b*b, span); and each tile's pattern."""
         k = self.cfg.window
+        patterns = _axis_patterns.__wrapped__ if torch.compiler.is_compiling() else _axis_patterns
 
         def axis(length: int, span: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            nb = math.ceil(length / b)
-            query = torch.arange(nb, device=device)[:, None] * b + torch.arange(b, device=device)  # (nb, b)
-            key = _halo_index(length, b, k, span, device)[:, None, :]  # (nb, 1, span)
-            start = window_starts(length, k, device)[query.clamp(max=length - 1)][..., None]  # (nb, b, 1)
-            far = (key < start) | (key >= start + min(k, length)) | (query >= length)[..., None]
-            offset = (key - query[..., None] + k - 1).clamp(0, 2 * k - 2)  # the bias table's row: 0 .. 2k-2
-            rows = torch.cat([offset.flatten(1), far.flatten(1).long()], dim=1)  # offsets and mask: the pattern
-            unique, inverse = torch.unique(rows, dim=0, return_inverse=True)
-            return unique[:, : b * span].view(-1, b, span), unique[:, b * span :].view(-1, b, span) > 0, inverse
+            offsets, outside, tiles = patterns(length, b, k, span)
+            return (torch.tensor(offsets, device=device).view(-1, b, span),
+                    torch.tensor(outside, device=device).view(-1, b, span), torch.tensor(tiles, device=device))
 
         off_r, far_r, tile_r = axis(H, span_h)
         off_c, far_c, tile_c = axis(W, span_w)
-        side = 2 * k - 1
-        entry = off_r[:, None, :, None, :, None] * side + off_c[None, :, None, :, None, :]  # into the flat table
+        entry = off_r[:, None, :, None, :, None] * (2 * k - 1) + off_c[None, :, None, :, None, :]  # flat table index
         bias = self.rpb.flatten(1)[:, entry]  # (h, rows, cols, b_u, b_v, span_h, span_w)
         bias = bias.movedim(0, 2).reshape(-1, self.heads, b * b, span_h * span_w)
         outside = far_r[:, None, :, None, :, None] | far_c[None, :, None, :, None, :]
         pattern = (tile_r[:, None] * len(off_c) + tile_c[None, :]).flatten()  # (tiles,)
         return bias, outside.reshape(-1, 1, b * b, span_h * span_w), pattern
+
+
+@functools.lru_cache(maxsize=64)
+def _axis_patterns(length: int, b: int, k: int, span: int) -> tuple[tuple, tuple, tuple]:
+    """Along an axis of ``length`` cut into tiles of ``b`` queries, each meeting the ``span`` keys of its
+    stretch: the distinct patterns of (bias-table row of each query-key offset, whether the pair is masked),
+    each b x span flattened, and the pattern of each tile. Plain integers (sizes only: no tensor data)."""
+    window = min(k, length)
+    found: dict[tuple, int] = {}
+    tiles = []
+    for t in range(-(-length // b)):
+        first = _halo_start(t * b, b, length, k)
+        offsets, outside = [], []
+        for query in range(t * b, t * b + b):
+            start = max(0, min(min(query, length - 1) - k // 2, length - window))
+            for key in range(first, first + span):
+                offsets.append(min(max(key - query + k - 1, 0), 2 * k - 2))
+                outside.append(query >= length or not start <= key < start + window)
+        tiles.append(found.setdefault((tuple(offsets), tuple(outside)), len(found)))
+    return tuple(p[0] for p in found), tuple(p[1] for p in found), tuple(tiles)
 
 
 def _halo_start(t0: int, b: int, length: int, k: int) -> int:
