@@ -26,7 +26,6 @@ offsets where Swin would build a smaller table.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
@@ -58,18 +57,18 @@ def geometry(H: int, W: int, window: int, shifted: bool) -> tuple[int, int, int,
     return m, shift, -(-H // m) * m, -(-W // m) * m
 
 
-@functools.lru_cache(maxsize=64)
 def shift_mask(Hp: int, Wp: int, m: int, shift: int, device: torch.device) -> torch.Tensor | None:
     """(windows, m^2, m^2): MASKED where two pixels of a shifted window came from different regions of the
-    rolled map (Swin's mask), 0 elsewhere; None without a shift."""
+    rolled map (Swin's mask: the last ``m`` rows and columns split at ``shift``), 0 elsewhere; None without a
+    shift. Built on every call, never cached: a cached tensor made while memory is predicted would be fake."""
     if not shift:
         return None
-    region = torch.zeros(Hp, Wp, device=device)
-    count = 0
-    for rows in (slice(0, -m), slice(-m, -shift), slice(-shift, None)):
-        for cols in (slice(0, -m), slice(-m, -shift), slice(-shift, None)):
-            region[rows, cols] = count
-            count += 1
+
+    def strips(length: int) -> torch.Tensor:
+        pos = torch.arange(length, device=device)
+        return (pos >= length - m).long() + (pos >= length - shift).long()  # 0, 1, 2 along the axis
+
+    region = strips(Hp)[:, None] * 3 + strips(Wp)[None, :]
     ids = region.view(Hp // m, m, Wp // m, m).transpose(1, 2).reshape(-1, m * m)
     return (ids[:, None, :] != ids[:, :, None]).float() * MASKED
 
