@@ -68,8 +68,9 @@ class MultiHeadSelfAttention(Variant):
         y, x = query
         return {"attention": attn[image, :, y * W + x].view(-1, H, W)}
 
-    def inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q (scaled), k, v as (B, h, N, d) and the relative logits q . r^h + q . r^w as (B, h, N, N)."""
+    def inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """q (scaled), k, v as (B, h, N, d), and the relative logits q . r^h as (B, h, H, W, H, 1) and q . r^w as
+        (B, h, H, W, 1, W): their sum over each (query, key) pair is the relative term."""
         B, C, H, W = x.shape
         for side in (H, W):
             check_fits("mhsa", side, None, self.cfg.size)
@@ -80,18 +81,22 @@ class MultiHeadSelfAttention(Variant):
         rel_h = relative_to_absolute(self.rel_height[size - H : size + H - 1], H)  # (y, a, d)
         rel_w = relative_to_absolute(self.rel_width[size - W : size + W - 1], W)  # (x, b, d)
         qg = q.view(B, h, H, W, dh)
-        logits_h = torch.einsum("bhyxd,yad->bhyxa", qg, rel_h)
-        logits_w = torch.einsum("bhyxd,xcd->bhyxc", qg, rel_w)
-        relative = (logits_h[..., :, None] + logits_w[..., None, :]).reshape(B, h, H * W, H * W)
-        return q, k.contiguous(), v.contiguous(), relative
+        logits_h = torch.einsum("bhyxd,yad->bhyxa", qg, rel_h)[..., :, None]
+        logits_w = torch.einsum("bhyxd,xcd->bhyxc", qg, rel_w)[..., None, :]
+        return q, k.contiguous(), v.contiguous(), logits_h, logits_w
 
     def finish(self, out: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         B, C, H, W = shape
         return downsample(out.transpose(-1, -2).reshape(B, C, H, W), self.cfg.stride)
 
     def dense(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v, relative = self.inputs(x)
-        attn = (q @ k.transpose(-1, -2) + relative).softmax(dim=-1)
+        q, k, v, logits_h, logits_w = self.inputs(x)
+        B, h, n, _ = q.shape
+        logits = q @ k.transpose(-1, -2)
+        grid = logits.view(B, h, *x.shape[-2:], *x.shape[-2:])  # (B, h, y, x, a, b): the relative terms added in place
+        grid += logits_h
+        grid += logits_w
+        attn = logits.softmax(dim=-1)
         if self.captured is not None:
             self.captured.update(attn=attn.detach(), size=tuple(x.shape[-2:]))
         return self.finish(attn @ v, x.shape)
@@ -102,5 +107,7 @@ register_impl("mhsa", "dense", description="the N x N logits explicitly")(MultiH
 
 @register_impl("mhsa", "sdpa", description="scaled_dot_product_attention, the relative logits as its additive mask")
 def sdpa(self: MultiHeadSelfAttention, x: torch.Tensor) -> torch.Tensor:
-    q, k, v, relative = self.inputs(x)
+    q, k, v, logits_h, logits_w = self.inputs(x)
+    B, h, n, _ = q.shape
+    relative = (logits_h + logits_w).reshape(B, h, n, n)
     return self.finish(F.scaled_dot_product_attention(q, k, v, attn_mask=relative, scale=1.0), x.shape)
