@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks in one run (at most 6 minutes on one H100 or H200): the variants' GPU goals side by
-# side (benchmarks/gpu.py: one table, a store), the five networks x {infer, train} at 224, batch 64,
+# side (benchmarks/gpu.py: one table, a store; the paper's five first, then the later four without goals,
+# which its time limit may cut), the five networks x {infer, train} at 224, batch 64,
 # bf16 through `attnbench run`, cold (goal: at most 90 s wall), then the gpu-marked tests. Needs attnbench's
 # dependencies importable (pip install -e .). Writes logs and the store under $OUT (default
 # /tmp/gpu-checks); the table is printed last.
