@@ -18,6 +18,11 @@ Implementations (one parameter set, the same function):
 * ``flex`` (GPUs): FlexAttention with a block mask of the clamped windows and the bias as a
   ``score_mod``; compiled into fused kernels on GPUs. FlexAttention has no backward on CPUs.
 
+NATTEN (the neighbourhood-attention library, the ``[natten]`` extra) agrees on which keys every query
+meets: ``tests/test_natten.py`` checks both implementations against its ``na2d`` with the bias zeroed.
+It is not an implementation here: NATTEN 0.20 and later have no relative position bias, which is part
+of NAT's mechanism.
+
 Deviations: on a side shorter than k the window is the whole side (NAT requires sides of at least
 k). No dilation (that is DiNAT).
 """
