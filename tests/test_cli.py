@@ -222,9 +222,9 @@ def test_export_and_merge(capsys, tmp_path):
     assert code == 2 and err.startswith("attnbench export: Unknown column 'colour'") and err.count("\n") == 1
 
 
-def _sweep_command(db, res="8,12,16"):
+def _sweep_command(db):
     return [sys.executable, "-m", "attnbench", "run", "--scope", "module", "--variants", "conv,gsa,nonlocal",
-            "--res", res, "--dim", "16", "--db", db, "--min-run-time", "0.3", "--threads", "1"]
+            "--res", "8,12,16", "--dim", "16", "--db", db, "--min-run-time", "0.3", "--threads", "1"]
 
 
 def _wait_for_rows(db, n, proc, limit=120):
@@ -259,15 +259,16 @@ def test_sigkill_mid_sweep_then_rerun_stores_every_case_once(tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_keeps_finished_cases(tmp_path):
     db = str(tmp_path / "r.sqlite")
-    # 27 cases of at least 0.3 s: on a loaded machine the rest of a shorter sweep could end before the signal
-    command = _sweep_command(db, res="8,10,12,14,16,18,20,22,24")
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C's default action, even when the tests run in the background: a shell starts background jobs with
+    # SIGINT ignored, and the sweep would inherit that and finish
+    proc = subprocess.Popen(_sweep_command(db), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     _wait_for_rows(db, 1, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
     kept = store.load_results(db)
-    assert 1 <= len(kept) < 27 and set(kept.status) == {"ok"}
+    assert 1 <= len(kept) < 9 and set(kept.status) == {"ok"}
 
 
 def test_shards_on_two_machines_merge_into_the_whole_sweep(capsys, tmp_path):
