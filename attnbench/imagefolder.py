@@ -127,7 +127,7 @@ class ImageFolderSet:
         of each global batch; each image's augmentation seed follows from ``generator`` and its place in
         the global batch."""
         base = int(torch.randint(2**62, (1,), generator=generator))
-        width = order.shape[1] if order.ndim == 2 else 0
+        width = order.shape[1]
         plan = [[(index, base + step * width + j) for j, index in enumerate(rows.tolist())][part]
                 for step, rows in enumerate(order)]
         return self._read(plan, self.augment)

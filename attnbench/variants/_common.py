@@ -163,7 +163,6 @@ def batch_norm(x: torch.Tensor, bn: nn.BatchNorm2d, channel_dims: tuple[int, ...
     return torch.addcmul(bn.bias.view(shape) - mean * scale, x, scale)
 
 
-
 class BiasedWindowAttention(Variant):
     """The parameters Swin and NAT share: one q/k/v projection and an output projection, both with bias, and a
     relative position bias of (2 window - 1)^2 entries per head, initialised at std 0.02 as both papers' code."""

@@ -25,6 +25,7 @@ GSA's content branch descends from this mechanism without rho_q.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -39,14 +40,10 @@ class EfficientConfig(VariantConfig):
     key_channels: int | None = None  # d_k over all heads (None: dim / 2)
     value_channels: int | None = None  # d_v over all heads (None: dim / 2)
 
+    _positive: ClassVar[tuple[str, ...]] = (*VariantConfig._positive, "heads", "key_channels", "value_channels")
+
     def validate(self) -> None:
         super().validate()
-        for name in ("key_channels", "value_channels"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"Invalid {name}={value!r}: {name} must be a positive integer (or None).")
-        if self.heads < 1:
-            raise ValueError(f"Invalid heads={self.heads}: heads must be a positive integer.")
         self.check_divisible("key_channels", self.keys, "heads", self.heads)
         self.check_divisible("value_channels", self.values, "heads", self.heads)
         if self.keys // self.heads < 2:

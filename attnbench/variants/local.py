@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -54,12 +55,12 @@ class LocalConfig(VariantConfig):
     window: int = 7  # spatial extent k of the window (pixels, odd)
     block: int = 8  # query tile side of the blocked computation; does not change the result
 
+    _positive: ClassVar[tuple[str, ...]] = (*VariantConfig._positive, "block")
+
     def validate(self) -> None:
         super().validate()
         self.check_heads(halves="its halves hold the row and column embeddings")
         self.check_odd("window")
-        if self.block < 1:
-            raise ValueError(f"Invalid block={self.block}: block must be a positive integer.")
 
 
 @register_variant(

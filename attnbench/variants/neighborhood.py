@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -49,12 +50,12 @@ class NeighborhoodConfig(VariantConfig):
     window: int = 7  # the k of the k x k neighbourhood (pixels, odd)
     block: int = 8  # query tile side of the tiled computation; does not change the result
 
+    _positive: ClassVar[tuple[str, ...]] = (*VariantConfig._positive, "block")
+
     def validate(self) -> None:
         super().validate()
         self.check_heads()
         self.check_odd("window")
-        if self.block < 1:
-            raise ValueError(f"Invalid block={self.block}: block must be a positive integer.")
 
 
 @register_variant(

@@ -27,6 +27,7 @@ offsets where Swin would build a smaller table.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -43,11 +44,11 @@ class WindowConfig(VariantConfig):
     window: int = 7  # window side M (pixels)
     shifted: bool = False  # windows shifted by window // 2 (the network sets it on alternate blocks)
 
+    _positive: ClassVar[tuple[str, ...]] = (*VariantConfig._positive, "window")
+
     def validate(self) -> None:
         super().validate()
         self.check_heads()
-        if self.window < 1:
-            raise ValueError(f"Invalid window={self.window}: window must be a positive integer.")
 
 
 def geometry(H: int, W: int, window: int, shifted: bool) -> tuple[int, int, int, int]:
