@@ -529,7 +529,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         _check_out_dir("--out", out)
     if args.db is not None:
         _check_db(args.db)
-    finished = _finished_seeds(args.db, cfg, auto) if args.skip_finished else set()
+    finished = _finished_seeds(args.db, cfg, auto) if args.skip_finished else {}
+    # --lr auto chooses the rate once for the setup, on the first seed it trains (or takes the rate an earlier
+    # sitting chose, from the store), and every seed trains at it
+    tuned = next(iter(finished.values())) if auto and finished else None
     for seed, out in outs.items():
         if seed in finished:
             print(f"seed {seed}: already trained to its end in {args.db}, skipped")
@@ -537,7 +540,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         try:
             run, source = replace(cfg, seed=seed), "given"
             if auto:
-                lr, source = tune_lr(run, Path(out) / "lr-search")
+                if tuned is None:
+                    tuned = tune_lr(run, Path(out) / "lr-search")
+                lr, source = tuned
                 run = replace(run, lr=lr)
                 print(f"seed {seed}: learning rate {source}")
             history = train(run, out=out, db=args.db, resume=args.resume, stop_after_epoch=args.stop_after_epoch,
@@ -572,14 +577,15 @@ def _conv_of(model: str) -> str:
     return f"conv_{rest}" if rest and variant != "conv" else model
 
 
-def _finished_seeds(db: str | None, cfg, auto: bool) -> set[int]:
+def _finished_seeds(db: str | None, cfg, auto: bool) -> dict[int, tuple[float, str]]:
     """The seeds of ``cfg``'s setup that the store holds a finished run of (its last epoch says why it
-    stopped); with ``auto``, runs whose learning rate was chosen on validation, whatever it was."""
+    stopped), lowest first, each with its learning rate and how it was chosen; with ``auto``, runs whose
+    rate was chosen on validation, whatever it was."""
     from attnbench import store
     from attnbench.train import image_side
 
     if db is None or not Path(db).exists():
-        return set()
+        return {}
     rows = store.load_training(db)
     same = rows[rows.stopped.notna() & (rows.image_size == image_side(cfg))]
     if auto:
@@ -588,7 +594,7 @@ def _finished_seeds(db: str | None, cfg, auto: bool) -> set[int]:
             () if auto else ("lr",)):
         value = getattr(cfg, name)
         same = same[same[name].isna()] if value is None else same[same[name] == value]
-    return set(int(seed) for seed in same.seed)
+    return {int(row.seed): (float(row.lr), row.lr_source) for row in same.sort_values("seed").itertuples()}
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -709,8 +715,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--batch", type=positive_int("batch"), default=128,
                     help="global batch, split over torchrun's processes")
     tr.add_argument("--lr", type=learning_rate, default=0.1,
-                    help="learning rate, or auto: chosen per seed on a held-out tenth of the training split "
-                         "(never the test split) among 0.2, 0.1, 0.05, 0.02")
+                    help="learning rate, or auto: chosen once per setup, on a held-out tenth of the first seed's "
+                         "training split (never the test split), among 0.2, 0.1, 0.05, 0.02")
     tr.add_argument("--momentum", type=float, default=0.9)
     tr.add_argument("--weight-decay", type=float, default=5e-4)
     tr.add_argument("--width", type=positive_float, default=1.0, help="channel multiplier, e.g. 0.25")

@@ -147,7 +147,8 @@ def accuracy_table(frame: pd.DataFrame, training: pd.DataFrame) -> pd.DataFrame:
     learning rate (``auto: ...`` with the rates the seeds chose, for ``--lr auto``), batch, budget), over its seeds:
     test and train top-1 as mean, standard deviation and n from each run's last epoch, the optimizer steps
     the runs took, their cost (params, MACs, training time and, where the network was also measured at
-    model scope at 32 x 32, batch 1, its inference latency), and how it stands against the best of its
+    model scope at 32 x 32, batch 1, its inference latency: ``run`` measures networks at width 1, so a
+    setup trained at another width, as ``--match`` picks, shows none), and how it stands against the best of its
     data set: ``best``, ``within spread`` (the difference is smaller than the two standard deviations
     together: not significant), or the difference in points (marked when a side has one seed, so no
     spread to judge it by)."""
@@ -179,7 +180,8 @@ def accuracy_table(frame: pd.DataFrame, training: pd.DataFrame) -> pd.DataFrame:
                      "params": int(runs.params.iloc[0]),
                      "MACs per image (M)": round(runs.macs_per_image.iloc[0] / 1e6, 2),
                      "training time (s)": round(runs.time_s.mean(), 1),
-                     "latency ms (batch 1)": round(latency[measured_as], 3) if measured_as in latency else math.nan,
+                     "latency ms (batch 1)": round(latency[measured_as], 3)
+                     if measured_as in latency and setup["width"] == 1.0 else math.nan,
                      "device": setup["device_name"], "processes": setup["world_size"]})
     table = pd.DataFrame(rows)
     if table.empty:

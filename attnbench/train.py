@@ -204,7 +204,8 @@ def tune_lr(cfg: TrainConfig, out: str | Path, candidates: tuple[float, ...] = L
             ) -> tuple[float, str]:
     """The learning rate ``--lr auto`` picks, and how: each candidate trains for a quarter of the run's
     steps on the training split less a held-out tenth (drawn with the seed), and the best top-1 on that
-    tenth wins. The test split is never seen. Returns (lr, a one-line account stored with the run)."""
+    tenth wins. The test split is never seen. Returns (lr, a one-line account stored with the run, which
+    names the seed whose split chose it: the other seeds of a setup train at the same rate)."""
     train_set, _ = datasets(cfg)
     n = len(train_set.labels)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 7919))
@@ -220,7 +221,7 @@ def tune_lr(cfg: TrainConfig, out: str | Path, candidates: tuple[float, ...] = L
         scores[lr] = history[-1]["top1_pct"]
     best = max(scores, key=lambda lr: (scores[lr], -lr))  # a tie goes to the smaller rate
     account = (f"validation: {best:g} of " + ", ".join(f"{lr:g} ({top1:.1f} %)" for lr, top1 in scores.items())
-               + f", each {budget} steps, top-1 on {len(held)} held-out training images")
+               + f", each {budget} steps, top-1 on {len(held)} held-out training images of seed {cfg.seed}")
     return best, account
 
 

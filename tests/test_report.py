@@ -1,6 +1,7 @@
 """Reports from a store built here with known costs: exponents, files, determinism, clear refusals."""
 
 import hashlib
+import math
 
 import numpy as np
 import pytest
@@ -126,19 +127,21 @@ def test_pareto_front():
 
 
 def test_accuracy_against_cost(db, tmp_path):
-    runs = {"conv_probe": (51.0, 1e6, 0.5), "gsa_probe": (95.0, 3e6, 2.0), "local_probe": (60.0, 4e6, 3.0)}
-    for model, (top1, macs, latency) in runs.items():
+    runs = {"conv_probe": (51.0, 1e6, 0.5, 1.0), "gsa_probe": (95.0, 3e6, 2.0, 1.0),
+            "local_probe": (60.0, 4e6, 3.0, 1.0), "axial_probe": (55.0, 2e6, 4.0, 0.5)}
+    for model, (top1, macs, latency, width) in runs.items():
         for epoch in (1, 2):
             store.write_training(db, Epoch(
                 run_id=f"{model}-1", epoch=epoch, epochs=2, model=model, dataset="longrange", train_loss=0.5,
                 top1_pct=top1 - (2 - epoch), top5_pct=100.0, epoch_s=3.0, params=100, macs_per_image=int(macs),
-                width=1.0, world_size=1, seed=0, environment=Environment(device_name="Test CPU")))
+                width=width, world_size=1, seed=0, environment=Environment(device_name="Test CPU")))
         variant = model.split("_")[0]
         store.write(db, row(variant, 32, scope="model", batch=1, k=1.0, arch="probe", latency_ms_median=latency))
     rep = report([db], tmp_path / "out", published=False)
     acc = rep.tables["accuracy"].set_index("model")
     assert acc.loc["gsa_probe", "top-1 (%)"] == 95.0 and acc.loc["gsa_probe", "training time (s)"] == 6.0
     assert acc.loc["local_probe", "latency ms (batch 1)"] == 3.0
+    assert math.isnan(acc.loc["axial_probe", "latency ms (batch 1)"])  # measured at width 1, trained at 0.5
     assert {"accuracy_macs_longrange_test-cpu", "accuracy_latency_longrange_test-cpu"} <= set(rep.figures)
 
 

@@ -294,11 +294,16 @@ def test_lr_auto_chooses_on_held_out_training_images_and_stores_how(tmp_path, ca
     from attnbench.tables import accuracy_table
     from attnbench.train import LR_CANDIDATES
 
-    db = tmp_path / "r.sqlite"
-    assert main(["train", "--dataset", "digits", "--model", "conv_probe", "--width", "0.5", "--batch", "128",
-                 "--steps", "8", "--lr", "auto", "--db", str(db), "--out", str(tmp_path / "run")]) == 0
+    db, out = tmp_path / "r.sqlite", tmp_path / "run"
+    common = ["train", "--dataset", "digits", "--model", "conv_probe", "--width", "0.5", "--batch", "128",
+              "--steps", "8", "--lr", "auto", "--db", str(db), "--out", str(out), "--skip-finished"]
+    assert main([*common, "--seeds", "0,1"]) == 0
+    assert main([*common, "--seeds", "0,1,2"]) == 0  # a later sitting: seed 2 takes the rate from the store
     rows = store.load_training(db)
+    assert sorted(set(rows.seed)) == [0, 1, 2] and rows.lr_source.nunique() == 1 and rows.lr.nunique() == 1
+    assert [(out / f"s{seed}" / "lr-search").exists() for seed in (0, 1, 2)] == [True, False, False]
     source = rows.lr_source.iloc[-1]
+    assert source.endswith("held-out training images of seed 0")
     scores = {float(lr): float(top1) for lr, top1 in re.findall(r"([\d.]+) \(([\d.]+) %\)", source)}
     held = int(len(load_dataset("digits")[0].labels) * 0.1)  # a tenth of the training split
     assert set(scores) == set(LR_CANDIDATES) and f"on {held} held-out training images" in source
@@ -306,6 +311,8 @@ def test_lr_auto_chooses_on_held_out_training_images_and_stores_how(tmp_path, ca
     assert source.startswith(f"validation: {best:g} of") and set(rows.lr) == {best}
     assert "seed 0: learning rate validation" in capsys.readouterr().out
     assert accuracy_table(store.load_results(db), rows).lr.tolist() == [f"auto: {best:g}"]
+    assert main([*common, "--seeds", "3", "--db", str(tmp_path / "new.sqlite")]) == 0  # a new store: tuned anew
+    assert (out / "lr-search").exists()
 
 
 def test_match_picks_the_width_with_the_reference_cost(tmp_path, capsys):
@@ -324,9 +331,22 @@ def test_match_picks_the_width_with_the_reference_cost(tmp_path, capsys):
     assert rows.params.iloc[-1] == params("gsa_probe", width) and width != 1.0
     assert rows.width_source.iloc[-1].startswith("matched to conv_probe at width 1 in params: ")
     code = main(["train", "--dataset", "digits", "--model", "local_probe", "--match", "params", "--steps", "2",
-                 "--out", str(tmp_path / "no")])
+                 "--opt", "heads=8", "--out", str(tmp_path / "no")])  # 8 heads of even width: 16-channel steps
     err = capsys.readouterr().err
-    assert code == 2 and "No width of local_probe matches conv_probe's params" in err and "closest is width" in err
+    assert code == 2 and "No width of local_probe matches conv_probe's params" in err and "closest is width 2" in err
+
+
+def test_probe_heads_are_the_most_of_eight_channels_or_more_that_the_variant_accepts():
+    import attnbench
+
+    def heads(model, width, **options):
+        net = attnbench.build_model(model, num_classes=2, width=width, image_size=32, **options)
+        return [block.cfg.heads for block in net.blocks]
+
+    assert heads("local_probe", 1.0) == [2, 2] and heads("gsa_probe", 1.5) == [3, 3]  # 16 and 24 channels
+    # 26 channels: 3 heads do not divide them and 2 leave local's head width odd (13), so 1; gsa takes 2
+    assert heads("local_probe", 1.625) == [1, 1] and heads("gsa_probe", 1.625) == [2, 2]
+    assert heads("local_probe", 1.625, heads=13) == [13, 13]  # heads given win
 
 
 def test_variant_options_reach_the_network_are_stored_and_make_their_own_setup(tmp_path, capsys):

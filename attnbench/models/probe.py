@@ -1,8 +1,9 @@
 """Probe networks: a stem, two blocks of one variant at full resolution, global pooling, a classifier.
 
-Small enough to train on a CPU (16 channels; attention variants get one head per 8 channels unless
-told otherwise), and shallow enough that whether a network relates distant pixels depends on the
-variant alone: with 3x3 convolutions the receptive field before pooling is 7x7. A variant that is a
+Small enough to train on a CPU (16 channels; attention variants get the most heads of at least 8
+channels each that the variant accepts at that width, unless told otherwise), and shallow enough that
+whether a network relates distant pixels depends on the variant alone: with 3x3 convolutions the
+receptive field before pooling is 7x7. A variant that is a
 residual block of its own (non-local, inserted between blocks in its paper) is used as it is, not
 wrapped in a second norm and residual.
 """
@@ -15,13 +16,25 @@ from torch import nn
 from attnbench.registry import build_variant, get_variant_spec
 
 
+def _heads(spec, width: int, options: dict) -> int:
+    """The most heads of at least 8 channels each that ``spec``'s config accepts at ``width`` with ``options``
+    (16 channels: 2 heads; 26 channels, where 3 heads do not divide and 2 leave local's head width odd: 1)."""
+    for heads in range(max(1, width // 8), 1, -1):
+        try:
+            spec.make_config(width, **{**options, "heads": heads})
+            return heads
+        except ValueError:
+            continue
+    return 1
+
+
 class ProbeNet(nn.Module):
     def __init__(self, variant: str, *, num_classes: int = 10, width: int = 16, image_size: int = 32, **options):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
         spec = get_variant_spec(variant)
-        if "heads" in spec.options():
-            options.setdefault("heads", max(1, width // 8))  # 8 channels a head: 16 channels, 2 heads
+        if "heads" in spec.options() and options.get("heads") is None:
+            options["heads"] = _heads(spec, width, options)
         norm = spec.ends_with_norm
         self.residual = spec.placement != "insert"  # an inserted block (non-local) is already residual
         self.blocks = nn.ModuleList(build_variant(variant, width, size=image_size, **spec.block_options(i, options))
