@@ -148,10 +148,10 @@ def accuracy_table(frame: pd.DataFrame, training: pd.DataFrame) -> pd.DataFrame:
     test and train top-1 as mean, standard deviation and n from each run's last epoch, the optimizer steps
     the runs took, their cost (params, MACs, training time and, where the network was also measured at
     model scope at 32 x 32, batch 1, its inference latency: ``run`` measures networks at width 1, so a
-    setup trained at another width, as ``--match`` picks, shows none), and how it stands against the best of its
-    data set: ``best``, ``within spread`` (the difference is smaller than the two standard deviations
-    together: not significant), or the difference in points (marked when a side has one seed, so no
-    spread to judge it by)."""
+    setup trained at another width, as ``--match`` picks, shows none), and how it stands against the best
+    of its data set: ``best`` (or tied with it), ``within spread`` (the difference is smaller than the two
+    standard deviations together: not significant), or the difference in points (marked when a side has
+    one seed, so no spread to judge it by)."""
     last = training.sort_values("epoch").groupby("run_id", sort=False).tail(1)
     time_s = training.groupby("run_id").epoch_s.sum()
     latency = {}
@@ -193,7 +193,7 @@ def accuracy_table(frame: pd.DataFrame, training: pd.DataFrame) -> pd.DataFrame:
             gap = table.at[best, "top-1 (%)"] - table.at[i, "top-1 (%)"]
             spread = table.at[best, "top-1 std"] + table.at[i, "top-1 std"]
             one_seed = min(table.at[best, "seeds"], table.at[i, "seeds"]) < 2  # no spread to compare with
-            table.at[i, "vs best"] = ("best" if i == best else f"-{gap:.2f} (one seed)" if one_seed
+            table.at[i, "vs best"] = ("best" if gap == 0 else f"-{gap:.2f} (one seed)" if one_seed
                                       else "within spread" if gap <= spread else f"-{gap:.2f}")
     return table
 

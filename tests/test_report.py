@@ -145,6 +145,19 @@ def test_accuracy_against_cost(db, tmp_path):
     assert {"accuracy_macs_longrange_test-cpu", "accuracy_latency_longrange_test-cpu"} <= set(rep.figures)
 
 
+def test_a_store_of_training_runs_alone_reports_its_accuracy(tmp_path):
+    db = tmp_path / "trained.sqlite"
+    for model, top1 in (("gsa_probe", 100.0), ("nonlocal_probe", 100.0), ("conv_probe", 51.5)):
+        store.write_training(db, Epoch(
+            run_id=f"{model}-1", epoch=1, epochs=1, model=model, dataset="longrange", train_loss=0.5, top1_pct=top1,
+            top5_pct=100.0, epoch_s=3.0, params=100, macs_per_image=10**6, width=1.0, world_size=1, seed=0,
+            environment=Environment(device_name="Test CPU")))
+    acc = report([db], tmp_path / "out", published=False).tables["accuracy"].set_index("model")
+    # a tie with the best is the best, not a gap of -0.00
+    assert acc["vs best"].to_dict() == {"conv_probe": "-48.50 (one seed)", "gsa_probe": "best",
+                                        "nonlocal_probe": "best"}
+
+
 def test_a_new_report_replaces_the_old_one_whole(db, tmp_path, monkeypatch):
     import sys
 
