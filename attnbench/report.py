@@ -208,8 +208,8 @@ def _write_report(frame: pd.DataFrame, training: pd.DataFrame, dbs: Sequence[str
                     f"Latency across devices: {scope} scope, res {res}, {dtype}, {mode}"))
                 index.append(f"- {scope} scope at {res}, {dtype}: ![devices](figures/devices_{tag}.png)")
 
-    if len(training):
-        acc = accuracy_table(frame, training)
+    acc = accuracy_table(frame, training) if len(training) else pd.DataFrame()
+    if len(acc):  # (none while every run is still in progress)
         _write_table(rep, out, "accuracy", acc)
         index += ["", "## Accuracy against cost\n", "- [each trained setup over its seeds: test and train top-1 "
                   "(mean, std, n), steps, cost, and its standing against the best](tables/accuracy.md)"]

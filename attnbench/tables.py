@@ -143,16 +143,18 @@ def published_table() -> pd.DataFrame:
 
 
 def accuracy_table(frame: pd.DataFrame, training: pd.DataFrame) -> pd.DataFrame:
-    """One row per trained setup (data set and image side, network and its variant options, width,
-    learning rate (``auto: ...`` with the rates the seeds chose, for ``--lr auto``), batch, budget), over its seeds:
-    test and train top-1 as mean, standard deviation and n from each run's last epoch, the optimizer steps
-    the runs took, their cost (params, MACs, training time and, where the network was also measured at
-    model scope at 32 x 32, batch 1, its inference latency: ``run`` measures networks at width 1, so a
-    setup trained at another width, as ``--match`` picks, shows none), and how it stands against the best
-    of its data set: ``best`` (or tied with it), ``within spread`` (the difference is smaller than the two
-    standard deviations together: not significant), or the difference in points (marked when a side has
-    one seed, so no spread to judge it by)."""
+    """One row per trained setup (data set and image side, network and its variant options, width, learning
+    rate (``auto: ...`` with the rates the seeds chose, for ``--lr auto``), batch, budget), over its seeds:
+    test and train top-1 as mean, standard deviation and n from each finished run's last epoch (a run still
+    in progress, or killed before its end, is left out), the optimizer steps the runs took, their cost
+    (params, MACs, training time and, where the network was also measured at model scope at 32 x 32, batch
+    1, its inference latency: ``run`` measures networks at width 1, so a setup trained at another width, as
+    ``--match`` picks, shows none), and how it stands against the best of its data set: ``best`` (or tied
+    with it), ``within spread`` (the difference is smaller than the two standard deviations together: not
+    significant), or the difference in points (marked when a side has one seed, so no spread to judge it
+    by)."""
     last = training.sort_values("epoch").groupby("run_id", sort=False).tail(1)
+    last = last[last.stopped.notna() | (last.epoch == last.epochs)]  # a run in progress, or killed, is not in
     time_s = training.groupby("run_id").epoch_s.sum()
     latency = {}
     measured = frame[(frame.scope == "model") & (frame.status == "ok") & (frame.res == 32) & (frame.batch == 1)]
