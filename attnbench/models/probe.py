@@ -3,9 +3,8 @@
 Small enough to train on a CPU (16 channels; attention variants get the most heads of at least 8
 channels each that the variant accepts at that width, unless told otherwise), and shallow enough that
 whether a network relates distant pixels depends on the variant alone: with 3x3 convolutions the
-receptive field before pooling is 7x7. A variant that is a
-residual block of its own (non-local, inserted between blocks in its paper) is used as it is, not
-wrapped in a second norm and residual.
+receptive field before pooling is 7x7. A variant that is a residual block of its own (non-local,
+inserted between blocks in its paper) is used as it is, not wrapped in a second norm and residual.
 """
 
 from __future__ import annotations
