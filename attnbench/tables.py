@@ -149,10 +149,10 @@ def accuracy_table(frame: pd.DataFrame, training: pd.DataFrame) -> pd.DataFrame:
     in progress, or killed before its end, is left out), the optimizer steps the runs took, their cost
     (params, MACs, training time and, where the network was also measured at model scope at 32 x 32, batch
     1, its inference latency: ``run`` measures networks at width 1, so a setup trained at another width, as
-    ``--match`` picks, shows none), and how it stands against the best of its data set: ``best`` (or tied
-    with it), ``within spread`` (the difference is smaller than the two standard deviations together: not
-    significant), or the difference in points (marked when a side has one seed, so no spread to judge it
-    by)."""
+    ``--match`` picks, shows none), the commits that trained it, and how it stands against the best of its
+    data set: ``best`` (or tied with it), ``within spread`` (the difference is smaller than the two standard
+    deviations together: not significant), or the difference in points (marked when a side has one seed,
+    so no spread to judge it by)."""
     last = training.sort_values("epoch").groupby("run_id", sort=False).tail(1)
     last = last[last.stopped.notna() | (last.epoch == last.epochs)]  # a run in progress, or killed, is not in
     time_s = training.groupby("run_id").epoch_s.sum()
@@ -184,7 +184,8 @@ def accuracy_table(frame: pd.DataFrame, training: pd.DataFrame) -> pd.DataFrame:
                      "training time (s)": round(runs.time_s.mean(), 1),
                      "latency ms (batch 1)": round(latency[measured_as], 3)
                      if measured_as in latency and setup["width"] == 1.0 else math.nan,
-                     "device": setup["device_name"], "processes": setup["world_size"]})
+                     "device": setup["device_name"], "processes": setup["world_size"],
+                     "commit": ", ".join(sorted(set(runs.git_commit.dropna().str[:12]))) or "-"})
     table = pd.DataFrame(rows)
     if table.empty:
         return table

@@ -154,8 +154,9 @@ def test_a_store_of_training_runs_alone_reports_its_accuracy(tmp_path):
         store.write_training(db, Epoch(
             run_id=f"{model}-1", epoch=1, epochs=epochs, model=model, dataset="longrange", train_loss=0.5,
             top1_pct=top1, top5_pct=100.0, epoch_s=3.0, params=100, macs_per_image=10**6, width=1.0, world_size=1,
-            seed=0, environment=Environment(device_name="Test CPU")))
+            seed=0, environment=Environment(device_name="Test CPU", git_commit="0123456789abcdef")))
     acc = report([db], tmp_path / "out", published=False).tables["accuracy"].set_index("model")
+    assert set(acc.commit) == {"0123456789ab"}
     # a tie with the best is the best, not a gap of -0.00
     assert acc["vs best"].to_dict() == {"conv_probe": "-48.50 (one seed)", "gsa_probe": "best",
                                         "nonlocal_probe": "best"}
