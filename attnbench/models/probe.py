@@ -16,11 +16,13 @@ from attnbench.registry import build_variant, get_variant_spec
 
 
 def _heads(spec, width: int, options: dict) -> int:
-    """The most heads of at least 8 channels each that ``spec``'s config accepts at ``width`` with ``options``
-    (16 channels: 2 heads; 26 channels, where 3 heads do not divide and 2 leave local's head width odd: 1)."""
+    """The most heads of at least 8 channels each that ``spec``'s config accepts at ``width`` with the config's
+    share of ``options`` (not ``impl``, which the module takes) (16 channels: 2 heads; 26 channels, where 3
+    heads do not divide and 2 leave local's head width odd: 1)."""
+    config_options = {k: v for k, v in options.items() if k in spec.options()}
     for heads in range(max(1, width // 8), 1, -1):
         try:
-            spec.make_config(width, **{**options, "heads": heads})
+            spec.make_config(width, **{**config_options, "heads": heads})
             return heads
         except ValueError:
             continue
