@@ -3,10 +3,10 @@
 # probe and on digits, its width chosen so that it has the parameters of the 16-channel conv probe
 # (--match params, within 5 %), three seeds each, the learning rate chosen once per setup on held-out
 # training images (--lr auto), each run to a step budget or until its training loss plateaus;
-# non-local twice, with the paper's zero-initialised output scale and with it started at 1; then the
-# probes' inference cost at 32 x 32 (at width 1: the table shows it for the networks trained at that
-# width), all into one results store. Finished runs are skipped, so the script may be run in several
-# sittings (it takes hours on 2 cores).
+# non-local twice, with the paper's zero-initialised output scale and with it started at 1; all into
+# one results store. Its cost columns are the trained networks' parameters and MACs (inference latency
+# is measured by `attnbench run`, at width 1, which only the conv probe is trained at). Finished runs
+# are skipped, so the script may be run in several sittings (it takes hours on 2 cores).
 #   bash benchmarks/accuracy.sh [reports/results.sqlite] [variants] [seeds]
 set -euo pipefail
 db=${1:-reports/results.sqlite}
@@ -25,7 +25,3 @@ for dataset in longrange digits; do
     fi
   done
 done
-attnbench run --arch probe --res 32 --batch 1 --variants "$(echo "$variants" | tr ' ' ',')" --db "$db"
-if [[ " $variants " == *" nonlocal "* ]]; then
-  attnbench run --arch probe --res 32 --batch 1 --variants nonlocal --opt zero_init=false --db "$db"
-fi
