@@ -72,14 +72,16 @@ def load(dbs: Sequence[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
                           "): there is nothing to draw; see `attnbench export` for the reasons.")
     frame["pixels"] = frame.res.astype(np.int64) ** 2
     # a variant measured with several implementations or option sets is drawn and tabled as one series each
-    frame["setup"] = setup_labels(frame) if len(frame) else ""
     if len(frame):  # (a store of training runs alone has no cases to label)
+        frame["setup"] = setup_labels(frame)
         several_impls = frame.groupby("variant").impl.transform("nunique") > 1
         several_options = frame.groupby("variant").options.transform("nunique") > 1
         several_setups = frame.groupby("variant").setup.transform("nunique") > 1
         frame["variant"] = (frame.variant + np.where(several_impls, "/" + frame.impl, "")
                             + np.where(several_options, "[" + frame.options.replace("", "defaults") + "]", "")
                             + np.where(several_setups, "[" + frame.setup.replace("", "eager") + "]", ""))
+    else:
+        frame["setup"] = ""
     frame["device_label"] = frame.device_name.fillna(frame.device)
     frame = frame.sort_values(["device_label", "scope", "variant", "arch", "dtype", "mode", "dim", "batch",
                                "res", "created_utc"]).reset_index(drop=True)
