@@ -179,15 +179,42 @@ def bars_figure(g: pd.DataFrame, column: str, label: str, by: str, by_label: str
     return finish(fig, ax, title, grid="y", xlabel=by_label, ylabel=label, yscale="log")
 
 
+def label_offsets(x: Sequence[float], y: Sequence[float], *, near: float = 0.04) -> list[tuple[int, int, str]]:
+    """Where each point's name goes, as (dx, dy) in points and its alignment, on a log x and linear y axis:
+    left of points in the right 40 % of the x range (a name to the right of the last point would run off
+    the axes), right of the others; points within ``near`` of a point named before (as fractions of the
+    ranges) stack their names below its, so that coincident points stay legible."""
+    lx = np.log10(np.asarray(x, float))
+    ya = np.asarray(y, float)
+    fx = (lx - lx.min()) / (np.ptp(lx) or 1.0)
+    fy = (ya - ya.min()) / (np.ptp(ya) or 1.0)
+    offsets, placed = [], []
+    for i in range(len(lx)):
+        stacked = sum(abs(fx[i] - fx[j]) < near and abs(fy[i] - fy[j]) < near for j in placed)
+        placed.append(i)
+        left = fx[i] > 0.6
+        offsets.append((-5 if left else 5, 3 - 10 * stacked, "right" if left else "left"))
+    return offsets
+
+
 def accuracy_figure(table: pd.DataFrame, cost: str, label: str, title: str):
-    """Top-1 accuracy against a cost, one point per network, with the Pareto front."""
+    """Top-1 accuracy against a cost, one point per network (bars: one standard deviation over its seeds,
+    cut at 100 %), with the Pareto front."""
+    from matplotlib.ticker import LogFormatter
+
     palette = colours(m.split("_")[0] for m in table.model)
     fig, (ax,) = new_figure(1, 6.5)
     t = table.dropna(subset=[cost]).reset_index(drop=True)
-    for model, x, y in zip(t.model, t[cost], t["top-1 (%)"]):
-        ax.scatter(x, y, color=palette.get(model.split("_")[0]), s=40, zorder=3)
-        ax.annotate(model, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
-    ax.margins(x=0.2)  # room for the names of the outermost points
+    offsets = label_offsets(t[cost], t["top-1 (%)"])
+    for model, x, y, std, (dx, dy, ha) in zip(t.model, t[cost], t["top-1 (%)"], t["top-1 std"], offsets):
+        colour = palette.get(model.split("_")[0])
+        bar = [[std], [min(std, 100 - y)]] if std else None  # no bar above 100 %
+        ax.errorbar(x, y, yerr=bar, fmt="o", ms=6, capsize=3, color=colour, zorder=3)
+        ax.annotate(model, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, fontsize=7, color=colour)
+    ax.margins(x=0.08, y=0.08)
     front = pareto(list(t[cost]), list(t["top-1 (%)"]))
     ax.plot(t.loc[front, cost], t.loc[front, "top-1 (%)"], "--", color="grey", label="Pareto front", zorder=2)
-    return finish(fig, ax, title, xscale="log", xlabel=label, ylabel="test top-1 (%)")
+    finish(fig, ax, title, xscale="log", xlabel=label, ylabel="test top-1 (%)")
+    ax.xaxis.set_major_formatter(LogFormatter())  # plain numbers (4, 6, 20), not 4 x 10^0
+    ax.xaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1.5, 0.5)))
+    return fig

@@ -126,6 +126,17 @@ def test_pareto_front():
     assert pareto(cost, acc) == [0, 2, 4]
 
 
+def test_names_of_coincident_points_stack_and_names_at_the_right_edge_go_left():
+    from attnbench.plots import label_offsets
+
+    # two networks at the same cost and accuracy (non-local with either initial scale), one cheap, one costly
+    x, y = [22.0, 22.0, 4.4, 9.0], [100.0, 100.0, 100.0, 51.6]
+    (dx0, dy0, ha0), (dx1, dy1, ha1), (dx2, dy2, ha2), (_, _, ha3) = label_offsets(x, y)
+    assert (ha0, ha1) == ("right", "right") and dx0 < 0 and dy1 < dy0  # left of the point, the second below
+    assert ha2 == "left" and dx2 > 0 and dy2 == dy0  # nothing near it: the first row, to the right
+    assert ha3 == "left"  # 9 is at 44 % of the log range 4.4 to 22: room on its right
+
+
 def test_accuracy_against_cost(db, tmp_path):
     runs = {"conv_probe": (51.0, 1e6, 0.5, 1.0), "gsa_probe": (95.0, 3e6, 2.0, 1.0),
             "local_probe": (60.0, 4e6, 3.0, 1.0), "axial_probe": (55.0, 2e6, 4.0, 0.5)}
