@@ -578,16 +578,18 @@ def _conv_of(model: str) -> str:
 
 
 def _finished_seeds(db: str | None, cfg, auto: bool) -> dict[int, tuple[float, str]]:
-    """The seeds of ``cfg``'s setup that the store holds a finished run of (its last epoch says why it
-    stopped), lowest first, each with its learning rate and how it was chosen; with ``auto``, runs whose
-    rate was chosen on validation, whatever it was."""
+    """The seeds of ``cfg``'s setup that the store holds a finished run of (``store.finished_runs``, as the
+    accuracy table counts them), lowest first, each with its learning rate and how it was chosen; with
+    ``auto``, runs whose rate was chosen on validation, whatever it was."""
     from attnbench import store
     from attnbench.train import image_side
 
     if db is None or not Path(db).exists():
         return {}
-    rows = store.load_training(db)
-    same = rows[rows.stopped.notna() & (rows.image_size == image_side(cfg))]
+    same = store.finished_runs(store.load_training(db))
+    same = same[same.image_size == image_side(cfg)]
+    if cfg.steps is None:  # the budget is in epochs (with --steps, the epochs follow from the steps)
+        same = same[same.epochs == cfg.epochs]
     if auto:
         same = same[same.lr_source.fillna("").str.startswith("validation")]
     for name in ("model", "dataset", "batch", "width", "stem", "dtype", "steps", "plateau", "options") + (

@@ -261,6 +261,14 @@ def load_training(path: str | Path) -> pd.DataFrame:
     return _read(path, "training", TRAINING_NAMES, "rowid")
 
 
+def finished_runs(training: pd.DataFrame) -> pd.DataFrame:
+    """The last epoch of each run that reached its end: it says why it stopped (``plateau`` or ``budget``)
+    or, stored before runs said so, it is the last of its epochs. A run still in progress, or killed in a
+    sitting, is left out: its latest epoch is not a result."""
+    last = training.sort_values("epoch").groupby("run_id", sort=False).tail(1)
+    return last[last.stopped.notna() | (last.epoch == last.epochs)]
+
+
 def stored_cases(path: str | Path, env_key: str) -> dict[str, dict]:
     """What is stored for an environment, by case key: status, wall_s and predicted_mem_bytes."""
     if not Path(path).exists():

@@ -12,6 +12,7 @@ import pandas as pd
 
 from attnbench.baselines import variant_facts
 from attnbench.choices import NOISY
+from attnbench.store import finished_runs
 
 MIB = 2**20
 
@@ -153,15 +154,14 @@ def accuracy_table(frame: pd.DataFrame, training: pd.DataFrame) -> pd.DataFrame:
     data set: ``best`` (or tied with it), ``within spread`` (the difference is smaller than the two standard
     deviations together: not significant), or the difference in points (marked when a side has one seed,
     so no spread to judge it by)."""
-    last = training.sort_values("epoch").groupby("run_id", sort=False).tail(1)
-    last = last[last.stopped.notna() | (last.epoch == last.epochs)]  # a run in progress, or killed, is not in
+    last = finished_runs(training)
     time_s = training.groupby("run_id").epoch_s.sum()
     latency = {}
     measured = frame[(frame.scope == "model") & (frame.status == "ok") & (frame.res == 32) & (frame.batch == 1)]
     for r in measured.itertuples():
         latency[(f"{r.variant}_{r.arch}", r.options, r.device_name)] = r.latency_ms_median
-    keys = ["dataset", "image_size", "model", "options", "width", "lr", "batch", "steps", "plateau", "device_name",
-            "world_size"]
+    keys = ["dataset", "image_size", "model", "options", "width", "lr", "batch", "steps", "epochs", "plateau",
+            "device_name", "world_size"]
     tuned = last.lr_source.fillna("").str.startswith("validation")  # --lr auto: one setup, whatever each seed chose
     last = last.assign(time_s=last.run_id.map(time_s), chosen=last.lr, options=last.options.fillna(""),
                        lr=last.lr.astype(object).where(~tuned, "auto"))

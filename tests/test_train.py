@@ -13,6 +13,7 @@ import torch
 from attnbench import store
 from attnbench.cli import main
 from attnbench.data import CIFAR, PATTERNS, DataError, augment, load_cifar, load_dataset, make_longrange
+from attnbench.record import Environment, Epoch
 from attnbench.train import TrainConfig, TrainError, build, evaluate_checkpoint, load_checkpoint, train
 
 TINY = ["--model", "resnet26", "--width", "0.25", "--stem", "cifar", "--batch", "16", "--lr", "0.05"]
@@ -286,6 +287,31 @@ def test_skip_finished_resumes_a_table_trained_in_sittings(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "seed 0: already trained to its end" in out and "seed 1: checkpoint" in out
     assert store.load_training(db).groupby("seed").run_id.nunique().tolist() == [1, 1]
+
+
+def test_a_budget_in_epochs_is_part_of_the_setup_and_runs_stored_before_stop_reasons_count_as_finished(
+        tmp_path, capsys):
+    from attnbench.tables import accuracy_table
+
+    db = tmp_path / "r.sqlite"
+    common = ["train", "--dataset", "digits", "--model", "conv_probe", "--width", "0.5", "--batch", "512",
+              "--db", str(db), "--out", str(tmp_path / "runs"), "--skip-finished"]
+    assert main([*common, "--epochs", "1"]) == 0
+    assert main([*common, "--epochs", "2"]) == 0  # a longer budget is another setup: trained, not skipped
+    assert "already trained" not in capsys.readouterr().out
+    rows = store.load_training(db)
+    table = accuracy_table(store.load_results(db), rows)
+    assert sorted(table.steps) == [2, 4] and list(table.seeds) == [1, 1]  # 2 steps an epoch, not merged
+    # a run stored before runs said why they stopped: its last epoch is the last of its epochs
+    one = rows[rows.epochs == 1].iloc[0]
+    store.write_training(db, Epoch(
+        run_id="legacy", epoch=1, epochs=1, model="conv_probe", dataset="digits", step=2, top1_pct=90.0,
+        train_top1_pct=91.0, params=int(one.params), macs_per_image=int(one.macs_per_image), image_size=32,
+        batch=512, lr=0.1, width=0.5, stem="cifar", dtype="fp32", device="cpu", world_size=1, seed=1,
+        environment=Environment(device_name=one.device_name)))
+    assert main([*common, "--epochs", "1", "--seeds", "0,1"]) == 0
+    assert "seed 1: already trained to its end" in capsys.readouterr().out
+    assert list(accuracy_table(store.load_results(db), store.load_training(db)).seeds) == [2, 1]
 
 
 def test_lr_auto_chooses_on_held_out_training_images_and_stores_how(tmp_path, capsys):
