@@ -188,10 +188,9 @@ def label_offsets(x: Sequence[float], y: Sequence[float], *, near: float = 0.04)
     ya = np.asarray(y, float)
     fx = (lx - lx.min()) / (np.ptp(lx) or 1.0)
     fy = (ya - ya.min()) / (np.ptp(ya) or 1.0)
-    offsets, placed = [], []
+    offsets = []
     for i in range(len(lx)):
-        stacked = sum(abs(fx[i] - fx[j]) < near and abs(fy[i] - fy[j]) < near for j in placed)
-        placed.append(i)
+        stacked = sum(abs(fx[i] - fx[j]) < near and abs(fy[i] - fy[j]) < near for j in range(i))
         left = fx[i] > 0.6
         offsets.append((-5 if left else 5, 3 - 10 * stacked, "right" if left else "left"))
     return offsets
