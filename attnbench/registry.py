@@ -116,7 +116,8 @@ class VariantSpec:
     description: str  # one line
     paper: str  # title
     arxiv: str  # arXiv id
-    ends_with_norm: bool = False  # the layer's output is already normalised (a network adds no BN)
+    # the layer's output is already normalised (a network adds no BN); for an inserted block, its residual branch
+    ends_with_norm: bool = False
     placement: str = "replace"  # "replace" the bottleneck 3x3, or "insert" between bottlenecks
     global_receptive_field: bool = False  # one layer lets every output see every input pixel
     scaling: tuple[float, float] = (1.0, 1.0)  # asymptotic exponent k of cost ~ pixels^k (range over spans)

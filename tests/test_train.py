@@ -202,20 +202,40 @@ def test_a_checkpoint_missing_keys_is_named(tmp_path):
         load_checkpoint(path)
 
 
-def test_an_inserted_residual_block_is_not_wrapped_again_in_the_probe():
+# How each probe's blocks are built: (the branch is the block's output less its input (an inserted block,
+# residual of its own), the branch ends with the variant's own normalisation). Every variant must be listed.
+PROBE_BLOCKS = {"conv": (False, True), "axial": (False, True), "gsa": (False, False), "local": (False, False),
+                "window": (False, False), "neighborhood": (False, False), "mhsa": (False, False),
+                "nonlocal": (True, True), "efficient": (True, False)}
+
+
+@pytest.mark.parametrize("variant", sorted(PROBE_BLOCKS))
+def test_every_probe_wraps_its_blocks_alike(variant):
+    """relu(x + norm(branch(x))) for every variant: one normalisation (the variant's own, else a batch norm) and
+    one ReLU per block, and an inserted block's own residual is not doubled."""
+    from conftest import randomize_norms
+
     import attnbench
 
-    x = torch.randn(2, 3, 32, 32)
-    net = attnbench.build_model("nonlocal_probe", num_classes=2).eval()
-    with torch.no_grad():  # the paper's zero-initialised output scale: each block starts as the identity
-        assert torch.equal(net.features(x), net.stem(x))
-    mixing = attnbench.build_model("nonlocal_probe", num_classes=2, zero_init=False).eval()
+    assert set(PROBE_BLOCKS) == set(attnbench.list_variants()), "a variant without a declared probe structure"
+    inserted, own_norm = PROBE_BLOCKS[variant]
+    net = randomize_norms(attnbench.build_model(f"{variant}_probe", num_classes=2, image_size=12)).eval()
+    x = torch.randn(2, 3, 12, 12)
     with torch.no_grad():
-        b1, b2 = mixing.blocks
-        torch.testing.assert_close(mixing.features(x), b2(b1(mixing.stem(x))))
-        assert not torch.allclose(mixing.features(x), mixing.stem(x))
-    gsa = attnbench.build_model("gsa_probe", num_classes=2)
-    assert all(isinstance(n, torch.nn.BatchNorm2d) for n in gsa.norms)  # the others keep norm and residual
+        h = net.stem(x)
+        for block, norm in zip(net.blocks, net.norms):
+            assert isinstance(norm, torch.nn.Identity if own_norm else torch.nn.BatchNorm2d)
+            out = block(h)
+            branch = out - h if inserted else out
+            h = torch.relu(h + (branch if own_norm else torch.nn.functional.batch_norm(
+                branch, norm.running_mean, norm.running_var, norm.weight, norm.bias, eps=norm.eps)))
+        features = net.features(x)
+    torch.testing.assert_close(features, h)
+    assert (features >= 0).all() and (features == 0).any()  # each block ends with a ReLU
+    if variant == "nonlocal":  # the paper's zero-initialised output scale: the blocks start as the identity
+        fresh = attnbench.build_model("nonlocal_probe", num_classes=2, image_size=12).eval()
+        with torch.no_grad():
+            assert torch.equal(fresh.features(x), fresh.stem(x))
 
 
 @pytest.mark.parametrize("losses, patience, expected", [

@@ -3,8 +3,16 @@
 Small enough to train on a CPU (16 channels; attention variants get the most heads of at least 8
 channels each that the variant accepts at that width, unless told otherwise), and shallow enough that
 whether a network relates distant pixels depends on the variant alone: with 3x3 convolutions the
-receptive field before pooling is 7x7. A variant that is a residual block of its own (non-local,
-inserted between blocks in its paper) is used as it is, not wrapped in a second norm and residual.
+receptive field before pooling is 7x7.
+
+Every variant gets the same block: ``x <- relu(x + norm(branch(x)))``. The branch of a variant that
+replaces a convolution (``placement`` "replace") is the layer itself; a variant that is a residual
+block of its own (``insert``: non-local, efficient attention, inserted between blocks in their
+papers) computes ``x + branch(x)``, so its branch is its output less its input, and it keeps its own
+residual rather than gaining a second. ``norm`` is a batch norm unless the branch already ends with a
+normalisation of its own (``ends_with_norm``: the convolution's batch norm, axial attention's output
+norm, the non-local block's batch norm after W_z); efficient attention, whose paper has none, gets
+the probe's. So every probe has one normalisation and one ReLU per block, and none has two.
 """
 
 from __future__ import annotations
@@ -36,20 +44,19 @@ class ProbeNet(nn.Module):
         spec = get_variant_spec(variant)
         if "heads" in spec.options() and options.get("heads") is None:
             options["heads"] = _heads(spec, width, options)
-        norm = spec.ends_with_norm
-        self.residual = spec.placement != "insert"  # an inserted block (non-local) is already residual
+        self.inserted = spec.placement == "insert"  # a residual block of its own: x + branch(x)
         self.blocks = nn.ModuleList(build_variant(variant, width, size=image_size, **spec.block_options(i, options))
                                     for i in range(2))
-        self.norms = nn.ModuleList(nn.Identity() if norm or not self.residual else nn.BatchNorm2d(width)
+        self.norms = nn.ModuleList(nn.Identity() if spec.ends_with_norm else nn.BatchNorm2d(width)
                                    for _ in range(2))
         self.fc = nn.Linear(width, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The feature map before pooling: each block wrapped as relu(x + norm(block(x))), or applied as it
-        is when it is a residual block of its own (placement "insert", as non-local)."""
+        """The feature map before pooling: each block as relu(x + norm(branch(x))) (see the module's docstring)."""
         x = self.stem(x)
         for block, norm in zip(self.blocks, self.norms):
-            x = torch.relu(x + norm(block(x))) if self.residual else block(x)
+            branch = block(x) - x if self.inserted else block(x)
+            x = torch.relu(x + norm(branch))
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -45,6 +45,7 @@ class NonLocalConfig(VariantConfig):
     description="embedded-Gaussian non-local block: softmax attention over all pixels, residual",
     paper="Non-local Neural Networks",
     arxiv="1711.07971",
+    ends_with_norm=True,  # its residual branch: BN(W_z y)
     placement="insert",
     global_receptive_field=True,
     scaling=(2.0, 2.0),  # N x N/4 pairs
