@@ -736,7 +736,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a variant option of the network (e.g. zero_init=false, heads=4); repeat for several")
     tr.add_argument("--match", choices=("params", "macs"), default=None,
                     help="choose the width so that the network has the parameters (or MACs per image) of --match-to "
-                         "at --width, within 5 %%")
+                         "at --width, within 10 %%")
     tr.add_argument("--match-to", default=None, metavar="MODEL",
                     help="the network matched (default: the conv network of the same family, e.g. conv_probe)")
     tr.add_argument("--skip-finished", action="store_true",
