@@ -718,7 +718,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="global batch, split over torchrun's processes")
     tr.add_argument("--lr", type=learning_rate, default=0.1,
                     help="learning rate, or auto: chosen once per setup, on a held-out tenth of the first seed's "
-                         "training split (never the test split), among 0.2, 0.1, 0.05, 0.02")
+                         "training split (never the test split), among 0.2, 0.1, 0.05, 0.02 and, past an edge "
+                         "that wins, twice or half it, until one inside wins")
     tr.add_argument("--momentum", type=float, default=0.9)
     tr.add_argument("--weight-decay", type=float, default=5e-4)
     tr.add_argument("--width", type=positive_float, default=1.0, help="channel multiplier, e.g. 0.25")

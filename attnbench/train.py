@@ -197,17 +197,39 @@ def match_width(model: str, reference: str, metric: str, *, num_classes: int, re
     return best[1], best[2], target
 
 
-LR_CANDIDATES = (0.2, 0.1, 0.05, 0.02)  # what --lr auto tries
+LR_CANDIDATES = (0.2, 0.1, 0.05, 0.02)  # what --lr auto tries first
+LR_FACTOR = 2  # an edge of the grid that wins is extended by this factor ...
+LR_LIMITS = (0.0025, 1.6)  # ... within these bounds (three steps past either edge)
 VALIDATION_SHARE = 0.1  # of the training split, held out to choose the learning rate
-TUNING_SHARE = 0.25  # of the run's steps, each candidate's budget
+TUNING_SHARE = 0.5  # of the run's steps, each candidate's budget
+TIE_Z = 2.0  # held-out top-1 differences within this many standard errors are ties
+
+
+def separated(a_pct: float, b_pct: float, n: int) -> bool:
+    """Whether two top-1 accuracies (%) on the same ``n`` held-out images differ by more than ``TIE_Z`` standard
+    errors of the difference of two proportions (pooled: sqrt(p (1 - p) 2 / n), p their mean)."""
+    p = (a_pct + b_pct) / 200
+    return abs(a_pct - b_pct) / 100 > TIE_Z * math.sqrt(p * (1 - p) * 2 / n)
+
+
+def choose_lr(scores: dict[float, tuple[float, float]], n: int) -> float:
+    """The rate ``--lr auto`` picks from held-out (top-1 %, loss) per rate on ``n`` images: the best top-1, where
+    top-1 separates the rates; among those within noise of the best top-1 (not :func:`separated` from it), the
+    lowest held-out loss (a diverged run's NaN loss is the worst), then the smaller rate."""
+    best = max(top1 for top1, _ in scores.values())
+    tied = [lr for lr, (top1, _) in scores.items() if not separated(best, top1, n)]
+    return min(tied, key=lambda lr: (math.inf if math.isnan(scores[lr][1]) else scores[lr][1], lr))
 
 
 def tune_lr(cfg: TrainConfig, out: str | Path, candidates: tuple[float, ...] = LR_CANDIDATES
             ) -> tuple[float, str]:
-    """The learning rate ``--lr auto`` picks, and how: each candidate trains for a quarter of the run's
-    steps on the training split less a held-out tenth (drawn with the seed), and the best top-1 on that
-    tenth wins. The test split is never seen. Returns (lr, a one-line account stored with the run, which
-    names the seed whose split chose it: the other seeds of a setup train at the same rate)."""
+    """The learning rate ``--lr auto`` picks, and how: each candidate trains for half the run's steps (its
+    own cosine schedule) on the training split less a held-out tenth (drawn with the seed), and is scored on
+    that tenth by :func:`choose_lr` (top-1 where it separates the rates, else the held-out loss). While the
+    largest rate tried wins, the next one up (x ``LR_FACTOR``) is tried too, and likewise down, within
+    ``LR_LIMITS``: the best rate is never an edge of the grid unless it is a limit. The test split is never
+    seen. Returns (lr, a one-line account stored with the run, which names the seed whose split chose it:
+    the other seeds of a setup train at the same rate)."""
     train_set, _ = datasets(cfg)
     n = len(train_set.labels)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 7919))
@@ -216,14 +238,23 @@ def tune_lr(cfg: TrainConfig, out: str | Path, candidates: tuple[float, ...] = L
     data = (train_set.subset(fit, train_set.augment), train_set.subset(held, False))
     run_steps = cfg.steps or cfg.epochs * (len(fit) // cfg.batch)
     budget = max(1, int(run_steps * TUNING_SHARE))
-    scores = {}
-    for lr in candidates:
-        history = train(replace(cfg, lr=lr, steps=budget, plateau=None), out=Path(out) / f"lr-{lr:g}", data=data,
-                        progress=False)
-        scores[lr] = history[-1]["top1_pct"]
-    best = max(scores, key=lambda lr: (scores[lr], -lr))  # a tie goes to the smaller rate
-    account = (f"validation: {best:g} of " + ", ".join(f"{lr:g} ({top1:.1f} %)" for lr, top1 in scores.items())
-               + f", each {budget} steps, top-1 on {len(held)} held-out training images of seed {cfg.seed}")
+    scores: dict[float, tuple[float, float]] = {}
+    todo = list(candidates)
+    while todo:
+        for lr in todo:
+            history = train(replace(cfg, lr=lr, steps=budget, plateau=None), out=Path(out) / f"lr-{lr:g}",
+                            data=data, progress=False)
+            scores[lr] = (history[-1]["top1_pct"], history[-1]["test_loss"])
+        best = choose_lr(scores, len(held))
+        up, down = best * LR_FACTOR, best / LR_FACTOR
+        todo = ([up] if best == max(scores) and up <= LR_LIMITS[1] else
+                [down] if best == min(scores) and down >= LR_LIMITS[0] else [])
+    extended = sorted(set(scores) - set(candidates))
+    account = (f"validation: {best:g} of " + ", ".join(f"{lr:g} ({top1:.1f} %, loss {loss:.3f})"
+                                                       for lr, (top1, loss) in sorted(scores.items(), reverse=True))
+               + (f" (grid extended by {', '.join(f'{lr:g}' for lr in extended)})" if extended else "")
+               + f"; each {budget} steps, top-1 (ties within {TIE_Z:g} standard errors: lowest loss) on {len(held)} "
+               f"held-out training images of seed {cfg.seed}")
     return best, account
 
 

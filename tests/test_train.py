@@ -1,5 +1,6 @@
 """Training: a tiny CIFAR-format archive, exact resume, 2-process torchrun, and every bad input."""
 
+import math
 import pickle
 import shutil
 import subprocess
@@ -338,7 +339,7 @@ def test_lr_auto_chooses_on_held_out_training_images_and_stores_how(tmp_path, ca
     import re
 
     from attnbench.tables import accuracy_table
-    from attnbench.train import LR_CANDIDATES
+    from attnbench.train import LR_CANDIDATES, choose_lr
 
     db, out = tmp_path / "r.sqlite", tmp_path / "run"
     common = ["train", "--dataset", "digits", "--model", "conv_probe", "--width", "0.5", "--batch", "128",
@@ -349,16 +350,56 @@ def test_lr_auto_chooses_on_held_out_training_images_and_stores_how(tmp_path, ca
     assert sorted(set(rows.seed)) == [0, 1, 2] and rows.lr_source.nunique() == 1 and rows.lr.nunique() == 1
     assert [(out / f"s{seed}" / "lr-search").exists() for seed in (0, 1, 2)] == [True, False, False]
     source = rows.lr_source.iloc[-1]
-    assert source.endswith("held-out training images of seed 0")
-    scores = {float(lr): float(top1) for lr, top1 in re.findall(r"([\d.]+) \(([\d.]+) %\)", source)}
+    assert source.endswith("held-out training images of seed 0") and "each 4 steps" in source  # half of 8
+    scores = {float(lr): (float(top1), float(loss))
+              for lr, top1, loss in re.findall(r"([\d.]+) \(([\d.]+) %, loss ([\d.na]+)\)", source)}
     held = int(len(load_dataset("digits")[0].labels) * 0.1)  # a tenth of the training split
-    assert set(scores) == set(LR_CANDIDATES) and f"on {held} held-out training images" in source
-    best = max(scores, key=lambda lr: (scores[lr], -lr))
+    assert set(scores) >= set(LR_CANDIDATES) and f"on {held} held-out training images" in source
+    best = choose_lr(scores, held)
+    assert best not in (max(scores), min(scores)) or best in (1.6, 0.0025)  # never an edge of the grid tried
     assert source.startswith(f"validation: {best:g} of") and set(rows.lr) == {best}
     assert "seed 0: learning rate validation" in capsys.readouterr().out
     assert accuracy_table(store.load_results(db), rows).lr.tolist() == [f"auto: {best:g}"]
     assert main([*common, "--seeds", "3", "--db", str(tmp_path / "new.sqlite")]) == 0  # a new store: tuned anew
     assert (out / "lr-search").exists()
+
+
+@pytest.mark.parametrize("scores, n, expected", [
+    ({0.2: (90.0, 0.30), 0.1: (80.0, 0.20)}, 1000, 0.2),  # 10 points apart: top-1 decides
+    ({0.2: (54.5, 0.690), 0.1: (51.3, 0.680), 0.05: (50.0, 0.693)}, 1000, 0.1),  # within noise: the loss decides
+    ({0.2: (54.5, 0.690), 0.1: (51.3, 0.680)}, 10000, 0.2),  # ten times the images: 3.2 points are significant
+    ({0.4: (50.0, float("nan")), 0.2: (50.0, 0.69)}, 1000, 0.2),  # a diverged run has the worst loss
+    ({0.2: (100.0, 0.01), 0.1: (100.0, 0.01)}, 1000, 0.1),  # a full tie: the smaller rate
+])
+def test_choose_lr_decides_by_top1_where_it_separates_the_rates_else_by_loss(scores, n, expected):
+    from attnbench.train import choose_lr, separated
+
+    assert choose_lr(scores, n) == expected
+    # the two-proportion rule against its formula: 55.8 % vs 51.3 % on 1000 images is z = 2.02
+    p = (0.558 + 0.513) / 2
+    z = (0.558 - 0.513) / math.sqrt(p * (1 - p) * 2 / 1000)
+    assert separated(55.8, 51.3, 1000) == (z > 2.0) and not separated(55.8, 51.3, 900)
+
+
+def test_lr_auto_extends_the_grid_past_an_edge_that_wins(tmp_path, monkeypatch):
+    """Candidates are scored as trained; here a held-out loss that is lowest at 0.8 (top-1 tied): the grid climbs
+    0.4, 0.8, 1.6 and settles on 0.8; one that is lowest below the grid climbs down to its limit."""
+    import attnbench.train as tr
+
+    trained, peak = [], {}
+
+    def fake_train(cfg, *, out, data, progress):
+        trained.append(cfg.lr)
+        return [{"top1_pct": 90.0, "test_loss": abs(math.log(cfg.lr / peak["lr"]))}]
+
+    monkeypatch.setattr(tr, "train", fake_train)
+    cfg = TrainConfig(model="conv_probe", dataset="digits", batch=128, steps=8)
+    for peak["lr"], chosen, tried in ((0.8, 0.8, [0.2, 0.1, 0.05, 0.02, 0.4, 0.8, 1.6]),
+                                      (1e-4, 0.0025, [0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.0025])):
+        trained.clear()
+        lr, source = tr.tune_lr(cfg, tmp_path)
+        assert lr == chosen and trained == tried
+        assert f"grid extended by {', '.join(f'{x:g}' for x in sorted(tried[4:]))}" in source
 
 
 def test_match_picks_the_width_with_the_reference_cost(tmp_path, capsys):
