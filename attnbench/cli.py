@@ -12,8 +12,10 @@ import math
 import os
 import sqlite3
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 from attnbench.choices import (
@@ -282,7 +284,7 @@ def _plan(args: argparse.Namespace) -> list:
 def cmd_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from attnbench import api, store
+    from attnbench import api, interrupt, store
 
     if args.max_res:
         return _max_res(args)
@@ -308,17 +310,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         bar.update()
 
     try:
-        frame = api.run(cases=cases, db=args.db, timeout=args.timeout, min_run_time=args.min_run_time,
-                        force=args.force, retry_failed=args.retry_failed, on_case=on_case)
-    except KeyboardInterrupt:
-        bar.close()
-        print(f"attnbench run: interrupted; {finished} of {len(cases)} cases are stored in {args.db}. "
-              "Run the same command again to finish the sweep.", file=sys.stderr)
-        return 130
+        with interrupt.keeping(lambda: f"{finished} of {len(cases)} cases are stored in {args.db}; run the same "
+                               "command again to finish the sweep"):
+            frame = api.run(cases=cases, db=args.db, timeout=args.timeout, min_run_time=args.min_run_time,
+                            force=args.force, retry_failed=args.retry_failed, on_case=on_case)
     except store.StoreError as e:
-        bar.close()
         raise UsageError(str(e)) from None
-    bar.close()
+    finally:
+        bar.close()
     busy = frame.latency_noise_reason.fillna("").str.contains("other processes|speed changed")
     if busy.any():
         print(f"attnbench run: warning: {int(busy.sum())} of {len(frame)} cases were timed while the machine was "
@@ -341,7 +340,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _max_res(args: argparse.Namespace) -> int:
     """``run --max-res``: the largest side of each case that runs, by doubling then bisection."""
-    from attnbench import api, store
+    from attnbench import api, interrupt, store
 
     if args.res:
         raise UsageError("--max-res finds the resolution: leave out --res.")
@@ -359,8 +358,9 @@ def _max_res(args: argparse.Namespace) -> int:
         print(f"  {case.label}: {status}", file=sys.stderr, flush=True)
 
     try:
-        found = api.max_res(db=args.db, timeout=args.timeout, min_run_time=args.min_run_time, on_case=on_case,
-                            **sweep)
+        with interrupt.keeping(lambda: f"every side tried is stored in {args.db}; run the same command again to go on"):
+            found = api.max_res(db=args.db, timeout=args.timeout, min_run_time=args.min_run_time, on_case=on_case,
+                                **sweep)
     except store.StoreError as e:
         raise UsageError(str(e)) from None
     for f in found:
@@ -393,11 +393,12 @@ def _launch(args: argparse.Namespace) -> int:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    from attnbench import store
+    from attnbench import interrupt, store
     from attnbench.launch import LaunchError, collect
 
     try:
-        merged = collect(args.db)
+        with interrupt.keeping(lambda: ALL_OR_NOTHING):
+            merged = collect(args.db)
     except (LaunchError, store.StoreError) as e:
         raise UsageError(str(e)) from None
     print(f"merged the launched shard stores into {args.db}: {merged.added} new rows")
@@ -419,11 +420,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+ALL_OR_NOTHING = "a merge is all or nothing: run the same command again (no row is added twice)"
+
+
 def cmd_merge(args: argparse.Namespace) -> int:
-    from attnbench import store
+    from attnbench import interrupt, store
 
     try:
-        merged = store.merge(args.sources, args.output)
+        with interrupt.keeping(lambda: ALL_OR_NOTHING):
+            merged = store.merge(args.sources, args.output)
     except store.StoreError as e:
         raise UsageError(str(e)) from None
     conflicts = (f"; {merged.conflicts} cases measured differently in the same environment, the newest kept"
@@ -433,12 +438,13 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from attnbench import store
+    from attnbench import interrupt, store
     from attnbench.report import ReportError, report
 
     _check_out_dir("--out", args.out)
     try:
-        rep = report(args.db or [DEFAULT_DB], args.out, formats=args.formats)
+        with interrupt.keeping(lambda: f"a report is swapped in only when whole: {args.out} holds the previous one"):
+            rep = report(args.db or [DEFAULT_DB], args.out, formats=args.formats)
     except (ReportError, store.StoreError) as e:
         raise UsageError(str(e)) from None
     except OSError as e:  # a full disk, a folder that went away: the previous report stays as it was
@@ -488,7 +494,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from attnbench import store
+    from attnbench import interrupt, store
     from attnbench.data import DataError
     from attnbench.models import list_models
     from attnbench.train import TrainConfig, TrainError, match_width, train, tune_lr
@@ -538,20 +544,29 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"seed {seed}: already trained to its end in {args.db}, skipped")
             continue
         try:
-            run, source = replace(cfg, seed=seed), "given"
-            if auto:
-                if tuned is None:
-                    tuned = tune_lr(run, Path(out) / "lr-search")
-                lr, source = tuned
-                run = replace(run, lr=lr)
-                print(f"seed {seed}: learning rate {source}")
-            history = train(run, out=out, db=args.db, resume=args.resume, stop_after_epoch=args.stop_after_epoch,
-                            lr_source=source, width_source=width_source)
+            with interrupt.keeping(partial(_train_kept, seed, out, args.db, time.time())):
+                run, source = replace(cfg, seed=seed), "given"
+                if auto:
+                    if tuned is None:
+                        tuned = tune_lr(run, Path(out) / "lr-search")
+                    lr, source = tuned
+                    run = replace(run, lr=lr)
+                    print(f"seed {seed}: learning rate {source}")
+                history = train(run, out=out, db=args.db, resume=args.resume,
+                                stop_after_epoch=args.stop_after_epoch, lr_source=source, width_source=width_source)
         except (DataError, TrainError, store.StoreError) as e:
             raise UsageError(str(e)) from None
         if history:
             print(f"seed {seed}: checkpoint {out}/checkpoint.pt; metrics stored in {args.db}")
     return 0
+
+
+def _train_kept(seed: int, out: str, db: str | None, since: float) -> str:
+    """What an interrupted run of ``seed`` that started at ``since`` kept."""
+    ckpt = Path(out) / "checkpoint.pt"
+    if ckpt.exists() and ckpt.stat().st_mtime >= since:
+        return f"seed {seed}'s finished epochs are in {ckpt}{f' and {db}' if db else ''}; continue with --resume {ckpt}"
+    return f"no epoch of seed {seed} had finished"
 
 
 def _train_options(model: str, opts: list[str]) -> str:
@@ -787,18 +802,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from attnbench import interrupt
+
     args = None
-    try:
-        args = build_parser().parse_args(argv)
-        return args.func(args)
-    except UsageError as e:  # the command's name comes first on every error line, added here once
-        line = str(e).splitlines()[0] if str(e) else "error"
-        if not line.startswith("attnbench"):  # parse errors already carry it
-            line = f"attnbench {args.command}: {line}" if args is not None else f"attnbench: {line}"
-        print(line, file=sys.stderr)
-        return 2
-    except BrokenPipeError:
-        return 0
+    with interrupt.handled():  # SIGINT and SIGTERM alike, for every command
+        try:
+            args = build_parser().parse_args(argv)
+            return args.func(args)
+        except UsageError as e:  # the command's name comes first on every error line, added here once
+            line = str(e).splitlines()[0] if str(e) else "error"
+            if not line.startswith("attnbench"):  # parse errors already carry it
+                line = f"attnbench {args.command}: {line}" if args is not None else f"attnbench: {line}"
+            print(line, file=sys.stderr)
+            return 2
+        except BrokenPipeError:
+            return 0
+        except KeyboardInterrupt as e:
+            stopped = e if isinstance(e, interrupt.Interrupted) else interrupt.Interrupted()
+            interrupt.end_children()
+            what = f"attnbench {args.command}" if args is not None else "attnbench"
+            kept = f"; {stopped.kept}" if stopped.kept else ""
+            print(f"{what}: interrupted by {stopped}{kept}.", file=sys.stderr)
+            return stopped.exit_code
 
 
 if __name__ == "__main__":

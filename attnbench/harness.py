@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from attnbench import store
+from attnbench import interrupt, store
 from attnbench.env import environment
 from attnbench.measure.latency import make_step, measure_latency, synchronized
 from attnbench.measure.load import calibrate, noise_reasons, other_cores
@@ -255,8 +255,8 @@ class Worker:
     def __enter__(self) -> Worker:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        self.close(ask=exc_type is None)  # an interrupt does not wait for the case to end
 
     @property
     def pid(self) -> int | None:
@@ -382,6 +382,8 @@ def run_cases(
                 if peak_key not in peaks:
                     peaks[peak_key] = matmul_peak_gflops(case.device, DTYPES[case.dtype], case.threads)
                 measurement, env = worker.run(case, timeout, min_run_time, counted.get(shape_key(case)))
+                if interrupt.caught():  # its worker was ended by the interrupt: not a result
+                    break
                 counts = Counts.of(measurement, case.batch)
                 if counts is not None:
                     counted.setdefault(shape_key(case), counts)
@@ -401,8 +403,12 @@ def run_cases(
     done_records: list[tuple[int, Record]] = []
     if parallel:
         with ThreadPoolExecutor(len(parallel), thread_name_prefix="attnbench-gpu") as pool:
-            for records in pool.map(lambda d: device_cases(d, by_device[d]), parallel):
-                done_records += records
+            try:
+                for records in pool.map(lambda d: device_cases(d, by_device[d]), parallel):
+                    done_records += records
+            except KeyboardInterrupt:
+                interrupt.end_children()  # the workers, so that the threads waiting on them end now
+                raise
     for device in [d for d in by_device if d not in parallel]:
         done_records += device_cases(device, by_device[device])
     return [record for _, record in sorted(done_records, key=lambda pair: pair[0])]

@@ -11,10 +11,11 @@ tasks as local processes (submitit's local executor): for trying a sweep, and fo
 from __future__ import annotations
 
 import dataclasses
+import signal
 from collections.abc import Sequence
 from pathlib import Path
 
-from attnbench import store
+from attnbench import interrupt, store
 from attnbench.choices import LAUNCHERS
 from attnbench.sweep import Sweep
 
@@ -67,11 +68,17 @@ def launch(sweep: Sweep, *, db: str | Path, launcher: str, jobs: int, partitions
                              [run or {}] * jobs)
         submitted += [(partition or launcher, i + 1, job) for i, job in enumerate(array)]
     failed = []
-    for where, index, job in submitted:
-        try:
-            job.result()
-        except Exception as e:  # noqa: BLE001 - one failed task must not lose the others' results
-            failed.append(f"{where} task {index} ({job.job_id}): {str(e).strip().splitlines()[-1][:200]}")
+    try:
+        for where, index, job in submitted:
+            try:
+                job.result()
+            except Exception as e:  # noqa: BLE001 - one failed task must not lose the others' results
+                failed.append(f"{where} task {index} ({job.job_id}): {str(e).strip().splitlines()[-1][:200]}")
+    except KeyboardInterrupt as e:  # the tasks end here, and what they finished is merged
+        interrupt.end_children()
+        kept = collect(db).added if list(jobs_folder(db).glob("*-shard-*.sqlite")) else 0
+        raise interrupt.Interrupted(getattr(e, "signum", signal.SIGINT),
+                                    f"the {kept} new rows its tasks finished are merged into {db}") from None
     merged = collect(db)
     if failed:
         raise LaunchError(f"{len(failed)} of {len(submitted)} tasks failed (the others are merged into {db}): "

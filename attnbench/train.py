@@ -22,7 +22,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from attnbench import store
+from attnbench import interrupt, store
 from attnbench.data import DEFAULT_IMAGEFOLDER_SIDE, IMAGE_SIDE, Dataset, load_dataset
 from attnbench.env import environment
 from attnbench.imagefolder import ImageFolderSet
@@ -347,19 +347,20 @@ def train(cfg: TrainConfig, *, out: str | Path, db: str | Path | None = None, re
                        "train_top1_pct": 100 * correct / seen, "images_per_s": seen / epoch_s, "epoch_s": epoch_s,
                        **evaluate(model, test_set, device=device, dtype=cfg.dtype), "stopped": stopped}
             history.append(metrics)
-            _save(out / "checkpoint.pt", {
-                "format": CHECKPOINT_FORMAT, "config": asdict(cfg), "epoch": epoch + 1, "run_id": run_id,
-                "num_classes": train_set.num_classes, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "history": history,
-            })
-            if db is not None:
-                setup = {k: getattr(cfg, k) for k in ("model", "dataset", "batch", "lr", "width", "stem", "dtype",
-                                                     "device", "seed", "steps", "plateau", "options")}
-                store.write_training(db, Epoch(run_id=run_id, epochs=epochs, **setup, **metrics, world_size=world,
-                                               params=params, macs_per_image=macs, image_size=side,
-                                               lr_source=lr_source,
-                                               width_source=width_source,
-                                               environment=environment(device)))
+            with interrupt.deferred():  # the epoch's checkpoint and its row are written both, or neither
+                _save(out / "checkpoint.pt", {
+                    "format": CHECKPOINT_FORMAT, "config": asdict(cfg), "epoch": epoch + 1, "run_id": run_id,
+                    "num_classes": train_set.num_classes, "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(), "history": history,
+                })
+                if db is not None:
+                    setup = {k: getattr(cfg, k) for k in ("model", "dataset", "batch", "lr", "width", "stem", "dtype",
+                                                         "device", "seed", "steps", "plateau", "options")}
+                    store.write_training(db, Epoch(run_id=run_id, epochs=epochs, **setup, **metrics, world_size=world,
+                                                   params=params, macs_per_image=macs, image_size=side,
+                                                   lr_source=lr_source,
+                                                   width_source=width_source,
+                                                   environment=environment(device)))
             if progress:
                 top5 = f", top-5 {metrics['top5_pct']:.2f} %" if metrics["top5_pct"] is not None else ""
                 print(f"epoch {epoch + 1}/{epochs} (step {done}/{total}): loss {metrics['train_loss']:.4f}, "

@@ -256,21 +256,6 @@ def test_sigkill_mid_sweep_then_rerun_stores_every_case_once(tmp_path):
     assert len(frame) == 9 and frame.case_key.is_unique and set(frame.status) == {"ok"}
 
 
-@pytest.mark.slow
-def test_ctrl_c_keeps_finished_cases(tmp_path):
-    db = str(tmp_path / "r.sqlite")
-    # Ctrl-C's default action, even when the tests run in the background: a shell starts background jobs with
-    # SIGINT ignored, and the sweep would inherit that and finish
-    proc = subprocess.Popen(_sweep_command(db), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    _wait_for_rows(db, 1, proc)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
-    kept = store.load_results(db)
-    assert 1 <= len(kept) < 9 and set(kept.status) == {"ok"}
-
-
 def test_shards_on_two_machines_merge_into_the_whole_sweep(capsys, tmp_path):
     sweep = ["run", "--scope", "module", "--variants", "conv,nonlocal", "--res", "8,12", "--dim", "8", *FAST]
     parts = []
