@@ -41,9 +41,18 @@ MEMORY_HEADROOM = 1.25  # predicted peak x this must fit the memory available
 MIN_RUN_TIME_S = 0.5  # default seconds of timed runs per case (torch.utils.benchmark autorange)
 
 
+NUM_CLASSES = 1000  # the networks measured at model scope classify ImageNet's classes
+
+
 def input_shape(case: Case) -> tuple[int, ...]:
     """The shape of one case's input batch."""
     return (case.batch, case.dim if case.scope == "module" else 3, case.res, case.res)
+
+
+def output_shape(case: Case) -> tuple[int, ...]:
+    """The shape a case's module must return: a variant's output is its input's shape (the registry's contract,
+    at stride 1), a network's a logit per class and image."""
+    return input_shape(case) if case.scope == "module" else (case.batch, NUM_CLASSES)
 
 
 def build_case(case: Case) -> tuple[torch.nn.Module, tuple[int, ...]]:
@@ -54,8 +63,8 @@ def build_case(case: Case) -> tuple[torch.nn.Module, tuple[int, ...]]:
     if case.scope == "module":
         module = build_variant(case.variant, case.dim, size=case.res, impl=case.impl, **case.variant_options)
     else:
-        module = model_for_variant(case.variant, case.arch, image_size=case.res, impl=case.impl,
-                                   **case.variant_options)
+        module = model_for_variant(case.variant, case.arch, num_classes=NUM_CLASSES, image_size=case.res,
+                                   impl=case.impl, **case.variant_options)
     module = module.to(case.device, DTYPES[case.dtype])
     return module.to(memory_format=torch.channels_last) if case.channels_last else module, input_shape(case)
 
@@ -143,9 +152,14 @@ def measure_case(case: Case, min_run_time: float = MIN_RUN_TIME_S, counts: Count
             module = torch.compile(module, mode=case.compile)
         step = make_step(module, x, case.mode, autocast=autocast)
         start = time.perf_counter()
-        synchronized(step, torch.device(case.device))()  # warm-up (and compilation): not part of the peak
+        out = synchronized(step, torch.device(case.device))()  # warm-up (and compilation): not part of the peak
         if case.compile:
             record["compile_s"] = time.perf_counter() - start
+        got, expected = tuple(getattr(out, "shape", ())), output_shape(case)
+        if got != expected:  # a broken variant is a failed case, not a measurement
+            what = "variant" if case.scope == "module" else "network"
+            return Measurement("error", f"the {what}'s output has shape {got}, not {expected}",
+                               predicted_mem_bytes=predicted)
         record.update(peak_memory(step, case.device))
         record.update(timed(step, case, min_run_time))
         record["status"] = "ok"

@@ -39,6 +39,7 @@ import dataclasses
 import difflib
 import fnmatch
 import importlib.metadata
+import multiprocessing
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -144,8 +145,14 @@ class VariantSpec:
                     f"Unknown option '{key}' for variant '{self.name}'. Valid options: "
                     f"{', '.join(valid)}.{hint}"
                 )
-        config = self.config_cls(dim=dim, **{k: v for k, v in options.items() if v is not None})
-        config.validate()
+        try:
+            config = self.config_cls(dim=dim, **{k: v for k, v in options.items() if v is not None})
+            config.validate()
+        except (ValueError, TypeError):
+            raise
+        except Exception as err:  # noqa: BLE001 - a plugin's check may fail in any way: the options are refused
+            raise ValueError(f"Variant '{self.name}' could not check its options: {type(err).__name__}: {err}"
+                             ) from None
         return config
 
 
@@ -336,7 +343,9 @@ _PLUGINS: dict[str, str] = {}  # entry point -> "loaded", or why it could not be
 def _load_variants() -> None:
     """Import the built-in variants (and their implementations), then every installed plugin's (an entry
     point of ``PLUGIN_GROUP`` naming a module that registers its variants on import), once. A plugin that
-    fails to load is reported in a warning and left out; the others and the built-ins stay usable."""
+    fails to load (any exception, ``SystemExit`` included; an interrupt still interrupts) is reported in a
+    warning (by the process the user started, not again by its case processes) and left out; the others
+    and the built-ins stay usable."""
     import attnbench.variants  # noqa: F401
 
     if _PLUGINS:
@@ -346,8 +355,10 @@ def _load_variants() -> None:
         try:
             entry.load()
             _PLUGINS[entry.name] = "loaded"
-        except Exception as err:  # noqa: BLE001 - a broken plugin must not take attnbench down with it
+        except (Exception, SystemExit) as err:  # noqa: BLE001 - a broken plugin must not take attnbench down
             _PLUGINS[entry.name] = f"{type(err).__name__}: {err}"
+            if multiprocessing.parent_process() is not None:  # a case's process: its sweep has said so
+                continue
             warnings.warn(f"attnbench: the variant plugin '{entry.name}' ({entry.value}) did not load: "
                           f"{_PLUGINS[entry.name]}", stacklevel=3)
 

@@ -35,11 +35,76 @@ def test_a_plugins_variant_is_listed_swept_built_into_networks_and_reported(tmp_
     assert "| gate " in exponents  # its expected exponent came from the registry, not the shipped table
 
 
-def test_a_broken_plugin_is_reported_and_left_out(tmp_path):
-    info = tmp_path / "broken-0.1.dist-info"
+def install(folder: Path, name: str, source: str | None = None) -> Path:
+    """A plugin ``name`` as installing it would leave it in ``folder``: its module (unless None) and its
+    .dist-info, whose entry point names the module."""
+    if source is not None:
+        (folder / f"{name}.py").write_text(source)
+    info = folder / f"{name}-0.1.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[attnbench.variants]\nbroken = no_such_module\n")
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[attnbench.variants]\n{name} = {name if source else 'no_such_module'}\n")
+    return folder
+
+
+def test_a_broken_plugin_is_reported_and_left_out(tmp_path):
+    install(tmp_path, "broken")
     listed = attnbench("list", path=(EXAMPLE, tmp_path))
     assert listed.returncode == 0 and "  gate " in listed.stdout and "  gsa " in listed.stdout
     assert "the variant plugin 'broken' (no_such_module) did not load: ModuleNotFoundError" in listed.stderr
+
+
+def test_a_plugin_that_exits_at_import_is_reported_and_the_sweep_runs(tmp_path):
+    install(tmp_path, "quitter", "import sys\nsys.exit(0)\n")
+    db = str(tmp_path / "r.sqlite")
+    swept = attnbench("run", "--scope", "module", "--variants", "conv,gate", "--res", "8", "--dim", "8",
+                      "--min-run-time", "0.01", "--threads", "1", "--db", db, path=(EXAMPLE, tmp_path))
+    assert swept.returncode == 0, swept.stderr
+    assert swept.stderr.count("did not load") == 1
+    assert "the variant plugin 'quitter' (quitter) did not load: SystemExit: 0" in swept.stderr
+    frame = store.load_results(db)
+    assert sorted(frame.variant) == ["conv", "gate"] and set(frame.status) == {"ok"}
+
+
+GATE_WITH = """
+from dataclasses import dataclass
+from attnbench_gate import Gate, GateConfig, eager
+from attnbench.registry import register_impl, register_variant
+
+@dataclass(frozen=True)
+class Config(GateConfig):
+    def validate(self):
+        {check}
+
+@register_variant("{name}", Config, description="a gate with a bug", paper="none", arxiv="none", reference="eager")
+class Buggy(Gate):
+    pass
+
+@register_impl("{name}", "eager", description="the gate, then {forward}")
+def forward(self, x):
+    return {forward}
+"""
+
+
+def test_a_variant_whose_output_has_the_wrong_shape_is_an_error_not_a_measurement(tmp_path):
+    install(tmp_path, "halver", GATE_WITH.format(name="halver", check="pass", forward="eager(self, x)[:, :, ::2]"))
+    install(tmp_path, "widener", GATE_WITH.format(name="widener", check="pass",
+                                                  forward="eager(self, x).repeat(1, 2, 1, 1)"))
+    db = str(tmp_path / "r.sqlite")
+    swept = attnbench("run", "--scope", "module", "--variants", "halver,widener,gate", "--res", "8", "--dim", "4",
+                      "--batch", "2", "--min-run-time", "0.01", "--threads", "1", "--db", db, path=(EXAMPLE, tmp_path))
+    assert swept.returncode == 0, swept.stderr
+    rows = store.load_results(db).set_index("variant")
+    assert rows.status.to_dict() == {"halver": "error", "widener": "error", "gate": "ok"}
+    assert rows.reason.halver == "the variant's output has shape (2, 4, 4, 8), not (2, 4, 8, 8)"
+    assert rows.reason.widener == "the variant's output has shape (2, 8, 8, 8), not (2, 4, 8, 8)"
+    assert rows.loc[["halver", "widener"], ["macs", "latency_ms_median", "peak_mem_bytes"]].isna().all().all()
+
+
+def test_a_plugins_config_check_that_fails_in_any_way_refuses_the_sweep_in_one_line(tmp_path):
+    install(tmp_path, "fragile", GATE_WITH.format(name="fragile", check="1 / 0", forward="eager(self, x)"))
+    swept = attnbench("run", "--scope", "module", "--variants", "fragile", "--res", "8", "--dim", "4",
+                      "--db", str(tmp_path / "r.sqlite"), path=(EXAMPLE, tmp_path))
+    assert swept.returncode == 2 and "Traceback" not in swept.stderr
+    assert swept.stderr.strip().splitlines()[-1] == ("attnbench run: --dim 4 for variant 'fragile': Variant 'fragile' "
+                                                     "could not check its options: ZeroDivisionError: division by zero")
