@@ -85,6 +85,8 @@ def compare_published(path: str | Path = PUBLISHED, *, live: bool = False) -> pd
 
 
 if __name__ == "__main__":
-    count_ours().to_csv(OURS, index=False)
-    count_variant_facts().to_csv(VARIANTS, index=False)
+    from attnbench import files
+
+    files.write_text(OURS, count_ours().to_csv(index=False))
+    files.write_text(VARIANTS, count_variant_facts().to_csv(index=False))
     print(f"wrote {OURS} and {VARIANTS}")

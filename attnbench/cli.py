@@ -255,9 +255,12 @@ def _check_out_dir(option: str, path: str) -> None:
 
 
 def _write_text(path: str, text: str) -> None:
-    """``text`` into the file ``path``, with a one-line error when that is not possible."""
+    """``text`` into the file ``path`` (whole, or the previous file left as it was), with a one-line error
+    when that is not possible."""
+    from attnbench import files
+
     try:
-        Path(path).write_text(text)
+        files.write_text(path, text)
     except OSError as e:
         raise UsageError(f"cannot write {path}: {e.strerror or e}.") from None
 
@@ -484,8 +487,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
         combined = pd.concat([t.head(args.top).assign(variant=n) for n, t in tables.items()], ignore_index=True)
         combined = combined[["variant", "operator", "self ms / iter", "share (%)", "calls / iter"]].round(
             {"self ms / iter": 4, "share (%)": 1, "calls / iter": 2})
-        combined.to_csv(out / "tables" / f"profile_{tag}.csv", index=False)
-        (out / "tables" / f"profile_{tag}.md").write_text(combined.to_markdown(index=False) + "\n")
+        _write_text(str(out / "tables" / f"profile_{tag}.csv"), combined.to_csv(index=False))
+        _write_text(str(out / "tables" / f"profile_{tag}.md"), combined.to_markdown(index=False) + "\n")
         fig = stacked_figure(tables, f"Self time by operator ({tag.replace('_', ', ')})", top=args.top)
         save(fig, out / "figures" / f"profile_{tag}", args.formats)
         print(f"traces under {out / 'traces'}; operator table {out / 'tables' / f'profile_{tag}.md'}; "

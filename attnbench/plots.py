@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from attnbench import files
 from attnbench.baselines import variant_facts
 from attnbench.choices import FIGURE_FORMATS
 from attnbench.tables import METRICS, fit_exponent, pareto, series_variant
@@ -73,7 +74,9 @@ def save(fig, stem: str | Path, formats: Sequence[str] = FIGURE_FORMATS) -> list
     paths = []
     for ext in formats:
         path = Path(f"{stem}.{ext}")
-        fig.savefig(path, metadata={"Software": None} if ext == "png" else {"Date": None, "Creator": None})
+        with files.atomic(path) as tmp:
+            fig.savefig(tmp, format=ext,
+                        metadata={"Software": None} if ext == "png" else {"Date": None, "Creator": None})
         paths.append(path)
     return paths
 

@@ -3,24 +3,30 @@
 Every write is its own transaction, so a run killed at any instant leaves only whole rows; WAL
 journaling and a busy timeout let several processes write one store at once. Only writers switch
 a store to WAL or add the columns of a newer attnbench (in one transaction); readers open it
-read-only and fill in what an older store lacks as they read, so reading changes nothing and works
-on stores shipped in rollback-journal mode. Exports (CSV, Markdown) and reports are derived from
+read-only and fill in what an older store lacks as they read, so reading changes nothing, leaves no
+file beside the store, and works on stores shipped in rollback-journal mode and in folders that
+cannot be written (:func:`query`). Exports (CSV, Markdown) and reports are derived from
 it, never the other way round.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import re
+import shutil
 import sqlite3
+import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import closing
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
+from typing import TypeVar
 
 import pandas as pd
 
+from attnbench import files
 from attnbench.choices import unknown_name_message
 from attnbench.record import EPOCH_COLUMNS, RESULT_COLUMNS, Case, Epoch, Record
 
@@ -55,6 +61,9 @@ READ_FILL = {
 
 TRAINING_COLUMNS = EPOCH_COLUMNS  # one row per epoch of a training run (attnbench train)
 TRAINING_NAMES = [c for c, _ in TRAINING_COLUMNS]
+
+
+T = TypeVar("T")
 
 
 class StoreError(Exception):
@@ -100,10 +109,9 @@ def _check_tables(conn: sqlite3.Connection, path: Path) -> set[str]:
     return tables
 
 
-def open_store(path: str | Path, *, create: bool = True) -> sqlite3.Connection:
-    """Open a store for writing (creating it, if asked), checking that it is one and that its schema is
-    known; a store from before a column was added gains it here."""
-    path = Path(path)
+def _make_parent(path: Path, *, create: bool = True) -> None:
+    """The folder a store at ``path`` goes in, made if need be (if ``create``, else the store must exist);
+    StoreError if ``path`` or its folder cannot be."""
     try:
         if path.is_dir():
             raise StoreError(f"{path} is a folder, not a results store.")
@@ -115,6 +123,13 @@ def open_store(path: str | Path, *, create: bool = True) -> sqlite3.Connection:
             path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise StoreError(f"Cannot create the store {path}: {e.strerror}.") from None
+
+
+def open_store(path: str | Path, *, create: bool = True) -> sqlite3.Connection:
+    """Open a store for writing (creating it, if asked), checking that it is one and that its schema is
+    known; a store from before a column was added gains it here."""
+    path = Path(path)
+    _make_parent(path, create=create)
 
     def prepare(conn: sqlite3.Connection) -> None:
         tables = _check_tables(conn, path)
@@ -150,9 +165,49 @@ def _opened(path: Path, connect, prepare) -> sqlite3.Connection:
         raise
 
 
-def open_reader(path: str | Path) -> sqlite3.Connection:
-    """Open a store read-only: nothing in the file or beside it changes (no journal switch, no upgrade;
-    columns it lacks are filled in by the loaders)."""
+SQLITE_HEADER = b"SQLite format 3\x00"
+READ_ATTEMPTS = 3  # reads of a store that changed while it was read, before reading a copy of it
+
+
+def is_store(path: str | Path) -> bool:
+    """Whether ``path`` is an SQLite database (any, by its header)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(SQLITE_HEADER)) == SQLITE_HEADER
+    except OSError:
+        return False
+
+
+def _in_wal_mode(path: Path) -> bool:
+    """Whether the database at ``path`` uses WAL journaling (its header's read version is 2)."""
+    with open(path, "rb") as f:
+        header = f.read(20)
+    return len(header) == 20 and header.startswith(SQLITE_HEADER) and header[18] == 2
+
+
+def _writable(path: Path) -> bool:
+    """Whether this process may write the existing file ``path`` (tried, not inferred from its mode)."""
+    try:
+        os.close(os.open(path, os.O_RDWR))
+    except OSError:
+        return False
+    return True
+
+
+def _state(path: Path) -> tuple:
+    """What a writer changes: the file, and the WAL beside it."""
+    st = path.stat()
+    wal = Path(f"{path}-wal")
+    return st.st_ino, st.st_size, st.st_mtime_ns, wal.stat().st_size if wal.exists() else None
+
+
+def query(path: str | Path, body: Callable[[sqlite3.Connection], T]) -> T:
+    """``body(conn)`` on a read-only connection to the store at ``path``, whose tables are checked first.
+    Reading changes nothing and leaves nothing beside the store (no journal switch, no upgrade, no ``-wal``
+    or ``-shm`` file; columns it lacks are filled in by the loaders), and works where nothing can be
+    written: a store in rollback-journal mode is read as it is; a WAL store whose WAL holds nothing is read
+    as an immutable file, again if a writer changed it meanwhile; one whose WAL holds rows is read through
+    its own ``-shm`` where this process may write that, else from a copy of both in a temporary folder."""
     path = Path(path)
     try:
         if not path.is_file():
@@ -164,7 +219,32 @@ def open_reader(path: str | Path) -> sqlite3.Connection:
         if not {"meta", "results"} <= _check_tables(conn, path):  # training came later
             raise StoreError(f"{path} is not an attnbench results store.")
 
-    return _opened(path, lambda: sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=60), check)
+    def read(where: Path, options: str = "") -> T:
+        uri = f"{where.resolve().as_uri()}?mode=ro{options}"
+        with closing(_opened(path, lambda: sqlite3.connect(uri, uri=True, timeout=60), check)) as conn:
+            return body(conn)
+
+    for _ in range(READ_ATTEMPTS):
+        try:
+            before = _state(path)
+            if not _in_wal_mode(path):
+                return read(path)  # a rollback-journal reader takes a shared lock and writes nothing
+            wal, shm = before[3], Path(f"{path}-shm")
+            if wal is None or wal == 0:  # the file holds every row
+                result = read(path, "&immutable=1")
+            elif _writable(shm):  # a writer's files, there already: share them
+                return read(path)
+            else:
+                with tempfile.TemporaryDirectory(prefix="attnbench-read-") as folder:
+                    copy = Path(folder) / path.name
+                    shutil.copyfile(path, copy)
+                    shutil.copyfile(f"{path}-wal", f"{copy}-wal")
+                    result = read(copy)
+            if _state(path) == before:
+                return result
+        except OSError as e:
+            raise StoreError(f"Cannot read the store {path}: {e.strerror or e}.") from None
+    raise StoreError(f"Cannot read the store {path}: it changed each of the {READ_ATTEMPTS} times it was read.")
 
 
 def _missing_columns(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
@@ -241,12 +321,14 @@ def _read(path: str | Path, table: str, names: list[str], order: str, where: str
           params: Sequence[object] = ()) -> pd.DataFrame:
     """The rows of ``table`` (those ``where`` selects), with the columns of this schema (those a store from
     before them lacks are filled as the migration would fill them)."""
+    def rows(conn: sqlite3.Connection) -> pd.DataFrame:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if table not in tables:
+            return pd.DataFrame(columns=names)
+        return pd.read_sql_query(f"SELECT * FROM {table} {where} ORDER BY {order}", conn, params=list(params))
+
     try:
-        with closing(open_reader(path)) as conn:
-            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            if table not in tables:
-                return pd.DataFrame(columns=names)
-            frame = pd.read_sql_query(f"SELECT * FROM {table} {where} ORDER BY {order}", conn, params=list(params))
+        frame = query(path, rows)
     except sqlite3.DatabaseError as e:
         raise StoreError(f"Cannot read {path}: {e}.") from None
     for name in names:
@@ -273,11 +355,14 @@ def stored_cases(path: str | Path, env_key: str) -> dict[str, dict]:
     """What is stored for an environment, by case key: status, wall_s and predicted_mem_bytes."""
     if not Path(path).exists():
         return {}
-    with closing(open_reader(path)) as conn:
+
+    def cases(conn: sqlite3.Connection) -> dict[str, dict]:
         rows = conn.execute("SELECT case_key, status, wall_s, predicted_mem_bytes FROM results WHERE env_key = ?",
                             (env_key,))
         return {key: {"status": status, "wall_s": wall, "predicted_mem_bytes": predicted}
                 for key, status, wall, predicted in rows}
+
+    return query(path, cases)
 
 
 def load_results(path: str | Path, *, env_keys: Iterable[str] | None = None) -> pd.DataFrame:
@@ -360,19 +445,22 @@ def merge(sources: Iterable[str | Path], out: str | Path) -> Merged:
     if Path(out).exists() and any(Path(src).resolve() == Path(out).resolve() for src in sources):
         raise StoreError(f"Cannot merge {out} into itself: name an output that is not a source.")
     read = [(load_results(src), load_training(src)) for src in sources]  # a bad source stops all here
-    created = not Path(out).exists()
+    if Path(out).exists():  # one transaction, in place (a sweep may be writing it meanwhile)
+        return _merge_into(read, sources, out, out)
+    _make_parent(Path(out))
     try:
-        return _merge_into(read, sources, out)
-    except BaseException:
-        if created:  # a failed merge leaves no output behind
-            for path in (Path(out), Path(f"{out}-wal"), Path(f"{out}-shm")):
-                path.unlink(missing_ok=True)
-        raise
+        with files.atomic(out) as tmp:  # a new output appears whole, or not at all
+            return _merge_into(read, sources, out, tmp)
+    except OSError as e:
+        raise StoreError(f"Cannot write the store {out}: {e.strerror or e}.") from None
 
 
-def _merge_into(read: list[tuple[pd.DataFrame, pd.DataFrame]], sources: list, out: str | Path) -> Merged:
+def _merge_into(read: list[tuple[pd.DataFrame, pd.DataFrame]], sources: list, out: str | Path,
+                path: str | Path) -> Merged:
+    """Merge the rows ``read`` from ``sources`` into the store at ``path`` (``out``, or the temporary file
+    that becomes it)."""
     keys = ["case_key", "env_key"]
-    with closing(open_store(out)) as dst:
+    with closing(open_store(path)) as dst:
         before = pd.read_sql_query("SELECT case_key, env_key, run_id FROM results", dst)
         runs = pd.concat([before, *(r[keys + ["run_id"]] for r, _ in read)], ignore_index=True)
         conflicts = int((runs.drop_duplicates().groupby(keys).size() > 1).sum())

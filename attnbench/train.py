@@ -22,7 +22,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from attnbench import interrupt, store
+from attnbench import files, interrupt, store
 from attnbench.data import DEFAULT_IMAGEFOLDER_SIDE, IMAGE_SIDE, Dataset, load_dataset
 from attnbench.env import environment
 from attnbench.imagefolder import ImageFolderSet
@@ -116,9 +116,8 @@ def _lr(cfg: TrainConfig, step: int, total: int) -> float:
 
 
 def _save(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)  # a run killed while saving keeps the previous checkpoint whole
+    with files.atomic(path) as tmp:  # a run killed while saving keeps the previous checkpoint whole
+        torch.save(payload, tmp)
 
 
 CHECKPOINT_KEYS = ("format", "config", "epoch", "run_id", "num_classes", "model", "optimizer", "history")

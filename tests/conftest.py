@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -28,3 +30,21 @@ def randomize_norms(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 @pytest.fixture(params=VARIANTS)
 def variant(request) -> str:
     return request.param
+
+
+def kill_midway(module: str, name: str, call: str, sig: int, *, after: bool = False) -> None:
+    """Run ``call`` in a new Python process in which ``module.name``, when called, waits (after doing its work,
+    with ``after``), and send that process ``sig`` there."""
+    code = ("import importlib, time\n"
+            f"module = importlib.import_module({module!r})\n"
+            f"original = getattr(module, {name!r})\n"
+            "def midway(*args, **kwargs):\n"
+            f"    {'original(*args, **kwargs)' if after else 'pass'}\n"
+            "    print('midway', flush=True)\n"
+            "    time.sleep(600)\n"
+            f"setattr(module, {name!r}, midway)\n"
+            f"{call}\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "midway\n"
+    proc.send_signal(sig)
+    proc.wait(timeout=60)

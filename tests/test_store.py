@@ -1,14 +1,23 @@
 """The results store: whole rows, no duplicates, clear errors, several writers."""
 
 import multiprocessing as mp
+import os
+import shlex
+import shutil
+import signal
 import sqlite3
+import subprocess
+import sys
 import zlib
+from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import kill_midway
 
 from attnbench import store
-from attnbench.record import Record
+from attnbench.cli import main
+from attnbench.record import Epoch, Record
 
 
 def row(name: str, env: str = "e1", **extra) -> Record:
@@ -182,7 +191,7 @@ def test_reading_a_store_changes_nothing(tmp_path):
     store.merge([db], tmp_path / "out.sqlite")
     assert _snapshot(folder) == before
     with pytest.raises(sqlite3.OperationalError, match="readonly"):
-        store.open_reader(db).execute("DELETE FROM results")
+        store.query(db, lambda conn: conn.execute("DELETE FROM results"))
     assert store.load_results(tmp_path / "out.sqlite").impl.tolist() == frame.impl.tolist()
 
 
@@ -258,3 +267,80 @@ def test_select_keeps_the_rows_every_condition_names():
                                     (None, ["res~3"], "COLUMN=VALUE")):
         with pytest.raises(ValueError, match=message):
             store.select(frame, columns, where)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_a_merge_killed_midway_leaves_no_output_and_the_next_merge_no_debris(tmp_path, sig):
+    src, out = tmp_path / "src.sqlite", tmp_path / "out.sqlite"
+    store.write(src, row("a"))
+    kill_midway("attnbench.store", "_plain_rows", f"module.merge([{str(src)!r}], {str(out)!r})", sig)
+    assert not out.exists()  # no empty store where the merged one was to be
+    store.merge([src], out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.sqlite", "src.sqlite"]
+    assert store.load_results(out).case_key.tolist() == [key("a")]
+
+
+def _bound_by_permissions(code: str) -> subprocess.CompletedProcess:
+    """``python -c code`` in a process that file permissions bind: this user's, or, when the tests run as root
+    (whom none binds), one of root without the capabilities that override them."""
+    command = [sys.executable, "-c", code]
+    if os.geteuid() == 0:
+        capsh = shutil.which("capsh")
+        if capsh is None:
+            pytest.skip("the tests run as root and capsh is missing: no process here is bound by permissions")
+        command = [capsh, "--drop=cap_dac_override,cap_dac_read_search,cap_fowner", "--", "-c", shlex.join(command)]
+    return subprocess.run(command, capture_output=True, text=True)
+
+
+def test_reading_a_store_leaves_no_file_beside_it(tmp_path, capsys):
+    folder = tmp_path / "stores"
+    folder.mkdir()
+    db = folder / "r.sqlite"  # as a sweep leaves it: WAL journaling, closed
+    store.write(db, row("a"))
+    store.write_training(db, Epoch(run_id="t", epoch=1, epochs=1, model="conv_probe", dataset="digits", top1_pct=50.0))
+    assert sorted(p.name for p in folder.iterdir()) == ["r.sqlite"]
+    assert len(store.load_results(db)) == 1 and len(store.load_training(db)) == 1
+    assert list(store.stored_cases(db, env_key("e1"))) == [key("a")]
+    store.merge([db], tmp_path / "merged.sqlite")
+    assert main(["export", "--db", str(db)]) == 0 and key("a") in capsys.readouterr().out
+    assert sorted(p.name for p in folder.iterdir()) == ["r.sqlite"]
+
+
+def test_a_read_only_store_read_leaves_nothing_that_blocks_its_writer_later(tmp_path):
+    folder = tmp_path / "stores"
+    folder.mkdir()
+    db = folder / "r.sqlite"
+    store.write(db, row("a"))
+    db.chmod(0o444)
+    read = _bound_by_permissions(f"from attnbench.cli import main; main(['export', '--db', {str(db)!r}])")
+    assert read.returncode == 0 and key("a") in read.stdout, read.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["r.sqlite"]
+    db.chmod(0o644)
+    wrote = _bound_by_permissions(f"from attnbench import store; from attnbench.record import Record; "
+                                  f"store.write({str(db)!r}, Record.from_row({row('b').row()!r}))")
+    assert wrote.returncode == 0, wrote.stderr
+    assert len(store.load_results(db)) == 2
+
+
+@pytest.mark.parametrize("wal", ["empty", "rows"])
+def test_a_store_in_a_folder_that_cannot_be_written_is_read_whole(tmp_path, wal):
+    folder = tmp_path / "stores"
+    folder.mkdir()
+    db = folder / "r.sqlite"
+    store.write(db, row("a"))
+    if wal == "rows":  # a writer killed before it folded its WAL into the file: a row is in the WAL alone
+        subprocess.run([sys.executable, "-c", f"import os; from attnbench import store; from attnbench.record import "
+                        f"Record; store.Writer({str(db)!r}).write(Record.from_row({row('b').row()!r})); os._exit(0)"],
+                       check=True)
+        assert Path(f"{db}-wal").stat().st_size > 0
+        Path(f"{db}-shm").chmod(0o444)  # and its shared memory file cannot be written either
+    before = sorted(p.name for p in folder.iterdir())
+    folder.chmod(0o555)
+    try:
+        read = _bound_by_permissions(f"from attnbench import store; "
+                                     f"print(sorted(store.load_results({str(db)!r}).case_key))")
+    finally:
+        folder.chmod(0o755)
+    assert read.returncode == 0, read.stderr
+    assert read.stdout.strip() == str(sorted(key(n) for n in (["a", "b"] if wal == "rows" else ["a"])))
+    assert sorted(p.name for p in folder.iterdir()) == before
