@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from attnbench import store
+from attnbench import files, store
 from attnbench.choices import DEFAULT_REPORT, FIGURE_FORMATS
 from attnbench.plots import (
     accuracy_figure,
@@ -110,7 +110,10 @@ def _write_figure(rep: Report, out: Path, name: str, fig) -> None:
     rep.files += save(fig, out / "figures" / name, rep.formats)
 
 
-KEPT_PREFIX = "profile_"  # `attnbench profile` writes beside the report; its files outlive a new report
+MANIFEST = ".attnbench-report"  # in a report's folder: the files the report wrote, one per line
+STAGING = ".report-"  # the folder a report is written in before it is moved into place
+# the only files a report writes (a manifest naming anything else is not followed)
+REPORT_FILE = re.compile(r"^(README\.md|(tables|figures)/[^/.][^/]*)$")
 
 
 def report(dbs: Sequence[str | Path], out: str | Path = DEFAULT_REPORT, *, published: bool = True,
@@ -118,29 +121,72 @@ def report(dbs: Sequence[str | Path], out: str | Path = DEFAULT_REPORT, *, publi
     """Regenerate the tables, figures (as ``formats``: png, svg, pdf) and index under ``out`` from the
     stores ``dbs``.
 
-    The report is written to a staging folder inside ``out`` and swapped in when it is whole: a report
-    that fails or is killed leaves the previous one as it was, and files of an older report that the
-    new one does not produce are gone (except ``attnbench profile``'s). Other files in ``out``, such as
-    stores, are never touched.
+    The report is written to a staging folder inside ``out`` and moved into place when it is whole: a
+    report that fails or is killed leaves the previous one as it was. ``out`` keeps a manifest of the files
+    its report wrote; a new report replaces and removes only those, and refuses (ReportError) a folder that
+    holds other files unless it is a report, or a file of such a folder that no report wrote. Stores
+    (SQLite files) are never touched, wherever they lie.
     """
     frame, training = load(dbs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
+    files.remove_stale(out, STAGING)  # of reports killed before they could clean up
+    _earlier_files(out)  # a folder that is not a report is refused before any work
+    staging = Path(tempfile.mkdtemp(prefix=STAGING, dir=out))
     try:
+        files.owned(staging)
         rep = _write_report(frame, training, dbs, staging, published, formats)
-        for sub in ("tables", "figures"):
-            old = out / sub
-            if old.is_dir():
-                for kept in old.glob(KEPT_PREFIX + "*"):
-                    os.replace(kept, staging / sub / kept.name)
-                os.replace(old, staging / f"old-{sub}")
-            os.replace(staging / sub, old)
-        os.replace(staging / "README.md", out / "README.md")
+        written = sorted(f.relative_to(staging).as_posix() for f in rep.files)
+        with files.hold(out, "attnbench report", wait=True):  # one report moves its files in at a time
+            _move_in(out, staging, written, _earlier_files(out))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     rep.files = [out / f.relative_to(staging) for f in rep.files]
     return rep
+
+
+def _earlier_files(out: Path) -> set[str]:
+    """The files an earlier report wrote in ``out``, from its manifest; none in a folder that holds only stores
+    (and their journals) or nothing. ReportError for a folder with other files and no manifest."""
+    manifest = out / MANIFEST
+    if manifest.is_file():
+        return {line for line in manifest.read_text().splitlines() if REPORT_FILE.match(line)}
+    foreign = []
+    for path in sorted(out.rglob("*")):
+        rel = path.relative_to(out)
+        if path.is_dir() or rel.parts[0].startswith(STAGING) or rel.as_posix() == files.LOCK:
+            continue  # folders are judged by their files; staging folders are reports' own
+        journal = re.sub(r"-(wal|shm|journal)$", "", path.name)
+        if not (store.is_store(path) or (journal != path.name and store.is_store(path.with_name(journal)))):
+            foreign.append(rel.as_posix())
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise ReportError(f"{out} is not a report folder: it holds files that no attnbench report wrote ({shown}); "
+                          "name a new or empty folder, or an earlier report's.")
+    return set()
+
+
+def _move_in(out: Path, staging: Path, written: list[str], earlier: set[str]) -> None:
+    """Move the staged files ``written`` into ``out``, remove the files of the earlier report that the new
+    one does not write, and record the new manifest. Nothing is touched if a file would replace one that no
+    earlier report wrote, or a store; the manifest lists every file of ours at every step, so a report
+    killed meanwhile leaves a folder the next one can replace."""
+    for rel in written:
+        target = out / rel
+        there = target.exists() or target.is_symlink()
+        if there and (rel not in earlier or target.is_dir() or store.is_store(target)):
+            what = "a store" if store.is_store(target) else "a file that no earlier report wrote"
+            raise ReportError(f"The report would replace {target}, {what}; move it away or report into "
+                              "another folder.")
+    files.write_text(out / MANIFEST, "".join(f"{rel}\n" for rel in sorted(earlier | set(written))))
+    for rel in written:
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging / rel, out / rel)
+    for rel in sorted(earlier - set(written)):
+        old = out / rel
+        if (old.is_file() or old.is_symlink()) and not store.is_store(old):
+            old.unlink()
+    files.write_text(out / MANIFEST, "".join(f"{rel}\n" for rel in written))
 
 
 def _write_report(frame: pd.DataFrame, training: pd.DataFrame, dbs: Sequence[str | Path], out: Path,

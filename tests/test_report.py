@@ -2,9 +2,13 @@
 
 import hashlib
 import math
+import shutil
+import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import kill_midway
 
 from attnbench import store
 from attnbench.cli import main
@@ -173,19 +177,29 @@ def test_a_store_of_training_runs_alone_reports_its_accuracy(tmp_path):
                                         "nonlocal_probe": "best"}
 
 
+def _files(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def test_a_new_report_replaces_the_old_one_whole(db, tmp_path, monkeypatch):
     import sys
 
     report_module = sys.modules["attnbench.report"]  # the package's `report` is the function
     out = tmp_path / "out"
-    (out / "tables").mkdir(parents=True)
-    (out / "tables" / "stale.md").write_text("from an older report")
-    (out / "tables" / "profile_x.md").write_text("from attnbench profile")
-    (out / "store.sqlite").write_text("not the report's")
-    report([db], out, published=False)
-    assert not (out / "tables" / "stale.md").exists()
-    assert (out / "tables" / "profile_x.md").exists() and (out / "store.sqlite").exists()
-    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    first = report([db], out, published=False)
+    small = tmp_path / "small.sqlite"  # a report of fewer cases writes fewer files
+    for variant in ("conv", "gsa"):
+        for res in RES:
+            store.write(small, row(variant, res))
+    (out / "tables" / "profile_x.md").write_text("from attnbench profile")  # files of others, kept
+    (out / "notes.txt").write_text("the user's")
+    second = report([small], out, published=False)
+    gone = {p.relative_to(out) for p in first.files} - {p.relative_to(out) for p in second.files}
+    assert gone and not any((out / rel).exists() for rel in gone)  # the earlier report's stale files
+    assert (out / "tables" / "profile_x.md").exists() and (out / "notes.txt").exists()
+    assert set((out / ".attnbench-report").read_text().split()) == {p.relative_to(out).as_posix()
+                                                                     for p in second.files}
+    before = _files(out)
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
@@ -193,7 +207,66 @@ def test_a_new_report_replaces_the_old_one_whole(db, tmp_path, monkeypatch):
     monkeypatch.setattr(report_module, "environments", killed)  # dies after the tables and figures
     with pytest.raises(KeyboardInterrupt):
         report([db], out, published=False)
-    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # the old report, whole
+    assert _files(out) == before  # the old report, whole, and no staging folder left
+
+
+def test_a_report_refuses_a_folder_of_the_users_files_and_changes_nothing(db, tmp_path, capsys):
+    out = tmp_path / "paper"
+    (out / "tables").mkdir(parents=True)
+    (out / "figures").mkdir()
+    (out / "README.md").write_text("# my paper\n")
+    (out / "tables" / "mine.csv").write_text("a,b\n1,2\n")
+    (out / "figures" / "mine.png").write_bytes(b"not drawn by attnbench")
+    before = _files(out)
+    with pytest.raises(ReportError, match="not a report folder.*README.md"):
+        report([db], out, published=False)
+    assert main(["report", "--db", str(db), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no attnbench report wrote" in err
+    assert _files(out) == before
+
+
+def test_a_report_never_replaces_or_deletes_a_store_not_even_the_one_it_reads(db, tmp_path, capsys):
+    out = tmp_path / "out"
+    (out / "tables").mkdir(parents=True)
+    inside = out / "tables" / "x.sqlite"
+    inside.write_bytes(db.read_bytes())
+    for _ in range(2):  # a folder of stores alone takes a report, and the report's folder keeps them
+        assert main(["report", "--db", str(inside), "--out", str(out)]) == 0, capsys.readouterr().err
+        assert store.load_results(inside).case_key.tolist() == store.load_results(db).case_key.tolist()
+    # a store where the report writes a file (its README, say) is refused, never replaced
+    (out / "README.md").unlink()
+    (out / "README.md").write_bytes(db.read_bytes())
+    with pytest.raises(ReportError, match="README.md, a store"):
+        report([inside], out, published=False)
+    assert (out / "README.md").read_bytes() == db.read_bytes()
+
+
+def test_a_file_of_the_user_where_a_new_report_writes_is_refused(db, tmp_path):
+    small = tmp_path / "small.sqlite"
+    store.write(small, row("conv", 8))
+    store.write(small, row("conv", 16))
+    out = tmp_path / "out"
+    report([small], out, published=False)
+    mine = out / "tables" / "results_test-gpu_module.md"  # a table the small store's report does not have
+    assert not mine.exists()
+    mine.write_text("the user's own table")
+    before = _files(out)
+    with pytest.raises(ReportError, match="results_test-gpu_module.md, a file that no earlier report wrote"):
+        report([db], out, published=False)
+    assert _files(out) == before
+
+
+def test_a_manifest_cannot_make_a_report_delete_files_outside_its_own(db, tmp_path):
+    out = tmp_path / "out"
+    report([db], out, published=False)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (out / "figures" / ".hidden").write_text("keep me too")
+    manifest = out / ".attnbench-report"
+    manifest.write_text(manifest.read_text() + "../victim.txt\nfigures/.hidden\n/etc/hostname\n")
+    report([db], out, published=False)
+    assert victim.read_text() == "keep me" and (out / "figures" / ".hidden").exists()
 
 
 def test_a_stored_dtype_with_a_slash_names_files_safely(tmp_path):
@@ -224,3 +297,30 @@ def test_a_report_only_reads_and_loads_no_torch(db, tmp_path):
     subprocess.run([sys.executable, "-c", code], check=True)
     environments = (tmp_path / "out" / "tables" / "environments.md").read_text()
     assert "nan" not in environments and "| -" in environments  # the CPU rows have no GPU name
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_the_staging_folder_of_a_killed_report_goes_with_the_next_report(db, tmp_path, sig):
+    out = tmp_path / "out"
+    report([db], out, published=False)
+    before = _files(out)
+    kill_midway("attnbench.report", "_write_report", f"module.report([{str(db)!r}], {str(out)!r}, published=False)",
+                sig, after=True)  # staged, not yet moved in
+    assert _files(out) == {**before, **{k: v for k, v in _files(out).items() if k.startswith(".report-")}}
+    report([db], out, published=False)
+    assert not list(out.glob(".report-*")) and _files(out) == before
+
+
+def test_the_reference_report_lists_its_files_and_regenerates_in_place(tmp_path, capsys):
+    reference = Path(__file__).resolve().parent.parent / "reports"
+    written = {"README.md", *(p.relative_to(reference).as_posix() for sub in ("tables", "figures")
+                              for p in (reference / sub).iterdir())}
+    assert set((reference / ".attnbench-report").read_text().split()) == written
+    copy = tmp_path / "reports"
+    shutil.copytree(reference, copy, ignore=shutil.ignore_patterns("latest", "profile", "results.sqlite*"))
+    stores = {name: (copy / name).read_bytes() for name in ("reference.sqlite", "reference-h200.sqlite",
+                                                            "accuracy.sqlite")}
+    args = [a for name in stores for a in ("--db", str(copy / name))]
+    assert main(["report", *args, "--out", str(copy)]) == 0, capsys.readouterr().err
+    assert {name: (copy / name).read_bytes() for name in stores} == stores
+    assert set((copy / ".attnbench-report").read_text().split()) == written
