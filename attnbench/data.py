@@ -17,6 +17,7 @@ Every loader returns float images ``(N, 3, 32, 32)`` normalised per channel, and
 
 from __future__ import annotations
 
+import io
 import pickle
 import tarfile
 from collections.abc import Iterator
@@ -97,11 +98,72 @@ CIFAR = {
 CLASSES = {**{name: layout.classes for name, layout in CIFAR.items()}, "digits": 10, "longrange": 2}
 
 
+MAX_BATCH_BYTES = 1 << 29  # a CIFAR batch file holds at most 60,000 images of 3,072 bytes (180 MiB)
+NUMERIC_KINDS = "biufc"  # numpy's kinds of numbers: bool, signed, unsigned, float, complex
+
+
+class _Refused(Exception):
+    """A pickle that names something a CIFAR batch never holds."""
+
+
+def _numeric_dtype(*args) -> np.dtype:
+    dtype = np.dtype(*args)
+    if dtype.kind not in NUMERIC_KINDS:
+        raise _Refused(f"an array of {dtype}")
+    return dtype
+
+
+def _plain_array(subtype, shape, dtype) -> np.ndarray:  # numpy's _reconstruct: an empty array, then its state
+    if subtype is not np.ndarray:
+        raise _Refused(f"an array of type {getattr(subtype, '__name__', subtype)}")
+    return np.ndarray(shape, dtype)
+
+
+def _from_buffer(buffer, dtype, shape, order) -> np.ndarray:  # how numpy pickles an array at protocol 5
+    return np.frombuffer(buffer, _numeric_dtype(dtype)).reshape(shape, order=order)
+
+
+def _scalar(dtype, data: bytes | str = b""):  # a numpy number
+    raw = data.encode("latin1") if isinstance(data, str) else data
+    return np.frombuffer(raw, _numeric_dtype(dtype), count=1)[0]
+
+
+def _latin1(text: str, encoding: str = "utf-8") -> bytes:  # how Python 3 pickles bytes at protocol 2
+    if encoding != "latin1":
+        raise _Refused(f"bytes encoded as {encoding}")
+    return text.encode("latin1")
+
+
+# What a CIFAR batch's pickle may name: numpy's own pickles of arrays of numbers (as numpy 1 and 2 spell
+# them), each checked, and nothing that runs code.
+CIFAR_GLOBALS = {
+    **{(f"numpy.{core}.multiarray", "_reconstruct"): _plain_array for core in ("core", "_core")},
+    **{(f"numpy.{core}.numeric", "_frombuffer"): _from_buffer for core in ("core", "_core")},
+    **{(f"numpy.{core}.multiarray", "scalar"): _scalar for core in ("core", "_core")},
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): _numeric_dtype,
+    ("_codecs", "encode"): _latin1,
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, strings, bytes, numbers and numpy arrays of numbers; refuses anything else
+    before it is looked up, so a pickle that would run code (``os.system``, say) runs nothing."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in CIFAR_GLOBALS:
+            raise _Refused(f"{module}.{name}")
+        return CIFAR_GLOBALS[module, name]
+
+
 def _read_cifar_batch(raw: bytes, what: str, label_key: str) -> tuple[np.ndarray, np.ndarray]:
     try:
-        batch = pickle.loads(raw, encoding="latin1")
+        batch = _CifarUnpickler(io.BytesIO(raw), encoding="latin1").load()
         data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         labels = np.asarray(batch[label_key], dtype=np.int64)
+    except _Refused as err:
+        raise DataError(f"{what} is not a CIFAR python batch: its pickle names {err}, which a CIFAR batch never "
+                        "holds (refused; nothing of it ran).") from None
     except Exception as err:  # noqa: BLE001 - any malformed content is the same user error
         raise DataError(f"{what} is not a CIFAR python-pickle batch ({type(err).__name__}: {err}).") from None
     if len(data) != len(labels):
@@ -123,8 +185,13 @@ def load_cifar(data_dir: str | Path, name: str = "cifar100"
         parts = [_read_cifar_batch(*read(f), layout.label_key) for f in files]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
+    def sized(size: int, what: str) -> None:
+        if size > MAX_BATCH_BYTES:
+            raise DataError(f"{what} holds {size:,} bytes, more than any CIFAR batch ({MAX_BATCH_BYTES:,} at most).")
+
     if all((folder / f).is_file() for f in layout.train + layout.test):
         def read(f: str) -> tuple[bytes, str]:
+            sized((folder / f).stat().st_size, str(folder / f))
             return (folder / f).read_bytes(), str(folder / f)
 
         return joined(read, layout.train), joined(read, layout.test)
@@ -136,8 +203,9 @@ def load_cifar(data_dir: str | Path, name: str = "cifar100"
 
                 def read(f: str) -> tuple[bytes, str]:
                     name = f"{layout.folder}/{f}"
-                    if name not in members:
-                        raise DataError(f"{archive} has no {name}; is it the {layout.folder} python archive?")
+                    if name not in members or not members[name].isfile():
+                        raise DataError(f"{archive} has no file {name}; is it the {layout.folder} python archive?")
+                    sized(members[name].size, f"{archive}:{name}")
                     return tar.extractfile(members[name]).read(), f"{archive}:{name}"
 
                 return joined(read, layout.train), joined(read, layout.test)

@@ -20,12 +20,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader
 
 from attnbench.data import DataError
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
+# The decoders an image may use, whatever its name says: Pillow identifies a file by its content, and some
+# of its other formats hand the file to programs outside Python (EPS to Ghostscript)
+FORMATS = ("JPEG", "PNG", "BMP", "PPM", "WEBP", "TIFF")  # JPEG's decoder reads cameras' MPO files too
 SPLITS = ("train", "val")
 MEAN = (0.485, 0.456, 0.406)  # ImageNet's channel statistics, as ImageNet-style training normalises
 STD = (0.229, 0.224, 0.225)
@@ -71,7 +74,12 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
 def read_image(path: str, size: int, augment: bool, seed: int) -> torch.Tensor:
     """One image, cropped, resized to ``size`` x ``size`` and normalised; with ``augment`` the crop and
     flip are drawn from ``seed``."""
-    with Image.open(path) as opened:
+    Image.init()  # every decoder registered (only those of FORMATS that this Pillow has are tried)
+    try:
+        opened = Image.open(path, formats=[f for f in FORMATS if f in Image.OPEN])
+    except UnidentifiedImageError:
+        raise ValueError(f"it is not a {', '.join(FORMATS[:-1])} or {FORMATS[-1]} image") from None
+    with opened:
         image = opened.convert("RGB")
     if augment:
         rng = random.Random(seed)

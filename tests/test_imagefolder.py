@@ -156,3 +156,19 @@ def test_bad_folders_are_one_line_errors(tmp_path, capsys, change, message):
 def test_memory_data_sets_refuse_another_image_size():
     with pytest.raises(DataError, match="digits images are 32 x 32"):
         load_dataset("digits", image_size=64)
+
+
+def test_an_image_that_pillow_would_hand_to_another_program_is_refused(tmp_path, monkeypatch):
+    from PIL import EpsImagePlugin
+
+    root = write_tree(tmp_path / "tree", per_class=(2, 1))
+    eps = root / "val" / "cat" / "0.jpg"  # an EPS file named as a JPEG: Pillow would render it with Ghostscript
+    eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nnewpath 0 0 moveto 8 8 lineto stroke\n"
+                    b"showpage\n%%EOF\n")
+    handed = []
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *args, **kwargs: handed.append(args) or 1 / 0)
+    monkeypatch.setattr(EpsImagePlugin, "has_ghostscript", lambda: True)
+    _, val = load_dataset("imagefolder", root, image_size=8, workers=0)
+    with pytest.raises(DataError, match="0.jpg: it is not a JPEG, PNG, BMP, PPM, WEBP or TIFF image"):
+        list(val.eval_batches(4))
+    assert not handed

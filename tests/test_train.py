@@ -2,6 +2,7 @@
 
 import math
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -150,6 +151,62 @@ def test_wrong_files_in_data_dir(tmp_path, capsys):
     (tmp_path / "cifar-100-python" / "train").write_bytes(b"not a pickle")
     (tmp_path / "cifar-100-python" / "test").write_bytes(b"not a pickle")
     with pytest.raises(DataError, match="is not a CIFAR python-pickle batch"):
+        load_cifar(tmp_path)
+
+
+@pytest.mark.parametrize("archive", [False, True], ids=["folder", "tar.gz"])
+def test_a_cifar_batch_whose_pickle_would_run_code_is_refused_and_runs_nothing(tmp_path, capsys, archive):
+    marker = tmp_path / "ran"
+    data = write_cifar(tmp_path / "data")
+    hostile = {"data": np.zeros((1, 3072), np.uint8), "fine_labels": [0], "x": _RunsCode(marker)}
+    (data / "cifar-100-python" / "test").write_bytes(pickle.dumps(hostile))
+    if archive:
+        with tarfile.open(data / "cifar-100-python.tar.gz", "w:gz") as tar:
+            tar.add(data / "cifar-100-python", arcname="cifar-100-python")
+        shutil.rmtree(data / "cifar-100-python")
+    with pytest.raises(DataError, match=r"its pickle names io\.open, which a CIFAR batch never holds"):
+        load_cifar(data)
+    assert main(["train", *TINY, "--dataset", "cifar100", "--data-dir", str(data), "--epochs", "1",
+                 "--out", str(tmp_path / "run"), "--db", str(tmp_path / "r.sqlite")]) == 2
+    err = capsys.readouterr().err
+    assert "io.open" in err and err.count("\n") == 1
+    assert not marker.exists()
+
+
+def test_cifar_batches_load_as_every_python_and_numpy_pickles_them(tmp_path):
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (4, 3072), dtype=np.uint8)
+    labels = [3, 1, 4, 1]
+    batch = {"data": images, "labels": labels, "batch_label": "testing batch 1 of 1",
+             "filenames": [b"a.png", b"b.png", b"c.png", b"d.png"]}
+    protocol2 = pickle.dumps(batch, protocol=2)
+    pickles = {
+        "protocol 5": pickle.dumps(batch, protocol=5),  # numpy's _frombuffer
+        "protocol 2": protocol2,  # numpy's _reconstruct, bytes through _codecs.encode
+        "numpy 1's names": protocol2.replace(b"numpy._core.", b"numpy.core."),  # as the archives hold them
+        "numpy numbers": pickle.dumps({**batch, "labels": list(np.array(labels, dtype=np.int64))}, protocol=2),
+    }
+    for how, raw in pickles.items():
+        folder = tmp_path / how / "cifar-10-batches-py"
+        folder.mkdir(parents=True)
+        for name in CIFAR["cifar10"].train + CIFAR["cifar10"].test:
+            (folder / name).write_bytes(raw)
+        (xtr, ytr), (xte, yte) = load_cifar(tmp_path / how, "cifar10")
+        assert np.array_equal(xte.reshape(4, -1), images) and yte.tolist() == labels, how
+        assert len(xtr) == 20 and ytr.tolist() == labels * 5, how
+
+
+@pytest.mark.parametrize("content, named", [
+    (np.array([b"x" * 3072], dtype=object), "an array of object"),
+    (np.zeros(2, dtype=[("a", "u1")]), "an array of |V1"),  # records: void, then fields
+    (np.ma.masked_array(np.zeros((1, 3072), np.uint8)), "numpy.ma.core._mareconstruct"),
+], ids=["objects", "records", "subclass"])
+def test_a_cifar_batch_of_anything_but_numbers_is_refused(tmp_path, content, named):
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    for name in ("train", "test"):
+        (folder / name).write_bytes(pickle.dumps({"data": content, "fine_labels": [0]}, protocol=2))
+    with pytest.raises(DataError, match=f"its pickle names {re.escape(named)}"):
         load_cifar(tmp_path)
 
 
