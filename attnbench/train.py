@@ -14,6 +14,7 @@ import os
 import pickle
 import time
 import uuid
+import zipfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -130,8 +131,9 @@ def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise TrainError(f"No checkpoint at {path}.")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    _check_archive(path)
+    try:  # the tensors stay in the file (mapped, read as they are used) until they are checked and copied
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as err:
         if "weights_only" in str(err) or "Unsupported global" in str(err):
             raise TrainError(f"{path} holds more than weights (loading it would run code); refused.") from None
@@ -144,6 +146,56 @@ def load_checkpoint(path: str | Path) -> dict:
     if missing:
         raise TrainError(f"{path} is an incomplete attnbench checkpoint (no {', '.join(missing)}).")
     return ckpt
+
+
+def _check_archive(path: Path) -> None:
+    """A checkpoint is torch.save's zip archive, whose records are stored as they are. A record that is
+    compressed, or claims more bytes than the file holds, would be inflated in memory before anything in it
+    could be checked (a 1 MB file can hold a GiB of zeros): it is refused unread."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            records = archive.infolist()
+        size = path.stat().st_size
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        raise TrainError(f"{path} is not a readable checkpoint (not a torch.save archive).") from None
+    for record in records:
+        if (record.compress_type != zipfile.ZIP_STORED or record.compress_size != record.file_size
+                or record.header_offset + record.file_size > size):
+            raise TrainError(f"{path} holds a record ({record.filename}: {record.file_size:,} bytes) that is "
+                             "compressed or larger than the file; torch.save writes neither, so it is refused unread.")
+
+
+def _fits(ckpt: dict, path: str | Path, states: list[tuple[str, object, torch.Size]]) -> None:
+    """TrainError naming the first of ``states`` (what, the checkpoint's tensor, the shape the network has for
+    it) that is not a tensor of that shape: checked before any is read."""
+    for what, tensor, shape in states:
+        if not isinstance(tensor, torch.Tensor) or tensor.shape != shape:
+            got = f"shape {tuple(tensor.shape)}" if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+            raise TrainError(f"Checkpoint {path} does not fit network {ckpt['config'].get('model')}: its {what} "
+                             f"is {got}, the network's {tuple(shape)}.")
+
+
+def load_weights(ckpt: dict, path: str | Path, model: nn.Module) -> None:
+    """The checkpoint's weights into ``model``, every tensor's shape checked against the network's first."""
+    weights, params = ckpt["model"], model.state_dict()
+    if not isinstance(weights, dict) or set(weights) != set(params):
+        raise TrainError(f"Checkpoint {path} does not fit network {ckpt['config'].get('model')}: other weights.")
+    _fits(ckpt, path, [(f"weight {name}", weights[name], want.shape) for name, want in params.items()])
+    model.load_state_dict(weights)
+
+
+def load_optimizer(ckpt: dict, path: str | Path, optimizer: torch.optim.Optimizer) -> None:
+    """The checkpoint's optimizer state into ``optimizer``, every tensor's shape checked against its parameter's
+    first."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    try:
+        states = [(f"optimizer state {i}", value, params[int(i)].shape)
+                  for i, state in ckpt["optimizer"]["state"].items() for value in state.values()
+                  if isinstance(value, torch.Tensor) and value.dim()]
+        _fits(ckpt, path, states)
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except (TypeError, KeyError, AttributeError, ValueError, IndexError):
+        raise TrainError(f"Checkpoint {path} holds the optimizer state of another network.") from None
 
 
 def _distributed(device: str) -> tuple[int, int]:
@@ -272,15 +324,8 @@ def train(cfg: TrainConfig, *, out: str | Path, db: str | Path | None = None, re
     if cfg.batch % world:
         raise TrainError(f"Invalid batch={cfg.batch}: the global batch must be divisible by the {world} ranks.")
     device = cfg.device if cfg.device != "cuda" or world == 1 else f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-    train_set, test_set = data or datasets(cfg)
-    model = build(cfg, train_set.num_classes).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                                nesterov=True)
-    history: list[dict] = []
-    start_epoch = 0
-    out = Path(out)
-    run_id = f"{cfg.model}-{cfg.dataset}-s{cfg.seed}-{uuid.uuid4().hex[:12]}"
-    if resume is not None:
+    ckpt, model = None, None
+    if resume is not None:  # checked, and its weights loaded, before the data sets are
         ckpt = load_checkpoint(resume)
         saved = ckpt["config"]
         for name in MATH_FIELDS:
@@ -288,8 +333,23 @@ def train(cfg: TrainConfig, *, out: str | Path, db: str | Path | None = None, re
             if was != getattr(cfg, name):
                 raise TrainError(f"Checkpoint {resume} is for {name}={was!r}, not {getattr(cfg, name)!r}; "
                                  "resume with the options it was trained with.")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        model = build(cfg, ckpt["num_classes"])
+        load_weights(ckpt, resume, model)
+    train_set, test_set = data or datasets(cfg)
+    if model is None:
+        model = build(cfg, train_set.num_classes)
+    elif ckpt["num_classes"] != train_set.num_classes:
+        raise TrainError(f"Checkpoint {resume} has {ckpt['num_classes']} classes; the data set has "
+                         f"{train_set.num_classes}.")
+    model = model.to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                                nesterov=True)
+    history: list[dict] = []
+    start_epoch = 0
+    out = Path(out)
+    run_id = f"{cfg.model}-{cfg.dataset}-s{cfg.seed}-{uuid.uuid4().hex[:12]}"
+    if ckpt is not None:
+        load_optimizer(ckpt, resume, optimizer)
         start_epoch, history, run_id = ckpt["epoch"], ckpt["history"], ckpt["run_id"]
     if world > 1 and torch.device(device).type == "cuda":  # batch statistics over the global batch, as one process
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -382,10 +442,7 @@ def evaluate_checkpoint(path: str | Path, dataset: str, data_dir: str | None = N
     cfg = TrainConfig(**ckpt["config"])
     if dataset != cfg.dataset:
         raise TrainError(f"Checkpoint {path} was trained on {cfg.dataset}, not {dataset}.")
-    _, test_set = datasets(replace(cfg, data_dir=data_dir))
     model = build(cfg, ckpt["num_classes"])
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError:
-        raise TrainError(f"Checkpoint {path} does not fit network {cfg.model}.") from None
+    load_weights(ckpt, path, model)  # before the data set is loaded
+    _, test_set = datasets(replace(cfg, data_dir=data_dir))
     return evaluate(model.to(device), test_set, batch=batch, device=device, dtype=cfg.dtype)

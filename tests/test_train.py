@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import zipfile
 
 import numpy as np
 import pytest
@@ -251,6 +252,56 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, capsys):
     torch.save({"format": "attnbench-checkpoint-1", "payload": _RunsCode(marker)}, evil)
     assert_refused_by_eval_and_resume(evil, "holds more than weights", tmp_path, capsys)
     assert not marker.exists()
+
+
+def _oversized_checkpoint(path, compressed: bool, nbytes: int) -> None:
+    """A checkpoint of conv_probe whose stem weight is ``nbytes`` of zeros: as torch.save writes it, or with its
+    records compressed (a file of a few hundred KB that inflates to ``nbytes``)."""
+    from dataclasses import asdict
+
+    cfg = TrainConfig(model="conv_probe", dataset="digits", width=0.25)
+    weights = build(cfg, 10).state_dict()
+    weights["stem.0.weight"] = torch.empty(nbytes // 4)  # pages never touched: no memory here
+    optimizer = {"state": {}, "param_groups": [{"params": list(range(len(weights)))}]}
+    plain = path.with_suffix(".plain") if compressed else path
+    torch.save({"format": "attnbench-checkpoint-1", "config": asdict(cfg), "epoch": 1, "run_id": "r",
+                "num_classes": 10, "model": weights, "optimizer": optimizer, "history": []}, plain)
+    if compressed:
+        with zipfile.ZipFile(plain) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as dst:
+            for info in src.infolist():
+                with src.open(info) as record, dst.open(info.filename, "w", force_zip64=True) as out:
+                    shutil.copyfileobj(record, out, 1 << 22)
+        plain.unlink()
+
+
+@pytest.mark.parametrize("compressed, nbytes", [(True, 256 << 20), (False, 64 << 20)],
+                         ids=["compressed-256MiB-in-a-small-file", "stored-64MiB"])
+def test_a_checkpoint_with_a_huge_tensor_is_refused_before_it_is_in_memory(tmp_path, compressed, nbytes):
+    path = tmp_path / "huge.pt"
+    _oversized_checkpoint(path, compressed, nbytes)
+    assert path.stat().st_size < (1 << 20) if compressed else path.stat().st_size > nbytes
+    code = ("import sys\n"
+            "from attnbench.train import TrainConfig, TrainError, build, datasets, evaluate_checkpoint, train\n"
+            "cfg = TrainConfig('conv_probe', 'digits', width=0.25)\n"
+            "import tqdm, attnbench.measure.macs, attnbench.measure.params  # what either path loads anyway, before\n"
+            "build(cfg, 10), datasets(cfg)  # the peak is reset\n"
+            "def kib(field):\n"
+            "    return int(open('/proc/self/status').read().split(field + ':')[1].split()[0])\n"
+            "open('/proc/self/clear_refs', 'w').write('5')  # the peak from here\n"
+            "base = kib('VmRSS')\n"
+            "for load in (lambda: evaluate_checkpoint(sys.argv[1], 'digits'),\n"
+            "             lambda: train(cfg, out=sys.argv[2], resume=sys.argv[1], progress=False)):\n"
+            "    try:\n"
+            "        load()\n"
+            "    except TrainError as e:\n"
+            "        print(str(e))\n"
+            "print(kib('VmHWM') - base)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(path), str(tmp_path / "run")], capture_output=True,
+                          text=True)
+    *refusals, grown_kib = proc.stdout.splitlines()
+    message = "compressed or larger than the file" if compressed else "its weight stem.0.weight is shape"
+    assert len(refusals) == 2 and all(message in line for line in refusals), proc.stdout + proc.stderr
+    assert int(grown_kib) << 10 < nbytes // 8, f"{int(grown_kib) >> 10} MiB more in memory before the refusals"
 
 
 def test_a_checkpoint_missing_keys_is_named(tmp_path):
