@@ -157,25 +157,18 @@ def choice_list(name: str, choices: Sequence[str]) -> Callable[[str], list[str]]
 def device_list(text: str) -> list[str]:
     import torch
 
+    from attnbench.env import parse_device
+
     devices = []
     for item in _split(text):
         try:
-            dev = torch.device(item)
-        except RuntimeError:
-            raise argparse.ArgumentTypeError(f"unknown device '{item}'; use cpu, cuda or cuda:N") from None
-        if dev.type not in ("cpu", "cuda"):
-            raise argparse.ArgumentTypeError(f"unsupported device '{item}'; use cpu, cuda or cuda:N")
-        if dev.type == "cuda":
-            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-            if count == 0:
-                raise argparse.ArgumentTypeError(f"device '{item}' requested but this machine has no CUDA device")
-            if dev.index is None:
-                devices += [f"cuda:{i}" for i in range(count)]
-                continue
-            if dev.index >= count:
-                raise argparse.ArgumentTypeError(
-                    f"device '{item}' does not exist: this machine has {count} CUDA device(s)")
-        devices.append(str(dev))
+            dev = parse_device(item)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        if dev.type == "cuda" and dev.index is None:  # every GPU
+            devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+        else:
+            devices.append(str(dev))
     return list(dict.fromkeys(devices))
 
 
@@ -244,11 +237,11 @@ def _check_db(path: str) -> None:
 def _check_out_dir(option: str, path: str) -> None:
     """An output folder that exists as one, or can be made, and can be written, before any work is done."""
     folder = Path(path)
-    if folder.exists() and not folder.is_dir():
-        raise UsageError(f"{option} {path} is a file, not a folder.")
     try:
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"{option} {path} is a file, not a folder.")
         folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
+    except OSError as e:  # a name over 255 characters, a folder in the way of its parents, ...
         raise UsageError(f"cannot make {option} {path}: {e.strerror}.") from None
     if not os.access(folder, os.W_OK):
         raise UsageError(f"{option} {path} cannot be written.")
@@ -500,7 +493,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from attnbench import interrupt, store
     from attnbench.data import DataError
     from attnbench.models import list_models
-    from attnbench.train import TrainConfig, TrainError, match_width, train, tune_lr
+    from attnbench.train import LR_CANDIDATES, TrainConfig, TrainError, match_width, train, tune_lr, usable_device
 
     if args.model not in list_models():
         raise UsageError(unknown_name_message("model", args.model, list_models()))
@@ -511,7 +504,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError("--resume continues one run: give one seed.")
     auto = args.lr == "auto"
     options = _train_options(args.model, args.opt)
-    width, width_source = args.width, "given"
+    try:  # every value checked before anything runs (the rate --lr auto chooses replaces the first candidate)
+        cfg = TrainConfig(model=args.model, dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
+                          batch=args.batch, lr=LR_CANDIDATES[0] if auto else args.lr, momentum=args.momentum,
+                          weight_decay=args.weight_decay, width=args.width, stem=args.stem, dtype=args.dtype,
+                          device=usable_device(args.device), seed=seeds[0], steps=args.steps, plateau=args.plateau,
+                          options=options, image_size=args.image_size, workers=args.workers)
+    except TrainError as e:
+        raise UsageError(str(e)) from None
+    width_source = "given"
     if args.match:
         reference = args.match_to or _conv_of(args.model)
         if reference not in list_models():
@@ -526,12 +527,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         width_source = (f"matched to {reference} at width {args.width:g} in {args.match}: {cost:,} against "
                         f"{target:,}")
         print(f"width {width:g}: {width_source}")
-    cfg = TrainConfig(model=args.model, dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
-                      batch=args.batch, lr=0.0 if auto else args.lr, momentum=args.momentum,
-                      weight_decay=args.weight_decay,
-                      width=width, stem=args.stem, dtype=args.dtype, device=args.device, seed=seeds[0],
-                      steps=args.steps, plateau=args.plateau, options=options, image_size=args.image_size,
-                      workers=args.workers)
+        cfg = replace(cfg, width=width)
     outs = {seed: (f"{args.out}/s{seed}" if args.out and len(seeds) > 1 else args.out)
             or f"runs/{args.model}-{args.dataset}-s{seed}" for seed in seeds}
     for out in outs.values():
@@ -542,6 +538,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     # --lr auto chooses the rate once for the setup, on the first seed it trains (or takes the rate an earlier
     # sitting chose, from the store), and every seed trains at it
     tuned = next(iter(finished.values())) if auto and finished else None
+    diverged = []
     for seed, out in outs.items():
         if seed in finished:
             print(f"seed {seed}: already trained to its end in {args.db}, skipped")
@@ -559,9 +556,13 @@ def cmd_train(args: argparse.Namespace) -> int:
                                 stop_after_epoch=args.stop_after_epoch, lr_source=source, width_source=width_source)
         except (DataError, TrainError, store.StoreError) as e:
             raise UsageError(str(e)) from None
-        if history:
+        if history and history[-1]["stopped"] == "diverged":
+            diverged.append(seed)
+            print(f"seed {seed}: diverged in epoch {history[-1]['epoch']} (the training loss is not finite), stored "
+                  f"in {args.db} as such, not as a finished run", file=sys.stderr)
+        elif history:
             print(f"seed {seed}: checkpoint {out}/checkpoint.pt; metrics stored in {args.db}")
-    return 0
+    return 1 if diverged else 0
 
 
 def _train_kept(seed: int, out: str, db: str | None, since: float) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import pickle
 import tarfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,8 +210,8 @@ def load_cifar(data_dir: str | Path, name: str = "cifar100"
                     return tar.extractfile(members[name]).read(), f"{archive}:{name}"
 
                 return joined(read, layout.train), joined(read, layout.test)
-        except tarfile.TarError as err:
-            raise DataError(f"{archive} is not a readable .tar.gz archive ({err}).") from None
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as err:  # EOFError: a truncated archive
+            raise DataError(f"{archive} is not a readable .tar.gz archive ({type(err).__name__}: {err}).") from None
     raise DataError(
         f"--data-dir {root} holds neither {layout.folder}/ with {', '.join(layout.train + layout.test)} nor "
         f"{layout.folder}.tar.gz (the python version of {name.upper()})."

@@ -71,6 +71,24 @@ def device_name(device: str) -> str:
     return cpu_model()
 
 
+def parse_device(text: str) -> torch.device:
+    """A device of this machine that attnbench runs on: ``cpu``, ``cuda`` (the current GPU) or ``cuda:N``;
+    ValueError in one line otherwise."""
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device '{text}'; use cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device '{text}'; use cpu, cuda or cuda:N")
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device '{text}' requested but this machine has no CUDA device")
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"device '{text}' does not exist: this machine has {count} CUDA device(s)")
+    return dev
+
+
 def environment(device: str) -> Environment:
     """Facts that identify where and with what a number was measured, now."""
     dev = torch.device(device)

@@ -190,7 +190,8 @@ class Epoch:
     test_loss: float | None = None
     top1_pct: float | None = None  # test
     top5_pct: float | None = None  # test; None with five classes or fewer
-    stopped: str | None = None  # "plateau" or "budget" on the run's last epoch
+    stopped: str | None = None  # "plateau" or "budget" on the last epoch of a run that finished, "diverged" where its
+    # training loss went non-finite (not a finished run)
     images_per_s: float | None = None
     epoch_s: float | None = None
     params: int | None = None

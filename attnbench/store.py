@@ -343,12 +343,16 @@ def load_training(path: str | Path) -> pd.DataFrame:
     return _read(path, "training", TRAINING_NAMES, "rowid")
 
 
+FINISHED = ("plateau", "budget")  # why a run that reached its end stopped (a run that diverged did not)
+
+
 def finished_runs(training: pd.DataFrame) -> pd.DataFrame:
     """The last epoch of each run that reached its end: it says why it stopped (``plateau`` or ``budget``)
-    or, stored before runs said so, it is the last of its epochs. A run still in progress, or killed in a
-    sitting, is left out: its latest epoch is not a result."""
+    or, stored before runs said so, it is the last of its epochs. A run still in progress, killed in a
+    sitting, or stopped because its loss went non-finite (``diverged``) is left out: its latest epoch is not
+    a result."""
     last = training.sort_values("epoch").groupby("run_id", sort=False).tail(1)
-    return last[last.stopped.notna() | (last.epoch == last.epochs)]
+    return last[last.stopped.isin(FINISHED) | (last.stopped.isna() & (last.epoch == last.epochs))]
 
 
 def stored_cases(path: str | Path, env_key: str) -> dict[str, dict]:

@@ -14,8 +14,9 @@ import os
 import pickle
 import time
 import uuid
+import warnings
 import zipfile
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -24,8 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnbench import files, interrupt, store
+from attnbench.choices import DATASETS, unknown_name_message
 from attnbench.data import DEFAULT_IMAGEFOLDER_SIDE, IMAGE_SIDE, Dataset, load_dataset
-from attnbench.env import environment
+from attnbench.env import environment, parse_device
 from attnbench.imagefolder import ImageFolderSet
 from attnbench.record import Epoch, parse_options
 
@@ -58,6 +60,59 @@ class TrainConfig:
     options: str = ""  # the variant's options, "key=value,..." sorted as a sweep's cases spell them ("" for none)
     image_size: int | None = None  # side the network sees: imagefolder's crops (None: 224); 32 for the others
     workers: int = 0  # DataLoader processes decoding imagefolder's images (0: in the training process)
+
+    def __post_init__(self) -> None:
+        """Every field as a command line or a checkpoint may give it; TrainError names the first one wrong."""
+        from attnbench.models import list_models
+
+        if self.model not in list_models():
+            raise TrainError(unknown_name_message("model", self.model, list_models()))
+
+        def whole(value: object, least: int) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+        def finite(value: object) -> bool:
+            return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+        at_least_1, at_least_0 = "a whole number of at least 1", "a whole number of at least 0"
+        rules = (
+            ("dataset", self.dataset in DATASETS, f"one of {', '.join(DATASETS)}"),
+            ("data_dir", self.data_dir is None or isinstance(self.data_dir, str), "a folder"),
+            ("epochs", whole(self.epochs, 1), at_least_1),
+            ("batch", whole(self.batch, 1), at_least_1),
+            ("lr", finite(self.lr) and self.lr > 0, "a finite number above 0"),
+            ("momentum", finite(self.momentum) and self.momentum >= 0, "a finite number of at least 0"),
+            ("weight_decay", finite(self.weight_decay) and self.weight_decay >= 0, "a finite number of at least 0"),
+            ("width", finite(self.width) and self.width > 0, "a finite number above 0"),
+            ("stem", self.stem in ("conv", "cifar"), "conv or cifar"),
+            ("dtype", self.dtype in AUTOCAST, f"one of {', '.join(AUTOCAST)}"),
+            ("device", device_type(self.device) in ("cpu", "cuda"), "cpu, cuda or cuda:N"),
+            ("seed", whole(self.seed, 0), at_least_0),
+            ("steps", self.steps is None or whole(self.steps, 1), at_least_1),
+            ("plateau", self.plateau is None or whole(self.plateau, 1), at_least_1),
+            ("options", isinstance(self.options, str), "key=value,..."),
+            ("image_size", self.image_size is None or whole(self.image_size, 1), at_least_1),
+            ("workers", whole(self.workers, 0), at_least_0),
+        )
+        for name, valid, rule in rules:
+            if not valid:
+                raise TrainError(f"Invalid {name}={getattr(self, name)!r}: {name} must be {rule}.")
+
+
+def device_type(device: object) -> str | None:
+    """``cpu``, ``cuda``, ... for a device name torch reads, else None."""
+    try:
+        return torch.device(device).type
+    except (RuntimeError, TypeError):
+        return None
+
+
+def usable_device(device: str) -> str:
+    """``device`` if this machine has it; TrainError in one line otherwise."""
+    try:
+        return str(parse_device(device))
+    except ValueError as e:
+        raise TrainError(f"--device: {e}.") from None
 
 
 PLATEAU_GAIN = 0.01  # a relative improvement of the training loss under 1 % is no improvement
@@ -116,9 +171,21 @@ def _lr(cfg: TrainConfig, step: int, total: int) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * step / total))
 
 
+def _finite_on_every_rank(loss: torch.Tensor, world: int) -> bool:
+    """Whether the loss is finite on every rank (all of them stop together when one diverges)."""
+    finite = torch.isfinite(loss.detach()).float()
+    if world > 1:
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    return bool(finite.item())
+
+
 def _save(path: Path, payload: dict) -> None:
-    with files.atomic(path) as tmp:  # a run killed while saving keeps the previous checkpoint whole
-        torch.save(payload, tmp)
+    try:
+        with files.atomic(path) as tmp:  # a run killed while saving keeps the previous checkpoint whole
+            torch.save(payload, tmp)
+    except (OSError, RuntimeError) as err:  # on a full disk torch's writer says only "unexpected pos"
+        why = err.strerror if isinstance(err, OSError) and err.strerror else "the write failed (is the disk full?)"
+        raise TrainError(f"Cannot write the checkpoint {path}: {why}; the previous one, if any, is kept.") from None
 
 
 CHECKPOINT_KEYS = ("format", "config", "epoch", "run_id", "num_classes", "model", "optimizer", "history")
@@ -196,6 +263,25 @@ def load_optimizer(ckpt: dict, path: str | Path, optimizer: torch.optim.Optimize
         optimizer.load_state_dict(ckpt["optimizer"])
     except (TypeError, KeyError, AttributeError, ValueError, IndexError):
         raise TrainError(f"Checkpoint {path} holds the optimizer state of another network.") from None
+
+
+def checkpoint_config(ckpt: dict, path: str | Path) -> TrainConfig:
+    """The configuration a checkpoint was trained with. Keys this attnbench does not know (a newer one
+    wrote them) are left out with a warning; a value it would not accept is a TrainError."""
+    saved = ckpt["config"]
+    if not isinstance(saved, dict):
+        raise TrainError(f"{path} has no readable configuration.")
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(map(str, set(saved) - known))
+    if unknown:
+        warnings.warn(f"{path} was written with options this attnbench does not know, ignored: {', '.join(unknown)}",
+                      stacklevel=2)
+    try:
+        return TrainConfig(**{k: v for k, v in saved.items() if k in known})
+    except TypeError as e:  # a field without a default is missing
+        raise TrainError(f"{path} has an incomplete configuration ({e}).") from None
+    except TrainError as e:
+        raise TrainError(f"{path} has a configuration this attnbench cannot use: {e}") from None
 
 
 def _distributed(device: str) -> tuple[int, int]:
@@ -295,7 +381,8 @@ def tune_lr(cfg: TrainConfig, out: str | Path, candidates: tuple[float, ...] = L
         for lr in todo:
             history = train(replace(cfg, lr=lr, steps=budget, plateau=None), out=Path(out) / f"lr-{lr:g}",
                             data=data, progress=False)
-            scores[lr] = (history[-1]["top1_pct"], history[-1]["test_loss"])
+            last = history[-1]
+            scores[lr] = (0.0, math.nan) if last.get("stopped") == "diverged" else (last["top1_pct"], last["test_loss"])
         best = choose_lr(scores, len(held))
         up, down = best * LR_FACTOR, best / LR_FACTOR
         todo = ([up] if best == max(scores) and up <= LR_LIMITS[1] else
@@ -320,6 +407,7 @@ def train(cfg: TrainConfig, *, out: str | Path, db: str | Path | None = None, re
     from attnbench.measure.macs import count_macs
     from attnbench.measure.params import count_params
 
+    usable_device(cfg.device)
     rank, world = _distributed(cfg.device)
     if cfg.batch % world:
         raise TrainError(f"Invalid batch={cfg.batch}: the global batch must be divisible by the {world} ranks.")
@@ -327,11 +415,10 @@ def train(cfg: TrainConfig, *, out: str | Path, db: str | Path | None = None, re
     ckpt, model = None, None
     if resume is not None:  # checked, and its weights loaded, before the data sets are
         ckpt = load_checkpoint(resume)
-        saved = ckpt["config"]
+        saved = asdict(checkpoint_config(ckpt, resume))  # fields added since it was written: their defaults
         for name in MATH_FIELDS:
-            was = saved.get(name, TrainConfig.__dataclass_fields__[name].default)  # fields added since: defaults
-            if was != getattr(cfg, name):
-                raise TrainError(f"Checkpoint {resume} is for {name}={was!r}, not {getattr(cfg, name)!r}; "
+            if saved[name] != getattr(cfg, name):
+                raise TrainError(f"Checkpoint {resume} is for {name}={saved[name]!r}, not {getattr(cfg, name)!r}; "
                                  "resume with the options it was trained with.")
         model = build(cfg, ckpt["num_classes"])
         load_weights(ckpt, resume, model)
@@ -343,7 +430,7 @@ def train(cfg: TrainConfig, *, out: str | Path, db: str | Path | None = None, re
                          f"{train_set.num_classes}.")
     model = model.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                                nesterov=True)
+                                nesterov=cfg.momentum > 0)  # momentum 0: plain SGD
     history: list[dict] = []
     start_epoch = 0
     out = Path(out)
@@ -385,7 +472,12 @@ def train(cfg: TrainConfig, *, out: str | Path, db: str | Path | None = None, re
                 group["lr"] = _lr(cfg, epoch * steps + step, total)
             with torch.autocast(torch.device(device).type, autocast or torch.float32, enabled=autocast is not None):
                 logits = ddp(x).float()
+                if logits.shape != (len(x), train_set.num_classes):
+                    raise TrainError(f"{cfg.model}'s output has shape {tuple(logits.shape)}, not "
+                                     f"({len(x)}, {train_set.num_classes}): one logit per image and class.")
                 loss = F.cross_entropy(logits, y)
+            if not _finite_on_every_rank(loss, world):  # diverged: no step is taken on it, and the run stops
+                break
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -398,20 +490,26 @@ def train(cfg: TrainConfig, *, out: str | Path, db: str | Path | None = None, re
             dist.all_reduce(sums)
             loss_sum, correct = sums[0].item() / world, int(sums[1].item())
         epoch_s = time.perf_counter() - start
-        done = epoch * steps + len(order)
-        losses = [h["train_loss"] for h in history] + [loss_sum / len(order)]
-        stopped = "plateau" if cfg.plateau and plateaued(losses, cfg.plateau) else "budget" if done == total else None
+        taken = seen // cfg.batch
+        diverged = taken < len(order)
+        done = epoch * steps + taken
+        losses = [h["train_loss"] for h in history] + [math.nan if diverged else loss_sum / len(order)]
+        stopped = ("diverged" if diverged else "plateau" if cfg.plateau and plateaued(losses, cfg.plateau)
+                   else "budget" if done == total else None)
         if rank == 0:
+            tested = ({"test_loss": None, "top1_pct": None, "top5_pct": None} if diverged else  # weights not finite
+                      evaluate(model, test_set, device=device, dtype=cfg.dtype))
             metrics = {"epoch": epoch + 1, "step": done, "train_loss": losses[-1],
-                       "train_top1_pct": 100 * correct / seen, "images_per_s": seen / epoch_s, "epoch_s": epoch_s,
-                       **evaluate(model, test_set, device=device, dtype=cfg.dtype), "stopped": stopped}
+                       "train_top1_pct": 100 * correct / seen if seen else None, "images_per_s": seen / epoch_s,
+                       "epoch_s": epoch_s, **tested, "stopped": stopped}
             history.append(metrics)
             with interrupt.deferred():  # the epoch's checkpoint and its row are written both, or neither
-                _save(out / "checkpoint.pt", {
-                    "format": CHECKPOINT_FORMAT, "config": asdict(cfg), "epoch": epoch + 1, "run_id": run_id,
-                    "num_classes": train_set.num_classes, "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(), "history": history,
-                })
+                if not diverged:  # a diverged run's weights are not finite: its last checkpoint stays
+                    _save(out / "checkpoint.pt", {
+                        "format": CHECKPOINT_FORMAT, "config": asdict(cfg), "epoch": epoch + 1, "run_id": run_id,
+                        "num_classes": train_set.num_classes, "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(), "history": history,
+                    })
                 if db is not None:
                     setup = {k: getattr(cfg, k) for k in ("model", "dataset", "batch", "lr", "width", "stem", "dtype",
                                                          "device", "seed", "steps", "plateau", "options")}
@@ -420,7 +518,10 @@ def train(cfg: TrainConfig, *, out: str | Path, db: str | Path | None = None, re
                                                    lr_source=lr_source,
                                                    width_source=width_source,
                                                    environment=environment(device)))
-            if progress:
+            if progress and diverged:
+                print(f"epoch {epoch + 1}/{epochs} (step {done}/{total}): the training loss is not finite: diverged, "
+                      "stopped", flush=True)
+            elif progress:
                 top5 = f", top-5 {metrics['top5_pct']:.2f} %" if metrics["top5_pct"] is not None else ""
                 print(f"epoch {epoch + 1}/{epochs} (step {done}/{total}): loss {metrics['train_loss']:.4f}, "
                       f"train top-1 {metrics['train_top1_pct']:.2f} %, test top-1 {metrics['top1_pct']:.2f} %{top5}, "
@@ -428,7 +529,7 @@ def train(cfg: TrainConfig, *, out: str | Path, db: str | Path | None = None, re
                       + (f"; stopped: {stopped}" if stopped == "plateau" else ""), flush=True)
         if world > 1:
             dist.barrier()
-        if stopped == "plateau":
+        if stopped in ("plateau", "diverged"):
             break
     if world > 1:
         dist.destroy_process_group()
@@ -438,11 +539,15 @@ def train(cfg: TrainConfig, *, out: str | Path, db: str | Path | None = None, re
 def evaluate_checkpoint(path: str | Path, dataset: str, data_dir: str | None = None, *, batch: int = 256,
                         device: str = "cpu") -> dict[str, float]:
     """Evaluate a checkpoint on the test split of ``dataset`` (the one it was trained on)."""
+    device = usable_device(device)
     ckpt = load_checkpoint(path)
-    cfg = TrainConfig(**ckpt["config"])
+    cfg = checkpoint_config(ckpt, path)
     if dataset != cfg.dataset:
         raise TrainError(f"Checkpoint {path} was trained on {cfg.dataset}, not {dataset}.")
-    model = build(cfg, ckpt["num_classes"])
+    try:
+        model = build(cfg, ckpt["num_classes"])
+    except (ValueError, TypeError, KeyError) as e:
+        raise TrainError(f"Checkpoint {path}'s network cannot be built: {e.args[0] if e.args else e}") from None
     load_weights(ckpt, path, model)  # before the data set is loaded
     _, test_set = datasets(replace(cfg, data_dir=data_dir))
     return evaluate(model.to(device), test_set, batch=batch, device=device, dtype=cfg.dtype)

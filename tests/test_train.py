@@ -10,6 +10,7 @@ import tarfile
 import zipfile
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -139,12 +140,81 @@ def test_two_process_torchrun_matches_one_process(tmp_path):
         (["--model", "resnet26", "--dataset", "cifar100"], "cifar100 needs --data-dir"),
         (["--model", "resnet26", "--dataset", "cifar100", "--data-dir", "/nonexistent"], "does not exist"),
         (["--model", "resnet26", "--dataset", "digits", "--epochs", "0"], "epochs 0 must be at least 1"),
+        # hyperparameters a run cannot train with are refused before anything runs
+        (["--model", "conv_probe", "--dataset", "digits", "--momentum", "nan"],
+         "Invalid momentum=nan: momentum must be a finite number of at least 0."),
+        (["--model", "conv_probe", "--dataset", "digits", "--momentum", "-5"],
+         "Invalid momentum=-5.0: momentum must be a finite number of at least 0."),
+        (["--model", "conv_probe", "--dataset", "digits", "--weight-decay", "inf"],
+         "Invalid weight_decay=inf: weight_decay must be a finite number of at least 0."),
+        (["--model", "conv_probe", "--dataset", "digits", "--weight-decay", "-1"],
+         "Invalid weight_decay=-1.0: weight_decay must be a finite number of at least 0."),
+        (["--model", "conv_probe", "--dataset", "digits", "--seed", "-1"],
+         "Invalid seed=-1: seed must be a whole number of at least 0."),
+        (["--model", "conv_probe", "--dataset", "digits", "--device", "foo"], "--device: unknown device 'foo'"),
+        pytest.param(["--model", "conv_probe", "--dataset", "digits", "--device", "cuda"],
+                     "--device: device 'cuda' requested but this machine has no CUDA device",
+                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
+        (["--model", "conv_probe", "--dataset", "digits", "--out", "x" * 300], "File name too long"),
     ],
 )
-def test_bad_training_input(capsys, tmp_path, args, message):
-    assert main(["train", *args, "--out", str(tmp_path / "run"), "--db", str(tmp_path / "r.sqlite")]) == 2
+def test_bad_training_input(capsys, tmp_path, args, message, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--out", str(tmp_path / "run"), *args, "--db", str(tmp_path / "r.sqlite")]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_truncated_cifar_archive_is_one_line(tmp_path, capsys):
+    archive = write_cifar(tmp_path, archive=True) / "cifar-100-python.tar.gz"
+    archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    with pytest.raises(DataError, match="cifar-100-python.tar.gz is not a readable .tar.gz archive .EOFError"):
+        load_cifar(tmp_path)
+    assert main(["train", "--model", "conv_probe", "--dataset", "cifar100", "--data-dir", str(tmp_path),
+                 "--out", str(tmp_path / "run"), "--db", str(tmp_path / "r.sqlite")]) == 2
+    err = capsys.readouterr().err
+    assert "is not a readable .tar.gz archive (EOFError" in err and err.count("\n") == 1
+
+
+def test_a_run_whose_loss_goes_non_finite_is_stored_as_diverged_never_as_finished(tmp_path, capsys):
+    db, out = tmp_path / "r.sqlite", tmp_path / "run"
+    args = ["train", "--model", "conv_probe", "--dataset", "digits", "--batch", "64", "--epochs", "3", "--lr", "1000",
+            "--db", str(db), "--out", str(out)]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert f"seed 0: diverged in epoch 1 (the training loss is not finite), stored in {db} as such" in err
+    (last,) = store.load_training(db).itertuples()  # it stopped in its first epoch
+    assert last.stopped == "diverged" and 0 <= last.step < 1437 // 64 and pd.isna(last.train_loss)
+    assert pd.isna(last.top1_pct) and pd.isna(last.test_loss)  # weights that are not finite are not evaluated
+    assert not (out / "checkpoint.pt").exists()
+    assert store.finished_runs(store.load_training(db)).empty  # not in the accuracy table, not --skip-finished
+    assert main([*args, "--skip-finished"]) == 1  # trained again, not skipped
+
+
+def test_momentum_zero_trains_with_plain_sgd(tmp_path):
+    cfg = TrainConfig(model="conv_probe", dataset="digits", batch=256, width=0.5, momentum=0.0, steps=2)
+    assert train(cfg, out=tmp_path, progress=False)[-1]["stopped"] == "budget"
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["optimizer"]["param_groups"][0]["nesterov"] is False
+
+
+def test_a_full_disk_while_writing_a_checkpoint_is_one_line(tmp_path):
+    """Files over 1 MiB cannot be written (the kernel's file size limit, as a full disk): the checkpoint of a
+    network of 2 MiB fails, in one line, and leaves no partial file."""
+    import resource
+    import signal
+
+    def limited():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails (EFBIG) instead of killing the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "attnbench", "train", "--model", "conv_probe", "--dataset", "digits",
+                           "--width", "8", "--steps", "1", "--batch", "256", "--out", str(out),
+                           "--db", str(tmp_path / "r.sqlite")], capture_output=True, text=True, preexec_fn=limited)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip() == (f"attnbench train: Cannot write the checkpoint {out / 'checkpoint.pt'}: the write "
+                                   "failed (is the disk full?); the previous one, if any, is kept.")
+    assert list(out.iterdir()) == []
 
 
 def test_wrong_files_in_data_dir(tmp_path, capsys):
@@ -236,6 +306,52 @@ def test_checkpoints_of_another_model_or_corrupted(tmp_path, capsys):
     bad.write_bytes(ckpt.read_bytes()[:1000])
     assert_refused_by_eval_and_resume(bad, "not a readable checkpoint", tmp_path, capsys)
     assert evaluate_checkpoint(ckpt, "digits")["top1_pct"] >= 0
+
+
+def test_checkpoints_of_a_newer_attnbench_bad_values_or_other_weights(tmp_path, capsys):
+    """A checkpoint whose configuration has a key this attnbench does not know (a newer one wrote it) loads,
+    with a warning; an unknown network, values it cannot use or weights of another shape are one line each."""
+    train(TrainConfig(model="conv_probe", dataset="digits", batch=256, width=0.5, steps=1), out=tmp_path / "run",
+          progress=False)
+    good = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+
+    def variant(name, change):
+        ckpt = {**good, "config": dict(good["config"])}
+        change(ckpt)
+        torch.save(ckpt, tmp_path / name)
+        return tmp_path / name
+
+    newer = variant("newer.pt", lambda c: c["config"].update(ema_decay=0.999))
+    with pytest.warns(UserWarning, match="written with options this attnbench does not know, ignored: ema_decay"):
+        assert evaluate_checkpoint(newer, "digits") == evaluate_checkpoint(tmp_path / "run" / "checkpoint.pt",
+                                                                           "digits")
+    for name, change, message in [
+        ("model.pt", lambda c: c["config"].update(model="zzz_probe"), "Unknown model 'zzz_probe'"),
+        ("width.pt", lambda c: c["config"].update(width=-3.0), "Invalid width=-3.0: width must be a finite number"),
+        ("batch.pt", lambda c: c["config"].update(batch="x"), "Invalid batch='x': batch must be a whole number"),
+        ("kernel.pt", lambda c: c["config"].update(options="kernel_size=2"), "network cannot be built"),
+    ]:
+        assert main(["eval", "--checkpoint", str(variant(name, change)), "--dataset", "digits"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    weights = variant("weights.pt", lambda c: c.update(model={k: v[:1] if v.dim() else v
+                                                               for k, v in good["model"].items()}))
+    assert main(["eval", "--checkpoint", str(weights), "--dataset", "digits"]) == 2
+    assert "does not fit network conv_probe" in capsys.readouterr().err
+    assert main(["train", "--model", "conv_probe", "--dataset", "digits", "--batch", "256", "--width", "0.5",
+                 "--steps", "1", "--resume", str(weights), "--out", str(tmp_path / "y"),
+                 "--db", str(tmp_path / "r.sqlite")]) == 2
+    err = capsys.readouterr().err
+    assert f"Checkpoint {weights} does not fit network conv_probe" in err and err.count("\n") == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_eval_on_a_device_this_machine_lacks_is_one_line(tmp_path, capsys):
+    for device, message in (("cuda", "device 'cuda' requested but this machine has no CUDA device"),
+                            ("foo", "unknown device 'foo'")):
+        assert main(["eval", "--checkpoint", str(tmp_path / "any.pt"), "--dataset", "digits", "--device", device]) == 2
+        err = capsys.readouterr().err
+        assert f"attnbench eval: --device: {message}" in err and err.count("\n") == 1
 
 
 class _RunsCode:
