@@ -491,7 +491,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from attnbench import interrupt, store
-    from attnbench.data import DataError
+    from attnbench.data import DataError, check_side
     from attnbench.models import list_models
     from attnbench.train import LR_CANDIDATES, TrainConfig, TrainError, match_width, train, tune_lr, usable_device
 
@@ -538,10 +538,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     # --lr auto chooses the rate once for the setup, on the first seed it trains (or takes the rate an earlier
     # sitting chose, from the store), and every seed trains at it
     tuned = next(iter(finished.values())) if auto and finished else None
+    for side in args.eval_res or []:
+        try:
+            check_side(args.dataset, side)
+        except DataError as e:
+            raise UsageError(f"--eval-res: {e}") from None
     diverged = []
     for seed, out in outs.items():
         if seed in finished:
             print(f"seed {seed}: already trained to its end in {args.db}, skipped")
+            if args.eval_res and Path(out, "checkpoint.pt").is_file() and int(os.environ.get("RANK", "0")) == 0:
+                _evaluate_sides(args, Path(out, "checkpoint.pt"), args.eval_res, skip_stored=True)  # not yet stored
             continue
         try:
             with interrupt.keeping(partial(_train_kept, seed, out, args.db, time.time())):
@@ -562,6 +569,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                   f"in {args.db} as such, not as a finished run", file=sys.stderr)
         elif history:
             print(f"seed {seed}: checkpoint {out}/checkpoint.pt; metrics stored in {args.db}")
+            if args.eval_res:
+                _evaluate_sides(args, Path(out, "checkpoint.pt"), args.eval_res, skip_stored=True)
     return 1 if diverged else 0
 
 
@@ -571,6 +580,23 @@ def _train_kept(seed: int, out: str, db: str | None, since: float) -> str:
     if ckpt.exists() and ckpt.stat().st_mtime >= since:
         return f"seed {seed}'s finished epochs are in {ckpt}{f' and {db}' if db else ''}; continue with --resume {ckpt}"
     return f"no epoch of seed {seed} had finished"
+
+
+def _evaluate_sides(args: argparse.Namespace, checkpoint: str | Path, sides: list[int] | None, *,
+                    batch: int = 256, skip_stored: bool = False) -> list:
+    """A checkpoint evaluated at ``sides`` (``eval``, or ``train --eval-res`` with ``skip_stored``: the sides the
+    store does not hold for the run yet), one printed line per row."""
+    from attnbench import store
+    from attnbench.data import DataError
+    from attnbench.evaluation import describe, evaluate_at_sides
+    from attnbench.train import TrainError
+
+    try:
+        return evaluate_at_sides(checkpoint, args.dataset, sides, data_dir=args.data_dir, db=args.db,
+                                 device=args.device, batch=batch, skip_stored=skip_stored,
+                                 on_row=lambda row: print(describe(row)))
+    except (DataError, TrainError, store.StoreError) as e:
+        raise UsageError(str(e)) from None
 
 
 def _train_options(model: str, opts: list[str]) -> str:
@@ -619,16 +645,8 @@ def _finished_seeds(db: str | None, cfg, auto: bool) -> dict[int, tuple[float, s
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from attnbench.data import DataError
-    from attnbench.train import TrainError, evaluate_checkpoint
-
-    try:
-        metrics = evaluate_checkpoint(args.checkpoint, args.dataset, args.data_dir, batch=args.batch,
-                                      device=args.device)
-    except (DataError, TrainError) as e:
-        raise UsageError(str(e)) from None
-    top5 = f", top-5 {metrics['top5_pct']:.2f} %" if metrics["top5_pct"] is not None else ""
-    print(f"{args.dataset} test: loss {metrics['test_loss']:.4f}, top-1 {metrics['top1_pct']:.2f} %{top5}")
+    rows = _evaluate_sides(args, args.checkpoint, args.res, batch=args.batch)
+    print(f"{len(rows)} evaluations" + (f" stored in {args.db}" if args.db else ""))
     return 0
 
 
@@ -767,14 +785,20 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", default=None, help="checkpoint to continue from, exactly")
     tr.add_argument("--stop-after-epoch", type=positive_int("stop-after-epoch"), default=None,
                     help="stop after this epoch (the schedule still spans --epochs); continue with --resume")
+    tr.add_argument("--eval-res", type=positive_ints("resolution"), default=None,
+                    help="after training, evaluate each seed's network at these image sides (as `eval --res`)")
     tr.set_defaults(func=cmd_train)
 
-    ev = sub.add_parser("eval", help="evaluate a checkpoint on a data set's test split")
+    ev = sub.add_parser("eval", help="evaluate a checkpoint on a data set's test split, at one side or several")
     ev.add_argument("--checkpoint", required=True)
     ev.add_argument("--dataset", required=True, choices=DATASETS)
     ev.add_argument("--data-dir", default=None)
+    ev.add_argument("--res", type=positive_ints("resolution"), default=None,
+                    help="image sides, comma-separated (default: the side trained at); each is evaluated with the "
+                         "network as trained and, where it has tables sized to its training map, interpolated")
     ev.add_argument("--batch", type=positive_int("batch"), default=256)
     ev.add_argument("--device", default="cpu")
+    ev.add_argument("--db", default=DEFAULT_DB, help="results store for the evaluations, one row per side")
     ev.set_defaults(func=cmd_eval)
 
     rep = sub.add_parser("report", help="regenerate tables and plots from results stores")

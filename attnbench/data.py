@@ -5,14 +5,21 @@
 * ``digits``: scikit-learn's bundled 8x8 handwritten digits (1,797 images), upsampled to 32x32,
   with a stratified train/test split drawn with the seed.
 * ``longrange``: a generated probe in the spirit of Long Range Arena's Pathfinder. Each 32x32
-  image holds two marked 3x3 patterns far apart (one in the left quarter, one in the right
-  quarter) and unmarked distractor patterns; the label says whether the two marked patterns are
-  the same. A network that pools local features before relating them cannot tell (the answer
+  image holds two marked 3x3 patterns far apart (one at the left edge, one at the right edge)
+  and unmarked distractor patterns between them; the label says whether the two marked patterns
+  are the same. A network that pools local features before relating them cannot tell (the answer
   depends on a pair of distant positions), so it is solved only by variants that relate distant
   pixels early.
 
 Every loader returns float images ``(N, 3, 32, 32)`` normalised per channel, and int64 labels.
 ``imagefolder`` (an ImageNet-style tree of image files) is streamed instead: see :mod:`attnbench.imagefolder`.
+
+At a side other than the one a network was trained at (:func:`load_at_side`, test-time resolution),
+each data set makes its images as its nature asks, normalised as in training: cifar resizes its
+32x32 images (bilinear, antialiased when shrinking), digits upsamples its 8x8 originals to the side,
+longrange generates its images at the side (the patterns keep their 3x3 size and the marks stay at
+the edges, so at a larger side they are farther apart: the same task over a longer range), and
+imagefolder resizes its validation images' centre crop to the side.
 """
 
 from __future__ import annotations
@@ -70,10 +77,24 @@ class Dataset:
             yield self.images[i : i + batch], self.labels[i : i + batch]
 
 
-def _split_normalise(train: torch.Tensor, test: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    mean = train.mean(dim=(0, 2, 3), keepdim=True)
-    std = train.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
-    return (train - mean) / std, (test - mean) / std
+IMAGE_SIDE = 32  # of every data set held in memory
+DEFAULT_IMAGEFOLDER_SIDE = 224
+
+
+def _normalised(stats_from: torch.Tensor, *images: torch.Tensor) -> list[torch.Tensor]:
+    """``images`` normalised per channel with the mean and standard deviation of ``stats_from`` (the training
+    split, at the side trained at)."""
+    mean = stats_from.mean(dim=(0, 2, 3), keepdim=True)
+    std = stats_from.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    return [(x - mean) / std for x in images]
+
+
+def resized(images: torch.Tensor, side: int) -> torch.Tensor:
+    """Images resized to ``side`` x ``side``: bilinear, antialiased when shrinking (as PIL resizes)."""
+    if images.shape[-1] == side:
+        return images
+    return F.interpolate(images, size=(side, side), mode="bilinear", align_corners=False,
+                         antialias=side < images.shape[-1])
 
 
 # ---- cifar ----------------------------------------------------------------------------------------
@@ -221,14 +242,15 @@ def load_cifar(data_dir: str | Path, name: str = "cifar100"
 # ---- digits --------------------------------------------------------------------------------------
 
 
-def load_digits_32(seed: int = 0) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """scikit-learn's 8x8 digits upsampled (bilinear) to 32x32, three channels; a stratified 80/20 split
-    drawn with ``seed``."""
+def load_digits_at(seed: int = 0, side: int = IMAGE_SIDE
+                   ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """scikit-learn's 8x8 digits upsampled (bilinear) to ``side`` x ``side`` (32 for training), three channels;
+    a stratified 80/20 split drawn with ``seed``."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     images = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16.0  # (N, 1, 8, 8)
-    images = F.interpolate(images, size=(32, 32), mode="bilinear", align_corners=False).expand(-1, 3, -1, -1)
+    images = resized(images, side).expand(-1, 3, -1, -1)
     labels = torch.tensor(digits.target, dtype=torch.int64)
     rng = np.random.default_rng(seed)
     test = np.zeros(len(labels), dtype=bool)
@@ -253,22 +275,38 @@ PATTERNS = torch.tensor(
 )
 
 
-def make_longrange(n: int, seed: int, distractors: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` probe images and labels (1: the two marked patterns are the same), deterministic in ``seed``.
+LONGRANGE_MIN_SIDE = 24  # room for the marks at the edges and three distractors between them, wherever they fall
+
+
+def check_side(name: str, side: int) -> None:
+    """``DataError`` for a side that data set ``name`` cannot make its images at."""
+    if name == "longrange" and side < LONGRANGE_MIN_SIDE:
+        raise DataError(f"longrange images need a side of at least {LONGRANGE_MIN_SIDE} (marks at both edges and "
+                        f"distractors between them), not {side}.")
+
+
+def make_longrange(n: int, seed: int, distractors: int = 3, side: int = IMAGE_SIDE
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` probe images of ``side`` x ``side`` pixels and their labels (1: the two marked patterns are the same),
+    deterministic in ``seed``.
 
     Channel 0 holds patterns, channel 1 a 5x5 frame around the two marked ones, channel 2 noise.
-    The marked patterns sit in columns 1-6 and 25-30, so they are at least 19 pixels apart.
+    The marked patterns sit in columns 1-6 and side - 7 to side - 2 (25-30 at 32), so they are at least
+    side - 13 pixels apart (19 at 32); the distractors start in columns 9 to side - 12, between them. At
+    every side the patterns are 3x3 and the marks keep to the edges: a larger side is the same task
+    over a longer range, and 32 gives the training images.
     """
+    check_side("longrange", side)
     g = torch.Generator().manual_seed(seed)
-    images = torch.zeros(n, 3, 32, 32)
+    images = torch.zeros(n, 3, side, side)
     labels = torch.randint(0, 2, (n,), generator=g)
     for i in range(n):
         first = int(torch.randint(0, len(PATTERNS), (1,), generator=g))
         other = (first + int(torch.randint(1, len(PATTERNS), (1,), generator=g))) % len(PATTERNS)
         second = first if labels[i] == 1 else other
         taken = []
-        for pattern, cols in ((first, (1, 4)), (second, (25, 28))):
-            r = int(torch.randint(2, 27, (1,), generator=g))
+        for pattern, cols in ((first, (1, 4)), (second, (side - 7, side - 4))):
+            r = int(torch.randint(2, side - 5, (1,), generator=g))
             c = int(torch.randint(*cols, (1,), generator=g))
             images[i, 0, r : r + 3, c : c + 3] = PATTERNS[pattern]
             images[i, 1, r - 1 : r + 4, c - 1 : c + 4] = 1.0
@@ -276,21 +314,17 @@ def make_longrange(n: int, seed: int, distractors: int = 3) -> tuple[torch.Tenso
             taken.append((r, c))
         placed = 0
         while placed < distractors:  # unmarked patterns in the middle band, away from the marks
-            r = int(torch.randint(1, 28, (1,), generator=g))
-            c = int(torch.randint(9, 21, (1,), generator=g))
+            r = int(torch.randint(1, side - 4, (1,), generator=g))
+            c = int(torch.randint(9, side - 11, (1,), generator=g))
             if all(abs(r - tr) > 4 or abs(c - tc) > 4 for tr, tc in taken):
                 images[i, 0, r : r + 3, c : c + 3] = PATTERNS[int(torch.randint(0, len(PATTERNS), (1,), generator=g))]
                 taken.append((r, c))
                 placed += 1
-    images[:, 2] = 0.1 * torch.rand(n, 32, 32, generator=g)
+    images[:, 2] = 0.1 * torch.rand(n, side, side, generator=g)
     return images, labels
 
 
 # ---- entry point ---------------------------------------------------------------------------------
-
-
-IMAGE_SIDE = 32  # of every data set held in memory
-DEFAULT_IMAGEFOLDER_SIDE = 224
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None, *, seed: int = 0, image_size: int | None = None,
@@ -306,22 +340,41 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, seed: int = 0
         return load_imagefolder(data_dir, size=image_size or DEFAULT_IMAGEFOLDER_SIDE, workers=workers)
     if image_size not in (None, IMAGE_SIDE):
         raise DataError(f"{name} images are {IMAGE_SIDE} x {IMAGE_SIDE}; --image-size is for imagefolder.")
+    return _in_memory(name, data_dir, seed, IMAGE_SIDE)
+
+
+def load_at_side(name: str, side: int, data_dir: str | Path | None = None, *, seed: int = 0, workers: int = 0
+                 ) -> tuple[Dataset, Dataset] | tuple[ImageFolderSet, ImageFolderSet]:
+    """(train, test) of data set ``name`` with images of ``side`` x ``side`` pixels, as a network trained on it at
+    its own side sees them at another (see the module's docstring): normalised as in training, with the
+    training split's statistics at its own side (imagefolder: ImageNet's)."""
+    if name == "imagefolder":
+        return load_dataset(name, data_dir, seed=seed, image_size=side, workers=workers)
+    return _in_memory(name, data_dir, seed, side)
+
+
+def _in_memory(name: str, data_dir: str | Path | None, seed: int, side: int) -> tuple[Dataset, Dataset]:
+    """(train, test) of a data set held in memory, at ``side``, normalised with its training split's statistics
+    at ``IMAGE_SIDE``."""
     if name in CIFAR:
         layout = CIFAR[name]
         if data_dir is None:
             raise DataError(f"{name} needs --data-dir: a folder with {layout.folder}/ or {layout.folder}.tar.gz.")
         (xtr, ytr), (xte, yte) = load_cifar(data_dir, name)
-        train, test = _split_normalise(torch.from_numpy(xtr).float() / 255, torch.from_numpy(xte).float() / 255)
+        xtr, xte = torch.from_numpy(xtr).float() / 255, torch.from_numpy(xte).float() / 255
+        train, test = (resized(x, side) for x in _normalised(xtr, xtr, xte))
         return (Dataset(name, train, torch.from_numpy(ytr), layout.classes, True),
                 Dataset(name, test, torch.from_numpy(yte), layout.classes, False))
     if name == "digits":
-        (xtr, ytr), (xte, yte) = load_digits_32(seed)  # the split follows the seed too
-        train, test = _split_normalise(xtr, xte)
+        (xtr, ytr), (xte, yte) = load_digits_at(seed, side)  # the split follows the seed too
+        at_own_side = xtr if side == IMAGE_SIDE else load_digits_at(seed)[0][0]
+        train, test = _normalised(at_own_side, xtr, xte)
         return Dataset(name, train, ytr, 10, False), Dataset(name, test, yte, 10, False)
     if name == "longrange":  # generated, so as many as a model needs not to memorise: about a second
-        xtr, ytr = make_longrange(LONGRANGE_SIZES[0], seed=1000 + seed)
-        xte, yte = make_longrange(LONGRANGE_SIZES[1], seed=2000 + seed)
-        train, test = _split_normalise(xtr, xte)
+        xtr, ytr = make_longrange(LONGRANGE_SIZES[0], seed=1000 + seed, side=side)
+        xte, yte = make_longrange(LONGRANGE_SIZES[1], seed=2000 + seed, side=side)
+        at_own_side = xtr if side == IMAGE_SIDE else make_longrange(LONGRANGE_SIZES[0], seed=1000 + seed)[0]
+        train, test = _normalised(at_own_side, xtr, xte)
         return Dataset(name, train, ytr, 2, False), Dataset(name, test, yte, 2, False)
     from attnbench.registry import unknown_name_message
 

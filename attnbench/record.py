@@ -1,7 +1,8 @@
 """What the harness produces and the store keeps, as typed records: a measured case is its ``Case`` (what
 ran), its ``Measurement`` (what was measured) and its ``Environment`` (where, with what); a training
-epoch is an ``Epoch``. The store's columns are derived from these classes (:func:`columns`), so a field
-added here is a column there, with its unit in its name.
+epoch is an ``Epoch``, and a trained network evaluated at one side an ``Evaluation``, both carrying
+their ``Run``. The store's columns are derived from these classes (:func:`columns`), so a field added
+here is a column there, with its unit in its name.
 
 Plain Python, no torch: the store and the reports read records without loading the numerical stack.
 """
@@ -175,28 +176,17 @@ class Record:
         return cls(case, measurement, env, str(row.get("run_id", "")))
 
 
-@dataclass(frozen=True)
-class Epoch:
-    """One epoch of a training run: one row of the store's ``training`` table."""
+@dataclass(frozen=True, kw_only=True)
+class Run:
+    """What identifies a training run: its id and its setup, the same columns in the store's ``training`` and
+    ``evaluations`` tables (one row per epoch of a run, one per side it was evaluated at)."""
 
     run_id: str
-    epoch: int
-    epochs: int
     model: str
     dataset: str
-    step: int | None = None  # optimizer steps done by the end of this epoch
-    train_loss: float | None = None
-    train_top1_pct: float | None = None  # on the epoch's (augmented) training batches, as they were trained
-    test_loss: float | None = None
-    top1_pct: float | None = None  # test
-    top5_pct: float | None = None  # test; None with five classes or fewer
-    stopped: str | None = None  # "plateau" or "budget" on the last epoch of a run that finished, "diverged" where its
-    # training loss went non-finite (not a finished run)
-    images_per_s: float | None = None
-    epoch_s: float | None = None
+    epochs: int | None = None  # the run's epochs (its budget, or the steps' worth)
     params: int | None = None
-    macs_per_image: int | None = None  # one image of image_size, one fused multiply-add = 1
-    image_size: int | None = None  # the side of the images the network saw (pixels)
+    image_size: int | None = None  # the side of the images the network was trained on (pixels)
     batch: int | None = None
     lr: float | None = None
     lr_source: str | None = None  # how lr was chosen: given, or "validation: ..." (train --lr auto)
@@ -215,6 +205,47 @@ class Epoch:
     def row(self) -> dict[str, object]:
         env = {k: getattr(self.environment, k) for k in EPOCH_ENVIRONMENT}
         return {**{f.name: getattr(self, f.name) for f in fields(self) if f.name != "environment"}, **env}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Epoch(Run):
+    """One epoch of a training run: one row of the store's ``training`` table."""
+
+    epoch: int
+    epochs: int
+    step: int | None = None  # optimizer steps done by the end of this epoch
+    train_loss: float | None = None
+    train_top1_pct: float | None = None  # on the epoch's (augmented) training batches, as they were trained
+    test_loss: float | None = None
+    top1_pct: float | None = None  # test
+    top5_pct: float | None = None  # test; None with five classes or fewer
+    stopped: str | None = None  # "plateau" or "budget" on the last epoch of a run that finished, "diverged" where its
+    # training loss went non-finite (not a finished run)
+    images_per_s: float | None = None
+    epoch_s: float | None = None
+    macs_per_image: int | None = None  # one image of image_size, one fused multiply-add = 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class Evaluation(Run):
+    """A trained network evaluated at one side: one row of the store's ``evaluations`` table. ``image_size`` is
+    the side it was trained at, ``side`` the side of the images it was tested on."""
+
+    side: int  # pixels
+    tables: str = "trained"  # "trained": the network as trained; "interpolated": its position tables (and
+    # Swin's window) resized to the side, as fine-tuning at another resolution does
+    status: str = "ok"  # ok | refused (the network cannot run at this side; reason says why) | error
+    reason: str | None = None
+    epoch: int | None = None  # of the checkpoint evaluated
+    step: int | None = None
+    test_loss: float | None = None
+    top1_pct: float | None = None  # test split at this side
+    top5_pct: float | None = None  # None with five classes or fewer
+    train_top1_pct: float | None = None  # training images at this side, in eval mode (None where not cheap)
+    train_images: int | None = None  # how many of them
+    test_images: int | None = None
+    num_classes: int | None = None  # chance is 100 / num_classes %
+    macs_per_image: int | None = None  # one image of this side, one fused multiply-add = 1
 
 
 EPOCH_ENVIRONMENT = ("host", "device_name", "torch_version", "attnbench_version", "git_commit", "code_hash",
@@ -238,3 +269,5 @@ def _sql(cls: type) -> list[tuple[str, str]]:
 KEY_COLUMNS = [("case_key", "TEXT NOT NULL"), ("env_key", "TEXT NOT NULL"), ("run_id", "TEXT NOT NULL")]
 RESULT_COLUMNS: list[tuple[str, str]] = KEY_COLUMNS + [c for part in Record.PARTS for c in _sql(part)]
 EPOCH_COLUMNS: list[tuple[str, str]] = _sql(Epoch) + [c for c in _sql(Environment) if c[0] in EPOCH_ENVIRONMENT]
+EVALUATION_COLUMNS: list[tuple[str, str]] = (_sql(Evaluation)
+                                             + [c for c in _sql(Environment) if c[0] in EPOCH_ENVIRONMENT])

@@ -179,6 +179,11 @@ class Variant(nn.Module):
     """
 
     variant_name: ClassVar[str] = ""  # set by register_variant
+    # Position tables sized to something a network evaluated at another side may resize (attnbench.evaluation):
+    # state entries (2r + 1, d) over the offsets -r .. r of a whole axis, sized to ``size``, resized linearly over
+    # the offsets; and (heads, 2M - 1, 2M - 1) biases sized to a window M, resized bicubically.
+    offset_tables: ClassVar[tuple[str, ...]] = ()
+    bias_tables: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: VariantConfig):
         super().__init__()
@@ -214,6 +219,12 @@ class Variant(nn.Module):
 
     def extra_repr(self) -> str:
         return f"impl={self.impl}"
+
+    @classmethod
+    def options_at(cls, options: dict[str, Any], ratio: float) -> dict[str, Any]:
+        """The variant's ``options`` for a network evaluated at ``ratio`` times the side it was trained at with its
+        tables interpolated: unchanged, unless the variant sizes an option to the image (Swin's window)."""
+        return options
 
 
 class UnknownVariantError(KeyError):

@@ -1,4 +1,5 @@
-"""The results store: one SQLite file, one row per measured case and environment.
+"""The results store: one SQLite file, with one row per measured case and environment (``results``), per
+epoch of a training run (``training``) and per trained network evaluated at a side (``evaluations``).
 
 Every write is its own transaction, so a run killed at any instant leaves only whole rows; WAL
 journaling and a busy timeout let several processes write one store at once. Only writers switch
@@ -28,7 +29,7 @@ import pandas as pd
 
 from attnbench import files
 from attnbench.choices import unknown_name_message
-from attnbench.record import EPOCH_COLUMNS, RESULT_COLUMNS, Case, Epoch, Record
+from attnbench.record import EPOCH_COLUMNS, EVALUATION_COLUMNS, RESULT_COLUMNS, Case, Epoch, Evaluation, Record
 
 SCHEMA_VERSION = 1
 
@@ -61,6 +62,10 @@ READ_FILL = {
 
 TRAINING_COLUMNS = EPOCH_COLUMNS  # one row per epoch of a training run (attnbench train)
 TRAINING_NAMES = [c for c, _ in TRAINING_COLUMNS]
+# one row per trained network, side and tables (attnbench eval, train --eval-res): never a training epoch
+EVALUATION_NAMES = [c for c, _ in EVALUATION_COLUMNS]
+TABLES = {"results": (COLUMNS, "case_key, env_key"), "training": (TRAINING_COLUMNS, "run_id, epoch"),
+          "evaluations": (EVALUATION_COLUMNS, "run_id, side, tables")}  # columns and unique key of each table
 
 
 T = TypeVar("T")
@@ -134,14 +139,13 @@ def open_store(path: str | Path, *, create: bool = True) -> sqlite3.Connection:
     def prepare(conn: sqlite3.Connection) -> None:
         tables = _check_tables(conn, path)
         _use_wal(conn)
-        if not {"meta", "results", "training"} <= tables:
+        if not {"meta", *TABLES} <= tables:  # a new store, or one from before a table was added
             conn.execute("BEGIN IMMEDIATE")
             conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            cols = ", ".join(f"{c} {t}" for c, t in COLUMNS)
-            conn.execute(f"CREATE TABLE IF NOT EXISTS results ({cols}, UNIQUE (case_key, env_key))")
-            cols = ", ".join(f"{c} {t}" for c, t in TRAINING_COLUMNS)
-            conn.execute(f"CREATE TABLE IF NOT EXISTS training ({cols}, UNIQUE (run_id, epoch))")
+            for table, (columns, key) in TABLES.items():
+                cols = ", ".join(f"{c} {t}" for c, t in columns)
+                conn.execute(f"CREATE TABLE IF NOT EXISTS {table} ({cols}, UNIQUE ({key}))")
             conn.execute("COMMIT")
         _add_missing_columns(conn)
 
@@ -249,7 +253,7 @@ def query(path: str | Path, body: Callable[[sqlite3.Connection], T]) -> T:
 
 def _missing_columns(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
     missing = []
-    for table, columns in (("results", COLUMNS), ("training", TRAINING_COLUMNS)):
+    for table, (columns, _) in TABLES.items():
         have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
         missing += [(table, name, kind) for name, kind in columns if name not in have]
     return missing
@@ -304,6 +308,10 @@ class Writer:
         """Insert (or replace) one epoch of a training run."""
         self._insert("training", TRAINING_NAMES, epoch.row(), replace=True)
 
+    def write_evaluation(self, evaluation: Evaluation) -> None:
+        """Insert (or replace) a trained network's evaluation at one side."""
+        self._insert("evaluations", EVALUATION_NAMES, evaluation.row(), replace=True)
+
 
 def write(path: str | Path, record: Record, *, replace: bool = False) -> None:
     """Insert one measured case in its own transaction (``replace`` overwrites the same case and environment)."""
@@ -315,6 +323,12 @@ def write_training(path: str | Path, epoch: Epoch) -> None:
     """Insert (or replace) one epoch of a training run."""
     with Writer(path) as writer:
         writer.write_training(epoch)
+
+
+def write_evaluation(path: str | Path, evaluation: Evaluation) -> None:
+    """Insert (or replace) a trained network's evaluation at one side."""
+    with Writer(path) as writer:
+        writer.write_evaluation(evaluation)
 
 
 def _read(path: str | Path, table: str, names: list[str], order: str, where: str = "",
@@ -341,6 +355,11 @@ def _read(path: str | Path, table: str, names: list[str], order: str, where: str
 def load_training(path: str | Path) -> pd.DataFrame:
     """Every training epoch stored, as a DataFrame."""
     return _read(path, "training", TRAINING_NAMES, "rowid")
+
+
+def load_evaluations(path: str | Path) -> pd.DataFrame:
+    """Every evaluation of a trained network at a side, as a DataFrame (empty for a store from before them)."""
+    return _read(path, "evaluations", EVALUATION_NAMES, "rowid")
 
 
 FINISHED = ("plateau", "budget")  # why a run that reached its end stopped (a run that diverged did not)
@@ -448,7 +467,7 @@ def merge(sources: Iterable[str | Path], out: str | Path) -> Merged:
     sources = list(sources)
     if Path(out).exists() and any(Path(src).resolve() == Path(out).resolve() for src in sources):
         raise StoreError(f"Cannot merge {out} into itself: name an output that is not a source.")
-    read = [(load_results(src), load_training(src)) for src in sources]  # a bad source stops all here
+    read = [(load_results(src), load_training(src), load_evaluations(src)) for src in sources]  # a bad one stops all
     if Path(out).exists():  # one transaction, in place (a sweep may be writing it meanwhile)
         return _merge_into(read, sources, out, out)
     _make_parent(Path(out))
@@ -459,24 +478,26 @@ def merge(sources: Iterable[str | Path], out: str | Path) -> Merged:
         raise StoreError(f"Cannot write the store {out}: {e.strerror or e}.") from None
 
 
-def _merge_into(read: list[tuple[pd.DataFrame, pd.DataFrame]], sources: list, out: str | Path,
+def _merge_into(read: list[tuple[pd.DataFrame, ...]], sources: list, out: str | Path,
                 path: str | Path) -> Merged:
     """Merge the rows ``read`` from ``sources`` into the store at ``path`` (``out``, or the temporary file
     that becomes it)."""
     keys = ["case_key", "env_key"]
     with closing(open_store(path)) as dst:
         before = pd.read_sql_query("SELECT case_key, env_key, run_id FROM results", dst)
-        runs = pd.concat([before, *(r[keys + ["run_id"]] for r, _ in read)], ignore_index=True)
+        runs = pd.concat([before, *(r[keys + ["run_id"]] for r, _, _ in read)], ignore_index=True)
         conflicts = int((runs.drop_duplicates().groupby(keys).size() > 1).sum())
         newest = (_insert_sql("results", NAMES) + " ON CONFLICT (case_key, env_key) DO UPDATE SET "
                   + ", ".join(f"{c} = excluded.{c}" for c in NAMES)
                   + " WHERE excluded.created_utc > results.created_utc")
         try:
             dst.execute("BEGIN IMMEDIATE")
-            for results, training in read:
+            for results, training, evaluations in read:
                 dst.executemany(newest, _plain_rows(results[NAMES]))
                 dst.executemany(_insert_sql("training", TRAINING_NAMES, "OR IGNORE"),
                                 _plain_rows(training[TRAINING_NAMES]))
+                dst.executemany(_insert_sql("evaluations", EVALUATION_NAMES, "OR IGNORE"),
+                                _plain_rows(evaluations[EVALUATION_NAMES]))
             dst.execute("COMMIT")
         except sqlite3.Error as e:
             dst.execute("ROLLBACK")

@@ -129,6 +129,15 @@ def plateaued(losses: list[float], patience: int) -> bool:
     return all(loss > best * (1 - PLATEAU_GAIN) for loss in losses[-patience:])
 
 
+RUN_FIELDS = ("model", "dataset", "batch", "lr", "width", "stem", "dtype", "device", "seed", "steps", "plateau",
+              "options")  # what a training or evaluation row (record.Run) takes from the run's config
+
+
+def run_setup(cfg: TrainConfig) -> dict:
+    """The run's setup as its stored rows carry it (:class:`attnbench.record.Run`'s fields from the config)."""
+    return {**{k: getattr(cfg, k) for k in RUN_FIELDS}, "image_size": image_side(cfg)}
+
+
 def image_side(cfg: TrainConfig) -> int:
     return cfg.image_size or (DEFAULT_IMAGEFOLDER_SIDE if cfg.dataset == "imagefolder" else IMAGE_SIDE)
 
@@ -503,21 +512,17 @@ def train(cfg: TrainConfig, *, out: str | Path, db: str | Path | None = None, re
                        "train_top1_pct": 100 * correct / seen if seen else None, "images_per_s": seen / epoch_s,
                        "epoch_s": epoch_s, **tested, "stopped": stopped}
             history.append(metrics)
+            run = {"epochs": epochs, "world_size": world, "lr_source": lr_source, "width_source": width_source}
             with interrupt.deferred():  # the epoch's checkpoint and its row are written both, or neither
                 if not diverged:  # a diverged run's weights are not finite: its last checkpoint stays
                     _save(out / "checkpoint.pt", {
                         "format": CHECKPOINT_FORMAT, "config": asdict(cfg), "epoch": epoch + 1, "run_id": run_id,
                         "num_classes": train_set.num_classes, "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(), "history": history,
+                        "optimizer": optimizer.state_dict(), "history": history, "run": run,
                     })
                 if db is not None:
-                    setup = {k: getattr(cfg, k) for k in ("model", "dataset", "batch", "lr", "width", "stem", "dtype",
-                                                         "device", "seed", "steps", "plateau", "options")}
-                    store.write_training(db, Epoch(run_id=run_id, epochs=epochs, **setup, **metrics, world_size=world,
-                                                   params=params, macs_per_image=macs, image_size=side,
-                                                   lr_source=lr_source,
-                                                   width_source=width_source,
-                                                   environment=environment(device)))
+                    store.write_training(db, Epoch(run_id=run_id, **run_setup(cfg), **run, **metrics, params=params,
+                                                   macs_per_image=macs, environment=environment(device)))
             if progress and diverged:
                 print(f"epoch {epoch + 1}/{epochs} (step {done}/{total}): the training loss is not finite: diverged, "
                       "stopped", flush=True)
@@ -534,20 +539,3 @@ def train(cfg: TrainConfig, *, out: str | Path, db: str | Path | None = None, re
     if world > 1:
         dist.destroy_process_group()
     return history if rank == 0 else []
-
-
-def evaluate_checkpoint(path: str | Path, dataset: str, data_dir: str | None = None, *, batch: int = 256,
-                        device: str = "cpu") -> dict[str, float]:
-    """Evaluate a checkpoint on the test split of ``dataset`` (the one it was trained on)."""
-    device = usable_device(device)
-    ckpt = load_checkpoint(path)
-    cfg = checkpoint_config(ckpt, path)
-    if dataset != cfg.dataset:
-        raise TrainError(f"Checkpoint {path} was trained on {cfg.dataset}, not {dataset}.")
-    try:
-        model = build(cfg, ckpt["num_classes"])
-    except (ValueError, TypeError, KeyError) as e:
-        raise TrainError(f"Checkpoint {path}'s network cannot be built: {e.args[0] if e.args else e}") from None
-    load_weights(ckpt, path, model)  # before the data set is loaded
-    _, test_set = datasets(replace(cfg, data_dir=data_dir))
-    return evaluate(model.to(device), test_set, batch=batch, device=device, dtype=cfg.dtype)

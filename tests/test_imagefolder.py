@@ -130,7 +130,7 @@ def test_train_and_eval_on_an_image_folder(tmp_path, capsys):
     assert rows.macs_per_image.iloc[0] > 0
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(tmp_path / "a" / "checkpoint.pt"), "--dataset", "imagefolder",
-                 "--data-dir", str(root)]) == 0
+                 "--data-dir", str(root), "--db", str(db)]) == 0
     top1 = float(capsys.readouterr().out.split("top-1 ")[1].split(" %")[0])
     assert top1 == pytest.approx(rows.top1_pct.iloc[len(runs[0]) - 1])
 

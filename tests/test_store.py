@@ -344,3 +344,25 @@ def test_a_store_in_a_folder_that_cannot_be_written_is_read_whole(tmp_path, wal)
     assert read.returncode == 0, read.stderr
     assert read.stdout.strip() == str(sorted(key(n) for n in (["a", "b"] if wal == "rows" else ["a"])))
     assert sorted(p.name for p in folder.iterdir()) == before
+
+
+def test_evaluations_have_a_table_of_their_own_that_older_stores_gain_and_merges_copy(tmp_path):
+    from attnbench.record import Evaluation
+
+    old = tmp_path / "old.sqlite"
+    _old_store(old, without="impl")  # meta and results only: from before training runs and evaluations
+    assert store.load_evaluations(old).empty and list(store.load_evaluations(old).columns) == store.EVALUATION_NAMES
+    rows = [Evaluation(run_id="run", model="gsa_probe", dataset="digits", image_size=32, side=side, tables=tables,
+                       status="ok" if side == 32 else "refused", top1_pct=90.0 if side == 32 else None)
+            for side, tables in ((32, "trained"), (48, "trained"), (48, "interpolated"))]
+    for row_ in rows:
+        store.write_evaluation(old, row_)
+    store.write_evaluation(old, rows[0])  # the same run, side and tables: replaced, not doubled
+    read = store.load_evaluations(old)
+    assert list(zip(read.side, read.tables, read.status)) == [(48, "trained", "refused"), (48, "interpolated",
+                                                                                           "refused"),
+                                                              (32, "trained", "ok")]
+    assert store.load_training(old).empty  # an evaluation is never a training epoch
+    out = tmp_path / "merged.sqlite"
+    store.merge([old], out)
+    assert store.load_evaluations(out).drop(columns="created_utc").equals(read.drop(columns="created_utc"))

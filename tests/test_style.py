@@ -28,6 +28,7 @@ LEVELS = [
     {"tables", "sweep"},
     {"plots", "harness"},
     {"inspection", "profiling", "train", "report", "api", "launch"},
+    {"evaluation"},
     {"cli", "worker", "__main__"},
 ]
 # The registry loads the built-in variants on first use: they register themselves into it.

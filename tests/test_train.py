@@ -17,8 +17,9 @@ import torch
 from attnbench import store
 from attnbench.cli import main
 from attnbench.data import CIFAR, PATTERNS, DataError, augment, load_cifar, load_dataset, make_longrange
+from attnbench.evaluation import evaluate_at_sides
 from attnbench.record import Environment, Epoch
-from attnbench.train import TrainConfig, TrainError, build, evaluate_checkpoint, load_checkpoint, train
+from attnbench.train import TrainConfig, TrainError, build, load_checkpoint, train
 
 TINY = ["--model", "resnet26", "--width", "0.25", "--stem", "cifar", "--batch", "16", "--lr", "0.05"]
 
@@ -92,7 +93,7 @@ def test_tiny_cifar_trains_one_epoch_and_evaluates(tmp_path, capsys):
     assert 0 <= rows.top1_pct[0] <= rows.top5_pct[0] <= 100
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(out / "checkpoint.pt"), "--dataset", "cifar100",
-                 "--data-dir", str(data)]) == 0
+                 "--data-dir", str(data), "--db", str(db)]) == 0
     assert f"top-1 {rows.top1_pct[0]:.2f} %" in capsys.readouterr().out
 
 
@@ -283,7 +284,7 @@ def test_a_cifar_batch_of_anything_but_numbers_is_refused(tmp_path, content, nam
 
 def assert_refused_by_eval_and_resume(path, message, tmp_path, capsys) -> None:
     """`eval --checkpoint` and `train --resume` both refuse ``path`` with one line saying ``message``."""
-    for args in (["eval", "--checkpoint", str(path), "--dataset", "digits"],
+    for args in (["eval", "--checkpoint", str(path), "--dataset", "digits", "--db", str(tmp_path / "r.sqlite")],
                  ["train", "--model", "conv_probe", "--dataset", "digits", "--resume", str(path),
                   "--out", str(tmp_path / "y"), "--db", str(tmp_path / "r.sqlite")]):
         assert main(args) == 2
@@ -300,12 +301,12 @@ def test_checkpoints_of_another_model_or_corrupted(tmp_path, capsys):
                  "--db", str(tmp_path / "r.sqlite")])
     err = capsys.readouterr().err
     assert code == 2 and "is for model='conv_probe', not 'gsa_probe'" in err
-    assert main(["eval", "--checkpoint", str(ckpt), "--dataset", "longrange"]) == 2
+    assert main(["eval", "--checkpoint", str(ckpt), "--dataset", "longrange", "--db", str(tmp_path / "r.sqlite")]) == 2
     assert "was trained on digits, not longrange" in capsys.readouterr().err
     bad = tmp_path / "bad.pt"
     bad.write_bytes(ckpt.read_bytes()[:1000])
     assert_refused_by_eval_and_resume(bad, "not a readable checkpoint", tmp_path, capsys)
-    assert evaluate_checkpoint(ckpt, "digits")["top1_pct"] >= 0
+    assert evaluate_at_sides(ckpt, "digits")[0].top1_pct >= 0
 
 
 def test_checkpoints_of_a_newer_attnbench_bad_values_or_other_weights(tmp_path, capsys):
@@ -323,8 +324,8 @@ def test_checkpoints_of_a_newer_attnbench_bad_values_or_other_weights(tmp_path, 
 
     newer = variant("newer.pt", lambda c: c["config"].update(ema_decay=0.999))
     with pytest.warns(UserWarning, match="written with options this attnbench does not know, ignored: ema_decay"):
-        assert evaluate_checkpoint(newer, "digits") == evaluate_checkpoint(tmp_path / "run" / "checkpoint.pt",
-                                                                           "digits")
+        assert evaluate_at_sides(newer, "digits")[0].top1_pct == evaluate_at_sides(
+            tmp_path / "run" / "checkpoint.pt", "digits")[0].top1_pct
     for name, change, message in [
         ("model.pt", lambda c: c["config"].update(model="zzz_probe"), "Unknown model 'zzz_probe'"),
         ("width.pt", lambda c: c["config"].update(width=-3.0), "Invalid width=-3.0: width must be a finite number"),
@@ -397,7 +398,8 @@ def test_a_checkpoint_with_a_huge_tensor_is_refused_before_it_is_in_memory(tmp_p
     _oversized_checkpoint(path, compressed, nbytes)
     assert path.stat().st_size < (1 << 20) if compressed else path.stat().st_size > nbytes
     code = ("import sys\n"
-            "from attnbench.train import TrainConfig, TrainError, build, datasets, evaluate_checkpoint, train\n"
+            "from attnbench.evaluation import evaluate_at_sides\n"
+            "from attnbench.train import TrainConfig, TrainError, build, datasets, train\n"
             "cfg = TrainConfig('conv_probe', 'digits', width=0.25)\n"
             "import tqdm, attnbench.measure.macs, attnbench.measure.params  # what either path loads anyway, before\n"
             "build(cfg, 10), datasets(cfg)  # the peak is reset\n"
@@ -405,7 +407,7 @@ def test_a_checkpoint_with_a_huge_tensor_is_refused_before_it_is_in_memory(tmp_p
             "    return int(open('/proc/self/status').read().split(field + ':')[1].split()[0])\n"
             "open('/proc/self/clear_refs', 'w').write('5')  # the peak from here\n"
             "base = kib('VmRSS')\n"
-            "for load in (lambda: evaluate_checkpoint(sys.argv[1], 'digits'),\n"
+            "for load in (lambda: evaluate_at_sides(sys.argv[1], 'digits'),\n"
             "             lambda: train(cfg, out=sys.argv[2], resume=sys.argv[1], progress=False)):\n"
             "    try:\n"
             "        load()\n"

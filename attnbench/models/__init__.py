@@ -38,6 +38,18 @@ def parse_model_name(name: str) -> tuple[str, int]:
     raise KeyError(unknown_name_message("model", name, list_models()))
 
 
+def model_variant(name: str) -> str:
+    """The variant network ``name`` is built of (the one its options go to): ``gsa`` for ``gsa_resnet50`` and
+    ``gsa_probe``, ``conv`` for ``resnet50``, ``axial`` for ``axial_deeplab_26s``, ``mhsa`` for ``botnet50``."""
+    if name in BOTNET:
+        return "mhsa"
+    if name in AXIAL_DEEPLAB:
+        return "axial"
+    if name.endswith("_probe") and name[: -len("_probe")] in list_variants():
+        return name[: -len("_probe")]
+    return parse_model_name(name)[0]
+
+
 def build_model(name: str, num_classes: int = 1000, **options: Any) -> nn.Module:
     """Build network ``name``.
 
@@ -72,4 +84,4 @@ def model_for_variant(variant: str, arch: str, **options: Any) -> nn.Module:
     return build_model(name, **options)
 
 
-__all__ = ["build_model", "list_models", "model_for_variant", "parse_model_name"]
+__all__ = ["build_model", "list_models", "model_for_variant", "model_variant", "parse_model_name"]

@@ -106,7 +106,8 @@ def check_fits(name: str, length: int, span: int | None, size: int) -> None:
     if span is None and length > size:
         raise ValueError(
             f"{name}: input side {length} exceeds size={size} that the whole-axis relative tables were "
-            f"built for; build the layer with size={length} (or a fixed span)."
+            f"built for; build the layer with size={length}, resize its tables to it (attnbench eval's "
+            "interpolated tables), or give it a fixed span where it has one."
         )
 
 

@@ -22,6 +22,14 @@ Deviations: the relative offset is taken as key - query for all three tables (th
 indexes r^q and r^v by query - key); this mirrors the tables and changes nothing else. Unlike the
 public code, the span is not tied to the input size: a fixed odd span m masks keys farther than
 (m - 1) / 2 along the axis.
+
+At a side other than ``size`` (a network evaluated at a side it was not trained at): a fixed span is
+the same span at every side (Axial-DeepLab's answer to large inputs: m = 65). Whole-axis tables serve
+a smaller side with their central offsets and refuse a larger one: the public code builds its tables
+for one feature size, and dropping the far keys would change the layer (its softmax would
+renormalise over fewer keys). With the tables interpolated (``offset_tables``: r^q, r^k and r^v
+resized linearly over the offsets to 2 side - 1 rows, as ViTDet and Segment Anything resize theirs)
+every side runs.
 """
 
 from __future__ import annotations
@@ -215,6 +223,8 @@ def folded(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
 )
 class AxialAttention(Variant):
     """Height-axis layer, then width-axis layer; each ends with its output batch norm."""
+
+    offset_tables = ("height.relative", "width.relative")
 
     def __init__(self, cfg: AxialConfig):
         super().__init__(cfg)

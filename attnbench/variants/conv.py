@@ -5,6 +5,8 @@ the spatial convolution of a ResNet bottleneck (v1.5: the stride, when there is 
 3x3, as in torchvision), followed by its batch norm.
 
 Deviations: none.
+
+A convolution runs at any side with the same weights: nothing is sized to the image.
 """
 
 from __future__ import annotations

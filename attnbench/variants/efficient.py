@@ -20,6 +20,8 @@ Deviations: the key and value widths are options (the paper's repository takes t
 the defaults follow non-local's half of the channels; the paper's multi-head form does not fix the
 number of heads (its repository takes it as an argument): 4 here, as BoTNet's MHSA.
 GSA's content branch descends from this mechanism without rho_q.
+
+At any side every pixel reads the same global summaries: nothing is sized to the image.
 """
 
 from __future__ import annotations

@@ -21,6 +21,15 @@ Deviations / choices where the figure is silent:
 * The MACs are the mechanism's (``macs``): a query meets min(span, axis) relative embeddings and
   values along each axis, whatever an implementation computes to get there.
 
+At a side other than ``size`` (a network evaluated at a side it was not trained at): a fixed span is
+the same span at every side. Whole-axis tables serve a smaller side with the offsets it has (their
+central rows); on a larger side they reach the 2 size - 1 offsets they hold, and keys farther along
+the axis contribute nothing (they have no embedding, and the positional layer has no softmax to
+renormalise), as a layer of span 2 size - 1 would: what the public port's reindexing does too (it
+has no row for longer offsets). The paper is silent and its code is not public. With the tables
+interpolated (``offset_tables``, resized linearly over the offsets to 2 side - 1 rows, as ViTDet and
+Segment Anything resize theirs) every key of the larger axis is in reach again.
+
 Implementations (one parameter set, the same function):
 * ``pixelmajor`` (reference; CPUs): images one by one in a pixel-major layout, in which every slice
   the column and row layers need is a plain matrix, so both are batched matrix products on views,
@@ -42,7 +51,6 @@ from attnbench.registry import Variant, VariantConfig, register_impl, register_v
 from attnbench.variants._common import (
     banded_axis,
     batch_norm,
-    check_fits,
     downsample,
     keys_per_query,
     pointwise,
@@ -88,6 +96,8 @@ class GsaConfig(VariantConfig):
 class GlobalSelfAttention(Variant):
     """GSA module; ``content``/``positional`` switch the branches off for the paper's ablations."""
 
+    offset_tables = ("rel_col", "rel_row")
+
     def __init__(self, cfg: GsaConfig):
         super().__init__(cfg)
         self.heads = cfg.heads
@@ -126,6 +136,11 @@ class GlobalSelfAttention(Variant):
             maps["positional"] = w_col * w_row[:, None, :]
         return maps
 
+    def span_at(self, side: int) -> int | None:
+        """The positional layer's span on an axis of ``side``: its own; with whole-axis tables (None), the whole
+        axis up to ``size`` and beyond it the 2 size - 1 offsets its tables hold."""
+        return 2 * self.cfg.size - 1 if self.cfg.span is None and side > self.cfg.size else self.cfg.span
+
     def macs(self, input_shape: tuple[int, ...]) -> int:
         """MACs of the mechanism: the projections; the content layer's context and its mixing by the
         queries; per axis, each query's logits against the min(span, axis) relative embeddings it
@@ -136,7 +151,7 @@ class GlobalSelfAttention(Variant):
         if self.cfg.content:
             total += 2 * n * dk * (C // self.heads)
         if self.cfg.positional:
-            total += n * (dk + C) * (keys_per_query(self.cfg.span, H) + keys_per_query(self.cfg.span, W))
+            total += n * (dk + C) * (keys_per_query(self.span_at(H), H) + keys_per_query(self.span_at(W), W))
         return total
 
 
@@ -145,8 +160,7 @@ def pixelmajor(self: GlobalSelfAttention, x: torch.Tensor) -> torch.Tensor:
     B, C, H, W = x.shape
     h, dk = self.heads, self.dim_key
     dkh, dvh = dk // h, C // h
-    if self.cfg.positional:
-        check_fits("gsa", max(H, W), self.cfg.span, self.cfg.size)
+    if self.cfg.positional:  # offsets beyond the tables' reach are zero: see the module's docstring
         rel_col = relative_to_absolute(self.rel_col, H).transpose(1, 2)  # (x, d, i)
         rel_row = relative_to_absolute(self.rel_row, W).transpose(1, 2)  # (y, d, j)
     weight = self.to_qkv.weight.view(-1, C).t()  # (C, 2dk + C)
@@ -201,21 +215,20 @@ def batched(self: GlobalSelfAttention, x: torch.Tensor) -> torch.Tensor:
         context = torch.bmm(keys, v.reshape(B * h, dvh, H * W).transpose(1, 2))  # (Bh, dkh, dvh)
         out = torch.bmm(context.transpose(1, 2), q.reshape(B * h, dkh, H * W)).view(B, C, H, W)
     if self.cfg.positional:
-        check_fits("gsa", max(H, W), self.cfg.span, self.cfg.size)
         q = q.view(B, h, dkh, H, W)
         v = v.view(B, h, dvh, H, W)
         # column layer, along H: lines are (b, n, y)
         col = banded_axis(
             q.permute(3, 0, 1, 4, 2).reshape(H, B * h * W, dkh),
             v.permute(0, 1, 4, 3, 2).reshape(B * h * W, H, dvh),
-            self.rel_col, self.cfg.span,
+            self.rel_col, self.span_at(H),
         ).view(B, h, W, H, dvh)
         col = batch_norm(col, self.norm, channel_dims=(1, 4))
         # row layer, along W: lines are (b, n, x), values the column layer's output
         row = banded_axis(
             q.permute(4, 0, 1, 3, 2).reshape(W, B * h * H, dkh),
             col.permute(0, 1, 3, 2, 4).reshape(B * h * H, W, dvh),
-            self.rel_row, self.cfg.span,
+            self.rel_row, self.span_at(W),
         ).view(B, h, H, W, dvh).permute(0, 1, 4, 2, 3).reshape(B, C, H, W)
         out = row if out is None else out + row
     return downsample(out, self.cfg.stride)

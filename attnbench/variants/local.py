@@ -25,6 +25,10 @@ this implementation, so they compare with SASA's published figures.
   on GPUs. FlexAttention has no backward on CPUs, where this path serves only to check it.
 
 Deviations: none in the result.
+
+At a side other than the network's own the window stays k x k with its embeddings (one per offset
+within it), as in the paper's every stage: nothing is sized to the image, so there is nothing to
+interpolate.
 """
 
 from __future__ import annotations

@@ -15,8 +15,12 @@ Implementations (one parameter set, the same function):
 * ``sdpa`` (GPUs): ``scaled_dot_product_attention`` with the relative logits as its additive mask,
   so fused kernels with a bias (memory-efficient attention) never store the softmax for backward.
 
-Deviations: the relative tables cover ``size`` (the largest side the layer will see), as BoTNet's
-cover its fixed feature maps; a larger input is refused rather than losing its far offsets.
+At a side other than ``size`` (the largest side the layer will see): the tables serve a smaller map
+with their central offsets and refuse a larger one, as BoTNet's code builds them for its feature
+map's size (its relative logits have no row for a longer offset; dropping the far keys would change
+the softmax). With the tables interpolated (``offset_tables``: r^h and r^w resized linearly over the
+offsets to 2 side - 1 rows, as ViTDet and Segment Anything resize their decomposed relative tables
+for another input size) every side runs.
 """
 
 from __future__ import annotations
@@ -53,6 +57,8 @@ class MHSAConfig(VariantConfig):
 )
 class MultiHeadSelfAttention(Variant):
     """BoTNet's MHSA layer; output has the input's channels and, with stride 1, its size."""
+
+    offset_tables = ("rel_height", "rel_width")
 
     def __init__(self, cfg: MHSAConfig):
         super().__init__(cfg)

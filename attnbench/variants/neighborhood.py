@@ -25,6 +25,10 @@ of NAT's mechanism.
 
 Deviations: on a side shorter than k the window is the whole side (NAT requires sides of at least
 k). No dilation (that is DiNAT).
+
+At a side other than the network's own the window stays k, as NAT keeps k = 7 on the larger inputs
+of detection and segmentation: nothing is sized to the image (the bias covers the window's
+offsets), so there is nothing to interpolate.
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ Implementation: the attention runs through ``torch.nn.functional.scaled_dot_prod
 (scale 1), so backends with fused kernels never hold the N x N matrix.
 
 Deviations: none. (timm's ``NonLocalAttn`` differs: 1/8 channels, scaled logits, no subsampling.)
+
+At any side every pixel attends to all (subsampled) pixels: nothing is sized to the image.
 """
 
 from __future__ import annotations

@@ -22,10 +22,18 @@ Implementations (one parameter set, the same function):
 
 Deviations: the bias table is built for ``window``; a smaller window (small maps) uses its central
 offsets where Swin would build a smaller table.
+
+At a side other than the network's own: the window stays M, so a larger map holds more windows, each
+a smaller part of the image, and a map at most M on its shorter side is one window of that side (the
+central offsets of the bias, as above). With the tables interpolated, the window scales with the
+side (M x side / trained side, rounded: ``options_at``) and the bias table is resized bicubically to
+(2M' - 1)^2 entries (``bias_tables``), as Swin fine-tunes at 384 a network trained at 224 (window 7
+to 12, its load_pretrained interpolating the table).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -86,6 +94,15 @@ def shift_mask(Hp: int, Wp: int, m: int, shift: int, device: torch.device) -> to
 )
 class WindowAttention(BiasedWindowAttention):
     """Swin layer: multi-head attention within (shifted) ``window`` x ``window`` windows."""
+
+    bias_tables = ("rpb",)
+
+    @classmethod
+    def options_at(cls, options: dict, ratio: float) -> dict:
+        """The window scaled with the side, to the nearest pixel (Swin: 7 at 224, 12 at 384)."""
+        window = options.get("window") or WindowConfig.window
+        scaled = max(1, math.floor(window * ratio + 0.5))
+        return options if scaled == window else {**options, "window": scaled}
 
     def macs(self, input_shape: tuple[int, ...]) -> int:
         """MACs of the mechanism: the projections, then q . k and the weighted sum over the m^2 pixels of each
