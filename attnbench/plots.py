@@ -220,3 +220,30 @@ def accuracy_figure(table: pd.DataFrame, cost: str, label: str, title: str):
     ax.xaxis.set_major_formatter(LogFormatter())  # plain numbers (4, 6, 20), not 4 x 10^0
     ax.xaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1.5, 0.5)))
     return fig
+
+
+MARKERS = "os^DvPX*h<>p"  # one per network of a figure, so that two setups of one variant stay apart
+
+
+def resolution_figure(table: pd.DataFrame, title: str):
+    """Top-1 against the side tested (rows of :func:`attnbench.tables.resolution_table` for one data set), one line
+    per trained setup: solid as trained, dashed with its tables interpolated; bars one standard deviation over
+    its seeds (cut at 100 %); the side trained at dotted, chance dashed grey. A side a network did not run at
+    leaves a gap in its line."""
+    palette = colours(m.split("_")[0] for m in table.model)
+    fig, (ax,) = new_figure(1, 7.5)
+    models = sorted(set(table.model))
+    for (model, tables), rows in table.groupby(["model", "tables"], sort=True):
+        rows = rows.sort_values("side")
+        y, std = rows["top-1 (%)"], rows["top-1 std"].fillna(0)
+        ax.errorbar(rows.side, y, yerr=[std, np.minimum(std, 100 - y)], capsize=3, ms=5,
+                    marker=MARKERS[models.index(model) % len(MARKERS)], ls="-" if tables == "trained" else "--",
+                    color=palette.get(model.split("_")[0]),
+                    label=model + ("" if tables == "trained" else ", interpolated"))
+    for side in sorted(set(table["trained at"])):
+        ax.axvline(side, ls=":", color="black", lw=1, label=f"trained at {side}")
+    chance = table["chance (%)"].dropna()
+    if len(chance):
+        ax.axhline(chance.iloc[0], ls="--", color="grey", lw=0.8, label=f"chance ({chance.iloc[0]:g} %)")
+    side_axis(ax, table.side)
+    return finish(fig, ax, title, xlabel="side tested (pixels)", ylabel="test top-1 (%)")

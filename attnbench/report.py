@@ -25,6 +25,7 @@ from attnbench.plots import (
     accuracy_figure,
     bars_figure,
     efficiency_figure,
+    resolution_figure,
     save,
     scaling_figure,
     throughput_figure,
@@ -36,6 +37,8 @@ from attnbench.tables import (
     largest_fit_table,
     published_table,
     relative_to_conv,
+    resolution_retention,
+    resolution_table,
     results_table,
     series_groups,
     setup_labels,
@@ -56,18 +59,20 @@ class Report:
     formats: Sequence[str] = FIGURE_FORMATS  # of the figures' files
 
 
-def load(dbs: Sequence[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Every measured case and every training epoch of the stores, in a stable order."""
+def load(dbs: Sequence[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Every measured case, every training epoch and every evaluation at a side of the stores, in a stable order."""
     if not dbs:
         raise ReportError("No results store given.")
     frame = pd.concat([store.load_results(db).assign(store=Path(db).name) for db in dbs], ignore_index=True)
     frame = frame.drop_duplicates(["case_key", "env_key"])
     training = pd.concat([store.load_training(db) for db in dbs], ignore_index=True).drop_duplicates(
         ["run_id", "epoch"])
-    if frame.empty and training.empty:
+    evaluations = pd.concat([store.load_evaluations(db) for db in dbs], ignore_index=True).drop_duplicates(
+        ["run_id", "side", "tables"])
+    if frame.empty and training.empty and evaluations.empty:
         raise ReportError(f"The store{'s' if len(dbs) > 1 else ''} {', '.join(map(str, dbs))} hold no results; "
                           "run `attnbench run` or `attnbench train` first.")
-    if training.empty and not (frame.status == "ok").any():
+    if training.empty and evaluations.empty and not (frame.status == "ok").any():
         raise ReportError("Every stored case failed (" + ", ".join(sorted(set(frame.status))) +
                           "): there is nothing to draw; see `attnbench export` for the reasons.")
     frame["pixels"] = frame.res.astype(np.int64) ** 2
@@ -85,7 +90,8 @@ def load(dbs: Sequence[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
     frame["device_label"] = frame.device_name.fillna(frame.device)
     frame = frame.sort_values(["device_label", "scope", "variant", "arch", "dtype", "mode", "dim", "batch",
                                "res", "created_utc"]).reset_index(drop=True)
-    return frame, training.sort_values(["dataset", "model", "run_id", "epoch"]).reset_index(drop=True)
+    return (frame, training.sort_values(["dataset", "model", "run_id", "epoch"]).reset_index(drop=True),
+            evaluations.sort_values(["dataset", "model", "run_id", "side", "tables"]).reset_index(drop=True))
 
 
 def slug(text: str) -> str:
@@ -127,7 +133,7 @@ def report(dbs: Sequence[str | Path], out: str | Path = DEFAULT_REPORT, *, publi
     holds other files unless it is a report, or a file of such a folder that no report wrote. Stores
     (SQLite files) are never touched, wherever they lie.
     """
-    frame, training = load(dbs)
+    frame, training, evaluations = load(dbs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files.remove_stale(out, STAGING)  # of reports killed before they could clean up
@@ -135,7 +141,7 @@ def report(dbs: Sequence[str | Path], out: str | Path = DEFAULT_REPORT, *, publi
     staging = Path(tempfile.mkdtemp(prefix=STAGING, dir=out))
     try:
         files.owned(staging)
-        rep = _write_report(frame, training, dbs, staging, published, formats)
+        rep = _write_report(frame, training, evaluations, dbs, staging, published, formats)
         written = sorted(f.relative_to(staging).as_posix() for f in rep.files)
         with files.hold(out, "attnbench report", wait=True):  # one report moves its files in at a time
             _move_in(out, staging, written, _earlier_files(out))
@@ -189,8 +195,8 @@ def _move_in(out: Path, staging: Path, written: list[str], earlier: set[str]) ->
     files.write_text(out / MANIFEST, "".join(f"{rel}\n" for rel in written))
 
 
-def _write_report(frame: pd.DataFrame, training: pd.DataFrame, dbs: Sequence[str | Path], out: Path,
-                  published: bool, formats: Sequence[str]) -> Report:
+def _write_report(frame: pd.DataFrame, training: pd.DataFrame, evaluations: pd.DataFrame, dbs: Sequence[str | Path],
+                  out: Path, published: bool, formats: Sequence[str]) -> Report:
     for sub in ("tables", "figures"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     rep = Report(formats=formats)
@@ -272,6 +278,21 @@ def _write_report(frame: pd.DataFrame, training: pd.DataFrame, dbs: Sequence[str
                     f"{dataset}: test top-1 against latency ({device})"))
                 index.append(f"- {dataset}, {device}: ![accuracy against latency]"
                              f"(figures/accuracy_latency_{tag}.png)")
+
+    sides = resolution_table(evaluations) if len(evaluations) else pd.DataFrame()
+    if len(sides):
+        _write_table(rep, out, "resolution", sides)
+        _write_table(rep, out, "resolution_retention", resolution_retention(evaluations))
+        index += ["", "## Accuracy across resolutions\n",
+                  "- [each trained setup's top-1 at every side it was tested at, as trained and with its tables "
+                  "interpolated (mean, std, n over its seeds)](tables/resolution.md)",
+                  "- [how much of its accuracy above chance each setup keeps away from the side it was trained "
+                  "at](tables/resolution_retention.md)"]
+        for (dataset, device), t in sides.groupby(["dataset", "device"], sort=True):
+            tag = f"{dataset}_{slug(device)}"
+            _write_figure(rep, out, f"resolution_{tag}", resolution_figure(
+                t, f"{dataset}: test top-1 against the side tested ({device}; bars: std over seeds)"))
+            index.append(f"- {dataset}, {device}: ![accuracy against side](figures/resolution_{tag}.png)")
 
     if published:
         _write_table(rep, out, "published", published_table())

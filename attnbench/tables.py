@@ -143,6 +143,29 @@ def published_table() -> pd.DataFrame:
     })
 
 
+SETUP_KEYS = ["dataset", "image_size", "model", "options", "width", "lr", "batch", "steps", "epochs", "plateau",
+              "device_name", "world_size"]  # what makes the runs of one trained setup (its seeds)
+
+
+def by_setup(runs: pd.DataFrame) -> pd.DataFrame:
+    """Rows of training runs (or their evaluations) with ``SETUP_KEYS`` ready to group by: ``lr`` is "auto" for
+    every rate ``--lr auto`` chose (one setup, whatever each seed chose; the rate in ``chosen``), missing values
+    "-"."""
+    tuned = runs.lr_source.fillna("").str.startswith("validation")
+    runs = runs.assign(chosen=runs.lr, options=runs.options.fillna(""), lr=runs.lr.astype(object).where(~tuned, "auto"))
+    return runs.assign(**{k: runs[k].astype(object).where(runs[k].notna(), "-") for k in SETUP_KEYS})
+
+
+def setup_label(setup: dict) -> str:
+    """The network of a setup and its variant options: 'nonlocal_probe (zero_init=False)'."""
+    return setup["model"] + (f" ({setup['options'].replace(',', ', ')})" if setup["options"] else "")
+
+
+def lr_label(setup: dict, runs: pd.DataFrame) -> object:
+    """The setup's learning rate: as given, or 'auto: ' and the rates its seeds trained at."""
+    return setup["lr"] if setup["lr"] != "auto" else "auto: " + ", ".join(f"{v:g}" for v in sorted(set(runs.chosen)))
+
+
 def accuracy_table(frame: pd.DataFrame, training: pd.DataFrame) -> pd.DataFrame:
     """One row per trained setup (data set and image side, network and its variant options, width, learning
     rate (``auto: ...`` with the rates the seeds chose, for ``--lr auto``), batch, budget), over its seeds:
@@ -160,22 +183,15 @@ def accuracy_table(frame: pd.DataFrame, training: pd.DataFrame) -> pd.DataFrame:
     measured = frame[(frame.scope == "model") & (frame.status == "ok") & (frame.res == 32) & (frame.batch == 1)]
     for r in measured.itertuples():
         latency[(f"{r.variant}_{r.arch}", r.options, r.device_name)] = r.latency_ms_median
-    keys = ["dataset", "image_size", "model", "options", "width", "lr", "batch", "steps", "epochs", "plateau",
-            "device_name", "world_size"]
-    tuned = last.lr_source.fillna("").str.startswith("validation")  # --lr auto: one setup, whatever each seed chose
-    last = last.assign(time_s=last.run_id.map(time_s), chosen=last.lr, options=last.options.fillna(""),
-                       lr=last.lr.astype(object).where(~tuned, "auto"))
-    last = last.assign(**{k: last[k].astype(object).where(last[k].notna(), "-") for k in keys})
+    last = by_setup(last.assign(time_s=last.run_id.map(time_s)))
     rows = []
-    for key, runs in last.groupby(keys, sort=True):
-        setup = dict(zip(keys, key))
+    for key, runs in last.groupby(SETUP_KEYS, sort=True):
+        setup = dict(zip(SETUP_KEYS, key))
         test, train = runs.top1_pct, runs.train_top1_pct
-        lr = setup["lr"] if setup["lr"] != "auto" else "auto: " + ", ".join(f"{v:g}" for v in sorted(set(runs.chosen)))
-        options = f" ({setup['options'].replace(',', ', ')})" if setup["options"] else ""
         measured_as = (setup["model"], setup["options"], setup["device_name"])
         rows.append({"dataset": setup["dataset"], "image side": setup["image_size"],
-                     "model": setup["model"] + options, "width": setup["width"],
-                     "lr": lr, "seeds": len(runs),
+                     "model": setup_label(setup), "width": setup["width"],
+                     "lr": lr_label(setup, runs), "seeds": len(runs),
                      "top-1 (%)": round(test.mean(), 2), "top-1 std": round(test.std(), 2) if len(runs) > 1 else 0.0,
                      "train top-1 (%)": round(train.mean(), 2) if train.notna().any() else math.nan,
                      "steps": int(runs.step.mean()) if runs.step.notna().any() else math.nan,
@@ -199,6 +215,79 @@ def accuracy_table(frame: pd.DataFrame, training: pd.DataFrame) -> pd.DataFrame:
             table.at[i, "vs best"] = ("best" if gap == 0 else f"-{gap:.2f} (one seed)" if one_seed
                                       else "within spread" if gap <= spread else f"-{gap:.2f}")
     return table
+
+
+def resolution_table(evaluations: pd.DataFrame) -> pd.DataFrame:
+    """Top-1 against the side tested: one row per trained setup (as the accuracy table groups its seeds), tables
+    ("trained": the network as trained; "interpolated": its tables resized to the side) and side, over the
+    seeds evaluated there: test top-1 as mean, standard deviation and n, train top-1, the change from the
+    setup's top-1 at the side it was trained at (points), and, where some seeds' network did not run at the
+    side, how many and why."""
+    rows = []
+    evaluations = by_setup(evaluations)
+    groups = evaluations.groupby([*SETUP_KEYS, "tables", "side"], sort=True)
+    for key, runs in groups:
+        setup = dict(zip([*SETUP_KEYS, "tables", "side"], key))
+        ok, failed = runs[runs.status == "ok"], runs[runs.status != "ok"]
+        rows.append({"dataset": setup["dataset"], "trained at": setup["image_size"], "model": setup_label(setup),
+                     "width": setup["width"], "lr": lr_label(setup, runs), "tables": setup["tables"],
+                     "side": setup["side"], "seeds": len(ok),
+                     "top-1 (%)": round(ok.top1_pct.mean(), 2) if len(ok) else math.nan,
+                     "top-1 std": round(ok.top1_pct.std(), 2) if len(ok) > 1 else 0.0 if len(ok) else math.nan,
+                     "train top-1 (%)": round(ok.train_top1_pct.mean(), 2) if ok.train_top1_pct.notna().any()
+                     else math.nan,
+                     "chance (%)": round(100 / runs.num_classes.dropna().iloc[0], 2)
+                     if runs.num_classes.notna().any() else math.nan,
+                     "not run": f"{len(failed)} {failed.status.iloc[0]}: {failed.reason.iloc[0]}" if len(failed)
+                     else "", "device": setup["device_name"], "setup": key[: len(SETUP_KEYS)]})
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    home = table[(table.tables == "trained") & (table.side == table["trained at"])]
+    at_home = dict(zip(home.setup, home["top-1 (%)"]))  # each setup's top-1 at the side it was trained at
+    table.insert(table.columns.get_loc("train top-1 (%)"), "vs trained side",
+                 (table["top-1 (%)"] - table.setup.map(at_home).astype(float)).round(2))
+    return table.drop(columns="setup")
+
+
+MIN_GAIN_PCT = 5.0  # points above chance a setup needs at its own side to have an accuracy to hold
+
+
+def resolution_retention(evaluations: pd.DataFrame) -> pd.DataFrame:
+    """How well each trained setup holds its accuracy away from the side it was trained at, per tables: the
+    share of its top-1 above chance at its own side (the network as trained) that remains at the other sides
+    tested, averaged over them (a side it did not run at keeps none; below chance counts as none). Setups
+    within ``MIN_GAIN_PCT`` points of chance at their own side have nothing to hold and are left out.
+    Best first within each data set."""
+    table = resolution_table(evaluations)
+    if table.empty:
+        return table
+    out = []
+    for (dataset, model, width, lr, trained_at, device), setup in table.groupby(
+            ["dataset", "model", "width", "lr", "trained at", "device"], sort=True):
+        home = setup[(setup.tables == "trained") & (setup.side == trained_at)]["top-1 (%)"]
+        chance = setup["chance (%)"].iloc[0]
+        if home.empty or not home.iloc[0] - chance >= MIN_GAIN_PCT:
+            continue
+        for tables, rows in setup[setup.side != trained_at].groupby("tables", sort=True):
+            kept = ((rows["top-1 (%)"].fillna(chance) - chance) / (home.iloc[0] - chance)).clip(lower=0)
+            out.append({"dataset": dataset, "model": model, "width": width, "lr": lr, "tables": tables,
+                        "trained at": trained_at, "top-1 there (%)": home.iloc[0],
+                        "sides": ", ".join(str(s) for s in rows.side),
+                        "retained (%)": round(100 * kept.mean(), 1),
+                        "worst side": int(rows.side.iloc[int(kept.to_numpy().argmin())]), "device": device})
+    retained = pd.DataFrame(out)
+    if retained.empty:
+        return retained
+    return retained.sort_values(["dataset", "retained (%)", "model"], ascending=[True, False, True],
+                                kind="stable").reset_index(drop=True)
+
+
+def holds_best(evaluations: pd.DataFrame) -> pd.DataFrame:
+    """Per data set, the setup (and tables) that holds its accuracy best away from the side it was trained at
+    (:func:`resolution_retention`'s first row): the mechanism least hurt by a change of resolution."""
+    retained = resolution_retention(evaluations)
+    return retained.groupby("dataset", sort=True).head(1).reset_index(drop=True) if len(retained) else retained
 
 
 def pareto(cost: Sequence[float], accuracy: Sequence[float]) -> list[int]:

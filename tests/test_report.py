@@ -292,11 +292,17 @@ def test_a_report_only_reads_and_loads_no_torch(db, tmp_path):
     import subprocess
     import sys
 
+    from attnbench.record import Evaluation
+
+    for side in (24, 32):  # the resolution table and figure too
+        store.write_evaluation(db, Evaluation(run_id="r", model="gsa_probe", dataset="digits", image_size=32, side=side,
+                                              top1_pct=90.0, num_classes=10))
     code = (f"import sys; from attnbench.report import report; report([{str(db)!r}], {str(tmp_path / 'out')!r}); "
             "assert 'torch' not in sys.modules, 'the report loaded torch'")
     subprocess.run([sys.executable, "-c", code], check=True)
     environments = (tmp_path / "out" / "tables" / "environments.md").read_text()
     assert "nan" not in environments and "| -" in environments  # the CPU rows have no GPU name
+    assert (tmp_path / "out" / "tables" / "resolution.md").exists()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
@@ -324,3 +330,47 @@ def test_the_reference_report_lists_its_files_and_regenerates_in_place(tmp_path,
     assert main(["report", *args, "--out", str(copy)]) == 0, capsys.readouterr().err
     assert {name: (copy / name).read_bytes() for name in stores} == stores
     assert set((copy / ".attnbench-report").read_text().split()) == written
+
+
+def test_accuracy_across_resolutions_table_figure_and_which_holds_best(tmp_path):
+    from attnbench.record import Evaluation
+    from attnbench.tables import holds_best, resolution_retention
+
+    db = tmp_path / "sides.sqlite"
+    env = Environment(device_name="Test CPU")
+    top1 = {  # (model, seed): {(side, tables): top-1}; None: refused
+        ("gsa_probe", 0): {(32, "trained"): 100.0, (24, "trained"): 96.0, (48, "trained"): 80.0,
+                           (24, "interpolated"): 97.0, (48, "interpolated"): 90.0},
+        ("gsa_probe", 1): {(32, "trained"): 98.0, (24, "trained"): 94.0, (48, "trained"): 78.0,
+                           (24, "interpolated"): 95.0, (48, "interpolated"): 88.0},
+        ("mhsa_probe", 0): {(32, "trained"): 90.0, (24, "trained"): 85.0, (48, "trained"): None,
+                            (24, "interpolated"): 88.0, (48, "interpolated"): 71.0},
+        ("conv_probe", 0): {(32, "trained"): 51.0, (24, "trained"): 50.5, (48, "trained"): 49.0},  # chance
+    }
+    for (model, seed), results in top1.items():
+        for (side, tables), value in results.items():
+            store.write_evaluation(db, Evaluation(
+                run_id=f"{model}-{seed}", model=model, dataset="longrange", seed=seed, image_size=32, side=side,
+                tables=tables, status="ok" if value is not None else "refused", top1_pct=value, num_classes=2,
+                reason=None if value is not None else "mhsa: input side 48 exceeds size=32", width=1.0, lr=0.1,
+                train_top1_pct=value, environment=env))
+    rep = report([db], tmp_path / "out", published=False)
+    table = rep.tables["resolution"].set_index(["model", "tables", "side"])
+    gsa = table.loc[("gsa_probe", "trained", 48)]
+    assert (gsa["seeds"], gsa["top-1 (%)"], gsa["vs trained side"], gsa["chance (%)"]) == (2, 79.0, -20.0, 50.0)
+    assert gsa["top-1 std"] == round(float(np.std([80.0, 78.0], ddof=1)), 2)
+    assert table.loc[("gsa_probe", "interpolated", 48), "vs trained side"] == -10.0
+    refused = table.loc[("mhsa_probe", "trained", 48)]
+    assert refused["seeds"] == 0 and refused["not run"] == "1 refused: mhsa: input side 48 exceeds size=32"
+    assert "accuracy" not in rep.tables  # evaluations are not training runs
+    assert "resolution_longrange_test-cpu" in rep.figures
+    # retention: the share of the accuracy above chance kept away from 32, averaged over 24 and 48
+    kept = resolution_retention(store.load_evaluations(db)).set_index(["model", "tables"])["retained (%)"]
+    expected = {("gsa_probe", "interpolated"): (46 / 49 + 39 / 49) / 2,
+                ("gsa_probe", "trained"): (45 / 49 + 29 / 49) / 2,
+                ("mhsa_probe", "interpolated"): (38 / 40 + 21 / 40) / 2,
+                ("mhsa_probe", "trained"): (35 / 40 + 0) / 2}  # refused at 48: nothing kept there
+    assert kept.to_dict() == {k: round(100 * v, 1) for k, v in expected.items()}  # conv: at chance, nothing to hold
+    assert list(kept.index) == sorted(expected, key=lambda k: -expected[k])  # best first
+    best = holds_best(store.load_evaluations(db))
+    assert list(zip(best.dataset, best.model, best.tables)) == [("longrange", "gsa_probe", "interpolated")]
