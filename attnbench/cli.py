@@ -493,7 +493,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     from attnbench import interrupt, store
     from attnbench.data import DataError, check_side
     from attnbench.models import list_models
-    from attnbench.train import LR_CANDIDATES, TrainConfig, TrainError, match_width, train, tune_lr, usable_device
+    from attnbench.train import (
+        LR_CANDIDATES,
+        TrainConfig,
+        TrainError,
+        claimed,
+        match_width,
+        refuse_earlier_run,
+        train,
+        tune_lr,
+        usable_device,
+    )
 
     if args.model not in list_models():
         raise UsageError(unknown_name_message("model", args.model, list_models()))
@@ -535,6 +545,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.db is not None:
         _check_db(args.db)
     finished = _finished_seeds(args.db, cfg, auto) if args.skip_finished else {}
+    try:  # every seed's folder before any seed trains
+        for seed in set(seeds) - set(finished):
+            refuse_earlier_run(outs[seed], resume=args.resume, overwrite=args.overwrite)
+    except TrainError as e:
+        raise UsageError(str(e)) from None
     # --lr auto chooses the rate once for the setup, on the first seed it trains (or takes the rate an earlier
     # sitting chose, from the store), and every seed trains at it
     tuned = next(iter(finished.values())) if auto and finished else None
@@ -551,7 +566,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                 _evaluate_sides(args, Path(out, "checkpoint.pt"), args.eval_res, skip_stored=True)  # not yet stored
             continue
         try:
-            with interrupt.keeping(partial(_train_kept, seed, out, args.db, time.time())):
+            with interrupt.keeping(partial(_train_kept, seed, out, args.db, time.time())), \
+                    claimed(out, resume=args.resume, overwrite=args.overwrite):  # the learning rate's search too
                 run, source = replace(cfg, seed=seed), "given"
                 if auto:
                     if tuned is None:
@@ -559,7 +575,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                     lr, source = tuned
                     run = replace(run, lr=lr)
                     print(f"seed {seed}: learning rate {source}")
-                history = train(run, out=out, db=args.db, resume=args.resume,
+                history = train(run, out=out, db=args.db, resume=args.resume, overwrite=args.overwrite,
                                 stop_after_epoch=args.stop_after_epoch, lr_source=source, width_source=width_source)
         except (DataError, TrainError, store.StoreError) as e:
             raise UsageError(str(e)) from None
@@ -783,6 +799,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", default=None, help="checkpoint folder (default runs/MODEL-DATASET-sSEED)")
     tr.add_argument("--db", default=DEFAULT_DB, help="results store for the per-epoch metrics")
     tr.add_argument("--resume", default=None, help="checkpoint to continue from, exactly")
+    tr.add_argument("--overwrite", action="store_true",
+                    help="replace an earlier run's checkpoint in --out (refused otherwise, unless --resume names it)")
     tr.add_argument("--stop-after-epoch", type=positive_int("stop-after-epoch"), default=None,
                     help="stop after this epoch (the schedule still spans --epochs); continue with --resume")
     tr.add_argument("--eval-res", type=positive_ints("resolution"), default=None,

@@ -9,6 +9,7 @@ ranks, gradients are averaged, and only rank 0 evaluates, writes checkpoints and
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import pickle
@@ -16,6 +17,7 @@ import time
 import uuid
 import warnings
 import zipfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -389,7 +391,7 @@ def tune_lr(cfg: TrainConfig, out: str | Path, candidates: tuple[float, ...] = L
     while todo:
         for lr in todo:
             history = train(replace(cfg, lr=lr, steps=budget, plateau=None), out=Path(out) / f"lr-{lr:g}",
-                            data=data, progress=False)
+                            data=data, progress=False, overwrite=True)  # scratch runs, replaced by every search
             last = history[-1]
             scores[lr] = (0.0, math.nan) if last.get("stopped") == "diverged" else (last["top1_pct"], last["test_loss"])
         best = choose_lr(scores, len(held))
@@ -405,9 +407,47 @@ def tune_lr(cfg: TrainConfig, out: str | Path, candidates: tuple[float, ...] = L
     return best, account
 
 
-def train(cfg: TrainConfig, *, out: str | Path, db: str | Path | None = None, resume: str | Path | None = None,
-          stop_after_epoch: int | None = None, progress: bool = True, lr_source: str | None = None,
-          width_source: str | None = None, data: Splits | None = None) -> list[dict]:
+def refuse_earlier_run(out: str | Path, *, resume: str | Path | None = None, overwrite: bool = False) -> None:
+    """TrainError if ``out`` holds the checkpoint of a run that a new one would replace, unless the new one
+    resumes that very checkpoint or ``overwrite`` says to replace it."""
+    existing = Path(out) / "checkpoint.pt"
+    if overwrite or not existing.exists():
+        return
+    if resume is not None and Path(resume).exists() and os.path.samefile(resume, existing):
+        return
+    raise TrainError(f"{out} holds the checkpoint of an earlier run ({existing}); continue it with --resume "
+                     f"{existing}, train into another --out, or replace it with --overwrite.")
+
+
+@contextlib.contextmanager
+def claimed(out: str | Path, *, resume: str | Path | None = None, overwrite: bool = False) -> Iterator[None]:
+    """``out`` held for one run while the block runs (by rank 0, which alone writes there): another process
+    training into it, or an earlier run's checkpoint there (:func:`refuse_earlier_run`), is a TrainError that
+    says which. A process may claim again what it holds (a seed's folder, then its run)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield
+        return
+    Path(out).mkdir(parents=True, exist_ok=True)
+    try:
+        with files.hold(out, "attnbench train"):
+            refuse_earlier_run(out, resume=resume, overwrite=overwrite)
+            yield
+    except files.Busy as e:
+        raise TrainError(str(e)) from None
+
+
+def train(cfg: TrainConfig, *, out: str | Path, resume: str | Path | None = None, overwrite: bool = False,
+          **run) -> list[dict]:
+    """Train ``cfg.model`` on ``cfg.dataset`` into the folder ``out``, which this process holds meanwhile; an
+    earlier run's checkpoint there is continued (``resume`` naming it) or replaced (``overwrite``), else the
+    run is refused (:func:`claimed`). ``run``: the options of :func:`_train`."""
+    with claimed(out, resume=resume, overwrite=overwrite):
+        return _train(cfg, out=out, resume=resume, **run)
+
+
+def _train(cfg: TrainConfig, *, out: str | Path, db: str | Path | None = None, resume: str | Path | None = None,
+           stop_after_epoch: int | None = None, progress: bool = True, lr_source: str | None = None,
+           width_source: str | None = None, data: Splits | None = None) -> list[dict]:
     """Train ``cfg.model`` on ``cfg.dataset`` (or on ``data``: training and evaluation sets given, as
     :func:`tune_lr` does); returns the per-epoch metrics (rank 0; others get []). ``lr_source`` says how
     the learning rate was chosen and ``width_source`` how the width was; both are stored with every epoch."""

@@ -1,6 +1,8 @@
+import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -32,9 +34,10 @@ def variant(request) -> str:
     return request.param
 
 
-def kill_midway(module: str, name: str, call: str, sig: int, *, after: bool = False) -> None:
-    """Run ``call`` in a new Python process in which ``module.name``, when called, waits (after doing its work,
-    with ``after``), and send that process ``sig`` there."""
+@contextlib.contextmanager
+def stopped_midway(module: str, name: str, call: str, *, after: bool = False) -> Iterator[subprocess.Popen]:
+    """A new Python process running ``call``, waiting where it calls ``module.name`` (after that ran, with
+    ``after``) while the block runs; killed after it, unless the block ended it."""
     code = ("import importlib, time\n"
             f"module = importlib.import_module({module!r})\n"
             f"original = getattr(module, {name!r})\n"
@@ -45,6 +48,10 @@ def kill_midway(module: str, name: str, call: str, sig: int, *, after: bool = Fa
             f"setattr(module, {name!r}, midway)\n"
             f"{call}\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline() == "midway\n"
-    proc.send_signal(sig)
-    proc.wait(timeout=60)
+    try:
+        assert proc.stdout.readline() == "midway\n"
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=60)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import kill_midway
+from conftest import stopped_midway
 
 from attnbench import store
 from attnbench.cli import main
@@ -310,8 +310,9 @@ def test_the_staging_folder_of_a_killed_report_goes_with_the_next_report(db, tmp
     out = tmp_path / "out"
     report([db], out, published=False)
     before = _files(out)
-    kill_midway("attnbench.report", "_write_report", f"module.report([{str(db)!r}], {str(out)!r}, published=False)",
-                sig, after=True)  # staged, not yet moved in
+    call = f"module.report([{str(db)!r}], {str(out)!r}, published=False)"
+    with stopped_midway("attnbench.report", "_write_report", call, after=True) as proc:  # staged, not moved in
+        proc.send_signal(sig)
     assert _files(out) == {**before, **{k: v for k, v in _files(out).items() if k.startswith(".report-")}}
     report([db], out, published=False)
     assert not list(out.glob(".report-*")) and _files(out) == before

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import kill_midway
+from conftest import stopped_midway
 
 from attnbench import store
 from attnbench.cli import main
@@ -273,7 +273,8 @@ def test_select_keeps_the_rows_every_condition_names():
 def test_a_merge_killed_midway_leaves_no_output_and_the_next_merge_no_debris(tmp_path, sig):
     src, out = tmp_path / "src.sqlite", tmp_path / "out.sqlite"
     store.write(src, row("a"))
-    kill_midway("attnbench.store", "_plain_rows", f"module.merge([{str(src)!r}], {str(out)!r})", sig)
+    with stopped_midway("attnbench.store", "_plain_rows", f"module.merge([{str(src)!r}], {str(out)!r})") as proc:
+        proc.send_signal(sig)
     assert not out.exists()  # no empty store where the merged one was to be
     store.merge([src], out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.sqlite", "src.sqlite"]

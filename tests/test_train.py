@@ -1,5 +1,6 @@
 """Training: a tiny CIFAR-format archive, exact resume, 2-process torchrun, and every bad input."""
 
+import io
 import math
 import pickle
 import re
@@ -13,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import stopped_midway
 
 from attnbench import store
 from attnbench.cli import main
@@ -504,9 +506,9 @@ def test_seeds_give_mean_spread_and_significance(tmp_path, capsys):
 
     db = tmp_path / "r.sqlite"
     common = ["train", "--dataset", "digits", "--model", "conv_probe", "--batch", "128", "--steps", "4",
-              "--db", str(db), "--out", str(tmp_path / "runs")]
-    assert main([*common, "--width", "0.5", "--seeds", "0,1,2"]) == 0
-    assert main([*common, "--width", "0.25", "--seeds", "0,1"]) == 0
+              "--db", str(db)]
+    assert main([*common, "--width", "0.5", "--seeds", "0,1,2", "--out", str(tmp_path / "half")]) == 0
+    assert main([*common, "--width", "0.25", "--seeds", "0,1", "--out", str(tmp_path / "quarter")]) == 0
     training = store.load_training(db)
     assert training.run_id.nunique() == 5 and sorted(training.seed.unique()) == [0, 1, 2]
     table = accuracy_table(store.load_results(db), training).set_index("width")
@@ -542,9 +544,9 @@ def test_a_budget_in_epochs_is_part_of_the_setup_and_runs_stored_before_stop_rea
 
     db = tmp_path / "r.sqlite"
     common = ["train", "--dataset", "digits", "--model", "conv_probe", "--width", "0.5", "--batch", "512",
-              "--db", str(db), "--out", str(tmp_path / "runs"), "--skip-finished"]
-    assert main([*common, "--epochs", "1"]) == 0
-    assert main([*common, "--epochs", "2"]) == 0  # a longer budget is another setup: trained, not skipped
+              "--db", str(db), "--skip-finished"]
+    assert main([*common, "--epochs", "1", "--out", str(tmp_path / "one")]) == 0
+    assert main([*common, "--epochs", "2", "--out", str(tmp_path / "two")]) == 0  # another setup: trained
     assert "already trained" not in capsys.readouterr().out
     rows = store.load_training(db)
     table = accuracy_table(store.load_results(db), rows)
@@ -556,7 +558,7 @@ def test_a_budget_in_epochs_is_part_of_the_setup_and_runs_stored_before_stop_rea
         train_top1_pct=91.0, params=int(one.params), macs_per_image=int(one.macs_per_image), image_size=32,
         batch=512, lr=0.1, width=0.5, stem="cifar", dtype="fp32", device="cpu", world_size=1, seed=1,
         environment=Environment(device_name=one.device_name)))
-    assert main([*common, "--epochs", "1", "--seeds", "0,1"]) == 0
+    assert main([*common, "--epochs", "1", "--seeds", "0,1", "--out", str(tmp_path / "one")]) == 0
     assert "seed 1: already trained to its end" in capsys.readouterr().out
     assert list(accuracy_table(store.load_results(db), store.load_training(db)).seeds) == [2, 1]
 
@@ -614,7 +616,8 @@ def test_lr_auto_extends_the_grid_past_an_edge_that_wins(tmp_path, monkeypatch):
 
     trained, peak = [], {}
 
-    def fake_train(cfg, *, out, data, progress):
+    def fake_train(cfg, *, out, data, progress, overwrite):
+        assert overwrite  # the search's runs are scratch, replaced by the next search
         trained.append(cfg.lr)
         return [{"top1_pct": 90.0, "test_loss": abs(math.log(cfg.lr / peak["lr"]))}]
 
@@ -704,3 +707,40 @@ def test_variant_options_reach_the_network_are_stored_and_make_their_own_setup(t
     err = capsys.readouterr().err
     assert "--opt for nonlocal_probe: Invalid zero_init='maybe': zero_init must be true or false" in err
     assert "no variant of this sweep has an option 'span'" in err
+
+
+QUICK = ["train", "--dataset", "digits", "--model", "conv_probe", "--width", "0.25", "--batch", "128", "--steps", "2"]
+
+
+def test_a_second_train_into_the_same_out_is_refused_unless_it_resumes_or_overwrites(tmp_path, capsys):
+    out, db = tmp_path / "run", str(tmp_path / "r.sqlite")
+    ckpt = out / "checkpoint.pt"
+    assert main([*QUICK, "--out", str(out), "--db", db]) == 0
+    first = ckpt.read_bytes()
+    capsys.readouterr()
+    assert main([*QUICK, "--steps", "1", "--out", str(out), "--db", db]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds the checkpoint of an earlier run" in err and "--overwrite" in err
+    assert ckpt.read_bytes() == first and store.load_training(db).run_id.nunique() == 1
+    # --seeds: every seed's folder is checked before any seed trains
+    (tmp_path / "seeds" / "s1").mkdir(parents=True)
+    shutil.copy(ckpt, tmp_path / "seeds" / "s1" / "checkpoint.pt")
+    assert main([*QUICK, "--seeds", "0,1", "--out", str(tmp_path / "seeds"), "--db", db]) == 2
+    assert "s1 holds the checkpoint of an earlier run" in capsys.readouterr().err
+    assert not (tmp_path / "seeds" / "s0" / "checkpoint.pt").exists()
+    # the run's own checkpoint continues; --overwrite replaces it
+    assert main([*QUICK, "--steps", "4", "--out", str(out), "--db", db, "--resume", str(ckpt)]) == 2  # other budget
+    assert main([*QUICK, "--out", str(out), "--db", db, "--overwrite"]) == 0
+    assert load_checkpoint(ckpt)["run_id"] != torch.load(io.BytesIO(first), weights_only=True)["run_id"]
+    assert store.load_training(db).run_id.nunique() == 2 and not list(out.glob(".*"))
+
+
+def test_two_trains_into_one_folder_at_once_the_second_is_refused_naming_the_first(tmp_path, capsys):
+    out = tmp_path / "run"
+    call = (f"module.train(module.TrainConfig('conv_probe', 'digits', width=0.25, batch=128, steps=2), "
+            f"out={str(out)!r}, progress=False)")
+    with stopped_midway("attnbench.train", "_save", call) as first:  # training, about to save its checkpoint
+        assert main([*QUICK, "--out", str(out), "--db", str(tmp_path / "r.sqlite")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"is in use by attnbench train (pid {first.pid} on " in err
+    assert main([*QUICK, "--out", str(out), "--db", str(tmp_path / "r.sqlite")]) == 0  # the holder is gone
