@@ -101,7 +101,7 @@ def test_a_results_file_that_cannot_be_written_keeps_the_previous_one(tmp_path, 
 
 
 def test_a_checkpoint_that_cannot_be_written_keeps_the_previous_one(tmp_path, monkeypatch):
-    from attnbench.train import TrainConfig, _save
+    from attnbench.train import TrainConfig, TrainError, _save
 
     path = tmp_path / "run" / "checkpoint.pt"
     path.parent.mkdir()
@@ -114,7 +114,7 @@ def test_a_checkpoint_that_cannot_be_written_keeps_the_previous_one(tmp_path, mo
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(TrainError, match="No space left on device; the previous one, if any, is kept"):
         _save(path, {"epoch": 2, "config": TrainConfig("conv_probe", "digits")})
     assert _listing(path.parent) == before  # no checkpoint.tmp beside it
 
