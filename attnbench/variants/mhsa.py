@@ -11,9 +11,16 @@ the head width, shared by the heads. No output projection: in a bottleneck the 1
 after the layer is that projection. With stride 2, a 2x2 average pool follows.
 
 Implementations (one parameter set, the same function):
-* ``dense`` (reference; CPUs): the N x N logits explicitly, then softmax and the weighted sum.
+* ``dense`` (reference): the N x N logits explicitly, then softmax and the weighted sum.
 * ``sdpa`` (GPUs): ``scaled_dot_product_attention`` with the relative logits as its additive mask,
   so fused kernels with a bias (memory-efficient attention) never store the softmax for backward.
+* ``augmented`` (CPUs): the relative logits folded into the dot product, so that the fused kernel of
+  ``scaled_dot_product_attention`` runs without a mask and no N x N tensor exists, in inference or
+  training. For query i = (y, x) and key j = (a, b), q_i . r^h_{a-y} + q_i . r^w_{b-x} is
+  [A_h(q_i), A_w(q_i)] . [onehot(a), onehot(b)] with A_h(q_i)[a'] = q_i . r^h_{a'-y} (H numbers) and
+  A_w(q_i)[b'] = q_i . r^w_{b'-x} (W numbers): queries [q, A_h(q), A_w(q)] against keys
+  [k, onehot(a), onehot(b)] give the whole logit, at d_head + H + W multiply-adds per pair instead of
+  d_head (values are zero-padded to the same width, which the fused CPU kernel requires).
 
 At a side other than ``size`` (the largest side the layer will see): the tables serve a smaller map
 with their central offsets and refuse a larger one, as BoTNet's code builds them for its feature
@@ -53,7 +60,7 @@ class MHSAConfig(VariantConfig):
     global_receptive_field=True,
     scaling=(2.0, 2.0),  # N x N pairs
     reference="dense",
-    auto={"cuda": "sdpa"},
+    auto={"cpu": "augmented", "cuda": "sdpa"},
 )
 class MultiHeadSelfAttention(Variant):
     """BoTNet's MHSA layer; output has the input's channels and, with stride 1, its size."""
@@ -78,18 +85,26 @@ class MultiHeadSelfAttention(Variant):
         """q (scaled), k, v as (B, h, N, d), and the relative logits q . r^h as (B, h, H, W, H, 1) and q . r^w as
         (B, h, H, W, 1, W): their sum over each (query, key) pair is the relative term."""
         B, C, H, W = x.shape
-        for side in (H, W):
-            check_fits("mhsa", side, None, self.cfg.size)
+        self.check_sides(H, W)
         h, dh = self.heads, C // self.heads
         q, k, v = pointwise(self.to_qkv, x).view(B, 3, h, dh, H * W).transpose(-1, -2).unbind(1)
         q = q * dh**-0.5
+        logits_h, logits_w = self.relative_logits(q, H, W)
+        return q, k.contiguous(), v.contiguous(), logits_h[..., :, None], logits_w[..., None, :]
+
+    def check_sides(self, H: int, W: int) -> None:
+        for side in (H, W):
+            check_fits("mhsa", side, None, self.cfg.size)
+
+    def relative_logits(self, q: torch.Tensor, H: int, W: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """q . r^h and q . r^w for queries ``q`` (B, h, H W, d): (B, h, H, W, H) over the key rows a and
+        (B, h, H, W, W) over the key columns b."""
+        B, h, _, dh = q.shape
         size = self.cfg.size
         rel_h = relative_to_absolute(self.rel_height[size - H : size + H - 1], H)  # (y, a, d)
         rel_w = relative_to_absolute(self.rel_width[size - W : size + W - 1], W)  # (x, b, d)
-        qg = q.view(B, h, H, W, dh)
-        logits_h = torch.einsum("bhyxd,yad->bhyxa", qg, rel_h)[..., :, None]
-        logits_w = torch.einsum("bhyxd,xcd->bhyxc", qg, rel_w)[..., None, :]
-        return q, k.contiguous(), v.contiguous(), logits_h, logits_w
+        qg = q.reshape(B, h, H, W, dh)
+        return torch.einsum("bhyxd,yad->bhyxa", qg, rel_h), torch.einsum("bhyxd,xcd->bhyxc", qg, rel_w)
 
     def finish(self, out: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         B, C, H, W = shape
@@ -117,3 +132,23 @@ def sdpa(self: MultiHeadSelfAttention, x: torch.Tensor) -> torch.Tensor:
     B, h, n, _ = q.shape
     relative = (logits_h + logits_w).reshape(B, h, n, n)
     return self.finish(F.scaled_dot_product_attention(q, k, v, attn_mask=relative, scale=1.0), x.shape)
+
+
+@register_impl("mhsa", "augmented",
+               description="scaled_dot_product_attention's fused kernel, the relative logits folded into queries and "
+                           "keys (no N x N tensor)")
+def augmented(self: MultiHeadSelfAttention, x: torch.Tensor) -> torch.Tensor:
+    B, C, H, W = x.shape
+    self.check_sides(H, W)
+    h, dh, n = self.heads, C // self.heads, H * W
+    # token-major projections (the product reads x transposed in place): q, k, v as (B, h, N, d) views
+    q, k, v = F.linear(x.flatten(2).transpose(1, 2), self.to_qkv.weight.view(3 * C, C)).view(
+        B, n, 3, h, dh).permute(2, 0, 3, 1, 4).unbind(0)
+    logits_h, logits_w = self.relative_logits(q, H, W)  # unscaled: the kernel scales the whole dot product
+    pos = torch.arange(n, device=x.device)
+    onehot = torch.cat([F.one_hot(pos // W, H), F.one_hot(pos % W, W)], dim=1).to(x.dtype)  # key (a, b)
+    queries = torch.cat([q, logits_h.reshape(B, h, n, H), logits_w.reshape(B, h, n, W)], dim=-1)
+    keys = torch.cat([k, onehot.expand(B, h, n, H + W)], dim=-1)
+    values = F.pad(v, (0, H + W))
+    out = F.scaled_dot_product_attention(queries, keys, values, scale=dh**-0.5)[..., :dh]
+    return self.finish(out, x.shape)
