@@ -7,6 +7,7 @@ and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import codecs
 import contextlib
 import math
 import os
@@ -79,10 +80,11 @@ EXAMPLES = """examples:
 
 
 def _split(text: str) -> list[str]:
+    """A comma-separated list, each item once, in order."""
     items = [t.strip() for t in text.split(",")]
     if not all(items):
         raise argparse.ArgumentTypeError(f"'{text}' has an empty item; give a comma-separated list")
-    return items
+    return list(dict.fromkeys(items))
 
 
 def positive_ints(name: str) -> Callable[[str], list[int]]:
@@ -96,7 +98,7 @@ def positive_ints(name: str) -> Callable[[str], list[int]]:
             if value < 1:
                 raise argparse.ArgumentTypeError(f"{name} {value} must be at least 1")
             values.append(value)
-        return values
+        return list(dict.fromkeys(values))
 
     return parse
 
@@ -187,6 +189,16 @@ def learning_rate(text: str) -> float | str:
     return text if text == "auto" else positive_float(text)
 
 
+def timeout_s(text: str) -> float:
+    """A time limit per case (see :func:`attnbench.harness.check_timeout`)."""
+    from attnbench.harness import check_timeout
+
+    try:
+        return check_timeout(positive_float(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -247,6 +259,31 @@ def _check_out_dir(option: str, path: str) -> None:
         raise UsageError(f"{option} {path} cannot be written.")
 
 
+class _TrialWrite(Exception):
+    """Ends a trial write (:func:`_results_file`) before anything is written."""
+
+
+def _results_file(text: str) -> str:
+    """``--results-file``, checked before the sweep: a .csv or .json name, its ``..`` resolved (no folder is
+    made that the path only passes through), its folder made, and a trial write there (the name is free,
+    not too long, the folder writable), which leaves nothing behind."""
+    from attnbench import files
+
+    if Path(text).suffix not in (".csv", ".json"):
+        raise UsageError(f"--results-file {text}: name a .csv or a .json file.")
+    path = Path(text).resolve()
+    _check_out_dir("--results-file's folder", str(path.parent))
+    try:
+        if path.is_dir():
+            raise UsageError(f"--results-file {text} is a folder.")
+        with files.atomic(path):
+            raise _TrialWrite
+    except _TrialWrite:
+        return str(path)
+    except OSError as e:
+        raise UsageError(f"cannot write --results-file {text}: {e.strerror or e}.") from None
+
+
 def _write_text(path: str, text: str) -> None:
     """``text`` into the file ``path`` (whole, or the previous file left as it was), with a one-line error
     when that is not possible."""
@@ -292,9 +329,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None:
             raise UsageError(f"--{name} applies to --launcher slurm (or local).")
     if args.results_file:
-        if Path(args.results_file).suffix not in (".csv", ".json"):
-            raise UsageError(f"--results-file {args.results_file}: name a .csv or a .json file.")
-        _check_out_dir("--results-file's folder", str(Path(args.results_file).parent))
+        args.results_file = _results_file(args.results_file)
     bar = tqdm(total=len(cases), unit="case", file=sys.stderr, disable=args.json or None, dynamic_ncols=True)
     finished = 0
 
@@ -719,7 +754,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="measure a sweep of cases and store the results")
     add_sweep_arguments(run, scope="model")
-    run.add_argument("--timeout", type=positive_float, default=600.0, help="seconds per case")
+    run.add_argument("--timeout", type=timeout_s, default=600.0, help="seconds per case")
     run.add_argument("--min-run-time", type=positive_float, default=0.5, help="seconds of timed runs per case")
     run.add_argument("--db", default=DEFAULT_DB, help="results store (SQLite)")
     run.add_argument("--force", action="store_true", help="measure again cases already stored")
@@ -847,9 +882,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+PLAIN = {"µ": "u", "±": "+-", "×": "x"}  # how our tables' characters are spelled where they cannot be
+
+
+def _plain(err: UnicodeError) -> tuple[str, int]:
+    chunk = err.object[err.start:err.end]
+    return "".join(PLAIN.get(c) or c.encode("ascii", "backslashreplace").decode("ascii") for c in chunk), err.end
+
+
+def _plain_streams() -> None:
+    """Standard output and error that cannot encode a character (``PYTHONIOENCODING=ascii``, a C locale) write
+    an ASCII spelling of it (``µs`` as ``us``, ``±`` as ``+-``, others escaped) instead of failing."""
+    codecs.register_error("attnbench.plain", _plain)
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="attnbench.plain")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from attnbench import interrupt
 
+    _plain_streams()
     args = None
     with interrupt.handled():  # SIGINT and SIGTERM alike, for every command
         try:

@@ -39,6 +39,15 @@ from attnbench.sweep import DTYPES
 
 MEMORY_HEADROOM = 1.25  # predicted peak x this must fit the memory available
 MIN_RUN_TIME_S = 0.5  # default seconds of timed runs per case (torch.utils.benchmark autorange)
+MAX_TIMEOUT_S = 7 * 24 * 3600  # a week: the system's timers overflow not far beyond (poll's 24.8 days)
+
+
+def check_timeout(timeout: float) -> float:
+    """``timeout`` if it is a usable time limit per case, in seconds; ValueError in one line otherwise."""
+    if not 0 < timeout <= MAX_TIMEOUT_S:
+        raise ValueError(f"a case's time limit is more than 0 and at most {MAX_TIMEOUT_S} s (a week), not "
+                         f"{timeout:g} s")
+    return timeout
 
 
 NUM_CLASSES = 1000  # the networks measured at model scope classify ImageNet's classes
@@ -373,6 +382,7 @@ def run_cases(
     Each record is written as soon as its case ends. ``on_case(case, record)`` is called after each
     case, with None for cases skipped because they were already stored. Returns the records written.
     """
+    check_timeout(timeout)
     run_id = uuid.uuid4().hex[:12]
     cases = list(cases)
     done = {dev: store.stored_cases(db, environment(dev).key) for dev in {c.device for c in cases}}

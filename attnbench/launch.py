@@ -45,7 +45,10 @@ def executor(launcher: str, folder: Path, *, partition: str | None, timeout_min:
         import submitit
     except ImportError:
         raise LaunchError(f"--launcher {launcher} needs submitit: pip install 'attnbench[slurm]'.") from None
-    ex = submitit.AutoExecutor(folder=folder / "logs", cluster="local" if launcher == "local" else "slurm")
+    try:
+        ex = submitit.AutoExecutor(folder=folder / "logs", cluster="local" if launcher == "local" else "slurm")
+    except RuntimeError as e:  # submitit finds no srun: not a Slurm cluster
+        raise LaunchError(f"--launcher {launcher} cannot start: {e} (--launcher local runs the tasks here)") from None
     ex.update_parameters(timeout_min=timeout_min, name="attnbench")
     if launcher == "slurm":
         ex.update_parameters(gpus_per_node=gpus, **({"slurm_partition": partition} if partition else {}))

@@ -39,7 +39,10 @@ import dataclasses
 import difflib
 import fnmatch
 import importlib.metadata
+import math
 import multiprocessing
+import types
+import typing
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -49,6 +52,23 @@ import torch
 from torch import nn
 
 from attnbench.choices import unknown_name_message  # noqa: F401  (re-exported)
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# a field's declared type: how a value of it is checked (a bool is not a whole number here), and its name
+TYPE_RULES = {
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+    int: (_whole, "a whole number"),
+    float: (_finite, "a finite number"),
+    str: (lambda v: isinstance(v, str), "text"),
+}
 
 
 @dataclass(frozen=True)
@@ -65,21 +85,46 @@ class VariantConfig:
     size: int = 56  # largest feature-map side the layer will see (pixels)
     stride: int = 1  # output downsampling factor: 1 or 2
 
-    # Rules shared by all configs: (field, predicate, rule text).
+    # Rules shared by all configs: the fields that must be positive, and those that are a spatial extent in
+    # pixels (a span, a window, a kernel), which a sweep bounds by its largest side (check_extents).
     _positive: ClassVar[tuple[str, ...]] = ("dim", "size")
+    _extents: ClassVar[tuple[str, ...]] = ("span", "window", "kernel_size")
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the option, its value and the rule it breaks."""
+        self.check_types()
         for name in self._positive:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"Invalid {name}={value!r}: {name} must be a positive integer.")
         if self.stride not in (1, 2):
             raise ValueError(f"Invalid stride={self.stride!r}: stride must be 1 or 2.")
-        for f in dataclasses.fields(self):  # a switch takes true or false, not any word
-            value = getattr(self, f.name)
-            if isinstance(f.default, bool) and not isinstance(value, bool):
-                raise ValueError(f"Invalid {f.name}={value!r}: {f.name} must be true or false.")
+
+    def check_types(self) -> None:
+        """Every field holds a value of its declared type: a whole number for ``int`` (not 2.0), a finite
+        number for ``float`` (not nan), true or false for ``bool``, text for ``str``, or None where allowed.
+        Fields of other types, and configs whose annotations cannot be resolved, are left to ``validate``."""
+        try:
+            hints = typing.get_type_hints(type(self))
+        except Exception:  # noqa: BLE001 - a plugin's annotations may name what cannot be imported here
+            return
+        for f in dataclasses.fields(self):
+            value, kind = getattr(self, f.name), hints.get(f.name)
+            kinds = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
+            rules = [TYPE_RULES[k] for k in kinds if k in TYPE_RULES]
+            if (value is None and type(None) in kinds) or not rules or any(valid(value) for valid, _ in rules):
+                continue
+            wanted = " or ".join(name for _, name in rules) + (" (or none)" if type(None) in kinds else "")
+            raise ValueError(f"Invalid {f.name}={value!r}: {f.name} must be {wanted}.")
+
+    def check_extents(self, side: int) -> None:
+        """The spatial extents (``_extents``) reach at most every pixel of a ``side`` x ``side`` map: ``2 side - 1``
+        pixels. A wider one reaches no further and only grows its tables (a span of 10^8 is 800 M parameters)."""
+        for name in self._extents:
+            value = getattr(self, name, None)
+            if isinstance(value, int) and value > 2 * side - 1:
+                raise ValueError(f"Invalid {name}={value}: wider than {2 * side - 1} pixels, the most a map of side "
+                                 f"{side} (the sweep's largest) has to reach.")
 
     def check_heads(self, halves: str | None = None) -> None:
         """``heads`` is positive and divides ``dim``; with ``halves`` (what the two halves of a head hold),

@@ -147,6 +147,7 @@ def open_store(path: str | Path, *, create: bool = True) -> sqlite3.Connection:
                 cols = ", ".join(f"{c} {t}" for c, t in columns)
                 conn.execute(f"CREATE TABLE IF NOT EXISTS {table} ({cols}, UNIQUE ({key}))")
             conn.execute("COMMIT")
+        _check_structure(conn, path)
         _add_missing_columns(conn)
 
     return _opened(path, lambda: _connect(path), prepare)
@@ -251,6 +252,33 @@ def query(path: str | Path, body: Callable[[sqlite3.Connection], T]) -> T:
     raise StoreError(f"Cannot read the store {path}: it changed each of the {READ_ATTEMPTS} times it was read.")
 
 
+# what every store of this schema has had from the start: its tables' UNIQUE keys (TABLES) and NOT NULL columns
+# (those added since are filled in, above); a store without them was damaged, and is refused, not read wrong
+REQUIRED = {table: [name for name, kind in columns if "NOT NULL" in kind and (table, name) not in READ_FILL]
+            for table, (columns, _) in TABLES.items()}
+
+
+def _check_required(path: Path, table: str, have: Iterable[str]) -> None:
+    """StoreError naming the columns of ``table`` every store has that it lacks."""
+    lost = [name for name in REQUIRED[table] if name not in set(have)]
+    if lost:
+        raise StoreError(f"{path} is damaged: its {table} table lacks the column{'s' * (len(lost) > 1)} "
+                         f"{', '.join(lost)}, which every store has.")
+
+
+def _check_structure(conn: sqlite3.Connection, path: Path) -> None:
+    """Before anything is written: every required column, and the UNIQUE key that keeps one row per case and
+    environment (per run and epoch, ...), without which a store takes duplicates."""
+    for table, (_, key) in TABLES.items():
+        _check_required(path, table, [r[1] for r in conn.execute(f"PRAGMA table_info({table})")])
+        unique = [r[1] for r in conn.execute(f"PRAGMA index_list({table})") if r[2]]
+        if not any({c[2] for c in conn.execute(f"PRAGMA index_info('{name}')")} == set(key.split(", "))
+                   for name in unique):
+            raise StoreError(f"{path} is damaged: its {table} table has lost its UNIQUE ({key}) constraint and "
+                             f"would store rows twice; `attnbench merge {path} -o NEW` copies it into a sound store "
+                             "(one row each, the newest).")
+
+
 def _missing_columns(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
     missing = []
     for table, (columns, _) in TABLES.items():
@@ -345,6 +373,7 @@ def _read(path: str | Path, table: str, names: list[str], order: str, where: str
         frame = query(path, rows)
     except sqlite3.DatabaseError as e:
         raise StoreError(f"Cannot read {path}: {e}.") from None
+    _check_required(Path(path), table, frame.columns)
     for name in names:
         if name not in frame:
             fill = READ_FILL.get((table, name))

@@ -60,7 +60,7 @@ def expand(
             Case(scope, v, arch, r, b, d, dt, dev, m, threads, i, opts.get(v, ""), amp, channels_last, compile)
             for dt, m, i, d, b, r in itertools.product(dtypes, modes, resolved, dims, batch, sorted(res))
         ]
-    return cases
+    return list(dict.fromkeys(cases))  # a value given twice (--res 16,16) is one case
 
 
 def variant_impls(variants: list[str], impls: list[str]) -> dict[str, list[str]]:
@@ -101,6 +101,8 @@ def variant_options(variants: list[str], options: list[str]) -> dict[str, str]:
         target, _, key = lhs.rpartition(".")
         if not eq or not key:
             raise ValueError(f"Invalid --opt {item}: options are KEY=VALUE (or VARIANT.KEY=VALUE).")
+        if not text:
+            raise ValueError(f"Invalid --opt {item}: give {key} a value (KEY=VALUE).")
         if key in SWEEP_SET:
             raise ValueError(f"Invalid --opt {item}: {key} is set by the sweep (--dim, --res, the network).")
         if target and target not in chosen:
@@ -198,7 +200,8 @@ class Sweep:
             # module scope: each dim; model scope: the narrowest bottleneck width, of which the others are multiples
             for d in self.dim if self.scope == "module" else [64]:
                 try:
-                    get_variant_spec(v).make_config(d, **parse_options(options[v]))
+                    get_variant_spec(v).make_config(d, **parse_options(options[v])).check_extents(
+                        max(self.res or [DEFAULT_RES[self.scope]]))
                 except (ValueError, TypeError) as e:
                     what = f"--dim {d}" if self.scope == "module" else "--opt"
                     raise ValueError(f"{what} for variant '{v}': {e}") from None

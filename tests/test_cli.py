@@ -171,6 +171,18 @@ def test_retry_failed_measures_stored_failures_again(capsys, tmp_path):
         (["--scope", "module", "--variants", "gsa", "--dim", "16", "--opt", "heads=3"],
          "--dim 16 for variant 'gsa': Invalid dim=16: dim must be divisible by heads=3"),
         (["--variants", "gsa", "--opt", "span"], "options are KEY=VALUE"),
+        # values of the wrong type or beyond any map are refused before anything runs, not error rows
+        (["--variants", "gsa", "--opt", "span=nan"], "Invalid span=nan: span must be a whole number (or none)."),
+        (["--variants", "gsa", "--opt", "heads=2.0"], "Invalid heads=2.0: heads must be a whole number."),
+        (["--variants", "gsa", "--opt", "content=1"], "Invalid content=1: content must be true or false."),
+        (["--variants", "axial", "--opt", "span=100000001"],
+         "Invalid span=100000001: wider than 447 pixels, the most a map of side 224 (the sweep's largest)"),
+        (["--scope", "module", "--variants", "local", "--res", "8,16", "--opt", "window=33"],
+         "Invalid window=33: wider than 31 pixels, the most a map of side 16"),
+        (["--variants", "gsa", "--opt", "heads="], "Invalid --opt heads=: give heads a value (KEY=VALUE)."),
+        (["--timeout", "1e10"], "a case's time limit is more than 0 and at most 604800 s (a week), not 1e+10 s"),
+        pytest.param(["--launcher", "slurm"], 'cannot start: Could not detect "srun"',
+                     marks=pytest.mark.skipif(shutil.which("srun") is not None, reason="this machine has Slurm")),
     ],
 )
 def test_bad_arguments_are_one_line_and_exit_2(capsys, tmp_path, args, message):
@@ -461,6 +473,40 @@ def test_timm_style_options_amp_channels_last_and_compile(capsys, tmp_path):
     for bad, message in ((["--compile", "fastest"], "invalid choice: 'fastest'"), (["--amp", "fp64"], "'fp64'")):
         code, _, err = run_cli(capsys, *base, *bad)
         assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_an_unusable_results_file_is_refused_before_the_sweep(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    db = str(tmp_path / "r.sqlite")
+    base = ["run", "--scope", "module", "--variants", "conv", "--res", "8", "--dim", "8", "--db", db, *FAST]
+    (tmp_path / "taken.csv").mkdir()
+    for name, message in (("taken.csv", "--results-file taken.csv is a folder."),
+                          ("x" * 300 + ".csv", "File name too long")):
+        code, _, err = run_cli(capsys, *base, "--results-file", name)
+        assert code == 2 and message in err and err.count("\n") == 1, err
+    assert store.load_results(db).empty  # nothing was measured
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.sqlite", "taken.csv"]  # the trial writes left nothing
+    assert run_cli(capsys, *base, "--results-file", "made/../rows.csv")[0] == 0
+    assert (tmp_path / "rows.csv").is_file() and not (tmp_path / "made").exists()  # no folder the path passed through
+
+
+def test_a_value_given_twice_is_measured_once(capsys, tmp_path):
+    db = str(tmp_path / "r.sqlite")
+    code, out, _ = run_cli(capsys, "run", "--scope", "module", "--variants", "conv,conv", "--res", "8,8", "--dim",
+                           "8,8", "--batch", "1,1", "--dtype", "fp32,fp32", "--mode", "infer,infer", "--db", db, *FAST)
+    assert code == 0 and "\n1 cases; results in" in out and len(store.load_results(db)) == 1
+    from attnbench.api import plan  # the Python API alike
+
+    assert plan(variants=["conv"], scope="module", res=[8, 8], dim=[8, 8], batch=[2, 2]) == plan(
+        variants=["conv"], scope="module", res=[8], dim=[8], batch=[2])
+
+
+def test_a_terminal_that_cannot_print_micro_gets_the_table_in_ascii(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "attnbench", "run", "--scope", "module", "--variants", "conv",
+                           "--res", "8", "--dim", "8", "--db", str(tmp_path / "r.sqlite"), *FAST],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONIOENCODING": "ascii"})
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert " +- IQR)" in done.stdout and done.stdout.isascii()
 
 
 def test_results_file_holds_the_sweeps_rows(capsys, tmp_path):

@@ -123,7 +123,8 @@ def test_a_store_from_before_a_new_column_gains_it(tmp_path):
     with sqlite3.connect(db) as conn:
         conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
         conn.execute("INSERT INTO meta VALUES ('schema_version', '1')")
-        conn.execute(f"CREATE TABLE results ({', '.join(f'{c} {t}' for c, t in old_columns)})")
+        columns = ", ".join(f"{c} {t}" for c, t in old_columns)
+        conn.execute(f"CREATE TABLE results ({columns}, UNIQUE (case_key, env_key))")  # every store had its key
     store.write(db, row("a", device_peak_gflops=300.0))
     assert store.load_results(db).device_peak_gflops.tolist() == [300.0]
 
@@ -367,3 +368,37 @@ def test_evaluations_have_a_table_of_their_own_that_older_stores_gain_and_merges
     out = tmp_path / "merged.sqlite"
     store.merge([old], out)
     assert store.load_evaluations(out).drop(columns="created_utc").equals(read.drop(columns="created_utc"))
+
+
+def _damage(db, sql: str) -> None:
+    with sqlite3.connect(db) as conn:
+        conn.executescript(sql)
+
+
+def test_a_store_missing_a_column_every_store_has_is_refused_in_one_line(tmp_path, capsys):
+    db = tmp_path / "r.sqlite"
+    store.write(db, row("a"))
+    _damage(db, "ALTER TABLE results DROP COLUMN status")
+    with pytest.raises(store.StoreError, match="lacks the column status, which every store has"):
+        store.load_results(db)
+    for args in (["report", "--db", str(db), "--out", str(tmp_path / "report")],
+                 ["run", "--scope", "module", "--variants", "conv", "--res", "8", "--dim", "8", "--db", str(db)]):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert f"{db} is damaged: its results table lacks the column status" in err and err.count("\n") == 1
+
+
+def test_a_store_whose_table_lost_its_unique_key_takes_no_duplicates(tmp_path, capsys):
+    db = tmp_path / "r.sqlite"
+    store.write(db, row("a"))
+    _damage(db, "CREATE TABLE copy AS SELECT * FROM results; DROP TABLE results; ALTER TABLE copy RENAME TO results;")
+    with pytest.raises(store.StoreError, match=r"lost its UNIQUE \(case_key, env_key\) constraint"):
+        store.write(db, row("a", run_id="again"), replace=True)
+    assert main(["run", "--scope", "module", "--variants", "conv", "--res", "8", "--dim", "8", "--force",
+                 "--db", str(db)]) == 2
+    assert "would store rows twice" in capsys.readouterr().err
+    assert len(store.load_results(db)) == 1
+    sound = tmp_path / "sound.sqlite"
+    assert main(["merge", str(db), "-o", str(sound)]) == 0  # the remedy the message names
+    store.write(sound, row("a", run_id="again"), replace=True)
+    assert store.load_results(sound).run_id.tolist() == ["again"]
