@@ -118,13 +118,16 @@ class VariantConfig:
             raise ValueError(f"Invalid {f.name}={value!r}: {f.name} must be {wanted}.")
 
     def check_extents(self, side: int) -> None:
-        """The spatial extents (``_extents``) reach at most every pixel of a ``side`` x ``side`` map: ``2 side - 1``
-        pixels. A wider one reaches no further and only grows its tables (a span of 10^8 is 800 M parameters)."""
+        """The spatial extents (``_extents``) reach at most every pixel of a ``side`` x ``side`` map, ``2 side - 1``
+        pixels, or are no wider than the variant's default. A wider one reaches no further and only grows its
+        tables (a span of 10^8 is 800 M parameters)."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
         for name in self._extents:
-            value = getattr(self, name, None)
-            if isinstance(value, int) and value > 2 * side - 1:
-                raise ValueError(f"Invalid {name}={value}: wider than {2 * side - 1} pixels, the most a map of side "
-                                 f"{side} (the sweep's largest) has to reach.")
+            value, default = getattr(self, name, None), defaults.get(name)
+            most = max(2 * side - 1, default if isinstance(default, int) else 0)
+            if isinstance(value, int) and value > most:
+                raise ValueError(f"Invalid {name}={value}: wider than {most} pixels, all that a map of side {side} "
+                                 "(the sweep's largest) has to reach.")
 
     def check_heads(self, halves: str | None = None) -> None:
         """``heads`` is positive and divides ``dim``; with ``halves`` (what the two halves of a head hold),

@@ -176,9 +176,11 @@ def test_retry_failed_measures_stored_failures_again(capsys, tmp_path):
         (["--variants", "gsa", "--opt", "heads=2.0"], "Invalid heads=2.0: heads must be a whole number."),
         (["--variants", "gsa", "--opt", "content=1"], "Invalid content=1: content must be true or false."),
         (["--variants", "axial", "--opt", "span=100000001"],
-         "Invalid span=100000001: wider than 447 pixels, the most a map of side 224 (the sweep's largest)"),
+         "Invalid span=100000001: wider than 447 pixels, all that a map of side 224 (the sweep's largest) has"),
         (["--scope", "module", "--variants", "local", "--res", "8,16", "--opt", "window=33"],
-         "Invalid window=33: wider than 31 pixels, the most a map of side 16"),
+         "Invalid window=33: wider than 31 pixels, all that a map of side 16"),
+        (["--scope", "module", "--variants", "local", "--res", "2", "--opt", "window=9"],
+         "Invalid window=9: wider than 7 pixels"),  # its default, 7, runs on any map
         (["--variants", "gsa", "--opt", "heads="], "Invalid --opt heads=: give heads a value (KEY=VALUE)."),
         (["--timeout", "1e10"], "a case's time limit is more than 0 and at most 604800 s (a week), not 1e+10 s"),
         pytest.param(["--launcher", "slurm"], 'cannot start: Could not detect "srun"',
