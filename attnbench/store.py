@@ -304,20 +304,46 @@ def _add_missing_columns(conn: sqlite3.Connection) -> None:
         raise
 
 
+def _identity(path: str | Path) -> tuple[int, int] | None:
+    """The file at ``path`` (device and inode), or None when there is none."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 class Writer:
-    """One open store that takes rows, each insert its own transaction (a sweep writes through one)."""
+    """One open store that takes rows, each insert its own transaction (a sweep writes through one). Before
+    each insert and when it closes, it checks that its path still names the file it opened: a store deleted
+    or replaced meanwhile is a StoreError (SQLite would go on writing into the file no path names)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = path
         self.conn = open_store(path)
+        self.identity = _identity(path)
 
     def __enter__(self) -> Writer:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, *exc) -> None:
         self.conn.close()
+        if kind is None:
+            self._check_identity()
+
+    def _check_identity(self) -> None:
+        now = _identity(self.path)
+        if now == self.identity:
+            return
+        if now is None:
+            raise StoreError(f"The store {self.path} was deleted while this command wrote to it: the rows it had "
+                             "written went with it, and nothing more is written; run the command again.")
+        raise StoreError(f"The store {self.path} was replaced by another file while this command wrote to it: the "
+                         "rows written before stay in the file it had opened, and nothing is written into the new "
+                         "one; run the command again to write there.")
 
     def _insert(self, table: str, names: list[str], row: dict, replace: bool) -> None:
+        self._check_identity()
         try:
             self.conn.execute("BEGIN IMMEDIATE")
             verb = "OR REPLACE" if replace else "OR IGNORE"

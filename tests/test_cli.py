@@ -17,6 +17,7 @@ import torch
 import attnbench
 from attnbench import store
 from attnbench.cli import main
+from attnbench.record import Record
 
 FAST = ["--min-run-time", "0.01", "--threads", "1"]
 
@@ -253,6 +254,30 @@ def _wait_for_rows(db, n, proc, limit=120):
         assert proc.poll() is None, "the sweep ended before it could be interrupted"
         time.sleep(0.05)
     raise AssertionError("no rows appeared")
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_store_deleted_or_replaced_during_a_sweep_stops_it_in_one_line(tmp_path, how):
+    db = str(tmp_path / "r.sqlite")
+    proc = subprocess.Popen(_sweep_command(db), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_rows(db, 1, proc)
+    if how == "deleted":
+        for path in tmp_path.glob("r.sqlite*"):
+            path.unlink()
+    else:  # moved aside (with its WAL), and another store where it was
+        for suffix in ("", "-wal", "-shm"):
+            os.rename(db + suffix, tmp_path / f"moved.sqlite{suffix}")
+        other = tmp_path / "other.sqlite"
+        store.write(other, Record.from_row(dict(store.load_results(tmp_path / "moved.sqlite").iloc[0]) | {"res": 99}))
+        os.rename(other, db)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and "results in" not in out, out + err
+    assert err.splitlines()[-1].startswith(f"attnbench run: The store {db} was {how}") and "Traceback" not in err
+    if how == "replaced":  # what was measured stays where it was written; nothing went into the new store
+        assert 1 <= len(store.load_results(tmp_path / "moved.sqlite")) < 9
+        assert store.load_results(db).res.tolist() == [99]
+    else:
+        assert not os.path.exists(db)
 
 
 @pytest.mark.slow
