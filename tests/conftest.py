@@ -29,6 +29,24 @@ def randomize_norms(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return module
 
 
+def timm_missing() -> str | None:
+    """Why timm cannot be used here (it is absent, or its torchvision does not import beside this torch), or None."""
+    try:
+        import timm  # noqa: F401
+    except Exception as err:  # noqa: BLE001 - a failing import has many forms
+        return f"needs timm, which does not import here ({type(err).__name__}); .ci/run's second stage installs it"
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``timm`` are skipped, with the reason, where timm does not import (imported only when such a
+    test was collected)."""
+    marked = [item for item in items if item.get_closest_marker("timm")]
+    reason = timm_missing() if marked else None
+    for item in marked if reason else ():
+        item.add_marker(pytest.mark.skip(reason=reason))
+
+
 @pytest.fixture(params=VARIANTS)
 def variant(request) -> str:
     return request.param

@@ -1,0 +1,212 @@
+"""Our mechanisms beside maintained libraries' implementations of the same functions, and the harness's
+latency beside a plain timer of timm's resnet50.
+
+    PYTHONPATH=. python benchmarks/peers.py [--threads 2] [--rounds 5] [--min-run-time 1] [--only mhsa,resnet50]
+
+Needs timm (``pip install -e ".[timm]"``, with a torchvision that imports beside your torch); without
+it, says so and exits 0. For each peer of ``attnbench.peers`` (timm's BottleneckAttn for mhsa, Swin's
+WindowAttention with its block's roll and partition for window, NonLocalAttn for nonlocal, NATTEN's
+na2d for neighborhood where NATTEN imports), at each size below: the same weights in both, the outputs
+compared in float64 (max abs difference; ``equal`` when below 1e-9 relative to the output's scale),
+then forward latency in fp32 (eval, no grad), ``torch.utils.benchmark`` medians, ours (``impl="auto"``)
+and the peer alternating in one process for ``--rounds`` rounds, and the ratio ours / peer (goal: at
+most 1). Then the harness's median for our resnet50 at 224 (``attnbench run --variants conv --arch
+resnet50``, each case a fresh process) beside a plain ``perf_counter`` timer of timm's ``resnet50``
+and of ours, alternating (goal: the harness within 10 % of timm's timer). Exits 1 when a pair is not
+equal or a goal is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+
+import attnbench
+from attnbench.env import cpu_model
+from attnbench.measure.latency import make_step, measure_latency
+from attnbench.peers import PEERS, build_peer, missing
+
+EFFICIENCY_SIZES = [(1, 128, 56, 56), (1, 128, 64, 64), (8, 64, 56, 56)]  # benchmarks/efficiency.py's inputs
+
+
+def heads(variant: str, dim: int) -> dict:
+    """BoTNet's 4 heads for mhsa; Swin's head width of 32 for window; NAT's 32 for neighborhood."""
+    if variant == "mhsa":
+        return {"heads": 4}
+    if variant in ("window", "neighborhood"):
+        return {"heads": max(1, dim // 32)}
+    return {}
+
+
+# (label, variant, options, input shape)
+CASES = [
+    ("BoT50 stage 5", "mhsa", {"heads": 4}, (8, 512, 14, 14)),
+    ("BoT stage 4", "mhsa", {"heads": 4}, (8, 256, 28, 28)),
+    *[("efficiency", "mhsa", heads("mhsa", s[1]), s) for s in EFFICIENCY_SIZES],
+    ("Swin stage 1", "window", {"heads": 4, "window": 7}, (8, 128, 56, 56)),
+    ("Swin stage 1", "window", {"heads": 4, "window": 7, "shifted": True}, (8, 128, 56, 56)),
+    *[("efficiency", "window", {**heads("window", s[1]), "window": 7, "shifted": shifted}, s)
+      for s in EFFICIENCY_SIZES for shifted in (False, True)],
+    *[("efficiency", "nonlocal", {"subsample": False}, s) for s in EFFICIENCY_SIZES],
+    *[("efficiency", "neighborhood", {**heads("neighborhood", s[1]), "window": 7}, s) for s in EFFICIENCY_SIZES],
+]
+EQUAL_TOLERANCE = 1e-9  # float64 max abs difference over the output's largest magnitude
+RESNET_BATCHES = (1, 8)
+RESNET_GOAL = 1.10  # the harness's median over the plain timer's of timm's resnet50, at most
+
+
+def build(variant: str, options: dict, shape: tuple[int, ...], dtype: torch.dtype) -> tuple[torch.nn.Module, ...]:
+    """Ours (``impl="auto"``, eval) and its peer, in ``dtype``; a neighbourhood layer with its bias zeroed."""
+    torch.manual_seed(0)
+    ours = attnbench.build_variant(variant, shape[1], size=max(shape[2:]), **options)
+    with torch.no_grad():
+        if variant == "neighborhood":
+            ours.rpb.zero_()
+        for m in ours.modules():  # non-trivial batch-norm statistics, so that a mismatch shows
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+    ours = ours.to(dtype).eval()
+    return ours, build_peer(variant, ours, shape).eval()
+
+
+def difference(variant: str, options: dict, shape: tuple[int, ...]) -> tuple[float, bool]:
+    """Max abs difference of the two outputs in float64, and whether that is equality up to rounding."""
+    ours, peer = build(variant, options, shape, torch.float64)
+    x = torch.randn(*shape, dtype=torch.float64)
+    with torch.no_grad():
+        want, got = peer(x), ours(x)
+    diff = (got - want).abs().max().item()
+    return diff, diff <= EQUAL_TOLERANCE * max(1.0, want.abs().max().item())
+
+
+def alternate(steps: dict, batch: int, args) -> dict[str, list[float]]:
+    """Round medians (ms) of each step, the steps alternating, so that load on a shared machine hits all alike."""
+    medians: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(args.rounds):
+        for name, step in steps.items():
+            lat = measure_latency(step, "cpu", batch=batch, threads=args.threads, min_run_time=args.min_run_time)
+            medians[name].append(lat["latency_ms_median"])
+    return medians
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):8.2f} ({min(values):.1f}-{max(values):.1f})"
+
+
+def compare_peers(args) -> bool:
+    """The peers' table; True when every pair is equal and every ratio meets its goal."""
+    ok = True
+    header = (f"{'variant':12} {'options':28} {'input':14} {'size':14} {'ours ms (range)':>22} "
+              f"{'peer ms (range)':>22} {'ratio':>6} {'equal':>5} {'max abs diff':>12}  peer")
+    print(header + "\n" + "-" * len(header), flush=True)
+    for label, variant, options, shape in CASES:
+        if args.only and variant not in args.only:
+            continue
+        opts = ",".join(f"{k}={v}" for k, v in options.items())
+        lead = f"{variant:12} {opts:28} {'x'.join(map(str, shape)):14} {label:14}"
+        reason = missing(variant)
+        if reason:
+            print(f"{lead} no peer here: {reason}", flush=True)
+            continue
+        try:
+            diff, equal = difference(variant, options, shape)
+        except ValueError as err:  # not the same function at this size (said why)
+            print(f"{lead} {err}", flush=True)
+            continue
+        ours, peer = build(variant, options, shape, torch.float32)
+        x = torch.randn(*shape)
+        medians = alternate({"ours": make_step(ours, x, "infer"), "peer": make_step(peer, x, "infer")}, shape[0], args)
+        ratio = statistics.median(medians["ours"]) / statistics.median(medians["peer"])
+        ok &= equal and ratio <= 1.0
+        print(f"{lead} {spread(medians['ours']):>22} {spread(medians['peer']):>22} {ratio:6.2f} "
+              f"{'yes' if equal else 'NO':>5} {diff:12.2e}  {PEERS[variant].description}", flush=True)
+    return ok
+
+
+def plain_timer(module: torch.nn.Module, x: torch.Tensor, min_run_time: float) -> float:
+    """Median ms of a forward (eval, no grad) by ``time.perf_counter``, after three warm-up runs; at least
+    ten timed runs and ``min_run_time`` seconds."""
+    module.eval()
+    times = []
+    with torch.no_grad():
+        for _ in range(3):
+            module(x)
+        while len(times) < 10 or sum(times) < min_run_time:
+            start = time.perf_counter()
+            module(x)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def harness_ms(batch: int, args, db: str) -> float:
+    """The harness's stored median for our resnet50 at 224 (a fresh process per case, as a sweep runs)."""
+    rows = attnbench.run(variants=["conv"], arch="resnet50", res=[224], batch=[batch], dtype=["fp32"],
+                             threads=args.threads, device=["cpu"], mode=["infer"], db=db, force=True,
+                             min_run_time=args.min_run_time)
+    row = rows.iloc[0]
+    if row["status"] != "ok":
+        raise RuntimeError(f"harness case failed: {row['status']} {row['reason']}")
+    return float(row["latency_ms_median"])
+
+
+def compare_resnet50(args, timm) -> bool:
+    """The harness against a plain timer of timm's resnet50 (and of ours), alternating; True when within the goal."""
+    print(f"\nresnet50 at 224, fp32, forward: the harness (fresh process per case, torch.utils.benchmark) beside a "
+          f"plain perf_counter timer in this process; median of {args.rounds} alternating rounds (range)")
+    header = (f"{'batch':>5} {'harness, ours':>22} {'timer, ours':>22} {'timer, timm':>22} "
+              f"{'harness / timm timer':>21} {'ours / timm (timer)':>20}")
+    print(header + "\n" + "-" * len(header), flush=True)
+    ok = True
+    torch.manual_seed(0)
+    ours_net = attnbench.build_model("resnet50").eval()
+    timm_net = timm.create_model("resnet50", pretrained=False).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        for batch in RESNET_BATCHES:
+            x = torch.randn(batch, 3, 224, 224)
+            ms: dict[str, list[float]] = {"harness": [], "ours": [], "timm": []}
+            for _ in range(args.rounds):
+                ms["harness"].append(harness_ms(batch, args, f"{tmp}/harness.sqlite"))
+                ms["ours"].append(plain_timer(ours_net, x, args.min_run_time))
+                ms["timm"].append(plain_timer(timm_net, x, args.min_run_time))
+            med = {k: statistics.median(v) for k, v in ms.items()}
+            ratio = med["harness"] / med["timm"]
+            ok &= ratio <= RESNET_GOAL
+            print(f"{batch:>5} {spread(ms['harness']):>22} {spread(ms['ours']):>22} {spread(ms['timm']):>22} "
+                  f"{ratio:>14.2f} ({'ok' if ratio <= RESNET_GOAL else 'MISSED'}) {med['ours'] / med['timm']:>20.2f}",
+                  flush=True)
+    return ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds of timed runs per round")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating timing rounds")
+    parser.add_argument("--only", default=None, help="comma-separated variants, and/or resnet50 (default: all)")
+    args = parser.parse_args(argv)
+    args.only = args.only.split(",") if args.only else None
+    try:
+        import timm
+    except Exception as err:  # noqa: BLE001 - timm absent, or present but not importable beside this torch
+        print(f"peers: timm does not import here ({type(err).__name__}); install it (pip install -e \".[timm]\") "
+              "to compare against it")
+        return 0
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, timm {timm.__version__}, {args.threads} threads, fp32, CPU ({cpu_model()}), "
+          f"forward (eval, no grad); latency: median of {args.rounds} alternating rounds of torch.utils.benchmark "
+          f"medians ({args.min_run_time:g} s each), range in brackets; ratio = ours / peer (goal <= 1)\n")
+    ok = compare_peers(args)
+    if not args.only or "resnet50" in args.only:
+        ok &= compare_resnet50(args, timm)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Our variants against maintained libraries' implementations of the same functions (attnbench.peers), in
+float64: timm's BottleneckAttn, Swin's WindowAttention with its block's roll and partition, NonLocalAttn
+(marked ``timm``: skipped where timm does not import), and NATTEN's na2d where NATTEN is installed.
+Every implementation of ours is compared, so each has a second library's check besides tests/naive.py."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import randomize_norms
+
+import attnbench
+from attnbench.peers import build_peer, missing
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def assert_same_function(variant: str, options: dict, shape: tuple[int, ...], size: int | None = None,
+                         zero_bias: bool = False) -> None:
+    torch.manual_seed(0)
+    ours = randomize_norms(attnbench.build_variant(variant, shape[1], size=size or max(shape[2:]), **options))
+    ours = ours.double().eval()
+    if zero_bias:
+        with torch.no_grad():
+            ours.rpb.zero_()
+    x = torch.randn(*shape, dtype=torch.float64)
+    peer = build_peer(variant, ours, shape).eval()
+    with torch.no_grad():
+        want = peer(x)
+        assert want.shape == ours(x).shape
+        for impl in attnbench.list_impls(variant):
+            ours.impl = impl
+            diff = (ours(x) - want).abs().max().item()
+            assert diff < 1e-12, f"{variant}/{impl} {options} {shape}: max abs difference {diff:.3g} from the peer"
+
+
+@pytest.mark.timm
+@pytest.mark.parametrize("shape, options, size", [
+    ((2, 32, 6, 6), {"heads": 4}, None),
+    ((2, 32, 5, 7), {"heads": 2}, None),  # non-square: timm's tables per axis, ours cover the larger side
+    ((2, 32, 6, 6), {"heads": 4}, 9),  # tables built larger than the map: the central rows
+    ((2, 32, 6, 8), {"heads": 4, "stride": 2}, None),
+], ids=str)
+def test_mhsa_is_timms_bottleneck_attention(shape, options, size):
+    assert_same_function("mhsa", options, shape, size)
+
+
+@pytest.mark.timm
+@pytest.mark.parametrize("shape, options", [
+    ((2, 32, 12, 12), {"heads": 2, "window": 3}),
+    ((2, 32, 12, 12), {"heads": 2, "window": 3, "shifted": True}),
+    ((2, 32, 8, 12), {"heads": 4, "window": 4, "shifted": True}),  # even window, non-square
+    ((1, 64, 14, 21), {"heads": 2, "window": 7, "shifted": True}),
+], ids=str)
+def test_window_is_swins_window_attention(shape, options):
+    assert_same_function("window", options, shape)
+
+
+@pytest.mark.timm
+@pytest.mark.parametrize("shape", [(2, 32, 7, 9), (1, 16, 6, 6)], ids=str)
+def test_nonlocal_is_timms_non_local_attention(shape):
+    assert_same_function("nonlocal", {"subsample": False}, shape)
+
+
+@pytest.mark.timm
+@pytest.mark.parametrize("variant, options, shape, fragment", [
+    ("window", {"heads": 2, "window": 3, "shifted": True}, (1, 32, 10, 12), "multiples of the window"),
+    ("window", {"heads": 2, "window": 3, "stride": 2}, (1, 32, 12, 12), "stride 1 only"),
+    ("nonlocal", {}, (1, 32, 8, 8), "subsample=False"),
+])
+def test_peers_refuse_what_would_not_be_the_same_function(variant, options, shape, fragment):
+    m = attnbench.build_variant(variant, shape[1], **options)
+    with pytest.raises(ValueError, match=fragment):
+        build_peer(variant, m, shape)
+
+
+@pytest.mark.parametrize("window", [3, 5])
+def test_neighborhood_is_nattens_na2d_without_bias(window):
+    pytest.importorskip("natten")
+    assert_same_function("neighborhood", {"heads": 2, "window": window}, (2, 32, 9, 10), zero_bias=True)
+
+
+def test_the_peers_script_says_in_one_line_when_timm_is_missing(tmp_path):
+    if not missing("mhsa"):
+        pytest.skip("timm imports here; the script runs its comparisons instead")
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "peers.py")], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("\n") == 1 and "timm does not import" in done.stdout, done.stdout
