@@ -414,11 +414,11 @@ def _launch(args: argparse.Namespace) -> int:
     sweep = Sweep(**_sweep_fields(args))
     run = dict(timeout=args.timeout, min_run_time=args.min_run_time, force=args.force, retry_failed=args.retry_failed)
     try:
-        merged = launch(sweep, db=args.db, launcher=args.launcher, jobs=args.jobs or 1, partitions=args.partition or [],
-                        timeout_min=args.job_minutes, gpus=args.gpus, run=run)
+        collected = launch(sweep, db=args.db, launcher=args.launcher, jobs=args.jobs or 1,
+                           partitions=args.partition or [], timeout_min=args.job_minutes, gpus=args.gpus, run=run)
     except LaunchError as e:
         raise UsageError(str(e)) from None
-    print(f"{args.jobs or 1} tasks per partition finished; {merged.added} new rows merged into {args.db} "
+    print(f"{args.jobs or 1} tasks per partition finished; merged into {args.db}: {collected} "
           f"(shard stores and logs under {jobs_folder(args.db)})")
     return 0
 
@@ -429,10 +429,10 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
     try:
         with interrupt.keeping(lambda: ALL_OR_NOTHING):
-            merged = collect(args.db)
+            collected = collect(args.db)
     except (LaunchError, store.StoreError) as e:
         raise UsageError(str(e)) from None
-    print(f"merged the launched shard stores into {args.db}: {merged.added} new rows")
+    print(f"merged the launched shard stores into {args.db}: {collected}")
     return 0
 
 

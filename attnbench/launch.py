@@ -30,11 +30,13 @@ def jobs_folder(db: str | Path) -> Path:
     return db.with_name(f"{db.stem}-jobs")
 
 
-def run_shard(sweep: Sweep, index: int, count: int, db: str, run: dict) -> int:
-    """One task: shard ``index`` of ``count`` of ``sweep``, planned here, into ``db``. Returns its cases."""
+def run_shard(sweep: Sweep, index: int, count: int, db: str, run: dict, of_store: str) -> int:
+    """One task: shard ``index`` of ``count`` of ``sweep``, planned here, into ``db``, a shard store of the store
+    whose id is ``of_store``. Returns its cases."""
     from attnbench import api
 
     cases = dataclasses.replace(sweep, shard=(index, count)).cases()
+    store.tie(db, of_store)
     api.run(cases=cases, db=db, **run)
     return len(cases)
 
@@ -55,20 +57,37 @@ def executor(launcher: str, folder: Path, *, partition: str | None, timeout_min:
     return ex
 
 
+@dataclasses.dataclass(frozen=True)
+class Collected:
+    """What collecting a launched sweep did: the merge of its shard stores, and how many shard stores in its
+    jobs folder were left out as another store's (one deleted since, whose path this store took)."""
+
+    merged: store.Merged
+    ignored: int
+
+    def __str__(self) -> str:
+        left = f"; {self.ignored} shard stores of another store at this path left out" if self.ignored else ""
+        return f"{self.merged.added} new rows{left}"
+
+
 def launch(sweep: Sweep, *, db: str | Path, launcher: str, jobs: int, partitions: Sequence[str] = (),
-           timeout_min: int = 60, gpus: int = 1, run: dict | None = None) -> store.Merged:
-    """Run ``sweep`` as ``jobs`` tasks per partition (one array each), wait, and merge their stores into ``db``.
-    Tasks that failed are named in a LaunchError after the others' results are merged."""
+           timeout_min: int = 60, gpus: int = 1, run: dict | None = None) -> Collected:
+    """Run ``sweep`` as ``jobs`` tasks per partition (one array each), wait, and merge their stores into ``db``
+    (which must exist: its id ties the shard stores to it). Tasks that failed are named in a LaunchError after
+    the others' results are merged."""
     if launcher not in LAUNCHERS:
         raise LaunchError(f"Unknown launcher '{launcher}'. Available: {', '.join(LAUNCHERS)}.")
+    of_store = store.meta(db, "store_id")
     folder = jobs_folder(db)
     folder.mkdir(parents=True, exist_ok=True)
     submitted = []
     for partition in list(partitions) or [None]:
         ex = executor(launcher, folder, partition=partition, timeout_min=timeout_min, gpus=gpus)
-        shards = [str(folder / f"{partition or launcher}-shard-{i}-of-{jobs}.sqlite") for i in range(1, jobs + 1)]
+        # named after the store too, so that a store made anew at this path never reuses another's shards
+        shards = [str(folder / f"{partition or launcher}-shard-{i}-of-{jobs}-{of_store[:8]}.sqlite")
+                  for i in range(1, jobs + 1)]
         array = ex.map_array(run_shard, [sweep] * jobs, range(1, jobs + 1), [jobs] * jobs, shards,
-                             [run or {}] * jobs)
+                             [run or {}] * jobs, [of_store] * jobs)
         submitted += [(partition or launcher, i + 1, job) for i, job in enumerate(array)]
     failed = []
     try:
@@ -79,7 +98,10 @@ def launch(sweep: Sweep, *, db: str | Path, launcher: str, jobs: int, partitions
                 failed.append(f"{where} task {index} ({job.job_id}): {str(e).strip().splitlines()[-1][:200]}")
     except KeyboardInterrupt as e:  # the tasks end here, and what they finished is merged
         interrupt.end_children()
-        kept = collect(db).added if list(jobs_folder(db).glob("*-shard-*.sqlite")) else 0
+        try:
+            kept = collect(db).merged.added
+        except LaunchError:  # no task had made its store
+            kept = 0
         raise interrupt.Interrupted(getattr(e, "signum", signal.SIGINT),
                                     f"the {kept} new rows its tasks finished are merged into {db}") from None
     merged = collect(db)
@@ -89,9 +111,15 @@ def launch(sweep: Sweep, *, db: str | Path, launcher: str, jobs: int, partitions
     return merged
 
 
-def collect(db: str | Path) -> store.Merged:
-    """Merge every shard store under ``db``'s jobs folder into ``db``."""
+def collect(db: str | Path) -> Collected:
+    """Merge the shard stores under ``db``'s jobs folder that belong to ``db`` (their ``shard_of`` is its id)
+    into it; those of another store are left out and counted."""
+    of_store = store.meta(db, "store_id")
     shards = sorted(jobs_folder(db).glob("*-shard-*.sqlite"))
-    if not shards:
-        raise LaunchError(f"No shard stores under {jobs_folder(db)}: nothing was launched into {db}.")
-    return store.merge(shards, db)
+    ours = [s for s in shards if of_store is not None and store.meta(s, "shard_of") == of_store]
+    ignored = len(shards) - len(ours)
+    if not ours:
+        foreign = f" ({ignored} of another store at that path, ignored)" if ignored else ""
+        raise LaunchError(f"No shard stores under {jobs_folder(db)} belong to {db}{foreign}: nothing was launched "
+                          "into it.")
+    return Collected(store.merge(ours, db), ignored)

@@ -19,6 +19,7 @@ import shutil
 import sqlite3
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import closing
 from dataclasses import MISSING, dataclass, fields
@@ -149,8 +150,29 @@ def open_store(path: str | Path, *, create: bool = True) -> sqlite3.Connection:
             conn.execute("COMMIT")
         _check_structure(conn, path)
         _add_missing_columns(conn)
+        if conn.execute("SELECT 1 FROM meta WHERE key = 'store_id'").fetchone() is None:  # new, or from before ids
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('store_id', ?)", (uuid.uuid4().hex,))
 
     return _opened(path, lambda: _connect(path), prepare)
+
+
+def meta(path: str | Path, key: str) -> str | None:
+    """A value of the store's ``meta`` table (``store_id``: the id a store gets when it is made; ``shard_of``:
+    the id of the store a launched sweep's shard store belongs to), None where the store or the key is not."""
+    if not Path(path).exists():
+        return None
+
+    def value(conn: sqlite3.Connection) -> str | None:
+        found = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return found[0] if found else None
+
+    return query(path, value)
+
+
+def tie(path: str | Path, store_id: str) -> None:
+    """Make ``path`` (if need be) a shard store of the store whose id is ``store_id``."""
+    with closing(open_store(path)) as conn:
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('shard_of', ?)", (store_id,))
 
 
 def _opened(path: Path, connect, prepare) -> sqlite3.Connection:

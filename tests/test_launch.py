@@ -18,11 +18,32 @@ def test_a_local_array_runs_every_shard_and_merges_them(tmp_path, capsys):
     frame = store.load_results(db)
     assert sorted(frame.variant) == ["conv", "gsa", "nonlocal"] and set(frame.status) == {"ok"}
     shards = sorted(p.name for p in jobs_folder(db).glob("*.sqlite"))
-    assert shards == ["local-shard-1-of-2.sqlite", "local-shard-2-of-2.sqlite"] and "3 new rows" in out
+    of_store = store.meta(db, "store_id")
+    assert shards == [f"local-shard-{i}-of-2-{of_store[:8]}.sqlite" for i in (1, 2)] and "3 new rows" in out
+    assert {store.meta(jobs_folder(db) / s, "shard_of") for s in shards} == {of_store}
     # each task ran its own shard: together they are the sweep, once
     per_shard = [len(store.load_results(jobs_folder(db) / s)) for s in shards]
     assert sorted(per_shard) == [1, 2]
     assert main(["collect", "--db", str(db)]) == 0 and "0 new rows" in capsys.readouterr().out
+
+
+def test_a_store_deleted_and_made_anew_takes_no_rows_from_the_shards_of_the_old_one(tmp_path, capsys):
+    db = tmp_path / "r.sqlite"
+
+    def launched(res):
+        return main(["run", "--scope", "module", "--variants", "conv", "--res", res, "--dim", "8", "--min-run-time",
+                     "0.01", "--threads", "1", "--db", str(db), "--launcher", "local"])
+
+    assert launched("8") == 0
+    for path in tmp_path.glob("r.sqlite*"):  # the user deletes the store, not its jobs folder
+        path.unlink()
+    capsys.readouterr()
+    assert main(["collect", "--db", str(db)]) == 2
+    assert "(1 of another store at that path, ignored)" in capsys.readouterr().err
+    assert launched("12") == 0
+    assert "1 new rows; 1 shard stores of another store at this path left out" in capsys.readouterr().out
+    assert store.load_results(db).res.tolist() == [12]  # the deleted row does not come back
+    assert main(["collect", "--db", str(db)]) == 0 and store.load_results(db).res.tolist() == [12]
 
 
 @pytest.mark.parametrize("args, message", [
