@@ -76,12 +76,13 @@ def flop_counter_macs(fn, *args) -> int:
 @pytest.mark.parametrize("name", VARIANTS)
 def test_count_matches_torch_flop_counter(name):
     """FlopCounterMode counts 2 per MAC; for variants whose fast path does masked or fused work
-    (local: halo tiles; nonlocal and mhsa: fused attention, which the counter misses on CPU, mhsa's on
-    widened queries) it counts the textbook implementation (mhsa's reference), whose every multiply-add is
-    one the mechanism needs."""
+    (local: halo tiles; nonlocal, window and mhsa: fused attention, which the counter misses on CPU, mhsa's
+    on widened queries) it counts the textbook implementation (window's and mhsa's reference), whose every
+    multiply-add is one the mechanism needs."""
     m = attnbench.build_variant(name, C, size=max(H, W)).eval()
     x = torch.randn(B, C, H, W)
-    textbook = {"local": "plain", "nonlocal": "plain", "neighborhood": "plain", "mhsa": "dense"}
+    textbook = {"local": "plain", "nonlocal": "plain", "neighborhood": "plain", "mhsa": "dense",
+                "window": "windows"}
     fn = (lambda t: attnbench.get_impl(name, textbook[name]).forward(m, t)) if name in textbook else m
     with torch.no_grad():
         assert attnbench.count_macs(m, x) == flop_counter_macs(fn, x)

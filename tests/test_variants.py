@@ -153,7 +153,7 @@ def test_state_dicts_load_into_every_implementation(variant):
 AUTO_RULE = {  # the rule README.md documents (measured on CPUs, designed for CUDA): (cpu, cuda)
     "gsa": ("pixelmajor", "batched"), "local": ("halo", "flex"), "axial": ("lines", "lines"),
     "nonlocal": ("sdpa", "sdpa"), "conv": ("native", "native"), "efficient": ("einsum", "einsum"),
-    "mhsa": ("augmented", "sdpa"), "neighborhood": ("tiles", "flex"), "window": ("windows", "sdpa"),
+    "mhsa": ("augmented", "sdpa"), "neighborhood": ("tiles", "flex"), "window": ("tokens", "sdpa"),
 }
 
 

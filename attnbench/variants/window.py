@@ -19,6 +19,12 @@ Implementations (one parameter set, the same function):
   and the shift mask broadcast over the batch.
 * ``sdpa`` (GPUs): ``scaled_dot_product_attention`` per window, the bias and shift mask as its
   additive mask (laid out per image and window, as fused kernels take it).
+* ``tokens`` (CPUs): the pixels gathered once, by one index that folds the padding's crop, the roll
+  and the partition in, into token-major rows (pixel by pixel, channels contiguous), so both
+  projections are single matrix products with their bias and the fused attention kernel reads q, k
+  and v in place; the outputs are gathered back to NCHW by the inverse index. Where the reference
+  moves the map through two rolls and two window permutes in NCHW order (runs of a few pixels), each
+  gather here moves whole rows of channels.
 
 Deviations: the bias table is built for ``window``; a smaller window (small maps) uses its central
 offsets where Swin would build a smaller table.
@@ -66,6 +72,21 @@ def geometry(H: int, W: int, window: int, shifted: bool) -> tuple[int, int, int,
     return m, shift, -(-H // m) * m, -(-W // m) * m
 
 
+def window_order(H: int, W: int, m: int, shift: int, Hp: int, Wp: int,
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The windows' tokens, window by window and row by row within each (the order of the reference's
+    partition): the pixel of the padded Hp x Wp map each one holds, rolled by -shift; and, for each pixel of
+    the H x W map, the token that holds it. Built on every call, like the shift mask."""
+    nh, nw = Hp // m, Wp // m
+    rows = torch.arange(Hp, device=device).view(nh, 1, m, 1)
+    cols = torch.arange(Wp, device=device).view(1, nw, 1, m)
+    source = ((rows + shift) % Hp) * Wp + (cols + shift) % Wp  # (window row, window column, y, x)
+    y = (torch.arange(H, device=device) - shift) % Hp  # where the roll took each pixel
+    x = (torch.arange(W, device=device) - shift) % Wp
+    target = ((y // m)[:, None] * nw + x // m) * m * m + (y % m)[:, None] * m + x % m
+    return source.flatten(), target.flatten()
+
+
 def shift_mask(Hp: int, Wp: int, m: int, shift: int, device: torch.device) -> torch.Tensor | None:
     """(windows, m^2, m^2): MASKED where two pixels of a shifted window came from different regions of the
     rolled map (Swin's mask: the last ``m`` rows and columns split at ``shift``), 0 elsewhere; None without a
@@ -89,7 +110,7 @@ def shift_mask(Hp: int, Wp: int, m: int, shift: int, device: torch.device) -> to
     paper="Swin Transformer: Hierarchical Vision Transformer using Shifted Windows",
     arxiv="2103.14030",
     reference="windows",
-    auto={"cuda": "sdpa"},
+    auto={"cpu": "tokens", "cuda": "sdpa"},
     alternate=({"shifted": False}, {"shifted": True}),
 )
 class WindowAttention(BiasedWindowAttention):
@@ -178,3 +199,23 @@ def sdpa(self: WindowAttention, x: torch.Tensor) -> torch.Tensor:
     mask = self.additive(shape, x.device).to(q.dtype).expand(B, windows, -1, -1, -1).flatten(0, 1)  # fused: 4D
     out = F.scaled_dot_product_attention(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), attn_mask=mask, scale=1.0)
     return self.merge(out, shape, B)
+
+
+@register_impl("window", "tokens",
+               description="token-major rows gathered by one index (roll and partition folded in), fused attention")
+def tokens(self: WindowAttention, x: torch.Tensor) -> torch.Tensor:
+    B, C, H, W = x.shape
+    m, shift, Hp, Wp = shape = geometry(H, W, self.cfg.window, self.cfg.shifted)
+    h, dh, windows = self.heads, C // self.heads, (Hp // m) * (Wp // m)
+    source, target = window_order(H, W, m, shift, Hp, Wp, x.device)
+    if (Hp, Wp) != (H, W):
+        x = F.pad(x, (0, Wp - W, 0, Hp - H))
+    rows = x.flatten(2).transpose(1, 2)[:, source]  # (B, windows m^2, C)
+    qkv = F.linear(rows, self.qkv.weight.view(3 * C, C), self.qkv.bias)
+    q, k, v = qkv.view(B * windows, m * m, 3, h, dh).permute(2, 0, 3, 1, 4).unbind(0)  # (B windows, h, m^2, d)
+    mask = self.additive((H, W, *shape), x.device).to(q.dtype)
+    if shift:  # one mask per window: the kernel takes it per image and window
+        mask = mask.expand(B, -1, -1, -1, -1).flatten(0, 1)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=dh**-0.5)  # memory: (B windows, m^2, h, d)
+    out = F.linear(out.transpose(1, 2).reshape(B, windows * m * m, C), self.proj.weight.view(C, C), self.proj.bias)
+    return downsample(out.transpose(1, 2).index_select(2, target).view(B, C, H, W), self.cfg.stride)
