@@ -111,6 +111,16 @@ def test_matmul_macs_follow_broadcasting(a, b, want):
     assert matmul_macs(a, b) == want
 
 
+class _Baddbmm(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (b, n, k): x + x @ x^T, scaled
+        return torch.baddbmm(x[..., :1], x, x.transpose(1, 2), alpha=0.5)
+
+
+def test_baddbmm_counts_its_product():
+    count = analyse_macs(_Baddbmm(), torch.randn(2, 3, 4))
+    assert count.macs == 2 * 3 * 4 * 3 and "aten::baddbmm" not in count.uncounted_ops
+
+
 def test_einsum_macs_and_refusals():
     assert einsum_equation_macs("bij,bjk->bik", [[2, 3, 4], [2, 4, 5]]) == 2 * 3 * 4 * 5
     with pytest.raises(ValueError, match="summed out of one operand"):

@@ -115,6 +115,10 @@ def test_every_implementation_matches_naive_implementation(variant, impl, option
 def test_every_implementation_trains_as_the_reference(variant, impl, options):
     """Train mode: same output, same batch-norm statistics and the same gradients as the reference."""
     skip_unless_supported(variant, impl, grad=True)
+    assert_trains_as_the_reference(variant, impl, options)
+
+
+def assert_trains_as_the_reference(variant: str, impl: str, options: dict) -> None:
     reference = make_fp64(variant, attnbench.list_impls(variant)[0], options).train()
     other = make_fp64(variant, impl, options).train()
     x = torch.randn(*SHAPES[1], dtype=torch.float64)
@@ -270,6 +274,26 @@ def test_chunked_computation_matches_naive(variant, monkeypatch):
     whole = m(x)
     monkeypatch.setattr(f"{module}.CHUNK_ELEMENTS", 1)
     torch.testing.assert_close(m(x), whole)
+
+
+def test_mhsa_augmented_kernel_path_matches_naive_and_trains_as_the_reference(monkeypatch):
+    """augmented runs dense while a head's logits fit in EXPLICIT_LOGITS: with none, its fused-kernel path (augmented
+    queries and keys) runs at the test sizes, and must be the same function, in training too."""
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr("attnbench.variants.mhsa.EXPLICIT_LOGITS", 0)
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda q, *args, **kw: calls.append(q.shape) or sdpa(q, *args, **kw))
+    for options in CASES["mhsa"]:
+        m = make_fp64("mhsa", "augmented", options).eval()
+        for shape in SHAPES:
+            x = torch.randn(*shape, dtype=torch.float64)
+            with torch.no_grad():
+                diff = (m(x) - NAIVE["mhsa"](m, x)).abs().max().item()
+            assert diff < 1e-5, f"mhsa/augmented {options} {shape}: max abs difference {diff:.3g} from the naive one"
+        assert_trains_as_the_reference("mhsa", "augmented", options)
+    H, W = SHAPES[1][2:]
+    assert (2, 2, H * W, 4 + H + W) in calls  # 8 channels in 2 heads of 4, widened by H + W
 
 
 def test_gsa_train_mode_batch_norm_matches_the_plain_implementation():

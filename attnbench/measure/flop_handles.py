@@ -36,6 +36,12 @@ def matmul_handle(inputs: list[Any], outputs: list[Any]) -> int:
     return matmul_macs(a, b)
 
 
+def baddbmm_handle(inputs: list[Any], outputs: list[Any]) -> int:
+    """aten::baddbmm (input + batch1 @ batch2, scaled): the product's MACs; the addition is not a contraction."""
+    a, b = _shapes(inputs[1:3])
+    return matmul_macs(a, b)
+
+
 def einsum_equation_macs(equation: str, shapes: list[list[int]]) -> int:
     """MACs of a two-operand einsum: one multiply-add per combination of all its index letters.
 
@@ -79,6 +85,7 @@ HANDLES = {
     "aten::matmul": matmul_handle,
     "aten::bmm": matmul_handle,
     "aten::mm": matmul_handle,
+    "aten::baddbmm": baddbmm_handle,
     "aten::einsum": einsum_handle,
     "aten::scaled_dot_product_attention": sdpa_handle,
 }

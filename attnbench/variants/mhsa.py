@@ -11,7 +11,9 @@ the head width, shared by the heads. No output projection: in a bottleneck the 1
 after the layer is that projection. With stride 2, a 2x2 average pool follows.
 
 Implementations (one parameter set, the same function):
-* ``dense`` (reference): the N x N logits explicitly, then softmax and the weighted sum.
+* ``dense`` (reference): the N x N logits explicitly, one head at a time (the relative terms added
+  by the product itself, which reads the head's slice of the projection in place), then softmax and
+  the weighted sum.
 * ``sdpa`` (GPUs): ``scaled_dot_product_attention`` with the relative logits as its additive mask,
   so fused kernels with a bias (memory-efficient attention) never store the softmax for backward.
 * ``augmented`` (CPUs): the relative logits folded into the dot product, so that the fused kernel of
@@ -20,7 +22,11 @@ Implementations (one parameter set, the same function):
   [A_h(q_i), A_w(q_i)] . [onehot(a), onehot(b)] with A_h(q_i)[a'] = q_i . r^h_{a'-y} (H numbers) and
   A_w(q_i)[b'] = q_i . r^w_{b'-x} (W numbers): queries [q, A_h(q), A_w(q)] against keys
   [k, onehot(a), onehot(b)] give the whole logit, at d_head + H + W multiply-adds per pair instead of
-  d_head (values are zero-padded to the same width, which the fused CPU kernel requires).
+  d_head (values are zero-padded to the same width, which the fused CPU kernel requires). While one
+  head's logits over the batch fit in cache (B N^2 at most 2^23 values) it runs ``dense``, which is
+  faster there. One thread, CPU time, dense / fused kernel: forward, 8 x 512 x 14 x 14 (BoT50's last
+  stage) 36 / 39 ms, 1 x 128 x 56 x 56 312 / 256 ms, 8 x 64 x 56 x 56 2.1 / 1.8 s; forward + backward,
+  8 x 256 x 28 x 28 374 / 444 ms, 64 x 16 x 32 x 32 (the probe's layer) 2.7 / 1.7 s.
 
 At a side other than ``size`` (the largest side the layer will see): the tables serve a smaller map
 with their central offsets and refuse a larger one, as BoTNet's code builds them for its feature
@@ -39,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnbench.registry import Variant, VariantConfig, register_impl, register_variant
-from attnbench.variants._common import check_fits, downsample, pointwise, relative_to_absolute
+from attnbench.variants._common import check_fits, downsample, relative_to_absolute
 
 
 @dataclass(frozen=True)
@@ -81,46 +87,48 @@ class MultiHeadSelfAttention(Variant):
         y, x = query
         return {"attention": attn[image, :, y * W + x].view(-1, H, W)}
 
-    def inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """q (scaled), k, v as (B, h, N, d), and the relative logits q . r^h as (B, h, H, W, H, 1) and q . r^w as
-        (B, h, H, W, 1, W): their sum over each (query, key) pair is the relative term."""
+    def projections(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v as (B, h, N, d) views of one token-major projection (B, N, 3C): its product reads x transposed
+        in place, and the products after it read each head's slice in place."""
         B, C, H, W = x.shape
-        self.check_sides(H, W)
-        h, dh = self.heads, C // self.heads
-        q, k, v = pointwise(self.to_qkv, x).view(B, 3, h, dh, H * W).transpose(-1, -2).unbind(1)
-        q = q * dh**-0.5
-        logits_h, logits_w = self.relative_logits(q, H, W)
-        return q, k.contiguous(), v.contiguous(), logits_h[..., :, None], logits_w[..., None, :]
-
-    def check_sides(self, H: int, W: int) -> None:
         for side in (H, W):
             check_fits("mhsa", side, None, self.cfg.size)
+        h = self.heads
+        rows = F.linear(x.flatten(2).transpose(1, 2), self.to_qkv.weight.view(3 * C, C))
+        return rows.view(B, H * W, 3, h, C // h).permute(2, 0, 3, 1, 4).unbind(0)
 
-    def relative_logits(self, q: torch.Tensor, H: int, W: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """q . r^h and q . r^w for queries ``q`` (B, h, H W, d): (B, h, H, W, H) over the key rows a and
-        (B, h, H, W, W) over the key columns b."""
+    def relative_logits(self, q: torch.Tensor, H: int, W: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """``scale`` q . r^h and ``scale`` q . r^w for queries ``q`` (B, h, H W, d): (B, h, H, W, H) over the key
+        rows a and (B, h, H, W, W) over the key columns b (the tables scaled, not the queries)."""
         B, h, _, dh = q.shape
         size = self.cfg.size
-        rel_h = relative_to_absolute(self.rel_height[size - H : size + H - 1], H)  # (y, a, d)
-        rel_w = relative_to_absolute(self.rel_width[size - W : size + W - 1], W)  # (x, b, d)
+        rel_h = relative_to_absolute(self.rel_height[size - H : size + H - 1] * scale, H)  # (y, a, d)
+        rel_w = relative_to_absolute(self.rel_width[size - W : size + W - 1] * scale, W)  # (x, b, d)
         qg = q.reshape(B, h, H, W, dh)
-        return torch.einsum("bhyxd,yad->bhyxa", qg, rel_h), torch.einsum("bhyxd,xcd->bhyxc", qg, rel_w)
+        # contiguous (they are small), so that sums broadcast from them are laid out as the (B, h, N, N) logits
+        return (torch.einsum("bhyxd,yad->bhyxa", qg, rel_h).contiguous(),
+                torch.einsum("bhyxd,xcd->bhyxc", qg, rel_w).contiguous())
 
     def finish(self, out: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """The heads' outputs (B, h, N, d) as the (B, C, H, W) map, then the optional pool."""
         B, C, H, W = shape
         return downsample(out.transpose(-1, -2).reshape(B, C, H, W), self.cfg.stride)
 
     def dense(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v, logits_h, logits_w = self.inputs(x)
-        B, h, n, _ = q.shape
-        logits = q @ k.transpose(-1, -2)
-        grid = logits.view(B, h, *x.shape[-2:], *x.shape[-2:])  # (B, h, y, x, a, b): the relative terms added in place
-        grid += logits_h
-        grid += logits_w
-        attn = logits.softmax(dim=-1)
+        q, k, v = self.projections(x)
+        B, h, n, dh = q.shape
+        H, W = x.shape[-2:]
+        scale = dh**-0.5
+        logits_h, logits_w = self.relative_logits(q, H, W, scale)
+        maps, outputs = [], []
+        for j in range(h):  # one head at a time: each product reads the head's slice of the projection in place
+            relative = (logits_h[:, j, ..., :, None] + logits_w[:, j, ..., None, :]).view(B, n, n)  # (y, x, a, b)
+            attn = torch.baddbmm(relative, q[:, j], k[:, j].transpose(1, 2), alpha=scale).softmax(dim=-1)
+            maps.append(attn)
+            outputs.append(torch.bmm(v[:, j].transpose(1, 2), attn.transpose(1, 2)))  # (B, d, N): channel-major
         if self.captured is not None:
-            self.captured.update(attn=attn.detach(), size=tuple(x.shape[-2:]))
-        return self.finish(attn @ v, x.shape)
+            self.captured.update(attn=torch.stack(maps, 1).detach(), size=(H, W))
+        return downsample(torch.cat(outputs, 1).view(x.shape), self.cfg.stride)
 
 
 register_impl("mhsa", "dense", description="the N x N logits explicitly")(MultiHeadSelfAttention.dense)
@@ -128,23 +136,29 @@ register_impl("mhsa", "dense", description="the N x N logits explicitly")(MultiH
 
 @register_impl("mhsa", "sdpa", description="scaled_dot_product_attention, the relative logits as its additive mask")
 def sdpa(self: MultiHeadSelfAttention, x: torch.Tensor) -> torch.Tensor:
-    q, k, v, logits_h, logits_w = self.inputs(x)
-    B, h, n, _ = q.shape
-    relative = (logits_h + logits_w).reshape(B, h, n, n)
-    return self.finish(F.scaled_dot_product_attention(q, k, v, attn_mask=relative, scale=1.0), x.shape)
+    q, k, v = self.projections(x)
+    B, h, n, dh = q.shape
+    logits_h, logits_w = self.relative_logits(q, *x.shape[-2:], dh**-0.5)
+    relative = (logits_h[..., :, None] + logits_w[..., None, :]).reshape(B, h, n, n)
+    return self.finish(F.scaled_dot_product_attention(q, k, v, attn_mask=relative, scale=dh**-0.5), x.shape)
+
+
+# augmented runs dense while one head's logits over the batch (B N^2 values) are at most this many: 32 MiB in fp32,
+# about what stays in a CPU's last-level cache; beyond, dense's passes over them (and in training the softmax it
+# keeps per head) cost more than the wider products of the fused kernel (measured: see the module's docstring)
+EXPLICIT_LOGITS = 1 << 23
 
 
 @register_impl("mhsa", "augmented",
                description="scaled_dot_product_attention's fused kernel, the relative logits folded into queries and "
-                           "keys (no N x N tensor)")
+                           "keys (no N x N tensor); dense while a head's B N^2 logits fit in cache")
 def augmented(self: MultiHeadSelfAttention, x: torch.Tensor) -> torch.Tensor:
     B, C, H, W = x.shape
-    self.check_sides(H, W)
-    h, dh, n = self.heads, C // self.heads, H * W
-    # token-major projections (the product reads x transposed in place): q, k, v as (B, h, N, d) views
-    q, k, v = F.linear(x.flatten(2).transpose(1, 2), self.to_qkv.weight.view(3 * C, C)).view(
-        B, n, 3, h, dh).permute(2, 0, 3, 1, 4).unbind(0)
-    logits_h, logits_w = self.relative_logits(q, H, W)  # unscaled: the kernel scales the whole dot product
+    if B * (H * W) ** 2 <= EXPLICIT_LOGITS:
+        return self.dense(x)
+    q, k, v = self.projections(x)
+    h, n, dh = self.heads, H * W, C // self.heads
+    logits_h, logits_w = self.relative_logits(q, H, W, 1.0)  # the kernel scales the whole dot product
     pos = torch.arange(n, device=x.device)
     onehot = torch.cat([F.one_hot(pos // W, H), F.one_hot(pos % W, W)], dim=1).to(x.dtype)  # key (a, b)
     queries = torch.cat([q, logits_h.reshape(B, h, n, H), logits_w.reshape(B, h, n, W)], dim=-1)
