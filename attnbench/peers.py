@@ -168,3 +168,23 @@ def build_peer(name: str, module: nn.Module, shape: tuple[int, ...]) -> nn.Modul
     if name not in PEERS:
         raise KeyError(f"No peer for variant '{name}'. Peers: {', '.join(PEERS)}.")
     return PEERS[name].build(module, shape)
+
+
+def build_pair(name: str, options: dict, shape: tuple[int, ...], *, dtype: torch.dtype = torch.float32,
+               device: str | torch.device = "cpu", seed: int = 0) -> tuple[nn.Module, nn.Module]:
+    """Ours (``impl="auto"``, in eval mode, its batch norms given non-trivial statistics so that a mismatch in them
+    shows; a neighbourhood layer's bias zeroed, as NATTEN has none) and its peer, for inputs of ``shape``."""
+    from attnbench.registry import build_variant
+
+    torch.manual_seed(seed)
+    ours = build_variant(name, shape[1], size=max(shape[2:]), **options)
+    with torch.no_grad():
+        if name == "neighborhood":
+            ours.rpb.zero_()
+        for m in ours.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+    ours = ours.to(device, dtype).eval()
+    return ours, build_peer(name, ours, shape).eval()

@@ -29,7 +29,7 @@ import torch
 import attnbench
 from attnbench.env import cpu_model
 from attnbench.measure.latency import make_step, measure_latency
-from attnbench.peers import PEERS, build_peer, missing
+from attnbench.peers import PEERS, build_pair, missing
 
 EFFICIENCY_SIZES = [(1, 128, 56, 56), (1, 128, 64, 64), (8, 64, 56, 56)]  # benchmarks/efficiency.py's inputs
 
@@ -60,25 +60,9 @@ RESNET_BATCHES = (1, 8)
 RESNET_GOAL = 1.10  # the harness's median over the plain timer's of timm's resnet50, at most
 
 
-def build(variant: str, options: dict, shape: tuple[int, ...], dtype: torch.dtype) -> tuple[torch.nn.Module, ...]:
-    """Ours (``impl="auto"``, eval) and its peer, in ``dtype``; a neighbourhood layer with its bias zeroed."""
-    torch.manual_seed(0)
-    ours = attnbench.build_variant(variant, shape[1], size=max(shape[2:]), **options)
-    with torch.no_grad():
-        if variant == "neighborhood":
-            ours.rpb.zero_()
-        for m in ours.modules():  # non-trivial batch-norm statistics, so that a mismatch shows
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.5)
-    ours = ours.to(dtype).eval()
-    return ours, build_peer(variant, ours, shape).eval()
-
-
 def difference(variant: str, options: dict, shape: tuple[int, ...]) -> tuple[float, bool]:
     """Max abs difference of the two outputs in float64, and whether that is equality up to rounding."""
-    ours, peer = build(variant, options, shape, torch.float64)
+    ours, peer = build_pair(variant, options, shape, dtype=torch.float64)
     x = torch.randn(*shape, dtype=torch.float64)
     with torch.no_grad():
         want, got = peer(x), ours(x)
@@ -120,7 +104,7 @@ def compare_peers(args) -> bool:
         except ValueError as err:  # not the same function at this size (said why)
             print(f"{lead} {err}", flush=True)
             continue
-        ours, peer = build(variant, options, shape, torch.float32)
+        ours, peer = build_pair(variant, options, shape)
         x = torch.randn(*shape)
         medians = alternate({"ours": make_step(ours, x, "infer"), "peer": make_step(peer, x, "infer")}, shape[0], args)
         ratio = statistics.median(medians["ours"]) / statistics.median(medians["peer"])

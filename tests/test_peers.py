@@ -90,3 +90,18 @@ def test_the_peers_script_says_in_one_line_when_timm_is_missing(tmp_path):
                           timeout=120, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("\n") == 1 and "timm does not import" in done.stdout, done.stdout
+
+
+def test_the_gpu_scripts_peer_and_timm_sections_say_in_one_line_what_cannot_run(tmp_path):
+    """benchmarks/gpu.py's peer and timm sections, on the CPU at a small size: a library that does not import is one
+    line each, not a failure."""
+    if not missing("mhsa"):
+        pytest.skip("timm imports here; the sections measure instead")
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--device", "cpu", "--batch", "1",
+                           "--dim", "32", "--res", "14", "--net-batch", "1", "--net-res", "32", "--arch", "resnet26",
+                           "--dtype", "fp32", "--sections", "peers,timm", "--db", str(tmp_path / "gpu.sqlite")],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert sum("no peer row (timm does not import" in line for line in lines) == 4, done.stdout  # mhsa, 2 window, nl
+    assert sum("timm does not import here" in line for line in lines) == 1, done.stdout
