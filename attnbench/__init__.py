@@ -13,6 +13,7 @@ _PUBLIC = {
     "effective_receptive_field": "attnbench.inspection",
     "build_model": "attnbench.models",
     "list_models": "attnbench.models",
+    "register_model": "attnbench.models",
     "build_variant": "attnbench.registry",
     "get_impl": "attnbench.registry",
     "get_variant_spec": "attnbench.registry",

@@ -10,8 +10,7 @@ import pandas as pd
 
 from attnbench import store
 from attnbench.choices import DEFAULT_DB
-from attnbench.env import environment
-from attnbench.harness import MIN_RUN_TIME_S, run_cases
+from attnbench.harness import MIN_RUN_TIME_S, case_environment, run_cases
 from attnbench.record import Case, Record
 from attnbench.sweep import Sweep
 
@@ -26,10 +25,10 @@ def results_for(db: str, cases: Sequence[Case], records: Sequence[Record] = ()) 
     """The rows of ``cases``, in their order: ``records`` just measured, and for the others what the store
     holds for this machine's environment (read from the store, only those)."""
     fresh = {r.case.key: r.row() for r in records}
-    envs = {d: environment(d).key for d in {c.device for c in cases if c.key not in fresh}}  # once per device
+    envs = {c: case_environment(c).key for c in cases if c.key not in fresh}
     stored = store.load_results(db, env_keys=set(envs.values())) if envs and os.path.exists(db) else None
     held = {} if stored is None else {(row["case_key"], row["env_key"]): row for row in stored.to_dict("records")}
-    rows = [fresh.get(c.key) or held.get((c.key, envs.get(c.device))) for c in cases]
+    rows = [fresh.get(c.key) or held.get((c.key, envs.get(c))) for c in cases]
     return pd.DataFrame([row for row in rows if row is not None], columns=store.NAMES)
 
 
@@ -86,7 +85,7 @@ def max_res(*, db: str = DEFAULT_DB, timeout: float = 600, min_run_time: float =
         fresh = run_cases([case], db, timeout=timeout, min_run_time=min_run_time, on_case=on_case)
         if fresh:
             return fresh[0].measurement.status
-        return store.stored_cases(db, environment(case.device).key)[case.key]["status"]
+        return store.stored_cases(db, case_environment(case).key)[case.key]["status"]
 
     return [_largest(t, lambda side, t=t: status(replace(t, res=side))) for t in templates]
 

@@ -24,7 +24,7 @@ FORMATS = ("png", "svg", "pdf")
 DEFAULT_RES = {"model": 224, "module": 56}  # image side for networks, feature-map side for modules
 # a sweep's other defaults (attnbench.sweep.Sweep), which the command line shows in its help
 SWEEP_DEFAULTS = {"batch": (1,), "dim": (64,), "dtype": ("fp32",), "mode": ("infer",), "arch": "resnet50",
-                  "impl": ("auto",)}
+                  "impl": ("auto",), "width": (1.0,)}
 
 
 def unknown_name_message(kind: str, name: str, available: list[str]) -> str:

@@ -184,6 +184,16 @@ def shard_spec(text: str) -> tuple[int, int]:
     return i, n
 
 
+def positive_floats(name: str) -> Callable[[str], list[float]]:
+    def parse(text: str) -> list[float]:
+        try:
+            return list(dict.fromkeys(positive_float(item) for item in _split(text)))
+        except argparse.ArgumentTypeError as e:
+            raise argparse.ArgumentTypeError(f"{name}: {e}") from None
+
+    return parse
+
+
 def learning_rate(text: str) -> float | str:
     """A positive number, or ``auto``."""
     return text if text == "auto" else positive_float(text)
@@ -363,7 +373,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         from attnbench.console import console_table
 
-        print(console_table(frame, pivot=args.pivot, width=args.width))
+        print(console_table(frame, pivot=args.pivot, width=args.line_width))
         print(f"\n{len(frame)} cases; results in {args.db}. Latency: median of the timed runs; MACs per forward "
               "pass of the batch (1 multiply-add = 1); memory: peak over weights and inputs.")
     return 0
@@ -500,7 +510,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     groups: dict[tuple, dict[str, pd.DataFrame]] = {}
     several = {v for v in {c.variant for c in cases} if len({c.impl for c in cases if c.variant == v}) > 1}
     for case in cases:
-        name = case.variant if case.scope == "module" else f"{case.variant}_{case.arch}"
+        name = case.variant if case.scope == "module" else case.model.replace(":", "-")
         name += f"-{case.impl}" if case.variant in several else ""
         tag = f"{case.scope}_r{case.res}_b{case.batch}_{case.dtype}_{case.mode}_{slug(case.device)}"
         try:
@@ -527,7 +537,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from attnbench import interrupt, store
     from attnbench.data import DataError, check_side
-    from attnbench.models import list_models
+    from attnbench.models import UnknownModelError, get_model_spec
     from attnbench.train import (
         LR_CANDIDATES,
         TrainConfig,
@@ -540,33 +550,43 @@ def cmd_train(args: argparse.Namespace) -> int:
         usable_device,
     )
 
-    if args.model not in list_models():
-        raise UsageError(unknown_name_message("model", args.model, list_models()))
+    spec = None
+    try:
+        spec = get_model_spec(args.model)
+        if args.match:
+            get_model_spec(args.match_to or _conv_of(spec))
+    except UnknownModelError as e:
+        raise UsageError(("--match-to: " if spec else "") + str(e)) from None
+    if spec.foreign:
+        ours = [name for name, given in (("--width", args.width != 1.0), ("--stem", args.stem is not None),
+                                         ("--match", bool(args.match))) if given]
+        if ours:
+            raise UsageError(f"{ours[0]} applies to attnbench's networks; {spec.name} is trained as its builder "
+                             "makes it.")
+    stem = args.stem or ("" if spec.foreign else "cifar")
     seeds = args.seeds or [args.seed]
     if args.seeds and args.seed != 0:
         raise UsageError("give --seed or --seeds, not both.")
     if len(seeds) > 1 and args.resume:
         raise UsageError("--resume continues one run: give one seed.")
     auto = args.lr == "auto"
-    options = _train_options(args.model, args.opt)
+    options = _train_options(spec, args.opt)
     try:  # every value checked before anything runs (the rate --lr auto chooses replaces the first candidate)
         cfg = TrainConfig(model=args.model, dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
                           batch=args.batch, lr=LR_CANDIDATES[0] if auto else args.lr, momentum=args.momentum,
-                          weight_decay=args.weight_decay, width=args.width, stem=args.stem, dtype=args.dtype,
+                          weight_decay=args.weight_decay, width=args.width, stem=stem, dtype=args.dtype,
                           device=usable_device(args.device), seed=seeds[0], steps=args.steps, plateau=args.plateau,
                           options=options, image_size=args.image_size, workers=args.workers)
     except TrainError as e:
         raise UsageError(str(e)) from None
     width_source = "given"
     if args.match:
-        reference = args.match_to or _conv_of(args.model)
-        if reference not in list_models():
-            raise UsageError("--match-to: " + unknown_name_message("model", reference, list_models()))
+        reference = args.match_to or _conv_of(spec)
         from attnbench.data import CLASSES
 
         try:
             width, cost, target = match_width(args.model, reference, args.match, num_classes=CLASSES[args.dataset],
-                                              reference_width=args.width, stem=args.stem, options=options)
+                                              reference_width=args.width, stem=stem, options=options)
         except TrainError as e:
             raise UsageError(str(e)) from None
         width_source = (f"matched to {reference} at width {args.width:g} in {args.match}: {cost:,} against "
@@ -650,27 +670,31 @@ def _evaluate_sides(args: argparse.Namespace, checkpoint: str | Path, sides: lis
         raise UsageError(str(e)) from None
 
 
-def _train_options(model: str, opts: list[str]) -> str:
-    """``--opt`` items as the run stores them (``key=value,...``, sorted), checked against the model's variant."""
+def _train_options(spec, opts: list[str]) -> str:
+    """``--opt`` items as the run stores them (``key=value,...``, sorted), checked against the network's variant."""
     from attnbench.record import parse_options
     from attnbench.registry import get_variant_spec
     from attnbench.sweep import variant_options
 
     if not opts:
         return ""
-    variant = model.partition("_")[0]
+    if not spec.variant:
+        raise UsageError(f"--opt sets a variant's options; {spec.name} has no attnbench variant.")
     try:
-        options = variant_options([variant], opts)[variant]
-        get_variant_spec(variant).make_config(64, **parse_options(options))
+        options = variant_options([spec.variant], opts)[spec.variant]
+        get_variant_spec(spec.variant).make_config(64, **parse_options(options))
     except (ValueError, TypeError) as e:
-        raise UsageError(f"--opt for {model}: {e}" if "--opt" not in str(e) else str(e)) from None
+        raise UsageError(f"--opt for {spec.name}: {e}" if "--opt" not in str(e) else str(e)) from None
     return options
 
 
-def _conv_of(model: str) -> str:
-    """The convolution network of the same family: conv_probe for gsa_probe, conv_resnet26 for gsa_resnet26."""
-    variant, _, rest = model.partition("_")
-    return f"conv_{rest}" if rest and variant != "conv" else model
+def _conv_of(spec) -> str:
+    """The convolution network of the same family (conv_probe for gsa_probe, resnet26 for gsa_resnet26), or the
+    network itself where it has no family."""
+    from attnbench.models import list_archs
+    from attnbench.models.registry import family_name
+
+    return family_name("conv", spec.arch) if spec.arch in list_archs() else spec.name
 
 
 def _finished_seeds(db: str | None, cfg, auto: bool) -> dict[int, tuple[float, str]]:
@@ -707,7 +731,14 @@ def add_sweep_arguments(p: argparse.ArgumentParser, *, scope: str) -> None:
     p.add_argument("--scope", choices=SCOPES, default=scope,
                    help="model: each variant's network at image side --res; module: the variant alone")
     p.add_argument("--arch", default=SWEEP_DEFAULTS["arch"],
-                   help="network at model scope: resnet26/38/50/101, or probe (two blocks at full resolution)")
+                   help="the variants' networks at model scope: resnet26/38/50/101, or probe (two blocks at full "
+                        "resolution)")
+    p.add_argument("--model", type=_split, default=None, metavar="NAME[,NAME...]",
+                   help="networks at model scope, beside or instead of --variants: registered names (gsa_resnet50, "
+                        "botnet50; `attnbench list`), timm:NAME (any timm model; needs timm) or "
+                        "package.module:callable (your builder, returning an nn.Module)")
+    p.add_argument("--width", type=positive_floats("width"), default=list(SWEEP_DEFAULTS["width"]),
+                   help="channel multipliers of attnbench's networks, comma-separated (e.g. 0.5,1)")
     p.add_argument("--res", type=positive_ints("resolution"), default=None,
                    help=f"sides in pixels, comma-separated (default: {DEFAULT_RES['model']} for models, "
                         f"{DEFAULT_RES['module']} for modules)")
@@ -779,7 +810,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also write the sweep's rows to FILE, CSV or JSON by its extension (as timm's)")
     run.add_argument("--pivot", nargs="?", const="latency", choices=PIVOTS, default=None,
                      help="print one metric as a grid of cases by resolution (latency if none named)")
-    run.add_argument("--width", type=positive_int("width"), default=100, help="characters per printed line")
+    run.add_argument("--line-width", type=positive_int("line-width"), default=100, help="characters per printed line")
     run.set_defaults(func=cmd_run)
 
     prof = sub.add_parser("profile", help="torch.profiler traces and operator tables per variant")
@@ -791,7 +822,9 @@ def build_parser() -> argparse.ArgumentParser:
     prof.set_defaults(func=cmd_profile)
 
     tr = sub.add_parser("train", help="train a network and store its accuracy per epoch (runs under torchrun too)")
-    tr.add_argument("--model", required=True, help="any name of `attnbench list`, e.g. gsa_resnet26 or gsa_probe")
+    tr.add_argument("--model", required=True,
+                    help="any network of `attnbench list` (e.g. gsa_resnet26, gsa_probe), timm:NAME or "
+                         "package.module:callable")
     tr.add_argument("--dataset", required=True, choices=DATASETS)
     tr.add_argument("--data-dir", default=None,
                     help="folder with the data set's files: cifar100 and cifar10's archive, or imagefolder's "
@@ -811,7 +844,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--momentum", type=float, default=0.9)
     tr.add_argument("--weight-decay", type=float, default=5e-4)
     tr.add_argument("--width", type=positive_float, default=1.0, help="channel multiplier, e.g. 0.25")
-    tr.add_argument("--stem", choices=("conv", "cifar"), default="cifar")
+    tr.add_argument("--stem", choices=("conv", "cifar"), default=None,
+                    help="attnbench's ResNets: conv (7x7 + max-pool) or cifar (3x3) (default: cifar)")
     tr.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     tr.add_argument("--device", default="cpu", help="cpu or cuda")
     tr.add_argument("--seed", type=int, default=0, help="weights, data order, augmentation and data split")

@@ -15,6 +15,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from attnbench.choices import NOISY, PIVOTS
+from attnbench.labels import series
 
 # the units of a kind, from the smallest: (size in the stored unit, name)
 TIME_UNITS = [(1e-3, "µs"), (1.0, "ms"), (1e3, "s")]  # stored in ms
@@ -49,18 +50,6 @@ def figure(value: float | None, size: float, digits: int = 4) -> str:
         return "0"
     decimals = max(0, digits - 1 - math.floor(math.log10(abs(scaled))))
     return f"{scaled:.{decimals}f}"
-
-
-def _label(rows: pd.DataFrame) -> pd.Series:
-    """What ran: the variant (its network at model scope), with the implementation and the options where
-    they vary."""
-    label = rows.variant.where(rows.scope == "module", rows.variant + "_" + rows.arch)
-    if rows.groupby("variant").impl.nunique().max() > 1:
-        label = label + "/" + rows.impl
-    options = rows.options.fillna("")
-    if options.ne("").any():
-        label = label + options.map(lambda o: f"[{o}]" if o else "")
-    return label
 
 
 SAID = {  # how a shared value is said; None: not said (it is in the case's name, or unset)
@@ -128,7 +117,7 @@ def console_table(frame: pd.DataFrame, *, width: int = 100, pivot: str | None = 
 
 
 def _flat(rows: pd.DataFrame, varying: list[str], status: list[str], noisy: pd.Series) -> str:
-    table = pd.DataFrame({"case": _label(rows), "res": rows.res})
+    table = pd.DataFrame({"case": series(rows), "res": rows.res})
     for column in varying:
         if column not in ("scope", "arch"):
             table[column] = rows[column]
@@ -151,7 +140,7 @@ def _pivot(rows: pd.DataFrame, varying: list[str], metric: str, noisy: pd.Series
     column, units, header = PIVOT_COLUMNS[metric]
     size, name = unit_for(rows[column], units)
     keys = ["case"] + [c for c in varying if c not in ("scope", "arch")]
-    cells = rows.assign(case=_label(rows), cell=[
+    cells = rows.assign(case=series(rows), cell=[
         (figure(v, size) + (f" {NOISY}" if n and column == "latency_ms_median" else "")) if s == "ok" else s
         for v, s, n in zip(rows[column], rows.status, noisy)])
     grid = cells.pivot_table(index=keys, columns="res", values="cell", aggfunc="first", sort=False)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import os
 import platform
 import re
 import socket
 import subprocess
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -52,15 +54,62 @@ def git_commit() -> str | None:
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
-@functools.lru_cache(maxsize=1)
-def code_hash() -> str:
-    """Identity of the code that measures: a hash of every source file of the package, so that any change
-    to a variant, a network or a measurement gives new results, in a git checkout or not."""
-    root = PACKAGE
+# The code that measures: what builds the variants and networks and what times, counts and records them.
+# Its hash is part of every result's key, so a change to it measures again; reporting, the command line and
+# training are outside it, so an edit there measures nothing again.
+MEASURING_CODE = ("registry.py", "plain.py", "harness.py", "worker.py", "variants", "models", "measure")
+
+
+def _digest(root: Path, paths: Iterable[Path]) -> str:
     digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
+    for path in sorted(paths):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=1)
+def measuring_code_hash() -> str:
+    """A hash of attnbench's measuring code (``MEASURING_CODE``), in a git checkout or not."""
+    files = [p for name in MEASURING_CODE for p in ([PACKAGE / name] if name.endswith(".py")
+                                                     else (PACKAGE / name).rglob("*.py"))]
+    return _digest(PACKAGE, files)
+
+
+@functools.cache
+def package_hash(module: str) -> str | None:
+    """A hash of the source of the top-level package that ``module`` belongs to (a plugin, timm, a user's
+    builder), or None for attnbench's own (covered by :func:`measuring_code_hash`) and for code without
+    source files (built-in modules)."""
+    top = module.split(".")[0]
+    if not top or top == "attnbench":
+        return None
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    if spec.submodule_search_locations:  # a package: every source file under it
+        roots = [Path(p) for p in spec.submodule_search_locations]
+        files = [(root.parent, f) for root in roots for f in root.rglob("*.py")]
+    elif spec.origin and spec.origin.endswith(".py"):
+        files = [(Path(spec.origin).parent, Path(spec.origin))]
+    else:
+        return None
+    digest = hashlib.sha256()
+    for base, path in sorted(files, key=lambda pair: str(pair[1])):
+        digest.update(path.relative_to(base).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def code_hash(modules: Iterable[str] = ()) -> str:
+    """Identity of the code that measures a case: attnbench's measuring code, and the source of every package
+    outside attnbench among ``modules`` (those that define the variant, its implementation or the network
+    measured: a plugin, timm, a user's builder), so that a change to any of them gives new results."""
+    outside = sorted({h for h in map(package_hash, modules) if h is not None})
+    if not outside:
+        return measuring_code_hash()
+    return hashlib.sha256("+".join([measuring_code_hash(), *outside]).encode()).hexdigest()[:16]
 
 
 def device_name(device: str) -> str:
@@ -89,8 +138,9 @@ def parse_device(text: str) -> torch.device:
     return dev
 
 
-def environment(device: str) -> Environment:
-    """Facts that identify where and with what a number was measured, now."""
+def environment(device: str, modules: Iterable[str] = ()) -> Environment:
+    """Facts that identify where and with what a number was measured, now; ``modules``: those that define
+    what is measured (see :func:`code_hash`)."""
     dev = torch.device(device)
     return Environment(
         host=socket.gethostname(),
@@ -103,6 +153,6 @@ def environment(device: str) -> Environment:
         python_version=platform.python_version(),
         attnbench_version=__version__,
         git_commit=git_commit(),
-        code_hash=code_hash(),
+        code_hash=code_hash(modules),
         created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )

@@ -79,15 +79,17 @@ def network_at(ckpt: dict, path: str | Path, side: int, tables: str) -> nn.Modul
     :meth:`attnbench.registry.Variant.options_at` scales them) and its tables resized (:func:`resized_state`).
     None for "interpolated" where that changes nothing (no table sized to the map, no window sized to the
     image, or the side trained at). ``TrainError`` when the network cannot be built or the weights do not fit."""
-    from attnbench.models import build_model, model_variant
+    from attnbench.models import build_model, get_model_spec
 
     cfg = checkpoint_config(ckpt, path)
     try:
         if tables == "trained":
             model = build(cfg, ckpt["num_classes"])
         else:
-            options = parse_options(cfg.options)
-            scaled = get_variant_spec(model_variant(cfg.model)).cls.options_at(options, side / image_side(cfg))
+            options, variant = parse_options(cfg.options), get_model_spec(cfg.model).variant
+            if not variant:  # a network from elsewhere: no tables attnbench knows to resize
+                return None
+            scaled = get_variant_spec(variant).cls.options_at(options, side / image_side(cfg))
             model = build_model(cfg.model, num_classes=ckpt["num_classes"], stem=cfg.stem, width=cfg.width,
                                 image_size=side, **scaled)
     except (ValueError, TypeError, KeyError) as e:

@@ -7,6 +7,7 @@ is recorded with that status and the sweep goes on. Records are written to the s
 
 from __future__ import annotations
 
+import functools
 import gc
 import math
 import multiprocessing as mp
@@ -66,16 +67,30 @@ def output_shape(case: Case) -> tuple[int, ...]:
 
 def build_case(case: Case) -> tuple[torch.nn.Module, tuple[int, ...]]:
     """The module of one case, on the case's device and in its dtype, and its input's shape."""
-    from attnbench.models import model_for_variant
+    from attnbench.models import build_model
     from attnbench.registry import build_variant
 
     if case.scope == "module":
         module = build_variant(case.variant, case.dim, size=case.res, impl=case.impl, **case.variant_options)
     else:
-        module = model_for_variant(case.variant, case.arch, num_classes=NUM_CLASSES, image_size=case.res,
-                                   impl=case.impl, **case.variant_options)
+        ours = {"impl": case.impl, "width": case.width, **case.variant_options} if case.variant else {}
+        module = build_model(case.model, num_classes=NUM_CLASSES, image_size=case.res, **ours)
     module = module.to(case.device, DTYPES[case.dtype])
     return module.to(memory_format=torch.channels_last) if case.channels_last else module, input_shape(case)
+
+
+@functools.cache
+def _modules(variant: str, model: str) -> tuple[str, ...]:
+    from attnbench.models import get_model_spec
+    from attnbench.registry import get_variant_spec
+
+    return get_model_spec(model).modules() if model else get_variant_spec(variant).modules()
+
+
+def case_environment(case: Case) -> Environment:
+    """The environment that measures ``case`` here, now: its code hash covers attnbench's measuring code and
+    the source of the plugin, timm or user package that defines the case's variant or network."""
+    return environment(case.device, _modules(case.variant, case.model))
 
 
 def too_large(case: Case) -> str | None:
@@ -124,7 +139,7 @@ class Counts:
 def shape_key(case: Case) -> tuple:
     """What parameters and MACs depend on: the network or module and one image's shape, not the batch,
     dtype, mode, device, implementation or timm-style options (MACs are the mechanism's)."""
-    return case.scope, case.variant, case.arch, case.res, case.dim, case.options
+    return case.scope, case.variant, case.arch, case.model, case.width, case.res, case.dim, case.options
 
 
 def measure_case(case: Case, min_run_time: float = MIN_RUN_TIME_S, counts: Counts | None = None) -> Measurement:
@@ -133,10 +148,11 @@ def measure_case(case: Case, min_run_time: float = MIN_RUN_TIME_S, counts: Count
     torch.manual_seed(0)
     record: dict = {}
     try:
-        impl = get_impl(case.variant, case.impl)
-        unsupported = impl.unsupported(torch.device(case.device).type, case.mode == "train")
-        if unsupported:
-            return Measurement("skipped", f"implementation {case.impl}: {unsupported}")
+        if case.impl:  # (a network from elsewhere has none to choose)
+            impl = get_impl(case.variant, case.impl)
+            unsupported = impl.unsupported(torch.device(case.device).type, case.mode == "train")
+            if unsupported:
+                return Measurement("skipped", f"implementation {case.impl}: {unsupported}")
         reason = too_large(case)
         if reason:
             return Measurement("skipped", reason)
@@ -196,7 +212,7 @@ def timed(step: Callable[[], object], case: Case, min_run_time: float) -> dict:
 
 def _measure(case: Case, min_run_time: float, counts: Counts | None) -> tuple[Measurement, Environment | None]:
     try:
-        return measure_case(case, min_run_time, counts), environment(case.device)
+        return measure_case(case, min_run_time, counts), case_environment(case)
     except BaseException as err:  # the parent must always hear back
         return Measurement("error", "".join(traceback.format_exception_only(err)).strip()[:500]), None
 
@@ -335,7 +351,7 @@ class Worker:
             self.close(ask=False)
         if not self.reuse:
             self.close()
-        return replace(measurement, wall_s=time.monotonic() - start), env or environment(case.device)
+        return replace(measurement, wall_s=time.monotonic() - start), env or case_environment(case)
 
 
 def _death(code: int | None, oom_killed: bool) -> Measurement:
@@ -385,7 +401,8 @@ def run_cases(
     check_timeout(timeout)
     run_id = uuid.uuid4().hex[:12]
     cases = list(cases)
-    done = {dev: store.stored_cases(db, environment(dev).key) for dev in {c.device for c in cases}}
+    keys = {c: case_environment(c).key for c in cases}
+    done = {key: store.stored_cases(db, key) for key in set(keys.values())}
     peaks: dict[tuple[str, str, int], float] = {}  # measured once per device, dtype and threads
     counted: dict[tuple, Counts] = {}  # parameters and MACs, counted once per shape (shape_key)
     lock = threading.Lock()  # devices run in threads of their own: one caller of on_case at a time
@@ -394,7 +411,7 @@ def run_cases(
         records = []
         with store.Writer(db) as writer, Worker(device) as worker:
             for i, case in mine:
-                stored = done[case.device].get(case.key)
+                stored = done[keys[case]].get(case.key)
                 again = stored is not None and stored["status"] != "ok" and (
                     retry_failed or worth_retrying(stored, case.device, timeout))
                 if not force and stored is not None and not again:

@@ -14,23 +14,24 @@ import pandas as pd
 from attnbench import files
 from attnbench.baselines import variant_facts
 from attnbench.choices import FIGURE_FORMATS
-from attnbench.tables import METRICS, fit_exponent, pareto, series_variant
+from attnbench.tables import METRICS, fit_exponent, pareto
 
 
-class Palette(dict):
-    """Colours by variant; a series labelled ``variant/impl[options]`` takes its variant's colour."""
-
-    def get(self, label: str, default=None):
-        return super().get(series_variant(label), default)
-
-
-def colours(labels: Iterable[str] = ()) -> Palette:
-    """One colour per variant, the same in every figure (registry order), from matplotlib's accessible
-    ``petroff10`` sequence (distinguishable with colour-vision deficiencies), repeated past ten.
-    ``labels``: the series to draw (variant names, or labels as :func:`series_variant` reads them)."""
-    names = list(variant_facts({series_variant(label) for label in labels}).name)
+def colours(hues: Iterable[str] = ()) -> dict[str, object]:
+    """One colour per hue (a variant, or a network from elsewhere), the same in every figure: the variants in
+    registry order, then the others by name, from matplotlib's accessible ``petroff10`` sequence
+    (distinguishable with colour-vision deficiencies), repeated past ten."""
+    hues = {h for h in hues if h}
+    names = list(variant_facts(hues).name)
+    names += sorted(hues - set(names))
     sequence = colour_sequence()
-    return Palette({name: sequence[i % len(sequence)] for i, name in enumerate(names)})
+    return {name: sequence[i % len(sequence)] for i, name in enumerate(names)}
+
+
+def _series(g: pd.DataFrame, by: str | list[str] = "series"):
+    """The series of ``g`` (one per label, or per label and ``by``'s other columns), each with its colour key."""
+    for key, v in g.groupby(by, sort=True):
+        yield key, v.hue.iloc[0], v
 
 
 def colour_sequence() -> list:
@@ -112,24 +113,24 @@ def side_axis(ax, sides) -> None:
 def scaling_figure(g: pd.DataFrame, title: str):
     """Latency (median, IQR bars), MACs and peak memory against resolution, log-log, with exponents fitted
     on pixels; where a line stops, the first case that did not run, and why."""
-    palette = colours(g.variant)
+    palette = colours(g.hue)
     fig, axes = new_figure(3, suptitle=True)
     for ax, (column, (label, scale)) in zip(axes, METRICS.items()):
-        for variant, v in g.groupby("variant", sort=True):
+        for name, hue, v in _series(g):
             ok = v[v.status == "ok"].sort_values("pixels")
             if ok.empty:
                 continue
             k, r2 = fit_exponent(ok.pixels, ok[column])
             fit = f"k={k:.2f}, R²={r2:.3f}" if not math.isnan(k) else "k n/a"
             iqr = ok.latency_ms_iqr * scale / 2 if column == "latency_ms_median" else None
-            ax.errorbar(ok.res, ok[column] * scale, yerr=iqr, fmt="o-", capsize=2, color=palette.get(variant),
-                        label=f"{variant} ({fit})")
+            ax.errorbar(ok.res, ok[column] * scale, yerr=iqr, fmt="o-", capsize=2, color=palette.get(hue),
+                        label=f"{name} ({fit})")
             stopped = v[(v.status != "ok") & (v.pixels > ok.pixels.max())].sort_values("pixels")
             if len(stopped):  # where the line stops: the first case that did not run, and why
                 first = stopped.iloc[0]
-                ax.plot([first.res], [ok[column].iloc[-1] * scale], "x", ms=10, mew=2, color=palette.get(variant))
+                ax.plot([first.res], [ok[column].iloc[-1] * scale], "x", ms=10, mew=2, color=palette.get(hue))
                 ax.annotate(first.status, (first.res, ok[column].iloc[-1] * scale), textcoords="offset points",
-                            xytext=(-6, 6), ha="right", fontsize=7, color=palette.get(variant))
+                            xytext=(-6, 6), ha="right", fontsize=7, color=palette.get(hue))
         finish(fig, ax, label.split(" (")[0], yscale="log", ylabel=label)
         side_axis(ax, g.res)
     fig.suptitle(wrapped(title + " (k: cost ~ pixels^k; latency bars: interquartile range)",
@@ -139,13 +140,12 @@ def scaling_figure(g: pd.DataFrame, title: str):
 
 def efficiency_figure(g: pd.DataFrame, title: str):
     """Achieved GFLOP/s (2 x MACs / latency) against resolution, beside the device's measured matmul rate."""
-    palette = colours(g.variant)
+    palette = colours(g.hue)
     fig, (ax,) = new_figure(1, 6.5)
     ok = g[g.status == "ok"]
-    for variant, v in ok.groupby("variant", sort=True):
+    for name, hue, v in _series(ok):
         v = v.sort_values("pixels")
-        ax.plot(v.res, 2 * v.macs / (v.latency_ms_median * 1e-3) / 1e9, "o-", color=palette.get(variant),
-                label=variant)
+        ax.plot(v.res, 2 * v.macs / (v.latency_ms_median * 1e-3) / 1e9, "o-", color=palette.get(hue), label=name)
     peak = ok.device_peak_gflops.dropna()
     if len(peak):
         ax.axhline(peak.median(), ls="--", color="black", label=f"measured matmul peak {peak.median():.0f} GFLOP/s")
@@ -156,28 +156,28 @@ def efficiency_figure(g: pd.DataFrame, title: str):
 
 def throughput_figure(g: pd.DataFrame, title: str):
     """Throughput against batch, one line per variant and resolution."""
-    palette = colours(g.variant)
+    palette = colours(g.hue)
     fig, (ax,) = new_figure(1, 6.5)
-    for (variant, res), v in g[g.status == "ok"].groupby(["variant", "res"], sort=True):
+    for (name, res), hue, v in _series(g[g.status == "ok"], ["series", "res"]):
         v = v.sort_values("batch")
-        ax.plot(v.batch, v.throughput_per_s, "o-", color=palette.get(variant), label=f"{variant} @ {res}")
+        ax.plot(v.batch, v.throughput_per_s, "o-", color=palette.get(hue), label=f"{name} @ {res}")
     return finish(fig, ax, title, xscale="log", yscale="log", xlabel="batch", ylabel="throughput (images / s)")
 
 
 def bars_figure(g: pd.DataFrame, column: str, label: str, by: str, by_label: str, title: str):
     """One bar per variant, grouped by ``by`` (devices, or batch sizes), of one metric; latency bars carry
     the interquartile range."""
-    palette = colours(g.variant)
+    palette = colours(g.hue)
     fig, (ax,) = new_figure(1, 7.5)
     groups = sorted(g[by].unique(), key=str)
-    variants = sorted(g.variant.unique())
-    width = 0.8 / max(1, len(variants))
-    for i, variant in enumerate(variants):
-        cells = [g[(g.variant == variant) & (g[by] == k)] for k in groups]
+    series = list(_series(g))
+    width = 0.8 / max(1, len(series))
+    for i, (name, hue, v) in enumerate(series):
+        cells = [v[v[by] == k] for k in groups]
         values = [c[column].median() for c in cells]
         spread = [c.latency_ms_iqr.median() / 2 for c in cells] if column == "latency_ms_median" else None
         ax.bar(np.arange(len(groups)) + i * width, values, width, yerr=spread, capsize=2,
-               color=palette.get(variant), label=variant)
+               color=palette.get(hue), label=name)
     ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2, [str(k) for k in groups], fontsize=7)
     return finish(fig, ax, title, grid="y", xlabel=by_label, ylabel=label, yscale="log")
 
@@ -204,12 +204,13 @@ def accuracy_figure(table: pd.DataFrame, cost: str, label: str, title: str):
     cut at 100 %), with the Pareto front."""
     from matplotlib.ticker import LogFormatter
 
-    palette = colours(m.split("_")[0] for m in table.model)
+    hue = table.variant.where(table.variant.fillna("") != "", table.model)
+    palette = colours(hue)
     fig, (ax,) = new_figure(1, 6.5)
-    t = table.dropna(subset=[cost]).reset_index(drop=True)
+    t = table.assign(hue=hue).dropna(subset=[cost]).reset_index(drop=True)
     offsets = label_offsets(t[cost], t["top-1 (%)"])
-    for model, x, y, std, (dx, dy, ha) in zip(t.model, t[cost], t["top-1 (%)"], t["top-1 std"], offsets):
-        colour = palette.get(model.split("_")[0])
+    for model, x, y, std, (dx, dy, ha), key in zip(t.model, t[cost], t["top-1 (%)"], t["top-1 std"], offsets, t.hue):
+        colour = palette.get(key)
         bar = [[std], [min(std, 100 - y)]] if std else None  # no bar above 100 %
         ax.errorbar(x, y, yerr=bar, fmt="o", ms=6, capsize=3, color=colour, zorder=3)
         ax.annotate(model, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, fontsize=7, color=colour)

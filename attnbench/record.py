@@ -44,13 +44,15 @@ class Case:
     """One point of a sweep.
 
     At ``module`` scope a variant runs alone on a ``dim`` x ``res`` x ``res`` feature map; at
-    ``model`` scope ``variant`` stands for its network of depth ``arch`` (``gsa`` with
-    ``resnet50`` is ``gsa_resnet50``) on ``res`` x ``res`` images, and ``dim`` is unused (0).
+    ``model`` scope the network ``model`` runs on ``res`` x ``res`` images, and ``dim`` is unused (0):
+    ``variant`` is the variant in its attention slot and ``arch`` its architecture, as the network
+    registry says (``gsa_resnet50``: ``gsa`` and ``resnet50``; a network from elsewhere,
+    ``timm:resnet50``, has no variant and no implementation: "").
     """
 
     scope: str
-    variant: str
-    arch: str  # network depth at model scope ("resnet50"), "" at module scope
+    variant: str  # the variant (module scope), or the one in the network's attention slot ("" for none)
+    arch: str  # the network's architecture at model scope ("resnet50", "probe", "timm"), "" at module scope
     res: int  # feature-map side (module) or image side (model), pixels
     batch: int
     dim: int  # channels at module scope, 0 at model scope
@@ -64,6 +66,8 @@ class Case:
     amp: str = ""  # autocast dtype (bf16 | fp16) over weights kept in `dtype`; "" for none
     channels_last: bool = False  # weights and input in channels-last memory format
     compile: str = ""  # torch.compile mode ("default", "max-autotune", ...); "" for eager
+    model: str = ""  # the network at model scope (a registered name, timm:NAME or module:callable); "" for a module
+    width: float = 1.0  # the network's channel multiplier (attnbench's networks)
 
     @property
     def key(self) -> str:
@@ -78,7 +82,8 @@ class Case:
 
     @property
     def label(self) -> str:
-        what = self.variant if self.scope == "module" else f"{self.variant}:{self.arch}"
+        what = self.variant if self.scope == "module" else self.model + (f" width={self.width:g}" if self.width != 1
+                                                                          else "")
         return f"{what} res={self.res} b={self.batch} {self.dtype} {self.device} {self.mode}{self.setup}"
 
     @property
@@ -185,6 +190,7 @@ class Run:
     model: str
     dataset: str
     epochs: int | None = None  # the run's epochs (its budget, or the steps' worth)
+    variant: str | None = None  # the variant in the network's attention slot ("" for a network from elsewhere)
     params: int | None = None
     image_size: int | None = None  # the side of the images the network was trained on (pixels)
     batch: int | None = None

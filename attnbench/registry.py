@@ -178,6 +178,13 @@ class VariantSpec:
         (an option set explicitly wins)."""
         return {**self.alternate[index % len(self.alternate)], **options} if self.alternate else dict(options)
 
+    def modules(self) -> tuple[str, ...]:
+        """The modules that define this variant: its class, its config and every implementation (for the code
+        hash: a plugin's source is part of what measured)."""
+        impls = _IMPLS.get(self.name, {}).values()
+        return tuple(dict.fromkeys([self.cls.__module__, self.config_cls.__module__,
+                                    *(getattr(i.forward, "__module__", "") or "" for i in impls)]))
+
     def options(self) -> list[str]:
         """Names of the options ``build_variant`` accepts besides ``dim``."""
         return [f.name for f in dataclasses.fields(self.config_cls) if f.name != "dim"]
@@ -396,30 +403,35 @@ def set_impl(module: nn.Module, impl: str) -> nn.Module:
 
 
 PLUGIN_GROUP = "attnbench.variants"  # the entry-point group through which other packages add variants
-_PLUGINS: dict[str, str] = {}  # entry point -> "loaded", or why it could not be
+_PLUGINS: dict[str, str] = {}  # "group:entry point" -> "loaded", or why it could not be
+
+
+def load_plugins(group: str, kind: str) -> None:
+    """Import every installed plugin of the entry-point ``group`` (each names a module that registers its
+    ``kind``s on import), once. A plugin that fails to load (any exception, ``SystemExit`` included; an
+    interrupt still interrupts) is reported in a warning (by the process the user started, not again by its
+    case processes) and left out; the others and the built-ins stay usable."""
+    if f"{group}:" in _PLUGINS:
+        return
+    _PLUGINS[f"{group}:"] = "started"  # a plugin that lists while it loads does not load the plugins again
+    for entry in importlib.metadata.entry_points(group=group):
+        try:
+            entry.load()
+            _PLUGINS[f"{group}:{entry.name}"] = "loaded"
+        except (Exception, SystemExit) as err:  # noqa: BLE001 - a broken plugin must not take attnbench down
+            _PLUGINS[f"{group}:{entry.name}"] = f"{type(err).__name__}: {err}"
+            if multiprocessing.parent_process() is not None:  # a case's process: its sweep has said so
+                continue
+            warnings.warn(f"attnbench: the {kind} plugin '{entry.name}' ({entry.value}) did not load: "
+                          f"{_PLUGINS[f'{group}:{entry.name}']}", stacklevel=4)
 
 
 def _load_variants() -> None:
     """Import the built-in variants (and their implementations), then every installed plugin's (an entry
-    point of ``PLUGIN_GROUP`` naming a module that registers its variants on import), once. A plugin that
-    fails to load (any exception, ``SystemExit`` included; an interrupt still interrupts) is reported in a
-    warning (by the process the user started, not again by its case processes) and left out; the others
-    and the built-ins stay usable."""
+    point of ``PLUGIN_GROUP``)."""
     import attnbench.variants  # noqa: F401
 
-    if _PLUGINS:
-        return
-    _PLUGINS[""] = "started"  # a plugin that lists variants while it loads does not load the plugins again
-    for entry in importlib.metadata.entry_points(group=PLUGIN_GROUP):
-        try:
-            entry.load()
-            _PLUGINS[entry.name] = "loaded"
-        except (Exception, SystemExit) as err:  # noqa: BLE001 - a broken plugin must not take attnbench down
-            _PLUGINS[entry.name] = f"{type(err).__name__}: {err}"
-            if multiprocessing.parent_process() is not None:  # a case's process: its sweep has said so
-                continue
-            warnings.warn(f"attnbench: the variant plugin '{entry.name}' ({entry.value}) did not load: "
-                          f"{_PLUGINS[entry.name]}", stacklevel=3)
+    load_plugins(PLUGIN_GROUP, "variant")
 
 
 def list_variants(pattern: str = "*") -> list[str]:

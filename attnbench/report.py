@@ -21,6 +21,7 @@ import pandas as pd
 
 from attnbench import files, store
 from attnbench.choices import DEFAULT_REPORT, FIGURE_FORMATS
+from attnbench.labels import hues, series, setups
 from attnbench.plots import (
     accuracy_figure,
     bars_figure,
@@ -41,7 +42,6 @@ from attnbench.tables import (
     resolution_table,
     results_table,
     series_groups,
-    setup_labels,
 )
 
 
@@ -76,19 +76,11 @@ def load(dbs: Sequence[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.Data
         raise ReportError("Every stored case failed (" + ", ".join(sorted(set(frame.status))) +
                           "): there is nothing to draw; see `attnbench export` for the reasons.")
     frame["pixels"] = frame.res.astype(np.int64) ** 2
-    # a variant measured with several implementations or option sets is drawn and tabled as one series each
-    if len(frame):  # (a store of training runs alone has no cases to label)
-        frame["setup"] = setup_labels(frame)
-        several_impls = frame.groupby("variant").impl.transform("nunique") > 1
-        several_options = frame.groupby("variant").options.transform("nunique") > 1
-        several_setups = frame.groupby("variant").setup.transform("nunique") > 1
-        frame["variant"] = (frame.variant + np.where(several_impls, "/" + frame.impl, "")
-                            + np.where(several_options, "[" + frame.options.replace("", "defaults") + "]", "")
-                            + np.where(several_setups, "[" + frame.setup.replace("", "eager") + "]", ""))
-    else:
-        frame["setup"] = ""
+    # what each row is called (labels.series: one series per implementation, option set and setting measured)
+    # and coloured by, derived beside the columns, never over them
+    frame["series"], frame["setup"], frame["hue"] = series(frame), setups(frame), hues(frame)
     frame["device_label"] = frame.device_name.fillna(frame.device)
-    frame = frame.sort_values(["device_label", "scope", "variant", "arch", "dtype", "mode", "dim", "batch",
+    frame = frame.sort_values(["device_label", "scope", "series", "dtype", "mode", "dim", "batch",
                                "res", "created_utc"]).reset_index(drop=True)
     return (frame, training.sort_values(["dataset", "model", "run_id", "epoch"]).reset_index(drop=True),
             evaluations.sort_values(["dataset", "model", "run_id", "side", "tables"]).reset_index(drop=True))
@@ -228,9 +220,9 @@ def _write_report(frame: pd.DataFrame, training: pd.DataFrame, evaluations: pd.D
         index += [""] + _exponent_notes(exps)
         module = frame[frame.scope == "module"]
         for (device, dtype, mode, dim), g in module.groupby(["device_label", "dtype", "mode", "dim"], sort=True):
-            batched = g.groupby(["variant", "res"]).batch.nunique()
+            batched = g.groupby(["series", "res"]).batch.nunique()
             if (batched >= 2).any():
-                keep = g.set_index(["variant", "res"]).index.isin(batched[batched >= 2].index)
+                keep = g.set_index(["series", "res"]).index.isin(batched[batched >= 2].index)
                 tag = f"{slug(device)}_{slug(dtype)}_{mode}_d{dim}"
                 _write_figure(rep, out, f"throughput_{tag}",
                               throughput_figure(g[keep], f"Throughput against batch: {device}, {dtype}, {mode}"))

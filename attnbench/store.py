@@ -53,9 +53,39 @@ BACKFILL = {
     ("training", "options"): "UPDATE training SET options = ''",  # runs before it trained with the defaults
     ("training", "image_size"): "UPDATE training SET image_size = 32",  # every data set before it was 32 x 32
 }
+# A network was named by its variant and architecture before the ``model`` column: gsa and resnet50 are
+# gsa_resnet50, conv and resnet50 is resnet50, and Axial-DeepLab's networks were their own architecture.
+LEGACY_MODEL_SQL = ("CASE WHEN scope != 'model' THEN '' WHEN arch LIKE 'axial\\_deeplab\\_%' ESCAPE '\\' THEN arch "
+                    "WHEN variant = 'conv' AND arch LIKE 'resnet%' THEN arch ELSE variant || '_' || arch END")
+BACKFILL[("results", "model")] = f"UPDATE results SET model = {LEGACY_MODEL_SQL}"
+# Training runs before the ``variant`` column trained built-in networks, whose names begin with their variant
+# (resnetN and botnet50 aside).
+LEGACY_VARIANT_SQL = ("CASE WHEN model LIKE 'resnet%' THEN 'conv' WHEN model = 'botnet50' THEN 'mhsa' "
+                      "WHEN instr(model, '_') > 0 THEN substr(model, 1, instr(model, '_') - 1) ELSE '' END")
+BACKFILL.update({(table, "variant"): f"UPDATE {table} SET variant = {LEGACY_VARIANT_SQL}"
+                 for table in ("training", "evaluations")})
+
+
+def _legacy_model(frame: pd.DataFrame) -> pd.Series:
+    """The ``model`` of rows stored before the column (as ``LEGACY_MODEL_SQL`` fills it in a store)."""
+    own = frame.arch.str.startswith("axial_deeplab_") | ((frame.variant == "conv") & frame.arch.str.startswith(
+        "resnet"))
+    name = frame.arch.where(own, frame.variant + "_" + frame.arch)
+    return name.where(frame.scope == "model", "")
+
+
+def _legacy_variant(frame: pd.DataFrame) -> pd.Series:
+    """The ``variant`` of training runs stored before the column (as ``LEGACY_VARIANT_SQL`` fills it)."""
+    first = frame.model.str.split("_").str[0].where(frame.model.str.contains("_"), "")
+    return first.mask(frame.model.str.startswith("resnet"), "conv").mask(frame.model == "botnet50", "mhsa")
+
+
 READ_FILL = {
     ("results", "impl"): lambda frame: frame.variant.map(LEGACY_IMPLS),
     **{("results", name): (lambda frame, value=value: value) for name, value in CASE_DEFAULTS.items()},
+    ("results", "model"): _legacy_model,
+    ("training", "variant"): _legacy_variant,
+    ("evaluations", "variant"): _legacy_variant,
     ("training", "macs_per_image"): lambda frame: frame["macs"] if "macs" in frame else None,
     ("training", "options"): lambda frame: "",
     ("training", "image_size"): lambda frame: 32,

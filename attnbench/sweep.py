@@ -4,6 +4,7 @@ Python API alike, and expands into the cross product of its options as small fro
 from __future__ import annotations
 
 import itertools
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,9 +27,19 @@ from attnbench.registry import AUTO, get_impl, get_variant_spec, list_impls, lis
 DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.bfloat16, torch.float16)))
 
 
+@dataclass(frozen=True)
+class Subject:
+    """What a sweep measures at one point: a variant alone (module scope; ``model`` "") or a network, with
+    the variant in its attention slot ("" for a network from elsewhere) and its architecture."""
+
+    variant: str
+    arch: str = ""
+    model: str = ""
+
+
 def expand(
     *,
-    variants: list[str],
+    subjects: list[Subject],
     res: list[int],
     batch: list[int],
     dims: list[int],
@@ -36,29 +47,32 @@ def expand(
     devices: list[str],
     modes: list[str],
     scope: str,
-    arch: str,
     threads: int,
     impls: list[str] = (AUTO,),
     options: dict[str, str] | None = None,
     amp: str = "",
     channels_last: bool = False,
     compile: str = "",
+    widths: list[float] = (1.0,),
 ) -> list[Case]:
-    """Every combination, ordered so that each variant's resolutions run smallest first. ``impls`` as
-    :func:`variant_impls` reads them; each is resolved for its device, and duplicates dropped.
-    ``options``: each variant's options as :func:`variant_options` spells them (none: the defaults).
-    ``amp``, ``channels_last``, ``compile``: set on every case (see :class:`attnbench.record.Case`)."""
+    """Every combination, ordered so that each subject's resolutions run smallest first. ``impls`` as
+    :func:`variant_impls` reads them, for the subjects' variants; each is resolved for its device, and
+    duplicates dropped (a network from elsewhere has no implementation to choose: ""). ``options``: each
+    variant's options as :func:`variant_options` spells them (none: the defaults). ``amp``,
+    ``channels_last``, ``compile``: set on every case (see :class:`attnbench.record.Case`)."""
     if scope == "model":
         dims = [0]
-    arch = arch if scope == "model" else ""
+    variants = list(dict.fromkeys(s.variant for s in subjects if s.variant))
     chosen = variant_impls(variants, list(impls))
     opts = options or {}
     cases = []
-    for dev, v in itertools.product(devices, variants):
-        resolved = list(dict.fromkeys(resolve_impl(v, i, dev) for i in chosen[v]))
+    for dev, s in itertools.product(devices, subjects):
+        resolved = list(dict.fromkeys(resolve_impl(s.variant, i, dev) for i in chosen[s.variant])) if s.variant \
+            else [""]
         cases += [
-            Case(scope, v, arch, r, b, d, dt, dev, m, threads, i, opts.get(v, ""), amp, channels_last, compile)
-            for dt, m, i, d, b, r in itertools.product(dtypes, modes, resolved, dims, batch, sorted(res))
+            Case(scope, s.variant, s.arch, r, b, d, dt, dev, m, threads, i, opts.get(s.variant, ""), amp,
+                 channels_last, compile, s.model, w)
+            for dt, m, i, d, w, b, r in itertools.product(dtypes, modes, resolved, dims, widths, batch, sorted(res))
         ]
     return list(dict.fromkeys(cases))  # a value given twice (--res 16,16) is one case
 
@@ -78,7 +92,7 @@ def variant_impls(variants: list[str], impls: list[str]) -> dict[str, list[str]]
             chosen[variant].append(name)
             continue
         takers = [v for v in variants if name == AUTO or name in list_impls(v)]
-        if not takers:
+        if not takers and name != AUTO:
             options = sorted({i for v in variants for i in list_impls(v)})
             raise ValueError(f"Invalid --impl {name}: no variant of this sweep has it (implementations: "
                              f"{', '.join([AUTO, *options])}).")
@@ -141,8 +155,13 @@ def default_threads() -> int:
 @dataclass(frozen=True)
 class Sweep:
     """A sweep as the user gives it; :meth:`cases` checks it and expands it. None means the default:
-    every variant, every GPU (else the CPU), all cores, and ``res`` 224 at model scope, 56 at module scope.
+    every variant (unless ``model`` names networks), every GPU (else the CPU), all cores, and ``res`` 224 at
+    model scope, 56 at module scope.
 
+    At model scope, ``variants`` stand for their networks of the architecture ``arch`` (``gsa`` with
+    ``resnet50``: ``gsa_resnet50``), and ``model`` names networks directly: registered ones
+    (``botnet50``), ``timm:NAME`` or ``package.module:callable`` (see :mod:`attnbench.models.registry`);
+    both may be given. ``width``: channel multipliers of attnbench's networks.
     ``impl``: which implementations run (see :func:`variant_impls`): ``auto`` (each variant's choice for
     the device), a name such as ``plain`` for every variant that has it, or ``VARIANT=NAME``; several
     sweep them side by side. ``opt``: variant options, ``KEY=VALUE`` for every variant that has the
@@ -167,23 +186,42 @@ class Sweep:
     channels_last: bool = False
     compile: str = ""
     shard: tuple[int, int] | None = None
+    model: Sequence[str] | None = None
+    width: Sequence[float] = SWEEP_DEFAULTS["width"]
 
-    def cases(self) -> list[Case]:
-        """The sweep's cases (its shard's); ``ValueError`` with a one-line reason for anything invalid."""
-        from attnbench.models import list_models
+    def subjects(self) -> list[Subject]:
+        """What the sweep measures: its variants (module scope), or its networks (model scope)."""
+        from attnbench.models import UnknownModelError, get_model_spec, list_archs, model_spec_for
 
         if self.scope not in SCOPES:
             raise ValueError(f"Unknown scope {self.scope!r}. Available: {', '.join(SCOPES)}.")
-        if self.scope == "module" and self.arch != SWEEP_DEFAULTS["arch"]:
-            raise ValueError("--arch applies to --scope model only")
-        if self.scope == "model":
-            archs = sorted({m[len("conv_"):] for m in list_models() if m.startswith("conv_")})
-            if self.arch not in archs:
-                raise ValueError("--arch: " + unknown_name_message("architecture", self.arch, archs))
-        variants = list(self.variants or list_variants())
-        for name in variants:
+        for name in self.variants or ():
             if name not in list_variants():
                 raise ValueError(unknown_name_message("variant", name, list_variants()))
+        if self.scope == "module":
+            for name, given in (("arch", self.arch != SWEEP_DEFAULTS["arch"]), ("model", bool(self.model)),
+                                ("width", tuple(self.width) != SWEEP_DEFAULTS["width"])):
+                if given:
+                    raise ValueError(f"--{name} applies to --scope model only")
+            return [Subject(v) for v in self.variants or list_variants()]
+        if self.arch not in list_archs():
+            raise ValueError("--arch: " + unknown_name_message("architecture", self.arch, list_archs()))
+        if self.model and not self.variants and self.arch != SWEEP_DEFAULTS["arch"]:
+            raise ValueError("--arch applies to --variants (--model names whole networks)")
+        try:
+            specs = [model_spec_for(v, self.arch) for v in self.variants or ([] if self.model else list_variants())]
+            specs += [get_model_spec(name) for name in self.model or ()]
+        except UnknownModelError as e:
+            raise ValueError(f"--model: {e}") from None
+        foreign = [s.name for s in specs if s.foreign]
+        if foreign and tuple(self.width) != SWEEP_DEFAULTS["width"]:
+            raise ValueError(f"--width applies to attnbench's networks; {foreign[0]} has no channel multiplier")
+        specs = list({s.name: s for s in specs}.values())
+        return [Subject(s.variant, s.arch, s.name) for s in specs]
+
+    def cases(self) -> list[Case]:
+        """The sweep's cases (its shard's); ``ValueError`` with a one-line reason for anything invalid."""
+        subjects = self.subjects()
         for name, choices in (("dtype", DTYPE_NAMES), ("mode", MODES)):
             for item in getattr(self, name):
                 if item not in choices:
@@ -195,6 +233,10 @@ class Sweep:
             bad = [v for v in getattr(self, name) or () if not isinstance(v, int) or v < 1]
             if bad:
                 raise ValueError(f"Invalid {name}={bad[0]!r}: give whole numbers of at least 1.")
+        bad = [w for w in self.width if isinstance(w, bool) or not isinstance(w, int | float) or not 0 < w < math.inf]
+        if bad:
+            raise ValueError(f"Invalid width={bad[0]!r}: give positive multipliers.")
+        variants = list(dict.fromkeys(s.variant for s in subjects if s.variant))
         options = variant_options(variants, list(self.opt))
         for v in variants:
             # module scope: each dim; model scope: the narrowest bottleneck width, of which the others are multiples
@@ -210,10 +252,10 @@ class Sweep:
             raise ValueError(f"Invalid threads={self.threads}: at most {MAX_THREADS_PER_CORE} per core, "
                              f"{most} on this machine.")
         cases = expand(
-            variants=variants, res=list(self.res or [DEFAULT_RES[self.scope]]), batch=list(self.batch),
+            subjects=subjects, res=list(self.res or [DEFAULT_RES[self.scope]]), batch=list(self.batch),
             dims=list(self.dim), dtypes=list(self.dtype), devices=list(self.device or default_devices()),
-            modes=list(self.mode), scope=self.scope, arch=self.arch, threads=self.threads or default_threads(),
+            modes=list(self.mode), scope=self.scope, threads=self.threads or default_threads(),
             impls=list(self.impl), options=options, amp=self.amp, channels_last=self.channels_last,
-            compile=self.compile,
+            compile=self.compile, widths=[float(w) for w in self.width],
         )
         return shard(cases, *self.shard) if self.shard else cases

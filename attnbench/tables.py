@@ -4,7 +4,6 @@ DataFrames; nothing is measured or written here)."""
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -12,6 +11,7 @@ import pandas as pd
 
 from attnbench.baselines import variant_facts
 from attnbench.choices import NOISY
+from attnbench.labels import setups, subjects
 from attnbench.store import finished_runs
 
 MIB = 2**20
@@ -22,12 +22,6 @@ METRICS = {  # column -> (axis label, scale)
     "macs": ("MACs (G)", 1e-9),
     "peak_mem_bytes": ("peak memory (MiB)", 1 / MIB),
 }
-
-
-def series_variant(label: str) -> str:
-    """The variant of a series label: ``gsa/batched[span=15]`` (as the report labels a variant measured
-    with several implementations or option sets) is ``gsa``."""
-    return re.split(r"[/\[]", label)[0]
 
 
 def series_groups(frame: pd.DataFrame):
@@ -43,22 +37,14 @@ def _fmt(value, spec: str, scale: float = 1.0) -> str:
 
 
 def impls_vary(rows: pd.DataFrame) -> bool:
-    """Whether some variant appears with more than one implementation."""
-    return bool(len(rows)) and rows.groupby("variant").impl.nunique().max() > 1
-
-
-def setup_labels(frame: pd.DataFrame) -> list[str]:
-    """Each row's timm-style options, 'amp=bf16,channels_last,compile=default' ('' for none)."""
-    return [",".join(part for part in (f"amp={a}" if a else "", "channels_last" if c else "",
-                                       f"compile={m}" if m else "") if part)
-            for a, c, m in zip(frame.amp.fillna(""), frame.channels_last.fillna(0), frame.compile.fillna(""))]
+    """Whether something that ran appears with more than one implementation."""
+    return bool(len(rows)) and rows.groupby(subjects(rows)).impl.nunique().max() > 1
 
 
 def results_table(rows: pd.DataFrame) -> pd.DataFrame:
     """The human table: units in the headers, one row per case; the implementation where it varies."""
-    what = np.where(rows.scope == "module", rows.variant, rows.variant + "_" + rows.arch)
     table = pd.DataFrame({
-        "variant": what,
+        "case": subjects(rows).values,
         "res": rows.res.values,
         "batch": rows.batch.values,
         "dim": np.where(rows.scope == "module", rows.dim, "-"),
@@ -80,9 +66,9 @@ def results_table(rows: pd.DataFrame) -> pd.DataFrame:
         table.insert(1, "impl", rows.impl.values)
     if rows.options.fillna("").ne("").any():
         table.insert(1, "options", rows.options.fillna("").values)
-    setup = setup_labels(rows)
-    if any(setup):
-        table.insert(1, "setup", setup)
+    setup = setups(rows)
+    if setup.ne("").any():
+        table.insert(1, "setup", setup.values)
         table["compile s"] = [_fmt(v, ".1f") for v in rows.compile_s]
     if rows.code_hash.fillna("").nunique() > 1:  # rows of different code side by side: never silently
         table.insert(1, "code", rows.code_hash.fillna("-").str[:8].values)
@@ -93,11 +79,11 @@ def largest_fit_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Per device and module-scope series: the largest resolution measured, and the first that was not."""
     out = []
     for (device, dtype, mode, dim, batch), g in series_groups(frame):
-        for variant, v in g.groupby("variant", sort=True):
+        for name, v in g.groupby("series", sort=True):
             ok = v[v.status == "ok"]
             failed = v[(v.status != "ok") & (v.res > (ok.res.max() if len(ok) else 0))].sort_values("res")
             out.append({
-                "device": device, "dtype": dtype, "mode": mode, "dim": dim, "batch": batch, "variant": variant,
+                "device": device, "dtype": dtype, "mode": mode, "dim": dim, "batch": batch, "variant": name,
                 "largest res measured": int(ok.res.max()) if len(ok) else "-",
                 "first res not measured": int(failed.res.iloc[0]) if len(failed) else "-",
                 "why": f"{failed.status.iloc[0]}: {failed.reason.iloc[0]}" if len(failed) else "-",
@@ -107,22 +93,22 @@ def largest_fit_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 def exponent_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Fitted scaling exponents k (cost ~ pixels^k) per series, variant and metric, with the expectation."""
-    facts = variant_facts({series_variant(v) for v in frame.variant})
+    facts = variant_facts(set(frame.variant))
     expected = {r.name: (r.scaling_low, r.scaling_high) for r in facts.itertuples()}
     out = []
     for (device, dtype, mode, dim, batch), g in series_groups(frame):
-        for variant, v in g[g.status == "ok"].groupby("variant", sort=True):
+        for name, v in g[g.status == "ok"].groupby("series", sort=True):
             if v.res.nunique() < 3:  # too few resolutions to fit an exponent
                 continue
             row = {"device": device, "dtype": dtype, "mode": mode, "dim": dim, "batch": batch,
-                   "variant": variant, "points": len(v),
+                   "variant": name, "points": len(v),
                    "res": f"{v.res.min()}-{v.res.max()}"}
             for column, (label, _) in METRICS.items():
                 k, r2 = fit_exponent(v.pixels, v[column])
                 name = label.split(" (")[0]
                 row[f"k {name}"] = round(k, 3) if not math.isnan(k) else math.nan
                 row[f"R2 {name}"] = round(r2, 3) if not math.isnan(r2) else math.nan
-            low, high = expected.get(series_variant(variant), (math.nan, math.nan))
+            low, high = expected.get(v.variant.iloc[0], (math.nan, math.nan))
             row["expected k (asymptotic)"] = f"{low:g}" if low == high else f"{low:g}-{high:g}"
             out.append(row)
     return pd.DataFrame(out)
@@ -172,25 +158,25 @@ def accuracy_table(frame: pd.DataFrame, training: pd.DataFrame) -> pd.DataFrame:
     test and train top-1 as mean, standard deviation and n from each finished run's last epoch (a run still
     in progress, or killed before its end, is left out), the optimizer steps the runs took, their cost
     (params, MACs, training time and, where the network was also measured at model scope at 32 x 32, batch
-    1, its inference latency: ``run`` measures networks at width 1, so a setup trained at another width, as
-    ``--match`` picks, shows none), the commits that trained it, and how it stands against the best of its
+    1, fp32, at the width it was trained at (``run --width``), its inference latency), the commits that trained it, and how it stands against the best of its
     data set: ``best`` (or tied with it), ``within spread`` (the difference is smaller than the two standard
     deviations together: not significant), or the difference in points (marked when a side has one seed,
     so no spread to judge it by)."""
     last = finished_runs(training)
     time_s = training.groupby("run_id").epoch_s.sum()
     latency = {}
-    measured = frame[(frame.scope == "model") & (frame.status == "ok") & (frame.res == 32) & (frame.batch == 1)]
-    for r in measured.itertuples():
-        latency[(f"{r.variant}_{r.arch}", r.options, r.device_name)] = r.latency_ms_median
+    measured = frame[(frame.scope == "model") & (frame.status == "ok") & (frame.res == 32) & (frame.batch == 1)
+                     & (frame.dtype == "fp32") & (frame["mode"] == "infer") & (setups(frame) == "")]
+    for r in measured.sort_values("created_utc").itertuples():  # the newest measurement of a network wins
+        latency[(r.model, float(r.width), r.options, r.device_name)] = r.latency_ms_median
     last = by_setup(last.assign(time_s=last.run_id.map(time_s)))
     rows = []
     for key, runs in last.groupby(SETUP_KEYS, sort=True):
         setup = dict(zip(SETUP_KEYS, key))
         test, train = runs.top1_pct, runs.train_top1_pct
-        measured_as = (setup["model"], setup["options"], setup["device_name"])
+        measured_as = (setup["model"], float(setup["width"]), setup["options"], setup["device_name"])
         rows.append({"dataset": setup["dataset"], "image side": setup["image_size"],
-                     "model": setup_label(setup), "width": setup["width"],
+                     "model": setup_label(setup), "variant": runs.variant.iloc[0], "width": setup["width"],
                      "lr": lr_label(setup, runs), "seeds": len(runs),
                      "top-1 (%)": round(test.mean(), 2), "top-1 std": round(test.std(), 2) if len(runs) > 1 else 0.0,
                      "train top-1 (%)": round(train.mean(), 2) if train.notna().any() else math.nan,
@@ -198,8 +184,7 @@ def accuracy_table(frame: pd.DataFrame, training: pd.DataFrame) -> pd.DataFrame:
                      "params": int(runs.params.iloc[0]),
                      "MACs per image (M)": round(runs.macs_per_image.iloc[0] / 1e6, 2),
                      "training time (s)": round(runs.time_s.mean(), 1),
-                     "latency ms (batch 1)": round(latency[measured_as], 3)
-                     if measured_as in latency and setup["width"] == 1.0 else math.nan,
+                     "latency ms (batch 1)": round(latency[measured_as], 3) if measured_as in latency else math.nan,
                      "device": setup["device_name"], "processes": setup["world_size"],
                      "commit": ", ".join(sorted(set(runs.git_commit.dropna().str[:12]))) or "-"})
     table = pd.DataFrame(rows)
@@ -324,18 +309,23 @@ def environments(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def relative_to_conv(g: pd.DataFrame) -> pd.DataFrame:
-    """Latency and MACs of each network over the conv ResNet of the same depth and batch."""
+    """Latency and MACs of each network over the conv network measured alike (same side, batch, width and
+    settings): the one of its own architecture (gsa_resnet26 over resnet26, gsa_probe over conv_probe), else
+    ResNet-50 (botnet50, timm's networks), named in the table when they differ."""
     rows = []
-    for (arch, batch), b in g.groupby(["arch", "batch"], sort=True):
-        base = b[b.variant == "conv"]
-        if base.empty:
-            continue
-        base = base.iloc[0]
+    for (batch, _, _), b in g.groupby(["batch", "setup", "width"], sort=True):
+        bases = {r.arch: r for r in b[b.variant == "conv"].itertuples()}
         for r in b.itertuples():
-            rows.append({"network": f"{r.variant}_{arch}", "batch": batch,
+            base = bases.get(r.arch) or bases.get("resnet50")
+            if base is None:
+                continue
+            rows.append({"network": r.series, "batch": batch, "relative to": base.series,
                          "latency (ms)": round(r.latency_ms_median, 2),
                          "latency / conv": round(r.latency_ms_median / base.latency_ms_median, 2),
                          "MACs (G)": round(r.macs / 1e9, 3), "MACs / conv": round(r.macs / base.macs, 3),
                          "latency per GMAC / conv's": round((r.latency_ms_median / r.macs)
                                                             / (base.latency_ms_median / base.macs), 2)})
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    if table.empty or table["relative to"].nunique() > 1:
+        return table
+    return table.drop(columns="relative to")

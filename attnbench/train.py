@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnbench import files, interrupt, store
-from attnbench.choices import DATASETS, unknown_name_message
+from attnbench.choices import DATASETS
 from attnbench.data import DEFAULT_IMAGEFOLDER_SIDE, IMAGE_SIDE, Dataset, load_dataset
 from attnbench.env import environment, parse_device
 from attnbench.imagefolder import ImageFolderSet
@@ -65,10 +65,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         """Every field as a command line or a checkpoint may give it; TrainError names the first one wrong."""
-        from attnbench.models import list_models
+        from attnbench.models import UnknownModelError, get_model_spec
 
-        if self.model not in list_models():
-            raise TrainError(unknown_name_message("model", self.model, list_models()))
+        try:
+            foreign = get_model_spec(self.model).foreign
+        except UnknownModelError as e:
+            raise TrainError(str(e)) from None
 
         def whole(value: object, least: int) -> bool:
             return isinstance(value, int) and not isinstance(value, bool) and value >= least
@@ -86,7 +88,8 @@ class TrainConfig:
             ("momentum", finite(self.momentum) and self.momentum >= 0, "a finite number of at least 0"),
             ("weight_decay", finite(self.weight_decay) and self.weight_decay >= 0, "a finite number of at least 0"),
             ("width", finite(self.width) and self.width > 0, "a finite number above 0"),
-            ("stem", self.stem in ("conv", "cifar"), "conv or cifar"),
+            ("stem", self.stem in (("",) if foreign else ("conv", "cifar")),
+             "'' for a network from elsewhere" if foreign else "conv or cifar"),
             ("dtype", self.dtype in AUTOCAST, f"one of {', '.join(AUTOCAST)}"),
             ("device", device_type(self.device) in ("cpu", "cuda"), "cpu, cuda or cuda:N"),
             ("seed", whole(self.seed, 0), at_least_0),
@@ -145,11 +148,28 @@ def image_side(cfg: TrainConfig) -> int:
 
 
 def build(cfg: TrainConfig, num_classes: int) -> nn.Module:
-    from attnbench.models import build_model
+    """The run's network, its weights drawn from the seed. A network from elsewhere (timm, a user's builder)
+    takes the classes and the image side, and must map images of that side to logits: checked here on one
+    image, so that a network whose input size does not suit the data set is refused before training."""
+    from attnbench.models import build_model, get_model_spec
 
     torch.manual_seed(cfg.seed)
-    return build_model(cfg.model, num_classes=num_classes, stem=cfg.stem, width=cfg.width,
-                       image_size=image_side(cfg), **parse_options(cfg.options))
+    spec = get_model_spec(cfg.model)
+    side = image_side(cfg)
+    if not spec.foreign:
+        return build_model(cfg.model, num_classes=num_classes, stem=cfg.stem, width=cfg.width, image_size=side,
+                           **parse_options(cfg.options))
+    try:
+        net = build_model(cfg.model, num_classes=num_classes, image_size=side)
+        with torch.no_grad():
+            shape = tuple(net.eval()(torch.zeros(1, 3, side, side)).shape)
+    except Exception as err:  # noqa: BLE001 - whatever the foreign network raises, said in one line
+        raise TrainError(f"{cfg.model} cannot take {side} x {side} images of {cfg.dataset}: {type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}") from None
+    if shape != (1, num_classes):
+        raise TrainError(f"{cfg.model} maps a {side} x {side} image to {shape}, not to the {num_classes} logits of "
+                         f"{cfg.dataset}.")
+    return net
 
 
 def datasets(cfg: TrainConfig) -> Splits:
@@ -455,6 +475,7 @@ def _train(cfg: TrainConfig, *, out: str | Path, db: str | Path | None = None, r
 
     from attnbench.measure.macs import count_macs
     from attnbench.measure.params import count_params
+    from attnbench.models import get_model_spec
 
     usable_device(cfg.device)
     rank, world = _distributed(cfg.device)
@@ -493,6 +514,8 @@ def _train(cfg: TrainConfig, *, out: str | Path, db: str | Path | None = None, r
     params = count_params(model)["params"]
     side = image_side(cfg)
     macs = count_macs(model, torch.randn(1, 3, side, side, device=device))  # eval-mode trace; changes no state
+    spec = get_model_spec(cfg.model)
+    code = spec.modules()  # what the code hash of the stored epochs covers besides attnbench
     n = len(train_set.labels)
     steps = n // cfg.batch
     if steps == 0:
@@ -562,7 +585,8 @@ def _train(cfg: TrainConfig, *, out: str | Path, db: str | Path | None = None, r
                     })
                 if db is not None:
                     store.write_training(db, Epoch(run_id=run_id, **run_setup(cfg), **run, **metrics, params=params,
-                                                   macs_per_image=macs, environment=environment(device)))
+                                                   variant=spec.variant, macs_per_image=macs,
+                                                   environment=environment(device, code)))
             if progress and diverged:
                 print(f"epoch {epoch + 1}/{epochs} (step {done}/{total}): the training loss is not finite: diverged, "
                       "stopped", flush=True)

@@ -233,10 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     for variant in ORDER if "networks" in sections else []:
         for mode in ["infer", "train"]:
             resolved = attnbench.resolve_impl(variant, "auto", args.device)
+            name = attnbench.models.model_spec_for(variant, args.arch).name
             row = measure(Case("model", variant, args.arch, args.net_res, args.net_batch, 0, args.dtype, args.device,
-                               mode, threads, resolved))
+                               mode, threads, resolved, model=name))
             ms = row.get("latency_ms_median") or float("nan")
-            name = args.arch if variant == "conv" else f"{variant}_{args.arch}"
             line = {"what": f"{name}, {args.net_res}, batch {args.net_batch}, {args.dtype}, {mode}",
                     "impl": row["impl"], "ms": ms, "TFLOP/s": 2 * (row.get("macs") or 0) / (ms * 1e-3) / 1e12}
             if variant == "conv":

@@ -344,7 +344,7 @@ def test_a_case_killed_from_outside_is_not_called_out_of_memory():
     from attnbench.harness import run_isolated
     from attnbench.record import Case
 
-    case = Case("model", "conv", "resnet50", 224, 1, 0, "fp32", "cpu", "infer", 1, "native")
+    case = Case("model", "conv", "resnet50", 224, 1, 0, "fp32", "cpu", "infer", 1, "native", model="resnet50")
 
     def kill_the_case() -> None:
         for _ in range(600):

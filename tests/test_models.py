@@ -5,7 +5,7 @@ import torch
 
 import attnbench
 from attnbench.baselines import compare_published, load_published
-from attnbench.models import list_models, parse_model_name
+from attnbench.models import get_model_spec, list_models
 from attnbench.models.resnet import DEPTHS
 
 
@@ -30,12 +30,17 @@ def test_shipped_variant_facts_are_current():
     assert variant_facts({"not-shipped"}).name.tolist() == attnbench.list_variants()
 
 
-def test_every_variant_gets_its_networks():
+def test_every_variant_gets_its_networks_and_the_registry_says_what_each_is_built_of():
     names = list_models()
     for variant in attnbench.list_variants():
         for depth in DEPTHS:
-            assert f"{variant}_resnet{depth}" in names
+            spec = get_model_spec(f"{variant}_resnet{depth}")  # conv_resnet50: an alias of resnet50
+            assert (spec.variant, spec.arch) == (variant, f"resnet{depth}") and spec.name in names
+            assert spec.name == (f"resnet{depth}" if variant == "conv" else f"{variant}_resnet{depth}")
+        assert (get_model_spec(f"{variant}_probe").variant, get_model_spec(f"{variant}_probe").arch) == (variant,
+                                                                                                        "probe")
     assert {"resnet26", "resnet38", "resnet50", "resnet101", "axial_deeplab_26s", "axial_deeplab_50s"} <= set(names)
+    assert (get_model_spec("botnet50").variant, get_model_spec("axial_deeplab_50s").variant) == ("mhsa", "axial")
 
 
 def test_conv_resnet50_is_resnet50():
@@ -45,7 +50,7 @@ def test_conv_resnet50_is_resnet50():
 
 def test_unknown_model():
     with pytest.raises(KeyError, match="Unknown model 'gsa_resnet51'.*Did you mean 'gsa_resnet50'"):
-        parse_model_name("gsa_resnet51")
+        get_model_spec("gsa_resnet51")
 
 
 @pytest.mark.parametrize("row", range(len(load_published())))

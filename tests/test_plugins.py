@@ -2,6 +2,7 @@
 holds a minimal one (with the .dist-info that installing it would write)."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,55 @@ def test_a_plugins_variant_is_listed_swept_built_into_networks_and_reported(tmp_
     assert rep.returncode == 0, rep.stderr
     exponents = (tmp_path / "report" / "tables" / "scaling_exponents.md").read_text()
     assert "| gate " in exponents  # its expected exponent came from the registry, not the shipped table
+
+
+def test_a_plugins_network_is_listed_and_measured(tmp_path):
+    listed = attnbench("list")
+    assert "gated_tiny" in listed.stdout
+    db = str(tmp_path / "r.sqlite")
+    run = attnbench("run", "--model", "gated_tiny", "--res", "16", "--width", "1,2", "--min-run-time", "0.01",
+                    "--threads", "1", "--db", db)
+    assert run.returncode == 0, run.stderr
+    frame = store.load_results(db)
+    assert frame.status.tolist() == ["ok", "ok"] and set(frame.variant) == {"gate"}
+    # params of a 3x3 stem to c channels, two 1x1 convolutions c -> c, and the classifier, at c = 8 and 16
+    assert frame.params.tolist() == [27 * c + c + 2 * (c * c + c) + c * 1000 + 1000 for c in (8, 16)]
+
+
+def test_a_change_to_a_plugins_code_measures_its_cases_again(tmp_path):
+    plugin = tmp_path / "plugin"
+    shutil.copytree(EXAMPLE, plugin, ignore=shutil.ignore_patterns("__pycache__"))
+    db = str(tmp_path / "r.sqlite")
+    sweep = ("run", "--scope", "module", "--variants", "gate,conv", "--res", "8", "--dim", "8", "--min-run-time",
+             "0.01", "--threads", "1", "--db", db)
+    assert attnbench(*sweep, path=(plugin,)).returncode == 0
+    assert attnbench(*sweep, path=(plugin,)).returncode == 0
+    assert len(store.load_results(db)) == 2  # nothing changed: nothing measured again
+    source = plugin / "attnbench_gate" / "__init__.py"
+    source.write_text(source.read_text().replace("* torch.sigmoid(", "* torch.sigmoid(0.5 * "))
+    assert attnbench(*sweep, path=(plugin,)).returncode == 0
+    frame = store.load_results(db)
+    assert sorted(frame.variant) == ["conv", "gate", "gate"]  # the plugin's case again, conv's not
+    assert frame[frame.variant == "gate"].code_hash.nunique() == 2
+
+
+def test_a_variant_whose_name_holds_an_underscore_gets_its_networks_and_reports(tmp_path):
+    """Nothing splits a network's name to find its variant: `two_gate_probe` is the probe of `two_gate`."""
+    source = (EXAMPLE / "attnbench_gate" / "__init__.py").read_text()
+    plugin = install(tmp_path, "two_gate", source.replace('"gate", GateConfig', '"two_gate", GateConfig').replace(
+        'register_impl("gate"', 'register_impl("two_gate"'))
+    db = str(tmp_path / "r.sqlite")
+    run = attnbench("run", "--variants", "two_gate", "--arch", "probe", "--res", "16", "--min-run-time", "0.01",
+                    "--threads", "1", "--db", db, path=(plugin,))
+    assert run.returncode == 0, run.stderr
+    trained = attnbench("train", "--model", "two_gate_probe", "--dataset", "longrange", "--steps", "1", "--batch",
+                        "64", "--db", db, "--out", str(tmp_path / "run"), path=(plugin,))
+    assert trained.returncode == 0, trained.stderr
+    assert store.load_results(db).model.tolist() == ["two_gate_probe"]
+    assert store.load_training(db).variant.unique().tolist() == ["two_gate"]
+    rep = attnbench("report", "--db", db, "--out", str(tmp_path / "report"), path=(plugin,))
+    assert rep.returncode == 0, rep.stderr
+    assert "| two_gate_probe | two_gate " in (tmp_path / "report" / "tables" / "accuracy.md").read_text()
 
 
 def install(folder: Path, name: str, source: str | None = None) -> Path:

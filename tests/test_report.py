@@ -1,9 +1,9 @@
 """Reports from a store built here with known costs: exponents, files, determinism, clear refusals."""
 
 import hashlib
-import math
 import shutil
 import signal
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +13,7 @@ from conftest import stopped_midway
 from attnbench import store
 from attnbench.cli import main
 from attnbench.record import Environment, Epoch, Record
-from attnbench.report import ReportError, report
+from attnbench.report import ReportError, load, report
 from attnbench.tables import fit_exponent
 
 EXPONENTS = {"conv": 1.0, "gsa": 1.5, "nonlocal": 2.0}
@@ -24,8 +24,9 @@ def row(variant, res, *, device="cpu", name="Test CPU", scope="module", batch=1,
     k = EXPONENTS[variant] if k is None else k
     pixels = res * res
     ok = status == "ok"
+    arch = extra.pop("arch", "resnet50" if scope == "model" else "")
     return Record.from_row(dict(
-        run_id="r1", scope=scope, variant=variant, impl="ref", arch="resnet50" if scope == "model" else "",
+        run_id="r1", scope=scope, variant=variant, impl="ref", arch=arch, model=f"{variant}_{arch}" if arch else "",
         res=res, batch=batch, dim=0 if scope == "model" else 16,
         dtype="fp32", device=device, mode="infer", threads=2, status=status,
         reason=None if ok else "predicted peak exceeds the memory available",
@@ -145,18 +146,20 @@ def test_accuracy_against_cost(db, tmp_path):
     runs = {"conv_probe": (51.0, 1e6, 0.5, 1.0), "gsa_probe": (95.0, 3e6, 2.0, 1.0),
             "local_probe": (60.0, 4e6, 3.0, 1.0), "axial_probe": (55.0, 2e6, 4.0, 0.5)}
     for model, (top1, macs, latency, width) in runs.items():
+        variant = model.split("_")[0]
         for epoch in (1, 2):
             store.write_training(db, Epoch(
                 run_id=f"{model}-1", epoch=epoch, epochs=2, model=model, dataset="longrange", train_loss=0.5,
                 top1_pct=top1 - (2 - epoch), top5_pct=100.0, epoch_s=3.0, params=100, macs_per_image=int(macs),
-                width=width, world_size=1, seed=0, environment=Environment(device_name="Test CPU")))
-        variant = model.split("_")[0]
+                width=width, world_size=1, seed=0, variant=variant, environment=Environment(device_name="Test CPU")))
         store.write(db, row(variant, 32, scope="model", batch=1, k=1.0, arch="probe", latency_ms_median=latency))
+    # the axial probe trained at width 0.5 is measured at that width too (run --width), and at width 1 slower
+    store.write(db, row("axial", 32, scope="model", batch=1, k=1.0, arch="probe", latency_ms_median=1.5, width=0.5))
     rep = report([db], tmp_path / "out", published=False)
     acc = rep.tables["accuracy"].set_index("model")
     assert acc.loc["gsa_probe", "top-1 (%)"] == 95.0 and acc.loc["gsa_probe", "training time (s)"] == 6.0
     assert acc.loc["local_probe", "latency ms (batch 1)"] == 3.0
-    assert math.isnan(acc.loc["axial_probe", "latency ms (batch 1)"])  # measured at width 1, trained at 0.5
+    assert acc.loc["axial_probe", "latency ms (batch 1)"] == 1.5  # the width it was trained at, not width 1
     assert {"accuracy_macs_longrange_test-cpu", "accuracy_latency_longrange_test-cpu"} <= set(rep.figures)
 
 
@@ -375,3 +378,38 @@ def test_accuracy_across_resolutions_table_figure_and_which_holds_best(tmp_path)
     assert list(kept.index) == sorted(expected, key=lambda k: -expected[k])  # best first
     best = holds_best(store.load_evaluations(db))
     assert list(zip(best.dataset, best.model, best.tables)) == [("longrange", "gsa_probe", "interpolated")]
+def test_networks_measured_with_and_without_a_setting_keep_their_columns_and_their_conv_baseline(tmp_path):
+    """Labels are derived beside the columns, never written over them: conv eager and conv channels-last side
+    by side are two series, and each network is compared with the conv network measured alike."""
+    db = tmp_path / "setups.sqlite"
+    for variant, k in (("conv", 1.0), ("gsa", 1.5)):
+        for channels_last in (False, True):
+            store.write(db, row(variant, 64, scope="model", batch=1, k=k + 0.1 * channels_last,
+                                channels_last=channels_last))
+    timm = row("conv", 64, scope="model", batch=1, k=1.2, arch="timm", model="timm:resnet50")
+    store.write(db, replace(timm, case=replace(timm.case, variant="", impl="")))  # a network from elsewhere
+    rep = report([db], tmp_path / "out", published=False)
+    frame, _ = load([db])
+    assert set(frame.variant) == {"conv", "gsa", ""} and set(frame.series) == {
+        "conv_resnet50[eager]", "conv_resnet50[channels_last]", "gsa_resnet50[eager]", "gsa_resnet50[channels_last]",
+        "timm:resnet50"}
+    relative = next(t for name, t in rep.tables.items() if name.startswith("relative_")).set_index("network")
+    pixels = 64 * 64
+    for network, k, base_k in (("gsa_resnet50[eager]", 1.5, 1.0), ("gsa_resnet50[channels_last]", 1.6, 1.1),
+                               ("timm:resnet50", 1.2, 1.0)):
+        assert relative.loc[network, "latency / conv"] == round(pixels**k / pixels**base_k, 2), network
+    assert relative.loc["timm:resnet50", "relative to"] == "conv_resnet50[eager]"
+
+
+def test_series_labels_name_what_varies_for_each_subject():
+    import pandas as pd
+
+    from attnbench.labels import series
+
+    rows = pd.DataFrame({
+        "scope": ["module", "module", "module", "model", "model"], "variant": ["gsa", "gsa", "local", "gsa", ""],
+        "model": ["", "", "", "gsa_probe", "timm:vit_tiny_patch16_224"], "width": [1.0, 1.0, 1.0, 0.875, 1.0],
+        "impl": ["batched", "plain", "halo", "pixelmajor", ""], "options": ["", "", "window=9", "", ""],
+        "amp": [""] * 5, "channels_last": [False] * 5, "compile": [""] * 5})
+    assert series(rows).tolist() == ["gsa/batched", "gsa/plain", "local", "gsa_probe x0.875",
+                                     "timm:vit_tiny_patch16_224"]

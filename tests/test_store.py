@@ -402,3 +402,27 @@ def test_a_store_whose_table_lost_its_unique_key_takes_no_duplicates(tmp_path, c
     assert main(["merge", str(db), "-o", str(sound)]) == 0  # the remedy the message names
     store.write(sound, row("a", run_id="again"), replace=True)
     assert store.load_results(sound).run_id.tolist() == ["again"]
+def test_networks_stored_before_the_model_column_are_named_alike_by_readers_and_writers(tmp_path):
+    """Readers fill a missing column as the writers' upgrade does: the network each old row measured."""
+    from dataclasses import asdict
+
+    db = tmp_path / "old.sqlite"
+    nets = [("gsa", "resnet50", "gsa_resnet50"), ("conv", "resnet26", "resnet26"), ("conv", "probe", "conv_probe"),
+            ("axial", "axial_deeplab_50s", "axial_deeplab_50s"), ("nonlocal", "probe", "nonlocal_probe")]
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+        conn.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+        cols = [c for c in store.COLUMNS if c[0] not in ("model", "width")]
+        conn.execute(f"CREATE TABLE results ({', '.join(f'{c} {t}' for c, t in cols)}, UNIQUE (case_key, env_key))")
+        for variant, arch, _ in nets + [("local", "", "")]:
+            values = row(f"{variant}{arch}", scope="model" if arch else "module", variant=variant, arch=arch).row()
+            values = {k: v for k, v in values.items() if k not in ("model", "width")}
+            conn.execute(f"INSERT INTO results ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
+                         list(values.values()))
+    expected = [name for _, _, name in nets] + [""]
+    read = store.load_results(db)
+    assert read.model.tolist() == expected and read.width.tolist() == [1.0] * 6
+    store.open_store(db).close()  # a writer upgrades the file
+    with sqlite3.connect(db) as conn:
+        assert [r[0] for r in conn.execute("SELECT model FROM results ORDER BY rowid")] == expected
+    assert asdict(Record.from_row(store.load_results(db).iloc[0].to_dict()).case)["model"] == "gsa_resnet50"

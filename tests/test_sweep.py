@@ -3,12 +3,12 @@ from dataclasses import replace
 import pytest
 
 from attnbench.record import Case
-from attnbench.sweep import expand, shard
+from attnbench.sweep import Subject, Sweep, expand, shard
 
 
-def sweep(**kw):
-    base = dict(variants=["gsa", "conv"], res=[32, 16], batch=[1, 2], dims=[8], dtypes=["fp32", "bf16"],
-                devices=["cpu"], modes=["infer"], scope="module", arch="resnet50", threads=1)
+def sweep(variants=("gsa", "conv"), **kw):
+    base = dict(subjects=[Subject(v) for v in variants], res=[32, 16], batch=[1, 2], dims=[8],
+                dtypes=["fp32", "bf16"], devices=["cpu"], modes=["infer"], scope="module", threads=1)
     return expand(**{**base, **kw})
 
 
@@ -40,6 +40,43 @@ def test_implementations_resolve_per_device_without_duplicates():
 
 def test_model_scope_ignores_dim():
     assert {c.dim for c in sweep(scope="model", dims=[8, 16])} == {0}
+
+
+def test_networks_by_name_beside_variants_take_their_variant_from_the_registry():
+    cases = Sweep(variants=["gsa"], model=["botnet50", "resnet50", "gsa_resnet50"], res=[32], device=["cpu"],
+                  threads=1).cases()
+    got = [(c.model, c.variant, c.arch, c.impl) for c in cases]
+    # gsa_resnet50 is named twice (by --variants and --model): one case; botnet50's variant is mhsa, whose impl
+    # resolves for the CPU as any variant's does
+    assert got == [("gsa_resnet50", "gsa", "resnet50", "pixelmajor"), ("botnet50", "mhsa", "botnet50", "dense"),
+                   ("resnet50", "conv", "resnet50", "native")]
+    alone = Sweep(model=["gsa_resnet50"], res=[32], device=["cpu"], threads=1).cases()
+    assert [c.key for c in alone] == [cases[0].key]  # the same network is the same case, however it was named
+    aliased = Sweep(model=["conv_resnet50"], res=[32], device=["cpu"], threads=1).cases()
+    assert [c.key for c in aliased] == [cases[2].key]
+
+
+def test_width_is_an_axis_of_networks_with_its_own_keys():
+    from attnbench.harness import shape_key
+
+    cases = Sweep(variants=["conv"], arch="probe", width=[0.5, 1.0], res=[32], device=["cpu"], threads=1).cases()
+    assert [c.width for c in cases] == [0.5, 1.0]
+    assert cases[0].key == cases[1].key + "/width=0.5" and shape_key(cases[0]) != shape_key(cases[1])
+
+
+@pytest.mark.parametrize("sweep_args, message", [
+    (dict(scope="module", model=["resnet50"]), "--model applies to --scope model only"),
+    (dict(scope="module", width=[0.5]), "--width applies to --scope model only"),
+    (dict(model=["resnet50"], arch="probe"), "--arch applies to --variants"),
+    (dict(model=["collections:OrderedDict"], width=[0.5]), "--width applies to attnbench's networks"),
+    (dict(model=["gsa_resnet51"]), "--model: Unknown model 'gsa_resnet51'.*Did you mean 'gsa_resnet50'"),
+    (dict(model=["timmm:x"]), "--model: Cannot import timmm"),
+    (dict(model=["os:nothing_here"]), "os has no callable 'nothing_here'"),
+    (dict(variants=["conv"], width=[0.0]), "Invalid width=0.0"),
+])
+def test_bad_networks_are_refused_in_one_line(sweep_args, message):
+    with pytest.raises(ValueError, match=message):
+        Sweep(res=[32], device=["cpu"], **sweep_args).cases()
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5])

@@ -671,13 +671,13 @@ def test_probe_heads_are_the_most_of_eight_channels_or_more_that_the_variant_acc
     assert heads("local_probe", 1.625) == [1, 1] and heads("gsa_probe", 1.625) == [2, 2]
     assert heads("local_probe", 1.625, heads=13) == [13, 13]  # heads given win
     # as `run --arch probe` builds them: with an implementation, which is not a config option
-    from attnbench.models import model_for_variant
+    from attnbench.models import model_spec_for
     from attnbench.registry import iter_specs, list_impls
 
     for spec in iter_specs():
         if "heads" in spec.options():
-            net = model_for_variant(spec.name, "probe", num_classes=2, image_size=32,
-                                    impl=list_impls(spec.name)[0])
+            net = model_spec_for(spec.name, "probe").build(num_classes=2, image_size=32,
+                                                           impl=list_impls(spec.name)[0])
             assert [block.cfg.heads for block in net.blocks] == [2, 2], spec.name
 
 

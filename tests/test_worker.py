@@ -11,7 +11,8 @@ from attnbench.harness import Worker
 from attnbench.record import Case, Record
 
 SMALL = Case("module", "conv", "", 8, 1, 8, "fp32", "cpu", "infer", 1, "native")
-SLOW = Case("model", "conv", "resnet50", 224, 4, 0, "fp32", "cpu", "infer", 1, "native")  # seconds per run
+SLOW = Case("model", "conv", "resnet50", 224, 4, 0, "fp32", "cpu", "infer", 1, "native",
+            model="resnet50")  # seconds per run
 
 
 def test_a_warm_worker_measures_case_after_case_in_one_process():

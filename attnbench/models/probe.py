@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from attnbench.models.registry import register_family
 from attnbench.registry import build_variant, get_variant_spec
 
 
@@ -61,3 +62,13 @@ class ProbeNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.features(x).mean(dim=(2, 3)))
+
+
+@register_family("probe", description="probe: a stem and two blocks at full resolution")
+def probe(variant: str, num_classes: int = 1000, **options) -> ProbeNet:
+    """``width`` multiplies the 16 channels (at least 8); ``stem`` is ignored (a probe has its own)."""
+    options.pop("stem", None)
+    width = options.pop("width", 1.0)  # a multiplier here as for ResNets, which check theirs
+    if isinstance(width, bool) or not isinstance(width, int | float) or not width > 0:
+        raise ValueError(f"Invalid width={width!r}: width must be a positive multiplier.")
+    return ProbeNet(variant, num_classes=num_classes, width=max(8, int(16 * width)), **options)

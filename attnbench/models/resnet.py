@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from attnbench.models.registry import register_family, register_model
 from attnbench.registry import build_variant, get_variant_spec
 
 DEPTHS = {26: (1, 2, 4, 1), 38: (2, 3, 5, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
@@ -148,3 +149,30 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+
+def _resnet_family(depth: int) -> None:
+    @register_family(f"resnet{depth}", description=f"ResNet-{depth}", plain=f"resnet{depth}")
+    def family(variant: str, num_classes: int = 1000, **options: Any) -> ResNet:
+        return ResNet(variant, depth, num_classes=num_classes, **options)
+
+
+for _depth in DEPTHS:
+    _resnet_family(_depth)
+
+
+def _axial_deeplab(name: str, depth: int) -> None:
+    @register_model(name=name, variant="axial",
+                    description=f"Axial-DeepLab's ImageNet {name[-3:].upper()} (bottleneck expansion 2, widths x 0.5)")
+    def build(num_classes: int = 1000, **options: Any) -> ResNet:
+        return ResNet("axial", depth, num_classes=num_classes, expansion=2, stem_width=32, **options)
+
+
+_axial_deeplab("axial_deeplab_26s", 26)
+_axial_deeplab("axial_deeplab_50s", 50)
+
+
+@register_model(variant="mhsa")
+def botnet50(num_classes: int = 1000, **options: Any) -> ResNet:
+    """BoTNet's BoT50: ResNet-50 with MHSA in place of the last stage's 3x3 convolutions."""
+    return ResNet("mhsa", 50, num_classes=num_classes, stages=(3,), **options)

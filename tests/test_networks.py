@@ -1,0 +1,240 @@
+"""Any network on the harness: the network registry, networks named directly (registered, timm:NAME,
+module:callable), the width axis, and a code hash that follows the code that measured."""
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+import attnbench
+from attnbench import store
+from attnbench.measure.params import count_params
+from attnbench.models import get_model_spec, list_models, register_model
+from attnbench.models import registry as models
+
+FAST = ["--min-run-time", "0.01", "--threads", "1"]
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """Networks registered by a test are gone after it."""
+    monkeypatch.setattr(models, "_MODELS", dict(models._MODELS))
+    monkeypatch.setattr(models, "_ALIASES", dict(models._ALIASES))
+
+
+def test_register_model_is_a_decorator_that_refuses_a_name_twice(scratch_registry):
+    @register_model(variant="gsa")
+    def tiny_gsa_net(num_classes=1000, **options):
+        """Two GSA layers on a 3x3 stem."""
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), attnbench.build_variant("gsa", 8, heads=2, **options),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))
+
+    spec = get_model_spec("tiny_gsa_net")
+    assert (spec.variant, spec.arch, spec.description) == ("gsa", "tiny_gsa_net", "Two GSA layers on a 3x3 stem.")
+    assert spec.source == __name__ and "tiny_gsa_net" in list_models("tiny_*")
+    assert attnbench.build_model("tiny_gsa_net", num_classes=3)(torch.randn(2, 3, 8, 8)).shape == (2, 3)
+    with pytest.raises(ValueError, match="Network 'tiny_gsa_net' is already registered"):
+        register_model(name="tiny_gsa_net")(lambda num_classes=1000: None)
+    with pytest.raises(ValueError, match="':' marks networks from elsewhere"):
+        register_model(name="timm:mine")(lambda num_classes=1000: None)
+
+
+def test_list_models_filters_with_wildcards_in_natural_order():
+    every = list_models()
+    assert list_models("*_resnet50") == sorted(f"{v}_resnet50" for v in attnbench.list_variants() if v != "conv")
+    assert list_models("gsa_*") == ["gsa_probe", "gsa_resnet26", "gsa_resnet38", "gsa_resnet50", "gsa_resnet101"]
+    assert [n for n in every if n.startswith("resnet")] == ["resnet26", "resnet38", "resnet50", "resnet101"]
+    assert list_models("nothing*") == []
+
+
+def test_a_users_builder_is_a_network(tmp_path, monkeypatch):
+    (tmp_path / "user_nets.py").write_text(textwrap.dedent("""
+        from torch import nn
+
+        def build(num_classes=1000):
+            return nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))
+
+        def sized(image_size):
+            return nn.Sequential(nn.Flatten(), nn.Linear(3 * image_size * image_size, 10))
+
+        not_callable = 3
+    """))
+    monkeypatch.chdir(tmp_path)  # found from the working folder, as the command line finds it
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    spec = get_model_spec("user_nets:build")
+    assert (spec.variant, spec.arch, spec.kind, spec.foreign) == ("", "custom", "custom", True)
+    assert spec.build(num_classes=7)(torch.randn(1, 3, 9, 9)).shape == (1, 7)
+    # a builder gets what it names of (num_classes, image_size), nothing else
+    assert spec.build(num_classes=7, image_size=5)[3].out_features == 7
+    assert get_model_spec("user_nets:sized").build(image_size=5)[1].in_features == 75
+    with pytest.raises(ValueError, match="user_nets:build is a network from elsewhere: it takes no width"):
+        spec.build(width=0.5)
+    with pytest.raises(KeyError, match="user_nets has no callable 'not_callable'"):
+        get_model_spec("user_nets:not_callable")
+    with pytest.raises(KeyError, match="Cannot import no_such_nets for the network 'no_such_nets:build'"):
+        get_model_spec("no_such_nets:build")
+
+
+def attnbench_cli(*args, cwd, path=()):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([*map(str, path), *sys.path])}
+    return subprocess.run([sys.executable, "-m", "attnbench", *args], capture_output=True, text=True, env=env,
+                          timeout=600, cwd=cwd)
+
+
+@pytest.mark.slow
+def test_a_users_network_is_measured_beside_ours_and_again_when_its_code_changes(tmp_path):
+    """`run --model mypkg.nets:build,conv_probe`: one sweep, one table; a change to the builder's package
+    measures it again (its source is part of the code hash), and nothing else does."""
+    package = tmp_path / "mypkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "layers.py").write_text("from torch import nn\nWIDTH = 6\n")
+    (package / "nets.py").write_text(textwrap.dedent("""
+        from torch import nn
+        from mypkg.layers import WIDTH
+
+        def build(num_classes=1000):
+            return nn.Sequential(nn.Conv2d(3, WIDTH, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                                 nn.Flatten(), nn.Linear(WIDTH, num_classes))
+    """))
+    db = str(tmp_path / "r.sqlite")
+    sweep = ["run", "--model", "mypkg.nets:build,conv_probe", "--res", "16", "--db", db, *FAST]
+    first = attnbench_cli(*sweep, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "mypkg.nets:build" in first.stdout and "conv_probe" in first.stdout
+    rows = store.load_results(db).set_index("model")
+    assert set(rows.status) == {"ok"} and rows.loc["mypkg.nets:build", "variant"] == ""
+    # parameters and MACs by the same rule as ours: conv 3x3 (3 -> 6) and linear (6 -> 1000)
+    assert rows.loc["mypkg.nets:build", "params"] == 3 * 6 * 9 + 6 + 6 * 1000 + 1000
+    assert rows.loc["mypkg.nets:build", "macs"] == 16 * 16 * 3 * 6 * 9 + 6 * 1000
+    again = attnbench_cli(*sweep, cwd=tmp_path)
+    assert again.returncode == 0 and len(store.load_results(db)) == 2  # nothing changed: nothing measured
+    (package / "layers.py").write_text("from torch import nn\nWIDTH = 5\n")  # a module the builder imports
+    changed = attnbench_cli(*sweep, cwd=tmp_path)
+    assert changed.returncode == 0, changed.stderr
+    after = store.load_results(db)
+    assert len(after) == 3  # the user's network again; conv_probe's code did not change
+    mine = after[after.model == "mypkg.nets:build"].sort_values("created_utc")
+    assert mine.params.tolist() == [3 * 6 * 9 + 6 + 6 * 1000 + 1000, 3 * 5 * 9 + 5 + 5 * 1000 + 1000]
+    assert mine.code_hash.nunique() == 2
+
+
+def test_the_width_axis_measures_each_network_at_its_width(tmp_path):
+    db = str(tmp_path / "r.sqlite")
+    frame = attnbench.run(variants=["conv", "gsa"], arch="probe", width=[0.5, 1.0], res=[16], device=["cpu"],
+                          threads=1, db=db, min_run_time=0.01)
+    assert frame.status.tolist() == ["ok"] * 4
+    for r in frame.itertuples():
+        net = attnbench.build_model(r.model, width=r.width, image_size=16)
+        assert r.params == count_params(net)["params"], (r.model, r.width)
+    assert frame[frame.model == "gsa_probe"].params.is_monotonic_increasing
+
+
+def test_the_code_hash_covers_the_measuring_code_only(tmp_path, monkeypatch):
+    """A help text or a plot colour measures nothing again; a variant, network or measurement does."""
+    from attnbench import env
+
+    copy = tmp_path / "attnbench"
+    shutil.copytree(env.PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(env, "PACKAGE", copy)
+
+    def code() -> str:
+        env.measuring_code_hash.cache_clear()
+        return env.code_hash()
+
+    first = code()
+    for path in ("cli.py", "plots.py", "report.py", "console.py"):
+        (copy / path).write_text((copy / path).read_text() + "\n# a comment\n")
+    assert code() == first
+    for path in ("variants/gsa.py", "models/resnet.py", "measure/latency.py", "harness.py"):
+        before = code()
+        (copy / path).write_text((copy / path).read_text() + "\n# a comment\n")
+        assert code() != before, path
+
+
+def test_the_code_hash_covers_the_package_that_defines_a_network_from_elsewhere(tmp_path, monkeypatch):
+    from attnbench import env
+
+    (tmp_path / "other_pkg").mkdir()
+    (tmp_path / "other_pkg" / "__init__.py").write_text("")
+    (tmp_path / "other_pkg" / "deep.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    base = env.code_hash()
+    with_pkg = env.code_hash(["other_pkg.nets"])
+    assert with_pkg != base and env.code_hash(["attnbench.models.resnet", "torch.nn"]) != base  # torch: its files
+    assert env.code_hash(["attnbench.variants.gsa"]) == base  # attnbench's own: the measuring code's hash
+    (tmp_path / "other_pkg" / "deep.py").write_text("X = 2\n")
+    env.package_hash.cache_clear()
+    assert env.code_hash(["other_pkg.nets"]) != with_pkg
+
+
+# ---- timm (its tests run in .ci/run's second environment, where timm imports) --------------------------------
+
+
+def _timm():
+    try:
+        import timm
+    except Exception as err:  # noqa: BLE001 - missing, or its torchvision broken beside this torch
+        pytest.skip(f"timm does not import here ({type(err).__name__}); .ci/run tests it in its timm environment")
+    return timm
+
+
+@pytest.mark.timm
+def test_a_timm_network_is_built_as_timm_builds_it():
+    timm = _timm()
+    spec = get_model_spec("timm:resnet18")
+    assert (spec.variant, spec.arch, spec.kind) == ("", "timm", "timm") and spec.source.startswith("timm.")
+    ours, theirs = spec.build(num_classes=10), timm.create_model("resnet18", pretrained=False, num_classes=10)
+    assert [(n, p.shape) for n, p in ours.named_parameters()] == [(n, p.shape) for n, p in theirs.named_parameters()]
+    with pytest.raises(KeyError, match="Unknown timm model 'resnet19'.*Did you mean"):
+        get_model_spec("timm:resnet19")
+    # a network sized to its input (Swin) is built for the side measured
+    swin = get_model_spec("timm:swin_tiny_patch4_window7_224").build(image_size=112)
+    assert swin(torch.randn(1, 3, 112, 112)).shape == (1, 1000)
+
+
+@pytest.mark.timm
+@pytest.mark.slow
+def test_timm_networks_are_measured_beside_ours_in_one_sweep(tmp_path):
+    """MACs by our rule, checked against an independent count: torch's FlopCounterMode (2 FLOPs per MAC) on
+    timm's resnet18, whose every counted op is a convolution or a matrix product."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    timm = _timm()
+    db = str(tmp_path / "r.sqlite")
+    frame = attnbench.run(model=["timm:resnet18", "gsa_probe"], res=[32], device=["cpu"], threads=1, db=db,
+                          min_run_time=0.01)
+    assert frame.status.tolist() == ["ok", "ok"], frame.reason.tolist()
+    row = frame.set_index("model").loc["timm:resnet18"]
+    net = timm.create_model("resnet18", pretrained=False).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(torch.randn(1, 3, 32, 32))
+    assert row.macs == counter.get_total_flops() // 2
+    assert row.params == sum(p.numel() for p in net.parameters())
+    assert (row.variant, row.impl, row.arch) == ("", "", "timm")
+
+
+@pytest.mark.timm
+def test_train_a_timm_network_where_its_input_suits_the_data_and_say_when_it_does_not(tmp_path, capsys):
+    from attnbench.cli import main
+
+    _timm()
+    db = str(tmp_path / "r.sqlite")
+    common = ["train", "--dataset", "digits", "--steps", "2", "--batch", "32", "--db", db]
+    assert main([*common, "--model", "timm:resnet10t", "--out", str(tmp_path / "a")]) == 0
+    runs = store.load_training(db)
+    assert runs.model.unique().tolist() == ["timm:resnet10t"] and runs.variant.unique().tolist() == [""]
+    assert main([*common, "--model", "timm:resnet10t", "--width", "0.5", "--out", str(tmp_path / "b")]) == 2
+    assert "--width applies to attnbench's networks" in capsys.readouterr().err
+    # a ViT's position embedding is sized for its input: built for digits' 32 x 32, it trains
+    assert main([*common, "--model", "timm:vit_tiny_patch16_224", "--out", str(tmp_path / "c")]) == 0
+    # Inception-v3's stem leaves a 32 x 32 image too small for its kernels: refused before training, in one line
+    assert main([*common, "--model", "timm:inception_v3", "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert "timm:inception_v3 cannot take 32 x 32 images of digits: RuntimeError" in err and len(err.splitlines()) == 1
+    assert set(store.load_training(db).model) == {"timm:resnet10t", "timm:vit_tiny_patch16_224"}
