@@ -59,12 +59,24 @@ def ours(model: str, metric: str, res: int) -> int:
     return count_macs(net, torch.randn(1, 3, res, res))
 
 
-def count_ours(path: str | Path = PUBLISHED) -> pd.DataFrame:
-    """Our figure for every (model, metric, res) that a published row names, counted now."""
-    from attnbench.models import list_models
+def countable(model: str) -> bool:
+    """Whether a published row's network can be built here: one of ours, or timm's where timm imports (a row
+    that names no network of ours, ``unmatched``, cannot)."""
+    from attnbench.models import UnknownModelError, get_model_spec, list_models
 
+    if model in list_models():
+        return True
+    try:
+        return model.startswith("timm:") and get_model_spec(model) is not None
+    except UnknownModelError:
+        return False
+
+
+def count_ours(path: str | Path = PUBLISHED) -> pd.DataFrame:
+    """Our figure for every (model, metric, res) that a published row names and that can be built here (timm's
+    networks only where timm imports), counted now."""
     keys = load_published(path)[["model", "metric", "res"]].drop_duplicates()
-    keys = keys[keys.model.isin(list_models())].reset_index(drop=True)
+    keys = keys[[countable(m) for m in keys.model]].reset_index(drop=True)
     return keys.assign(ours=[ours(r.model, r.metric, int(r.res)) for r in keys.itertuples()])
 
 
@@ -87,6 +99,13 @@ def compare_published(path: str | Path = PUBLISHED, *, live: bool = False) -> pd
 if __name__ == "__main__":
     from attnbench import files
 
-    files.write_text(OURS, count_ours().to_csv(index=False))
+    counted = count_ours()
+    if OURS.exists():  # rows that cannot be counted here (timm's, without timm) keep their shipped figure
+        shipped = pd.read_csv(OURS)
+        kept = shipped.merge(counted[["model", "metric", "res"]], how="left", indicator=True)
+        counted = pd.concat([counted, kept[kept._merge == "left_only"].drop(columns="_merge")], ignore_index=True)
+        keys = load_published()[["model", "metric", "res"]].drop_duplicates()
+        counted = keys.merge(counted, on=["model", "metric", "res"])  # the published order
+    files.write_text(OURS, counted.to_csv(index=False))
     files.write_text(VARIANTS, count_variant_facts().to_csv(index=False))
     print(f"wrote {OURS} and {VARIANTS}")

@@ -38,9 +38,10 @@ def setups(rows: pd.DataFrame) -> pd.Series:
 
 
 def series(rows: pd.DataFrame) -> pd.Series:
-    """Each row's series: what ran, and where it varies among ``rows`` for the same subject, the implementation
-    (``gsa/batched``), the variant options (``[span=15]``, ``[defaults]``) and the settings
-    (``[channels_last]``, ``[eager]``): one series per combination that was measured."""
+    """Each row's series: what ran; its implementation where it varies among ``rows`` for the same subject
+    (``gsa/batched``); its variant options and settings where it has any (``[span=15]``, ``[channels_last]``),
+    and their absence where the same subject also ran with some (``[defaults]``, ``[eager]``): one series per
+    combination that was measured."""
     if rows.empty:
         return pd.Series([], index=rows.index, dtype=object)
     what = subjects(rows)
@@ -49,10 +50,9 @@ def series(rows: pd.DataFrame) -> pd.Series:
     def varies(values: pd.Series) -> pd.Series:
         return values.groupby(what).transform("nunique") > 1
 
-    label = what.copy()
-    label = label.where(~varies(impl), label + "/" + impl)
-    label = label.where(~varies(options), label + "[" + options.replace("", "defaults") + "]")
-    return label.where(~varies(settings), label + "[" + settings.replace("", "eager") + "]")
+    label = what.where(~varies(impl), what + "/" + impl)
+    label = label.where((options == "") & ~varies(options), label + "[" + options.replace("", "defaults") + "]")
+    return label.where((settings == "") & ~varies(settings), label + "[" + settings.replace("", "eager") + "]")
 
 
 def hues(rows: pd.DataFrame) -> pd.Series:

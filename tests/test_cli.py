@@ -127,11 +127,11 @@ def test_a_case_over_its_time_limit_times_out(capsys, tmp_path):
 def test_retry_failed_measures_stored_failures_again(capsys, tmp_path):
     from attnbench.env import environment
     from attnbench.record import Measurement, Record
-    from attnbench.sweep import expand
+    from attnbench.sweep import Subject, expand
 
     db = str(tmp_path / "r.sqlite")
-    case = expand(variants=["conv"], res=[8], batch=[1], dims=[8], dtypes=["fp32"], devices=["cpu"],
-                  modes=["infer"], scope="module", arch="", threads=1)[0]
+    case = expand(subjects=[Subject("conv")], res=[8], batch=[1], dims=[8], dtypes=["fp32"], devices=["cpu"],
+                  modes=["infer"], scope="module", threads=1)[0]
     store.write(db, Record(case, Measurement("error", "RuntimeError: from an earlier run"), environment("cpu"), "old"))
     args = ["run", "--scope", "module", "--variants", "conv", "--res", "8", "--dim", "8", "--db", db, *FAST]
     run_cli(capsys, *args)
@@ -160,7 +160,8 @@ def test_retry_failed_measures_stored_failures_again(capsys, tmp_path):
         (["--timeout", "0"], "must be a positive number"),
         (["--threads", "1,2"], "threads takes one value, not the list '1,2'"),
         (["--threads", "100000"], "Invalid threads=100000: at most 4 per core"),
-        (["--arch", "resnet7"], "Unknown architecture 'resnet7'. Available: probe, resnet101, resnet26"),
+        (["--arch", "resnet7"], "Unknown architecture 'resnet7'. Available: probe, resnet26, resnet38, resnet50, "
+                                "resnet101"),
         (["--variants", "gsa,conv", "--impl", "flx"], "Invalid --impl flx: no variant of this sweep has it"),
         (["--variants", "gsa", "--impl", "local=flex"], "'local' is not a variant of this sweep (gsa)"),
         (["--variants", "local", "--impl", "local=flx"], "Unknown implementation of variant 'local': 'flx'"),
@@ -551,10 +552,10 @@ def test_results_file_holds_the_sweeps_rows(capsys, tmp_path):
 
 def test_params_and_macs_are_counted_once_per_shape_and_reused(tmp_path):
     from attnbench.harness import Counts, measure_case, run_cases, shape_key
-    from attnbench.sweep import expand
+    from attnbench.sweep import Subject, expand
 
-    cases = expand(variants=["gsa"], res=[8], batch=[1, 3], dims=[8], dtypes=["fp32", "bf16"], devices=["cpu"],
-                   modes=["infer", "train"], scope="module", arch="", threads=1)
+    cases = expand(subjects=[Subject("gsa")], res=[8], batch=[1, 3], dims=[8], dtypes=["fp32", "bf16"],
+                   devices=["cpu"], modes=["infer", "train"], scope="module", threads=1)
     assert len(cases) == 8 and len({shape_key(c) for c in cases}) == 1
     records = run_cases(cases, str(tmp_path / "r.sqlite"), min_run_time=0.01)
     per_image = attnbench.count_macs(attnbench.build_variant("gsa", 8, size=8), torch.randn(1, 8, 8, 8))

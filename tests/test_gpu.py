@@ -134,11 +134,11 @@ def test_a_cuda_worker_stays_warm_across_cases_one_of_them_too_large():
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
 def test_every_gpu_measures_at_once_into_one_store(tmp_path):
     from attnbench.harness import run_cases
-    from attnbench.sweep import expand
+    from attnbench.sweep import Subject, expand
 
     db = str(tmp_path / "r.sqlite")
-    cases = expand(variants=["conv", "gsa"], res=[32, 64], batch=[8], dims=[64], dtypes=["fp32"],
-                   devices=["cuda:0", "cuda:1"], modes=["infer"], scope="module", arch="", threads=1)
+    cases = expand(subjects=[Subject("conv"), Subject("gsa")], res=[32, 64], batch=[8], dims=[64],
+                   dtypes=["fp32"], devices=["cuda:0", "cuda:1"], modes=["infer"], scope="module", threads=1)
     records = run_cases(cases, db, min_run_time=0.05)
     assert [r.case for r in records] == cases and {r.measurement.status for r in records} == {"ok"}
     frame = store.load_results(db)

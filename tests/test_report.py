@@ -411,5 +411,5 @@ def test_series_labels_name_what_varies_for_each_subject():
         "model": ["", "", "", "gsa_probe", "timm:vit_tiny_patch16_224"], "width": [1.0, 1.0, 1.0, 0.875, 1.0],
         "impl": ["batched", "plain", "halo", "pixelmajor", ""], "options": ["", "", "window=9", "", ""],
         "amp": [""] * 5, "channels_last": [False] * 5, "compile": [""] * 5})
-    assert series(rows).tolist() == ["gsa/batched", "gsa/plain", "local", "gsa_probe x0.875",
+    assert series(rows).tolist() == ["gsa/batched", "gsa/plain", "local[window=9]", "gsa_probe x0.875",
                                      "timm:vit_tiny_patch16_224"]
