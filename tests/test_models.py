@@ -181,11 +181,11 @@ def test_botnet50_is_resnet50_with_mhsa_in_place_of_the_last_stage_convolutions(
 def test_timm_counts_are_shipped_and_differ_from_timms_by_what_fvcore_also_counts():
     """Our MACs of timm's networks are shipped as counted; timm's published GMACs are fvcore's default count,
     which adds normalisation and pooling to the products we count: that count, made here, is what timm printed."""
+    if not _timm_imports():
+        pytest.skip("timm does not import here; .ci/run checks timm's rows in its timm environment")
     import timm
     from fvcore.nn import FlopCountAnalysis
 
-    if not _timm_imports():
-        pytest.skip("timm does not import here")
     live = compare_published(live=True)
     rows = live[live.model.str.startswith("timm:")]
     assert len(rows) == 6 and rows.ours.tolist() == compare_published().loc[rows.index, "ours"].tolist()

@@ -80,12 +80,12 @@ def test_a_network_without_one_logit_per_class_is_an_error_not_a_measurement(mon
     import attnbench.models
     from attnbench.harness import measure_case
 
-    real = attnbench.models.model_for_variant
-    monkeypatch.setattr(attnbench.models, "model_for_variant",
+    real = attnbench.models.build_model
+    monkeypatch.setattr(attnbench.models, "build_model",
                         lambda *args, **kwargs: torch.nn.Sequential(real(*args, **kwargs), torch.nn.Flatten(0)))
-    case = Case("model", "conv", "resnet26", 32, 2, 0, "fp32", "cpu", "infer", 1, "native")
+    case = Case("model", "conv", "resnet26", 32, 2, 0, "fp32", "cpu", "infer", 1, "native", model="resnet26")
     measured = measure_case(case, min_run_time=0.01)
     assert measured.status == "error" and measured.reason == "the network's output has shape (2000,), not (2, 1000)"
     assert measured.macs is None and measured.latency_ms_median is None
-    monkeypatch.setattr(attnbench.models, "model_for_variant", real)
+    monkeypatch.setattr(attnbench.models, "build_model", real)
     assert measure_case(case, min_run_time=0.01).status == "ok"
