@@ -204,10 +204,10 @@ def accuracy_figure(table: pd.DataFrame, cost: str, label: str, title: str):
     cut at 100 %), with the Pareto front."""
     from matplotlib.ticker import LogFormatter
 
-    hue = table.variant.where(table.variant.fillna("") != "", table.model)
-    palette = colours(hue)
+    t = table.assign(hue=table.variant.where(table.variant.fillna("") != "", table.model))
+    palette = colours(t.hue)
     fig, (ax,) = new_figure(1, 6.5)
-    t = table.assign(hue=hue).dropna(subset=[cost]).reset_index(drop=True)
+    t = t.dropna(subset=[cost]).reset_index(drop=True)
     offsets = label_offsets(t[cost], t["top-1 (%)"])
     for model, x, y, std, (dx, dy, ha), key in zip(t.model, t[cost], t["top-1 (%)"], t["top-1 std"], offsets, t.hue):
         colour = palette.get(key)
@@ -231,7 +231,8 @@ def resolution_figure(table: pd.DataFrame, title: str):
     per trained setup: solid as trained, dashed with its tables interpolated; bars one standard deviation over
     its seeds (cut at 100 %); the side trained at dotted, chance dashed grey. A side a network did not run at
     leaves a gap in its line."""
-    palette = colours(m.split("_")[0] for m in table.model)
+    table = table.assign(hue=table.variant.where(table.variant.fillna("") != "", table.model))
+    palette = colours(table.hue)
     fig, (ax,) = new_figure(1, 7.5)
     models = sorted(set(table.model))
     for (model, tables), rows in table.groupby(["model", "tables"], sort=True):
@@ -239,7 +240,7 @@ def resolution_figure(table: pd.DataFrame, title: str):
         y, std = rows["top-1 (%)"], rows["top-1 std"].fillna(0)
         ax.errorbar(rows.side, y, yerr=[std, np.minimum(std, 100 - y)], capsize=3, ms=5,
                     marker=MARKERS[models.index(model) % len(MARKERS)], ls="-" if tables == "trained" else "--",
-                    color=palette.get(model.split("_")[0]),
+                    color=palette.get(rows.hue.iloc[0]),
                     label=model + ("" if tables == "trained" else ", interpolated"))
     for side in sorted(set(table["trained at"])):
         ax.axvline(side, ls=":", color="black", lw=1, label=f"trained at {side}")

@@ -158,10 +158,10 @@ def accuracy_table(frame: pd.DataFrame, training: pd.DataFrame) -> pd.DataFrame:
     test and train top-1 as mean, standard deviation and n from each finished run's last epoch (a run still
     in progress, or killed before its end, is left out), the optimizer steps the runs took, their cost
     (params, MACs, training time and, where the network was also measured at model scope at 32 x 32, batch
-    1, fp32, at the width it was trained at (``run --width``), its inference latency), the commits that trained it, and how it stands against the best of its
-    data set: ``best`` (or tied with it), ``within spread`` (the difference is smaller than the two standard
-    deviations together: not significant), or the difference in points (marked when a side has one seed,
-    so no spread to judge it by)."""
+    1, fp32, at the width it was trained at (``run --width``), its inference latency), the commits that
+    trained it, and how it stands against the best of its data set: ``best`` (or tied with it), ``within
+    spread`` (the difference is smaller than the two standard deviations together: not significant), or the
+    difference in points (marked when a side has one seed, so no spread to judge it by)."""
     last = finished_runs(training)
     time_s = training.groupby("run_id").epoch_s.sum()
     latency = {}
@@ -215,7 +215,8 @@ def resolution_table(evaluations: pd.DataFrame) -> pd.DataFrame:
         setup = dict(zip([*SETUP_KEYS, "tables", "side"], key))
         ok, failed = runs[runs.status == "ok"], runs[runs.status != "ok"]
         rows.append({"dataset": setup["dataset"], "trained at": setup["image_size"], "model": setup_label(setup),
-                     "width": setup["width"], "lr": lr_label(setup, runs), "tables": setup["tables"],
+                     "variant": runs.variant.iloc[0], "width": setup["width"], "lr": lr_label(setup, runs),
+                     "tables": setup["tables"],
                      "side": setup["side"], "seeds": len(ok),
                      "top-1 (%)": round(ok.top1_pct.mean(), 2) if len(ok) else math.nan,
                      "top-1 std": round(ok.top1_pct.std(), 2) if len(ok) > 1 else 0.0 if len(ok) else math.nan,
