@@ -18,11 +18,12 @@ from attnbench.tables import METRICS, fit_exponent, pareto
 
 
 def colours(hues: Iterable[str] = ()) -> dict[str, object]:
-    """One colour per hue (a variant, or a network from elsewhere), the same in every figure: the variants in
-    registry order, then the others by name, from matplotlib's accessible ``petroff10`` sequence
-    (distinguishable with colour-vision deficiencies), repeated past ten."""
-    hues = {h for h in hues if h}
-    names = list(variant_facts(hues).name)
+    """One colour per hue (a variant, or a network from elsewhere), the same in every figure: the shipped
+    variants in registry order, then the others (a plugin's variant, a network from elsewhere) by name, from
+    matplotlib's accessible ``petroff10`` sequence (distinguishable with colour-vision deficiencies), repeated
+    past ten."""
+    hues = {h for h in hues if isinstance(h, str) and h}
+    names = list(variant_facts().name)  # the shipped variants: a report asks the registry (torch) for nothing
     names += sorted(hues - set(names))
     sequence = colour_sequence()
     return {name: sequence[i % len(sequence)] for i, name in enumerate(names)}

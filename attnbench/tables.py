@@ -93,7 +93,7 @@ def largest_fit_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 def exponent_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Fitted scaling exponents k (cost ~ pixels^k) per series, variant and metric, with the expectation."""
-    facts = variant_facts(set(frame.variant))
+    facts = variant_facts(set(frame[frame.scope == "module"].variant))
     expected = {r.name: (r.scaling_low, r.scaling_high) for r in facts.itertuples()}
     out = []
     for (device, dtype, mode, dim, batch), g in series_groups(frame):

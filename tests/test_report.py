@@ -389,7 +389,7 @@ def test_networks_measured_with_and_without_a_setting_keep_their_columns_and_the
     timm = row("conv", 64, scope="model", batch=1, k=1.2, arch="timm", model="timm:resnet50")
     store.write(db, replace(timm, case=replace(timm.case, variant="", impl="")))  # a network from elsewhere
     rep = report([db], tmp_path / "out", published=False)
-    frame, _ = load([db])
+    frame = load([db])[0]
     assert set(frame.variant) == {"conv", "gsa", ""} and set(frame.series) == {
         "conv_resnet50[eager]", "conv_resnet50[channels_last]", "gsa_resnet50[eager]", "gsa_resnet50[channels_last]",
         "timm:resnet50"}

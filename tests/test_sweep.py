@@ -3,6 +3,7 @@ from dataclasses import replace
 import pytest
 
 from attnbench.record import Case
+from attnbench.registry import resolve_impl
 from attnbench.sweep import Subject, Sweep, expand, shard
 
 
@@ -48,8 +49,9 @@ def test_networks_by_name_beside_variants_take_their_variant_from_the_registry()
     got = [(c.model, c.variant, c.arch, c.impl) for c in cases]
     # gsa_resnet50 is named twice (by --variants and --model): one case; botnet50's variant is mhsa, whose impl
     # resolves for the CPU as any variant's does
-    assert got == [("gsa_resnet50", "gsa", "resnet50", "pixelmajor"), ("botnet50", "mhsa", "botnet50", "dense"),
-                   ("resnet50", "conv", "resnet50", "native")]
+    auto = {v: resolve_impl(v, "auto", "cpu") for v in ("gsa", "mhsa", "conv")}
+    assert got == [("gsa_resnet50", "gsa", "resnet50", auto["gsa"]), ("botnet50", "mhsa", "botnet50", auto["mhsa"]),
+                   ("resnet50", "conv", "resnet50", auto["conv"])]
     alone = Sweep(model=["gsa_resnet50"], res=[32], device=["cpu"], threads=1).cases()
     assert [c.key for c in alone] == [cases[0].key]  # the same network is the same case, however it was named
     aliased = Sweep(model=["conv_resnet50"], res=[32], device=["cpu"], threads=1).cases()
