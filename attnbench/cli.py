@@ -269,14 +269,9 @@ def _check_out_dir(option: str, path: str) -> None:
         raise UsageError(f"{option} {path} cannot be written.")
 
 
-class _TrialWrite(Exception):
-    """Ends a trial write (:func:`_results_file`) before anything is written."""
-
-
 def _results_file(text: str) -> str:
     """``--results-file``, checked before the sweep: a .csv or .json name, its ``..`` resolved (no folder is
-    made that the path only passes through), its folder made, and a trial write there (the name is free,
-    not too long, the folder writable), which leaves nothing behind."""
+    made that the path only passes through), its folder made, and a trial write (:func:`files.trial`)."""
     from attnbench import files
 
     if Path(text).suffix not in (".csv", ".json"):
@@ -284,14 +279,10 @@ def _results_file(text: str) -> str:
     path = Path(text).resolve()
     _check_out_dir("--results-file's folder", str(path.parent))
     try:
-        if path.is_dir():
-            raise UsageError(f"--results-file {text} is a folder.")
-        with files.atomic(path):
-            raise _TrialWrite
-    except _TrialWrite:
-        return str(path)
+        files.trial(path)
     except OSError as e:
         raise UsageError(f"cannot write --results-file {text}: {e.strerror or e}.") from None
+    return str(path)
 
 
 def _write_text(path: str, text: str) -> None:

@@ -13,6 +13,7 @@ processes that died on the way.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import os
@@ -92,6 +93,23 @@ def atomic(path: str | Path) -> Iterator[Path]:
         for leftover in (tmp, *(Path(f"{tmp}{s}") for s in SIDECARS)):
             leftover.unlink(missing_ok=True)
         raise
+
+
+class _Trial(Exception):
+    """Ends a trial write before anything is written."""
+
+
+def trial(path: str | Path) -> None:
+    """Whether ``path`` can be written by :func:`atomic`, found before the work whose result it is: OSError if
+    it is a folder, its name is too long, or its folder cannot be written. Nothing is left behind."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    try:
+        with atomic(path):
+            raise _Trial
+    except _Trial:
+        pass
 
 
 def write_text(path: str | Path, text: str) -> None:

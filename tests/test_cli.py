@@ -508,7 +508,7 @@ def test_an_unusable_results_file_is_refused_before_the_sweep(capsys, tmp_path, 
     db = str(tmp_path / "r.sqlite")
     base = ["run", "--scope", "module", "--variants", "conv", "--res", "8", "--dim", "8", "--db", db, *FAST]
     (tmp_path / "taken.csv").mkdir()
-    for name, message in (("taken.csv", "--results-file taken.csv is a folder."),
+    for name, message in (("taken.csv", "cannot write --results-file taken.csv: Is a directory."),
                           ("x" * 300 + ".csv", "File name too long")):
         code, _, err = run_cli(capsys, *base, "--results-file", name)
         assert code == 2 and message in err and err.count("\n") == 1, err
