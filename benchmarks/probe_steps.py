@@ -3,9 +3,10 @@ benchmarks/accuracy.sh trains it at (--match params against the 16-channel conv 
 
 Each step is a forward, a backward and an SGD update, timed round-robin over the variants (one step of
 each in turn, so load from other processes falls on all of them alike), after a warm-up step. It prints
-the median time per step and what accuracy.sh's budgets come to: a run of 1500 steps on longrange and 600
-on digits, and the whole table (three seeds per setup plus two runs' worth of steps choosing the rate,
-non-local twice), in hours on this machine.
+the median time per step, wall-clock and CPU (the process's, all threads: on a busy machine the wall
+time grows with the other processes' load, the CPU time much less), and what accuracy.sh's budgets come
+to at the wall-clock time: a run of 1500 steps on longrange and 600 on digits, and the whole table (three
+seeds per setup plus two runs' worth of steps choosing the rate, non-local twice), in hours.
 
     python benchmarks/probe_steps.py [--steps 5] [--variants conv,gsa]
 """
@@ -13,6 +14,7 @@ non-local twice), in hours on this machine.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -41,14 +43,14 @@ def main() -> None:
         probes[v] = (width, params, net, torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9))
     x, y = torch.randn(64, 3, 32, 32), torch.randint(0, 2, (64,))
 
-    def step(v: str) -> float:
+    def step(v: str) -> tuple[float, float]:
         _, _, net, opt = probes[v]
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         loss = F.cross_entropy(net(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - cpu
 
     times = {v: [] for v in variants}
     for v in variants:
@@ -56,20 +58,21 @@ def main() -> None:
     for _ in range(args.steps):
         for v in variants:
             times[v].append(step(v))
-    print(f"{'probe':14} {'width':>6} {'params':>7} {'ms/step':>8} {'longrange run (min)':>20} "
+    print(f"{'probe':18} {'width':>6} {'params':>7} {'ms/step':>8} {'CPU ms/step':>12} {'longrange run (min)':>20} "
           f"{'digits run (min)':>17} {'table share (h)':>16}")
     total = 0.0
     for v in variants:
         width, params, _, _ = probes[v]
-        s = statistics.median(times[v])
+        s = statistics.median(t for t, _ in times[v])
+        cpu = statistics.median(c for _, c in times[v])
         runs = {name: steps * s / 60 for name, (steps, _) in BUDGETS.items()}
         setups = 2 if v == "nonlocal" else 1
         hours = setups * RUNS_PER_SETUP * sum(runs.values()) / 60
         total += hours
-        print(f"{v + '_probe':14} {width:6g} {params:7,} {1000 * s:8.0f} {runs['longrange']:20.1f} "
-              f"{runs['digits']:17.1f} {hours:16.2f}")
+        print(f"{v + '_probe':18} {width:6g} {params:7,} {1000 * s:8.0f} {1000 * cpu:12.0f} "
+              f"{runs['longrange']:20.1f} {runs['digits']:17.1f} {hours:16.2f}")
     print(f"\nthe whole table: {total:.1f} h at most (runs that plateau stop earlier); "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}, load average {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -203,6 +203,24 @@ def test_cifar_at_another_side_is_its_images_resized_as_pil_resizes_them(tmp_pat
             np.testing.assert_allclose(resized.numpy(), np.asarray(pil), atol=1e-4)
 
 
+@pytest.mark.parametrize("dataset", ["longrange", "cifar10"])
+def test_evaluation_at_sides_of_longrange_and_cifar(tmp_path, monkeypatch, dataset):
+    from test_train import write_cifar
+
+    monkeypatch.setattr("attnbench.data.LONGRANGE_SIZES", (300, 100))  # generated: a small draw is enough here
+    data = str(write_cifar(tmp_path / "data", n_train=60, n_test=20, name="cifar10")) if dataset == "cifar10" else None
+    cfg = TrainConfig(model="gsa_probe", dataset=dataset, data_dir=data, batch=20, steps=2, width=0.5)
+    history = train(cfg, out=tmp_path / "run", progress=False)
+    rows = evaluate_at_sides(tmp_path / "run" / "checkpoint.pt", dataset, [24, 32, 48], db=tmp_path / "r.sqlite")
+    assert [(r.side, r.tables, r.status) for r in rows] == [
+        (24, "trained", "ok"), (24, "interpolated", "ok"), (32, "trained", "ok"), (48, "trained", "ok"),
+        (48, "interpolated", "ok")]
+    at32 = rows[2]
+    assert at32.top1_pct == history[-1]["top1_pct"] and at32.test_images == (100 if dataset == "longrange" else 20)
+    assert at32.train_images == (300 if dataset == "longrange" else 60) and at32.num_classes in (2, 10)
+    assert len(store.load_evaluations(tmp_path / "r.sqlite")) == 5
+
+
 def test_imagefolder_at_another_side_resizes_its_centre_crop(tmp_path):
     from test_imagefolder import write_tree
 
