@@ -3,9 +3,10 @@ benchmarks/accuracy.sh trains it at (--match params against the 16-channel conv 
 
 Each step is a forward, a backward and an SGD update, timed round-robin over the variants (one step of
 each in turn, so load from other processes falls on all of them alike), after a warm-up step. It prints
-the median time per step, wall-clock and CPU (the process's, all threads: on a busy machine the wall
-time grows with the other processes' load, the CPU time much less), and what accuracy.sh's budgets come
-to at the wall-clock time: a run of 1500 steps on longrange and 600 on digits, and the whole table (three
+the least disturbed step's time (the fastest of the timed ones), wall-clock and CPU (the process's, all
+threads: on a busy machine the wall time grows with the other processes' load, the CPU time much less;
+run it with OMP_NUM_THREADS=1 for a CPU time that contention hardly changes), and what accuracy.sh's
+budgets come to at the wall-clock time: a run of 1500 steps on longrange and 600 on digits, and the whole table (three
 seeds per setup plus two runs' worth of steps choosing the rate, non-local twice), in hours.
 
     python benchmarks/probe_steps.py [--steps 5] [--variants conv,gsa]
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 
 import torch
@@ -63,8 +63,8 @@ def main() -> None:
     total = 0.0
     for v in variants:
         width, params, _, _ = probes[v]
-        s = statistics.median(t for t, _ in times[v])
-        cpu = statistics.median(c for _, c in times[v])
+        s = min(t for t, _ in times[v])
+        cpu = min(c for _, c in times[v])
         runs = {name: steps * s / 60 for name, (steps, _) in BUDGETS.items()}
         setups = 2 if v == "nonlocal" else 1
         hours = setups * RUNS_PER_SETUP * sum(runs.values()) / 60
