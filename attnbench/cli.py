@@ -471,7 +471,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from attnbench import interrupt, store
-    from attnbench.report import ReportError, report
+    from attnbench.report import ReportError, os_error, report
 
     _check_out_dir("--out", args.out)
     try:
@@ -479,8 +479,8 @@ def cmd_report(args: argparse.Namespace) -> int:
             rep = report(args.db or [DEFAULT_DB], args.out, formats=args.formats)
     except (ReportError, store.StoreError) as e:
         raise UsageError(str(e)) from None
-    except OSError as e:  # a full disk, a folder that went away: the previous report stays as it was
-        raise UsageError(f"cannot write under {args.out}: {e.strerror or e}.") from None
+    except OSError as e:  # a full disk, a folder that went away, a file unreadable: the previous report stays
+        raise UsageError(os_error(e, args.out)) from None
     print(f"wrote {len(rep.tables)} tables and {len(rep.figures)} figures under {args.out} "
           f"(index: {args.out}/README.md)")
     return 0

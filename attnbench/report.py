@@ -3,7 +3,8 @@
 ``report(dbs, out)`` reads one or more stores (one per machine or GPU, say), and writes Markdown
 and CSV tables (:mod:`attnbench.tables`), PNG and SVG figures (:mod:`attnbench.plots`) and an
 index ``README.md`` under ``out``. The same stores give the same files. It measures nothing and
-builds no network: the published figures and our counts beside them are read from ``baselines/``.
+builds no network: the published figures and our counts beside them are the package's data files
+(:mod:`attnbench.baselines`).
 """
 
 from __future__ import annotations
@@ -141,6 +142,16 @@ def report(dbs: Sequence[str | Path], out: str | Path = DEFAULT_REPORT, *, publi
         shutil.rmtree(staging, ignore_errors=True)
     rep.files = [out / f.relative_to(staging) for f in rep.files]
     return rep
+
+
+def os_error(e: OSError, out: str | Path) -> str:
+    """One line for an OSError met while reporting into ``out``: the file it names, read (a store, the package's
+    data) or written (under ``out``), or, where it names none, the folder written."""
+    reason = e.strerror or str(e)
+    if e.filename is None:
+        return f"cannot write under {out}: {reason}."
+    written = Path(e.filename).resolve().is_relative_to(Path(out).resolve())
+    return f"cannot {'write' if written else 'read'} {e.filename}: {reason}."
 
 
 def _earlier_files(out: Path) -> set[str]:

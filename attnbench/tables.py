@@ -115,7 +115,7 @@ def exponent_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def published_table() -> pd.DataFrame:
-    """Our params and MACs beside the published ones (baselines/published.csv), with the difference."""
+    """Our params and MACs beside the published ones (``attnbench/baselines/published.csv``), with the difference."""
     from attnbench.baselines import compare_published
 
     t = compare_published()

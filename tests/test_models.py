@@ -15,7 +15,7 @@ def published():
 
 
 def test_shipped_counts_are_current(published):
-    """baselines/ours.csv (what reports read) holds what our networks count now; when this fails,
+    """attnbench/baselines/ours.csv (what reports read) holds what our networks count now; when this fails,
     regenerate it with `python -m attnbench.baselines` (where timm imports, for timm's rows)."""
     shipped = compare_published()
     counted = published.ours.notna()
@@ -38,8 +38,8 @@ ROWS = [pytest.param(i, marks=pytest.mark.timm) if model.startswith("timm:") els
 
 
 def test_shipped_variant_facts_are_current():
-    """baselines/variants.csv (names, papers and expected exponents that reports print without loading torch)
-    is what the registry says now; a name it lacks sends a report to the registry."""
+    """attnbench/baselines/variants.csv (names, papers and expected exponents that reports print without loading
+    torch) is what the registry says now; a name it lacks sends a report to the registry."""
     from attnbench.baselines import count_variant_facts, variant_facts
 
     assert variant_facts().to_dict("records") == count_variant_facts().to_dict("records")

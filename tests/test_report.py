@@ -4,6 +4,7 @@ import hashlib
 import shutil
 import signal
 from dataclasses import replace
+from fnmatch import fnmatch
 from pathlib import Path
 
 import numpy as np
@@ -413,3 +414,39 @@ def test_series_labels_name_what_varies_for_each_subject():
         "amp": [""] * 5, "channels_last": [False] * 5, "compile": [""] * 5})
     assert series(rows).tolist() == ["gsa/batched", "gsa/plain", "local[window=9]", "gsa_probe x0.875",
                                      "timm:vit_tiny_patch16_224"]
+
+
+def test_the_published_figures_ship_inside_the_package():
+    """A report reads the published figures, our counts and the variants' facts as the package's data, so that
+    an installed wheel (`pip install .`) reports as a checkout does: importlib.resources finds them in
+    attnbench.baselines, and pyproject.toml names them as its package data."""
+    from importlib import resources
+
+    tomllib = pytest.importorskip("tomllib")
+    from attnbench import baselines
+
+    data = resources.files("attnbench.baselines")
+    shipped = {"published.csv", "ours.csv", "variants.csv"}
+    assert {p.name for p in data.iterdir() if p.name.endswith(".csv")} == shipped
+    assert {baselines.PUBLISHED.name, baselines.OURS.name, baselines.VARIANTS.name} == shipped
+    assert all(Path(str(data.joinpath(name))) == baselines.DATA / name for name in shipped)
+    root = Path(__file__).resolve().parent.parent
+    assert not (root / "baselines").exists()  # beside the package, a wheel would leave them out
+    config = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert "attnbench.*" in config["packages"]["find"]["include"]
+    patterns = config["package-data"]["attnbench.baselines"]
+    assert all(any(fnmatch(name, pattern) for pattern in patterns) for name in shipped)
+
+
+def test_a_file_the_report_cannot_read_is_named_as_read_not_written(db, tmp_path, capsys, monkeypatch):
+    from attnbench import baselines
+
+    missing = tmp_path / "elsewhere" / "published.csv"
+    monkeypatch.setattr(baselines, "PUBLISHED", missing)
+    monkeypatch.setattr(baselines.load_published, "__defaults__", (missing,))
+    monkeypatch.setattr(baselines.compare_published, "__defaults__", (missing,))
+    out = tmp_path / "out"
+    assert main(["report", "--db", str(db), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot read {missing}" in err and "cannot write" not in err and err.count("\n") == 1
+    assert not (out / "README.md").exists()

@@ -16,7 +16,7 @@ Deviations / choices where the figure is silent:
   ``-(L-1)/2 .. (L-1)/2`` of a span L; the default span is the whole axis (offsets up to
   ``size - 1``, i.e. ``2*size - 1`` rows). Sharing follows Axial-DeepLab and the public port; it
   keeps GSA-ResNet-50 at 18.05 M parameters, inside the 18.0-18.2 M that the paper is recalled to
-  report (unverified; see baselines/published.csv).
+  report (unverified; see attnbench/baselines/published.csv).
 * No output reprojection after the sum (the figure has none; the public port adds one).
 * The MACs are the mechanism's (``macs``): a query meets min(span, axis) relative embeddings and
   values along each axis, whatever an implementation computes to get there.

@@ -1,21 +1,22 @@
-"""Published figures (``baselines/published.csv``) beside the counts of our networks, and the facts of
-our variants that a report prints.
+"""Published figures (``published.csv`` beside this module) beside the counts of our networks, and the facts
+of our variants that a report prints.
 
-Both are computed once and shipped in ``baselines/`` (``ours.csv``, ``variants.csv``;
-``python -m attnbench.baselines`` writes them), so that a report only reads and loads no torch; a test
-recomputes them live and fails when a file is stale.
+Both are computed once and shipped as the package's data files (``ours.csv``, ``variants.csv``;
+``python -m attnbench.baselines`` writes them), so that a report only reads and loads no torch, from a
+checkout or an installed wheel alike; a test recomputes them live and fails when a file is stale.
 """
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterable
+from importlib import resources
 from pathlib import Path
 
 import pandas as pd
 
-PUBLISHED = Path(__file__).resolve().parent.parent / "baselines" / "published.csv"
-OURS = PUBLISHED.with_name("ours.csv")
-VARIANTS = PUBLISHED.with_name("variants.csv")
+DATA = Path(str(resources.files(__name__)))  # the package's data files (package-data in pyproject.toml)
+PUBLISHED, OURS, VARIANTS = DATA / "published.csv", DATA / "ours.csv", DATA / "variants.csv"
 
 
 def count_variant_facts() -> pd.DataFrame:
@@ -41,7 +42,7 @@ def load_published(path: str | Path = PUBLISHED) -> pd.DataFrame:
     """The published figures, one row per (model, metric, source), values in params or MACs."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"No published figures at {path}; they live in the baselines/ folder of a checkout.")
+        raise FileNotFoundError(errno.ENOENT, "no published figures there", str(path))
     return pd.read_csv(path)
 
 
@@ -83,7 +84,7 @@ def count_ours(path: str | Path = PUBLISHED) -> pd.DataFrame:
 def compare_published(path: str | Path = PUBLISHED, *, live: bool = False) -> pd.DataFrame:
     """Each published row that names one of our networks, with our figure and the difference.
 
-    Our figures are read from ``baselines/ours.csv``, or counted now with ``live``. Columns added:
+    Our figures are read from ``ours.csv``, or counted now with ``live``. Columns added:
     ``ours``, ``diff`` (ours - published), ``diff_pct`` and ``within`` (|diff| <= ``abs_tol``). Rows
     marked ``unmatched`` (no network of ours corresponds) keep NaN.
     """
@@ -96,11 +97,14 @@ def compare_published(path: str | Path = PUBLISHED, *, live: bool = False) -> pd
     return table
 
 
-if __name__ == "__main__":
+
+def write_shipped() -> None:
+    """Count ours now and write ``ours.csv`` and ``variants.csv`` (``python -m attnbench.baselines``); rows
+    that cannot be counted here (timm's, without timm) keep their shipped figure."""
     from attnbench import files
 
     counted = count_ours()
-    if OURS.exists():  # rows that cannot be counted here (timm's, without timm) keep their shipped figure
+    if OURS.exists():
         shipped = pd.read_csv(OURS)
         kept = shipped.merge(counted[["model", "metric", "res"]], how="left", indicator=True)
         counted = pd.concat([counted, kept[kept._merge == "left_only"].drop(columns="_merge")], ignore_index=True)
