@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 import pandas as pd
 
 from attnbench import store
-from attnbench.choices import DEFAULT_DB
+from attnbench.choices import DEFAULT_DB, Status
 from attnbench.harness import MIN_RUN_TIME_S, case_environment, run_cases
 from attnbench.record import Case, Record
 from attnbench.sweep import Sweep
@@ -95,7 +95,7 @@ def _largest(template: Case, status: Callable[[int], str]) -> Largest:
     ran, side = 0, MAX_RES_START
     while side <= MAX_RES_LIMIT:
         got = status(side)
-        if got != "ok":
+        if got != Status.OK:
             break
         ran, side = side, 2 * side
     else:
@@ -104,7 +104,7 @@ def _largest(template: Case, status: Callable[[int], str]) -> Largest:
     while failed - ran > 1:
         mid = (ran + failed) // 2
         mid_status = status(mid)
-        if mid_status == "ok":
+        if mid_status == Status.OK:
             ran = mid
         else:
             failed, got = mid, mid_status

@@ -35,6 +35,7 @@ from attnbench.choices import (
     PIVOTS,
     SCOPES,
     SWEEP_DEFAULTS,
+    Scope,
     unknown_name_message,
 )
 
@@ -501,7 +502,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     groups: dict[tuple, dict[str, pd.DataFrame]] = {}
     several = {v for v in {c.variant for c in cases} if len({c.impl for c in cases if c.variant == v}) > 1}
     for case in cases:
-        name = case.variant if case.scope == "module" else case.model.replace(":", "-")
+        name = case.variant if case.scope == Scope.MODULE else case.model.replace(":", "-")
         name += f"-{case.impl}" if case.variant in several else ""
         tag = f"{case.scope}_r{case.res}_b{case.batch}_{case.dtype}_{case.mode}_{slug(case.device)}"
         try:
@@ -775,7 +776,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="the variants and networks").set_defaults(func=cmd_list)
 
     run = sub.add_parser("run", help="measure a sweep of cases and store the results")
-    add_sweep_arguments(run, scope="model")
+    add_sweep_arguments(run, scope=Scope.MODEL)
     run.add_argument("--timeout", type=timeout_s, default=600.0, help="seconds per case")
     run.add_argument("--min-run-time", type=positive_float, default=0.5, help="seconds of timed runs per case")
     run.add_argument("--db", default=DEFAULT_DB, help="results store (SQLite)")
@@ -805,7 +806,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     prof = sub.add_parser("profile", help="torch.profiler traces and operator tables per variant")
-    add_sweep_arguments(prof, scope="module")
+    add_sweep_arguments(prof, scope=Scope.MODULE)
     prof.add_argument("--iters", type=positive_int("iters"), default=5)
     prof.add_argument("--top", type=positive_int("top"), default=8, help="operators per variant")
     prof.add_argument("--out", default=DEFAULT_PROFILE, help="folder for traces, tables and figures")

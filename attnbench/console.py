@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import pandas as pd
 from tabulate import tabulate
 
-from attnbench.choices import NOISY, PIVOTS
+from attnbench.choices import NOISY, PIVOTS, Status
 from attnbench.labels import series
 
 # the units of a kind, from the smallest: (size in the stored unit, name)
@@ -79,8 +79,8 @@ def _status(rows: pd.DataFrame) -> tuple[list[str], list[str]]:
     notes: dict[str, int] = {}
     cells = []
     for status, reason in zip(rows.status, rows.reason):
-        if status == "ok":
-            cells.append("ok")
+        if status == Status.OK:
+            cells.append(Status.OK)
             continue
         text = f"{status}: {reason}" if reason else status
         number = notes.setdefault(text, len(notes) + 1)
@@ -131,7 +131,7 @@ def _flat(rows: pd.DataFrame, varying: list[str], status: list[str], noisy: pd.S
         for m, i, n in zip(rows.latency_ms_median, rows.latency_ms_iqr, noisy)]
     size, name = unit_for(rows.peak_mem_bytes, BYTE_UNITS)
     table[f"memory ({name})"] = [figure(v, size) for v in rows.peak_mem_bytes]
-    if any(cell != "ok" for cell in status):
+    if any(cell != Status.OK for cell in status):
         table["status"] = status
     return tabulate(table, headers="keys", tablefmt="simple", showindex=False, disable_numparse=True)
 
@@ -141,7 +141,7 @@ def _pivot(rows: pd.DataFrame, varying: list[str], metric: str, noisy: pd.Series
     size, name = unit_for(rows[column], units)
     keys = ["case"] + [c for c in varying if c not in ("scope", "arch")]
     cells = rows.assign(case=series(rows), cell=[
-        (figure(v, size) + (f" {NOISY}" if n and column == "latency_ms_median" else "")) if s == "ok" else s
+        (figure(v, size) + (f" {NOISY}" if n and column == "latency_ms_median" else "")) if s == Status.OK else s
         for v, s, n in zip(rows[column], rows.status, noisy)])
     grid = cells.pivot_table(index=keys, columns="res", values="cell", aggfunc="first", sort=False)
     grid = grid[sorted(grid.columns)].fillna("")

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnbench import store
+from attnbench.choices import Status
 from attnbench.data import Dataset, check_side, load_at_side
 from attnbench.env import environment
 from attnbench.record import Evaluation, parse_options
@@ -180,9 +181,9 @@ def _measure(net: nn.Module, test: Dataset, seen: Dataset | None, side: int, bat
         train_top1 = None if seen is None else evaluate(net, seen, batch=batch, device=device, dtype=dtype)["top1_pct"]
         macs = count_macs(net, torch.randn(1, 3, side, side, device=device))
     except ValueError as e:  # the network refuses the side: its tables do not reach it
-        return {"status": "refused", "reason": str(e).splitlines()[0], "params": params}
+        return {"status": Status.REFUSED, "reason": str(e).splitlines()[0], "params": params}
     except (RuntimeError, MemoryError) as e:  # out of memory, or a failure of the side only: the others go on
-        return {"status": "error", "reason": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+        return {"status": Status.ERROR, "reason": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
                 "params": params}
     return {**metrics, "train_top1_pct": train_top1, "macs_per_image": macs, "params": params}
 
@@ -191,7 +192,7 @@ def describe(row: Evaluation) -> str:
     """One printed line per evaluation row."""
     what = (f"{row.dataset} at {row.side} x {row.side} (trained at {row.image_size})"
             + (", tables interpolated" if row.tables == "interpolated" else ""))
-    if row.status != "ok":
+    if row.status != Status.OK:
         return f"{what}: {row.status}: {row.reason}"
     top5 = f", top-5 {row.top5_pct:.2f} %" if row.top5_pct is not None else ""
     seen = (f", train top-1 {row.train_top1_pct:.2f} % ({row.train_images} images)"

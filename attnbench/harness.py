@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from attnbench import interrupt, store
+from attnbench.choices import Scope, Status, torch_dtype
 from attnbench.env import environment
 from attnbench.measure.latency import make_step, measure_latency, synchronized
 from attnbench.measure.load import calibrate, noise_reasons, other_cores
@@ -36,7 +37,6 @@ from attnbench.measure.params import count_params
 from attnbench.measure.peak import matmul_peak_gflops
 from attnbench.record import Case, Environment, Measurement, Record
 from attnbench.registry import get_impl
-from attnbench.sweep import DTYPES
 
 MEMORY_HEADROOM = 1.25  # predicted peak x this must fit the memory available
 MIN_RUN_TIME_S = 0.5  # default seconds of timed runs per case (torch.utils.benchmark autorange)
@@ -56,13 +56,13 @@ NUM_CLASSES = 1000  # the networks measured at model scope classify ImageNet's c
 
 def input_shape(case: Case) -> tuple[int, ...]:
     """The shape of one case's input batch."""
-    return (case.batch, case.dim if case.scope == "module" else 3, case.res, case.res)
+    return (case.batch, case.dim if case.scope == Scope.MODULE else 3, case.res, case.res)
 
 
 def output_shape(case: Case) -> tuple[int, ...]:
     """The shape a case's module must return: a variant's output is its input's shape (the registry's contract,
     at stride 1), a network's a logit per class and image."""
-    return input_shape(case) if case.scope == "module" else (case.batch, NUM_CLASSES)
+    return input_shape(case) if case.scope == Scope.MODULE else (case.batch, NUM_CLASSES)
 
 
 def build_case(case: Case) -> tuple[torch.nn.Module, tuple[int, ...]]:
@@ -70,12 +70,12 @@ def build_case(case: Case) -> tuple[torch.nn.Module, tuple[int, ...]]:
     from attnbench.models import build_model
     from attnbench.registry import build_variant
 
-    if case.scope == "module":
+    if case.scope == Scope.MODULE:
         module = build_variant(case.variant, case.dim, size=case.res, impl=case.impl, **case.variant_options)
     else:
         ours = {"impl": case.impl, "width": case.width, **case.variant_options} if case.variant else {}
         module = build_model(case.model, num_classes=NUM_CLASSES, image_size=case.res, **ours)
-    module = module.to(case.device, DTYPES[case.dtype])
+    module = module.to(case.device, torch_dtype(case.dtype))
     return module.to(memory_format=torch.channels_last) if case.channels_last else module, input_shape(case)
 
 
@@ -96,7 +96,7 @@ def case_environment(case: Case) -> Environment:
 def too_large(case: Case) -> str | None:
     """Why a case cannot fit, known before anything is built: its input and one map of the same size
     (the layer's output, or the stem's, which is larger) must be held at once."""
-    floor = 2 * math.prod(input_shape(case)) * DTYPES[case.dtype].itemsize
+    floor = 2 * math.prod(input_shape(case)) * torch_dtype(case.dtype).itemsize
     available = available_memory(case.device)
     if available is not None and floor * MEMORY_HEADROOM > available:
         return (f"the input and one map of its size alone need {floor / 2**20:.0f} MiB, more than the "
@@ -152,17 +152,17 @@ def measure_case(case: Case, min_run_time: float = MIN_RUN_TIME_S, counts: Count
             impl = get_impl(case.variant, case.impl)
             unsupported = impl.unsupported(torch.device(case.device).type, case.mode == "train")
             if unsupported:
-                return Measurement("skipped", f"implementation {case.impl}: {unsupported}")
+                return Measurement(Status.SKIPPED, f"implementation {case.impl}: {unsupported}")
         reason = too_large(case)
         if reason:
-            return Measurement("skipped", reason)
+            return Measurement(Status.SKIPPED, reason)
         module, shape = build_case(case)
-        dtype = DTYPES[case.dtype]
+        dtype = torch_dtype(case.dtype)
         predicted = predict_peak_memory(module, shape, case.mode, dtype=dtype, device=case.device)
         record["predicted_mem_bytes"] = predicted
         available = available_memory(case.device)
         if available is not None and predicted * MEMORY_HEADROOM > available:
-            return Measurement("skipped", f"predicted peak {predicted / 2**20:.0f} MiB exceeds the "
+            return Measurement(Status.SKIPPED, f"predicted peak {predicted / 2**20:.0f} MiB exceeds the "
                                f"{available / 2**20:.0f} MiB available on {case.device}", predicted_mem_bytes=predicted)
         x = torch.randn(*shape, device=case.device, dtype=dtype)
         if case.channels_last:
@@ -172,7 +172,7 @@ def measure_case(case: Case, min_run_time: float = MIN_RUN_TIME_S, counts: Count
             counts = Counts(**count_params(module), macs_per_image=count.macs, macs_counter="fvcore+attnbench",
                             uncounted_ops=count.uncounted_ops)
         record.update(counts.fields(case.batch))
-        autocast = DTYPES[case.amp] if case.amp else None
+        autocast = torch_dtype(case.amp) if case.amp else None
         if case.compile:
             module = torch.compile(module, mode=case.compile)
         step = make_step(module, x, case.mode, autocast=autocast)
@@ -182,14 +182,14 @@ def measure_case(case: Case, min_run_time: float = MIN_RUN_TIME_S, counts: Count
             record["compile_s"] = time.perf_counter() - start
         got, expected = tuple(getattr(out, "shape", ())), output_shape(case)
         if got != expected:  # a broken variant is a failed case, not a measurement
-            what = "variant" if case.scope == "module" else "network"
-            return Measurement("error", f"the {what}'s output has shape {got}, not {expected}",
+            what = "variant" if case.scope == Scope.MODULE else "network"
+            return Measurement(Status.ERROR, f"the {what}'s output has shape {got}, not {expected}",
                                predicted_mem_bytes=predicted)
         record.update(peak_memory(step, case.device))
         record.update(timed(step, case, min_run_time))
-        record["status"] = "ok"
+        record["status"] = Status.OK
     except Exception as err:  # noqa: BLE001 - every failure becomes the case's status
-        status = "oom" if _is_oom(err) else "error"
+        status = Status.OOM if _is_oom(err) else "error"
         record.update(status=status, reason=f"{type(err).__name__}: {err}".splitlines()[0][:500])
     return Measurement(**record)
 
@@ -214,7 +214,7 @@ def _measure(case: Case, min_run_time: float, counts: Counts | None) -> tuple[Me
     try:
         return measure_case(case, min_run_time, counts), case_environment(case)
     except BaseException as err:  # the parent must always hear back
-        return Measurement("error", "".join(traceback.format_exception_only(err)).strip()[:500]), None
+        return Measurement(Status.ERROR, "".join(traceback.format_exception_only(err)).strip()[:500]), None
 
 
 UNRECOVERABLE = ("CUDA error", "CUBLAS_STATUS", "cuDNN error")  # after these, a CUDA context cannot be trusted
@@ -343,7 +343,7 @@ class Worker:
             if self.conn.poll(timeout):
                 measurement, env = self.conn.recv()
             else:
-                measurement = Measurement("timeout", f"no result within the {timeout:g} s time limit")
+                measurement = Measurement(Status.TIMEOUT, f"no result within the {timeout:g} s time limit")
                 self.close(ask=False)  # a hung worker is replaced
         except (EOFError, OSError):  # the worker died without a word
             self.proc.join(10)
@@ -358,9 +358,9 @@ def _death(code: int | None, oom_killed: bool) -> Measurement:
     """What a worker's exit code says of the case it was measuring."""
     if code == -9:
         if oom_killed:
-            return Measurement("oom", "the case's process was killed by the kernel's out-of-memory killer")
-        return Measurement("killed", "the case's process was killed (SIGKILL) by another process")
-    return Measurement("error", f"the case's process died (exit code {code})")
+            return Measurement(Status.OOM, "the case's process was killed by the kernel's out-of-memory killer")
+        return Measurement(Status.KILLED, "the case's process was killed (SIGKILL) by another process")
+    return Measurement(Status.ERROR, f"the case's process died (exit code {code})")
 
 
 def run_isolated(case: Case, timeout: float, min_run_time: float = MIN_RUN_TIME_S,
@@ -374,9 +374,9 @@ def worth_retrying(stored: dict, device: str, timeout: float) -> bool:
     """Whether a stored failure may now succeed: a time-out given a longer limit than the one it ran
     out of, or a case skipped or killed for memory that its prediction says now fits. Errors and other
     kills are this code's answer (a code change measures everything again); ``--retry-failed`` forces."""
-    if stored["status"] == "timeout":
+    if stored["status"] == Status.TIMEOUT:
         return stored["wall_s"] is None or timeout > 1.05 * stored["wall_s"]
-    if stored["status"] in ("skipped", "oom") and stored["predicted_mem_bytes"]:
+    if stored["status"] in (Status.SKIPPED, Status.OOM) and stored["predicted_mem_bytes"]:
         available = available_memory(device)
         return available is not None and stored["predicted_mem_bytes"] * MEMORY_HEADROOM <= available
     return False
@@ -412,7 +412,7 @@ def run_cases(
         with store.Writer(db) as writer, Worker(device) as worker:
             for i, case in mine:
                 stored = done[keys[case]].get(case.key)
-                again = stored is not None and stored["status"] != "ok" and (
+                again = stored is not None and stored["status"] != Status.OK and (
                     retry_failed or worth_retrying(stored, case.device, timeout))
                 if not force and stored is not None and not again:
                     if on_case:
@@ -421,7 +421,7 @@ def run_cases(
                     continue
                 peak_key = (case.device, case.dtype, case.threads)
                 if peak_key not in peaks:
-                    peaks[peak_key] = matmul_peak_gflops(case.device, DTYPES[case.dtype], case.threads)
+                    peaks[peak_key] = matmul_peak_gflops(case.device, torch_dtype(case.dtype), case.threads)
                 measurement, env = worker.run(case, timeout, min_run_time, counted.get(shape_key(case)))
                 if interrupt.caught():  # its worker was ended by the interrupt: not a result
                     break

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import pandas as pd
 
+from attnbench.choices import Scope
+
 
 def subject(scope: str, variant: str, model: str, width: float = 1.0) -> str:
     """What ran: the variant at module scope, the network at model scope (with its channel multiplier where it
     is not 1: ``gsa_probe x0.875``)."""
-    if scope != "model":
+    if scope != Scope.MODEL:
         return variant
     return model + (f" x{width:g}" if width not in (None, 1, 1.0) and not pd.isna(width) else "")
 

@@ -13,7 +13,7 @@ import pandas as pd
 
 from attnbench import files
 from attnbench.baselines import variant_facts
-from attnbench.choices import FIGURE_FORMATS
+from attnbench.choices import FIGURE_FORMATS, Status
 from attnbench.tables import METRICS, fit_exponent, pareto
 
 
@@ -118,7 +118,7 @@ def scaling_figure(g: pd.DataFrame, title: str):
     fig, axes = new_figure(3, suptitle=True)
     for ax, (column, (label, scale)) in zip(axes, METRICS.items()):
         for name, hue, v in _series(g):
-            ok = v[v.status == "ok"].sort_values("pixels")
+            ok = v[v.status == Status.OK].sort_values("pixels")
             if ok.empty:
                 continue
             k, r2 = fit_exponent(ok.pixels, ok[column])
@@ -126,7 +126,7 @@ def scaling_figure(g: pd.DataFrame, title: str):
             iqr = ok.latency_ms_iqr * scale / 2 if column == "latency_ms_median" else None
             ax.errorbar(ok.res, ok[column] * scale, yerr=iqr, fmt="o-", capsize=2, color=palette.get(hue),
                         label=f"{name} ({fit})")
-            stopped = v[(v.status != "ok") & (v.pixels > ok.pixels.max())].sort_values("pixels")
+            stopped = v[(v.status != Status.OK) & (v.pixels > ok.pixels.max())].sort_values("pixels")
             if len(stopped):  # where the line stops: the first case that did not run, and why
                 first = stopped.iloc[0]
                 ax.plot([first.res], [ok[column].iloc[-1] * scale], "x", ms=10, mew=2, color=palette.get(hue))
@@ -143,7 +143,7 @@ def efficiency_figure(g: pd.DataFrame, title: str):
     """Achieved GFLOP/s (2 x MACs / latency) against resolution, beside the device's measured matmul rate."""
     palette = colours(g.hue)
     fig, (ax,) = new_figure(1, 6.5)
-    ok = g[g.status == "ok"]
+    ok = g[g.status == Status.OK]
     for name, hue, v in _series(ok):
         v = v.sort_values("pixels")
         ax.plot(v.res, 2 * v.macs / (v.latency_ms_median * 1e-3) / 1e9, "o-", color=palette.get(hue), label=name)
@@ -159,7 +159,7 @@ def throughput_figure(g: pd.DataFrame, title: str):
     """Throughput against batch, one line per variant and resolution."""
     palette = colours(g.hue)
     fig, (ax,) = new_figure(1, 6.5)
-    for (name, res), hue, v in _series(g[g.status == "ok"], ["series", "res"]):
+    for (name, res), hue, v in _series(g[g.status == Status.OK], ["series", "res"]):
         v = v.sort_values("batch")
         ax.plot(v.batch, v.throughput_per_s, "o-", color=palette.get(hue), label=f"{name} @ {res}")
     return finish(fig, ax, title, xscale="log", yscale="log", xlabel="batch", ylabel="throughput (images / s)")

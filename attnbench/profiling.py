@@ -20,10 +20,10 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
+from attnbench.choices import torch_dtype
 from attnbench.harness import build_case
 from attnbench.measure.latency import make_step, synchronized
 from attnbench.record import Case
-from attnbench.sweep import DTYPES
 
 # Kineto writes its own lines (profiler_start, profiler_stop) straight to the process's stderr
 KINETO_LINE = re.compile(rb"^\w+:\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \d+:\d+ \w+\.cpp:\d+\] ")
@@ -57,7 +57,7 @@ def profile_case(case: Case, trace_dir: str | Path, *, iters: int = 5) -> pd.Dat
     torch.set_num_threads(case.threads)
     torch.manual_seed(0)
     module, shape = build_case(case)
-    x = torch.randn(*shape, device=case.device, dtype=DTYPES[case.dtype])
+    x = torch.randn(*shape, device=case.device, dtype=torch_dtype(case.dtype))
     step = synchronized(make_step(module, x, case.mode), torch.device(case.device))
     step()
     cuda = torch.device(case.device).type == "cuda"

@@ -15,6 +15,8 @@ import typing
 from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
+from attnbench.choices import Scope, Status
+
 SQL_TYPES = {str: "TEXT", int: "INTEGER", float: "REAL", bool: "INTEGER"}
 
 
@@ -82,7 +84,7 @@ class Case:
 
     @property
     def label(self) -> str:
-        what = self.variant if self.scope == "module" else self.model + (f" width={self.width:g}" if self.width != 1
+        what = self.variant if self.scope == Scope.MODULE else self.model + (f" width={self.width:g}" if self.width != 1
                                                                           else "")
         return f"{what} res={self.res} b={self.batch} {self.dtype} {self.device} {self.mode}{self.setup}"
 
@@ -240,7 +242,7 @@ class Evaluation(Run):
     side: int  # pixels
     tables: str = "trained"  # "trained": the network as trained; "interpolated": its position tables (and
     # Swin's window) resized to the side, as fine-tuning at another resolution does
-    status: str = "ok"  # ok | refused (the network cannot run at this side; reason says why) | error
+    status: str = Status.OK  # ok | refused (the network cannot run at this side; reason says why) | error
     reason: str | None = None
     epoch: int | None = None  # of the checkpoint evaluated
     step: int | None = None

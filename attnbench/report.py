@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from attnbench import files, store
-from attnbench.choices import DEFAULT_REPORT, FIGURE_FORMATS
+from attnbench.choices import DEFAULT_REPORT, FIGURE_FORMATS, Scope, Status
 from attnbench.labels import hues, series, setups
 from attnbench.plots import (
     accuracy_figure,
@@ -73,7 +73,7 @@ def load(dbs: Sequence[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.Data
     if frame.empty and training.empty and evaluations.empty:
         raise ReportError(f"The store{'s' if len(dbs) > 1 else ''} {', '.join(map(str, dbs))} hold no results; "
                           "run `attnbench run` or `attnbench train` first.")
-    if training.empty and evaluations.empty and not (frame.status == "ok").any():
+    if training.empty and evaluations.empty and not (frame.status == Status.OK).any():
         raise ReportError("Every stored case failed (" + ", ".join(sorted(set(frame.status))) +
                           "): there is nothing to draw; see `attnbench export` for the reasons.")
     frame["pixels"] = frame.res.astype(np.int64) ** 2
@@ -211,7 +211,7 @@ def _write_report(frame: pd.DataFrame, training: pd.DataFrame, evaluations: pd.D
         _write_table(rep, out, name, results_table(rows))
         index.append(f"- [{scope} scope on {device}](tables/{name}.md) ([csv](tables/{name}.csv))")
 
-    if (frame.scope == "module").any():
+    if (frame.scope == Scope.MODULE).any():
         _write_table(rep, out, "largest_fit", largest_fit_table(frame))
         exps = exponent_table(frame)
         _write_table(rep, out, "scaling_exponents", exps)
@@ -229,7 +229,7 @@ def _write_report(frame: pd.DataFrame, training: pd.DataFrame, evaluations: pd.D
                 index.append(f"- {what}: ![scaling](figures/scaling_{tag}.png) "
                              f"![efficiency](figures/efficiency_{tag}.png)")
         index += [""] + _exponent_notes(exps)
-        module = frame[frame.scope == "module"]
+        module = frame[frame.scope == Scope.MODULE]
         for (device, dtype, mode, dim), g in module.groupby(["device_label", "dtype", "mode", "dim"], sort=True):
             batched = g.groupby(["series", "res"]).batch.nunique()
             if (batched >= 2).any():
@@ -239,7 +239,7 @@ def _write_report(frame: pd.DataFrame, training: pd.DataFrame, evaluations: pd.D
                               throughput_figure(g[keep], f"Throughput against batch: {device}, {dtype}, {mode}"))
                 index.append(f"- throughput against batch, {device}: ![throughput](figures/throughput_{tag}.png)")
 
-    models = frame[(frame.scope == "model") & (frame.status == "ok")]
+    models = frame[(frame.scope == Scope.MODEL) & (frame.status == Status.OK)]
     if len(models):
         index += ["", "## Networks (model scope)\n"]
         for (device, dtype, mode, res), g in models.groupby(["device_label", "dtype", "mode", "res"], sort=True):
@@ -254,7 +254,7 @@ def _write_report(frame: pd.DataFrame, training: pd.DataFrame, evaluations: pd.D
                 _write_table(rep, out, name, ratios)
                 index.append(f"- [each network's latency and MACs relative to the conv ResNet](tables/{name}.md)")
 
-    ok = frame[frame.status == "ok"]
+    ok = frame[frame.status == Status.OK]
     if ok.device_label.nunique() >= 2:
         index += ["", "## Across devices\n"]
         for (scope, res, dtype, mode), g in ok.groupby(["scope", "res", "dtype", "mode"], sort=True):

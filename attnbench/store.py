@@ -29,7 +29,7 @@ from typing import TypeVar
 import pandas as pd
 
 from attnbench import files
-from attnbench.choices import unknown_name_message
+from attnbench.choices import Scope, unknown_name_message
 from attnbench.record import EPOCH_COLUMNS, EVALUATION_COLUMNS, RESULT_COLUMNS, Case, Epoch, Evaluation, Record
 
 SCHEMA_VERSION = 1
@@ -71,7 +71,7 @@ def _legacy_model(frame: pd.DataFrame) -> pd.Series:
     own = frame.arch.str.startswith("axial_deeplab_") | ((frame.variant == "conv") & frame.arch.str.startswith(
         "resnet"))
     name = frame.arch.where(own, frame.variant + "_" + frame.arch)
-    return name.where(frame.scope == "model", "")
+    return name.where(frame.scope == Scope.MODEL, "")
 
 
 def _legacy_variant(frame: pd.DataFrame) -> pd.Series:

@@ -18,13 +18,12 @@ from attnbench.choices import (
     MODES,
     SCOPES,
     SWEEP_DEFAULTS,
+    Scope,
     unknown_name_message,
 )
 from attnbench.choices import DTYPES as DTYPE_NAMES
 from attnbench.record import Case, parse_options, parse_value
 from attnbench.registry import AUTO, get_impl, get_variant_spec, list_impls, list_variants, resolve_impl
-
-DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.bfloat16, torch.float16)))
 
 
 @dataclass(frozen=True)
@@ -60,7 +59,7 @@ def expand(
     duplicates dropped (a network from elsewhere has no implementation to choose: ""). ``options``: each
     variant's options as :func:`variant_options` spells them (none: the defaults). ``amp``,
     ``channels_last``, ``compile``: set on every case (see :class:`attnbench.record.Case`)."""
-    if scope == "model":
+    if scope == Scope.MODEL:
         dims = [0]
     variants = list(dict.fromkeys(s.variant for s in subjects if s.variant))
     chosen = variant_impls(variants, list(impls))
@@ -177,7 +176,7 @@ class Sweep:
     dtype: Sequence[str] = SWEEP_DEFAULTS["dtype"]
     device: Sequence[str] | None = None
     mode: Sequence[str] = SWEEP_DEFAULTS["mode"]
-    scope: str = "model"
+    scope: str = Scope.MODEL
     arch: str = SWEEP_DEFAULTS["arch"]
     threads: int | None = None
     impl: Sequence[str] = SWEEP_DEFAULTS["impl"]
@@ -198,7 +197,7 @@ class Sweep:
         for name in self.variants or ():
             if name not in list_variants():
                 raise ValueError(unknown_name_message("variant", name, list_variants()))
-        if self.scope == "module":
+        if self.scope == Scope.MODULE:
             for name, given in (("arch", self.arch != SWEEP_DEFAULTS["arch"]), ("model", bool(self.model)),
                                 ("width", tuple(self.width) != SWEEP_DEFAULTS["width"])):
                 if given:
@@ -240,12 +239,12 @@ class Sweep:
         options = variant_options(variants, list(self.opt))
         for v in variants:
             # module scope: each dim; model scope: the narrowest bottleneck width, of which the others are multiples
-            for d in self.dim if self.scope == "module" else [64]:
+            for d in self.dim if self.scope == Scope.MODULE else [64]:
                 try:
                     get_variant_spec(v).make_config(d, **parse_options(options[v])).check_extents(
                         max(self.res or [DEFAULT_RES[self.scope]]))
                 except (ValueError, TypeError) as e:
-                    what = f"--dim {d}" if self.scope == "module" else "--opt"
+                    what = f"--dim {d}" if self.scope == Scope.MODULE else "--opt"
                     raise ValueError(f"{what} for variant '{v}': {e}") from None
         most = MAX_THREADS_PER_CORE * (os.cpu_count() or 1)
         if self.threads is not None and not 1 <= self.threads <= most:

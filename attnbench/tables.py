@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from attnbench.baselines import variant_facts
-from attnbench.choices import NOISY
+from attnbench.choices import NOISY, Scope, Status
 from attnbench.labels import setups, subjects
 from attnbench.store import finished_runs
 
@@ -26,7 +26,7 @@ METRICS = {  # column -> (axis label, scale)
 
 def series_groups(frame: pd.DataFrame):
     """Module-scope series that a scaling plot draws: one per device, dtype, mode, dim and batch."""
-    module = frame[frame.scope == "module"]
+    module = frame[frame.scope == Scope.MODULE]
     return module.groupby(["device_label", "dtype", "mode", "dim", "batch"], sort=True)
 
 
@@ -47,20 +47,20 @@ def results_table(rows: pd.DataFrame) -> pd.DataFrame:
         "case": subjects(rows).values,
         "res": rows.res.values,
         "batch": rows.batch.values,
-        "dim": np.where(rows.scope == "module", rows.dim, "-"),
+        "dim": np.where(rows.scope == Scope.MODULE, rows.dim, "-"),
         "dtype": rows.dtype.values,
         "device": rows.device.values,
         "mode": rows["mode"].values,
         "params (M)": [_fmt(v, ".4g", 1e-6) for v in rows.params],
         "MACs (G)": [_fmt(v, ".4g", 1e-9) for v in rows.macs],
         "latency ms (median ± IQR)": [
-            "-" if s != "ok" else f"{m:.3f} ± {i:.3f}" + (f" {NOISY}" if n == 1 else "")
+            "-" if s != Status.OK else f"{m:.3f} ± {i:.3f}" + (f" {NOISY}" if n == 1 else "")
             for s, m, i, n in zip(rows.status, rows.latency_ms_median, rows.latency_ms_iqr, rows.latency_noisy)],
         "throughput (/s)": [_fmt(v, ".1f") for v in rows.throughput_per_s],
         "peak memory (MiB)": [_fmt(v, ".4g", 1 / MIB) for v in rows.peak_mem_bytes],
-        "GFLOP/s": [_fmt(2 * m / (t * 1e-3) / 1e9, ".1f") if s == "ok" else "-"
+        "GFLOP/s": [_fmt(2 * m / (t * 1e-3) / 1e9, ".1f") if s == Status.OK else "-"
                     for s, m, t in zip(rows.status, rows.macs, rows.latency_ms_median)],
-        "status": [s if s == "ok" else f"{s}: {r}" for s, r in zip(rows.status, rows.reason)],
+        "status": [s if s == Status.OK else f"{s}: {r}" for s, r in zip(rows.status, rows.reason)],
     })
     if impls_vary(rows):
         table.insert(1, "impl", rows.impl.values)
@@ -80,8 +80,8 @@ def largest_fit_table(frame: pd.DataFrame) -> pd.DataFrame:
     out = []
     for (device, dtype, mode, dim, batch), g in series_groups(frame):
         for name, v in g.groupby("series", sort=True):
-            ok = v[v.status == "ok"]
-            failed = v[(v.status != "ok") & (v.res > (ok.res.max() if len(ok) else 0))].sort_values("res")
+            ok = v[v.status == Status.OK]
+            failed = v[(v.status != Status.OK) & (v.res > (ok.res.max() if len(ok) else 0))].sort_values("res")
             out.append({
                 "device": device, "dtype": dtype, "mode": mode, "dim": dim, "batch": batch, "variant": name,
                 "largest res measured": int(ok.res.max()) if len(ok) else "-",
@@ -93,11 +93,11 @@ def largest_fit_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 def exponent_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Fitted scaling exponents k (cost ~ pixels^k) per series, variant and metric, with the expectation."""
-    facts = variant_facts(set(frame[frame.scope == "module"].variant))
+    facts = variant_facts(set(frame[frame.scope == Scope.MODULE].variant))
     expected = {r.name: (r.scaling_low, r.scaling_high) for r in facts.itertuples()}
     out = []
     for (device, dtype, mode, dim, batch), g in series_groups(frame):
-        for name, v in g[g.status == "ok"].groupby("series", sort=True):
+        for name, v in g[g.status == Status.OK].groupby("series", sort=True):
             if v.res.nunique() < 3:  # too few resolutions to fit an exponent
                 continue
             row = {"device": device, "dtype": dtype, "mode": mode, "dim": dim, "batch": batch,
@@ -165,7 +165,7 @@ def accuracy_table(frame: pd.DataFrame, training: pd.DataFrame) -> pd.DataFrame:
     last = finished_runs(training)
     time_s = training.groupby("run_id").epoch_s.sum()
     latency = {}
-    measured = frame[(frame.scope == "model") & (frame.status == "ok") & (frame.res == 32) & (frame.batch == 1)
+    measured = frame[(frame.scope == Scope.MODEL) & (frame.status == Status.OK) & (frame.res == 32) & (frame.batch == 1)
                      & (frame.dtype == "fp32") & (frame["mode"] == "infer") & (setups(frame) == "")]
     for r in measured.sort_values("created_utc").itertuples():  # the newest measurement of a network wins
         latency[(r.model, float(r.width), r.options, r.device_name)] = r.latency_ms_median
@@ -213,7 +213,7 @@ def resolution_table(evaluations: pd.DataFrame) -> pd.DataFrame:
     groups = evaluations.groupby([*SETUP_KEYS, "tables", "side"], sort=True)
     for key, runs in groups:
         setup = dict(zip([*SETUP_KEYS, "tables", "side"], key))
-        ok, failed = runs[runs.status == "ok"], runs[runs.status != "ok"]
+        ok, failed = runs[runs.status == Status.OK], runs[runs.status != Status.OK]
         rows.append({"dataset": setup["dataset"], "trained at": setup["image_size"], "model": setup_label(setup),
                      "variant": runs.variant.iloc[0], "width": setup["width"], "lr": lr_label(setup, runs),
                      "tables": setup["tables"],

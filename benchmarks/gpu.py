@@ -35,12 +35,12 @@ import torch
 
 import attnbench
 from attnbench import store
+from attnbench.choices import DTYPES, torch_dtype
 from attnbench.env import environment
 from attnbench.harness import measure_case
 from attnbench.measure.latency import make_step, measure_latency
 from attnbench.measure.peak import matmul_peak_gflops
 from attnbench.record import Case, Record
-from attnbench.sweep import DTYPES
 
 MODULE_GOAL_MS = {"gsa": 1.0, "local": 2.0, "axial": 1.5, "nonlocal": 1.0}  # at B=32, C=256, 56x56, bf16
 TEXTBOOK = {"gsa": "plain", "local": "plain", "nonlocal": "plain", "axial": "dense"}
@@ -132,8 +132,9 @@ def timm_rows(args, threads: int) -> list[dict]:
     rows, ours = [], {}
     for label, build in networks.items():
         try:
-            net = build().to(args.device, DTYPES[args.dtype])
-            x = torch.randn(args.net_batch, 3, args.net_res, args.net_res, device=args.device, dtype=DTYPES[args.dtype])
+            dtype = torch_dtype(args.dtype)
+            net = build().to(args.device, dtype)
+            x = torch.randn(args.net_batch, 3, args.net_res, args.net_res, device=args.device, dtype=dtype)
             for mode in ["infer", "train"]:
                 ms = measure_latency(make_step(net, x, mode), args.device, batch=args.net_batch, threads=threads,
                                      min_run_time=args.min_run_time)["latency_ms_median"]
@@ -152,7 +153,7 @@ def timm_rows(args, threads: int) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda")
-    p.add_argument("--dtype", default="bf16", choices=list(DTYPES), help="the goals' dtype")
+    p.add_argument("--dtype", default="bf16", choices=DTYPES, help="the goals' dtype")
     p.add_argument("--module-dtypes", default="bf16,fp32", help="dtypes of the module rows")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--dim", type=int, default=256)
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = torch.get_num_threads()
     print(f"{'case':58} {'impl':18} {'latency':>12} {'rate':>15}  comparison  goal met", flush=True)
     run_id = uuid.uuid4().hex[:12]
-    peak = matmul_peak_gflops(args.device, DTYPES[args.dtype], threads)
+    peak = matmul_peak_gflops(args.device, torch_dtype(args.dtype), threads)
     table, failures = [], []
 
     def measure(case: Case) -> dict:
@@ -221,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
                                              f"{variant} module: {ms:.3f} ms, goal {MODULE_GOAL_MS[variant]} ms; "
                                              f"{ms / base:.2f}x of {TEXTBOOK[variant]}")
                     if variant == "local":
-                        core = flex_core_ms(args.batch, args.dim, args.res, DTYPES[dtype], args.device, threads,
+                        core = flex_core_ms(args.batch, args.dim, args.res, torch_dtype(dtype), args.device, threads,
                                             args.min_run_time)
                         line["against"] += f"; flex core+proj {core:.3f} ms: {ms / core:.2f}x (<= {FLEX_CORE_RATIO})"
                         line["goal met"] = check(line["goal met"] == "yes" and ms / core <= FLEX_CORE_RATIO,
@@ -250,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if "peers" in sections:  # our modules beside other libraries' implementations of the same functions
         for variant, options in peer_cases(args.dim):
-            line = peer_row(variant, options, (args.batch, args.dim, args.res, args.res), DTYPES[args.dtype],
+            line = peer_row(variant, options, (args.batch, args.dim, args.res, args.res), torch_dtype(args.dtype),
                             args.device, threads, args.min_run_time)
             if line:
                 line["goal met"] = check(line.pop("ratio") <= 1.0, f"{variant} {options}: {line['against']}")

@@ -1,6 +1,7 @@
 """The style the project holds itself to (ruff, configured in pyproject.toml), checked with the tests."""
 
 import ast
+import re
 import shutil
 import subprocess
 import sys
@@ -75,3 +76,25 @@ def test_no_module_imports_upward():
                 if _level(target) > _level(top) and (top, target) not in UPWARD_BY_DESIGN:
                     upward.append(f"{'/'.join(rel)}.py imports attnbench.{target}")
     assert not upward, "\n".join(upward)
+
+
+# A status or a scope is named by its enum (attnbench.choices.Status, Scope), never compared as a bare string
+# (SQL text, in single quotes, aside)
+BARE_NAME = re.compile(r'\b(status|scope)\b["\'\]\)]*\s*(==|!=|\bin\b)\s*\(?"')
+
+
+def test_status_and_scope_are_compared_by_their_enums():
+    bare = [f"{path.relative_to(ROOT)}:{i}: {line.strip()}"
+            for path in sorted((ROOT / "attnbench").rglob("*.py"))
+            for i, line in enumerate(path.read_text().splitlines(), 1) if BARE_NAME.search(line)]
+    assert not bare, "\n".join(bare)
+
+
+def test_the_torch_dtypes_load_without_the_planner():
+    """harness and profiling take the dtype map from attnbench.choices, not from the sweep planner."""
+    code = ("import sys, torch, attnbench.profiling; from attnbench.choices import DTYPES, torch_dtype; "
+            "assert 'attnbench.sweep' not in sys.modules, 'the planner was imported'; "
+            "print([str(torch_dtype(d)) for d in DTYPES])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["['torch.float32',", "'torch.bfloat16',", "'torch.float16']"]
