@@ -172,6 +172,12 @@ class VariantSpec:
     scaling: tuple[float, float] = (1.0, 1.0)  # asymptotic exponent k of cost ~ pixels^k (range over spans)
     # options a network sets block by block, cycling within each stage (Swin: unshifted, shifted, ...)
     alternate: tuple[dict[str, Any], ...] = ()
+    source: str = "attnbench"  # the package that defines the variant: "attnbench" for the shipped ones
+
+    @property
+    def builtin(self) -> bool:
+        """Whether attnbench ships this variant (a plugin's is not)."""
+        return self.source == "attnbench"
 
     def block_options(self, index: int, options: dict[str, Any]) -> dict[str, Any]:
         """The options of a stage's ``index``-th block of this variant: ``options`` with the alternating ones
@@ -330,7 +336,7 @@ def register_variant(
             raise ValueError(f"Variant '{name}': placement must be 'replace' or 'insert', got {placement!r}.")
         _VARIANTS[name] = VariantSpec(
             name, cls, config_cls, description, paper, arxiv, ends_with_norm, placement,
-            global_receptive_field, scaling, tuple(alternate),
+            global_receptive_field, scaling, tuple(alternate), cls.__module__.partition(".")[0],
         )
         _REFERENCE[name] = reference
         _AUTO[name] = dict(auto or {})
@@ -434,10 +440,12 @@ def _load_variants() -> None:
     load_plugins(PLUGIN_GROUP, "variant")
 
 
-def list_variants(pattern: str = "*") -> list[str]:
-    """Registered variant names matching an fnmatch ``pattern``, sorted."""
+def list_variants(pattern: str = "*", *, builtin: bool | None = None) -> list[str]:
+    """Registered variant names matching an fnmatch ``pattern``, sorted; with ``builtin`` True only those attnbench
+    ships, with False only plugins' (:attr:`VariantSpec.source`)."""
     _load_variants()
-    return sorted(n for n in _VARIANTS if fnmatch.fnmatch(n, pattern))
+    return sorted(n for n, spec in _VARIANTS.items()
+                  if fnmatch.fnmatch(n, pattern) and builtin in (None, spec.builtin))
 
 
 def get_variant_spec(name: str) -> VariantSpec:
@@ -482,6 +490,6 @@ def build_variant(name: str, dim: int, *, impl: str = AUTO, **options: Any) -> V
     return module
 
 
-def iter_specs() -> Iterator[VariantSpec]:
-    """Every spec, sorted by name."""
-    return (_VARIANTS[n] for n in list_variants())
+def iter_specs(*, builtin: bool | None = None) -> Iterator[VariantSpec]:
+    """Every spec, sorted by name (``builtin`` as :func:`list_variants` reads it)."""
+    return (_VARIANTS[n] for n in list_variants(builtin=builtin))

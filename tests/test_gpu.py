@@ -5,6 +5,7 @@ Marked ``gpu`` and skipped (with the reason) on machines without CUDA.
 
 import pytest
 import torch
+from conftest import VARIANTS
 
 import attnbench
 from attnbench import store
@@ -20,7 +21,7 @@ pytestmark = [
 MIB = 2**20
 
 
-@pytest.mark.parametrize("name", attnbench.list_variants())
+@pytest.mark.parametrize("name", VARIANTS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_variants_on_cuda_match_cpu(name, dtype):
     torch.manual_seed(0)
@@ -33,7 +34,7 @@ def test_variants_on_cuda_match_cpu(name, dtype):
     assert torch.isfinite(got).all() and rel < tol, f"{name} {dtype}: relative error {rel:.3g}"
 
 
-@pytest.mark.parametrize("name, impl", [(v, i) for v in attnbench.list_variants() for i in attnbench.list_impls(v)],
+@pytest.mark.parametrize("name, impl", [(v, i) for v in VARIANTS for i in attnbench.list_impls(v)],
                          ids=str)
 def test_every_implementation_on_cuda_trains_as_the_cpu_reference(name, impl):
     """fp32 on the GPU (TF32 off) against the reference on the CPU: output, gradients, batch-norm statistics."""

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import VARIANTS
 
 import attnbench
 from attnbench.baselines import compare_published, load_published
@@ -42,13 +43,13 @@ def test_shipped_variant_facts_are_current():
     torch) is what the registry says now; a name it lacks sends a report to the registry."""
     from attnbench.baselines import count_variant_facts, variant_facts
 
-    assert variant_facts().to_dict("records") == count_variant_facts().to_dict("records")
+    assert variant_facts().to_dict("records") == count_variant_facts(builtin=True).to_dict("records")
     assert variant_facts({"not-shipped"}).name.tolist() == attnbench.list_variants()
 
 
 def test_every_variant_gets_its_networks_and_the_registry_says_what_each_is_built_of():
     names = list_models()
-    for variant in attnbench.list_variants():
+    for variant in VARIANTS:
         for depth in DEPTHS:
             spec = get_model_spec(f"{variant}_resnet{depth}")  # conv_resnet50: an alias of resnet50
             assert (spec.variant, spec.arch) == (variant, f"resnet{depth}") and spec.name in names
@@ -137,7 +138,7 @@ def test_model_scope_run(capsys, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", attnbench.list_variants())
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_resnet50_runs_at_any_side(variant):
     """Odd sides after a stride: the attention's average pool and the strided shortcut both round up."""
     for side in (112, 144, 200, 225):
@@ -147,7 +148,7 @@ def test_resnet50_runs_at_any_side(variant):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [f"{v}_resnet26" for v in attnbench.list_variants()] + ["axial_deeplab_26s"])
+@pytest.mark.parametrize("name", [f"{v}_resnet26" for v in VARIANTS] + ["axial_deeplab_26s"])
 def test_every_network_compiles_without_graph_breaks(name):
     torch.manual_seed(0)
     net = attnbench.build_model(name, num_classes=10, stem="cifar", width=0.25, image_size=20).eval()

@@ -36,6 +36,28 @@ def test_a_plugins_variant_is_listed_swept_built_into_networks_and_reported(tmp_
     assert "| gate " in exponents  # its expected exponent came from the registry, not the shipped table
 
 
+def test_the_projects_own_tests_cover_the_shipped_variants_only():
+    """An installed plugin's variant is its own to test: the suite parametrises over the shipped variants, and its
+    checks that every variant has a naive reference, a documented auto rule and shipped facts hold beside it."""
+    env = {**os.environ, "PYTHONPATH": str(EXAMPLE)}
+    listed = subprocess.run([sys.executable, "-c", "import attnbench; print(attnbench.list_variants(builtin=False), "
+                             "attnbench.get_variant_spec('gate').source)"], capture_output=True, text=True, env=env)
+    assert listed.stdout.split() == ["['gate']", "attnbench_gate"]  # the plugin is installed
+    tests = Path(__file__).resolve().parent
+    files = [str(tests / f) for f in ("test_variants.py", "test_macs.py", "test_models.py", "test_train.py")]
+    collected = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", *files], capture_output=True,
+                               text=True, env=env, cwd=tests.parent, timeout=600)
+    ids = [line for line in collected.stdout.splitlines() if "::" in line]
+    assert collected.returncode == 0 and "tests/test_variants.py::test_shape_and_dtype[gsa]" in ids
+    assert not [i for i in ids if "gate" in i]
+    checks = ["test_models.py::test_shipped_variant_facts_are_current",
+              "test_variants.py::test_every_variant_has_a_naive_reference",
+              "test_variants.py::test_auto_follows_the_documented_rule_per_input_device"]
+    ran = subprocess.run([sys.executable, "-m", "pytest", "-q", *(str(tests / c) for c in checks)],
+                         capture_output=True, text=True, env=env, cwd=tests.parent, timeout=600)
+    assert ran.returncode == 0, ran.stdout[-2000:]
+
+
 def test_a_plugins_network_is_listed_and_measured(tmp_path):
     listed = attnbench("list")
     assert "gated_tiny" in listed.stdout

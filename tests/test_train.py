@@ -442,11 +442,11 @@ PROBE_BLOCKS = {"conv": (False, True), "axial": (False, True), "gsa": (False, Fa
 def test_every_probe_wraps_its_blocks_alike(variant):
     """relu(x + norm(branch(x))) for every variant: one normalisation (the variant's own, else a batch norm) and
     one ReLU per block, and an inserted block's own residual is not doubled."""
-    from conftest import randomize_norms
+    from conftest import VARIANTS, randomize_norms
 
     import attnbench
 
-    assert set(PROBE_BLOCKS) == set(attnbench.list_variants()), "a variant without a declared probe structure"
+    assert set(PROBE_BLOCKS) == set(VARIANTS), "a variant without a declared probe structure"
     inserted, own_norm = PROBE_BLOCKS[variant]
     net = randomize_norms(attnbench.build_model(f"{variant}_probe", num_classes=2, image_size=12)).eval()
     x = torch.randn(2, 3, 12, 12)
@@ -674,7 +674,7 @@ def test_probe_heads_are_the_most_of_eight_channels_or_more_that_the_variant_acc
     from attnbench.models import model_spec_for
     from attnbench.registry import iter_specs, list_impls
 
-    for spec in iter_specs():
+    for spec in iter_specs(builtin=True):
         if "heads" in spec.options():
             net = model_spec_for(spec.name, "probe").build(num_classes=2, image_size=32,
                                                            impl=list_impls(spec.name)[0])

@@ -19,13 +19,13 @@ DATA = Path(str(resources.files(__name__)))  # the package's data files (package
 PUBLISHED, OURS, VARIANTS = DATA / "published.csv", DATA / "ours.csv", DATA / "variants.csv"
 
 
-def count_variant_facts() -> pd.DataFrame:
-    """Every registered variant, in registry order: name, paper and the expected exponent k of its cost
-    against pixels (``scaling_low``-``scaling_high`` over its options)."""
+def count_variant_facts(*, builtin: bool | None = None) -> pd.DataFrame:
+    """Every registered variant (``builtin``: the shipped ones only), in registry order: name, paper and the
+    expected exponent k of its cost against pixels (``scaling_low``-``scaling_high`` over its options)."""
     from attnbench.registry import iter_specs
 
     return pd.DataFrame([{"name": s.name, "paper": s.paper, "arxiv": s.arxiv, "scaling_low": s.scaling[0],
-                          "scaling_high": s.scaling[1]} for s in iter_specs()])
+                          "scaling_high": s.scaling[1]} for s in iter_specs(builtin=builtin)])
 
 
 def variant_facts(names: Iterable[str] = ()) -> pd.DataFrame:
@@ -111,5 +111,5 @@ def write_shipped() -> None:
         keys = load_published()[["model", "metric", "res"]].drop_duplicates()
         counted = keys.merge(counted, on=["model", "metric", "res"])  # the published order
     files.write_text(OURS, counted.to_csv(index=False))
-    files.write_text(VARIANTS, count_variant_facts().to_csv(index=False))
+    files.write_text(VARIANTS, count_variant_facts(builtin=True).to_csv(index=False))
     print(f"wrote {OURS} and {VARIANTS}")
