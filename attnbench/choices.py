@@ -61,6 +61,8 @@ LAUNCHERS = ("slurm", "local")  # --launcher: submitit's Slurm executor, or its 
 PIVOTS = ("latency", "macs", "memory", "params")  # what `attnbench run --pivot` can grid by resolution
 FIGURE_FORMATS = ("png",)  # what reports and profiles draw unless told (svg, pdf: on request)
 FORMATS = ("png", "svg", "pdf")
+TABLES = ("results", "training", "evaluations")  # what `attnbench export --table` writes
+COLUMN_SETS = ("summary", "all")  # export --columns, run --results-columns: the columns compared first, or every one
 DEFAULT_RES = {Scope.MODEL: 224, Scope.MODULE: 56}  # image side for networks, feature-map side for modules
 # a sweep's other defaults (attnbench.sweep.Sweep), which the command line shows in its help
 SWEEP_DEFAULTS = {"batch": (1,), "dim": (64,), "dtype": ("fp32",), "mode": ("infer",), "arch": "resnet50",

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from attnbench.choices import (
     AMP_DTYPES,
+    COLUMN_SETS,
     COMPILE_MODES,
     DATASETS,
     DEFAULT_DB,
@@ -35,6 +36,7 @@ from attnbench.choices import (
     PIVOTS,
     SCOPES,
     SWEEP_DEFAULTS,
+    TABLES,
     Scope,
     unknown_name_message,
 )
@@ -357,7 +359,10 @@ def cmd_run(args: argparse.Namespace) -> int:
               "busy (see latency_noise_reason); for stable numbers run nothing else meanwhile, or pin the sweep "
               "with --threads and taskset, and measure again with --force.", file=sys.stderr)
     if args.results_file:
-        rows = frame.to_csv(index=False) if args.results_file.endswith(".csv") else frame.to_json(
+        from attnbench.columns import results_summary
+
+        written = results_summary(frame) if args.results_columns == "summary" else frame
+        rows = written.to_csv(index=False) if args.results_file.endswith(".csv") else written.to_json(
             orient="records", indent=1, double_precision=15)
         _write_text(args.results_file, rows)
     if args.json:
@@ -440,9 +445,10 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from attnbench import store
+    from attnbench.columns import table
 
     try:
-        frame = store.select(store.load_results(args.db), args.columns, args.where)
+        frame = table(args.db, args.table, args.columns, args.where)
     except (store.StoreError, ValueError) as e:
         raise UsageError(str(e)) from None
     text = frame.to_csv(index=False) if args.format == "csv" else frame.to_markdown(index=False)
@@ -800,6 +806,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print the rows as JSON")
     run.add_argument("--results-file", default=None, metavar="FILE",
                      help="also write the sweep's rows to FILE, CSV or JSON by its extension (as timm's)")
+    run.add_argument("--results-columns", choices=COLUMN_SETS, default="summary",
+                     help="--results-file's columns: summary (network, side, batch, dtype, samples_per_s, step_ms, "
+                          "gmacs_per_sample, params, ...) or all (every stored column)")
     run.add_argument("--pivot", nargs="?", const="latency", choices=PIVOTS, default=None,
                      help="print one metric as a grid of cases by resolution (latency if none named)")
     run.add_argument("--line-width", type=positive_int("line-width"), default=100, help="characters per printed line")
@@ -886,11 +895,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_formats_argument(rep)
     rep.set_defaults(func=cmd_report)
 
-    export = sub.add_parser("export", help="write a store as CSV or Markdown")
+    export = sub.add_parser("export", help="write a store's measurements (or training runs) as CSV or Markdown")
     export.add_argument("--db", default=DEFAULT_DB)
+    export.add_argument("--table", choices=TABLES, default="results",
+                        help="results (measured cases), training (training runs: with --columns summary, each run's "
+                             "latest epoch; with all, every epoch) or evaluations (trained networks at other sides)")
     export.add_argument("--format", choices=("csv", "md"), default="csv")
-    export.add_argument("--columns", type=_split, default=None,
-                        help="columns to write, comma-separated, in that order (default: all)")
+    export.add_argument("--columns", type=_split, default=["all"],
+                        help="summary (the columns compared first, as timm's results), all (every stored column), "
+                             "or stored columns, comma-separated, in that order (default: all)")
     export.add_argument("--where", action="append", default=[], metavar="COLUMN=VALUE",
                         help="keep the rows where COLUMN=V1,V2 (any of), COLUMN!=V, or COLUMN>=N (also <=, >, <); "
                              "repeat for several, all must hold")

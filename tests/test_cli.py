@@ -1,5 +1,6 @@
 """The command line: sweeps end to end, every bad input, interruption and SIGKILL."""
 
+import io
 import json
 import os
 import shutil
@@ -236,6 +237,49 @@ def test_export_and_merge(capsys, tmp_path):
     assert code == 0 and csv.splitlines() == ["res,variant", "12,conv"]
     code, _, err = run_cli(capsys, "export", "--db", out, "--where", "colour=red")
     assert code == 2 and err.startswith("attnbench export: Unknown column 'colour'") and err.count("\n") == 1
+
+
+def test_export_summary_columns_derive_from_the_stored_ones(capsys, tmp_path):
+    db = str(tmp_path / "r.sqlite")
+    assert run_cli(capsys, "run", "--scope", "module", "--variants", "conv,gsa", "--res", "8,12", "--dim", "8",
+                   "--batch", "1,2", "--db", db, *FAST)[0] == 0
+    every = store.load_results(db)
+    code, text, _ = run_cli(capsys, "export", "--db", db, "--columns", "summary", "--where", "res>8")
+    summary = pd.read_csv(io.StringIO(text))
+    rows = every[every.res > 8].reset_index(drop=True)
+    assert code == 0 and list(summary.columns) == SUMMARY and len(summary) == len(rows) == 4
+    assert summary.network.tolist() == rows.variant.tolist() and (summary.side == 12).all()
+    assert summary.batch.tolist() == rows.batch.tolist() and summary.dtype.tolist() == rows.dtype.tolist()
+    # samples per second from the step time and the batch; GMACs per sample from the whole batch's MACs
+    assert summary.samples_per_s.tolist() == pytest.approx((1e3 * rows.batch / rows.latency_ms_median).tolist(),
+                                                           rel=1e-3)
+    assert summary.gmacs_per_sample.tolist() == pytest.approx((rows.macs / rows.batch / 1e9).tolist(), rel=1e-3)
+    assert summary.params.tolist() == rows.params.tolist()
+    assert summary.peak_mem_mib.tolist() == pytest.approx((rows.peak_mem_bytes / 2**20).tolist(), rel=1e-3)
+    code, text, _ = run_cli(capsys, "export", "--db", db, "--columns", "all")
+    assert code == 0 and pd.read_csv(io.StringIO(text)).columns.tolist() == store.NAMES
+    code, _, err = run_cli(capsys, "export", "--db", db, "--columns", "summary,res")
+    assert code == 2 and err.startswith("attnbench export: --columns summary stands alone") and err.count("\n") == 1
+
+
+def test_training_runs_are_exported(capsys, tmp_path):
+    from attnbench.record import Epoch
+
+    db = str(tmp_path / "r.sqlite")
+    for run_id, epoch, top1 in (("a", 1, 40.0), ("a", 2, 55.5), ("b", 1, 30.0)):
+        store.write_training(db, Epoch(run_id=run_id, epoch=epoch, epochs=2, model="gsa_probe", dataset="digits",
+                                       width=0.5, seed=0 if run_id == "a" else 1, top1_pct=top1,
+                                       macs_per_image=3_000_000, stopped="budget" if epoch == 2 else None))
+    code, text, _ = run_cli(capsys, "export", "--db", db, "--table", "training")
+    assert code == 0 and len(pd.read_csv(io.StringIO(text))) == 3  # every epoch
+    code, text, _ = run_cli(capsys, "export", "--db", db, "--table", "training", "--columns", "summary")
+    runs = pd.read_csv(io.StringIO(text))  # each run's latest epoch
+    assert code == 0 and runs.network.tolist() == ["gsa_probe x0.5"] * 2 and runs.seed.tolist() == [0, 1]
+    assert runs.epoch.tolist() == [2, 1] and runs.top1_pct.tolist() == [55.5, 30.0]
+    assert runs.stopped.fillna("").tolist() == ["budget", ""] and runs.gmacs_per_image.tolist() == [0.003] * 2
+    code, text, _ = run_cli(capsys, "export", "--db", db, "--table", "training", "--columns", "summary",
+                            "--where", "seed=1")
+    assert code == 0 and pd.read_csv(io.StringIO(text)).top1_pct.tolist() == [30.0]
 
 
 def _sweep_command(db):
@@ -537,15 +581,23 @@ def test_a_terminal_that_cannot_print_micro_gets_the_table_in_ascii(tmp_path):
     assert " +- IQR)" in done.stdout and done.stdout.isascii()
 
 
+SUMMARY = ["network", "device_name", "mode", "dtype", "side", "batch", "samples_per_s", "step_ms", "gmacs_per_sample",
+           "params", "peak_mem_mib", "status", "reason"]
+
+
 def test_results_file_holds_the_sweeps_rows(capsys, tmp_path):
     db = str(tmp_path / "r.sqlite")
     base = ["run", "--scope", "module", "--variants", "conv,gsa", "--res", "8", "--dim", "8", "--db", db, *FAST]
-    assert run_cli(capsys, *base, "--results-file", str(tmp_path / "r.csv"))[0] == 0
-    assert run_cli(capsys, *base, "--results-file", str(tmp_path / "r.json"))[0] == 0  # stored: read back
-    rows = json.loads((tmp_path / "r.json").read_text())
+    assert run_cli(capsys, *base, "--results-file", str(tmp_path / "r.csv"), "--results-columns", "all")[0] == 0
+    assert run_cli(capsys, *base, "--results-file", str(tmp_path / "r.json"), "--results-columns", "all")[0] == 0
+    rows = json.loads((tmp_path / "r.json").read_text())  # the second run read the stored rows back
     csv = pd.read_csv(tmp_path / "r.csv")
     assert [r["variant"] for r in rows] == csv.variant.tolist() == ["conv", "gsa"]
     assert csv.latency_ms_median.tolist() == pytest.approx([r["latency_ms_median"] for r in rows], rel=1e-12)
+    assert run_cli(capsys, *base, "--results-file", str(tmp_path / "summary.csv"))[0] == 0  # the default: summary
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert list(summary.columns) == SUMMARY and summary.network.tolist() == ["conv", "gsa"]
+    assert summary.step_ms.tolist() == pytest.approx(csv.latency_ms_median.tolist(), rel=1e-3)  # 4 digits
     code, _, err = run_cli(capsys, *base, "--results-file", str(tmp_path / "r.txt"))
     assert code == 2 and "name a .csv or a .json file" in err
 

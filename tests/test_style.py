@@ -26,7 +26,7 @@ LEVELS = [
     # names, defaults, record types, file writing and labels: no torch
     {"attnbench", "choices", "record", "files", "labels"},
     {"env", "store", "registry", "console", "interrupt"},
-    {"variants", "plain", "models", "measure", "data", "imagefolder", "baselines", "peers"},
+    {"variants", "plain", "models", "measure", "data", "imagefolder", "baselines", "peers", "columns"},
     {"tables", "sweep"},
     {"plots", "harness"},
     {"inspection", "profiling", "train", "report", "api", "launch"},
