@@ -493,6 +493,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_summary(args: argparse.Namespace) -> int:
+    from attnbench import store
+    from attnbench.report import ReportError, summary
+
+    try:
+        print(summary(args.db or [DEFAULT_DB], as_markdown=args.markdown), end="")
+    except (ReportError, store.StoreError) as e:
+        raise UsageError(str(e)) from None
+    return 0
+
+
 def cmd_profile(args: argparse.Namespace) -> int:
     import pandas as pd
 
@@ -894,6 +905,11 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", default=DEFAULT_REPORT, help="folder for the tables, figures and index")
     add_formats_argument(rep)
     rep.set_defaults(func=cmd_report)
+
+    summ = sub.add_parser("summary", help="who wins where: the fastest, the leanest, the most accurate for the cost")
+    summ.add_argument("--db", action="append", default=None, help="a results store; repeat for several")
+    summ.add_argument("--markdown", action="store_true", help="print Markdown tables")
+    summ.set_defaults(func=cmd_summary)
 
     export = sub.add_parser("export", help="write a store's measurements (or training runs) as CSV or Markdown")
     export.add_argument("--db", default=DEFAULT_DB)

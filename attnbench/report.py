@@ -33,9 +33,12 @@ from attnbench.plots import (
     throughput_figure,
 )
 from attnbench.tables import (
+    accuracy_summary,
     accuracy_table,
+    cost_summary,
     environments,
     exponent_table,
+    fastest_by_side,
     largest_fit_table,
     published_table,
     relative_to_conv,
@@ -87,18 +90,62 @@ def load(dbs: Sequence[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.Data
             evaluations.sort_values(["dataset", "model", "run_id", "side", "tables"]).reset_index(drop=True))
 
 
+SUMMARY = {  # table name -> its heading: the summary at the top of a report, and `attnbench summary`
+    "summary_accuracy": "Most accurate, and most accurate for the cost (per data set)",
+    "summary_model": "Networks: fastest and leanest (per device, dtype, batch and image side)",
+    "summary_module": "Attention modules alone: fastest and leanest (per device, dtype, dim, batch and side)",
+    "summary_sides": "Fastest across resolutions (modules)",
+}
+SUMMARY_NOTE = (
+    "Each cell names the winner among the series measured alike, with its figure; the runner-up's latency is "
+    "given over the fastest's ('within IQR': the two medians lie closer than their spreads, no clear winner; "
+    "~: a noisy timing). A front lists the series that no other beats on both costs (latency and peak memory), "
+    "or on cost and accuracy, cheapest first. 'As accurate' is the best setup or one within its seeds' spread: "
+    "the most accuracy per MAC and per ms is the cheapest of those.")
+
+
+def summary_tables(frame: pd.DataFrame, training: pd.DataFrame, evaluations: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Who wins where (:data:`SUMMARY` names them), for the tables that have rows: the most accurate setups and the
+    most accurate for their cost, with the Pareto fronts and the one that holds its accuracy best away from its
+    side; per device, dtype and resolution the fastest and leanest networks and modules (scopes apart); and the
+    fastest module at each resolution."""
+    acc = accuracy_table(frame, training) if len(training) else pd.DataFrame()
+    tables = {"summary_accuracy": accuracy_summary(acc, evaluations) if len(acc) else pd.DataFrame()}
+    for scope in (Scope.MODEL, Scope.MODULE):
+        table = cost_summary(frame[frame.scope == scope])
+        unused = ["scope"] + ["dim"] * (scope == Scope.MODEL)  # a network has no dim
+        tables[f"summary_{scope}"] = table.drop(columns=unused) if len(table) else table
+    tables["summary_sides"] = fastest_by_side(frame)
+    return {name: table for name, table in tables.items() if len(table)}
+
+
+def summary(dbs: Sequence[str | Path], *, as_markdown: bool = False) -> str:
+    """The summary of the stores ``dbs`` as text: headed tables, plain for a terminal or as Markdown."""
+    tables = summary_tables(*load(dbs))
+    parts = []
+    for name, table in tables.items():
+        text = markdown(table, tablefmt="pipe" if as_markdown else "simple")
+        parts.append(f"{'### ' if as_markdown else ''}{SUMMARY[name]}\n\n{text}\n")
+    return "\n".join(parts + [SUMMARY_NOTE + "\n"])
+
+
 def slug(text: str) -> str:
     """File-name form of a label: 'Intel(R) Xeon(R) Processor' -> 'intel-xeon-processor'."""
     text = re.sub(r"\((r|tm)\)", "", text.lower())
     return re.sub(r"[^a-z0-9]+", "-", text).strip("-")
 
 
+def markdown(table: pd.DataFrame, *, numbers: bool = True, tablefmt: str = "pipe") -> str:
+    """``table`` as text (a Markdown ``pipe`` table, or ``simple`` for a terminal), a missing value as "-"
+    (not "nan"); ``numbers=False`` prints every cell as written (versions such as 13.0)."""
+    shown = table.astype(object).where(table.notna(), None)
+    return shown.to_markdown(index=False, tablefmt=tablefmt, disable_numparse=not numbers, missingval="-")
+
+
 def _write_table(rep: Report, out: Path, name: str, table: pd.DataFrame, *, numbers: bool = True) -> None:
-    """``table`` as CSV and Markdown; ``numbers=False`` prints every cell as written (versions such as 13.0)."""
+    """``table`` as CSV and Markdown (:func:`markdown`)."""
     rep.tables[name] = table
-    shown = table.astype(object).where(table.notna(), None)  # a missing value reads "-", not "nan"
-    markdown = shown.to_markdown(index=False, disable_numparse=not numbers, missingval="-")
-    for ext, text in (("csv", table.to_csv(index=False)), ("md", markdown + "\n")):
+    for ext, text in (("csv", table.to_csv(index=False)), ("md", markdown(table, numbers=numbers) + "\n")):
         path = out / "tables" / f"{name}.{ext}"
         path.write_text(text)
         rep.files.append(path)
@@ -204,6 +251,11 @@ def _write_report(frame: pd.DataFrame, training: pd.DataFrame, evaluations: pd.D
         (out / sub).mkdir(parents=True, exist_ok=True)
     rep = Report(formats=formats)
     index: list[str] = []
+    summary_index = ["## Summary: who wins where", ""]
+    for name, table in summary_tables(frame, training, evaluations).items():
+        _write_table(rep, out, name, table)
+        summary_index += [f"### {SUMMARY[name]}", "", markdown(table), "", f"([csv](tables/{name}.csv))", ""]
+    summary_index += [SUMMARY_NOTE, ""]
 
     index.append("## Results\n")
     for (device, scope), rows in frame.groupby(["device_label", "scope"], sort=True):
@@ -311,7 +363,7 @@ def _write_report(frame: pd.DataFrame, training: pd.DataFrame, evaluations: pd.D
               "same files. Latency is the median of `torch.utils.benchmark` runs (IQR beside it; marked ~ where the "
               "timing was flagged noisy: a wide spread, or other processes using the CPU meanwhile, with the "
               "reason in the store's `latency_noise_reason`); MACs count one fused multiply-add as 1; peak memory "
-              "is over the weights and inputs.", "",
+              "is over the weights and inputs.", "", *summary_index,
               "## Where the numbers come from", "", env.to_markdown(index=False, disable_numparse=True), ""]
     path = out / "README.md"
     path.write_text("\n".join(header + index) + "\n")

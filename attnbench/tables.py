@@ -11,6 +11,7 @@ import pandas as pd
 
 from attnbench.baselines import variant_facts
 from attnbench.choices import NOISY, Scope, Status
+from attnbench.console import BYTE_UNITS, COUNT_UNITS, TIME_UNITS, figure, unit_for
 from attnbench.labels import setups, subjects
 from attnbench.store import finished_runs
 
@@ -330,3 +331,124 @@ def relative_to_conv(g: pd.DataFrame) -> pd.DataFrame:
     if table.empty or table["relative to"].nunique() > 1:
         return table
     return table.drop(columns="relative to")
+
+
+# The summary: who wins where. Each cell names the winner and its figure, in a unit chosen for the figure.
+SUMMARY_KEYS = ["scope", "device_label", "dtype", "mode", "dim", "batch", "res"]  # one comparison per row
+
+
+def amount(value: float, units: list[tuple[float, str]], suffix: str = "", digits: int = 3) -> str:
+    """``value`` in the largest unit of ``units`` it reaches (``units`` as in :mod:`attnbench.console`): '52.4 M',
+    '3.10 MiB', '0.412 ms'."""
+    size, name = unit_for([value], units)
+    return f"{figure(value, size, digits)} {name}{suffix}".rstrip()
+
+
+def _newest(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per series (the newest measurement where a series was measured more than once), by name."""
+    return rows.sort_values("created_utc").groupby("series", sort=True).tail(1).sort_values("series", kind="stable")
+
+
+def _winner(rows: pd.DataFrame, column: str, units: list[tuple[float, str]], suffix: str = "") -> str:
+    """'name (figure)' of the row with the least ``column`` (the first by name on a tie); '-' when none has it."""
+    rows = rows.dropna(subset=[column])
+    if rows.empty:
+        return "-"
+    best = rows.loc[rows[column].idxmin()]
+    return f"{best.series} ({amount(best[column], units, suffix)})"
+
+
+def _runner_up(rows: pd.DataFrame) -> str:
+    """The second fastest, its latency over the fastest's, and 'within IQR' where the two medians lie closer
+    than their interquartile ranges together (no clear winner)."""
+    rows = rows.dropna(subset=["latency_ms_median"]).sort_values(["latency_ms_median", "series"], kind="stable")
+    if len(rows) < 2:
+        return "-"
+    first, second = rows.iloc[0], rows.iloc[1]
+    ratio = second.latency_ms_median / first.latency_ms_median
+    close = second.latency_ms_median - first.latency_ms_median <= (first.latency_ms_iqr + second.latency_ms_iqr) / 2
+    return f"{second.series} (x{ratio:.2f}{', within IQR' if close else ''})"
+
+
+def cost_summary(frame: pd.DataFrame) -> pd.DataFrame:
+    """Who wins where on cost: per scope, device, dtype, mode, dim (modules), batch and resolution, among the
+    series that ran there, the fastest (median latency, noisy timings marked) and the runner-up, the leanest in
+    peak memory, MACs and parameters, and the Pareto front of latency against peak memory (the series that no
+    other beats on both; fastest first)."""
+    ok = frame[frame.status == Status.OK]
+    rows = []
+    for key, group in ok.groupby(SUMMARY_KEYS, sort=True):
+        g = _newest(group).reset_index(drop=True)
+        fastest = g.loc[g.latency_ms_median.idxmin()]
+        lean = g.dropna(subset=["peak_mem_bytes"]).reset_index(drop=True)
+        front = pareto(list(lean.latency_ms_median), list(-lean.peak_mem_bytes.astype(float)))
+        rows.append(dict(zip(["scope", "device", "dtype", "mode", "dim", "batch", "res"], key)) | {
+            "series": len(g),
+            "fastest": f"{fastest.series} ({amount(fastest.latency_ms_median, TIME_UNITS)}"
+                       + (f" {NOISY}" if fastest.latency_noisy == 1 else "") + ")",
+            "runner-up": _runner_up(g),
+            "least memory": _winner(g, "peak_mem_bytes", BYTE_UNITS),
+            "fewest MACs": _winner(g, "macs", COUNT_UNITS),
+            "fewest params": _winner(g, "params", COUNT_UNITS),
+            "latency-memory front": ", ".join(lean.series[i] for i in front) or "-",
+        })
+    return pd.DataFrame(rows)
+
+
+def fastest_by_side(frame: pd.DataFrame) -> pd.DataFrame:
+    """Latency against resolution at module scope, as its lower envelope: per device, dtype, mode, dim and batch
+    measured at two sides or more, which series is fastest over which sides ('conv 16-128, window 256-512'), and
+    the same among the attention variants (every variant but conv)."""
+    ok = frame[(frame.status == Status.OK) & (frame.scope == Scope.MODULE)]
+    rows = []
+    for (device, dtype, mode, dim, batch), g in ok.groupby(["device_label", "dtype", "mode", "dim", "batch"],
+                                                            sort=True):
+        if g.res.nunique() < 2:
+            continue
+        row = {"device": device, "dtype": dtype, "mode": mode, "dim": dim, "batch": batch}
+        for column, rows_of in (("fastest by side", g), ("fastest attention by side", g[g.variant != "conv"])):
+            spans: list[list] = []  # [series, first side, last side]
+            for res, at in rows_of.groupby("res", sort=True):
+                at = at.sort_values(["latency_ms_median", "series"], kind="stable")
+                name = at.series.iloc[0]
+                if spans and spans[-1][0] == name:
+                    spans[-1][2] = res
+                else:
+                    spans.append([name, res, res])
+            row[column] = ", ".join(f"{n} {a}" + (f"-{b}" if b != a else "") for n, a, b in spans) or "-"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def accuracy_summary(acc: pd.DataFrame, evaluations: pd.DataFrame) -> pd.DataFrame:
+    """Who wins where on accuracy: per data set, image side and device of the accuracy table (``acc``), the most
+    accurate setup; the setup as accurate as it (the best, or within the spread of the seeds) with the fewest
+    MACs, and with the lowest latency where latency was measured (the most accuracy per MAC and per ms); the
+    Pareto fronts of top-1 against MACs and against latency (cheapest first); and, from evaluations at other
+    sides, the setup that holds its accuracy best away from the side it was trained at."""
+    held = holds_best(evaluations) if len(evaluations) else pd.DataFrame(columns=["dataset", "model", "tables",
+                                                                                    "retained (%)"])
+    held = {dataset: f"{model}, {tables} tables ({kept:.1f} % kept)" for dataset, model, tables, kept
+            in zip(held.dataset, held.model, held.tables, held["retained (%)"])}
+    rows = []
+    for (dataset, side, device), t in acc.groupby(["dataset", "image side", "device"], sort=True):
+        t = t.reset_index(drop=True)
+        best = t.loc[t["top-1 (%)"].idxmax()]
+        level = t[t["vs best"].isin(["best", "within spread"])]
+        row = {"dataset": dataset, "image side": side, "device": device, "setups": len(t),
+               "most accurate": f"{best.model} ({best['top-1 (%)']:.2f} %, {best.seeds} seed"
+                                + ("s" if best.seeds != 1 else "") + ")"}
+        for cost, column, units, suffix in (("MACs per image (M)", "fewest MACs", COUNT_UNITS, "MACs"),
+                                           ("latency ms (batch 1)", "lowest latency", TIME_UNITS, "")):
+            scale = 1e6 if cost.startswith("MACs") else 1.0
+            measured = level.dropna(subset=[cost])
+            cheapest = measured.loc[measured[cost].idxmin()] if len(measured) else None
+            row[f"as accurate, {column}"] = "-" if cheapest is None else (
+                f"{cheapest.model} ({amount(cheapest[cost] * scale, units, suffix)})")
+            points = t.dropna(subset=[cost]).reset_index(drop=True)
+            front = pareto(list(points[cost]), list(points["top-1 (%)"]))
+            row[f"front: top-1 vs {'MACs' if scale != 1 else 'latency'}"] = ", ".join(
+                points.model[i] for i in front) or "-"
+        row["holds best away from its side"] = held.get(dataset, "-")
+        rows.append(row)
+    return pd.DataFrame(rows)
