@@ -449,12 +449,10 @@ def test_a_long_temporary_folder_still_runs_cases(tmp_path):
 
 
 def test_a_report_that_cannot_be_written_is_one_line(capsys, tmp_path, monkeypatch):
-    import sys as system
-
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(system.modules["attnbench.report"], "_write_table", full_disk)
+    monkeypatch.setattr("attnbench.report._write_table", full_disk)  # imported here when no test did before
     code, _, err = run_cli(capsys, "report", "--db", "reports/reference.sqlite", "--out", str(tmp_path / "r"))
     assert code == 2 and "cannot write under" in err and "No space left" in err and err.count("\n") == 1
 
