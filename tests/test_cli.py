@@ -1,5 +1,6 @@
 """The command line: sweeps end to end, every bad input, interruption and SIGKILL."""
 
+import importlib
 import io
 import json
 import os
@@ -452,7 +453,8 @@ def test_a_report_that_cannot_be_written_is_one_line(capsys, tmp_path, monkeypat
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("attnbench.report._write_table", full_disk)  # imported here when no test did before
+    # the module (attnbench.report is also the package's function), imported here when no test did before
+    monkeypatch.setattr(importlib.import_module("attnbench.report"), "_write_table", full_disk)
     code, _, err = run_cli(capsys, "report", "--db", "reports/reference.sqlite", "--out", str(tmp_path / "r"))
     assert code == 2 and "cannot write under" in err and "No space left" in err and err.count("\n") == 1
 
