@@ -86,7 +86,7 @@ def stacked_figure(tables: dict[str, pd.DataFrame], title: str, top: int = 8):
     """One stacked bar per variant: self time of its top operators, the rest as 'other'."""
     import numpy as np
 
-    from attnbench.plots import colour_sequence, new_figure
+    from attnbench.plots import colour_sequence, legend, new_figure
 
     ops: list[str] = []
     for t in tables.values():
@@ -108,6 +108,6 @@ def stacked_figure(tables: dict[str, pd.DataFrame], title: str, top: int = 8):
                hatch="//" if i >= len(sequence) and op != "other" else None)  # past ten colours: hatched
         bottoms += heights
     ax.set(ylabel="self time per iteration (ms)")
-    ax.legend(fontsize=6, ncol=2)
     ax.set_title(title, fontsize=10)
+    legend(fig, [ax])  # outside the bars
     return fig

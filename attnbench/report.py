@@ -25,7 +25,7 @@ from attnbench.choices import DEFAULT_REPORT, FIGURE_FORMATS, Scope, Status
 from attnbench.labels import hues, series, setups
 from attnbench.plots import (
     accuracy_figure,
-    bars_figure,
+    dots_figure,
     efficiency_figure,
     resolution_figure,
     save,
@@ -33,6 +33,7 @@ from attnbench.plots import (
     throughput_figure,
 )
 from attnbench.tables import (
+    MIN_R2,
     accuracy_summary,
     accuracy_table,
     cost_summary,
@@ -46,6 +47,7 @@ from attnbench.tables import (
     resolution_table,
     results_table,
     series_groups,
+    trusted,
 )
 
 
@@ -296,7 +298,7 @@ def _write_report(frame: pd.DataFrame, training: pd.DataFrame, evaluations: pd.D
         index += ["", "## Networks (model scope)\n"]
         for (device, dtype, mode, res), g in models.groupby(["device_label", "dtype", "mode", "res"], sort=True):
             tag = f"{slug(device)}_{slug(dtype)}_{mode}_r{res}"
-            _write_figure(rep, out, f"models_{tag}", bars_figure(
+            _write_figure(rep, out, f"models_{tag}", dots_figure(
                 g, "latency_ms_median", "latency (ms)", "batch", "batch",
                 f"Network latency by batch at {res}x{res}: {device}, {dtype}, {mode}"))
             index.append(f"- latency of each network at {res}, {device}, {dtype}: ![models](figures/models_{tag}.png)")
@@ -312,7 +314,7 @@ def _write_report(frame: pd.DataFrame, training: pd.DataFrame, evaluations: pd.D
         for (scope, res, dtype, mode), g in ok.groupby(["scope", "res", "dtype", "mode"], sort=True):
             if g.device_label.nunique() >= 2:
                 tag = f"{scope}_r{res}_{slug(dtype)}_{mode}"
-                _write_figure(rep, out, f"devices_{tag}", bars_figure(
+                _write_figure(rep, out, f"devices_{tag}", dots_figure(
                     g, "latency_ms_median", "latency (ms)", "device_label", "device",
                     f"Latency across devices: {scope} scope, res {res}, {dtype}, {mode}"))
                 index.append(f"- {scope} scope at {res}, {dtype}: ![devices](figures/devices_{tag}.png)")
@@ -372,23 +374,39 @@ def _write_report(frame: pd.DataFrame, training: pd.DataFrame, evaluations: pd.D
 
 
 def _exponent_notes(exps: pd.DataFrame) -> list[str]:
-    """Plain-language comparison of fitted MAC and latency exponents with each mechanism's asymptote."""
+    """Plain-language comparison of fitted MAC and latency exponents with each mechanism's asymptote, for the
+    fits that can bear it (:func:`attnbench.tables.trusted`: R^2 of at least 0.9, latency from quiet timings
+    only); the others are counted, and left to the table."""
     notes = ["### Exponents against the mechanisms' complexity\n"]
+    left_out = 0
     for r in exps.to_dict("records"):
+        macs_ok = trusted(r["R2 MACs"])
+        latency_ok = trusted(r["R2 latency"], r["noisy timings"])
+        if not (macs_ok or latency_ok):
+            left_out += 1
+            continue
         k_macs, k_lat = r["k MACs"], r["k latency"]
         low, _, high = str(r["expected k (asymptotic)"]).partition("-")
         low, high = float(low), float(high or low)
+        told = [f"MACs k={k_macs:.2f}"] * macs_ok + [f"latency k={k_lat:.2f}"] * latency_ok
         parts = [f"- {r['variant']} on {r['device']} ({r['dtype']}, dim {r['dim']}, batch {r['batch']}, "
-                 f"res {r['res']}): MACs k={k_macs:.2f}, latency k={k_lat:.2f}; the mechanism's asymptote is "
+                 f"res {r['res']}): {', '.join(told)}; the mechanism's asymptote is "
                  f"{low:g}" + (f" to {high:g}" if high != low else "") + "."]
-        if k_macs < low - 0.05:
+        if macs_ok and k_macs < low - 0.05:
             parts.append(" MACs grow slower than the asymptote: at these sizes the terms linear in pixels (the "
                          "1x1 projections) still outweigh the pairwise term.")
-        if k_lat < k_macs - 0.1:
+        if macs_ok and latency_ok and k_lat < k_macs - 0.1:
             parts.append(" Latency grows slower than MACs: small inputs leave fixed per-call costs and idle "
                          "cores, so the smallest sizes are slower per MAC than the largest.")
-        elif k_lat > k_macs + 0.1:
+        elif macs_ok and latency_ok and k_lat > k_macs + 0.1:
             parts.append(" Latency grows faster than MACs: larger intermediates fall out of cache, so the "
                          "largest sizes run at a lower rate.")
+        if not latency_ok:
+            noisy = r["noisy timings"]
+            why = f"{noisy} noisy timing{'s' * (noisy > 1)}" if noisy else f"R²={r['R2 latency']:.2f}"
+            parts.append(f" Its latency fit is not told: {why}.")
         notes.append("".join(parts))
+    if left_out:
+        notes.append(f"- {left_out} fit{'s' if left_out > 1 else ''} with R² under {MIN_R2:g}, or on noisy "
+                     "timings only, left out here (the table has every fit).")
     return notes

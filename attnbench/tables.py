@@ -18,10 +18,10 @@ from attnbench.store import finished_runs
 MIB = 2**20
 
 
-METRICS = {  # column -> (axis label, scale)
-    "latency_ms_median": ("latency (ms)", 1.0),
-    "macs": ("MACs (G)", 1e-9),
-    "peak_mem_bytes": ("peak memory (MiB)", 1 / MIB),
+METRICS = {  # column -> (name, its units: each table or figure takes the one that suits its figures)
+    "latency_ms_median": ("latency", TIME_UNITS),
+    "macs": ("MACs", COUNT_UNITS),
+    "peak_mem_bytes": ("peak memory", BYTE_UNITS),
 }
 
 
@@ -104,11 +104,11 @@ def exponent_table(frame: pd.DataFrame) -> pd.DataFrame:
             row = {"device": device, "dtype": dtype, "mode": mode, "dim": dim, "batch": batch,
                    "variant": name, "points": len(v),
                    "res": f"{v.res.min()}-{v.res.max()}"}
-            for column, (label, _) in METRICS.items():
+            for column, (name, _) in METRICS.items():
                 k, r2 = fit_exponent(v.pixels, v[column])
-                name = label.split(" (")[0]
                 row[f"k {name}"] = round(k, 3) if not math.isnan(k) else math.nan
                 row[f"R2 {name}"] = round(r2, 3) if not math.isnan(r2) else math.nan
+            row["noisy timings"] = int(v.latency_noisy.fillna(0).astype(bool).sum())
             low, high = expected.get(v.variant.iloc[0], (math.nan, math.nan))
             row["expected k (asymptotic)"] = f"{low:g}" if low == high else f"{low:g}-{high:g}"
             out.append(row)
@@ -297,6 +297,22 @@ def fit_exponent(pixels: Sequence[float], cost: Sequence[float]) -> tuple[float,
     residual = y - (k * x + c)
     total = ((y - y.mean()) ** 2).sum()
     return float(k), float(1 - (residual**2).sum() / total) if total > 0 else 1.0
+
+
+MIN_R2 = 0.9  # a fitted exponent is said in prose, or printed on a figure, only from a fit this good
+
+
+def trusted(r2: float, noisy: int = 0) -> bool:
+    """Whether a fit may be told as an exponent: R^2 of at least ``MIN_R2`` on points none of which is noisy."""
+    return not math.isnan(r2) and r2 >= MIN_R2 and not noisy
+
+
+def trusted_exponent(pixels: Sequence[float], cost: Sequence[float],
+                     noisy: Sequence | None = None) -> tuple[float, float]:
+    """:func:`fit_exponent` where :func:`trusted` allows it (the points' ``noisy`` flags counted), else NaN."""
+    k, r2 = fit_exponent(pixels, cost)
+    flagged = 0 if noisy is None else int(pd.Series(noisy).fillna(0).astype(bool).sum())
+    return (k, r2) if trusted(r2, flagged) else (math.nan, math.nan)
 
 
 def environments(frame: pd.DataFrame) -> pd.DataFrame:
