@@ -1,6 +1,8 @@
 """The notebooks run from top to bottom, and are committed with the outputs of one such run, so that they
-read on a repository page (refresh them with `jupyter nbconvert --to notebook --execute --inplace`)."""
+read on a repository page (refresh them with `jupyter nbconvert --to notebook --execute --inplace`); what a
+notebook that trains nothing prints is checked against what it computes now."""
 
+import copy
 from pathlib import Path
 
 import nbformat
@@ -32,3 +34,38 @@ def test_notebook_executes(path):
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
     assert images, f"{path.name} drew no figure"
+
+
+COMPARED = ["results.ipynb"]  # trains nothing, runs in seconds (attention_maps.ipynb trains a probe: executed above)
+
+
+def _texts(nb) -> list[tuple[int, str, str]]:
+    """What each code cell printed and displayed, as text (a figure by its text form), one entry per output
+    (consecutive prints to one stream joined, however the kernel flushed them): what a reader reads."""
+    texts: list[tuple[int, str, str]] = []
+    for number, cell in enumerate((c for c in nb.cells if c.cell_type == "code"), 1):
+        for o in cell.outputs:
+            if o.output_type == "stream":
+                if texts and texts[-1][:2] == (number, o.name):
+                    texts[-1] = (number, o.name, texts[-1][2] + o.text)
+                    continue
+                texts.append((number, o.name, o.text))
+            elif o.output_type == "error":
+                texts.append((number, "error", f"{o.ename}: {o.evalue}"))
+            else:
+                texts.append((number, o.output_type, o.data.get("text/plain", "")))
+    return texts
+
+
+@pytest.mark.parametrize("name", COMPARED)
+def test_committed_outputs_are_what_the_notebook_computes_now(name):
+    path = Path(__file__).resolve().parent.parent / "notebooks" / name
+    committed = nbformat.read(path, as_version=4)
+    fresh = copy.deepcopy(committed)
+    where = {"metadata": {"path": str(path.parent)}}
+    NotebookClient(fresh, timeout=300, kernel_name="python3", resources=where).execute()
+    now, then = _texts(fresh), _texts(committed)
+    for new, old in zip(now, then):
+        assert new == old, (f"{name}: code cell {old[0]} shows what its stores no longer give; rerun the notebook "
+                            f"and commit it.\ncommitted:\n{old[2][:1500]}\nnow:\n{new[2][:1500]}")
+    assert len(now) == len(then), f"{name}: {len(then)} outputs committed, {len(now)} now; rerun and commit it"
