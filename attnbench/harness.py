@@ -36,7 +36,7 @@ from attnbench.measure.memory import available_memory, peak_memory, predict_peak
 from attnbench.measure.params import count_params
 from attnbench.measure.peak import matmul_peak_gflops
 from attnbench.record import Case, Environment, Measurement, Record
-from attnbench.registry import get_impl
+from attnbench.registry import Inputs, why_not
 
 MEMORY_HEADROOM = 1.25  # predicted peak x this must fit the memory available
 MIN_RUN_TIME_S = 0.5  # default seconds of timed runs per case (torch.utils.benchmark autorange)
@@ -149,10 +149,11 @@ def measure_case(case: Case, min_run_time: float = MIN_RUN_TIME_S, counts: Count
     record: dict = {}
     try:
         if case.impl:  # (a network from elsewhere has none to choose)
-            impl = get_impl(case.variant, case.impl)
-            unsupported = impl.unsupported(torch.device(case.device).type, case.mode == "train")
-            if unsupported:
-                return Measurement(Status.SKIPPED, f"implementation {case.impl}: {unsupported}")
+            inputs = Inputs(torch.device(case.device).type, torch_dtype(case.dtype), case.mode == "train",
+                            input_shape(case) if case.scope == Scope.MODULE else None)
+            unfit = why_not(case.variant, case.impl, inputs)
+            if unfit:
+                return Measurement(Status.SKIPPED, unfit)
         reason = too_large(case)
         if reason:
             return Measurement(Status.SKIPPED, reason)

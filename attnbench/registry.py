@@ -8,9 +8,10 @@ Contract every registered variant meets:
 * ``forward`` maps ``(B, dim, H, W) -> (B, dim, ceil(H / stride), ceil(W / stride))`` in any float
   dtype, for any side and batch (an empty batch gives the empty result);
 * it registers a ``reference`` implementation and any others (below);
-* ``capture(True)`` makes the next forward passes record what ``attention_maps(query, image)``
-  needs to return, per map name, a ``(heads or 1, H, W)`` tensor of the weights with which the
-  query pixel gathers from every pixel (the inspection tools read nothing else);
+* optionally, ``capture(True)`` makes the next forward passes record what ``attention_maps(query,
+  image)`` needs to return, per map name, a ``(heads or 1, H, W)`` tensor of the weights with which
+  the query pixel gathers from every pixel (the inspection tools read nothing else, and leave out
+  the layers of a variant that does not define it);
 * where its implementations do work the mechanism does not need (masked blocks, halos), it
   declares the mechanism's cost with ``macs(input_shape)``, so counts never depend on the
   implementation;
@@ -21,11 +22,15 @@ Contract every registered variant meets:
 A variant is one definition (config, parameters, reference semantics) with one or more
 *implementations* of its forward, registered with :func:`register_impl`: functions
 ``forward(module, x)`` that read the same parameters, so a state dict loads into any of them and
-they compute the same function. The module's ``impl`` attribute picks one; ``"auto"`` (the
-default) picks per device type by the variant's ``auto`` table (measured; see the README), else
-its ``reference`` implementation. While a module captures attention maps
-(``capture(True)``, read back with ``attention_maps(query)``) its reference implementation runs,
-since that is the one that records them.
+they compute the same function. Each implementation says what it cannot run (device types, dtypes,
+a backward, any other check of the input: :meth:`ImplSpec.reasons`). The module's ``impl``
+attribute picks one; ``"auto"`` (the default) runs, for each input, the first implementation of the
+variant's order for the input's device type (:meth:`VariantSpec.auto_order`: those registered to
+go first there, the variant's preference list, measured, see the README, then its reference and the
+rest) that has no reason not to, and when none can, :class:`NoImplementationError` names every
+implementation with all its reasons. While a module captures attention maps (``capture(True)``,
+read back with ``attention_maps(query)``, which a variant may leave undefined) its reference
+implementation runs, since that is the one that records them.
 
 Variants register themselves with :func:`register_variant`; ``attnbench.variants`` imports
 each built-in variant module explicitly, and other packages add theirs through the
@@ -38,13 +43,14 @@ import contextlib
 import dataclasses
 import difflib
 import fnmatch
+import functools
 import importlib.metadata
 import math
 import multiprocessing
 import types
 import typing
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -173,6 +179,9 @@ class VariantSpec:
     # options a network sets block by block, cycling within each stage (Swin: unshifted, shifted, ...)
     alternate: tuple[dict[str, Any], ...] = ()
     source: str = "attnbench"  # the package that defines the variant: "attnbench" for the shipped ones
+    reference: str = ""  # the implementation that defines it: it records attention maps, MACs are traced on it
+    # per device type, the implementations auto tries first, in order (measured: see the README)
+    preference: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
     @property
     def builtin(self) -> bool:
@@ -190,6 +199,24 @@ class VariantSpec:
         impls = _IMPLS.get(self.name, {}).values()
         return tuple(dict.fromkeys([self.cls.__module__, self.config_cls.__module__,
                                     *(getattr(i.forward, "__module__", "") or "" for i in impls)]))
+
+    def auto_order(self, device_type: str) -> tuple[str, ...]:
+        """Every implementation, in the order ``impl="auto"`` tries them on a device of this type: those
+        registered to go first there (``preferred_on``, the last registered first), the variant's
+        ``preference`` for it, its reference, then the others as they were registered."""
+        impls = _IMPLS.get(self.name, {})
+        first = [name for name, impl in reversed(impls.items()) if device_type in impl.preferred_on]
+        listed = self.preference.get(device_type, ())
+        missing = [name for name in (*listed, self.reference) if name not in impls]
+        if missing:
+            raise ValueError(f"Variant '{self.name}' names implementations that are not registered: "
+                             f"{', '.join(missing)} (registered: {', '.join(impls) or 'none'}).")
+        return tuple(dict.fromkeys([*first, *listed, self.reference, *impls]))
+
+    @property
+    def draws_maps(self) -> bool:
+        """Whether the variant defines ``attention_maps`` (optional: what inspection draws)."""
+        return self.cls.draws_maps()
 
     def options(self) -> list[str]:
         """Names of the options ``build_variant`` accepts besides ``dim``."""
@@ -217,16 +244,68 @@ class VariantSpec:
         return config
 
 
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What decides whether an implementation can run a forward pass: the input's device type and dtype,
+    whether gradients will be needed, and its shape ``(B, C, H, W)`` (None where a network's case is planned,
+    before its layers see their inputs)."""
+
+    device_type: str
+    dtype: torch.dtype = torch.float32
+    grad: bool = False
+    shape: tuple[int, ...] | None = None
+
+    @classmethod
+    def of(cls, module: nn.Module, x: torch.Tensor) -> Inputs:
+        """The inputs of ``module``'s forward pass on ``x`` (gradients: enabled, and wanted by ``x`` or a weight)."""
+        grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters()))
+        return cls(x.device.type, x.dtype, grad, tuple(x.shape))
+
+    def __str__(self) -> str:
+        shape = f" {self.shape}" if self.shape is not None else ""
+        return f"{self.device_type} {_dtype_name(self.dtype)} input{shape} {'with' if self.grad else 'without'} " \
+               "gradients"
+
+
 @dataclass(frozen=True)
 class ImplSpec:
-    """One implementation of a variant's forward."""
+    """One implementation of a variant's forward, and what it cannot run."""
 
     name: str
     forward: Callable[[nn.Module, torch.Tensor], torch.Tensor]
     description: str  # one line: how it computes
-    # why it cannot run a case (device type, whether gradients are needed), or None when it can
-    unsupported: Callable[[str, bool], str | None] = lambda device_type, grad: None
+    devices: tuple[str, ...] = ()  # the device types it runs on (none named: any)
+    dtypes: tuple[torch.dtype, ...] = ()  # the dtypes it computes in (none named: any)
+    backward: bool = True  # it has a backward pass (runs in training)
+    # any other reason it cannot run an input (a reason, several, or None)
+    check: Callable[[Inputs], str | Iterable[str] | None] | None = None
+    preferred_on: tuple[str, ...] = ()  # device types whose auto tries it first (a plugin's faster kernel)
     fakeable: bool = True  # runs on fake tensors and under operator interception (memory prediction)
+
+    def reasons(self, inputs: Inputs) -> list[str]:
+        """Every reason this implementation cannot run ``inputs``; none when it can."""
+        why = []
+        if self.devices and inputs.device_type not in self.devices:
+            why.append(f"runs on {', '.join(self.devices)} only")
+        if self.dtypes and inputs.dtype not in self.dtypes:
+            why.append(f"computes in {', '.join(map(_dtype_name, self.dtypes))} only")
+        if inputs.grad and not self.backward:
+            why.append("has no backward")
+        if self.check is not None:
+            try:
+                more = self.check(inputs)
+            except Exception as err:  # noqa: BLE001 - a plugin's check may fail in any way: the input is refused
+                more = f"its check failed: {type(err).__name__}: {err}"
+            why += [more] if isinstance(more, str) else list(more or ())
+        return why
+
+
+class NoImplementationError(ValueError):
+    """No implementation of a variant can run an input; the message names every one with all its reasons."""
 
 
 AUTO = "auto"
@@ -251,6 +330,7 @@ class Variant(nn.Module):
         self.cfg = cfg
         self.impl = AUTO
         self.captured: dict | None = None  # what the reference implementation recorded, when capturing
+        self.fake_inputs = False  # the next forward passes see fake tensors: see fake_safe
 
     def capture(self, enabled: bool = True) -> None:
         """Record what :meth:`attention_maps` needs during the next forward passes (reference implementation)."""
@@ -258,17 +338,23 @@ class Variant(nn.Module):
 
     def attention_maps(self, query: tuple[int, int], image: int = 0) -> dict[str, torch.Tensor]:
         """Per map name, ``(heads or 1, H, W)``: the weights with which pixel ``query`` = (y, x) of ``image``
-        gathered in the last captured forward."""
+        gathered in the last captured forward. Optional: a variant that does not define it is left out of
+        inspection (:meth:`draws_maps`)."""
         raise NotImplementedError(f"Variant '{self.variant_name}' does not draw attention maps.")
 
+    @classmethod
+    def draws_maps(cls) -> bool:
+        """Whether this variant defines :meth:`attention_maps`."""
+        return cls.attention_maps is not Variant.attention_maps
+
     def implementation(self, x: torch.Tensor) -> ImplSpec:
-        """The implementation that runs on ``x``: the chosen one, or the reference while capturing."""
-        impls = _IMPLS[self.variant_name]
+        """The implementation that runs on ``x``: the chosen one (``auto``: :func:`choose_impl` for this input),
+        or the reference while capturing, or where the chosen one cannot run on the fake tensors it is given."""
+        impls, reference = _IMPLS[self.variant_name], _VARIANTS[self.variant_name].reference
         if self.captured is not None:
-            return impls[_REFERENCE[self.variant_name]]
-        if self.impl == AUTO:
-            return impls[auto_impl(self.variant_name, x.device.type)]
-        return impls[self.impl]
+            return impls[reference]
+        chosen = impls[choose_impl(self.variant_name, Inputs.of(self, x)) if self.impl == AUTO else self.impl]
+        return impls[reference] if self.fake_inputs and not chosen.fakeable else chosen
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.cfg.dim:
@@ -296,9 +382,7 @@ class UnknownVariantError(KeyError):
 
 
 _VARIANTS: dict[str, VariantSpec] = {}
-_IMPLS: dict[str, dict[str, ImplSpec]] = {}  # variant -> implementations
-_REFERENCE: dict[str, str] = {}  # variant -> its reference implementation
-_AUTO: dict[str, dict[str, str]] = {}  # variant -> device type -> implementation
+_IMPLS: dict[str, dict[str, ImplSpec]] = {}  # variant -> implementations, in the order they were registered
 
 
 def register_variant(
@@ -313,16 +397,17 @@ def register_variant(
     global_receptive_field: bool = False,
     scaling: tuple[float, float] = (1.0, 1.0),
     reference: str,
-    auto: dict[str, str] | None = None,
+    preference: dict[str, str | Iterable[str]] | None = None,
     alternate: tuple[dict[str, Any], ...] = (),
 ) -> Callable[[type[Variant]], type[Variant]]:
     """Class decorator that registers a variant under ``name``.
 
-    ``reference`` names the implementation that records attention maps and that MAC counting and
-    fake-tensor tools trace (registered with :func:`register_impl`, like the others). ``auto`` maps a
-    device type ("cpu", "cuda") to the implementation ``impl="auto"`` runs there; device types it
-    does not name run the reference implementation. ``alternate``: options a network sets on its blocks
-    in turn within each stage (see :meth:`VariantSpec.block_options`).
+    ``reference`` names the implementation that defines the variant: it records attention maps, and MAC
+    counting and fake-tensor tools trace it (registered with :func:`register_impl`, like the others).
+    ``preference`` maps a device type ("cpu", "cuda") to the implementations ``impl="auto"`` tries first
+    there, in order (one name or several); after them it tries the reference, then the rest
+    (:meth:`VariantSpec.auto_order`). ``alternate``: options a network sets on its blocks in turn within
+    each stage (see :meth:`VariantSpec.block_options`).
     """
 
     def wrap(cls: type[Variant]) -> type[Variant]:
@@ -336,12 +421,13 @@ def register_variant(
             raise ValueError(f"Variant '{name}': placement must be 'replace' or 'insert', got {placement!r}.")
         _VARIANTS[name] = VariantSpec(
             name, cls, config_cls, description, paper, arxiv, ends_with_norm, placement,
-            global_receptive_field, scaling, tuple(alternate), cls.__module__.partition(".")[0],
+            global_receptive_field, scaling, tuple(alternate), cls.__module__.partition(".")[0], reference,
+            {device: (names,) if isinstance(names, str) else tuple(names)
+             for device, names in (preference or {}).items()},
         )
-        _REFERENCE[name] = reference
-        _AUTO[name] = dict(auto or {})
         _IMPLS.setdefault(name, {})
         cls.variant_name = name
+        choose_impl.cache_clear()
         return cls
 
     return wrap
@@ -352,16 +438,28 @@ def register_impl(
     name: str,
     *,
     description: str,
-    unsupported: Callable[[str, bool], str | None] | None = None,
+    devices: Iterable[str] = (),
+    dtypes: Iterable[torch.dtype] = (),
+    backward: bool = True,
+    check: Callable[[Inputs], str | Iterable[str] | None] | None = None,
+    preferred_on: Iterable[str] = (),
     fakeable: bool = True,
 ) -> Callable[[Callable], Callable]:
-    """Function decorator that registers ``forward(module, x)`` as implementation ``name`` of ``variant``."""
+    """Function decorator that registers ``forward(module, x)`` as implementation ``name`` of ``variant``.
+
+    What it cannot run: an input on a device type not in ``devices`` or in a dtype not in ``dtypes`` (none named:
+    any), one that needs gradients when it has no ``backward``, and any for which ``check(inputs)`` returns a
+    reason (or several). ``preferred_on``: device types on which ``impl="auto"`` tries it first, before the
+    variant's own preference (a plugin's faster kernel for a shipped variant). ``fakeable``: it runs on fake
+    tensors (memory prediction; where not, the reference is traced instead)."""
 
     def wrap(fn: Callable) -> Callable:
         impls = _IMPLS.setdefault(variant, {})
         if name == AUTO or name in impls:
             raise ValueError(f"Implementation '{name}' of variant '{variant}' is reserved or already registered.")
-        impls[name] = ImplSpec(name, fn, description, unsupported or ImplSpec.unsupported, fakeable)
+        impls[name] = ImplSpec(name, fn, description, tuple(devices), tuple(dtypes), backward, check,
+                               tuple(preferred_on), fakeable)
+        choose_impl.cache_clear()
         return fn
 
     return wrap
@@ -369,8 +467,8 @@ def register_impl(
 
 def list_impls(name: str) -> list[str]:
     """Implementations of variant ``name``, reference first."""
-    get_variant_spec(name)
-    return sorted(_IMPLS[name], key=lambda impl: impl != _REFERENCE[name])
+    reference = get_variant_spec(name).reference
+    return sorted(_IMPLS[name], key=lambda impl: impl != reference)
 
 
 def get_impl(name: str, impl: str) -> ImplSpec:
@@ -381,17 +479,41 @@ def get_impl(name: str, impl: str) -> ImplSpec:
     return _IMPLS[name][impl]
 
 
-def auto_impl(name: str, device_type: str) -> str:
-    """The implementation ``impl="auto"`` runs for variant ``name`` on a device of this type."""
-    return _AUTO[name].get(device_type) or _REFERENCE[name]
+@functools.lru_cache(maxsize=4096)
+def choose_impl(name: str, inputs: Inputs) -> str:
+    """The implementation ``impl="auto"`` runs for variant ``name`` on ``inputs``: the first of its
+    :meth:`~VariantSpec.auto_order` for their device type with no reason not to (:meth:`ImplSpec.reasons`).
+    :class:`NoImplementationError` when none can, naming every implementation with all its reasons."""
+    tried = []
+    for impl in _VARIANTS[name].auto_order(inputs.device_type):
+        reasons = _IMPLS[name][impl].reasons(inputs)
+        if not reasons:
+            return impl
+        tried.append(f"{impl} ({'; '.join(reasons)})")
+    raise NoImplementationError(f"No implementation of variant '{name}' runs a {inputs}: {', '.join(tried)}.")
 
 
-def resolve_impl(name: str, impl: str, device: str | torch.device) -> str:
-    """``impl`` as it will run on ``device``: ``auto`` resolved, any other name checked."""
+def resolve_impl(name: str, impl: str, device: str | torch.device, *, dtype: torch.dtype = torch.float32,
+                 grad: bool = False, shape: tuple[int, ...] | None = None) -> str:
+    """``impl`` as it will run on ``device`` with these inputs (:class:`Inputs`): ``auto`` chosen (or
+    :class:`NoImplementationError`), any other name checked."""
     get_variant_spec(name)
     if impl == AUTO:
-        return auto_impl(name, torch.device(device).type)
+        return choose_impl(name, Inputs(torch.device(device).type, dtype, grad, shape))
     return get_impl(name, impl).name
+
+
+def why_not(name: str, impl: str, inputs: Inputs) -> str | None:
+    """Why implementation ``impl`` (``auto`` included) of variant ``name`` cannot run ``inputs``, in one line; None
+    when it can."""
+    if impl == AUTO:
+        try:
+            choose_impl(name, inputs)
+        except NoImplementationError as err:
+            return str(err)
+        return None
+    reasons = get_impl(name, impl).reasons(inputs)
+    return f"implementation {impl}: {'; '.join(reasons)}" if reasons else None
 
 
 def set_impl(module: nn.Module, impl: str) -> nn.Module:
@@ -460,23 +582,32 @@ def get_variant_spec(name: str) -> VariantSpec:
 
 
 @contextlib.contextmanager
-def reference_impls(module: nn.Module, unfakeable_on: str | None = None) -> Iterator[nn.Module]:
-    """Run the variant layers of ``module`` on their reference implementations inside the block: all of
-    them (for MAC counting, whose count must not depend on the implementation), or with
-    ``unfakeable_on`` a device type only those whose implementation there cannot run on fake tensors
-    (FlexAttention's), for memory prediction."""
+def reference_impls(module: nn.Module) -> Iterator[nn.Module]:
+    """Run the variant layers of ``module`` on their reference implementations inside the block (for MAC
+    counting, whose count must not depend on the implementation)."""
     layers = [m for m in module.modules() if isinstance(m, Variant)]
-    if unfakeable_on is not None:
-        layers = [m for m in layers if not _IMPLS[m.variant_name][resolve_impl(m.variant_name, m.impl,
-                                                                               unfakeable_on)].fakeable]
     kept = [m.impl for m in layers]
     for m in layers:
-        m.impl = _REFERENCE[m.variant_name]
+        m.impl = _VARIANTS[m.variant_name].reference
     try:
         yield module
     finally:
         for m, impl in zip(layers, kept):
             m.impl = impl
+
+
+@contextlib.contextmanager
+def fake_safe(module: nn.Module) -> Iterator[nn.Module]:
+    """Inside the block, the variant layers of ``module`` run their reference implementation wherever the one
+    they choose cannot run on fake tensors (FlexAttention's), for memory prediction."""
+    layers = [m for m in module.modules() if isinstance(m, Variant)]
+    for m in layers:
+        m.fake_inputs = True
+    try:
+        yield module
+    finally:
+        for m in layers:
+            m.fake_inputs = False
 
 
 def build_variant(name: str, dim: int, *, impl: str = AUTO, **options: Any) -> Variant:

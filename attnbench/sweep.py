@@ -19,11 +19,20 @@ from attnbench.choices import (
     SCOPES,
     SWEEP_DEFAULTS,
     Scope,
+    torch_dtype,
     unknown_name_message,
 )
 from attnbench.choices import DTYPES as DTYPE_NAMES
 from attnbench.record import Case, parse_options, parse_value
-from attnbench.registry import AUTO, get_impl, get_variant_spec, list_impls, list_variants, resolve_impl
+from attnbench.registry import (
+    AUTO,
+    NoImplementationError,
+    get_impl,
+    get_variant_spec,
+    list_impls,
+    list_variants,
+    resolve_impl,
+)
 
 
 @dataclass(frozen=True)
@@ -55,10 +64,10 @@ def expand(
     widths: list[float] = (1.0,),
 ) -> list[Case]:
     """Every combination, ordered so that each subject's resolutions run smallest first. ``impls`` as
-    :func:`variant_impls` reads them, for the subjects' variants; each is resolved for its device, and
-    duplicates dropped (a network from elsewhere has no implementation to choose: ""). ``options``: each
-    variant's options as :func:`variant_options` spells them (none: the defaults). ``amp``,
-    ``channels_last``, ``compile``: set on every case (see :class:`attnbench.record.Case`)."""
+    :func:`variant_impls` reads them, for the subjects' variants; each is resolved for its case
+    (:func:`planned_impl`), and duplicates dropped. ``options``: each variant's options as
+    :func:`variant_options` spells them (none: the defaults). ``amp``, ``channels_last``, ``compile``: set on
+    every case (see :class:`attnbench.record.Case`)."""
     if scope == Scope.MODEL:
         dims = [0]
     variants = list(dict.fromkeys(s.variant for s in subjects if s.variant))
@@ -66,14 +75,26 @@ def expand(
     opts = options or {}
     cases = []
     for dev, s in itertools.product(devices, subjects):
-        resolved = list(dict.fromkeys(resolve_impl(s.variant, i, dev) for i in chosen[s.variant])) if s.variant \
-            else [""]
         cases += [
-            Case(scope, s.variant, s.arch, r, b, d, dt, dev, m, threads, i, opts.get(s.variant, ""), amp,
-                 channels_last, compile, s.model, w)
-            for dt, m, i, d, w, b, r in itertools.product(dtypes, modes, resolved, dims, widths, batch, sorted(res))
+            Case(scope, s.variant, s.arch, r, b, d, dt, dev, m, threads,
+                 planned_impl(s.variant, i, dev, dt, m, (b, d, r, r) if scope == Scope.MODULE else None),
+                 opts.get(s.variant, ""), amp, channels_last, compile, s.model, w)
+            for dt, m, i, d, w, b, r in itertools.product(dtypes, modes, chosen.get(s.variant, [""]), dims, widths,
+                                                          batch, sorted(res))
         ]
-    return list(dict.fromkeys(cases))  # a value given twice (--res 16,16) is one case
+    return list(dict.fromkeys(cases))  # a value given twice (--res 16,16), or two names of one implementation
+
+
+def planned_impl(variant: str, impl: str, device: str, dtype: str, mode: str, shape: tuple[int, ...] | None) -> str:
+    """``impl`` of ``variant`` as a case runs it: ``auto`` chosen for the case's inputs (a module's ``shape``; a
+    network's layers see theirs later), and kept as ``auto`` where no implementation can run them (the case is
+    then skipped, saying every implementation's reasons). A network from elsewhere has none: ""."""
+    if not variant:
+        return ""
+    try:
+        return resolve_impl(variant, impl, device, dtype=torch_dtype(dtype), grad=mode == "train", shape=shape)
+    except NoImplementationError:
+        return AUTO
 
 
 def variant_impls(variants: list[str], impls: list[str]) -> dict[str, list[str]]:

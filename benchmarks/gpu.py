@@ -110,7 +110,8 @@ def peer_row(variant: str, options: dict, shape: tuple[int, ...], dtype: torch.d
             ms[name].append(measure_latency(make_step(module, x, "infer"), device, batch=shape[0], threads=threads,
                                             min_run_time=min_run_time)["latency_ms_median"])
     ours_ms, peer_ms = min(ms["ours"]), min(ms["peer"])
-    return {"what": f"{what} vs {PEERS[variant].description}", "impl": attnbench.resolve_impl(variant, "auto", device),
+    auto = attnbench.resolve_impl(variant, "auto", device, dtype=dtype, shape=shape)
+    return {"what": f"{what} vs {PEERS[variant].description}", "impl": auto,
             "ms": ours_ms, "TFLOP/s": float("nan"), "ratio": ours_ms / peer_ms,
             "against": f"peer {peer_ms:.3f} ms: {ours_ms / peer_ms:.2f}x (<= 1), outputs differ by {rel:.1e} relative"}
 
@@ -204,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
             rows = {impl: measure(Case("module", variant, "", args.res, args.batch, args.dim, dtype, args.device,
                                        "infer", threads, impl)) for impl in attnbench.list_impls(variant)}
             times = {impl: r.get("latency_ms_median") or float("inf") for impl, r in rows.items()}
-            auto = attnbench.resolve_impl(variant, "auto", args.device)
+            auto = attnbench.resolve_impl(variant, "auto", args.device, dtype=torch_dtype(dtype),
+                                          shape=(args.batch, args.dim, args.res, args.res))
             for impl, row in rows.items():
                 ms = times[impl]
                 line = {"what": f"{variant} module, {shape}", "impl": impl + (" (auto)" if impl == auto else ""),
@@ -233,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     base: dict[str, float] = {}  # the plain ResNet's latency per mode
     for variant in ORDER if "networks" in sections else []:
         for mode in ["infer", "train"]:
-            resolved = attnbench.resolve_impl(variant, "auto", args.device)
+            resolved = attnbench.resolve_impl(variant, "auto", args.device, dtype=torch_dtype(args.dtype),
+                                              grad=mode == "train")
             name = attnbench.models.model_spec_for(variant, args.arch).name
             row = measure(Case("model", variant, args.arch, args.net_res, args.net_batch, 0, args.dtype, args.device,
                                mode, threads, resolved, model=name))

@@ -138,6 +138,30 @@ def test_a_plugin_that_exits_at_import_is_reported_and_the_sweep_runs(tmp_path):
     assert sorted(frame.variant) == ["conv", "gate"] and set(frame.status) == {"ok"}
 
 
+FASTER_CONV = """
+import torch
+
+from attnbench.registry import get_impl, register_impl
+
+native = get_impl("conv", "native").forward
+
+@register_impl("conv", "mine", description="the native convolution, as a plugin's kernel", preferred_on=("cpu",),
+               dtypes=(torch.float32,))
+def mine(self, x):
+    return native(self, x)
+"""
+
+
+def test_a_plugins_implementation_registered_first_on_a_device_is_auto_there_where_it_can_run(tmp_path):
+    install(tmp_path, "faster_conv", FASTER_CONV)
+    db = str(tmp_path / "r.sqlite")
+    run = attnbench("run", "--scope", "module", "--variants", "conv", "--res", "8", "--dim", "8", "--dtype",
+                    "fp32,bf16", "--min-run-time", "0.01", "--threads", "1", "--db", db, path=(tmp_path,))
+    assert run.returncode == 0, run.stderr
+    rows = store.load_results(db).set_index("dtype")
+    assert rows.impl.to_dict() == {"fp32": "mine", "bf16": "native"} and set(rows.status) == {"ok"}
+
+
 GATE_WITH = """
 from dataclasses import dataclass
 from attnbench_gate import Gate, GateConfig, eager

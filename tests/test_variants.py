@@ -6,6 +6,7 @@ from conftest import DEVICE, VARIANTS, randomize_norms
 from naive import NAIVE
 
 import attnbench
+from attnbench.registry import Inputs
 
 TEST_DIM = 16
 TEST_RES = 12
@@ -93,9 +94,9 @@ def make_fp64(variant: str, impl: str, options: dict) -> torch.nn.Module:
 
 
 def skip_unless_supported(variant: str, impl: str, grad: bool) -> None:
-    reason = attnbench.get_impl(variant, impl).unsupported("cpu", grad)
-    if reason:
-        pytest.skip(reason)
+    reasons = attnbench.get_impl(variant, impl).reasons(Inputs("cpu", torch.float64, grad, SHAPES[1]))
+    if reasons:
+        pytest.skip("; ".join(reasons))
 
 
 @pytest.mark.parametrize("variant, impl, options", IMPL_CASES, ids=str)

@@ -90,7 +90,7 @@ class GsaConfig(VariantConfig):
     arxiv="2010.03019",
     global_receptive_field=True,
     scaling=(1.0, 1.5),  # N (H + W): 1.5 with whole-axis spans, 1 with a fixed span
-    auto={"cuda": "batched"},
+    preference={"cuda": ("batched",)},
     reference="pixelmajor",
 )
 class GlobalSelfAttention(Variant):

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnbench.registry import Variant, VariantConfig, register_impl, register_variant
+from attnbench.registry import Inputs, Variant, VariantConfig, register_impl, register_variant
 from attnbench.variants._common import downsample, pointwise
 
 try:
@@ -73,7 +73,7 @@ class LocalConfig(VariantConfig):
     description="stand-alone local self-attention over a k x k window (SASA)",
     paper="Stand-Alone Self-Attention in Vision Models",
     arxiv="1906.05909",
-    auto={"cuda": "flex"},
+    preference={"cuda": ("flex",)},
     reference="halo",
 )
 class LocalSelfAttention(Variant):
@@ -208,15 +208,15 @@ register_impl("local", "halo", description="query tiles against their key halos,
     LocalSelfAttention.halo)
 
 
-def _flex_unsupported(device_type: str, grad: bool) -> str | None:
+def _flex_check(inputs: Inputs) -> str | None:
     if flex_attention is None:
         return f"this torch ({torch.__version__}) has no FlexAttention"
-    if device_type == "cpu" and grad:
+    if inputs.device_type == "cpu" and inputs.grad:
         return "FlexAttention has no backward on CPUs"
     return None
 
 
-@register_impl("local", "flex", unsupported=_flex_unsupported, fakeable=False,
+@register_impl("local", "flex", check=_flex_check, fakeable=False,
                description="FlexAttention: a k x k neighbourhood block mask, relative terms as score_mod")
 def flex(self: LocalSelfAttention, x: torch.Tensor) -> torch.Tensor:
     B, C, H, W = x.shape

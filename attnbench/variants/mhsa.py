@@ -66,7 +66,7 @@ class MHSAConfig(VariantConfig):
     global_receptive_field=True,
     scaling=(2.0, 2.0),  # N x N pairs
     reference="dense",
-    auto={"cpu": "augmented", "cuda": "sdpa"},
+    preference={"cpu": ("augmented",), "cuda": ("sdpa",)},
 )
 class MultiHeadSelfAttention(Variant):
     """BoTNet's MHSA layer; output has the input's channels and, with stride 1, its size."""

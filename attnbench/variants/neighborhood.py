@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from attnbench.registry import VariantConfig, register_impl, register_variant
 from attnbench.variants._common import BiasedWindowAttention, downsample, pointwise
-from attnbench.variants.local import _flex, _flex_unsupported, create_block_mask
+from attnbench.variants.local import _flex, _flex_check, create_block_mask
 
 CHUNK_ELEMENTS = 1 << 21  # attention logits per chunk of tiles (8 MiB in fp32)
 
@@ -68,7 +68,7 @@ class NeighborhoodConfig(VariantConfig):
     description="neighbourhood attention: each pixel's k x k nearest pixels, clamped at borders, relative bias (NAT)",
     paper="Neighborhood Attention Transformer",
     arxiv="2204.07143",
-    auto={"cuda": "flex"},
+    preference={"cuda": ("flex",)},
     reference="tiles",
 )
 class NeighborhoodAttention(BiasedWindowAttention):
@@ -200,7 +200,7 @@ register_impl("neighborhood", "tiles", description="query tiles against the stre
     NeighborhoodAttention.tiles)
 
 
-@register_impl("neighborhood", "flex", unsupported=_flex_unsupported, fakeable=False,
+@register_impl("neighborhood", "flex", check=_flex_check, fakeable=False,
                description="FlexAttention: a block mask of the clamped windows, the bias as score_mod")
 def flex(self: NeighborhoodAttention, x: torch.Tensor) -> torch.Tensor:
     B, C, H, W = x.shape

@@ -110,7 +110,7 @@ def shift_mask(Hp: int, Wp: int, m: int, shift: int, device: torch.device) -> to
     paper="Swin Transformer: Hierarchical Vision Transformer using Shifted Windows",
     arxiv="2103.14030",
     reference="windows",
-    auto={"cpu": "tokens", "cuda": "sdpa"},
+    preference={"cpu": ("tokens",), "cuda": ("sdpa",)},
     alternate=({"shifted": False}, {"shifted": True}),
 )
 class WindowAttention(BiasedWindowAttention):
