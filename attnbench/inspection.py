@@ -3,9 +3,13 @@ Field in Deep Convolutional Neural Networks", arXiv 1701.04128)."""
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from attnbench.registry import Variant
 
 
 def effective_receptive_field(module: nn.Module, input_shape: tuple[int, int, int], *, samples: int = 16,
@@ -99,7 +103,8 @@ def attention_maps(model: nn.Module, image: torch.Tensor, query: tuple[int, int]
         ``{"<layer>.<kind>": (heads, H, W)}`` (or ``(heads, h, w)`` per layer): ``kind`` is
         ``attention`` (local, non-local, axial), ``content`` and ``positional`` (GSA) or ``support``
         (convolution); each variant's ``attention_maps`` says what its map means. The maps come from
-        the layers' own forward pass (captured), not from a second implementation.
+        the layers' own forward pass (captured), not from a second implementation. A variant may leave
+        ``attention_maps`` undefined (a plugin's): its layers are left out, in one warning.
     """
     if not isinstance(image, torch.Tensor) or image.dim() not in (3, 4) or image.dim() == 4 and len(image) != 1:
         got = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
@@ -109,6 +114,12 @@ def attention_maps(model: nn.Module, image: torch.Tensor, query: tuple[int, int]
     if not (0 <= query[0] < H and 0 <= query[1] < W):
         raise ValueError(f"query {tuple(query)} is outside the {H} x {W} input.")
     layers = {name: m for name, m in model.named_modules() if callable(getattr(m, "attention_maps", None))}
+    mapless = {name: m.variant_name for name, m in layers.items() if isinstance(m, Variant) and not m.draws_maps()}
+    if mapless:
+        names = ", ".join(sorted(set(mapless.values())))
+        warnings.warn(f"attention_maps: {len(mapless)} layer(s) of {names} left out: no attention_maps defined",
+                      stacklevel=2)
+        layers = {name: m for name, m in layers.items() if name not in mapless}
     sizes: dict[str, tuple[int, int]] = {}
     hooks = [m.register_forward_pre_hook(lambda mod, args, name=name: sizes.__setitem__(name, args[0].shape[-2:]))
              for name, m in layers.items()]

@@ -53,6 +53,19 @@ def variant(request) -> str:
     return request.param
 
 
+@pytest.fixture
+def scratch(monkeypatch):
+    """A variant registry whose registrations end with the test (the shipped variants loaded first)."""
+    from attnbench import registry
+
+    registry.list_variants()
+    monkeypatch.setattr(registry, "_VARIANTS", dict(registry._VARIANTS))
+    monkeypatch.setattr(registry, "_IMPLS", {name: dict(impls) for name, impls in registry._IMPLS.items()})
+    registry.choose_impl.cache_clear()
+    yield
+    registry.choose_impl.cache_clear()
+
+
 @contextlib.contextmanager
 def stopped_midway(module: str, name: str, call: str, *, after: bool = False) -> Iterator[subprocess.Popen]:
     """A new Python process running ``call``, waiting where it calls ``module.name`` (after that ran, with

@@ -118,3 +118,39 @@ def test_maps_take_one_input_with_or_without_its_batch_axis():
             attnbench.attention_maps(layer, bad, (0, 0))
     with pytest.raises(ValueError, match=r"query \(6, 0\) is outside the 6 x 6 input"):
         attnbench.attention_maps(layer, image, (6, 0))
+
+
+def test_layers_of_a_variant_without_attention_maps_are_left_out_in_one_warning(scratch):
+    """attention_maps is optional (a plugin's variant may not define it): inspection says so once and maps the
+    other layers."""
+    from dataclasses import dataclass
+
+    from attnbench.inspection import attention_maps
+    from attnbench.registry import Variant, VariantConfig, register_impl, register_variant
+
+    @dataclass(frozen=True)
+    class Config(VariantConfig):
+        pass
+
+    @register_variant("mapless", Config, description="a 1x1 convolution", paper="none", arxiv="none",
+                      reference="eager")
+    class Mapless(Variant):
+        def __init__(self, cfg):
+            super().__init__(cfg)
+            self.proj = torch.nn.Conv2d(cfg.dim, cfg.dim, 1)
+
+    register_impl("mapless", "eager", description="its convolution")(lambda m, x: m.proj(x))
+    spec = attnbench.get_variant_spec("mapless")
+    assert not spec.draws_maps and not spec.builtin and attnbench.get_variant_spec("conv").draws_maps
+    torch.manual_seed(0)
+    conv = attnbench.build_variant("conv", 4)
+    net = torch.nn.Sequential(attnbench.build_variant("mapless", 4), conv, attnbench.build_variant("mapless", 4))
+    image = torch.randn(4, 6, 6)
+    with pytest.warns(UserWarning) as caught:
+        maps = attention_maps(net, image, (2, 3))
+    assert [str(w.message) for w in caught] == [
+        "attention_maps: 2 layer(s) of mapless left out: no attention_maps defined"]
+    assert list(maps) == ["1.support"]
+    torch.testing.assert_close(maps["1.support"], attention_maps(conv, net[0](image[None])[0], (2, 3))["support"])
+    with pytest.warns(UserWarning, match="1 layer"):
+        assert attention_maps(net[0], image, (2, 3)) == {}

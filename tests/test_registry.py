@@ -27,17 +27,6 @@ from attnbench.sweep import planned_impl
 SHAPE = (2, 4, 3, 3)
 
 
-@pytest.fixture
-def scratch(monkeypatch):
-    """A registry whose registrations end with the test (the shipped variants loaded first)."""
-    registry.list_variants()
-    monkeypatch.setattr(registry, "_VARIANTS", dict(registry._VARIANTS))
-    monkeypatch.setattr(registry, "_IMPLS", {name: dict(impls) for name, impls in registry._IMPLS.items()})
-    registry.choose_impl.cache_clear()
-    yield
-    registry.choose_impl.cache_clear()
-
-
 @dataclass(frozen=True)
 class Config(VariantConfig):
     pass
