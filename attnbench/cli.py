@@ -955,9 +955,12 @@ def _plain_streams() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from attnbench import interrupt
+    from attnbench import forkserver, interrupt
 
     _plain_streams()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["run"]:
+        forkserver.start()  # the cases' fork server imports torch beside this process, not after it
     args = None
     with interrupt.handled():  # SIGINT and SIGTERM alike, for every command
         try:

@@ -13,7 +13,6 @@ import math
 import multiprocessing as mp
 import os
 import re
-import tempfile
 import threading
 import time
 import traceback
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from attnbench import interrupt, store
+from attnbench import forkserver, interrupt, store
 from attnbench.choices import Scope, Status, torch_dtype
 from attnbench.env import environment
 from attnbench.measure.latency import make_step, measure_latency, synchronized
@@ -246,25 +245,16 @@ def _serve(conn, reuse: bool) -> None:
         conn.close()
 
 
-_FORKSERVER: mp.context.BaseContext | None = None
-MAX_SOCKET_DIR = 80  # the fork server's socket lives in the temporary folder; Unix socket paths end at 108 bytes
-
-
 def _context(device: str) -> mp.context.BaseContext:
     """How a case's process starts.
 
-    CPU cases fork from one clean fork-server process that has imported and warmed torch once.
-    CUDA cases start a fresh interpreter ("spawn"): CUDA cannot be used in a process forked from
-    one where it was initialised, and the tracer and fake tensors used by every case may do that.
+    CPU cases fork from the fork server (:mod:`attnbench.forkserver`), a clean process that has imported
+    and warmed torch and attnbench once. CUDA cases start a fresh interpreter ("spawn"): CUDA cannot be
+    used in a process forked from one where it was initialised, and the tracer and fake tensors used by
+    every case may do that. Spawn too where there can be no fork server.
     """
-    global _FORKSERVER
-    if (torch.device(device).type == "cuda" or "forkserver" not in mp.get_all_start_methods()
-            or len(tempfile.gettempdir()) > MAX_SOCKET_DIR):
-        return mp.get_context("spawn")
-    if _FORKSERVER is None:
-        _FORKSERVER = mp.get_context("forkserver")
-        _FORKSERVER.set_forkserver_preload(["attnbench.worker"])
-    return _FORKSERVER
+    server = forkserver.context() if torch.device(device).type == "cpu" else None
+    return server or mp.get_context("spawn")
 
 
 def oom_kills() -> int:
@@ -420,12 +410,14 @@ def run_cases(
                         with lock:
                             on_case(case, None)
                     continue
-                peak_key = (case.device, case.dtype, case.threads)
-                if peak_key not in peaks:
-                    peaks[peak_key] = matmul_peak_gflops(case.device, torch_dtype(case.dtype), case.threads)
                 measurement, env = worker.run(case, timeout, min_run_time, counted.get(shape_key(case)))
                 if interrupt.caught():  # its worker was ended by the interrupt: not a result
                     break
+                # after the case, not before: the fork server, which may be starting still, is up by then and
+                # takes no core from this timing
+                peak_key = (case.device, case.dtype, case.threads)
+                if peak_key not in peaks:
+                    peaks[peak_key] = matmul_peak_gflops(case.device, torch_dtype(case.dtype), case.threads)
                 counts = Counts.of(measurement, case.batch)
                 if counts is not None:
                     counted.setdefault(shape_key(case), counts)

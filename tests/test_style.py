@@ -25,7 +25,7 @@ def test_ruff_is_clean():
 LEVELS = [
     # names, defaults, record types, file writing and labels: no torch
     {"attnbench", "choices", "record", "files", "labels"},
-    {"env", "store", "registry", "console", "interrupt"},
+    {"env", "store", "registry", "console", "interrupt", "forkserver"},
     {"variants", "plain", "models", "measure", "data", "imagefolder", "baselines", "peers", "columns"},
     {"tables", "sweep"},
     {"plots", "harness"},

@@ -3,11 +3,16 @@ them writing one store at once."""
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
-from attnbench import store
+import psutil
+
+from attnbench import forkserver, store
 from attnbench.harness import Worker
+from attnbench.interrupt import running
 from attnbench.record import Case, Record
 
 SMALL = Case("module", "conv", "", 8, 1, 8, "fp32", "cpu", "infer", 1, "native")
@@ -89,3 +94,55 @@ def test_a_network_without_one_logit_per_class_is_an_error_not_a_measurement(mon
     assert measured.macs is None and measured.latency_ms_median is None
     monkeypatch.setattr(attnbench.models, "build_model", real)
     assert measure_case(case, min_run_time=0.01).status == "ok"
+
+
+def _what_a_case_process_holds(queue) -> None:
+    import gc
+    import sys
+
+    queue.put((os.getpid(), gc.get_freeze_count(), "attnbench.variants.gsa" in sys.modules,
+               "attnbench.models.resnet" in sys.modules))
+
+
+def test_a_cpu_case_process_is_a_fresh_fork_of_a_warm_server():
+    """Each CPU case gets a process of its own (its peak memory is its own), forked from a server that has
+    imported the variants and networks and frozen its objects out of the collector, so that the collection
+    before a case's peak-memory reading walks the case's own objects only."""
+    ctx = forkserver.context()
+    assert ctx is not None and forkserver.PRELOAD == ["attnbench.worker"]
+    queue = ctx.Queue()
+    pids = set()
+    for _ in range(2):
+        proc = ctx.Process(target=_what_a_case_process_holds, args=(queue,))
+        proc.start()
+        pid, frozen, variants, networks = queue.get(timeout=300)
+        proc.join(60)
+        pids.add(pid)
+        assert frozen > 10_000 and variants and networks
+    assert len(pids) == 2 and os.getpid() not in pids
+
+
+def test_a_command_that_exits_ends_the_fork_server_it_started(tmp_path):
+    """`attnbench run` starts the fork server before it imports torch; a command that exits before the server
+    has finished starting (bad options, cases stored already) ends it, rather than leaving it to hold the
+    command's output open and a core busy for seconds."""
+    code = ("import psutil, time\n"
+            "from attnbench import forkserver\n"
+            "forkserver.start()\n"
+            "time.sleep(0.2)\n"
+            "print(*[c.pid for c in psutil.Process().children() if 'forkserver' in ' '.join(c.cmdline())])\n")
+    out = tmp_path / "out"
+    with open(out, "w") as f:  # a file, not a pipe: the command's exit is not delayed by who else holds it
+        assert subprocess.run([sys.executable, "-c", code], stdout=f, timeout=120).returncode == 0
+    server = int(out.read_text())  # one server, started by that process
+
+    def alive() -> bool:
+        try:
+            return running(psutil.Process(server))
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.monotonic() + 1  # its start takes seconds: torch's import alone
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive()
