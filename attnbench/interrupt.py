@@ -47,7 +47,22 @@ def caught() -> bool:
     return _caught.is_set()
 
 
+def _ignore(signum: int, frame) -> None:
+    pass
+
+
+def _children_may_end() -> None:
+    """The command's processes ending from here on are expected, for the rest of this process: a Python
+    handler of SIGCHLD is replaced by one that does nothing, so that it cannot raise an error of its own in
+    place of the interrupt, during it or when the objects it left are collected at exit (PyTorch's DataLoader
+    raises when a worker dies, as its workers do when the signal reaches their group, or when
+    :func:`end_children` kills them). Main thread only, as handlers are."""
+    if callable(signal.getsignal(signal.SIGCHLD)) and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGCHLD, _ignore)
+
+
 def _handle(signum: int, frame) -> None:
+    _children_may_end()
     if _depth:
         _deferred.append(signum)
         return
@@ -108,6 +123,7 @@ def end_children() -> None:
     that none sees another end and records it (a launched task would store the death of its case's process
     as the case's failure). Multiprocessing's resource trackers are left to end by themselves, as they do
     once every process that holds their pipe has gone, after releasing what those processes left."""
+    _children_may_end()
     try:
         children = [c for c in psutil.Process().children(recursive=True) if not _resource_tracker(c)]
     except psutil.Error:

@@ -88,6 +88,23 @@ def test_a_signal_ends_training_keeping_its_finished_epochs(tmp_path, signum, co
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(("signum", "code", "group"), [(signal.SIGTERM, 143, True), (signal.SIGINT, 130, False)])
+def test_a_signal_ends_training_that_decodes_images_in_worker_processes(tmp_path, signum, code, group):
+    """The DataLoader's workers end with the command (by the signal to their group, or killed by it), and
+    PyTorch's check of its workers, which raises when one dies, takes no part in an interrupt."""
+    from test_imagefolder import write_tree
+
+    db, out = str(tmp_path / "r.sqlite"), tmp_path / "run"
+    args = ["train", "--model", "conv_probe", "--dataset", "imagefolder", "--data-dir",
+            str(write_tree(tmp_path / "tree", per_class=(32, 4))), "--image-size", "16", "--workers", "2",
+            "--epochs", "100", "--batch", "8", "--db", db, "--out", str(out)]
+    rc, err, _, alive = interrupt(args, (out / "checkpoint.pt").exists, signum, group=group)
+    assert rc == code and not alive, (err, alive)
+    assert "seed 0's finished epochs are in" in _one_line(err) and "Exception" not in err
+    assert 1 <= len(store.load_training(db)) < 100
+
+
+@pytest.mark.slow
 def test_ctrl_c_in_a_report_leaves_the_previous_report(tmp_path):
     out = tmp_path / "report"
     rc, err, _, alive = interrupt(["report", "--db", "reports/reference.sqlite", "--out", str(out)],
@@ -123,14 +140,16 @@ def test_a_signal_mid_merge_leaves_no_output(tmp_path, signum, code):
 
 
 @pytest.mark.slow
-def test_sigterm_ends_a_local_launch_and_its_tasks_merging_what_they_finished(tmp_path):
+@pytest.mark.parametrize(("signum", "code", "group"), [(signal.SIGTERM, 143, False), (signal.SIGINT, 130, True)])
+def test_a_signal_ends_a_local_launch_and_its_tasks_merging_what_they_finished(tmp_path, signum, code, group):
+    """SIGTERM to the launching process, or Ctrl-C at a terminal (SIGINT to the tasks as well)."""
     pytest.importorskip("submitit")
     db = tmp_path / "r.sqlite"
     shards = tmp_path / "r-jobs"
     args = [*SWEEP, "--db", str(db), "--launcher", "local", "--jobs", "2"]
     rc, err, took, alive = interrupt(args, lambda: sum(_rows(s) for s in shards.glob("*.sqlite")) >= 1,
-                                     signal.SIGTERM)
-    assert rc == 143 and not alive, (err, alive)
+                                     signum, group=group)
+    assert rc == code and not alive, (err, alive)
     line = _one_line(err)
     merged = store.load_results(db)
     assert f"the {len(merged)} new rows its tasks finished are merged into {db}" in line
