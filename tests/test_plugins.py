@@ -88,6 +88,26 @@ def test_a_change_to_a_plugins_code_measures_its_cases_again(tmp_path):
     assert frame[frame.variant == "gate"].code_hash.nunique() == 2
 
 
+def test_a_change_to_a_plugins_implementation_of_a_shipped_variant_measures_its_cases_again(tmp_path):
+    source = ("from attnbench.registry import register_impl\n"
+              "from attnbench.variants import conv\n\n"
+              "@register_impl('conv', 'scaled', description='the convolution, scaled')\n"
+              "def scaled(self, x):\n"
+              "    return conv.native(self, x) * 1.0\n")
+    (tmp_path / "plugin").mkdir()
+    plugin = install(tmp_path / "plugin", "scaled_conv", source)
+    db = str(tmp_path / "r.sqlite")
+    sweep = ("run", "--scope", "module", "--variants", "conv", "--impl", "scaled", "--res", "8", "--dim", "8",
+             "--min-run-time", "0.01", "--threads", "1", "--db", db)
+    for _ in range(2):
+        assert attnbench(*sweep, path=(plugin,)).returncode == 0
+    assert len(store.load_results(db)) == 1  # nothing changed: nothing measured again
+    (plugin / "scaled_conv.py").write_text(source.replace("* 1.0", "* 2.0"))
+    assert attnbench(*sweep, path=(plugin,)).returncode == 0
+    frame = store.load_results(db)
+    assert frame.impl.tolist() == ["scaled", "scaled"] and frame.code_hash.nunique() == 2
+
+
 def test_a_variant_whose_name_holds_an_underscore_gets_its_networks_and_reports(tmp_path):
     """Nothing splits a network's name to find its variant: `two_gate_probe` is the probe of `two_gate`."""
     source = (EXAMPLE / "attnbench_gate" / "__init__.py").read_text()
