@@ -67,6 +67,7 @@ DEFAULT_RES = {Scope.MODEL: 224, Scope.MODULE: 56}  # image side for networks, f
 # a sweep's other defaults (attnbench.sweep.Sweep), which the command line shows in its help
 SWEEP_DEFAULTS = {"batch": (1,), "dim": (64,), "dtype": ("fp32",), "mode": ("infer",), "arch": "resnet50",
                   "impl": ("auto",), "width": (1.0,)}
+SWEEP_SET = ("dim", "size", "stride")  # variant options the sweep itself sets: --opt refuses them
 
 
 def unknown_name_message(kind: str, name: str, available: list[str]) -> str:

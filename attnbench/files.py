@@ -112,6 +112,24 @@ def trial(path: str | Path) -> None:
         pass
 
 
+class Unwritable(Exception):
+    """A folder that cannot be made or written; the message says why, in one line."""
+
+
+def check_folder(what: str, path: str | Path) -> None:
+    """``path`` is a folder, or can be made one, and can be written, found before the work whose results go there:
+    :class:`Unwritable` (naming it as ``what``, e.g. ``--out``) otherwise."""
+    folder = Path(path)
+    try:
+        if folder.exists() and not folder.is_dir():
+            raise Unwritable(f"{what} {path} is a file, not a folder.")
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a name over 255 characters, a folder in the way of its parents, ...
+        raise Unwritable(f"cannot make {what} {path}: {e.strerror}.") from None
+    if not os.access(folder, os.W_OK):
+        raise Unwritable(f"{what} {path} cannot be written.")
+
+
 def write_text(path: str | Path, text: str) -> None:
     """``text`` as the whole of ``path``, atomically (see :func:`atomic`)."""
     with atomic(path) as tmp:

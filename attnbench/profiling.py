@@ -13,6 +13,7 @@ import re
 import socket
 import sys
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -20,7 +21,7 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from attnbench.choices import torch_dtype
+from attnbench.choices import FIGURE_FORMATS, Scope, torch_dtype
 from attnbench.harness import build_case
 from attnbench.measure.latency import make_step, synchronized
 from attnbench.record import Case
@@ -80,6 +81,48 @@ def profile_case(case: Case, trace_dir: str | Path, *, iters: int = 5) -> pd.Dat
     table = pd.DataFrame(rows).sort_values(["self ms / iter", "operator"], ascending=[False, True])
     table["share (%)"] = 100 * table["self ms / iter"] / table["self ms / iter"].sum()
     return table.reset_index(drop=True)
+
+
+def write_profile(cases: list[Case], out: str | Path, *, iters: int = 5, top: int = 8,
+                  formats: Sequence[str] = FIGURE_FORMATS, say: Callable[[str], None] = print,
+                  warn: Callable[[str], None] = print) -> int:
+    """Profile every case (:func:`profile_case`) into ``out``: a trace per case under ``traces/``, and per setup
+    (scope, side, batch, dtype, mode and device) an operator table of each variant's ``top`` operators under
+    ``tables/`` (CSV and Markdown) and a stacked figure under ``figures/``. A case that fails is reported
+    through ``warn`` and the others go on; each case's top three operators, and each setup's files, through
+    ``say``. Returns how many setups were written."""
+    from attnbench.files import write_text
+    from attnbench.plots import save
+    from attnbench.report import slug
+
+    out = Path(out)
+    for sub in ("tables", "figures", "traces"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    groups: dict[str, dict[str, pd.DataFrame]] = {}
+    several = {v for v in {c.variant for c in cases} if len({c.impl for c in cases if c.variant == v}) > 1}
+    for case in cases:
+        name = case.variant if case.scope == Scope.MODULE else case.model.replace(":", "-")
+        name += f"-{case.impl}" if case.variant in several else ""
+        tag = f"{case.scope}_r{case.res}_b{case.batch}_{case.dtype}_{case.mode}_{slug(case.device)}"
+        try:
+            table = profile_case(case, out / "traces" / f"{name}_{tag}", iters=iters)
+        except Exception as e:  # noqa: BLE001 - one failing case must not lose the others
+            warn(f"{name} {tag}: {type(e).__name__}: {e}".splitlines()[0])
+            continue
+        groups.setdefault(tag, {})[name] = table
+        head = table.head(3)
+        say(f"{name:18} {tag}: " + ", ".join(f"{o} {s:.0f} %" for o, s in zip(head.operator, head["share (%)"])))
+    for tag, tables in groups.items():
+        combined = pd.concat([t.head(top).assign(variant=n) for n, t in tables.items()], ignore_index=True)
+        combined = combined[["variant", "operator", "self ms / iter", "share (%)", "calls / iter"]].round(
+            {"self ms / iter": 4, "share (%)": 1, "calls / iter": 2})
+        write_text(out / "tables" / f"profile_{tag}.csv", combined.to_csv(index=False))
+        write_text(out / "tables" / f"profile_{tag}.md", combined.to_markdown(index=False) + "\n")
+        fig = stacked_figure(tables, f"Self time by operator ({tag.replace('_', ', ')})", top=top)
+        save(fig, out / "figures" / f"profile_{tag}", formats)
+        say(f"traces under {out / 'traces'}; operator table {out / 'tables' / f'profile_{tag}.md'}; "
+            f"plot {out / 'figures' / f'profile_{tag}.png'}")
+    return len(groups)
 
 
 def stacked_figure(tables: dict[str, pd.DataFrame], title: str, top: int = 8):

@@ -186,6 +186,17 @@ def open_store(path: str | Path, *, create: bool = True) -> sqlite3.Connection:
     return _opened(path, lambda: _connect(path), prepare)
 
 
+def check_writable(path: str | Path) -> None:
+    """The store opens for writing (made if it is missing), found before any work is done: ``StoreError``
+    otherwise."""
+    try:
+        with closing(open_store(path)) as conn:
+            conn.execute("BEGIN IMMEDIATE")  # fails at once on a store that cannot be written
+            conn.execute("ROLLBACK")
+    except sqlite3.Error as e:
+        raise StoreError(f"Cannot write the store {path}: {e}.") from None
+
+
 def meta(path: str | Path, key: str) -> str | None:
     """A value of the store's ``meta`` table (``store_id``: the id a store gets when it is made; ``shard_of``:
     the id of the store a launched sweep's shard store belongs to), None where the store or the key is not."""

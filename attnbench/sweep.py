@@ -18,6 +18,7 @@ from attnbench.choices import (
     MODES,
     SCOPES,
     SWEEP_DEFAULTS,
+    SWEEP_SET,
     Scope,
     torch_dtype,
     unknown_name_message,
@@ -121,7 +122,6 @@ def variant_impls(variants: list[str], impls: list[str]) -> dict[str, list[str]]
     return {v: names or [AUTO] for v, names in chosen.items()}
 
 
-SWEEP_SET = ("dim", "size", "stride")  # options the sweep itself sets
 
 
 def variant_options(variants: list[str], options: list[str]) -> dict[str, str]:

@@ -466,16 +466,19 @@ def train(cfg: TrainConfig, *, out: str | Path, resume: str | Path | None = None
 
 
 def _train(cfg: TrainConfig, *, out: str | Path, db: str | Path | None = None, resume: str | Path | None = None,
-           stop_after_epoch: int | None = None, progress: bool = True, lr_source: str | None = None,
-           width_source: str | None = None, data: Splits | None = None) -> list[dict]:
+           stop_after_epoch: int | None = None, progress: bool = True, quiet: bool = False,
+           lr_source: str | None = None, width_source: str | None = None, data: Splits | None = None) -> list[dict]:
     """Train ``cfg.model`` on ``cfg.dataset`` (or on ``data``: training and evaluation sets given, as
     :func:`tune_lr` does); returns the per-epoch metrics (rank 0; others get []). ``lr_source`` says how
-    the learning rate was chosen and ``width_source`` how the width was; both are stored with every epoch."""
+    the learning rate was chosen and ``width_source`` how the width was; both are stored with every epoch.
+    With ``progress`` (rank 0), a line per epoch and, within an epoch, a bar on a terminal or else a line
+    every ``EVERY_STEPS`` steps or ``EVERY_S`` seconds (neither with ``quiet``)."""
     from tqdm import tqdm
 
     from attnbench.measure.macs import count_macs
     from attnbench.measure.params import count_params
     from attnbench.models import get_model_spec
+    from attnbench.streams import Every
 
     usable_device(cfg.device)
     rank, world = _distributed(cfg.device)
@@ -535,8 +538,9 @@ def _train(cfg: TrainConfig, *, out: str | Path, db: str | Path | None = None, r
         order = order[: min(steps, total - epoch * steps)]  # the step budget may end inside an epoch
         ddp.train()
         start, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
-        bar = tqdm(range(len(order)), desc=f"epoch {epoch + 1}/{epochs}", disable=(rank != 0 or not progress) or None,
-                   leave=False)
+        steady = rank != 0 or not progress or quiet
+        bar = tqdm(range(len(order)), desc=f"epoch {epoch + 1}/{epochs}", disable=steady or None, leave=False)
+        due = None if steady or not bar.disable else Every()  # not a terminal: lines instead of the bar
         batches = train_set.batches(order, g, slice(rank * local, (rank + 1) * local))  # as one process would
         for step, (x, y) in zip(bar, batches):
             x, y = x.to(device), y.to(device)
@@ -557,6 +561,10 @@ def _train(cfg: TrainConfig, *, out: str | Path, db: str | Path | None = None, r
             loss_sum += loss.item()
             correct += (logits.argmax(dim=1) == y).sum().item()
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            if due is not None and due():
+                print(f"epoch {epoch + 1}/{epochs}, step {step + 1}/{len(order)} (step {epoch * steps + step + 1}/"
+                      f"{total}): loss {loss.item():.4f}, {seen / (time.perf_counter() - start):.0f} img/s",
+                      flush=True)
         if world > 1:
             sums = torch.tensor([loss_sum, float(correct)], device=device)
             dist.all_reduce(sums)

@@ -34,7 +34,7 @@ def test_list_shows_variants_and_models(capsys):
     code, out, _ = run_cli(capsys, "list")
     assert code == 0
     for name in attnbench.list_variants():
-        assert f"  {name} " in out
+        assert f"  {name}: " in out
     assert "gsa_resnet50" in out and "axial_deeplab_26s" in out and "arXiv 2010.03019" in out
 
 
@@ -648,3 +648,50 @@ def test_max_res_stores_the_largest_side_that_ran_and_the_next_that_did_not(caps
     assert code == 0 and again == out and ": ok" not in err and ": timeout" not in err
     code, _, err = run_cli(capsys, *args, "--res", "64")
     assert code == 2 and "--max-res finds the resolution: leave out --res." in err
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_run_prints_a_line_per_finished_case_when_not_on_a_terminal(capsys, tmp_path, quiet):
+    db = str(tmp_path / "r.sqlite")
+    code, out, err = run_cli(capsys, "run", "--scope", "module", "--variants", "conv,gsa", "--res", "8", "--dim", "8",
+                             "--db", db, *FAST, *["--quiet"] * quiet)  # captured: not a terminal
+    lines = [line for line in err.splitlines() if line.startswith("[")]
+    assert code == 0 and "2 cases; results in" in out
+    if quiet:
+        assert lines == []
+    else:
+        assert [line.split()[:2] for line in lines] == [["[1/2]", "conv"], ["[2/2]", "gsa"]]
+        assert all(line.endswith(" ms") and ": ok " in line for line in lines)
+
+
+def test_list_fits_100_columns_shows_only_settable_options_and_filters(capsys):
+    from attnbench.choices import SWEEP_SET
+    from attnbench.models import get_model_spec, list_models
+    from attnbench.registry import get_variant_spec, list_variants
+    from attnbench.sweep import variant_options
+
+    code, out, _ = run_cli(capsys, "list")
+    lines = out.splitlines()
+    assert code == 0 and max(map(len, lines)) <= 100
+    listed = {line.split(":")[0].strip(): line for line in lines if line.startswith("  ") and not line.startswith("   ")
+              and ":" in line}
+    assert set(list_variants()) <= set(listed)
+    options = [line.split("options: ")[1] for line in lines if line.startswith("    options: ")]
+    assert len(options) == len(list_variants())
+    for name, shown in zip(list_variants(), options):  # in the listing's order, the registry's
+        settable = [o for o in get_variant_spec(name).options() if o not in SWEEP_SET]
+        assert shown == (", ".join(settable) or "none")
+        for option in settable:  # each one --opt takes
+            variant_options([name], [f"{option}=1"])
+    with pytest.raises(ValueError, match="set by the sweep"):
+        variant_options(["gsa"], ["size=8"])
+    assert not any(o in SWEEP_SET for line in options for o in line.split(", "))
+    code, out, _ = run_cli(capsys, "list", "gsa*")
+    names = " ".join(out.split("\nNetworks (")[1].splitlines()[1:]).split()
+    assert code == 0 and "  gsa: " in out and "  local: " not in out
+    assert names == list_models("gsa*")
+    code, out, _ = run_cli(capsys, "list", "local")  # a variant's name lists its networks too
+    names = " ".join(out.split("\nNetworks (")[1].splitlines()[1:]).split()
+    assert names == [n for n in list_models() if get_model_spec(n).variant == "local"] and names
+    code, _, err = run_cli(capsys, "list", "nothing*")
+    assert code == 2 and err.startswith("attnbench list: no variant or network matches 'nothing*'")

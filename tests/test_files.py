@@ -125,7 +125,7 @@ def test_a_figure_or_profile_table_that_cannot_be_written_keeps_the_previous_one
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from attnbench.cli import _write_text
+    from attnbench.arguments import write_text as _write_text
     from attnbench.plots import save
 
     fig = plt.figure()

@@ -20,7 +20,7 @@ def attnbench(*args, path=(EXAMPLE,)):
 
 def test_a_plugins_variant_is_listed_swept_built_into_networks_and_reported(tmp_path):
     listed = attnbench("list")
-    assert listed.returncode == 0 and "gate       sigmoid-gated 1x1 convolution" in listed.stdout
+    assert listed.returncode == 0 and "  gate: sigmoid-gated 1x1 convolution" in listed.stdout
     assert "gate_resnet50" in listed.stdout
     db = str(tmp_path / "r.sqlite")
     fast = ["--min-run-time", "0.01", "--threads", "1", "--db", db]

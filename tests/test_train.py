@@ -744,3 +744,32 @@ def test_two_trains_into_one_folder_at_once_the_second_is_refused_naming_the_fir
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"is in use by attnbench train (pid {first.pid} on " in err
     assert main([*QUICK, "--out", str(out), "--db", str(tmp_path / "r.sqlite")]) == 0  # the holder is gone
+
+
+def test_progress_lines_are_due_every_n_steps_or_seconds_whichever_first():
+    from attnbench.streams import Every
+
+    now = [0.0]
+    due = Every(steps=3, seconds=10.0, clock=lambda: now[0])
+    ticks = []
+    for step, t in enumerate([1, 2, 3, 4, 5, 16, 17, 18, 19, 40], 1):  # seconds at each step
+        now[0] = t
+        if due():
+            ticks.append(step)
+    # steps 3 (three steps), 6 (16 s: ten seconds since step 3), 9 (three steps), 10 (21 s since step 9)
+    assert ticks == [3, 6, 9, 10]
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_train_says_where_it_is_within_an_epoch_unless_quiet(tmp_path, capsys, monkeypatch, quiet):
+    import attnbench.streams
+
+    monkeypatch.setattr(attnbench.streams, "EVERY_STEPS", 5)  # digits: 22 steps an epoch at batch 64
+    args = ["train", "--model", "conv_probe", "--width", "0.5", "--dataset", "digits", "--batch", "64",
+            "--steps", "12", "--out", str(tmp_path / "run"), "--db", str(tmp_path / "r.sqlite")]
+    assert main(args + ["--quiet"] * quiet) == 0
+    out = capsys.readouterr().out  # captured: not a terminal
+    steps = [line for line in out.splitlines() if line.startswith("epoch 1/1, step ")]
+    assert [line.split(",")[1].split()[1] for line in steps] == ([] if quiet else ["5/12", "10/12"])
+    assert all(" img/s" in line and "loss " in line for line in steps)
+    assert "epoch 1/1 (step 12/12): loss" in out  # the epoch's line either way

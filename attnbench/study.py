@@ -1,0 +1,214 @@
+"""A training study: one setup trained with one seed or several, one after the other, as ``attnbench train``
+runs it. Its policy lives here: every value checked before anything trains; the width matched to a
+reference network's parameters or MACs (``match``); the seeds the store already holds to their end
+skipped (``skip_finished``); with ``lr="auto"``, the learning rate chosen once for the setup, on the
+first seed it trains (or taken from an earlier sitting's finished run), and every seed trained at it;
+each seed's network evaluated at other sides afterwards (``eval_res``).
+
+Bad input is a ``TrainError`` (or ``DataError``, ``StoreError``, ``files.Unwritable``) whose message is one
+line; what the study does is said through ``say`` (one line each) and ``warn``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from functools import partial
+from pathlib import Path
+
+from attnbench import files, interrupt, store
+from attnbench.data import CLASSES, DataError, check_side
+from attnbench.evaluation import describe, evaluate_at_sides
+from attnbench.models import UnknownModelError, get_model_spec, list_archs
+from attnbench.models.registry import family_name
+from attnbench.record import parse_options
+from attnbench.registry import get_variant_spec
+from attnbench.sweep import variant_options
+from attnbench.train import (
+    LR_CANDIDATES,
+    TrainConfig,
+    TrainError,
+    claimed,
+    image_side,
+    match_width,
+    refuse_earlier_run,
+    train,
+    tune_lr,
+    usable_device,
+)
+
+
+@dataclass
+class Study:
+    """What ``attnbench train`` was asked (its options, by name)."""
+
+    model: str
+    dataset: str
+    data_dir: str | None = None
+    image_size: int | None = None
+    workers: int = 0
+    epochs: int = 10
+    batch: int = 128
+    lr: float | str = 0.1  # or "auto"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    width: float = 1.0
+    stem: str | None = None
+    dtype: str = "fp32"
+    device: str = "cpu"
+    seed: int = 0
+    seeds: list[int] | None = None
+    steps: int | None = None
+    plateau: int | None = None
+    opt: list[str] = field(default_factory=list)
+    match: str | None = None  # "params" or "macs"
+    match_to: str | None = None
+    skip_finished: bool = False
+    out: str | None = None
+    db: str | None = None
+    resume: str | None = None
+    overwrite: bool = False
+    stop_after_epoch: int | None = None
+    eval_res: list[int] | None = None
+    quiet: bool = False  # no progress within an epoch
+
+
+def run_study(study: Study, *, say: Callable[[str], None] = print,
+              warn: Callable[[str], None] = print) -> list[int]:
+    """Train ``study``'s seeds; the seeds whose training diverged (stored as such, not as finished runs)."""
+    cfg, width_source = _config(study, say)
+    seeds = study.seeds or [study.seed]
+    outs = {seed: (f"{study.out}/s{seed}" if study.out and len(seeds) > 1 else study.out)
+            or f"runs/{study.model}-{study.dataset}-s{seed}" for seed in seeds}
+    for out in outs.values():
+        files.check_folder("--out", out)
+    if study.db is not None:
+        store.check_writable(study.db)
+    auto = study.lr == "auto"
+    finished = finished_seeds(study.db, cfg, auto) if study.skip_finished else {}
+    for seed in set(seeds) - set(finished):  # every seed's folder before any seed trains
+        refuse_earlier_run(outs[seed], resume=study.resume, overwrite=study.overwrite)
+    for side in study.eval_res or []:
+        try:
+            check_side(study.dataset, side)
+        except DataError as e:
+            raise DataError(f"--eval-res: {e}") from None
+    tuned = next(iter(finished.values())) if auto and finished else None
+    evaluate = partial(evaluate_at_sides, dataset=study.dataset, sides=study.eval_res, data_dir=study.data_dir,
+                       db=study.db, device=study.device, skip_stored=True, on_row=lambda row: say(describe(row)))
+    diverged = []
+    for seed, out in outs.items():
+        checkpoint = Path(out, "checkpoint.pt")
+        if seed in finished:
+            say(f"seed {seed}: already trained to its end in {study.db}, skipped")
+            if study.eval_res and checkpoint.is_file() and int(os.environ.get("RANK", "0")) == 0:
+                evaluate(checkpoint)  # the sides not stored yet
+            continue
+        with interrupt.keeping(partial(_kept, seed, out, study.db, time.time())), \
+                claimed(out, resume=study.resume, overwrite=study.overwrite):  # the learning rate's search too
+            run, source = replace(cfg, seed=seed), "given"
+            if auto:
+                if tuned is None:
+                    tuned = tune_lr(run, Path(out) / "lr-search")
+                lr, source = tuned
+                run = replace(run, lr=lr)
+                say(f"seed {seed}: learning rate {source}")
+            history = train(run, out=out, db=study.db, resume=study.resume, overwrite=study.overwrite,
+                            stop_after_epoch=study.stop_after_epoch, quiet=study.quiet, lr_source=source,
+                            width_source=width_source)
+        if history and history[-1]["stopped"] == "diverged":
+            diverged.append(seed)
+            warn(f"seed {seed}: diverged in epoch {history[-1]['epoch']} (the training loss is not finite), stored "
+                 f"in {study.db} as such, not as a finished run")
+        elif history:
+            say(f"seed {seed}: checkpoint {out}/checkpoint.pt; metrics stored in {study.db}")
+            if study.eval_res:
+                evaluate(checkpoint)
+    return diverged
+
+
+def _config(study: Study, say: Callable[[str], None]) -> tuple[TrainConfig, str]:
+    """The first seed's configuration, every value checked (the rate ``lr="auto"`` chooses replaces the first
+    candidate), its width matched where asked, and how the width was chosen."""
+    spec = None
+    try:
+        spec = get_model_spec(study.model)
+        if study.match:
+            get_model_spec(study.match_to or conv_of(spec))
+    except UnknownModelError as e:
+        raise TrainError(("--match-to: " if spec else "") + str(e)) from None
+    if spec.foreign:
+        ours = [name for name, given in (("--width", study.width != 1.0), ("--stem", study.stem is not None),
+                                         ("--match", bool(study.match))) if given]
+        if ours:
+            raise TrainError(f"{ours[0]} applies to attnbench's networks; {spec.name} is trained as its builder "
+                             "makes it.")
+    stem = study.stem or ("" if spec.foreign else "cifar")
+    seeds = study.seeds or [study.seed]
+    if study.seeds and study.seed != 0:
+        raise TrainError("give --seed or --seeds, not both.")
+    if len(seeds) > 1 and study.resume:
+        raise TrainError("--resume continues one run: give one seed.")
+    options = train_options(spec, study.opt)
+    cfg = TrainConfig(model=study.model, dataset=study.dataset, data_dir=study.data_dir, epochs=study.epochs,
+                      batch=study.batch, lr=LR_CANDIDATES[0] if study.lr == "auto" else study.lr,
+                      momentum=study.momentum, weight_decay=study.weight_decay, width=study.width, stem=stem,
+                      dtype=study.dtype, device=usable_device(study.device), seed=seeds[0], steps=study.steps,
+                      plateau=study.plateau, options=options, image_size=study.image_size, workers=study.workers)
+    if not study.match:
+        return cfg, "given"
+    reference = study.match_to or conv_of(spec)
+    width, cost, target = match_width(study.model, reference, study.match, num_classes=CLASSES[study.dataset],
+                                      reference_width=study.width, stem=stem, options=options)
+    source = f"matched to {reference} at width {study.width:g} in {study.match}: {cost:,} against {target:,}"
+    say(f"width {width:g}: {source}")
+    return replace(cfg, width=width), source
+
+
+def _kept(seed: int, out: str, db: str | None, since: float) -> str:
+    """What an interrupted run of ``seed`` that started at ``since`` kept."""
+    ckpt = Path(out) / "checkpoint.pt"
+    if ckpt.exists() and ckpt.stat().st_mtime >= since:
+        return f"seed {seed}'s finished epochs are in {ckpt}{f' and {db}' if db else ''}; continue with --resume {ckpt}"
+    return f"no epoch of seed {seed} had finished"
+
+
+def train_options(spec, opts: list[str]) -> str:
+    """``--opt`` items as the run stores them (``key=value,...``, sorted), checked against the network's variant."""
+    if not opts:
+        return ""
+    if not spec.variant:
+        raise TrainError(f"--opt sets a variant's options; {spec.name} has no attnbench variant.")
+    try:
+        options = variant_options([spec.variant], opts)[spec.variant]
+        get_variant_spec(spec.variant).make_config(64, **parse_options(options))
+    except (ValueError, TypeError) as e:
+        raise TrainError(f"--opt for {spec.name}: {e}" if "--opt" not in str(e) else str(e)) from None
+    return options
+
+
+def conv_of(spec) -> str:
+    """The convolution network of the same family (conv_probe for gsa_probe, resnet26 for gsa_resnet26), or the
+    network itself where it has no family."""
+    return family_name("conv", spec.arch) if spec.arch in list_archs() else spec.name
+
+
+def finished_seeds(db: str | None, cfg: TrainConfig, auto: bool) -> dict[int, tuple[float, str]]:
+    """The seeds of ``cfg``'s setup that the store holds a finished run of (``store.finished_runs``, as the
+    accuracy table counts them), lowest first, each with its learning rate and how it was chosen; with
+    ``auto``, runs whose rate was chosen on validation, whatever it was."""
+    if db is None or not Path(db).exists():
+        return {}
+    same = store.finished_runs(store.load_training(db))
+    same = same[same.image_size == image_side(cfg)]
+    if cfg.steps is None:  # the budget is in epochs (with --steps, the epochs follow from the steps)
+        same = same[same.epochs == cfg.epochs]
+    if auto:
+        same = same[same.lr_source.fillna("").str.startswith("validation")]
+    for name in ("model", "dataset", "batch", "width", "stem", "dtype", "steps", "plateau", "options") + (
+            () if auto else ("lr",)):
+        value = getattr(cfg, name)
+        same = same[same[name].isna()] if value is None else same[same[name] == value]
+    return {int(row.seed): (float(row.lr), row.lr_source) for row in same.sort_values("seed").itertuples()}
