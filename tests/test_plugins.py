@@ -142,7 +142,7 @@ def install(folder: Path, name: str, source: str | None = None) -> Path:
 def test_a_broken_plugin_is_reported_and_left_out(tmp_path):
     install(tmp_path, "broken")
     listed = attnbench("list", path=(EXAMPLE, tmp_path))
-    assert listed.returncode == 0 and "  gate " in listed.stdout and "  gsa " in listed.stdout
+    assert listed.returncode == 0 and "  gate: " in listed.stdout and "  gsa: " in listed.stdout
     assert "the variant plugin 'broken' (no_such_module) did not load: ModuleNotFoundError" in listed.stderr
 
 
