@@ -317,4 +317,3 @@ def add_sweep_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup, *,
 def add_formats_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--formats", type=choice_list("format", FORMATS), default=list(FIGURE_FORMATS),
                    help=f"figure files, comma-separated: {', '.join(FORMATS)}")
-

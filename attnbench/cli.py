@@ -1,6 +1,6 @@
-"""The ``attnbench`` command: ``list``, ``run``, ``report``, ``profile``, ``train``, ``eval``, ``export``,
-``collect``, ``merge``. It parses, calls and prints: the argument types live in ``attnbench.arguments``,
-a sweep in ``attnbench.api``, a training study in ``attnbench.study``, profiles in ``attnbench.profiling``.
+"""The ``attnbench`` command and its subcommands (``attnbench --help``). It parses, calls and prints: the
+argument types live in ``attnbench.arguments``, a sweep in ``attnbench.api``, a training study in
+``attnbench.study``, profiles in ``attnbench.profiling``.
 
 Every handler takes parsed arguments and returns an exit code; bad input is one line on stderr
 and exit code 2, never a traceback.
@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from attnbench.arguments import (
     Parser,
     UsageError,
+    add_formats_argument,
     add_sweep_arguments,
     check_db,
     check_out_dir,
-    choice_list,
     learning_rate,
     non_negative_int,
     non_negative_ints,
@@ -40,8 +40,6 @@ from attnbench.choices import (
     DEFAULT_DB,
     DEFAULT_PROFILE,
     DEFAULT_REPORT,
-    FIGURE_FORMATS,
-    FORMATS,
     LAUNCHERS,
     PIVOTS,
     TABLES,
@@ -258,14 +256,15 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 def cmd_profile(args: argparse.Namespace) -> int:
     from attnbench.profiling import write_profile
+    from attnbench.report import os_error
 
     cases = plan(args)
     check_out_dir("--out", args.out)
     try:
         written = write_profile(cases, args.out, iters=args.iters, top=args.top, formats=args.formats,
                                 warn=lambda line: print(line, file=sys.stderr))
-    except OSError as e:
-        raise UsageError(f"cannot write {e.filename or f'under {args.out}'}: {e.strerror or e}.") from None
+    except OSError as e:  # a full disk, a folder that went away: the cases profiled so far are kept
+        raise UsageError(os_error(e, args.out)) from None
     return 0 if written else 1
 
 
@@ -298,11 +297,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     print(f"{len(rows)} evaluations" + (f" stored in {args.db}" if args.db else ""))
     return 0
-
-
-def add_formats_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--formats", type=choice_list("format", FORMATS), default=list(FIGURE_FORMATS),
-                   help=f"figure files, comma-separated: {', '.join(FORMATS)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
