@@ -1,10 +1,7 @@
-"""The ``attnbench`` command and its subcommands (``attnbench --help``). It parses, calls and prints: the
-argument types live in ``attnbench.arguments``, a sweep in ``attnbench.api``, a training study in
-``attnbench.study``, profiles in ``attnbench.profiling``.
-
-Every handler takes parsed arguments and returns an exit code; bad input is one line on stderr
-and exit code 2, never a traceback.
-"""
+"""The ``attnbench`` command (``attnbench --help``). It parses, calls and prints: argument types live in
+``attnbench.arguments``, sweeps in ``attnbench.api``, training studies in ``attnbench.study``, profiles in
+``attnbench.profiling``. Every handler takes parsed arguments and returns an exit code; bad input is one
+line on stderr and exit code 2, never a traceback."""
 
 from __future__ import annotations
 
