@@ -65,6 +65,14 @@ def split(text: str) -> list[str]:
     return list(dict.fromkeys(items))
 
 
+def _storable(name: str, value: int) -> int:
+    from attnbench.record import INTEGER_MAX
+
+    if value > INTEGER_MAX:
+        raise argparse.ArgumentTypeError(f"{name} {value} is more than a store holds (at most 2^63 - 1)")
+    return value
+
+
 def positive_ints(name: str) -> Callable[[str], list[int]]:
     def parse(text: str) -> list[int]:
         values = []
@@ -75,7 +83,7 @@ def positive_ints(name: str) -> Callable[[str], list[int]]:
                 raise argparse.ArgumentTypeError(f"{name} '{item}' is not a whole number") from None
             if value < 1:
                 raise argparse.ArgumentTypeError(f"{name} {value} must be at least 1")
-            values.append(value)
+            values.append(_storable(name, value))
         return list(dict.fromkeys(values))
 
     return parse
@@ -89,7 +97,7 @@ def non_negative_ints(name: str) -> Callable[[str], list[int]]:
             raise argparse.ArgumentTypeError(f"{name}s '{text}' are not whole numbers") from None
         if min(values) < 0:
             raise argparse.ArgumentTypeError(f"{name} {min(values)} must be at least 0")
-        return list(dict.fromkeys(values))
+        return list(dict.fromkeys(_storable(name, value) for value in values))
 
     return parse
 

@@ -18,6 +18,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from attnbench.choices import Scope, Status
 
 SQL_TYPES = {str: "TEXT", int: "INTEGER", float: "REAL", bool: "INTEGER"}
+INTEGER_MAX = 2**63 - 1  # the largest whole number an INTEGER column holds (SQLite's 64-bit signed integer)
 
 
 def parse_value(text: str) -> object:

@@ -31,7 +31,7 @@ from attnbench.choices import DATASETS
 from attnbench.data import DEFAULT_IMAGEFOLDER_SIDE, IMAGE_SIDE, Dataset, load_dataset
 from attnbench.env import environment, parse_device
 from attnbench.imagefolder import ImageFolderSet
-from attnbench.record import Epoch, parse_options
+from attnbench.record import INTEGER_MAX, Epoch, parse_options
 
 CHECKPOINT_FORMAT = "attnbench-checkpoint-1"
 Splits = tuple[Dataset, Dataset] | tuple[ImageFolderSet, ImageFolderSet]  # (train, test), held or streamed
@@ -92,7 +92,7 @@ class TrainConfig:
              "'' for a network from elsewhere" if foreign else "conv or cifar"),
             ("dtype", self.dtype in AUTOCAST, f"one of {', '.join(AUTOCAST)}"),
             ("device", device_type(self.device) in ("cpu", "cuda"), "cpu, cuda or cuda:N"),
-            ("seed", whole(self.seed, 0), at_least_0),
+            ("seed", whole(self.seed, 0) and self.seed < 2**32, "a whole number of at least 0, below 2^32"),
             ("steps", self.steps is None or whole(self.steps, 1), at_least_1),
             ("plateau", self.plateau is None or whole(self.plateau, 1), at_least_1),
             ("options", isinstance(self.options, str), "key=value,..."),
@@ -102,6 +102,9 @@ class TrainConfig:
         for name, valid, rule in rules:
             if not valid:
                 raise TrainError(f"Invalid {name}={getattr(self, name)!r}: {name} must be {rule}.")
+        for f in fields(self):  # every whole number is stored with the run
+            if isinstance(value := getattr(self, f.name), int) and value > INTEGER_MAX:
+                raise TrainError(f"Invalid {f.name}={value}: more than a store holds (at most 2^63 - 1).")
 
 
 def device_type(device: object) -> str | None:

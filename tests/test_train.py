@@ -153,7 +153,12 @@ def test_two_process_torchrun_matches_one_process(tmp_path):
         (["--model", "conv_probe", "--dataset", "digits", "--weight-decay", "-1"],
          "Invalid weight_decay=-1.0: weight_decay must be a finite number of at least 0."),
         (["--model", "conv_probe", "--dataset", "digits", "--seed", "-1"],
-         "Invalid seed=-1: seed must be a whole number of at least 0."),
+         "Invalid seed=-1: seed must be a whole number of at least 0, below 2^32."),
+        # whole numbers beyond what a store holds, or a seed beyond what the generators take
+        (["--model", "conv_probe", "--dataset", "digits", "--seed", str(2**32)],
+         "Invalid seed=4294967296: seed must be a whole number of at least 0, below 2^32."),
+        (["--model", "conv_probe", "--dataset", "digits", "--steps", str(2**63)],
+         "steps 9223372036854775808 is more than a store holds (at most 2^63 - 1)"),
         (["--model", "conv_probe", "--dataset", "digits", "--device", "foo"], "--device: unknown device 'foo'"),
         pytest.param(["--model", "conv_probe", "--dataset", "digits", "--device", "cuda"],
                      "--device: device 'cuda' requested but this machine has no CUDA device",
