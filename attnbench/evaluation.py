@@ -26,6 +26,7 @@ from attnbench import store
 from attnbench.choices import Status
 from attnbench.data import Dataset, check_side, load_at_side
 from attnbench.env import environment
+from attnbench.measure.params import count_params
 from attnbench.record import Evaluation, parse_options
 from attnbench.registry import Variant, get_variant_spec
 from attnbench.train import (
@@ -140,14 +141,20 @@ def evaluate_at_sides(path: str | Path, dataset: str, sides: Sequence[int] | Non
             todo = [(tables, net) for tables, net in networks if net is not None and (side, tables) not in stored]
             if not todo:
                 continue
-            train_set, test_set = load_at_side(dataset, side, cfg.data_dir, seed=cfg.seed, workers=cfg.workers)
-            seen = None  # training images evaluated: where the data set is held in memory
-            if isinstance(train_set, Dataset):
-                seen = train_set.subset(torch.arange(min(TRAIN_EVAL_IMAGES, len(train_set.labels))), False)
-            for tables, net in todo:
-                row = Evaluation(**run, side=side, tables=tables, test_images=len(test_set.labels),
-                                 train_images=None if seen is None else len(seen.labels),
-                                 **_measure(net.to(device), test_set, seen, side, batch, device, cfg.dtype))
+            try:
+                train_set, test_set = load_at_side(dataset, side, cfg.data_dir, seed=cfg.seed, workers=cfg.workers)
+            except (RuntimeError, MemoryError) as e:  # its images do not fit in memory: the other sides go on
+                failed = _failure(e, count_params(trained)["params"], f"{dataset} at side {side}: ")
+                rows = [Evaluation(**run, side=side, tables=tables, **failed) for tables, _ in todo]
+            else:
+                seen = None  # training images evaluated: where the data set is held in memory
+                if isinstance(train_set, Dataset):
+                    seen = train_set.subset(torch.arange(min(TRAIN_EVAL_IMAGES, len(train_set.labels))), False)
+                rows = (Evaluation(**run, side=side, tables=tables, test_images=len(test_set.labels),
+                                   train_images=None if seen is None else len(seen.labels),
+                                   **_measure(net.to(device), test_set, seen, side, batch, device, cfg.dtype))
+                        for tables, net in todo)
+            for row in rows:
                 if writer is not None:
                     writer.write_evaluation(row)
                 if on_row is not None:
@@ -173,7 +180,6 @@ def _measure(net: nn.Module, test: Dataset, seen: Dataset | None, side: int, bat
              dtype: str) -> dict:
     """What an evaluation row measures, or the status and reason why the network could not run at ``side``."""
     from attnbench.measure.macs import count_macs
-    from attnbench.measure.params import count_params
 
     params = count_params(net)["params"]
     try:
@@ -183,9 +189,14 @@ def _measure(net: nn.Module, test: Dataset, seen: Dataset | None, side: int, bat
     except ValueError as e:  # the network refuses the side: its tables do not reach it
         return {"status": Status.REFUSED, "reason": str(e).splitlines()[0], "params": params}
     except (RuntimeError, MemoryError) as e:  # out of memory, or a failure of the side only: the others go on
-        return {"status": Status.ERROR, "reason": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-                "params": params}
+        return _failure(e, params)
     return {**metrics, "train_top1_pct": train_top1, "macs_per_image": macs, "params": params}
+
+
+def _failure(error: Exception, params: int, where: str = "") -> dict:
+    """An evaluation row's fields for a side that failed with ``error``."""
+    return {"status": Status.ERROR, "params": params,
+            "reason": f"{where}{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"}
 
 
 def describe(row: Evaluation) -> str:

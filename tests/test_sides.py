@@ -277,6 +277,32 @@ def test_eval_at_several_sides_prints_and_stores_one_row_per_side(tmp_path, caps
     assert len(store.load_evaluations(db)) == 5
 
 
+def test_a_side_whose_images_do_not_fit_in_memory_is_an_error_row_and_the_other_sides_go_on(tmp_path, capsys,
+                                                                                           monkeypatch):
+    """eval --res 100000 of digits asked for 72 TB of images: a traceback, and the sides after it lost."""
+    import attnbench.evaluation
+
+    db = tmp_path / "r.sqlite"
+    train(TrainConfig(model="conv_probe", dataset="digits", batch=64, steps=1, width=0.5), out=tmp_path / "run",
+          progress=False)
+    real = attnbench.evaluation.load_at_side
+
+    def load_at_side(dataset, side, *args, **kwargs):
+        if side == 100_000:  # as a 72 TB allocation fails, without asking the machine for it
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 71880000000000 "
+                               "bytes.\nError code 12")
+        return real(dataset, side, *args, **kwargs)
+
+    monkeypatch.setattr(attnbench.evaluation, "load_at_side", load_at_side)
+    assert main(["eval", "--checkpoint", str(tmp_path / "run" / "checkpoint.pt"), "--dataset", "digits", "--res",
+                 "24,100000,40", "--db", str(db)]) == 0
+    rows = store.load_evaluations(db)
+    assert list(zip(rows.side, rows.status)) == [(24, "ok"), (100_000, "error"), (40, "ok")]
+    assert rows.reason[1] == ("digits at side 100000: RuntimeError: DefaultCPUAllocator: can't allocate memory: "
+                              "you tried to allocate 71880000000000 bytes.")
+    assert "digits at 100000 x 100000 (trained at 32): error: digits at side 100000" in capsys.readouterr().out
+
+
 def test_train_eval_res_evaluates_each_seed_and_a_later_sitting_only_what_is_missing(tmp_path, capsys):
     db = tmp_path / "r.sqlite"
     common = ["train", "--dataset", "digits", "--model", "conv_probe", "--width", "0.5", "--batch", "128",
