@@ -247,9 +247,12 @@ def results_file(text: str) -> str:
 
 def write_text(path: str, text: str) -> None:
     """``text`` into the file ``path`` (whole, or the previous file left as it was), with a one-line error
-    when that is not possible."""
-    from attnbench import files
+    when that is not possible. A store there is never replaced (``export -o`` naming its own store wrote the
+    CSV over every row)."""
+    from attnbench import files, store
 
+    if store.is_store(path):
+        raise UsageError(f"cannot write {path}: it is a results store, which this never replaces; name another file.")
     try:
         files.write_text(path, text)
     except OSError as e:

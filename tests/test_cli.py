@@ -239,6 +239,13 @@ def test_export_and_merge(capsys, tmp_path):
     assert code == 0 and csv.splitlines() == ["res,variant", "12,conv"]
     code, _, err = run_cli(capsys, "export", "--db", out, "--where", "colour=red")
     assert code == 2 and err.startswith("attnbench export: Unknown column 'colour'") and err.count("\n") == 1
+    # -o naming a store (its own, say) is refused: the CSV replaced every row
+    before = {p: open(p, "rb").read() for p in (a, out)}
+    for target in (out, a):
+        code, _, err = run_cli(capsys, "export", "--db", out, "-o", target)
+        assert code == 2 and err == (f"attnbench export: cannot write {target}: it is a results store, which this "
+                                     "never replaces; name another file.\n")
+    assert {p: open(p, "rb").read() for p in (a, out)} == before
 
 
 def test_export_summary_columns_derive_from_the_stored_ones(capsys, tmp_path):
