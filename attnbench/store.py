@@ -329,6 +329,18 @@ def _check_required(path: Path, table: str, have: Iterable[str]) -> None:
                          f"{', '.join(lost)}, which every store has.")
 
 
+def _check_numbers(path: Path, table: str, frame: pd.DataFrame) -> None:
+    """StoreError naming a column of numbers in ``table`` that holds text (SQLite keeps what it is given: a
+    store edited by hand, or by another program), on which every reader of the column would fail."""
+    numbers = [name for name, sql_type in TABLES[table][0] if sql_type.split()[0] in ("INTEGER", "REAL")]
+    for name in numbers:
+        if name in frame and not pd.api.types.is_numeric_dtype(frame[name]):
+            text = frame[name][frame[name].map(lambda value: isinstance(value, str | bytes))]
+            if len(text):
+                raise StoreError(f"{path} is damaged: its {table} table's column {name} holds {text.iloc[0]!r} "
+                                 f"({len(text)} rows of text), where every store holds numbers.")
+
+
 def _check_structure(conn: sqlite3.Connection, path: Path) -> None:
     """Before anything is written: every required column, and the UNIQUE key that keeps one row per case and
     environment (per run and epoch, ...), without which a store takes duplicates."""
@@ -463,6 +475,7 @@ def _read(path: str | Path, table: str, names: list[str], order: str, where: str
     except sqlite3.DatabaseError as e:
         raise StoreError(f"Cannot read {path}: {e}.") from None
     _check_required(Path(path), table, frame.columns)
+    _check_numbers(Path(path), table, frame)
     for name in names:
         if name not in frame:
             fill = READ_FILL.get((table, name))

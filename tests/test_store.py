@@ -388,6 +388,21 @@ def test_a_store_missing_a_column_every_store_has_is_refused_in_one_line(tmp_pat
         assert f"{db} is damaged: its results table lacks the column status" in err and err.count("\n") == 1
 
 
+def test_a_store_with_text_in_a_column_of_numbers_is_refused_in_one_line(tmp_path, capsys):
+    """SQLite keeps text in a column declared INTEGER: report printed a traceback (int('abc'))."""
+    db = tmp_path / "r.sqlite"
+    store.write(db, row("a"))
+    store.write(db, row("b"))
+    _damage(db, "UPDATE results SET res = 'abc' WHERE rowid = 2")
+    with pytest.raises(store.StoreError, match="its results table's column res holds 'abc' .1 rows of text."):
+        store.load_results(db)
+    assert main(["report", "--db", str(db), "--out", str(tmp_path / "report")]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"attnbench report: {db} is damaged: its results table's column res holds 'abc' (1 rows of "
+                   "text), where every store holds numbers.\n")
+    assert not (tmp_path / "report" / "README.md").exists()
+
+
 def test_a_store_whose_table_lost_its_unique_key_takes_no_duplicates(tmp_path, capsys):
     db = tmp_path / "r.sqlite"
     store.write(db, row("a"))
