@@ -9,7 +9,7 @@ import textwrap
 
 from attnbench.choices import SWEEP_SET
 from attnbench.models import get_model_spec, list_models
-from attnbench.registry import get_impl, iter_specs, list_impls, resolve_impl
+from attnbench.registry import NoImplementationError, get_impl, iter_specs, list_impls, resolve_impl
 
 INDENT = 4  # a variant's details, under its name
 
@@ -19,6 +19,14 @@ def _wrapped(text: str, width: int, indent: int, hang: int = 0) -> list[str]:
     first)."""
     return textwrap.wrap(text, width, initial_indent=" " * indent, subsequent_indent=" " * (indent + hang),
                          break_on_hyphens=False) or [" " * indent]
+
+
+def _auto(variant: str, device: str) -> str | None:
+    """What ``auto`` runs for a forward pass in float32 on this device type; None where no implementation can."""
+    try:
+        return resolve_impl(variant, "auto", device)
+    except NoImplementationError:
+        return None
 
 
 def catalog(pattern: str = "*", width: int = 100) -> list[str]:
@@ -32,7 +40,7 @@ def catalog(pattern: str = "*", width: int = 100) -> list[str]:
         lines += _wrapped(f"{spec.paper} (arXiv {spec.arxiv})", width, INDENT, 2)
         options = [o for o in spec.options() if o not in SWEEP_SET]
         lines += _wrapped(f"options: {', '.join(options) or 'none'}", width, INDENT, 2)
-        auto = {d: resolve_impl(spec.name, "auto", d) for d in ("cpu", "cuda")}
+        auto = {d: _auto(spec.name, d) for d in ("cpu", "cuda")}
         for name in list_impls(spec.name):
             runs = [d for d, chosen in auto.items() if chosen == name]
             tag = f" [auto on {', '.join(runs)}]" if runs else ""

@@ -155,3 +155,11 @@ def test_memory_is_predicted_on_the_reference_where_the_chosen_implementation_ca
     with torch.no_grad():
         assert predicted == predict_peak_memory(m, SHAPE, "infer") > 0
     assert not m.fake_inputs
+
+
+def test_list_marks_where_auto_runs_each_implementation_and_lists_a_variant_none_can_run_on_a_device(scratch):
+    from attnbench.catalog import catalog
+
+    ordered(a={"devices": ("cuda",)}, b={"devices": ("cuda",)}, c={"devices": ("cuda",)})
+    impls = [line.split(":")[0].strip() for line in catalog("ordered") if line.strip().startswith("impl ")]
+    assert impls == ["impl c [auto on cuda]", "impl a", "impl b"]  # on CPUs none can: no mark, and no error
