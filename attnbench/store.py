@@ -335,7 +335,7 @@ def _check_numbers(path: Path, table: str, frame: pd.DataFrame) -> None:
     numbers = [name for name, sql_type in TABLES[table][0] if sql_type.split()[0] in ("INTEGER", "REAL")]
     for name in numbers:
         if name in frame and not pd.api.types.is_numeric_dtype(frame[name]):
-            text = frame[name][frame[name].map(lambda value: isinstance(value, str | bytes))]
+            text = frame[name][frame[name].map(lambda value: isinstance(value, str))]
             if len(text):
                 raise StoreError(f"{path} is damaged: its {table} table's column {name} holds {text.iloc[0]!r} "
                                  f"({len(text)} rows of text), where every store holds numbers.")
