@@ -470,7 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     plain_streams()
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["run"]:
+    if argv[:1] == ["run"] and not {"-h", "--help"} & set(argv):
         forkserver.start()  # the cases' fork server imports torch beside this process, not after it
     args = None
     with interrupt.handled():  # SIGINT and SIGTERM alike, for every command

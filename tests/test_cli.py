@@ -38,6 +38,7 @@ def test_list_shows_variants_and_models(capsys):
     assert "gsa_resnet50" in out and "axial_deeplab_26s" in out and "arXiv 2010.03019" in out
 
 
+@pytest.mark.slow
 def test_module_sweep_stores_every_case_and_resumes(capsys, tmp_path):
     db = str(tmp_path / "r.sqlite")
     args = ["run", "--scope", "module", "--variants", "gsa,conv", "--res", "8,12", "--dim", "16", "--db", db, *FAST]
@@ -59,6 +60,7 @@ def test_module_sweep_stores_every_case_and_resumes(capsys, tmp_path):
     assert len(again) == 4 and not set(again.run_id) & run_ids
 
 
+@pytest.mark.slow
 def test_implementations_are_swept_side_by_side(capsys, tmp_path):
     db = str(tmp_path / "r.sqlite")
     code, out, _ = run_cli(capsys, "run", "--scope", "module", "--variants", "gsa,local,conv", "--res", "8",
@@ -311,6 +313,7 @@ def _wait_for_rows(db, n, proc, limit=120):
 
 
 @pytest.mark.parametrize("how", ["deleted", "replaced"])
+@pytest.mark.slow
 def test_a_store_deleted_or_replaced_during_a_sweep_stops_it_in_one_line(tmp_path, how):
     db = str(tmp_path / "r.sqlite")
     proc = subprocess.Popen(_sweep_command(db), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -364,6 +367,7 @@ def test_shards_on_two_machines_merge_into_the_whole_sweep(capsys, tmp_path):
     assert all(len(store.load_results(p)) == 2 for p in parts)
 
 
+@pytest.mark.slow
 def test_a_code_change_measures_again(tmp_path):
     """Results are keyed by the code that produced them: editing a variant (here, a copy of the package)
     makes the same command measure again instead of printing the old rows."""
@@ -445,6 +449,7 @@ def test_a_store_without_a_readable_schema_version(capsys, tmp_path):
     assert code == 2 and "has no readable schema version ('one')" in err and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_a_long_temporary_folder_still_runs_cases(tmp_path):
     """The fork server's Unix socket would not fit under a long TMPDIR: cases then start by spawning."""
     tmp = tmp_path / ("t" * 100)
@@ -581,6 +586,7 @@ def test_a_value_given_twice_is_measured_once(capsys, tmp_path):
         variants=["conv"], scope="module", res=[8], dim=[8], batch=[2])
 
 
+@pytest.mark.slow
 def test_a_terminal_that_cannot_print_micro_gets_the_table_in_ascii(tmp_path):
     done = subprocess.run([sys.executable, "-m", "attnbench", "run", "--scope", "module", "--variants", "conv",
                            "--res", "8", "--dim", "8", "--db", str(tmp_path / "r.sqlite"), *FAST],
@@ -610,6 +616,7 @@ def test_results_file_holds_the_sweeps_rows(capsys, tmp_path):
     assert code == 2 and "name a .csv or a .json file" in err
 
 
+@pytest.mark.slow
 def test_params_and_macs_are_counted_once_per_shape_and_reused(tmp_path):
     from attnbench.harness import Counts, measure_case, run_cases, shape_key
     from attnbench.sweep import Subject, expand

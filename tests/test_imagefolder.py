@@ -117,6 +117,7 @@ def test_a_run_is_the_same_with_any_number_of_workers_and_split_over_processes(t
     assert not torch.equal(one[0][0], list(train.batches(order, torch.Generator().manual_seed(6), slice(None)))[0][0])
 
 
+@pytest.mark.slow
 def test_train_and_eval_on_an_image_folder(tmp_path, capsys):
     root, db = write_tree(tmp_path / "tree"), tmp_path / "r.sqlite"
     common = ["--dataset", "imagefolder", "--data-dir", str(root), "--model", "conv_probe", "--width", "0.5",

@@ -9,6 +9,7 @@ from attnbench.launch import jobs_folder
 pytest.importorskip("submitit")
 
 
+@pytest.mark.slow
 def test_a_local_array_runs_every_shard_and_merges_them(tmp_path, capsys):
     db = tmp_path / "r.sqlite"
     args = ["run", "--scope", "module", "--variants", "conv,gsa,nonlocal", "--res", "8", "--dim", "8",
@@ -27,6 +28,7 @@ def test_a_local_array_runs_every_shard_and_merges_them(tmp_path, capsys):
     assert main(["collect", "--db", str(db)]) == 0 and "0 new rows" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_store_deleted_and_made_anew_takes_no_rows_from_the_shards_of_the_old_one(tmp_path, capsys):
     db = tmp_path / "r.sqlite"
 

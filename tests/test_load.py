@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from attnbench import store
 from attnbench.cli import main
 from attnbench.measure.load import CpuSample, noise_reasons, other_cores
@@ -17,6 +19,7 @@ def test_other_processes_use_is_the_machines_busy_time_less_our_own():
     assert "speed changed" in noise_reasons(0.0, (0.010, 0.020), 2)[0]
 
 
+@pytest.mark.slow
 def test_a_sweep_timed_while_both_cores_are_busy_is_flagged_in_every_row(tmp_path, capsys):
     db = str(tmp_path / "r.sqlite")
     loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]

@@ -15,6 +15,7 @@ def published():
     return compare_published(live=True)
 
 
+@pytest.mark.slow
 def test_shipped_counts_are_current(published):
     """attnbench/baselines/ours.csv (what reports read) holds what our networks count now; when this fails,
     regenerate it with `python -m attnbench.baselines` (where timm imports, for timm's rows)."""

@@ -7,12 +7,14 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from attnbench import store
 from attnbench.measure import peak
 
 
+@pytest.mark.slow
 def test_an_fp16_sweep_on_a_cpu_starts_at_once_and_measures_the_rate_once(tmp_path):
     """fp16 products take tens of seconds on most CPUs at side 2048: the rate comes from a product that
     fits a fraction of a second, and the second sweep reads it from the cache."""

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from attnbench import store
 
 EXAMPLE = Path(__file__).resolve().parent / "plugin_example"
@@ -18,6 +20,7 @@ def attnbench(*args, path=(EXAMPLE,)):
                           timeout=600)
 
 
+@pytest.mark.slow
 def test_a_plugins_variant_is_listed_swept_built_into_networks_and_reported(tmp_path):
     listed = attnbench("list")
     assert listed.returncode == 0 and "  gate: sigmoid-gated 1x1 convolution" in listed.stdout
@@ -36,6 +39,7 @@ def test_a_plugins_variant_is_listed_swept_built_into_networks_and_reported(tmp_
     assert "| gate " in exponents  # its expected exponent came from the registry, not the shipped table
 
 
+@pytest.mark.slow
 def test_the_projects_own_tests_cover_the_shipped_variants_only():
     """An installed plugin's variant is its own to test: the suite parametrises over the shipped variants, and its
     checks that every variant has a naive reference, a documented auto rule and shipped facts hold beside it."""
@@ -58,6 +62,7 @@ def test_the_projects_own_tests_cover_the_shipped_variants_only():
     assert ran.returncode == 0, ran.stdout[-2000:]
 
 
+@pytest.mark.slow
 def test_a_plugins_network_is_listed_and_measured(tmp_path):
     listed = attnbench("list")
     assert "gated_tiny" in listed.stdout
@@ -71,6 +76,7 @@ def test_a_plugins_network_is_listed_and_measured(tmp_path):
     assert frame.params.tolist() == [27 * c + c + 2 * (c * c + c) + c * 1000 + 1000 for c in (8, 16)]
 
 
+@pytest.mark.slow
 def test_a_change_to_a_plugins_code_measures_its_cases_again(tmp_path):
     plugin = tmp_path / "plugin"
     shutil.copytree(EXAMPLE, plugin, ignore=shutil.ignore_patterns("__pycache__"))
@@ -108,6 +114,7 @@ def test_a_change_to_a_plugins_implementation_of_a_shipped_variant_measures_its_
     assert frame.impl.tolist() == ["scaled", "scaled"] and frame.code_hash.nunique() == 2
 
 
+@pytest.mark.slow
 def test_a_variant_whose_name_holds_an_underscore_gets_its_networks_and_reports(tmp_path):
     """Nothing splits a network's name to find its variant: `two_gate_probe` is the probe of `two_gate`."""
     source = (EXAMPLE / "attnbench_gate" / "__init__.py").read_text()
@@ -146,6 +153,7 @@ def test_a_broken_plugin_is_reported_and_left_out(tmp_path):
     assert "the variant plugin 'broken' (no_such_module) did not load: ModuleNotFoundError" in listed.stderr
 
 
+@pytest.mark.slow
 def test_a_plugin_that_exits_at_import_is_reported_and_the_sweep_runs(tmp_path):
     install(tmp_path, "quitter", "import sys\nsys.exit(0)\n")
     db = str(tmp_path / "r.sqlite")
@@ -159,6 +167,7 @@ def test_a_plugin_that_exits_at_import_is_reported_and_the_sweep_runs(tmp_path):
 
 
 FASTER_CONV = """
+import pytest
 import torch
 
 from attnbench.registry import get_impl, register_impl
@@ -172,6 +181,7 @@ def mine(self, x):
 """
 
 
+@pytest.mark.slow
 def test_a_plugins_implementation_registered_first_on_a_device_is_auto_there_where_it_can_run(tmp_path):
     install(tmp_path, "faster_conv", FASTER_CONV)
     db = str(tmp_path / "r.sqlite")
@@ -202,6 +212,7 @@ def forward(self, x):
 """
 
 
+@pytest.mark.slow
 def test_a_variant_whose_output_has_the_wrong_shape_is_an_error_not_a_measurement(tmp_path):
     install(tmp_path, "halver", GATE_WITH.format(name="halver", check="pass", forward="eager(self, x)[:, :, ::2]"))
     install(tmp_path, "widener", GATE_WITH.format(name="widener", check="pass",
@@ -217,6 +228,7 @@ def test_a_variant_whose_output_has_the_wrong_shape_is_an_error_not_a_measuremen
     assert rows.loc[["halver", "widener"], ["macs", "latency_ms_median", "peak_mem_bytes"]].isna().all().all()
 
 
+@pytest.mark.slow
 def test_a_plugins_config_check_that_fails_in_any_way_refuses_the_sweep_in_one_line(tmp_path):
     install(tmp_path, "fragile", GATE_WITH.format(name="fragile", check="1 / 0", forward="eager(self, x)"))
     swept = attnbench("run", "--scope", "module", "--variants", "fragile", "--res", "8", "--dim", "4",

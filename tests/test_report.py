@@ -72,6 +72,7 @@ def test_fit_exponent_is_exact_on_a_power_law():
     assert abs(k - 1.37) < 1e-9 and abs(r2 - 1) < 1e-12
 
 
+@pytest.mark.slow
 def test_every_promised_file_exists_and_images_are_drawn(db, tmp_path):
     import matplotlib.image as mpimg
 
@@ -185,6 +186,7 @@ def _files(folder):
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_a_new_report_replaces_the_old_one_whole(db, tmp_path, monkeypatch):
     import sys
 
@@ -230,6 +232,7 @@ def test_a_report_refuses_a_folder_of_the_users_files_and_changes_nothing(db, tm
     assert _files(out) == before
 
 
+@pytest.mark.slow
 def test_a_report_never_replaces_or_deletes_a_store_not_even_the_one_it_reads(db, tmp_path, capsys):
     out = tmp_path / "out"
     (out / "tables").mkdir(parents=True)
@@ -310,6 +313,7 @@ def test_a_report_only_reads_and_loads_no_torch(db, tmp_path):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+@pytest.mark.slow
 def test_the_staging_folder_of_a_killed_report_goes_with_the_next_report(db, tmp_path, sig):
     out = tmp_path / "out"
     report([db], out, published=False)
@@ -322,6 +326,7 @@ def test_the_staging_folder_of_a_killed_report_goes_with_the_next_report(db, tmp
     assert not list(out.glob(".report-*")) and _files(out) == before
 
 
+@pytest.mark.slow
 def test_the_reference_report_lists_its_files_and_regenerates_in_place(tmp_path, capsys):
     reference = Path(__file__).resolve().parent.parent / "reports"
     written = {"README.md", *(p.relative_to(reference).as_posix() for sub in ("tables", "figures")

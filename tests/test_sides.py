@@ -177,6 +177,7 @@ def test_longrange_at_another_side_keeps_its_patterns_farther_apart(side):
         make_longrange(1, seed=0, side=23)
 
 
+@pytest.mark.slow
 def test_in_memory_data_sets_at_their_own_side_are_the_training_ones_and_elsewhere_normalised_alike():
     for name in ("digits", "longrange"):
         own, at32 = load_dataset(name, seed=1), load_at_side(name, 32, seed=1)
@@ -204,6 +205,7 @@ def test_cifar_at_another_side_is_its_images_resized_as_pil_resizes_them(tmp_pat
 
 
 @pytest.mark.parametrize("dataset", ["longrange", "cifar10"])
+@pytest.mark.slow
 def test_evaluation_at_sides_of_longrange_and_cifar(tmp_path, monkeypatch, dataset):
     from test_train import write_cifar
 
@@ -242,6 +244,7 @@ def test_imagefolder_at_another_side_resizes_its_centre_crop(tmp_path):
 # ---- eval --res and train --eval-res -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_eval_at_several_sides_prints_and_stores_one_row_per_side(tmp_path, capsys):
     from attnbench.tables import accuracy_table
 
@@ -303,6 +306,7 @@ def test_a_side_whose_images_do_not_fit_in_memory_is_an_error_row_and_the_other_
     assert "digits at 100000 x 100000 (trained at 32): error: digits at side 100000" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_train_eval_res_evaluates_each_seed_and_a_later_sitting_only_what_is_missing(tmp_path, capsys):
     db = tmp_path / "r.sqlite"
     common = ["train", "--dataset", "digits", "--model", "conv_probe", "--width", "0.5", "--batch", "128",

@@ -104,6 +104,7 @@ def _writer(db, start):
         store.write(db, row(f"k{i}"))
 
 
+@pytest.mark.slow
 def test_several_processes_write_one_store(tmp_path):
     db = tmp_path / "r.sqlite"
     store.open_store(db).close()
@@ -159,6 +160,7 @@ def _open(db: str, barrier) -> None:
     store.open_store(db).close()
 
 
+@pytest.mark.slow
 def test_an_old_store_opened_by_several_processes_at_once_is_upgraded_once(tmp_path):
     for trial in range(3):
         db = tmp_path / f"old{trial}.sqlite"

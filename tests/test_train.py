@@ -99,6 +99,7 @@ def test_tiny_cifar_trains_one_epoch_and_evaluates(tmp_path, capsys):
     assert f"top-1 {rows.top1_pct[0]:.2f} %" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(tmp_path):
     cfg = TrainConfig(model="conv_probe", dataset="digits", epochs=3, batch=64, lr=0.05, width=0.5, seed=1)
     straight = train(cfg, out=tmp_path / "a", progress=False)
@@ -205,6 +206,7 @@ def test_momentum_zero_trains_with_plain_sgd(tmp_path):
     assert load_checkpoint(tmp_path / "checkpoint.pt")["optimizer"]["param_groups"][0]["nesterov"] is False
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_writing_a_checkpoint_is_one_line(tmp_path):
     """Files over 1 MiB cannot be written (the kernel's file size limit, as a full disk): the checkpoint of a
     network of 2 MiB fails, in one line, and leaves no partial file."""
@@ -400,6 +402,7 @@ def _oversized_checkpoint(path, compressed: bool, nbytes: int) -> None:
 
 @pytest.mark.parametrize("compressed, nbytes", [(True, 256 << 20), (False, 64 << 20)],
                          ids=["compressed-256MiB-in-a-small-file", "stored-64MiB"])
+@pytest.mark.slow
 def test_a_checkpoint_with_a_huge_tensor_is_refused_before_it_is_in_memory(tmp_path, compressed, nbytes):
     path = tmp_path / "huge.pt"
     _oversized_checkpoint(path, compressed, nbytes)
@@ -686,6 +689,7 @@ def test_probe_heads_are_the_most_of_eight_channels_or_more_that_the_variant_acc
             assert [block.cfg.heads for block in net.blocks] == [2, 2], spec.name
 
 
+@pytest.mark.slow
 def test_variant_options_reach_the_network_are_stored_and_make_their_own_setup(tmp_path, capsys):
     from attnbench.tables import accuracy_table
 
@@ -740,6 +744,7 @@ def test_a_second_train_into_the_same_out_is_refused_unless_it_resumes_or_overwr
     assert store.load_training(db).run_id.nunique() == 2 and not list(out.glob(".*"))
 
 
+@pytest.mark.slow
 def test_two_trains_into_one_folder_at_once_the_second_is_refused_naming_the_first(tmp_path, capsys):
     out = tmp_path / "run"
     call = (f"module.train(module.TrainConfig('conv_probe', 'digits', width=0.25, batch=128, steps=2), "
