@@ -31,13 +31,20 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from attnbench.choices import DATASETS  # noqa: F401  (re-exported)
-from attnbench.imagefolder import DataError, ImageFolderSet, load_imagefolder
+
+if TYPE_CHECKING:
+    from attnbench.imagefolder import ImageFolderSet
+
+
+class DataError(Exception):
+    """A data set that cannot be found or read, with what was expected, in one line."""
 
 
 @dataclass(frozen=True)
@@ -326,6 +333,7 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, seed: int = 0
     ``imagefolder`` is read from ``data_dir`` as it is used, at ``image_size`` (default 224) in ``workers``
     processes (:mod:`attnbench.imagefolder`); the others are held in memory, 32 x 32."""
     if name == "imagefolder":
+        from attnbench.imagefolder import load_imagefolder
 
         if data_dir is None:
             raise DataError("imagefolder needs --data-dir: a folder with train/<class>/*.jpg and val/<class>/*.jpg.")

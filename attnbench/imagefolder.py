@@ -23,6 +23,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader
 
+from attnbench.data import DataError
+
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
 # The decoders an image may use, whatever its name says: Pillow identifies a file by its content, and some
 # of its other formats hand the file to programs outside Python (EPS to Ghostscript)
@@ -34,11 +36,6 @@ CROP_SCALE = (0.08, 1.0)  # training crops: share of the image's area
 CROP_RATIO = (3 / 4, 4 / 3)  # training crops: width over height
 EVAL_CROP = 0.875  # evaluation: the side asked for over the resized shorter side (224 of 256)
 CROP_TRIES = 10  # random crops drawn before falling back to a centre crop
-
-
-class DataError(Exception):
-    """A data set that cannot be found or read, with what was expected, in one line (any data set's: defined
-    here, below attnbench.data, which imports this module and gives it to everyone else)."""
 
 
 def random_crop_box(width: int, height: int, rng: random.Random) -> tuple[int, int, int, int]:
