@@ -38,13 +38,10 @@ import torch
 import torch.nn.functional as F
 
 from attnbench.choices import DATASETS  # noqa: F401  (re-exported)
+from attnbench.errors import DataError  # noqa: F401  (re-exported: its data sets raise it)
 
 if TYPE_CHECKING:
     from attnbench.imagefolder import ImageFolderSet
-
-
-class DataError(Exception):
-    """A data set that cannot be found or read, with what was expected, in one line."""
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnbench.registry import register_impl
-from attnbench.variants._common import downsample
 
 TEXTBOOK = "the textbook implementation"
+
+
+def downsample(x: torch.Tensor, stride: int) -> torch.Tensor:
+    """The 2x2 average pool after an attention layer of stride 2, shared by the textbook implementations
+    and the variants' own. An odd side rounds up (the last window averages the pixels it has), as the
+    strided convolutions of the residual path do, so a network runs at any input side."""
+    return F.avg_pool2d(x, 2, ceil_mode=True) if stride == 2 else x
 
 
 @register_impl("local", "plain", description=f"{TEXTBOOK}: unfold k^2 copies of keys and values")

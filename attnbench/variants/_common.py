@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnbench.plain import downsample  # noqa: F401  (re-exported: the variants' stride rule)
 from attnbench.registry import Variant, VariantConfig
 
 
@@ -109,13 +110,6 @@ def check_fits(name: str, length: int, span: int | None, size: int) -> None:
             f"built for; build the layer with size={length}, resize its tables to it (attnbench eval's "
             "interpolated tables), or give it a fixed span where it has one."
         )
-
-
-def downsample(x: torch.Tensor, stride: int) -> torch.Tensor:
-    """The 2x2 average pool after an attention layer of stride 2. An odd side rounds up (the last
-    window averages the pixels it has), as the strided convolutions of the residual path do, so a
-    network runs at any input side."""
-    return F.avg_pool2d(x, 2, ceil_mode=True) if stride == 2 else x
 
 
 def pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
