@@ -14,9 +14,11 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
 import psutil
 
@@ -26,6 +28,8 @@ WAIT_S = 5.0  # the longest an interrupted command waits for the processes it ki
 _caught = threading.Event()
 _deferred: list[int] = []  # the signals that arrived inside deferred() (handlers run in the main thread)
 _depth = 0  # how many deferred() blocks the main thread is in
+T = TypeVar("T")
+_signum = [signal.SIGINT]  # the signal that set _caught
 
 
 class Interrupted(KeyboardInterrupt):
@@ -70,7 +74,42 @@ def _handle(signum: int, frame) -> None:
         end_children()
         os._exit(128 + signum)
     _caught.set()
+    _signum[0] = signum
     raise Interrupted(signum)
+
+
+def check() -> None:
+    """Raise the interrupt again if a signal came and its exception was swallowed: a handler that ran inside
+    a ``__del__`` (PyTorch's DataLoader shuts its workers down in one, between epochs) raises where Python
+    only prints 'Exception ignored', and the command would go on. Loops that run long call this each turn."""
+    if _caught.is_set():
+        raise Interrupted(_signum[0])
+
+
+def checked(items: Iterable[T]) -> Iterator[T]:
+    """The items, :func:`check` before each, and the interrupt in place of an error that fetching one raised
+    after a signal (a DataLoader whose workers the signal to the group ended says they exited unexpectedly)."""
+    it = iter(items)
+    while True:
+        check()
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        except Exception:
+            if _caught.is_set():
+                raise Interrupted(_signum[0]) from None
+            raise
+        yield item
+
+
+def _unraisable(previous: Callable) -> Callable:
+    """sys.unraisablehook that prints nothing for an interrupt raised inside a ``__del__`` (check raises it
+    again where it counts), and everything else as before."""
+    def hook(args) -> None:
+        if not isinstance(args.exc_value, Interrupted):
+            previous(args)
+    return hook
 
 
 @contextlib.contextmanager
@@ -84,9 +123,12 @@ def handled() -> Iterator[None]:
             if current in (signal.SIG_DFL, signal.default_int_handler):
                 previous[signum] = signal.signal(signum, _handle)
     _caught.clear()
+    unraisable = sys.unraisablehook
+    sys.unraisablehook = _unraisable(unraisable)
     try:
         yield
     finally:
+        sys.unraisablehook = unraisable
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 

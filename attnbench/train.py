@@ -545,7 +545,7 @@ def _train(cfg: TrainConfig, *, out: str | Path, db: str | Path | None = None, r
         bar = tqdm(range(len(order)), desc=f"epoch {epoch + 1}/{epochs}", disable=steady or None, leave=False)
         due = None if steady or not bar.disable else Every()  # not a terminal: lines instead of the bar
         batches = train_set.batches(order, g, slice(rank * local, (rank + 1) * local))  # as one process would
-        for step, (x, y) in zip(bar, batches):
+        for step, (x, y) in zip(bar, interrupt.checked(batches)):
             x, y = x.to(device), y.to(device)
             for group in optimizer.param_groups:
                 group["lr"] = _lr(cfg, epoch * steps + step, total)

@@ -87,6 +87,38 @@ def test_a_signal_ends_training_keeping_its_finished_epochs(tmp_path, signum, co
     assert 1 <= len(store.load_training(db)) < 20
 
 
+def test_a_signal_whose_exception_a_del_swallowed_is_raised_again_by_check(monkeypatch, capfd):
+    """A signal handled while a ``__del__`` runs (PyTorch's DataLoader shuts down its workers in one, between
+    epochs) raises where Python prints 'Exception ignored' and goes on; the training loop's check raises it
+    again, so the command ends instead of training on."""
+    import threading
+
+    from attnbench import interrupt
+
+    monkeypatch.setattr(interrupt, "_caught", threading.Event())  # the suite's process is not interrupted after
+
+    class SignalledWhileCollected:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.5)  # the handler runs here, inside __del__
+
+    with interrupt.handled():
+        obj = SignalledWhileCollected()
+        del obj  # 'Exception ignored in ... __del__': the Interrupted went nowhere
+        assert interrupt.caught()
+        with pytest.raises(interrupt.Interrupted) as raised:
+            interrupt.check()
+
+        def workers_gone():  # a DataLoader after the signal ended its workers
+            raise RuntimeError("DataLoader worker (pid(s) 1) exited unexpectedly")
+            yield
+
+        with pytest.raises(interrupt.Interrupted):
+            next(interrupt.checked(workers_gone()))
+    assert raised.value.signum == signal.SIGTERM and raised.value.exit_code == 143
+    assert "Exception ignored" not in capfd.readouterr().err  # the interrupt in __del__ printed nothing
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("signum", "code", "group"), [(signal.SIGTERM, 143, True), (signal.SIGINT, 130, False)])
 def test_a_signal_ends_training_that_decodes_images_in_worker_processes(tmp_path, signum, code, group):
