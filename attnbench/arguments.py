@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -323,6 +324,13 @@ def add_sweep_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup, *,
     p.add_argument("--compile", nargs="?", const="default", default="", choices=COMPILE_MODES, metavar="MODE",
                    help=f"torch.compile each case ({', '.join(COMPILE_MODES)}; default if none named); the "
                         "compile time is stored in compile_s, never in the latency")
+
+
+def add_line_width_argument(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--line-width``: the terminal's width (``COLUMNS`` where set) unless given, 100 off a terminal."""
+    p.add_argument("--line-width", type=positive_int("line-width"), default=shutil.get_terminal_size((100, 1)).columns,
+                   help="characters per printed line; wider tables are printed in blocks of columns, each "
+                        "repeating the row's key (default: the terminal's width, 100 off a terminal)")
 
 
 def add_formats_argument(p: argparse.ArgumentParser) -> None:

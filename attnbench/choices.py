@@ -70,6 +70,12 @@ SWEEP_DEFAULTS = {"batch": (1,), "dim": (64,), "dtype": ("fp32",), "mode": ("inf
 SWEEP_SET = ("dim", "size", "stride")  # variant options the sweep itself sets: --opt refuses them
 
 
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """``n`` and its noun, singular for one: '1 case', '3 cases', '2 batches' (``plural`` where it is not
+    ``noun`` + 's')."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 def unknown_name_message(kind: str, name: str, available: list[str]) -> str:
     """'Unknown variant 'gssa'. Available: a, b. Did you mean 'gsa'?'"""
     close = difflib.get_close_matches(name, available, n=1, cutoff=0.5)

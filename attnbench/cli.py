@@ -14,6 +14,7 @@ from attnbench.arguments import (
     Parser,
     UsageError,
     add_formats_argument,
+    add_line_width_argument,
     add_sweep_arguments,
     check_db,
     check_out_dir,
@@ -115,11 +116,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.json:
         print(frame.to_json(orient="records", indent=1, double_precision=15))
     else:
-        from attnbench.console import console_table
+        from attnbench.console import console_table, wrap
 
         print(console_table(frame, pivot=args.pivot, width=args.line_width))
-        print(f"\n{len(frame)} cases; results in {args.db}. Latency: median of the timed runs; MACs per forward "
-              "pass of the batch (1 multiply-add = 1); memory: peak over weights and inputs.")
+        print("", *wrap(f"{len(frame)} cases; results in {args.db}. Latency: median of the timed runs; MACs per "
+                        "forward pass of the batch (1 multiply-add = 1); memory: peak over weights and inputs.",
+                        args.line_width), sep="\n")
     return 0
 
 
@@ -245,7 +247,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
     from attnbench.report import ReportError, summary
 
     try:
-        print(summary(args.db or [DEFAULT_DB], as_markdown=args.markdown), end="")
+        print(summary(args.db or [DEFAULT_DB], as_markdown=args.markdown, width=args.line_width), end="")
     except (ReportError, store.StoreError) as e:
         raise UsageError(str(e)) from None
     return 0
@@ -307,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="the variants and networks")
     ls.add_argument("pattern", nargs="?", default="*",
                     help="only the variants and networks whose name (or variant) matches, e.g. 'gsa*' (fnmatch)")
-    ls.add_argument("--line-width", type=positive_int("line-width"), default=100, help="characters per line")
+    add_line_width_argument(ls)
     ls.set_defaults(func=cmd_list)
 
     run = sub.add_parser("run", help="measure a sweep of cases and store the results")
@@ -345,8 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--json", action="store_true", help="print the rows as JSON")
     output.add_argument("--pivot", nargs="?", const="latency", choices=PIVOTS, default=None,
                         help="print one metric as a grid of cases by resolution (latency if none named)")
-    output.add_argument("--line-width", type=positive_int("line-width"), default=100,
-                        help="characters per printed line")
+    add_line_width_argument(output)
     output.add_argument("--quiet", action="store_true",
                         help="no progress on stderr (a bar on a terminal, else a line per finished case)")
     run.set_defaults(func=cmd_run)
@@ -436,7 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     summ = sub.add_parser("summary", help="who wins where: the fastest, the leanest, the most accurate for the cost")
     summ.add_argument("--db", action="append", default=None, help="a results store; repeat for several")
-    summ.add_argument("--markdown", action="store_true", help="print Markdown tables")
+    summ.add_argument("--markdown", action="store_true", help="print Markdown tables (whole, at any width)")
+    add_line_width_argument(summ)
     summ.set_defaults(func=cmd_summary)
 
     export = sub.add_parser("export", help="write a store's measurements (or training runs) as CSV or Markdown")

@@ -2,14 +2,17 @@
 (the largest unit in which the column's median is at least 1: ``torch.utils.benchmark.Compare`` takes
 the smallest value instead, which prints a sweep over resolutions in millions of microseconds), what
 every row shares said once above it, noisy timings marked, failures footnoted, and at most ``width``
-characters wide. ``pivot`` prints one metric as a grid of series by resolution instead, as ``Compare``
-prints a grid of sub-labels by descriptions.
+characters wide: prose is wrapped, and a table wider than that is printed in blocks of its columns, each
+repeating the row's key (:func:`fit_table`), so that no figure, unit or column is ever cut. ``pivot`` prints
+one metric as a grid of series by resolution instead, as ``Compare`` prints a grid of sub-labels by
+descriptions.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import textwrap
+from collections.abc import Callable, Sequence
 
 import pandas as pd
 from tabulate import tabulate
@@ -92,8 +95,50 @@ def _header(base: str, unit: str) -> str:
     return f"{base} ({unit})" if unit else base
 
 
-def _fit(lines: list[str], width: int) -> list[str]:
-    return [line if len(line) <= width else line[: width - 3] + "..." for line in lines]
+def wrap(text: str, width: int, hang: int = 2) -> list[str]:
+    """Prose in lines of at most ``width`` characters, the lines after the first indented by ``hang``; words
+    are never split (a single word longer than ``width`` keeps its line)."""
+    return textwrap.wrap(text, width, subsequent_indent=" " * hang, break_long_words=False,
+                         break_on_hyphens=False) or [""]
+
+
+def plain(table: pd.DataFrame) -> str:
+    """``table`` as a plain text table, every cell as written."""
+    return tabulate(table, headers="keys", tablefmt="simple", showindex=False, disable_numparse=True)
+
+
+def fit_table(table: pd.DataFrame, keys: int, width: int, render: Callable[[pd.DataFrame], str] = plain) -> list[str]:
+    """The lines of ``render(table)``, at most ``width`` characters wide where that can be done without cutting a
+    cell: the whole table where it fits; else its columns after the first ``keys`` (the row's key) in blocks,
+    as many as fit beside the key, each block repeating it, blocks apart by an empty line; and where even that
+    is too wide, the rows numbered (``#``) and only the number and the first column of the key repeated. What
+    still does not fit (a cell wider than the line) is printed whole, wider than ``width``."""
+    lines = render(table).splitlines()
+    if _widest(lines) > width:
+        lines = _blocks(table, keys, width, render)
+    if _widest(lines) > width and keys > 1:
+        numbered = table.copy()
+        numbered.insert(0, "#", [str(i) for i in range(1, len(table) + 1)])
+        lines = _blocks(numbered, 2, width, render)
+    return lines
+
+
+def _widest(lines: list[str]) -> int:
+    return max(map(len, lines), default=0)
+
+
+def _blocks(table: pd.DataFrame, keys: int, width: int, render: Callable[[pd.DataFrame], str]) -> list[str]:
+    """``table`` in blocks of the columns after the first ``keys``, as many as fit beside them (at least one)."""
+    key, blocks, block = list(table.columns[:keys]), [], []
+    for column in table.columns[keys:]:
+        if block and _widest(render(table[key + block + [column]]).splitlines()) > width:
+            blocks.append(block)
+            block = []
+        block.append(column)
+    lines: list[str] = []
+    for columns in blocks + [block]:
+        lines += [""] * bool(lines) + render(table[key + columns]).splitlines()
+    return lines
 
 
 def console_table(frame: pd.DataFrame, *, width: int = 100, pivot: str | None = None) -> str:
@@ -104,23 +149,35 @@ def console_table(frame: pd.DataFrame, *, width: int = 100, pivot: str | None = 
     varying, said = _shared(rows)
     status, notes = _status(rows)
     noisy = rows.latency_noisy.fillna(0).astype(bool)
+    lines = wrap(", ".join(said), width) if said else []
     if pivot is not None:
-        body = _pivot(rows, varying, pivot, noisy)
+        title, table, keys = _pivot(rows, varying, pivot, noisy)
+        lines += wrap(title, width)
     else:
-        body = _flat(rows, varying, status, noisy)
-    lines = [", ".join(said)] if said else []
-    lines += body.splitlines()
+        table, keys = _flat(rows, varying, status, noisy)
+    lines += fit_table(table, keys, width)
     if noisy.any():
-        lines.append(f"{NOISY} noisy timing: spread (IQR) above 10 % of the median, too few runs, or a busy machine")
-    lines += notes
-    return "\n".join(_fit(lines, width))
+        lines += wrap(f"{NOISY} noisy timing: spread (IQR) above 10 % of the median, too few runs, or a busy "
+                      "machine", width)
+    for note in notes:
+        lines += wrap(note, width, hang=4)
+    return "\n".join(lines)
 
 
-def _flat(rows: pd.DataFrame, varying: list[str], status: list[str], noisy: pd.Series) -> str:
-    table = pd.DataFrame({"case": series(rows), "res": rows.res})
+def _keys(rows: pd.DataFrame, varying: list[str]) -> pd.DataFrame:
+    """What tells the rows apart: the series, and the settings that vary."""
+    keys = pd.DataFrame({"case": series(rows)})
     for column in varying:
         if column not in ("scope", "arch"):
-            table[column] = rows[column]
+            keys[column] = rows[column]
+    return keys
+
+
+def _flat(rows: pd.DataFrame, varying: list[str], status: list[str], noisy: pd.Series) -> tuple[pd.DataFrame, int]:
+    """The table, and how many of its first columns are the row's key."""
+    table = _keys(rows, varying)
+    table.insert(1, "res", rows.res)
+    keys = table.shape[1]
     size, name = unit_for(rows.params, COUNT_UNITS)
     table[_header("params", name)] = [figure(v, size) for v in rows.params]
     size, name = unit_for(rows.macs, COUNT_UNITS)
@@ -133,18 +190,19 @@ def _flat(rows: pd.DataFrame, varying: list[str], status: list[str], noisy: pd.S
     table[f"memory ({name})"] = [figure(v, size) for v in rows.peak_mem_bytes]
     if any(cell != Status.OK for cell in status):
         table["status"] = status
-    return tabulate(table, headers="keys", tablefmt="simple", showindex=False, disable_numparse=True)
+    return table, keys
 
 
-def _pivot(rows: pd.DataFrame, varying: list[str], metric: str, noisy: pd.Series) -> str:
+def _pivot(rows: pd.DataFrame, varying: list[str], metric: str, noisy: pd.Series) -> tuple[str, pd.DataFrame, int]:
+    """The grid's title, the grid, and how many of its first columns are the row's key."""
     column, units, header = PIVOT_COLUMNS[metric]
     size, name = unit_for(rows[column], units)
-    keys = ["case"] + [c for c in varying if c not in ("scope", "arch")]
-    cells = rows.assign(case=series(rows), cell=[
+    keys = _keys(rows, varying)
+    cells = pd.concat([keys, rows.res], axis=1).assign(cell=[
         (figure(v, size) + (f" {NOISY}" if n and column == "latency_ms_median" else "")) if s == Status.OK else s
         for v, s, n in zip(rows[column], rows.status, noisy)])
-    grid = cells.pivot_table(index=keys, columns="res", values="cell", aggfunc="first", sort=False)
+    grid = cells.pivot_table(index=list(keys.columns), columns="res", values="cell", aggfunc="first", sort=False)
     grid = grid[sorted(grid.columns)].fillna("")
     grid.columns = [str(r) for r in grid.columns]
-    return f"{_header(header, name)} by resolution (columns: side in pixels)\n" + tabulate(
-        grid.reset_index(), headers="keys", tablefmt="simple", showindex=False, disable_numparse=True)
+    return (f"{_header(header, name)} by resolution (columns: side in pixels)", grid.reset_index(),
+            keys.shape[1])

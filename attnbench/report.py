@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 
 from attnbench import files, store
-from attnbench.choices import DEFAULT_REPORT, FIGURE_FORMATS, Scope, Status
+from attnbench.choices import DEFAULT_REPORT, FIGURE_FORMATS, Scope, Status, count
+from attnbench.console import fit_table, wrap
 from attnbench.labels import hues, series, setups
 from attnbench.plots import (
     accuracy_figure,
@@ -71,10 +72,10 @@ def load(dbs: Sequence[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.Data
         raise ReportError("No results store given.")
     frame = pd.concat([store.load_results(db).assign(store=Path(db).name) for db in dbs], ignore_index=True)
     frame = frame.drop_duplicates(["case_key", "env_key"])
-    training = pd.concat([store.load_training(db) for db in dbs], ignore_index=True).drop_duplicates(
-        ["run_id", "epoch"])
-    evaluations = pd.concat([store.load_evaluations(db) for db in dbs], ignore_index=True).drop_duplicates(
-        ["run_id", "side", "tables"])
+    training = pd.concat([store.load_training(db).assign(store=Path(db).name) for db in dbs],
+                         ignore_index=True).drop_duplicates(["run_id", "epoch"])
+    evaluations = pd.concat([store.load_evaluations(db).assign(store=Path(db).name) for db in dbs],
+                            ignore_index=True).drop_duplicates(["run_id", "side", "tables"])
     if frame.empty and training.empty and evaluations.empty:
         raise ReportError(f"The store{'s' if len(dbs) > 1 else ''} {', '.join(map(str, dbs))} hold no results; "
                           "run `attnbench run` or `attnbench train` first.")
@@ -98,12 +99,22 @@ SUMMARY = {  # table name -> its heading: the summary at the top of a report, an
     "summary_module": "Attention modules alone: fastest and leanest (per device, dtype, dim, batch and side)",
     "summary_sides": "Fastest across resolutions (modules)",
 }
-SUMMARY_NOTE = (
+COST_NOTE = (
     "Each cell names the winner among the series measured alike, with its figure; the runner-up's latency is "
     "given over the fastest's ('within IQR': the two medians lie closer than their spreads, no clear winner; "
-    "~: a noisy timing). A front lists the series that no other beats on both costs (latency and peak memory), "
-    "or on cost and accuracy, cheapest first. 'As accurate' is the best setup or one within its seeds' spread: "
-    "the most accuracy per MAC and per ms is the cheapest of those.")
+    "~: a noisy timing). The latency-memory front lists the series that no other beats on both, fastest first.")
+ACCURACY_NOTE = (
+    "A front of top-1 against a cost lists the setups that no other beats on both, cheapest first. 'As accurate' "
+    "is the best setup or one within its seeds' spread: the most accuracy per MAC{per_ms} is the cheapest of those.")
+
+
+def summary_note(tables: dict[str, pd.DataFrame]) -> str:
+    """How to read the summary ``tables``, of what they hold only: no word of latency where none was measured."""
+    notes = [COST_NOTE] * bool({"summary_model", "summary_module"} & set(tables))
+    if "summary_accuracy" in tables:
+        per_ms = "as accurate, lowest latency" in tables["summary_accuracy"].columns
+        notes.append(ACCURACY_NOTE.format(per_ms=" and per ms" * per_ms))
+    return " ".join(notes)
 
 
 def summary_tables(frame: pd.DataFrame, training: pd.DataFrame, evaluations: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -121,14 +132,27 @@ def summary_tables(frame: pd.DataFrame, training: pd.DataFrame, evaluations: pd.
     return {name: table for name, table in tables.items() if len(table)}
 
 
-def summary(dbs: Sequence[str | Path], *, as_markdown: bool = False) -> str:
-    """The summary of the stores ``dbs`` as text: headed tables, plain for a terminal or as Markdown."""
+SUMMARY_KEYS = ("dataset", "image side", "device", "dtype", "mode", "dim", "batch", "res")  # a row's key
+
+
+def summary(dbs: Sequence[str | Path], *, as_markdown: bool = False, width: int = 100) -> str:
+    """The summary of the stores ``dbs`` as text: headed tables as Markdown, or plain for a terminal in lines of
+    at most ``width`` characters: what every row of a table shares said once above it, and a wider table in
+    blocks of its columns, each repeating the row's key (:func:`attnbench.console.fit_table`)."""
     tables = summary_tables(*load(dbs))
-    parts = []
+    note = summary_note(tables)
+    if as_markdown:
+        return "\n".join([f"### {SUMMARY[name]}\n\n{markdown(table)}\n" for name, table in tables.items()]
+                         + [note + "\n"])
+    lines: list[str] = []
     for name, table in tables.items():
-        text = markdown(table, tablefmt="pipe" if as_markdown else "simple")
-        parts.append(f"{'### ' if as_markdown else ''}{SUMMARY[name]}\n\n{text}\n")
-    return "\n".join(parts + [SUMMARY_NOTE + "\n"])
+        keys = [c for c in table.columns if c in SUMMARY_KEYS]
+        shared = [c for c in keys if table[c].nunique(dropna=False) == 1][: len(keys) - 1]  # said once, above
+        said = f"Every row: {', '.join(f'{c} {table[c].iloc[0]}' for c in shared)}." if shared else ""
+        lines += [*wrap(SUMMARY[name], width), *wrap(said, width) * bool(said), "",
+                  *fit_table(table.drop(columns=shared), len(keys) - len(shared), width,
+                             lambda t: markdown(t, tablefmt="simple")), ""]
+    return "\n".join(lines + wrap(note, width, hang=0)) + "\n"
 
 
 def slug(text: str) -> str:
@@ -254,12 +278,14 @@ def _write_report(frame: pd.DataFrame, training: pd.DataFrame, evaluations: pd.D
     rep = Report(formats=formats)
     index: list[str] = []
     summary_index = ["## Summary: who wins where", ""]
-    for name, table in summary_tables(frame, training, evaluations).items():
+    tables = summary_tables(frame, training, evaluations)
+    for name, table in tables.items():
         _write_table(rep, out, name, table)
         summary_index += [f"### {SUMMARY[name]}", "", markdown(table), "", f"([csv](tables/{name}.csv))", ""]
-    summary_index += [SUMMARY_NOTE, ""]
+    summary_index += [summary_note(tables), ""]
 
-    index.append("## Results\n")
+    if len(frame):
+        index.append("## Results\n")
     for (device, scope), rows in frame.groupby(["device_label", "scope"], sort=True):
         name = f"results_{slug(device)}_{scope}"
         _write_table(rep, out, name, results_table(rows))
@@ -357,15 +383,15 @@ def _write_report(frame: pd.DataFrame, training: pd.DataFrame, evaluations: pd.D
                   "- [our parameters and MACs beside the papers'](tables/published.md): MACs count one "
                   "multiply-add as 1; figures published at 2 per MAC are halved before comparing."]
 
-    env = environments(frame)
+    env = environments(frame, training, evaluations)
     _write_table(rep, out, "environments", env, numbers=False)
+    measured = ("Latency is the median of `torch.utils.benchmark` runs (IQR beside it; marked ~ where the timing "
+                "was flagged noisy: a wide spread, or other processes using the CPU meanwhile, with the reason in "
+                "the store's `latency_noise_reason`); peak memory is over the weights and inputs. ") * (len(frame) > 0)
     header = ["# attnbench report", "",
-              f"Generated by `attnbench report` from {len(dbs)} store(s): "
+              f"Generated by `attnbench report` from {count(len(dbs), 'store')}: "
               + ", ".join(f"`{Path(d).name}`" for d in dbs) + ". Regenerating from the same stores gives the "
-              "same files. Latency is the median of `torch.utils.benchmark` runs (IQR beside it; marked ~ where the "
-              "timing was flagged noisy: a wide spread, or other processes using the CPU meanwhile, with the "
-              "reason in the store's `latency_noise_reason`); MACs count one fused multiply-add as 1; peak memory "
-              "is over the weights and inputs.", "", *summary_index,
+              f"same files. {measured}MACs count one fused multiply-add as 1.", "", *summary_index,
               "## Where the numbers come from", "", env.to_markdown(index=False, disable_numparse=True), ""]
     path = out / "README.md"
     path.write_text("\n".join(header + index) + "\n")

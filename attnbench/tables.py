@@ -315,14 +315,19 @@ def trusted_exponent(pixels: Sequence[float], cost: Sequence[float],
     return (k, r2) if trusted(r2, flagged) else (math.nan, math.nan)
 
 
-def environments(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per store and environment: where and with what its numbers were measured."""
-    cols = ["store", "host", "device_label", "cpu_model", "gpu_name", "torch_version", "cuda_version",
+def environments(*tables: pd.DataFrame) -> pd.DataFrame:
+    """One row per store, table and environment: where and with what the numbers of ``tables`` (the results,
+    training epochs and evaluations of :func:`attnbench.report.load`) were measured, trained or evaluated."""
+    cols = ["store", "table", "host", "device_label", "cpu_model", "gpu_name", "torch_version", "cuda_version",
             "attnbench_version"]
-    g = frame.groupby(cols, dropna=False, sort=True)
-    env = g.agg(rows=("case_key", "size"), first_utc=("created_utc", "min"), last_utc=("created_utc", "max"),
+    parts = [rows.assign(table=name, device_label=rows.device_name.fillna(rows.device)).reindex(
+        columns=cols + ["created_utc", "git_commit", "code_hash"])
+        for name, rows in zip(("results", "training", "evaluations"), tables) if len(rows)]
+    g = pd.concat(parts, ignore_index=True).groupby(cols, dropna=False, sort=False)
+    env = g.agg(rows=("table", "size"), first_utc=("created_utc", "min"), last_utc=("created_utc", "max"),
                 commits=("git_commit", lambda s: ", ".join(sorted(set(s.dropna().str[:12]))) or "-"),
                 code=("code_hash", lambda s: ", ".join(sorted(set(s.fillna("before code hashes")))))).reset_index()
+    env = env.sort_values(["store", "host", "device_label", "table"], kind="stable", ignore_index=True)
     return env.rename(columns={"device_label": "device"}).astype(object).fillna("-")
 
 
@@ -440,12 +445,16 @@ def accuracy_summary(acc: pd.DataFrame, evaluations: pd.DataFrame) -> pd.DataFra
     """Who wins where on accuracy: per data set, image side and device of the accuracy table (``acc``), the most
     accurate setup; the setup as accurate as it (the best, or within the spread of the seeds) with the fewest
     MACs, and with the lowest latency where latency was measured (the most accuracy per MAC and per ms); the
-    Pareto fronts of top-1 against MACs and against latency (cheapest first); and, from evaluations at other
-    sides, the setup that holds its accuracy best away from the side it was trained at."""
+    Pareto fronts of top-1 against MACs and against latency (cheapest first; no latency columns where no
+    setup's latency was measured); and, from evaluations at other sides, the setup that holds its accuracy best
+    away from the side it was trained at."""
     held = holds_best(evaluations) if len(evaluations) else pd.DataFrame(columns=["dataset", "model", "tables",
                                                                                     "retained (%)"])
     held = {dataset: f"{model}, {tables} tables ({kept:.1f} % kept)" for dataset, model, tables, kept
             in zip(held.dataset, held.model, held.tables, held["retained (%)"])}
+    costs = [("MACs per image (M)", "fewest MACs", COUNT_UNITS, "MACs")]
+    if acc["latency ms (batch 1)"].notna().any():  # no latency columns for a store of training runs alone
+        costs.append(("latency ms (batch 1)", "lowest latency", TIME_UNITS, ""))
     rows = []
     for (dataset, side, device), t in acc.groupby(["dataset", "image side", "device"], sort=True):
         t = t.reset_index(drop=True)
@@ -454,8 +463,7 @@ def accuracy_summary(acc: pd.DataFrame, evaluations: pd.DataFrame) -> pd.DataFra
         row = {"dataset": dataset, "image side": side, "device": device, "setups": len(t),
                "most accurate": f"{best.model} ({best['top-1 (%)']:.2f} %, {best.seeds} seed"
                                 + ("s" if best.seeds != 1 else "") + ")"}
-        for cost, column, units, suffix in (("MACs per image (M)", "fewest MACs", COUNT_UNITS, "MACs"),
-                                           ("latency ms (batch 1)", "lowest latency", TIME_UNITS, "")):
+        for cost, column, units, suffix in costs:
             scale = 1e6 if cost.startswith("MACs") else 1.0
             measured = level.dropna(subset=[cost])
             cheapest = measured.loc[measured[cost].idxmin()] if len(measured) else None

@@ -710,3 +710,17 @@ def test_list_fits_100_columns_shows_only_settable_options_and_filters(capsys):
     assert names == [n for n in list_models() if get_model_spec(n).variant == "local"] and names
     code, _, err = run_cli(capsys, "list", "nothing*")
     assert code == 2 and err.startswith("attnbench list: no variant or network matches 'nothing*'")
+
+
+def test_the_table_and_the_closing_lines_of_run_fit_the_line_width(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a short store path: a word is never split
+    code, out, _ = run_cli(capsys, "run", "--scope", "module", "--variants", "conv,gsa", "--res", "8", "--dim", "8",
+                           "--db", "r.sqlite", "--line-width", "40", *FAST)
+    lines = out.splitlines()
+    assert code == 0 and max(map(len, lines)) <= 40 and not any("..." in line for line in lines)
+    closing = " ".join(line.strip() for line in lines[lines.index("") + 1:] if line.strip()
+                       and not line.startswith(("case", "---", "conv", "gsa", "#")))
+    assert ("2 cases; results in r.sqlite. Latency: median of the timed runs; MACs per forward pass of the batch "
+            "(1 multiply-add = 1); memory: peak over weights and inputs.") in closing
+    for header in ("params", "MACs (K)", "latency (", "memory ("):
+        assert any(line.startswith(("case", "#")) and header in line for line in lines), header

@@ -72,3 +72,42 @@ def test_the_pivot_is_a_grid_of_one_metric_by_resolution():
     assert cells == {"gsa": ["0.5120", "2.048"], "conv": ["0.5120", "skipped"]}
     memory = console_table(rows, pivot="memory").splitlines()
     assert memory[1].startswith("peak memory (MiB)") and memory[4].split()[1:] == ["1.000", "4.000"]
+
+
+def test_a_table_wider_than_the_line_is_printed_in_blocks_that_repeat_the_key():
+    rows = frame([("gsa", 16, {"batch": 8, "options": "span=15,heads=8"}), ("local", 32, {"dtype": "bf16"}),
+                  ("axial", 64, {"mode": "train", "status": "oom", "reason": "out of memory"})])
+    whole = console_table(rows, width=1000).splitlines()
+    cells = {cell.strip() for line in whole[3:6] for cell in line.split("  ") if cell.strip()}
+    assert {"0.5120 ± 0.026", "2.048 ± 0.10", "oom [1]", "gsa[span=15,heads=8]", "bf16"} <= cells
+    for width in (90, 60):  # the whole key repeated; at 60 it leaves no room: rows numbered, '#' and case repeated
+        lines = console_table(rows, width=width).splitlines()
+        assert max(map(len, lines)) <= width and not any("..." in line for line in lines)
+        # every column of the whole table, with its unit, and every cell of it, is in one of the blocks
+        for header in ("params (K)", "MACs (M)", "latency (ms ± IQR)", "memory (MiB)", "status", "batch", "mode"):
+            assert header in whole[1] and any(header in line for line in lines)
+        for cell in cells:
+            assert any(cell in line for line in lines), cell
+        blocks = "\n".join(lines).split("\n\n")
+        assert len(blocks) >= 2 and lines[-1] == "[1] oom: out of memory"
+        for block in blocks:
+            gsa = next(line for line in block.splitlines() if "gsa[span=15,heads=8]" in line).split()
+            assert gsa[:2] == (["gsa[span=15,heads=8]", "16"] if width == 90 else ["1", "gsa[span=15,heads=8]"])
+
+
+def test_prose_is_wrapped_never_cut():
+    rows = frame([("gsa", 16, {"latency_noisy": True, "status": "skipped",
+                               "reason": "predicted peak 41232 MiB exceeds the 22636 MiB available"})])
+    lines = console_table(rows, width=40).splitlines()
+    assert max(map(len, lines)) <= 40
+    text = " ".join(line.strip() for line in lines)
+    assert "predicted peak 41232 MiB exceeds the 22636 MiB available" in text
+    assert "too few runs, or a busy machine" in text
+
+
+def test_the_pivot_wraps_its_sides_into_blocks():
+    rows = frame([("gsa", res, {}) for res in (8, 16, 32, 64, 128, 256, 512, 1024)])
+    lines = console_table(rows, width=40, pivot="latency").splitlines()
+    assert max(map(len, lines)) <= 40
+    sides = [w for line in lines if line.startswith("case") for w in line.split()[1:]]
+    assert sides == ["8", "16", "32", "64", "128", "256", "512", "1024"]

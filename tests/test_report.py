@@ -1,6 +1,7 @@
 """Reports from a store built here with known costs: exponents, files, determinism, clear refusals."""
 
 import hashlib
+import re
 import shutil
 import signal
 from dataclasses import replace
@@ -455,3 +456,25 @@ def test_a_file_the_report_cannot_read_is_named_as_read_not_written(db, tmp_path
     err = capsys.readouterr().err
     assert f"cannot read {missing}" in err and "cannot write" not in err and err.count("\n") == 1
     assert not (out / "README.md").exists()
+
+
+def test_a_store_of_training_runs_alone_reports_their_environment_and_no_latency(tmp_path):
+    db = tmp_path / "trained.sqlite"
+    env = Environment(host="trainer", device_name="Test CPU", torch_version="2.13.0", attnbench_version="0.1.0",
+                      git_commit="0123456789abcdef", code_hash="c0de", created_utc="2026-11-27T00:00:00")
+    for model, top1s in (("gsa_probe", (97.0, 99.0)), ("conv_probe", (60.0, 62.0))):
+        for seed, top1 in enumerate(top1s):
+            for epoch in (1, 2):
+                store.write_training(db, Epoch(
+                    run_id=f"{model}-{seed}", epoch=epoch, epochs=2, model=model, dataset="digits", top1_pct=top1,
+                    params=100, macs_per_image=5_000_000, width=1.0, world_size=1, seed=seed,
+                    variant=model.split("_")[0], environment=env))
+    rep = report([db], tmp_path / "out", published=False)
+    env_table = rep.tables["environments"]
+    assert env_table[["store", "table", "host", "device", "torch_version", "rows", "commits", "code"]].values.tolist() \
+        == [["trained.sqlite", "training", "trainer", "Test CPU", "2.13.0", 8, "0123456789ab", "c0de"]]
+    index = (tmp_path / "out" / "README.md").read_text()
+    assert re.search(r"\| trained\.sqlite +\| training +\| trainer +\| Test CPU ", index)
+    assert "latency" not in index.lower() and "## Results" not in index  # nothing was timed
+    assert "from 1 store:" in index and "Most accurate" in index and "gsa_probe (98.00 %, 2 seeds)" in index
+    assert not [c for c in rep.tables["summary_accuracy"].columns if "latency" in c]

@@ -155,6 +155,26 @@ def test_the_summary_tops_the_report_index_and_the_terminal_prints_it(measured, 
     assert err.startswith("attnbench summary: ") and err.count("\n") == 1
 
 
+def test_the_terminal_summary_fits_the_line_width_in_blocks_that_repeat_the_key(measured, capsys, monkeypatch):
+    db, _ = measured
+    tables = summary_tables(*load([db]))
+    for width, given in ((70, ["--line-width", "70"]), (90, [])):  # the terminal's width (COLUMNS) unless given
+        monkeypatch.setenv("COLUMNS", "90")
+        assert main(["summary", "--db", str(db), *given]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert max(map(len, lines)) <= width
+        for table in tables.values():  # every header and every cell is printed, none cut
+            for column in table.columns:
+                assert any(column in line for line in lines), column
+            for cell in table.astype(str).to_numpy().ravel():
+                assert any(cell in line for line in lines), cell
+        modules = [line for line in lines if line.startswith("Test CPU")]
+        assert len(modules) > len(tables["summary_module"][lambda t: t.device == "Test CPU"])  # the key repeated
+    assert main(["summary", "--db", str(db), "--markdown", "--line-width", "40"]) == 0  # Markdown: whole rows
+    out = capsys.readouterr().out
+    assert "| device " in out and max(map(len, out.splitlines())) > 100
+
+
 def test_the_readme_shows_the_reference_reports_summary_as_the_report_wrote_it():
     """The README's headline table is a copy of the reference report's table, kept equal to it, and every figure
     it shows from the report exists."""
