@@ -31,7 +31,7 @@ from attnbench.measure.latency import make_step, measure_latency, synchronized
 from attnbench.measure.load import calibrate, noise_reasons, other_cores
 from attnbench.measure.load import sample as load_sample
 from attnbench.measure.macs import analyse_macs
-from attnbench.measure.memory import available_memory, peak_memory, predict_peak_memory
+from attnbench.measure.memory import available_memory, keep_freed_memory, peak_memory, predict_peak_memory
 from attnbench.measure.params import count_params
 from attnbench.measure.peak import matmul_peak_gflops
 from attnbench.record import Case, Environment, Measurement, Record
@@ -231,6 +231,8 @@ def _serve(conn, reuse: bool) -> None:
                 return
             if job is None:
                 return
+            if torch.device(job[0].device).type == "cpu":
+                keep_freed_memory()  # time the steady state a warm process sees, not the page faults of a fresh one
             measurement, env = _measure(*job)
             try:
                 conn.send((measurement, env))

@@ -12,7 +12,9 @@ then forward latency in fp32 (eval, no grad), ``torch.utils.benchmark`` medians,
 and the peer alternating in one process for ``--rounds`` rounds, and the ratio ours / peer (goal: at
 most 1). Then the harness's median for our resnet50 at 224 (``attnbench run --variants conv --arch
 resnet50``, each case a fresh process) beside a plain ``perf_counter`` timer of timm's ``resnet50``
-and of ours, alternating (goal: the harness within 10 % of timm's timer). Exits 1 when a pair is not
+and of ours, alternating (goal: the harness within 10 % of timm's timer, either way: a case's process
+keeps freed memory, as a warm process does, so that its timed runs pay no page faults a fresh process
+would; it must not come out faster than what the user's own warm process sees either). Exits 1 when a pair is not
 equal or a goal is missed.
 """
 
@@ -57,7 +59,7 @@ CASES = [
 ]
 EQUAL_TOLERANCE = 1e-9  # float64 max abs difference over the output's largest magnitude
 RESNET_BATCHES = (1, 8)
-RESNET_GOAL = 1.10  # the harness's median over the plain timer's of timm's resnet50, at most
+RESNET_GOAL = 0.10  # the harness's median over the plain timer's of timm's resnet50: within 10 % either way
 
 
 def difference(variant: str, options: dict, shape: tuple[int, ...]) -> tuple[float, bool]:
@@ -161,9 +163,10 @@ def compare_resnet50(args, timm) -> bool:
                 ms["timm"].append(plain_timer(timm_net, x, args.min_run_time))
             med = {k: statistics.median(v) for k, v in ms.items()}
             ratio = med["harness"] / med["timm"]
-            ok &= ratio <= RESNET_GOAL
+            within = abs(ratio - 1) <= RESNET_GOAL
+            ok &= within
             print(f"{batch:>5} {spread(ms['harness']):>22} {spread(ms['ours']):>22} {spread(ms['timm']):>22} "
-                  f"{ratio:>14.2f} ({'ok' if ratio <= RESNET_GOAL else 'MISSED'}) {med['ours'] / med['timm']:>20.2f}",
+                  f"{ratio:>14.2f} ({'ok' if within else 'MISSED'}) {med['ours'] / med['timm']:>20.2f}",
                   flush=True)
     return ok
 

@@ -62,3 +62,50 @@ def test_every_implementation_of_every_variant_is_predicted(variant, mode):
         with torch.no_grad():  # nothing the prediction made (a cached fake tensor) leaks into the real run after it
             y = m.eval()(torch.randn(shape))
         assert type(y) is torch.Tensor and torch.isfinite(y).all(), impl
+
+
+FAULTS_PER_REUSE = """
+import resource, sys
+import torch
+from attnbench.measure.memory import keep_freed_memory, peak_memory
+kept = keep_freed_memory() if sys.argv[1] == "kept" else None
+
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+def block():  # 64 MiB, made, written and freed, as a forward pass's activation is
+    torch.ones(16 * 2**20).add_(1)
+
+for _ in range(5):  # the heap settles after a few uses (aligned blocks need a free chunk a little larger)
+    block()
+before = faults()
+for _ in range(5):
+    block()
+per_block = (faults() - before) / 5
+big = torch.zeros(1)
+peak = peak_memory(lambda: big + torch.ones(64 * 2**20)[:1], "cpu")["peak_mem_bytes"]
+print(kept, per_block, peak)
+"""
+
+
+@pytest.mark.skipif(not cpu_peak_supported(), reason="needs Linux's resettable peak RSS")
+def test_a_process_that_keeps_freed_memory_reuses_it_without_faults_and_still_reads_its_peak():
+    """glibc maps and unmaps every freed 64 MiB block (16384 pages faulted in again on each use); after
+    keep_freed_memory the heap keeps it and, once settled, a use faults nothing, while the peak of a 256 MiB
+    allocation still reads 256 MiB (free memory goes back to the system before the peak is reset)."""
+    import subprocess
+    import sys
+
+    def run(mode):
+        out = subprocess.run([sys.executable, "-c", FAULTS_PER_REUSE, mode], capture_output=True, text=True,
+                             check=True).stdout.split()
+        return out[0], float(out[1]), int(out[2])
+
+    kept, faults_kept, peak_kept = run("kept")
+    _, faults_default, peak_default = run("default")
+    pages = 64 * MIB // 4096
+    assert kept == "True"
+    assert faults_default >= 0.9 * pages  # the control: without it, every use faults the block in again
+    assert faults_kept <= 0.01 * pages
+    for peak in (peak_kept, peak_default):
+        assert abs(peak - 256 * MIB) <= 0.1 * 256 * MIB, peak

@@ -124,6 +124,43 @@ def test_a_users_network_is_measured_beside_ours_and_again_when_its_code_changes
     assert mine.code_hash.nunique() == 2
 
 
+def test_a_cpu_case_is_timed_in_the_steady_state_of_a_process_that_reuses_freed_memory(tmp_path):
+    """Each CPU case runs in a fresh process, where glibc maps every large block anew and the timed runs
+    would pay page faults for their activations; the case's process keeps freed memory instead (as a warm
+    process mostly does), so a forward pass that makes and frees 64 MiB faults nothing once settled."""
+    (tmp_path / "faulting.py").write_text(textwrap.dedent("""
+        import os, resource
+        import torch
+        from torch import nn
+
+        class Faults(nn.Module):
+            def __init__(self, num_classes):
+                super().__init__()
+                self.head = nn.Linear(3, num_classes)
+
+            def forward(self, x):
+                before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+                torch.ones(16 * 2**20).add_(1)  # a 64 MiB activation, made and freed
+                with open(os.environ["FAULTS_FILE"], "a") as f:
+                    print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before, file=f)
+                return self.head(x.mean((2, 3)))
+
+        def build(num_classes=1000):
+            return Faults(num_classes)
+    """))
+    faults = tmp_path / "faults.txt"
+    os.environ["FAULTS_FILE"] = str(faults)
+    try:
+        done = attnbench_cli("run", "--model", "faulting:build", "--res", "8", "--db", str(tmp_path / "r.sqlite"),
+                             *FAST, cwd=tmp_path)
+    finally:
+        del os.environ["FAULTS_FILE"]
+    assert done.returncode == 0, done.stderr
+    per_forward = [int(line) for line in faults.read_text().split()]
+    assert len(per_forward) >= 10 and max(per_forward) >= 16384 * 0.9  # a first use faults the block in
+    assert max(per_forward[-5:]) <= 100, per_forward  # the timed runs, settled: none (16384 pages without the setting)
+
+
 def test_the_width_axis_measures_each_network_at_its_width(tmp_path):
     db = str(tmp_path / "r.sqlite")
     frame = attnbench.run(variants=["conv", "gsa"], arch="probe", width=[0.5, 1.0], res=[16], device=["cpu"],
