@@ -554,11 +554,14 @@ def load_plugins(group: str, kind: str) -> None:
                           f"{_PLUGINS[f'{group}:{entry.name}']}", stacklevel=4)
 
 
+BUILTIN = "attnbench.variants"  # the package whose modules register the shipped variants (one line each)
+
+
 def _load_variants() -> None:
     """Import the built-in variants (and their implementations), then every installed plugin's (an entry
-    point of ``PLUGIN_GROUP``)."""
-    import attnbench.variants  # noqa: F401
-
+    point of ``PLUGIN_GROUP``). The registry uses nothing of either: each registers itself when its module
+    is imported, the built-ins by their package's name here, the plugins by their entry points."""
+    importlib.import_module(BUILTIN)
     load_plugins(PLUGIN_GROUP, "variant")
 
 

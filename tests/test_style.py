@@ -34,8 +34,6 @@ LEVELS = [
     {"study", "arguments"},  # a training study; the command line's types and checks
     {"cli", "worker", "__main__"},
 ]
-# The registry loads the built-in variants on first use: they register themselves into it.
-UPWARD_BY_DESIGN = {("registry", "variants")}
 
 
 def _level(top: str) -> int:
@@ -80,7 +78,7 @@ def _imports() -> list[tuple[str, str, str]]:
 
 def test_no_module_imports_upward():
     upward = [f"{file} imports attnbench.{target}" for file, top, target in _imports()
-              if _level(target) > _level(top) and (top, target) not in UPWARD_BY_DESIGN]
+              if _level(target) > _level(top)]
     assert not upward, "\n".join(upward)
 
 
@@ -88,8 +86,7 @@ def test_no_modules_import_each_other_in_a_circle():
     """Within a level too: a module and what it imports, however indirectly, never import it back."""
     graph: dict[str, set[str]] = {}
     for _, top, target in _imports():
-        if (top, target) not in UPWARD_BY_DESIGN:
-            graph.setdefault(top, set()).add(target)
+        graph.setdefault(top, set()).add(target)
 
     def reaches(start: str, goal: str) -> bool:
         seen, todo = set(), [start]
