@@ -231,12 +231,16 @@ def check_out_dir(option: str, path: str) -> None:
 
 
 def results_file(text: str) -> str:
-    """``--results-file``, checked before the sweep: a .csv or .json name, its ``..`` resolved (no folder is
-    made that the path only passes through), its folder made, and a trial write (:func:`files.trial`)."""
+    """``--results-file``, checked before the sweep: a .csv, .md or .json name (``EXPORT_FORMATS``), its ``..``
+    resolved (no folder is made that the path only passes through), its folder made, and a trial write
+    (:func:`files.trial`)."""
     from attnbench import files
+    from attnbench.columns import export_format
 
-    if Path(text).suffix not in (".csv", ".json"):
-        raise UsageError(f"--results-file {text}: name a .csv or a .json file.")
+    try:
+        export_format(text)
+    except ValueError as e:
+        raise UsageError(f"--results-file: {e}") from None
     path = Path(text).resolve()
     check_out_dir("--results-file's folder", str(path.parent))
     try:
@@ -246,14 +250,36 @@ def results_file(text: str) -> str:
     return str(path)
 
 
+def _not_a_store(path: str) -> None:
+    """A store is never replaced by a file written at ``path``."""
+    from attnbench import store
+
+    if store.is_store(path):
+        raise UsageError(f"cannot write {path}: it is a results store, which this never replaces; name another file.")
+
+
+def output_format(path: str | None, given: str | None = None) -> str:
+    """The format of an export to ``path`` (stdout: None) by the file's name (see
+    :func:`attnbench.columns.export_format`); a store there is refused first, as :func:`write_text` refuses it."""
+    from attnbench.columns import export_format
+
+    if path is not None:
+        _not_a_store(path)
+        if Path(path).is_dir():
+            raise UsageError(f"cannot write {path}: Is a directory.")
+    try:
+        return export_format(path, given)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
 def write_text(path: str, text: str) -> None:
     """``text`` into the file ``path`` (whole, or the previous file left as it was), with a one-line error
     when that is not possible. A store there is never replaced (``export -o`` naming its own store wrote the
     CSV over every row)."""
-    from attnbench import files, store
+    from attnbench import files
 
-    if store.is_store(path):
-        raise UsageError(f"cannot write {path}: it is a results store, which this never replaces; name another file.")
+    _not_a_store(path)
     try:
         files.write_text(path, text)
     except OSError as e:

@@ -62,6 +62,8 @@ PIVOTS = ("latency", "macs", "memory", "params")  # what `attnbench run --pivot`
 FIGURE_FORMATS = ("png",)  # what reports and profiles draw unless told (svg, pdf: on request)
 FORMATS = ("png", "svg", "pdf")
 TABLES = ("results", "training", "evaluations")  # what `attnbench export --table` writes
+EXPORT_FORMATS = {".csv": "csv", ".md": "md", ".json": "json"}  # export -o, run --results-file: by the name
+EXPORT_SUFFIXES = ".csv, .md or .json"  # as a message names them
 COLUMN_SETS = ("summary", "all")  # export --columns, run --results-columns: the columns compared first, or every one
 DEFAULT_RES = {Scope.MODEL: 224, Scope.MODULE: 56}  # image side for networks, feature-map side for modules
 # a sweep's other defaults (attnbench.sweep.Sweep), which the command line shows in its help

@@ -21,6 +21,7 @@ from attnbench.arguments import (
     learning_rate,
     non_negative_int,
     non_negative_ints,
+    output_format,
     plan,
     positive_float,
     positive_int,
@@ -107,12 +108,10 @@ def cmd_run(args: argparse.Namespace) -> int:
               "busy (see latency_noise_reason); for stable numbers run nothing else meanwhile, or pin the sweep "
               "with --threads and taskset, and measure again with --force.", file=sys.stderr)
     if args.results_file:
-        from attnbench.columns import results_summary
+        from attnbench.columns import as_text, results_summary
 
         written = results_summary(frame) if args.results_columns == "summary" else frame
-        rows = written.to_csv(index=False) if args.results_file.endswith(".csv") else written.to_json(
-            orient="records", indent=1, double_precision=15)
-        write_text(args.results_file, rows)
+        write_text(args.results_file, as_text(written, output_format(args.results_file)))
     if args.json:
         print(frame.to_json(orient="records", indent=1, double_precision=15))
     else:
@@ -194,13 +193,13 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from attnbench import store
-    from attnbench.columns import table
+    from attnbench.columns import as_text, table
 
+    fmt = output_format(args.output, args.format)
     try:
-        frame = table(args.db, args.table, args.columns, args.where)
+        text = as_text(table(args.db, args.table, args.columns, args.where), fmt)
     except (store.StoreError, ValueError) as e:
         raise UsageError(str(e)) from None
-    text = frame.to_csv(index=False) if args.format == "csv" else frame.to_markdown(index=False)
     if args.output:
         write_text(args.output, text)
     else:
@@ -446,14 +445,15 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--table", choices=TABLES, default="results",
                         help="results (measured cases), training (training runs: with --columns summary, each run's "
                              "latest epoch; with all, every epoch) or evaluations (trained networks at other sides)")
-    export.add_argument("--format", choices=("csv", "md"), default="csv")
+    export.add_argument("--format", choices=("csv", "md", "json"), default=None,
+                        help="csv, md (Markdown) or json; with -o, the file's suffix chooses it (default: csv)")
     export.add_argument("--columns", type=split, default=["all"],
                         help="summary (the columns compared first, as timm's results), all (every stored column), "
-                             "or stored columns, comma-separated, in that order (default: all)")
+                             "or columns of either, comma-separated, in that order (default: all)")
     export.add_argument("--where", action="append", default=[], metavar="COLUMN=VALUE",
                         help="keep the rows where COLUMN=V1,V2 (any of), COLUMN!=V, or COLUMN>=N (also <=, >, <); "
                              "repeat for several, all must hold")
-    export.add_argument("-o", "--output", default=None)
+    export.add_argument("-o", "--output", default=None, help="a .csv, .md or .json file (default: stdout)")
     export.set_defaults(func=cmd_export)
 
     collect = sub.add_parser("collect", help="merge the shard stores of a launched sweep (--launcher) into --db")

@@ -1,7 +1,8 @@
 """The columns ``export`` and ``run --results-file`` write: every stored column (``all``), or the few that
 people compare first (``summary``), one row per case (or per training run), as timm's benchmark results
 give them: what ran, its side, batch and dtype, samples per second, the step's time, GMACs and
-parameters. Units are in the names; figures are rounded to four significant digits.
+parameters; or any of either, by name. Units are in the names; figures are rounded to four significant
+digits. The format follows the file's name: CSV, Markdown or JSON.
 
 Plain pandas, no torch.
 """
@@ -9,11 +10,12 @@ Plain pandas, no torch.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import pandas as pd
 
 from attnbench import labels, store
-from attnbench.choices import COLUMN_SETS, Scope
+from attnbench.choices import COLUMN_SETS, EXPORT_FORMATS, EXPORT_SUFFIXES, Scope
 
 DIGITS = 4  # significant digits of a summary's measured figures
 
@@ -48,17 +50,22 @@ def _trained(frame: pd.DataFrame) -> pd.DataFrame:
     }, index=frame.index)
 
 
+def training_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """Each training epoch as a training run's summary names it (:func:`training_summary`), row for row."""
+    return _trained(frame).assign(
+        epoch=frame.epoch, epochs=frame.epochs, stopped=frame.stopped, top1_pct=_significant(frame.top1_pct),
+        top5_pct=_significant(frame.top5_pct), params=frame.params.astype("Int64"),
+        gmacs_per_image=_significant(frame.macs_per_image, 1e9), images_per_s=_significant(frame.images_per_s),
+        device_name=frame.device_name)
+
+
 def training_summary(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per training run, its latest epoch: what trained, with which seed and rate, how far (epoch of
     epochs, and why it stopped, empty for a run not at its end), its accuracy on the test split, its
     parameters, GMACs per image and training speed."""
     last = frame.sort_values(["run_id", "epoch"]).groupby("run_id", sort=False).tail(1)
     last = last.loc[frame.index.intersection(last.index)]  # in the store's order
-    return _trained(last).assign(
-        epoch=last.epoch, epochs=last.epochs, stopped=last.stopped, top1_pct=_significant(last.top1_pct),
-        top5_pct=_significant(last.top5_pct), params=last.params.astype("Int64"),
-        gmacs_per_image=_significant(last.macs_per_image, 1e9), images_per_s=_significant(last.images_per_s),
-        device_name=last.device_name).reset_index(drop=True)
+    return training_rows(last).reset_index(drop=True)
 
 
 def evaluations_summary(frame: pd.DataFrame) -> pd.DataFrame:
@@ -72,18 +79,47 @@ def evaluations_summary(frame: pd.DataFrame) -> pd.DataFrame:
 
 SUMMARIES: dict[str, Callable[[pd.DataFrame], pd.DataFrame]] = {
     "results": results_summary, "training": training_summary, "evaluations": evaluations_summary}
+ROWS: dict[str, Callable[[pd.DataFrame], pd.DataFrame]] = {  # a summary's columns for every stored row
+    "results": results_summary, "training": training_rows, "evaluations": evaluations_summary}
 LOADERS: dict[str, Callable[[str], pd.DataFrame]] = {
     "results": store.load_results, "training": store.load_training, "evaluations": store.load_evaluations}
 
 
 def table(db: str, name: str = "results", columns: Sequence[str] = ("all",), where: Sequence[str] = ()) -> pd.DataFrame:
-    """The rows of the store's table ``name`` that meet ``where`` (as :func:`attnbench.store.select` reads it,
-    on the stored columns), with ``columns``: ``["summary"]``, ``["all"]``, or stored columns in that order.
-    ``ValueError`` for an unknown column or a malformed condition, ``StoreError`` for a store that cannot be
-    read."""
+    """The rows of the store's table ``name`` that meet ``where`` (as :func:`attnbench.store.select` reads it),
+    with ``columns``: ``["summary"]``, ``["all"]`` (every stored column), or columns in that order: stored ones,
+    and those of the table's summary (``network``, ``side``, ``step_ms``...; a stored column of the same name is
+    the stored one), which ``where`` reads too. ``ValueError`` for an unknown column or a malformed condition,
+    ``StoreError`` for a store that cannot be read."""
     columns = list(columns)
     sets = [c for c in columns if c in COLUMN_SETS]
     if sets and len(columns) > 1:
         raise ValueError(f"--columns {sets[0]} stands alone: give it, or stored columns, not both.")
-    frame = store.select(LOADERS[name](db), None if sets else columns, where)
-    return SUMMARIES[name](frame) if sets == ["summary"] else frame.reset_index(drop=True)
+    stored = LOADERS[name](db)
+    derived = ROWS[name](stored).set_axis(stored.index)
+    every = pd.concat([stored, derived.drop(columns=[c for c in derived.columns if c in stored.columns])], axis=1)
+    chosen = store.select(every, None if sets else columns, where)
+    if sets == ["summary"]:
+        return SUMMARIES[name](stored.loc[chosen.index])
+    return (chosen[list(stored.columns)] if sets else chosen).reset_index(drop=True)
+
+
+def export_format(path: str | None, given: str | None = None) -> str:
+    """The format of an export to the file ``path`` (stdout for None): its suffix's (``EXPORT_FORMATS``), or
+    ``given`` (CSV if none) for stdout. ``ValueError`` for another suffix, or a ``given`` format that is not the
+    suffix's: a file is never written in one format under another's name."""
+    if path is None:
+        return given or "csv"
+    suffix = Path(path).suffix.lower()
+    if suffix not in EXPORT_FORMATS:
+        raise ValueError(f"cannot tell the format of {path}: name a {EXPORT_SUFFIXES} file.")
+    if given and given != EXPORT_FORMATS[suffix]:
+        raise ValueError(f"--format {given} does not suit {path}, a {suffix} name: give one or the other.")
+    return EXPORT_FORMATS[suffix]
+
+
+def as_text(frame: pd.DataFrame, fmt: str) -> str:
+    """``frame`` as CSV, a Markdown table (``md``) or JSON records, every figure as stored."""
+    if fmt == "json":
+        return frame.to_json(orient="records", indent=1, double_precision=15) + "\n"
+    return frame.to_csv(index=False) if fmt == "csv" else frame.to_markdown(index=False) + "\n"

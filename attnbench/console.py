@@ -165,8 +165,8 @@ def console_table(frame: pd.DataFrame, *, width: int = 100, pivot: str | None = 
 
 
 def _keys(rows: pd.DataFrame, varying: list[str]) -> pd.DataFrame:
-    """What tells the rows apart: the series, and the settings that vary."""
-    keys = pd.DataFrame({"case": series(rows)})
+    """What tells the rows apart: the series (``network``, as ``export`` names it), and the settings that vary."""
+    keys = pd.DataFrame({"network": series(rows)})
     for column in varying:
         if column not in ("scope", "arch"):
             keys[column] = rows[column]

@@ -613,7 +613,7 @@ def test_results_file_holds_the_sweeps_rows(capsys, tmp_path):
     assert list(summary.columns) == SUMMARY and summary.network.tolist() == ["conv", "gsa"]
     assert summary.step_ms.tolist() == pytest.approx(csv.latency_ms_median.tolist(), rel=1e-3)  # 4 digits
     code, _, err = run_cli(capsys, *base, "--results-file", str(tmp_path / "r.txt"))
-    assert code == 2 and "name a .csv or a .json file" in err
+    assert code == 2 and "name a .csv, .md or .json file" in err
 
 
 @pytest.mark.slow
@@ -719,8 +719,76 @@ def test_the_table_and_the_closing_lines_of_run_fit_the_line_width(capsys, tmp_p
     lines = out.splitlines()
     assert code == 0 and max(map(len, lines)) <= 40 and not any("..." in line for line in lines)
     closing = " ".join(line.strip() for line in lines[lines.index("") + 1:] if line.strip()
-                       and not line.startswith(("case", "---", "conv", "gsa", "#")))
+                       and not line.startswith(("network", "---", "conv", "gsa", "#")))
     assert ("2 cases; results in r.sqlite. Latency: median of the timed runs; MACs per forward pass of the batch "
             "(1 multiply-add = 1); memory: peak over weights and inputs.") in closing
     for header in ("params", "MACs (K)", "latency (", "memory ("):
-        assert any(line.startswith(("case", "#")) and header in line for line in lines), header
+        assert any(line.startswith(("network", "#")) and header in line for line in lines), header
+
+
+@pytest.mark.slow
+def test_every_column_a_table_shows_is_exported_by_its_name(capsys, tmp_path):
+    from attnbench.record import Environment, Epoch, Evaluation
+
+    db = str(tmp_path / "r.sqlite")
+    code, out, _ = run_cli(capsys, "run", "--scope", "module", "--variants", "conv,gsa", "--res", "8", "--dim", "8",
+                           "--impl", "auto,plain", "--db", db, "--line-width", "200", *FAST)
+    assert code == 0
+    env = Environment(host="h", device_name="Test CPU")
+    for epoch in (1, 2):
+        store.write_training(db, Epoch(run_id="a", epoch=epoch, epochs=2, model="gsa_probe", dataset="digits",
+                                       width=0.5, seed=0, top1_pct=40.0 + epoch, macs_per_image=3_000_000,
+                                       environment=env))
+    store.write_evaluation(db, Evaluation(run_id="a", model="gsa_probe", dataset="digits", image_size=32, side=48,
+                                          top1_pct=30.0, num_classes=10, width=0.5, environment=env))
+    # run's table: its key column, and the columns of every summary, each exported alone under its name
+    shown = {"results": out.splitlines()[1].split()[:2]}
+    for name in ("results", "training", "evaluations"):
+        code, text, _ = run_cli(capsys, "export", "--db", db, "--table", name, "--columns", "summary")
+        summary = pd.read_csv(io.StringIO(text), keep_default_na=False)
+        assert code == 0 and len(summary)
+        for column in [*shown.get(name, []), *summary.columns]:
+            code, text, err = run_cli(capsys, "export", "--db", db, "--table", name, "--columns", column)
+            assert code == 0, err
+            alone = pd.read_csv(io.StringIO(text), keep_default_na=False)
+            assert list(alone.columns) == [column]
+            if column in summary and name != "training":  # a summary row per stored row
+                assert alone[column].astype(str).tolist() == summary[column].astype(str).tolist()
+    # the series label is the network column, as run printed it; rows are chosen by it too
+    code, text, _ = run_cli(capsys, "export", "--db", db, "--columns", "network,side,step_ms",
+                            "--where", "network=gsa/plain")
+    picked = pd.read_csv(io.StringIO(text))
+    assert code == 0 and picked.network.tolist() == ["gsa/plain"] and picked.side.tolist() == [8]
+    assert any(line.split()[0] == "gsa/plain" for line in out.splitlines())
+    code, _, err = run_cli(capsys, "export", "--db", db, "--columns", "colour")
+    assert code == 2 and "Unknown column 'colour'" in err and "step_ms" in err and err.count("\n") == 1
+
+
+def test_export_writes_the_format_its_file_is_named_for(capsys, tmp_path):
+    db = str(tmp_path / "r.sqlite")
+    for res in (8, 16):
+        store.write(db, Record.from_row(dict(run_id="r", scope="module", variant="conv", arch="", impl="ref", res=res,
+                                             batch=1, dim=8, dtype="fp32", device="cpu", mode="infer", threads=1,
+                                             status="ok", params=10, macs=100 * res, latency_ms_median=0.5)))
+    cols = ["--columns", "variant,res,latency_ms_median"]
+    for suffix in ("csv", "md", "json", "MD"):
+        target = tmp_path / f"x.{suffix}"
+        assert run_cli(capsys, "export", "--db", db, *cols, "-o", str(target))[0] == 0
+        text = target.read_text()
+        if suffix == "csv":
+            assert text.splitlines() == ["variant,res,latency_ms_median", "conv,8,0.5", "conv,16,0.5"]
+        elif suffix == "json":
+            assert json.loads(text) == [{"variant": "conv", "res": r, "latency_ms_median": 0.5} for r in (8, 16)]
+        else:  # a Markdown table
+            lines = text.splitlines()
+            assert lines[0].startswith("| variant") and set(lines[1]) <= set("|:- ") and len(lines) == 4
+    code, out, _ = run_cli(capsys, "export", "--db", db, *cols, "--format", "json")  # stdout: as --format says
+    assert code == 0 and json.loads(out)[0]["res"] == 8
+    for args, message in (
+            (["-o", str(tmp_path / "x.txt")], f"cannot tell the format of {tmp_path / 'x.txt'}: name a .csv, .md or "
+                                              ".json file."),
+            (["-o", str(tmp_path / "y.md"), "--format", "csv"], "--format csv does not suit"),
+            (["-o", str(tmp_path / "noext")], "cannot tell the format")):
+        code, _, err = run_cli(capsys, "export", "--db", db, *cols, *args)
+        assert code == 2 and err.startswith(f"attnbench export: {message}") and err.count("\n") == 1
+    assert not (tmp_path / "x.txt").exists() and not (tmp_path / "y.md").exists()

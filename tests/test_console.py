@@ -68,7 +68,7 @@ def test_the_pivot_is_a_grid_of_one_metric_by_resolution():
     lines = console_table(rows, pivot="latency").splitlines()
     assert lines[1] == "latency (ms) by resolution (columns: side in pixels)"
     header, cells = lines[2].split(), {line.split()[0]: line.split()[1:] for line in lines[4:6]}
-    assert header == ["case", "16", "32"]
+    assert header == ["network", "16", "32"]
     assert cells == {"gsa": ["0.5120", "2.048"], "conv": ["0.5120", "skipped"]}
     memory = console_table(rows, pivot="memory").splitlines()
     assert memory[1].startswith("peak memory (MiB)") and memory[4].split()[1:] == ["1.000", "4.000"]
@@ -109,5 +109,5 @@ def test_the_pivot_wraps_its_sides_into_blocks():
     rows = frame([("gsa", res, {}) for res in (8, 16, 32, 64, 128, 256, 512, 1024)])
     lines = console_table(rows, width=40, pivot="latency").splitlines()
     assert max(map(len, lines)) <= 40
-    sides = [w for line in lines if line.startswith("case") for w in line.split()[1:]]
+    sides = [w for line in lines if line.startswith("network") for w in line.split()[1:]]
     assert sides == ["8", "16", "32", "64", "128", "256", "512", "1024"]
