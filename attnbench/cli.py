@@ -403,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--skip-finished", action="store_true",
                     help="skip the seeds whose run of this setup the store already holds to its end (to resume a "
                          "table trained in several sittings)")
-    tr.add_argument("--out", default=None, help="checkpoint folder (default runs/MODEL-DATASET-sSEED)")
+    tr.add_argument("--out", default=None, help="checkpoint folder (default runs/MODEL-DATASET-sSEED, ':' as =3A)")
     tr.add_argument("--db", default=DEFAULT_DB, help="results store for the per-epoch metrics")
     tr.add_argument("--resume", default=None, help="checkpoint to continue from, exactly")
     tr.add_argument("--overwrite", action="store_true",

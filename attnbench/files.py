@@ -35,6 +35,18 @@ OWNER = ".owner"  # the marker in a staging folder: HOST-PID of the process that
 LOCK = ".attnbench.lock"
 
 
+PLAIN = re.compile(r"[A-Za-z0-9._+-]")  # kept as they are in a name made into a path (and '=', escaped)
+
+
+def safe_name(name: str) -> str:
+    """``name`` (a network's, say) as one path component that every file system, ``scp`` and ``make`` take:
+    letters, digits and ``._+-`` as they are, every other character as ``=XX`` per byte of its UTF-8 (``=``
+    itself too, and a leading ``.``, which would hide the file or climb a folder): ``timm:resnet18`` ->
+    ``timm=3Aresnet18``. The mapping can be undone, so two names never share a path."""
+    escaped = "".join(c if PLAIN.fullmatch(c) else "".join(f"={b:02X}" for b in c.encode()) for c in name)
+    return "=2E" + escaped[1:] if escaped.startswith(".") else escaped
+
+
 def _stamp() -> str:
     return f"{HOST}-{os.getpid()}"
 

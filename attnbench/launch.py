@@ -17,6 +17,7 @@ from pathlib import Path
 
 from attnbench import interrupt, store
 from attnbench.choices import LAUNCHERS
+from attnbench.files import safe_name
 from attnbench.sweep import Sweep
 
 
@@ -84,7 +85,7 @@ def launch(sweep: Sweep, *, db: str | Path, launcher: str, jobs: int, partitions
     for partition in list(partitions) or [None]:
         ex = executor(launcher, folder, partition=partition, timeout_min=timeout_min, gpus=gpus)
         # named after the store too, so that a store made anew at this path never reuses another's shards
-        shards = [str(folder / f"{partition or launcher}-shard-{i}-of-{jobs}-{of_store[:8]}.sqlite")
+        shards = [str(folder / f"{safe_name(partition or launcher)}-shard-{i}-of-{jobs}-{of_store[:8]}.sqlite")
                   for i in range(1, jobs + 1)]
         array = ex.map_array(run_shard, [sweep] * jobs, range(1, jobs + 1), [jobs] * jobs, shards,
                              [run or {}] * jobs, [of_store] * jobs)

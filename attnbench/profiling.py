@@ -91,7 +91,7 @@ def write_profile(cases: list[Case], out: str | Path, *, iters: int = 5, top: in
     ``tables/`` (CSV and Markdown) and a stacked figure under ``figures/``. A case that fails is reported
     through ``warn`` and the others go on; each case's top three operators, and each setup's files, through
     ``say``. Returns how many setups were written."""
-    from attnbench.files import write_text
+    from attnbench.files import safe_name, write_text
     from attnbench.plots import save
     from attnbench.report import slug
 
@@ -101,11 +101,11 @@ def write_profile(cases: list[Case], out: str | Path, *, iters: int = 5, top: in
     groups: dict[str, dict[str, pd.DataFrame]] = {}
     several = {v for v in {c.variant for c in cases} if len({c.impl for c in cases if c.variant == v}) > 1}
     for case in cases:
-        name = case.variant if case.scope == Scope.MODULE else case.model.replace(":", "-")
+        name = case.variant if case.scope == Scope.MODULE else case.model
         name += f"-{case.impl}" if case.variant in several else ""
         tag = f"{case.scope}_r{case.res}_b{case.batch}_{case.dtype}_{case.mode}_{slug(case.device)}"
         try:
-            table = profile_case(case, out / "traces" / f"{name}_{tag}", iters=iters)
+            table = profile_case(case, out / "traces" / f"{safe_name(name)}_{tag}", iters=iters)
         except Exception as e:  # noqa: BLE001 - one failing case must not lose the others
             warn(f"{name} {tag}: {type(e).__name__}: {e}".splitlines()[0])
             continue

@@ -81,7 +81,7 @@ def run_study(study: Study, *, say: Callable[[str], None] = print,
     cfg, width_source = _config(study, say)
     seeds = study.seeds or [study.seed]
     outs = {seed: (f"{study.out}/s{seed}" if study.out and len(seeds) > 1 else study.out)
-            or f"runs/{study.model}-{study.dataset}-s{seed}" for seed in seeds}
+            or f"runs/{files.safe_name(study.model)}-{study.dataset}-s{seed}" for seed in seeds}
     for out in outs.values():
         files.check_folder("--out", out)
     if study.db is not None:

@@ -5,6 +5,7 @@ partial or temporary beside it; folders held by one process at a time."""
 import errno
 import os
 import pathlib
+import re
 import signal
 import sqlite3
 import subprocess
@@ -191,3 +192,35 @@ def test_a_held_folder_refuses_another_process_and_names_the_holder(tmp_path):
         with files.hold(tmp_path, "again"):  # and a process may hold what it holds
             assert (tmp_path / files.LOCK).exists()
     assert not (tmp_path / files.LOCK).exists()
+
+
+def _unescaped(name: str) -> str:
+    """The name a safe_name came from: '=XX' bytes decoded (an independent reading of the escape)."""
+    raw, i = bytearray(), 0
+    while i < len(name):
+        if name[i] == "=":
+            raw.append(int(name[i + 1: i + 3], 16))
+            i += 3
+        else:
+            raw += name[i].encode()
+            i += 1
+    return raw.decode()
+
+
+def test_safe_names_are_plain_path_components_and_never_collide():
+    import random
+    import string
+
+    from attnbench.files import safe_name
+
+    rng = random.Random(0)
+    alphabet = string.ascii_letters + string.digits + "._+-=:/\\ *?\"<>|%~é😀"
+    names = {"timm:resnet18", "pkg.mod:fn", "a/b", "a-b", "a=3Ab", "a:b", ".", "..", ".hidden", "x" * 3}
+    names |= {"".join(rng.choices(alphabet, k=rng.randint(1, 12))) for _ in range(3000)}
+    made = {}
+    for name in names:
+        safe = safe_name(name)
+        assert re.fullmatch(r"[A-Za-z0-9._+=-]+", safe) and not safe.startswith(".")
+        assert _unescaped(safe) == name  # the mapping can be undone: no two names share a path
+        assert made.setdefault(safe, name) == name
+    assert safe_name("timm:resnet18") == "timm=3Aresnet18" and safe_name("gsa_resnet50") == "gsa_resnet50"

@@ -275,3 +275,31 @@ def test_train_a_timm_network_where_its_input_suits_the_data_and_say_when_it_doe
     err = capsys.readouterr().err
     assert "timm:inception_v3 cannot take 32 x 32 images of digits: RuntimeError" in err and len(err.splitlines()) == 1
     assert set(store.load_training(db).model) == {"timm:resnet10t", "timm:vit_tiny_patch16_224"}
+
+
+def test_folders_named_after_a_network_from_elsewhere_are_plain_and_distinct(tmp_path, monkeypatch, capsys):
+    """A network's name in a path the tool makes keeps to [A-Za-z0-9._+-] and '=' escapes (no ':' or '/', which
+    break Windows, scp and make), and two names never share a folder."""
+    from attnbench.cli import main
+
+    (tmp_path / "user_nets.py").write_text(textwrap.dedent("""
+        from torch import nn
+
+        def build(num_classes=1000):
+            return nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))
+    """))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    assert main(["train", "--model", "user_nets:build", "--dataset", "digits", "--steps", "1", "--batch", "64",
+                 "--db", "r.sqlite"]) == 0
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["user_nets=3Abuild-digits-s0"]
+    assert (tmp_path / "runs" / "user_nets=3Abuild-digits-s0" / "checkpoint.pt").is_file()
+    assert main(["profile", "--scope", "model", "--model", "user_nets:build", "--res", "16", "--iters", "1",
+                 "--out", "prof", "--threads", "1"]) == 0
+    traces = [p.name for p in (tmp_path / "prof" / "traces").iterdir()]
+    assert traces and all(name.startswith("user_nets=3Abuild_") for name in traces)
+    assert "user_nets:build" in capsys.readouterr().out  # printed as it is named
+    from attnbench.files import safe_name
+
+    assert safe_name("timm:vit_base_patch16_224.augreg_in21k") == "timm=3Avit_base_patch16_224.augreg_in21k"
+    assert safe_name("a=3Ab") != safe_name("a:b")
