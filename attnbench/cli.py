@@ -43,6 +43,7 @@ from attnbench.choices import (
     PIVOTS,
     TABLES,
     Scope,
+    count,
 )
 from attnbench.streams import plain_streams
 
@@ -94,8 +95,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         progress.done(f"{case.label}: {'stored' if measured is None else measured.status}{latency}")
 
     try:
-        with interrupt.keeping(lambda: f"{progress.count} of {len(cases)} cases are stored in {args.db}; run the same "
-                               "command again to finish the sweep"):
+        with interrupt.keeping(lambda: f"{progress.count} of {count(len(cases), 'case')} stored in {args.db}; run the "
+                               "same command again to finish the sweep"):
             frame = api.run(cases=cases, db=args.db, timeout=args.timeout, min_run_time=args.min_run_time,
                             force=args.force, retry_failed=args.retry_failed, on_case=on_case)
     except store.StoreError as e:
@@ -104,8 +105,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         progress.close()
     busy = frame.latency_noise_reason.fillna("").str.contains("other processes|speed changed")
     if busy.any():
-        print(f"attnbench run: warning: {int(busy.sum())} of {len(frame)} cases were timed while the machine was "
-              "busy (see latency_noise_reason); for stable numbers run nothing else meanwhile, or pin the sweep "
+        print(f"attnbench run: warning: {int(busy.sum())} of {count(len(frame), 'case')} timed while the machine "
+              "was busy (see latency_noise_reason); for stable numbers run nothing else meanwhile, or pin the sweep "
               "with --threads and taskset, and measure again with --force.", file=sys.stderr)
     if args.results_file:
         from attnbench.columns import as_text, results_summary
@@ -118,8 +119,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         from attnbench.console import console_table, wrap
 
         print(console_table(frame, pivot=args.pivot, width=args.line_width))
-        print("", *wrap(f"{len(frame)} cases; results in {args.db}. Latency: median of the timed runs; MACs per "
-                        "forward pass of the batch (1 multiply-add = 1); memory: peak over weights and inputs.",
+        print("", *wrap(f"{count(len(frame), 'case')}; results in {args.db}. Latency: median of the timed runs; MACs "
+                        "per forward pass of the batch (1 multiply-add = 1); memory: peak over weights and inputs.",
                         args.line_width), sep="\n")
     return 0
 
@@ -173,7 +174,7 @@ def _launch(args: argparse.Namespace) -> int:
                            partitions=args.partition or [], timeout_min=args.job_minutes, gpus=args.gpus, run=run)
     except LaunchError as e:
         raise UsageError(str(e)) from None
-    print(f"{args.jobs or 1} tasks per partition finished; merged into {args.db}: {collected} "
+    print(f"{count(args.jobs or 1, 'task')} per partition finished; merged into {args.db}: {collected} "
           f"(shard stores and logs under {jobs_folder(args.db)})")
     return 0
 
@@ -195,9 +196,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from attnbench import store
     from attnbench.columns import as_text, table
 
-    fmt = output_format(args.output, args.format)
     try:
-        text = as_text(table(args.db, args.table, args.columns, args.where), fmt)
+        text = as_text(table(args.db, args.table, args.columns, args.where), output_format(args.output, args.format))
     except (store.StoreError, ValueError) as e:
         raise UsageError(str(e)) from None
     if args.output:
@@ -218,9 +218,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
             merged = store.merge(args.sources, args.output)
     except store.StoreError as e:
         raise UsageError(str(e)) from None
-    conflicts = (f"; {merged.conflicts} cases measured differently in the same environment, the newest kept"
+    conflicts = (f"; {count(merged.conflicts, 'case')} measured differently in the same environment, the newest kept"
                  if merged.conflicts else "")
-    print(f"merged {len(args.sources)} stores into {args.output}: {merged.added} new rows{conflicts}")
+    print(f"merged {count(len(args.sources), 'store')} into {args.output}: {count(merged.added, 'new row')}{conflicts}")
     return 0
 
 
@@ -236,7 +236,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     except OSError as e:  # a full disk, a folder that went away, a file unreadable: the previous report stays
         raise UsageError(os_error(e, args.out)) from None
-    print(f"wrote {len(rep.tables)} tables and {len(rep.figures)} figures under {args.out} "
+    print(f"wrote {count(len(rep.tables), 'table')} and {count(len(rep.figures), 'figure')} under {args.out} "
           f"(index: {args.out}/README.md)")
     return 0
 
@@ -293,7 +293,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                  device=args.device, batch=args.batch, on_row=lambda row: print(describe(row)))
     except (DataError, TrainError, store.StoreError) as e:
         raise UsageError(str(e)) from None
-    print(f"{len(rows)} evaluations" + (f" stored in {args.db}" if args.db else ""))
+    print(count(len(rows), "evaluation") + (f" stored in {args.db}" if args.db else ""))
     return 0
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import pandas as pd
 from tabulate import tabulate
 
-from attnbench.choices import NOISY, PIVOTS, Status
+from attnbench.choices import NOISY, PIVOTS, Status, count
 from attnbench.labels import series
 
 # the units of a kind, from the smallest: (size in the stored unit, name)
@@ -57,7 +57,7 @@ def figure(value: float | None, size: float, digits: int = 4) -> str:
 
 SAID = {  # how a shared value is said; None: not said (it is in the case's name, or unset)
     "scope": lambda v: f"{v} scope", "arch": lambda v: None, "batch": lambda v: f"batch {v}",
-    "dim": lambda v: f"dim {v}" if v else None, "threads": lambda v: f"{v} threads",
+    "dim": lambda v: f"dim {v}" if v else None, "threads": lambda v: count(v, "thread"),
     "amp": lambda v: f"amp {v}" if v else None, "channels_last": lambda v: "channels-last" if v else None,
     "compile": lambda v: f"compiled ({v})" if v else None,
 }

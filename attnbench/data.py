@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from attnbench.choices import DATASETS  # noqa: F401  (re-exported)
+from attnbench.choices import DATASETS, count  # noqa: F401  (DATASETS re-exported)
 from attnbench.errors import DataError  # noqa: F401  (re-exported: its data sets raise it)
 
 if TYPE_CHECKING:
@@ -186,7 +186,7 @@ def _read_cifar_batch(raw: bytes, what: str, label_key: str) -> tuple[np.ndarray
     except Exception as err:  # noqa: BLE001 - any malformed content is the same user error
         raise DataError(f"{what} is not a CIFAR python-pickle batch ({type(err).__name__}: {err}).") from None
     if len(data) != len(labels):
-        raise DataError(f"{what} holds {len(data)} images but {len(labels)} labels.")
+        raise DataError(f"{what} holds {count(len(data), 'image')} but {count(len(labels), 'label')}.")
     return data, labels
 
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnbench import store
-from attnbench.choices import Status
+from attnbench.choices import Status, count
 from attnbench.data import Dataset, check_side, load_at_side
 from attnbench.env import environment
 from attnbench.measure.params import count_params
@@ -206,6 +206,6 @@ def describe(row: Evaluation) -> str:
     if row.status != Status.OK:
         return f"{what}: {row.status}: {row.reason}"
     top5 = f", top-5 {row.top5_pct:.2f} %" if row.top5_pct is not None else ""
-    seen = (f", train top-1 {row.train_top1_pct:.2f} % ({row.train_images} images)"
+    seen = (f", train top-1 {row.train_top1_pct:.2f} % ({count(row.train_images, 'image')})"
             if row.train_top1_pct is not None else "")
     return f"{what}: test loss {row.test_loss:.4f}, top-1 {row.top1_pct:.2f} %{top5}{seen}"

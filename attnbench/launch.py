@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from attnbench import interrupt, store
-from attnbench.choices import LAUNCHERS
+from attnbench.choices import LAUNCHERS, count
 from attnbench.files import safe_name
 from attnbench.sweep import Sweep
 
@@ -67,8 +67,8 @@ class Collected:
     ignored: int
 
     def __str__(self) -> str:
-        left = f"; {self.ignored} shard stores of another store at this path left out" if self.ignored else ""
-        return f"{self.merged.added} new rows{left}"
+        left = f"; {count(self.ignored, 'shard store')} of another store at this path left out" if self.ignored else ""
+        return f"{count(self.merged.added, 'new row')}{left}"
 
 
 def launch(sweep: Sweep, *, db: str | Path, launcher: str, jobs: int, partitions: Sequence[str] = (),
@@ -104,10 +104,10 @@ def launch(sweep: Sweep, *, db: str | Path, launcher: str, jobs: int, partitions
         except LaunchError:  # no task had made its store
             kept = 0
         raise interrupt.Interrupted(getattr(e, "signum", signal.SIGINT),
-                                    f"the {kept} new rows its tasks finished are merged into {db}") from None
+                                    f"what its tasks finished is merged into {db} ({count(kept, 'new row')})") from None
     merged = collect(db)
     if failed:
-        raise LaunchError(f"{len(failed)} of {len(submitted)} tasks failed (the others are merged into {db}): "
+        raise LaunchError(f"{len(failed)} of {count(len(submitted), 'task')} failed (the others are merged into {db}): "
                           + "; ".join(failed))
     return merged
 

@@ -29,7 +29,7 @@ from typing import TypeVar
 import pandas as pd
 
 from attnbench import files
-from attnbench.choices import Scope, unknown_name_message
+from attnbench.choices import Scope, count, unknown_name_message
 from attnbench.record import EPOCH_COLUMNS, EVALUATION_COLUMNS, RESULT_COLUMNS, Case, Epoch, Evaluation, Record
 
 SCHEMA_VERSION = 1
@@ -338,7 +338,7 @@ def _check_numbers(path: Path, table: str, frame: pd.DataFrame) -> None:
             text = frame[name][frame[name].map(lambda value: isinstance(value, str))]
             if len(text):
                 raise StoreError(f"{path} is damaged: its {table} table's column {name} holds {text.iloc[0]!r} "
-                                 f"({len(text)} rows of text), where every store holds numbers.")
+                                 f"({count(len(text), 'row')} of text), where every store holds numbers.")
 
 
 def _check_structure(conn: sqlite3.Connection, path: Path) -> None:

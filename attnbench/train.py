@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnbench import files, interrupt, store
-from attnbench.choices import DATASETS
+from attnbench.choices import DATASETS, count
 from attnbench.data import DEFAULT_IMAGEFOLDER_SIDE, IMAGE_SIDE, Dataset, load_dataset
 from attnbench.env import environment, parse_device
 from attnbench.imagefolder import ImageFolderSet
@@ -425,8 +425,8 @@ def tune_lr(cfg: TrainConfig, out: str | Path, candidates: tuple[float, ...] = L
     account = (f"validation: {best:g} of " + ", ".join(f"{lr:g} ({top1:.1f} %, loss {loss:.3f})"
                                                        for lr, (top1, loss) in sorted(scores.items(), reverse=True))
                + (f" (grid extended by {', '.join(f'{lr:g}' for lr in extended)})" if extended else "")
-               + f"; each {budget} steps, top-1 (ties within {TIE_Z:g} standard errors: lowest loss) on {len(held)} "
-               f"held-out training images of seed {cfg.seed}")
+               + f"; each {count(budget, 'step')}, top-1 (ties within {TIE_Z:g} standard errors: lowest loss) on "
+               f"{count(len(held), 'held-out training image')} of seed {cfg.seed}")
     return best, account
 
 

@@ -4,6 +4,7 @@ import importlib
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -792,3 +793,23 @@ def test_export_writes_the_format_its_file_is_named_for(capsys, tmp_path):
         code, _, err = run_cli(capsys, "export", "--db", db, *cols, *args)
         assert code == 2 and err.startswith(f"attnbench export: {message}") and err.count("\n") == 1
     assert not (tmp_path / "x.txt").exists() and not (tmp_path / "y.md").exists()
+
+
+def test_one_of_a_thing_is_said_in_the_singular(capsys, tmp_path):
+    from attnbench.choices import count
+    from attnbench.measure.load import noise_reasons
+
+    db, merged = str(tmp_path / "r.sqlite"), str(tmp_path / "m.sqlite")
+    code, out, _ = run_cli(capsys, "run", "--scope", "module", "--variants", "conv", "--res", "8", "--dim", "8",
+                           "--db", db, *FAST)  # one case, one thread
+    assert code == 0 and re.search(r"\b1 thread\b", out) and "\n1 case; results in" in out
+    code, out, _ = run_cli(capsys, "merge", db, "-o", merged)
+    assert code == 0 and out == f"merged 1 store into {merged}: 1 new row\n"
+    code, out, _ = run_cli(capsys, "run", "--scope", "module", "--variants", "conv,gsa", "--res", "8", "--dim", "8",
+                           "--db", db, "--threads", "2", "--min-run-time", "0.01")
+    assert code == 0 and "2 threads" in out and "\n2 cases; results in" in out
+    assert noise_reasons(0.9, (1.0, 1.0), 1) == ["other processes used 0.90 of 1 core during the timed runs"]
+    assert [count(n, "case") for n in (0, 1, 2)] == ["0 cases", "1 case", "2 cases"]
+    assert count(1, "batch", "batches") == "1 batch" and count(3, "batch", "batches") == "3 batches"
+    for text in (out, "\n".join(noise_reasons(0.9, (1.0, 1.0), 1))):
+        assert not re.search(r"\b1 (cases|threads|stores|rows|new rows|cores|tables|figures)\b", text)

@@ -43,7 +43,7 @@ def test_a_store_deleted_and_made_anew_takes_no_rows_from_the_shards_of_the_old_
     assert main(["collect", "--db", str(db)]) == 2
     assert "(1 of another store at that path, ignored)" in capsys.readouterr().err
     assert launched("12") == 0
-    assert "1 new rows; 1 shard stores of another store at this path left out" in capsys.readouterr().out
+    assert "1 new row; 1 shard store of another store at this path left out" in capsys.readouterr().out
     assert store.load_results(db).res.tolist() == [12]  # the deleted row does not come back
     assert main(["collect", "--db", str(db)]) == 0 and store.load_results(db).res.tolist() == [12]
 

@@ -35,4 +35,4 @@ def test_a_sweep_timed_while_both_cores_are_busy_is_flagged_in_every_row(tmp_pat
     assert code == 0 and len(frame) == 4 and frame.latency_noisy.tolist() == [1] * 4
     assert frame.latency_noise_reason.str.contains("other processes used").all()
     assert (frame.other_load_cores > 0.5).all()
-    assert err.count("warning: 4 of 4 cases were timed while the machine was busy") == 1
+    assert err.count("warning: 4 of 4 cases timed while the machine was busy") == 1

@@ -396,11 +396,11 @@ def test_a_store_with_text_in_a_column_of_numbers_is_refused_in_one_line(tmp_pat
     store.write(db, row("a"))
     store.write(db, row("b"))
     _damage(db, "UPDATE results SET res = 'abc' WHERE rowid = 2")
-    with pytest.raises(store.StoreError, match="its results table's column res holds 'abc' .1 rows of text."):
+    with pytest.raises(store.StoreError, match="its results table's column res holds 'abc' .1 row of text."):
         store.load_results(db)
     assert main(["report", "--db", str(db), "--out", str(tmp_path / "report")]) == 2
     err = capsys.readouterr().err
-    assert err == (f"attnbench report: {db} is damaged: its results table's column res holds 'abc' (1 rows of "
+    assert err == (f"attnbench report: {db} is damaged: its results table's column res holds 'abc' (1 row of "
                    "text), where every store holds numbers.\n")
     assert not (tmp_path / "report" / "README.md").exists()
 

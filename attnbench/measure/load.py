@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import psutil
 import torch
 
+from attnbench.choices import count
+
 OTHER_CORES_LIMIT = 0.25  # other processes' average use during the timed runs, in cores, above which a timing is noisy
 CALIBRATION_DRIFT = 1.3  # the calibration's slower / faster time, before against after, above which it is noisy
 BUSY_FIELDS = ("user", "nice", "system", "irq", "softirq", "steal")  # guest time is already inside user
@@ -66,7 +68,7 @@ def noise_reasons(other: float, calibration: tuple[float, float], cores: int) ->
     times before and after; empty when it can."""
     reasons = []
     if other > OTHER_CORES_LIMIT:
-        reasons.append(f"other processes used {other:.2f} of {cores} cores during the timed runs")
+        reasons.append(f"other processes used {other:.2f} of {count(cores, 'core')} during the timed runs")
     slower, faster = max(calibration), min(calibration)
     if faster > 0 and slower / faster > CALIBRATION_DRIFT:
         reasons.append(f"the machine's speed changed during the case (calibration {calibration[0] * 1e3:.1f} ms "
