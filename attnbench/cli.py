@@ -396,16 +396,16 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                     help="a variant option of the network (e.g. zero_init=false, heads=4); repeat for several")
     tr.add_argument("--match", choices=("params", "macs"), default=None,
-                    help="choose the width so that the network has the parameters (or MACs per image) of --match-to "
-                         "at --width, within 10 %%")
+                    help="the width giving the parameters (or MACs per image) of --match-to at --width, within 10 %%")
     tr.add_argument("--match-to", default=None, metavar="MODEL",
                     help="the network matched (default: the conv network of the same family, e.g. conv_probe)")
     tr.add_argument("--skip-finished", action="store_true",
-                    help="skip the seeds whose run of this setup the store already holds to its end (to resume a "
-                         "table trained in several sittings)")
+                    help="skip the seeds whose run of this setup the store holds to its end (a table in sittings)")
     tr.add_argument("--out", default=None, help="checkpoint folder (default runs/MODEL-DATASET-sSEED, ':' as =3A)")
     tr.add_argument("--db", default=DEFAULT_DB, help="results store for the per-epoch metrics")
     tr.add_argument("--resume", default=None, help="checkpoint to continue from, exactly")
+    tr.add_argument("--continue", dest="continue_unfinished", action="store_true",
+                    help="continue each seed's unfinished run in --out (and its rate search) from its last epoch")
     tr.add_argument("--overwrite", action="store_true",
                     help="replace an earlier run's checkpoint in --out (refused otherwise, unless --resume names it)")
     tr.add_argument("--stop-after-epoch", type=positive_int("stop-after-epoch"), default=None,

@@ -1,9 +1,11 @@
 """A training study: one setup trained with one seed or several, one after the other, as ``attnbench train``
 runs it. Its policy lives here: every value checked before anything trains; the width matched to a
 reference network's parameters or MACs (``match``); the seeds the store already holds to their end
-skipped (``skip_finished``); with ``lr="auto"``, the learning rate chosen once for the setup, on the
-first seed it trains (or taken from an earlier sitting's finished run), and every seed trained at it;
-each seed's network evaluated at other sides afterwards (``eval_res``).
+skipped (``skip_finished``), an unfinished one continued from its last epoch (``continue_unfinished``: a
+sitting stopped midway loses at most an epoch of each run, the rate search's included); with ``lr="auto"``,
+the learning rate chosen once for the setup, on the first seed it trains (or taken from an earlier
+sitting's finished run), and every seed trained at it; each seed's network evaluated at other sides
+afterwards (``eval_res``).
 
 Bad input is a ``TrainError`` (or ``DataError``, ``StoreError``, ``files.Unwritable``) whose message is one
 line; what the study does is said through ``say`` (one line each) and ``warn``.
@@ -69,6 +71,7 @@ class Study:
     out: str | None = None
     db: str | None = None
     resume: str | None = None
+    continue_unfinished: bool = False  # each seed's (and rate search's) unfinished run continued where it stopped
     overwrite: bool = False
     stop_after_epoch: int | None = None
     eval_res: list[int] | None = None
@@ -88,8 +91,10 @@ def run_study(study: Study, *, say: Callable[[str], None] = print,
         store.check_writable(study.db)
     auto = study.lr == "auto"
     finished = finished_seeds(study.db, cfg, auto) if study.skip_finished else {}
+    resumes = {seed: Path(out, "checkpoint.pt") if study.continue_unfinished and Path(out, "checkpoint.pt").is_file()
+               else study.resume for seed, out in outs.items()}
     for seed in set(seeds) - set(finished):  # every seed's folder before any seed trains
-        refuse_earlier_run(outs[seed], resume=study.resume, overwrite=study.overwrite)
+        refuse_earlier_run(outs[seed], resume=resumes[seed], overwrite=study.overwrite)
     for side in study.eval_res or []:
         try:
             check_side(study.dataset, side)
@@ -107,15 +112,15 @@ def run_study(study: Study, *, say: Callable[[str], None] = print,
                 evaluate(checkpoint)  # the sides not stored yet
             continue
         with interrupt.keeping(partial(_kept, seed, out, study.db, time.time())), \
-                claimed(out, resume=study.resume, overwrite=study.overwrite):  # the learning rate's search too
+                claimed(out, resume=resumes[seed], overwrite=study.overwrite):  # the learning rate's search too
             run, source = replace(cfg, seed=seed), "given"
             if auto:
                 if tuned is None:
-                    tuned = tune_lr(run, Path(out) / "lr-search")
+                    tuned = tune_lr(run, Path(out) / "lr-search", keep=study.continue_unfinished)
                 lr, source = tuned
                 run = replace(run, lr=lr)
                 say(f"seed {seed}: learning rate {source}")
-            history = train(run, out=out, db=study.db, resume=study.resume, overwrite=study.overwrite,
+            history = train(run, out=out, db=study.db, resume=resumes[seed], overwrite=study.overwrite,
                             stop_after_epoch=study.stop_after_epoch, quiet=study.quiet, lr_source=source,
                             width_source=width_source)
         if history and history[-1]["stopped"] == "diverged":
@@ -150,7 +155,10 @@ def _config(study: Study, say: Callable[[str], None]) -> tuple[TrainConfig, str]
     if study.seeds and study.seed != 0:
         raise TrainError("give --seed or --seeds, not both.")
     if len(seeds) > 1 and study.resume:
-        raise TrainError("--resume continues one run: give one seed.")
+        raise TrainError("--resume continues one run: give one seed (--continue continues each seed's).")
+    if study.continue_unfinished and (study.resume or study.overwrite):
+        other = "--resume" if study.resume else "--overwrite"
+        raise TrainError(f"--continue continues the runs in --out; give it without {other}.")
     options = train_options(spec, study.opt)
     cfg = TrainConfig(model=study.model, dataset=study.dataset, data_dir=study.data_dir, epochs=study.epochs,
                       batch=study.batch, lr=LR_CANDIDATES[0] if study.lr == "auto" else study.lr,

@@ -392,15 +392,17 @@ def choose_lr(scores: dict[float, tuple[float, float]], n: int) -> float:
     return min(tied, key=lambda lr: (math.inf if math.isnan(scores[lr][1]) else scores[lr][1], lr))
 
 
-def tune_lr(cfg: TrainConfig, out: str | Path, candidates: tuple[float, ...] = LR_CANDIDATES
+def tune_lr(cfg: TrainConfig, out: str | Path, candidates: tuple[float, ...] = LR_CANDIDATES, *, keep: bool = False
             ) -> tuple[float, str]:
     """The learning rate ``--lr auto`` picks, and how: each candidate trains for half the run's steps (its
     own cosine schedule) on the training split less a held-out tenth (drawn with the seed), and is scored on
     that tenth by :func:`choose_lr` (top-1 where it separates the rates, else the held-out loss). While the
     largest rate tried wins, the next one up (x ``LR_FACTOR``) is tried too, and likewise down, within
     ``LR_LIMITS``: the best rate is never an edge of the grid unless it is a limit. The test split is never
-    seen. Returns (lr, a one-line account stored with the run, which names the seed whose split chose it:
-    the other seeds of a setup train at the same rate)."""
+    seen. With ``keep``, a candidate whose run an earlier search left in ``out`` continues it (a finished one
+    is read back, not trained again); else each is trained anew. Returns (lr, a one-line account stored
+    with the run, which names the seed whose split chose it: the other seeds of a setup train at the same
+    rate)."""
     train_set, _ = datasets(cfg)
     n = len(train_set.labels)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 7919))
@@ -413,8 +415,10 @@ def tune_lr(cfg: TrainConfig, out: str | Path, candidates: tuple[float, ...] = L
     todo = list(candidates)
     while todo:
         for lr in todo:
-            history = train(replace(cfg, lr=lr, steps=budget, plateau=None), out=Path(out) / f"lr-{lr:g}",
-                            data=data, progress=False, overwrite=True)  # scratch runs, replaced by every search
+            folder = Path(out) / f"lr-{lr:g}"
+            earlier = folder / "checkpoint.pt" if keep and (folder / "checkpoint.pt").is_file() else None
+            history = train(replace(cfg, lr=lr, steps=budget, plateau=None), out=folder, data=data, progress=False,
+                            resume=earlier, overwrite=earlier is None)  # scratch runs: replaced unless continued
             last = history[-1]
             scores[lr] = (0.0, math.nan) if last.get("stopped") == "diverged" else (last["top1_pct"], last["test_loss"])
         best = choose_lr(scores, len(held))

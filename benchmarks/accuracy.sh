@@ -9,8 +9,8 @@
 # are the trained networks' parameters and MACs (inference latency is measured by `attnbench run`, at
 # width 1, which only the conv probe is trained at). Finished runs are skipped (and their missing
 # evaluations made), so the script may be run in several sittings; benchmarks/probe_steps.py says what
-# each probe costs here. A run that a sitting left unfinished is trained again from its start
-# (--overwrite replaces its checkpoint).
+# each probe costs here. A run (or learning-rate search) that a sitting left unfinished continues from
+# its last epoch (--continue).
 #   bash benchmarks/accuracy.sh [reports/results.sqlite] [variants] [seeds]
 set -euo pipefail
 db=${1:-reports/results.sqlite}
@@ -22,11 +22,11 @@ for dataset in longrange digits; do
   for v in $variants; do
     attnbench train --model "${v}_probe" --dataset "$dataset" --steps "$(budget "$dataset")" --plateau 3 \
       --match params --batch 64 --lr auto --seeds "$seeds" --out "runs/${v}_probe-$dataset" --db "$db" \
-      --skip-finished --overwrite --eval-res "$sides"
+      --skip-finished --continue --eval-res "$sides"
     if [ "$v" = nonlocal ]; then
       attnbench train --model nonlocal_probe --opt zero_init=false --dataset "$dataset" \
         --steps "$(budget "$dataset")" --plateau 3 --match params --batch 64 --lr auto --seeds "$seeds" \
-        --out "runs/nonlocal_probe-scale1-$dataset" --db "$db" --skip-finished --overwrite \
+        --out "runs/nonlocal_probe-scale1-$dataset" --db "$db" --skip-finished --continue \
         --eval-res "$sides"
     fi
   done

@@ -546,6 +546,34 @@ def test_skip_finished_resumes_a_table_trained_in_sittings(tmp_path, capsys):
     assert store.load_training(db).groupby("seed").run_id.nunique().tolist() == [1, 1]
 
 
+@pytest.mark.slow
+def test_continue_takes_up_a_sitting_stopped_midway_where_it_stopped_the_rate_search_included(tmp_path, capsys):
+    """A table trained in sittings: the first stopped after an epoch of each seed (as a killed one keeps its
+    last epoch); --continue reads the finished rate search back instead of training it again and continues
+    each seed's run (which then ends as one trained straight through: test_resume_continues_exactly)."""
+    common = ["train", "--dataset", "digits", "--model", "conv_probe", "--width", "0.25", "--batch", "256",
+              "--steps", "10", "--lr", "auto", "--seeds", "0,1"]
+    sittings = tmp_path / "sittings"
+    db = str(tmp_path / "r.sqlite")
+    assert main([*common, "--out", str(sittings), "--db", db, "--stop-after-epoch", "1"]) == 0
+    search = sorted((sittings / "s0" / "lr-search").glob("lr-*/checkpoint.pt"))
+    searched = {path: path.read_bytes() for path in search}
+    first = store.load_training(db)
+    assert len(search) >= 4 and first.groupby("seed").epoch.max().tolist() == [1, 1]
+    capsys.readouterr()
+    assert main([*common, "--out", str(sittings), "--db", db]) == 2  # refused without --continue, as before
+    assert "holds the checkpoint of an earlier run" in capsys.readouterr().err
+    assert main([*common, "--out", str(sittings), "--db", db, "--continue"]) == 0
+    assert all(path.read_bytes() == kept for path, kept in searched.items())  # read back, not trained again
+    rows = store.load_training(db)
+    assert rows.groupby("seed").run_id.unique().map(list).tolist() == \
+        first.groupby("seed").run_id.unique().map(list).tolist()  # continued, not replaced
+    assert sorted(rows.epoch.tolist()) == [1, 1, 2, 2]
+    assert [load_checkpoint(sittings / seed / "checkpoint.pt")["epoch"] for seed in ("s0", "s1")] == [2, 2]
+    assert main([*common, "--out", str(sittings), "--db", db, "--continue", "--overwrite"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
 def test_a_budget_in_epochs_is_part_of_the_setup_and_runs_stored_before_stop_reasons_count_as_finished(
         tmp_path, capsys):
     from attnbench.tables import accuracy_table
@@ -624,8 +652,8 @@ def test_lr_auto_extends_the_grid_past_an_edge_that_wins(tmp_path, monkeypatch):
 
     trained, peak = [], {}
 
-    def fake_train(cfg, *, out, data, progress, overwrite):
-        assert overwrite  # the search's runs are scratch, replaced by the next search
+    def fake_train(cfg, *, out, data, progress, resume, overwrite):
+        assert overwrite and resume is None  # the search's runs are scratch, replaced by the next search
         trained.append(cfg.lr)
         return [{"top1_pct": 90.0, "test_loss": abs(math.log(cfg.lr / peak["lr"]))}]
 
