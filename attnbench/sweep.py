@@ -212,6 +212,7 @@ class Sweep:
     def subjects(self) -> list[Subject]:
         """What the sweep measures: its variants (module scope), or its networks (model scope)."""
         from attnbench.models import UnknownModelError, get_model_spec, list_archs, model_spec_for
+        from attnbench.models.registry import NotAModuleError
 
         if self.scope not in SCOPES:
             raise ValueError(f"Unknown scope {self.scope!r}. Available: {', '.join(SCOPES)}.")
@@ -233,6 +234,11 @@ class Sweep:
             specs += [get_model_spec(name) for name in self.model or ()]
         except UnknownModelError as e:
             raise ValueError(f"--model: {e}") from None
+        for spec in specs:  # a user's builder that returns no nn.Module is refused before anything runs
+            try:
+                spec.check_builds(max(self.res or [DEFAULT_RES[self.scope]]))
+            except NotAModuleError as e:
+                raise ValueError(f"--model: {e}") from None
         foreign = [s.name for s in specs if s.foreign]
         if foreign and tuple(self.width) != SWEEP_DEFAULTS["width"]:
             raise ValueError(f"--width applies to attnbench's networks; {foreign[0]} has no channel multiplier")

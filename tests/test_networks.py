@@ -2,6 +2,7 @@
 module:callable), the width axis, and a code hash that follows the code that measured."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -222,7 +223,9 @@ def _timm():
 
 
 @pytest.mark.timm
-def test_a_timm_network_is_built_as_timm_builds_it():
+def test_a_timm_network_is_built_as_timm_builds_it(capsys, tmp_path):
+    from attnbench.cli import main
+
     timm = _timm()
     spec = get_model_spec("timm:resnet18")
     assert (spec.variant, spec.arch, spec.kind) == ("", "timm", "timm") and spec.source.startswith("timm.")
@@ -230,6 +233,20 @@ def test_a_timm_network_is_built_as_timm_builds_it():
     assert [(n, p.shape) for n, p in ours.named_parameters()] == [(n, p.shape) for n, p in theirs.named_parameters()]
     with pytest.raises(KeyError, match="Unknown timm model 'resnet19'.*Did you mean"):
         get_model_spec("timm:resnet19")
+    # the hint is true: the close names are timm's, and the search it names finds them (attnbench list lists none)
+    for name, pattern in (("resnet18x", "*resnet*"), ("nope", "resnet*")):
+        message = str(pytest.raises(KeyError, get_model_spec, f"timm:{name}").value)
+        assert "attnbench list" not in message and "\n" not in message
+        assert message.endswith(f"Search timm's {len(timm.list_models())} models by pattern with "
+                                f"timm.list_models('{pattern}').") and timm.list_models(pattern)
+        close = re.search(r"Did you mean (.*)\?", message)
+        assert bool(close) == (name == "resnet18x")
+        names = close.group(1).split(", ") if close else []
+        assert all(timm.is_model(n) for n in names) and ("resnet18" in names) == (name == "resnet18x")
+    assert main(["run", "--model", "timm:nope", "--db", str(tmp_path / "r.sqlite")]) == 2
+    err = capsys.readouterr().err  # (the CUDA build of torch that timm needs warns of no CUDA as it imports)
+    assert err.splitlines()[-1].startswith("attnbench run: --model: Unknown timm model 'nope'.")
+    assert "Traceback" not in err and "attnbench list" not in err
     # a network sized to its input (Swin) is built for the side measured
     swin = get_model_spec("timm:swin_tiny_patch4_window7_224").build(image_size=112)
     assert swin(torch.randn(1, 3, 112, 112)).shape == (1, 1000)
@@ -303,3 +320,40 @@ def test_folders_named_after_a_network_from_elsewhere_are_plain_and_distinct(tmp
 
     assert safe_name("timm:vit_base_patch16_224.augreg_in21k") == "timm=3Avit_base_patch16_224.augreg_in21k"
     assert safe_name("a=3Ab") != safe_name("a:b")
+
+
+def test_a_builder_that_returns_no_module_is_refused_before_the_sweep(tmp_path, monkeypatch, capsys):
+    from attnbench.cli import main
+    from attnbench.sweep import Sweep
+
+    (tmp_path / "odd_nets.py").write_text(textwrap.dedent("""
+        import torch
+        from torch import nn
+
+        def three(num_classes=1000):
+            return 3
+
+        def nothing():
+            return None
+
+        def logged(num_classes=1000, image_size=224):
+            with open("calls.txt", "a") as f:
+                f.write(f"{torch.empty(1).device} {image_size}\\n")
+            return nn.Linear(3, num_classes)
+
+        def reads_a_value(num_classes=1000):  # cannot build on the meta device: left to its cases
+            net = nn.Linear(3, num_classes)
+            net.bias.sum().item()
+            return net
+    """))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    db = tmp_path / "r.sqlite"
+    for name, returned in (("three", "int"), ("nothing", "None")):
+        assert main(["run", "--model", f"conv_probe,odd_nets:{name}", "--res", "16", "--db", str(db), *FAST]) == 2
+        out, err = capsys.readouterr()
+        assert err == f"attnbench run: --model: odd_nets:{name} returned {returned}, not a torch.nn.Module.\n"
+        assert not out and (not db.exists() or store.load_results(db).empty)  # nothing measured, conv_probe neither
+    cases = Sweep(model=["odd_nets:logged"], res=[16, 48], device=["cpu"]).cases()
+    assert len(cases) == 2 and (tmp_path / "calls.txt").read_text() == "meta 48\n"  # once, on the meta device
+    assert len(Sweep(model=["odd_nets:reads_a_value"], res=[16], device=["cpu"]).cases()) == 1

@@ -43,6 +43,10 @@ TIMM_PREFIX = "timm:"
 FOREIGN_OPTIONS = ("num_classes", "image_size")  # what a network from elsewhere may be given, when it takes it
 
 
+class NotAModuleError(TypeError):
+    """A network's builder returned something other than an ``nn.Module``."""
+
+
 class UnknownModelError(KeyError):
     """A name that names no network."""
 
@@ -92,9 +96,26 @@ class ModelSpec:
                                  "(attnbench's options apply to its own networks).")
             net = self.builder(**{k: v for k, v in given.items() if self.accepts(k)})
             if not isinstance(net, nn.Module):
-                raise TypeError(f"{self.name} returned {type(net).__name__}, not a torch.nn.Module.")
+                raise NotAModuleError(f"{self.name} returned {'None' if net is None else type(net).__name__}, not "
+                                      "a torch.nn.Module.")
             return net
         return self.builder(num_classes=num_classes, **options)
+
+    def check_builds(self, image_size: int) -> None:
+        """A user's builder is called once on the meta device (no memory, no weights made) before a sweep, and
+        :class:`NotAModuleError` raised where it returns something other than an ``nn.Module``; a builder that
+        fails there (it loads weights, say) is left to its cases, which say why."""
+        if self.kind != "custom":
+            return
+        import torch
+
+        try:
+            with torch.device("meta"):
+                self.build(image_size=image_size)
+        except NotAModuleError:
+            raise
+        except Exception:  # noqa: BLE001, S110 - any other failure is its cases' to report, with their reason
+            pass
 
 
 @dataclass(frozen=True)
@@ -270,8 +291,7 @@ def _timm():
 def _timm_spec(name: str) -> ModelSpec:
     timm = _timm()
     if not timm.is_model(name):
-        raise UnknownModelError(_unknown("timm model", name, timm.list_models()).replace(
-            "Available: ", "Available (timm.list_models()): "))
+        raise UnknownModelError(_unknown_timm(timm, name))
 
     def build(num_classes: int = 1000, image_size: int | None = None) -> nn.Module:
         size = timm.get_pretrained_cfg_value(name, "input_size")
@@ -286,6 +306,18 @@ def _timm_spec(name: str) -> ModelSpec:
 
     entry = timm.models.model_entrypoint(name)
     return ModelSpec(TIMM_PREFIX + name, build, "", "timm", f"timm's {name}", _module_of(entry), kind="timm")
+
+
+def _unknown_timm(timm: Any, name: str) -> str:
+    """One line for a name that is no timm model: the closest of timm's own list, and the pattern search of
+    ``timm.list_models`` that finds the others (``attnbench list`` lists none of timm's)."""
+    every = timm.list_models()
+    close = difflib.get_close_matches(name, every, n=3, cutoff=0.6)
+    stem = re.match(r"[A-Za-z]+", name)
+    pattern = f"*{stem.group(0)}*" if stem and timm.list_models(f"*{stem.group(0)}*") else "resnet*"
+    said = f" Did you mean {', '.join(close)}?" if close else ""
+    return (f"Unknown timm model '{name}'.{said} Search timm's {len(every)} models by pattern with "
+            f"timm.list_models('{pattern}').")
 
 
 def _custom_spec(name: str) -> ModelSpec:
