@@ -150,11 +150,9 @@ def _max_res(args: argparse.Namespace) -> int:
                                 **sweep)
     except store.StoreError as e:
         raise UsageError(str(e)) from None
-    for f in found:
-        what = f.case.label.replace(" res=1 ", " ")
-        largest = f"largest side {f.largest}" if f.largest else "no side ran"
-        print(f"{what}: {largest}; {f.failed} did not ({f.status})")
-    print(f"\nevery side tried is stored in {args.db}; the report's largest-fit table reads them.")
+    from attnbench.console import max_res_lines
+
+    print("\n".join(max_res_lines(found, args.db, args.line_width)))
     return 0
 
 

@@ -141,6 +141,17 @@ def _blocks(table: pd.DataFrame, keys: int, width: int, render: Callable[[pd.Dat
     return lines
 
 
+def max_res_lines(found: Sequence, db: str, width: int) -> list[str]:
+    """What ``run --max-res`` prints of what it ``found`` (:func:`attnbench.api.max_res`): each case's largest
+    side that ran and the next that did not, then where every side tried is stored, at most ``width`` wide."""
+    lines = []
+    for f in found:
+        what = f.case.label.replace(" res=1 ", " ")
+        largest = f"largest side {f.largest}" if f.largest else "no side ran"
+        lines += wrap(f"{what}: {largest}; {f.failed} did not ({f.status})", width)
+    return lines + ["", *wrap(f"every side tried is stored in {db}; the report's largest-fit table reads them.", width)]
+
+
 def console_table(frame: pd.DataFrame, *, width: int = 100, pivot: str | None = None) -> str:
     """The rows of a sweep as text for a terminal (see the module's docstring)."""
     if frame.empty:

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from attnbench import __version__
+from attnbench.choices import count
 from attnbench.record import Environment
 
 PACKAGE = Path(__file__).resolve().parent
@@ -130,11 +131,11 @@ def parse_device(text: str) -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise ValueError(f"unsupported device '{text}'; use cpu, cuda or cuda:N")
     if dev.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if gpus == 0:
             raise ValueError(f"device '{text}' requested but this machine has no CUDA device")
-        if dev.index is not None and dev.index >= count:
-            raise ValueError(f"device '{text}' does not exist: this machine has {count} CUDA device(s)")
+        if dev.index is not None and dev.index >= gpus:
+            raise ValueError(f"device '{text}' does not exist: this machine has {count(gpus, 'CUDA device')}")
     return dev
 
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnbench.choices import count
 from attnbench.registry import Variant
 
 
@@ -117,7 +118,7 @@ def attention_maps(model: nn.Module, image: torch.Tensor, query: tuple[int, int]
     mapless = {name: m.variant_name for name, m in layers.items() if isinstance(m, Variant) and not m.draws_maps()}
     if mapless:
         names = ", ".join(sorted(set(mapless.values())))
-        warnings.warn(f"attention_maps: {len(mapless)} layer(s) of {names} left out: no attention_maps defined",
+        warnings.warn(f"attention_maps: {count(len(mapless), 'layer')} of {names} left out: no attention_maps defined",
                       stacklevel=2)
         layers = {name: m for name, m in layers.items() if name not in mapless}
     sizes: dict[str, tuple[int, int]] = {}

@@ -29,7 +29,7 @@ from typing import TypeVar
 import pandas as pd
 
 from attnbench import files
-from attnbench.choices import Scope, count, unknown_name_message
+from attnbench.choices import EXPORT_FORMATS, Scope, count, unknown_name_message
 from attnbench.record import EPOCH_COLUMNS, EVALUATION_COLUMNS, RESULT_COLUMNS, Case, Epoch, Evaluation, Record
 
 SCHEMA_VERSION = 1
@@ -154,6 +154,9 @@ def _make_parent(path: Path, *, create: bool = True) -> None:
         if not path.exists():
             if not create:
                 raise StoreError(f"No results store at {path}.")
+            if path.suffix.lower() in EXPORT_FORMATS:  # an SQLite file is never made under a text format's name
+                raise StoreError(f"Cannot create the store {path}: a store is an SQLite file, and {path.suffix} names "
+                                 "text; name it .sqlite (attnbench export writes .csv, .md and .json).")
             if path.parent.exists() and not path.parent.is_dir():
                 raise StoreError(f"Cannot create the store {path}: {path.parent} is not a directory.")
             path.parent.mkdir(parents=True, exist_ok=True)

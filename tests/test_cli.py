@@ -813,3 +813,15 @@ def test_one_of_a_thing_is_said_in_the_singular(capsys, tmp_path):
     assert count(1, "batch", "batches") == "1 batch" and count(3, "batch", "batches") == "3 batches"
     for text in (out, "\n".join(noise_reasons(0.9, (1.0, 1.0), 1))):
         assert not re.search(r"\b1 (cases|threads|stores|rows|new rows|cores|tables|figures)\b", text)
+
+
+def test_a_store_is_never_made_under_a_text_formats_name(capsys, tmp_path):
+    for suffix in ("csv", "md", "json", "JSON"):
+        db = tmp_path / f"r.{suffix}"
+        for args in (["run", "--scope", "module", "--variants", "conv", "--res", "8", "--dim", "8", "--db", str(db),
+                      *FAST], ["merge", "reports/accuracy.sqlite", "-o", str(db)]):
+            code, _, err = run_cli(capsys, *args)
+            assert code == 2 and err == (f"attnbench {args[0]}: Cannot create the store {db}: a store is an SQLite "
+                                         f"file, and .{suffix} names text; name it .sqlite (attnbench export writes "
+                                         ".csv, .md and .json).\n")
+            assert not db.exists()

@@ -111,3 +111,20 @@ def test_the_pivot_wraps_its_sides_into_blocks():
     assert max(map(len, lines)) <= 40
     sides = [w for line in lines if line.startswith("network") for w in line.split()[1:]]
     assert sides == ["8", "16", "32", "64", "128", "256", "512", "1024"]
+
+
+def test_max_res_lines_fit_the_line_width():
+    from types import SimpleNamespace
+
+    from attnbench.console import max_res_lines
+
+    case = SimpleNamespace(label="gsa res=1 b=1 fp32 cpu infer")
+    found = [SimpleNamespace(case=case, largest=1024, failed=1025, status="timeout"),
+             SimpleNamespace(case=case, largest=None, failed=16, status="oom")]
+    lines = max_res_lines(found, "reports/results.sqlite", 40)
+    assert max(map(len, lines)) <= 40
+    text = " ".join(line.strip() for line in lines)
+    assert "gsa b=1 fp32 cpu infer: largest side 1024; 1025 did not (timeout)" in text
+    assert "gsa b=1 fp32 cpu infer: no side ran; 16 did not (oom)" in text
+    assert text.endswith("every side tried is stored in reports/results.sqlite; the report's largest-fit table reads "
+                         "them.") and "" in lines

@@ -149,7 +149,7 @@ def test_layers_of_a_variant_without_attention_maps_are_left_out_in_one_warning(
     with pytest.warns(UserWarning) as caught:
         maps = attention_maps(net, image, (2, 3))
     assert [str(w.message) for w in caught] == [
-        "attention_maps: 2 layer(s) of mapless left out: no attention_maps defined"]
+        "attention_maps: 2 layers of mapless left out: no attention_maps defined"]
     assert list(maps) == ["1.support"]
     torch.testing.assert_close(maps["1.support"], attention_maps(conv, net[0](image[None])[0], (2, 3))["support"])
     with pytest.warns(UserWarning, match="1 layer"):
