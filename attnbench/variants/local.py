@@ -127,30 +127,30 @@ class LocalSelfAttention(Variant):
         # keys and values in each tile's halo: (2, B*nby*nbx, h, halo*halo, dh)
         kv = F.pad(kv, (pad, pad + nbx * b - W, pad, pad + nby * b - H))
         kv = kv.unfold(2, halo, b).unfold(3, halo, b)  # (B, 2C, nby, nbx, halo, halo), a view
-        kv = kv.reshape(B, 2, h, dh, nby, nbx, halo * halo).permute(1, 0, 4, 5, 2, 6, 3)
+        kv = kv.view(B, 2, h, dh, nby, nbx, halo, halo).permute(1, 0, 4, 5, 2, 6, 7, 3)
         keys, values = kv.reshape(2, -1, h, halo * halo, dh).unbind(0)
 
         if self.captured is not None:
             self.captured.update(attn=[], geometry=(B, H, W, b))
         place = self._placement(b, k, halo, x.device, q.dtype)  # (b, k, halo): offset -> halo index
-        outside = self._outside(B, H, W, b, k, x.device)  # (Bt, 1, b, b, halo, halo)
-        # tiles in chunks whose logits stay cache-sized
+        far_rows, far_cols = self._outside(B, H, W, b, k, x.device)  # (Bt, 1, b, 1, halo), (Bt, 1, 1, b, halo)
+        # tiles in chunks whose logits stay cache-sized; split, not sliced: a slice's backward writes a zero tensor
+        # of the whole input per chunk, split's one for all
         chunk = max(1, CHUNK_ELEMENTS // (h * b * b * halo * halo))
-        out = torch.cat([
-            self._attend(q[i : i + chunk], keys[i : i + chunk], values[i : i + chunk], place, outside[i : i + chunk])
-            for i in range(0, q.shape[0], chunk)
-        ])  # (Bt, h, b*b, dh)
+        parts = zip(*(t.split(chunk) for t in (q, keys, values, far_rows, far_cols)))
+        out = torch.cat([self._attend(*part, place) for part in parts])  # (Bt, h, b*b, dh)
         out = out.reshape(B, nby, nbx, h, b, b, dh).permute(0, 3, 6, 1, 4, 2, 5)
         out = out.reshape(B, C, nby * b, nbx * b)[:, :, :H, :W]
         return downsample(out, self.cfg.stride)
 
-    def _attend(self, q, keys, values, place, outside):
+    def _attend(self, q, keys, values, far_rows, far_cols, place):
         """Attention of tiles of queries over their halos.
 
         Args:
             q: ``(T, h, b*b, dh)``; keys, values: ``(T, h, halo*halo, dh)``.
+            far_rows: ``(T, 1, b, 1, halo)``, True where a halo row is out of the query's window or the image;
+                far_cols: ``(T, 1, 1, b, halo)``, the same for columns.
             place: ``(b, k, halo)`` one-hot of window offset to halo index.
-            outside: ``(T, 1, b, b, halo, halo)``, True where a key is out of the window or image.
         """
         T, h, _, dh = q.shape
         b, k, halo = place.shape
@@ -161,10 +161,12 @@ class LocalSelfAttention(Variant):
         rel_col = torch.einsum("nhuvd,hod->nhuvo", qt[..., dh // 2 :], self.rel_col)
         rel_row = torch.einsum("nhuvo,uop->nhuvp", rel_row, place)  # (T, h, b, b, halo)
         rel_col = torch.einsum("nhuvo,vos->nhuvs", rel_col, place)
-        logits = logits.view(T, h, b, b, halo, halo)
-        logits += rel_row[..., :, None]
-        logits += rel_col[..., None, :]
-        logits.masked_fill_(outside, torch.finfo(logits.dtype).min)
+        # a pair out of reach along either axis is masked through that axis's term (a quarter of the dtype's range
+        # each: their sum stays finite), so the mask costs no pass over the logits
+        low = -torch.finfo(rel_row.dtype).max / 4
+        rel_row, rel_col = rel_row.masked_fill(far_rows, low), rel_col.masked_fill(far_cols, low)
+        # the first sum a new tensor, so that the in-place step changes no view (whose backward copies the whole base)
+        logits = torch.add(logits.view(T, h, b, b, halo, halo), rel_row[..., :, None]).add_(rel_col[..., None, :])
         attn = logits.view(T, h, b * b, halo * halo).softmax(dim=-1)
         if self.captured is not None:
             self.captured["attn"].append(attn.detach())
@@ -179,8 +181,9 @@ class LocalSelfAttention(Variant):
         return (p == u + o).to(dtype)
 
     @staticmethod
-    def _outside(B: int, H: int, W: int, b: int, k: int, device: torch.device) -> torch.Tensor:
-        """True where a (query, halo key) pair is outside the query's window or outside the image."""
+    def _outside(B: int, H: int, W: int, b: int, k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """True where a halo row is outside the window of a tile's query row or outside the image, (tiles, 1, b,
+        1, halo); and the same for columns, (tiles, 1, 1, b, halo): a pair is masked where either is."""
         pad = k // 2
         halo = b + 2 * pad
         nby, nbx = math.ceil(H / b), math.ceil(W / b)
@@ -193,15 +196,9 @@ class LocalSelfAttention(Variant):
         cols = torch.arange(nbx, device=device)[:, None] * b + p[None, :] - pad  # (nbx, halo)
         out_r = (rows < 0) | (rows >= H)
         out_c = (cols < 0) | (cols >= W)
-        # (nby, nbx, b_u, b_v, halo_p, halo_s)
-        mask = (
-            far[None, None, :, None, :, None]
-            | far[None, None, None, :, None, :]
-            | out_r[:, None, None, None, :, None]
-            | out_c[None, :, None, None, None, :]
-        )
-        mask = mask.reshape(1, nby * nbx, 1, b, b, halo, halo).expand(B, -1, -1, -1, -1, -1, -1)
-        return mask.reshape(B * nby * nbx, 1, b, b, halo, halo)
+        rows = (far[None] | out_r[:, None, :])[:, None, None, :, None, :].expand(B, nby, nbx, 1, b, 1, halo)
+        cols = (far[None] | out_c[:, None, :])[None, :, None, None, :, :].expand(B, nby, nbx, 1, 1, b, halo)
+        return rows.reshape(-1, 1, b, 1, halo), cols.reshape(-1, 1, 1, b, halo)
 
 
 register_impl("local", "halo", description="query tiles against their key halos, masked, chunked (CPU caches)")(

@@ -120,21 +120,21 @@ class NeighborhoodAttention(BiasedWindowAttention):
 
         keys, values = gathered(keys), gathered(values)
         bias, outside, pattern = self._patterns(H, W, b, span_h, span_w, x.device)
+        # the mask folded into the bias once per pattern: one pass over the logits instead of two
+        additive = bias.to(q.dtype).masked_fill(outside, torch.finfo(q.dtype).min)
         if self.captured is not None:
             self.captured.update(attn=[], geometry=(H, W, b, span_h, span_w))
         chunk = max(1, CHUNK_ELEMENTS // (B * h * b * b * span_h * span_w))  # tiles whose logits stay cache-sized
-        out = []
-        for i in range(0, q.shape[1], chunk):
-            which = pattern[i : i + chunk]
-            out.append(self._attend(q[:, i : i + chunk], keys[:, i : i + chunk], values[:, i : i + chunk],
-                                    bias.index_select(0, which), outside.index_select(0, which)))
+        # split, not sliced: a slice's backward writes a zero tensor of the whole input per chunk, split's one for all
+        out = [self._attend(*parts, additive.index_select(0, which))
+               for *parts, which in zip(q.split(chunk, 1), keys.split(chunk, 1), values.split(chunk, 1),
+                                        pattern.split(chunk))]
         out = torch.cat(out, dim=1).reshape(B, nby, nbx, h, b, b, dh).permute(0, 3, 6, 1, 4, 2, 5)
         return self.finish(out.reshape(B, C, nby * b, nbx * b)[:, :, :H, :W])
 
-    def _attend(self, q, keys, values, bias, outside):
+    def _attend(self, q, keys, values, additive):
         logits = q @ keys.transpose(-1, -2)
-        logits += bias.to(logits.dtype)
-        attn = logits.masked_fill_(outside, torch.finfo(q.dtype).min).softmax(dim=-1)
+        attn = logits.add_(additive).softmax(dim=-1)  # masked pairs: the dtype's lowest value added, weight 0
         if self.captured is not None:
             self.captured["attn"].append(attn.detach())
         return attn @ values
@@ -144,7 +144,10 @@ class NeighborhoodAttention(BiasedWindowAttention):
         """What a tile adds to its logits depends only on where it lies: at a border, or inside, where every
         tile sees the same offsets. Returns, per distinct pattern, the relative bias of each (query, key of
         the stretch) pair, (patterns, h, b*b, span), and True where the pair is masked (the key outside the
-        query's window, or the query outside the image), (patterns, 1, b*b, span); and each tile's pattern."""
+        query's window), (patterns, 1, b*b, span); and each tile's pattern. A query past the image (a tile's
+        padding, dropped at the end) meets the window of the image's last pixel: every query meets unmasked keys,
+        so no softmax runs over masked pairs alone (their logits, the dtype's lowest value plus the product, may
+        be -inf in half precision)."""
         k = self.cfg.window
         patterns = _axis_patterns.__wrapped__ if torch.compiler.is_compiling() else _axis_patterns
 
@@ -178,7 +181,7 @@ def _axis_patterns(length: int, b: int, k: int, span: int) -> tuple[tuple, tuple
             start = max(0, min(min(query, length - 1) - k // 2, length - window))
             for key in range(first, first + span):
                 offsets.append(min(max(key - query + k - 1, 0), 2 * k - 2))
-                outside.append(query >= length or not start <= key < start + window)
+                outside.append(not start <= key < start + window)
         tiles.append(found.setdefault((tuple(offsets), tuple(outside)), len(found)))
     return tuple(p[0] for p in found), tuple(p[1] for p in found), tuple(tiles)
 
