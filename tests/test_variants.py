@@ -369,3 +369,19 @@ def test_shifted_windows_mask_what_the_roll_brought_together_and_cross_the_previ
     two = torch.nn.Sequential(plain, shifted)
     assert torch.equal(_changed_pixels(plain, x, (2, 2)), _block(range(0, 3), range(0, 3)))
     assert torch.equal(_changed_pixels(two, x, (2, 2)), _block(range(0, 4), range(0, 4)))
+
+
+@pytest.mark.parametrize("impl", attnbench.list_impls("window"))
+def test_windows_keep_their_layout_per_map_and_never_a_fake_one(impl):
+    """A window layer keeps the shift mask and token order of each map side it met: other sides, and memory
+    prediction on fake tensors before and between, leave every real forward as a fresh layer's."""
+    from attnbench.measure.memory import predict_peak_memory
+
+    options = {"window": 3, "shifted": True, "heads": 2, "impl": impl}
+    layer = make("window", **options).double().eval()
+    predict_peak_memory(layer, (1, TEST_DIM, 12, 12), "infer", dtype=torch.float64, device=DEVICE)
+    for shape in [(1, TEST_DIM, 9, 9), (2, TEST_DIM, 7, 11), (1, TEST_DIM, 9, 9), (1, TEST_DIM, 12, 12)]:
+        x = torch.randn(*shape, dtype=torch.float64, device=DEVICE)
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x), make("window", **options).double().eval()(x), rtol=0, atol=0)
+        predict_peak_memory(layer, shape, "infer", dtype=torch.float64, device=DEVICE)

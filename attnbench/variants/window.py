@@ -41,15 +41,26 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch._subclasses.fake_tensor import FakeTensor
 
 from attnbench.registry import VariantConfig, register_impl, register_variant
 from attnbench.variants._common import BiasedWindowAttention, downsample, pointwise
 
 MASKED = -100.0  # what Swin adds to the logits of pairs the shift brought together
+LAYOUTS_KEPT = 16  # map sides whose layout a layer keeps (a network meets one or two; evaluation a few more)
+
+
+class Layout(NamedTuple):
+    """What a layer's windows on one map depend on besides the weights (sizes only)."""
+
+    source: torch.Tensor  # the pixel of the padded, rolled map each token holds (window_order)
+    target: torch.Tensor  # the token that holds each pixel of the map (window_order)
+    mask: torch.Tensor | None  # (windows, m^2, m^2) shift mask, or None without a shift (shift_mask)
+    entry: torch.Tensor  # (m^2, m^2) entry of the flattened bias table for each pair of a window's pixels
 
 
 @dataclass(frozen=True)
@@ -76,7 +87,7 @@ def window_order(H: int, W: int, m: int, shift: int, Hp: int, Wp: int,
                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """The windows' tokens, window by window and row by row within each (the order of the reference's
     partition): the pixel of the padded Hp x Wp map each one holds, rolled by -shift; and, for each pixel of
-    the H x W map, the token that holds it. Built on every call, like the shift mask."""
+    the H x W map, the token that holds it."""
     nh, nw = Hp // m, Wp // m
     rows = torch.arange(Hp, device=device).view(nh, 1, m, 1)
     cols = torch.arange(Wp, device=device).view(1, nw, 1, m)
@@ -90,7 +101,7 @@ def window_order(H: int, W: int, m: int, shift: int, Hp: int, Wp: int,
 def shift_mask(Hp: int, Wp: int, m: int, shift: int, device: torch.device) -> torch.Tensor | None:
     """(windows, m^2, m^2): MASKED where two pixels of a shifted window came from different regions of the
     rolled map (Swin's mask: the last ``m`` rows and columns split at ``shift``), 0 elsewhere; None without a
-    shift. Built on every call, never cached: a cached tensor made while memory is predicted would be fake."""
+    shift."""
     if not shift:
         return None
 
@@ -118,6 +129,10 @@ class WindowAttention(BiasedWindowAttention):
 
     bias_tables = ("rpb",)
 
+    def __init__(self, cfg: WindowConfig):
+        super().__init__(cfg)
+        self._layouts: dict[tuple, Layout] = {}  # per (height, width, device): see layout
+
     @classmethod
     def options_at(cls, options: dict, ratio: float) -> dict:
         """The window scaled with the side, to the nearest pixel (Swin: 7 at 224, 12 at 384)."""
@@ -144,13 +159,32 @@ class WindowAttention(BiasedWindowAttention):
         canvas[:, top : top + m, left : left + m] = attn[win, :, (y % m) * m + x % m].view(-1, m, m)
         return {"attention": canvas.roll((shift, shift), dims=(1, 2))[:, :H, :W]}
 
-    def bias(self, m: int) -> torch.Tensor:
+    def layout(self, x: torch.Tensor) -> Layout:
+        """What the windows of ``x``'s map depend on besides the weights. Sizes alone decide it, so it is built
+        once per map side and device and kept, as Swin keeps its shift mask and bias index in buffers; except on
+        fake tensors (memory prediction: a kept fake tensor would serve the real calls after it) and while a
+        graph is compiled (the graph holds its own)."""
+        H, W = x.shape[2:]
+        if torch.compiler.is_compiling() or self.fake_inputs or isinstance(x, FakeTensor):
+            return self._build_layout(H, W, x.device)
+        key = (H, W, x.device)
+        if key not in self._layouts:
+            if len(self._layouts) >= LAYOUTS_KEPT:
+                self._layouts.clear()
+            self._layouts[key] = self._build_layout(H, W, x.device)
+        return self._layouts[key]
+
+    def _build_layout(self, H: int, W: int, device: torch.device) -> Layout:
+        m, shift, Hp, Wp = geometry(H, W, self.cfg.window, self.cfg.shifted)
+        pos = torch.arange(m, device=device)
+        dy = pos[None, :] - pos[:, None] + self.cfg.window - 1  # (query row, key row): the table's row
+        entry = dy[:, None, :, None] * (2 * self.cfg.window - 1) + dy[None, :, None, :]  # (y, x, key y, key x)
+        return Layout(*window_order(H, W, m, shift, Hp, Wp, device), shift_mask(Hp, Wp, m, shift, device),
+                      entry.reshape(m * m, m * m))
+
+    def bias(self, layout: Layout) -> torch.Tensor:
         """(heads, m^2, m^2): the relative position bias of every pair of a window's pixels."""
-        pos = torch.arange(m, device=self.rpb.device)
-        dy = (pos[None, :] - pos[:, None] + self.cfg.window - 1)  # (query row, key row)
-        rows = dy[:, None, :, None].expand(m, m, m, m).reshape(m * m, m * m)
-        cols = dy[None, :, None, :].expand(m, m, m, m).reshape(m * m, m * m)
-        return self.rpb[:, rows, cols]
+        return self.rpb.flatten(1)[:, layout.entry]
 
     def partition(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, ...]]:
         """q (scaled), k, v per window: (B, windows, heads, m^2, d), and the geometry."""
@@ -164,12 +198,10 @@ class WindowAttention(BiasedWindowAttention):
         q, k, v = qkv.reshape(3, B, -1, h, m * m, C // h).unbind(0)
         return q * (C // h) ** -0.5, k, v, (H, W, m, shift, Hp, Wp)
 
-    def additive(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    def additive(self, layout: Layout) -> torch.Tensor:
         """(windows or 1, heads, m^2, m^2): the bias, plus the shift mask where there is one."""
-        H, W, m, shift, Hp, Wp = shape
-        bias = self.bias(m)[None]
-        mask = shift_mask(Hp, Wp, m, shift, device)
-        return bias if mask is None else bias + mask.to(bias.dtype)[:, None]
+        bias = self.bias(layout)[None]
+        return bias if layout.mask is None else bias + layout.mask.to(bias.dtype)[:, None]
 
     def merge(self, out: torch.Tensor, shape: tuple[int, ...], B: int) -> torch.Tensor:
         """Windows back into the map: rolled back, cropped, projected, then the optional pool."""
@@ -183,7 +215,7 @@ class WindowAttention(BiasedWindowAttention):
 
     def windows(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v, shape = self.partition(x)
-        attn = (q @ k.transpose(-1, -2) + self.additive(shape, x.device)).softmax(dim=-1)
+        attn = (q @ k.transpose(-1, -2) + self.additive(self.layout(x))).softmax(dim=-1)
         if self.captured is not None:
             self.captured.update(attn=attn.detach().flatten(0, 1), geometry=shape)
         return self.merge(attn @ v, shape, x.shape[0])
@@ -196,7 +228,7 @@ register_impl("window", "windows", description="every window as one batch of den
 def sdpa(self: WindowAttention, x: torch.Tensor) -> torch.Tensor:
     q, k, v, shape = self.partition(x)
     B, windows = q.shape[:2]
-    mask = self.additive(shape, x.device).to(q.dtype).expand(B, windows, -1, -1, -1).flatten(0, 1)  # fused: 4D
+    mask = self.additive(self.layout(x)).to(q.dtype).expand(B, windows, -1, -1, -1).flatten(0, 1)  # fused: 4D
     out = F.scaled_dot_product_attention(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), attn_mask=mask, scale=1.0)
     return self.merge(out, shape, B)
 
@@ -205,17 +237,17 @@ def sdpa(self: WindowAttention, x: torch.Tensor) -> torch.Tensor:
                description="token-major rows gathered by one index (roll and partition folded in), fused attention")
 def tokens(self: WindowAttention, x: torch.Tensor) -> torch.Tensor:
     B, C, H, W = x.shape
-    m, shift, Hp, Wp = shape = geometry(H, W, self.cfg.window, self.cfg.shifted)
+    m, shift, Hp, Wp = geometry(H, W, self.cfg.window, self.cfg.shifted)
     h, dh, windows = self.heads, C // self.heads, (Hp // m) * (Wp // m)
-    source, target = window_order(H, W, m, shift, Hp, Wp, x.device)
+    layout = self.layout(x)
     if (Hp, Wp) != (H, W):
         x = F.pad(x, (0, Wp - W, 0, Hp - H))
-    rows = x.flatten(2).transpose(1, 2)[:, source]  # (B, windows m^2, C)
+    rows = x.flatten(2).transpose(1, 2)[:, layout.source]  # (B, windows m^2, C)
     qkv = F.linear(rows, self.qkv.weight.view(3 * C, C), self.qkv.bias)
     q, k, v = qkv.view(B * windows, m * m, 3, h, dh).permute(2, 0, 3, 1, 4).unbind(0)  # (B windows, h, m^2, d)
-    mask = self.additive((H, W, *shape), x.device).to(q.dtype)
+    mask = self.additive(layout).to(q.dtype)
     if shift:  # one mask per window: the kernel takes it per image and window
         mask = mask.expand(B, -1, -1, -1, -1).flatten(0, 1)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=dh**-0.5)  # memory: (B windows, m^2, h, d)
     out = F.linear(out.transpose(1, 2).reshape(B, windows * m * m, C), self.proj.weight.view(C, C), self.proj.bias)
-    return downsample(out.transpose(1, 2).index_select(2, target).view(B, C, H, W), self.cfg.stride)
+    return downsample(out.transpose(1, 2).index_select(2, layout.target).view(B, C, H, W), self.cfg.stride)
