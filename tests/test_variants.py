@@ -158,7 +158,7 @@ def test_state_dicts_load_into_every_implementation(variant):
 AUTO_RULE = {  # the rule README.md documents (measured on CPUs, designed for CUDA): (cpu, cuda)
     "gsa": ("pixelmajor", "batched"), "local": ("halo", "flex"), "axial": ("lines", "lines"),
     "nonlocal": ("sdpa", "sdpa"), "conv": ("native", "native"), "efficient": ("einsum", "einsum"),
-    "mhsa": ("augmented", "sdpa"), "neighborhood": ("tiles", "flex"), "window": ("tokens", "sdpa"),
+    "mhsa": ("blocked", "sdpa"), "neighborhood": ("tiles", "flex"), "window": ("tokens", "sdpa"),
 }
 
 
@@ -295,6 +295,36 @@ def test_mhsa_augmented_kernel_path_matches_naive_and_trains_as_the_reference(mo
         assert_trains_as_the_reference("mhsa", "augmented", options)
     H, W = SHAPES[1][2:]
     assert (2, 2, H * W, 4 + H + W) in calls  # 8 channels in 2 heads of 4, widened by H + W
+
+
+def test_mhsa_blocked_in_blocks_of_few_queries_matches_naive_and_trains_as_the_reference(monkeypatch):
+    """blocked computes the logits of BLOCK_LOGITS pairs at a time: with blocks of one or two queries (the last one
+    shorter), forward and the recomputing backward are the same function as the naive one and the reference, the
+    input's gradient included."""
+    import attnbench.variants.mhsa as mhsa
+
+    ranges = []
+    blocks = mhsa._blocks
+    monkeypatch.setattr(mhsa, "_blocks", lambda batch, n: ranges.append(blocks(batch, n)) or ranges[-1])
+    for pairs in (4 * 11 * 13 * 2, 1):  # (2 images x 2 heads) x 11 x 13 keys x 2 queries a block, then 1 query
+        monkeypatch.setattr(mhsa, "BLOCK_LOGITS", pairs)
+        for options in CASES["mhsa"]:
+            m = make_fp64("mhsa", "blocked", options)
+            x = torch.randn(*SHAPES[1], dtype=torch.float64, requires_grad=True)
+            with torch.no_grad():
+                diff = (m.eval()(x) - NAIVE["mhsa"](m, x)).abs().max().item()
+            assert diff < 1e-12, f"mhsa/blocked {options}: max abs difference {diff:.3g} from the naive one"
+            assert_trains_as_the_reference("mhsa", "blocked", options)
+            reference = make_fp64("mhsa", "dense", options).train()
+            y = m.train()(x)
+            (grad,) = torch.autograd.grad((y * y).sum(), x)
+            x_ref = x.detach().requires_grad_()
+            y_ref = reference(x_ref)
+            (grad_ref,) = torch.autograd.grad((y_ref * y_ref).sum(), x_ref)
+            torch.testing.assert_close(grad, grad_ref)
+        n = 11 * 13
+        assert [len(r) for r in ranges[-2:]] == ([(n + 1) // 2] * 2 if pairs > 1 else [n] * 2), ranges[-2:]
+        ranges.clear()
 
 
 def test_gsa_train_mode_batch_norm_matches_the_plain_implementation():

@@ -27,6 +27,17 @@ Implementations (one parameter set, the same function):
   faster there. One thread, CPU time, dense / fused kernel: forward, 8 x 512 x 14 x 14 (BoT50's last
   stage) 36 / 39 ms, 1 x 128 x 56 x 56 312 / 256 ms, 8 x 64 x 56 x 56 2.1 / 1.8 s; forward + backward,
   8 x 256 x 28 x 28 374 / 444 ms, 64 x 16 x 32 x 32 (the probe's layer) 2.7 / 1.7 s.
+* ``blocked`` (CPUs): every product over all (image, head) pairs at once (the projection's rows reordered so
+  that q, k and v are each one batch of channel-major (d, N) matrices), the logits of a block of queries at a
+  time (at most ``BLOCK_LOGITS`` over the batch and heads: one block for BoT50's last stage), each block
+  the relative logits broadcast into a buffer, the content product accumulated into it and the softmax,
+  all in cache; the product with the values writes the channel-major output directly. Unlike
+  ``augmented`` its products have the head width, not d_head + H + W. Its backward recomputes each block
+  of probabilities from q, k and the relative logits instead of keeping the N x N softmax. One thread, CPU
+  time, forward, augmented / blocked / timm's BottleneckAttn: 8 x 512 x 14 x 14 35 / 40 / 44 ms (the
+  1 x 1 projection is 23 of them), 8 x 256 x 28 x 28 180 / 135 / 325 ms, 1 x 128 x 56 x 56 245 / 140 /
+  525 ms, 1 x 128 x 64 x 64 425 / 196 / 841 ms, 8 x 64 x 56 x 56 1.71 / 0.81 / 3.82 s; a training step of
+  the probe (two layers of 14 channels, one head, batch 64, 32 x 32) 1.75 / 0.75 s.
 
 At a side other than ``size`` (the largest side the layer will see): the tables serve a smaller map
 with their central offsets and refuse a larger one, as BoTNet's code builds them for its feature
@@ -66,7 +77,7 @@ class MHSAConfig(VariantConfig):
     global_receptive_field=True,
     scaling=(2.0, 2.0),  # N x N pairs
     reference="dense",
-    preference={"cpu": ("augmented",), "cuda": ("sdpa",)},
+    preference={"cpu": ("blocked",), "cuda": ("sdpa",)},
 )
 class MultiHeadSelfAttention(Variant):
     """BoTNet's MHSA layer; output has the input's channels and, with stride 1, its size."""
@@ -141,6 +152,86 @@ def sdpa(self: MultiHeadSelfAttention, x: torch.Tensor) -> torch.Tensor:
     logits_h, logits_w = self.relative_logits(q, *x.shape[-2:], dh**-0.5)
     relative = (logits_h[..., :, None] + logits_w[..., None, :]).reshape(B, h, n, n)
     return self.finish(F.scaled_dot_product_attention(q, k, v, attn_mask=relative, scale=dh**-0.5), x.shape)
+
+
+# blocked computes the logits of at most this many (image, head, query, key) pairs at once: 16 MiB in fp32, which
+# stays in a CPU's last-level cache between the products and the softmax around it; smaller blocks mean more (and
+# smaller) operations, each a parallel region for the threads (measured: see the module's docstring)
+BLOCK_LOGITS = 1 << 22
+
+
+def _blocks(batch: int, n: int) -> list[tuple[int, int]]:
+    """Query ranges [i0, i1) of at most BLOCK_LOGITS logits each over ``batch`` (image, head) pairs and ``n`` keys."""
+    rows = max(1, BLOCK_LOGITS // (batch * n))
+    return [(i, min(n, i + rows)) for i in range(0, n, rows)]
+
+
+def _block_probabilities(q, k, rel_h, rel_w, i0: int, i1: int, scale: float) -> torch.Tensor:
+    """The softmax rows of queries i0..i1: (B', i1 - i0, N), from channel-major q, k (B', d, N) and the
+    relative logits rel_h (B', N, H), rel_w (B', N, W) of every query."""
+    Bp, n, H, W = q.shape[0], i1 - i0, rel_h.shape[-1], rel_w.shape[-1]
+    logits = (rel_h[:, i0:i1, :, None] + rel_w[:, i0:i1, None, :]).view(Bp, n, H * W)
+    return logits.baddbmm_(q[:, :, i0:i1].transpose(1, 2), k, alpha=scale).softmax(dim=-1)
+
+
+def _attend(q, k, v, rel_h, rel_w, scale: float) -> torch.Tensor:
+    """Channel-major outputs (B', d, N) of all heads, the logits block by block (nothing kept for a backward)."""
+    outs = [torch.bmm(v, _block_probabilities(q, k, rel_h, rel_w, i0, i1, scale).transpose(1, 2))
+            for i0, i1 in _blocks(q.shape[0], q.shape[-1])]
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+
+
+class _BlockedAttention(torch.autograd.Function):
+    """:func:`_attend` whose backward recomputes each block of probabilities (as fused attention kernels do) rather
+    than keeping the N x N softmax of every head: for a block P of rows, with dO its outputs' gradient and
+    D_i = dO_i . O_i, dS = P * (dO V^T - D) gives dq = scale dS k, dk = scale dS^T q, dv = P^T dO, and the relative
+    logits' gradients are dS summed over the key columns (height table) and rows (width table)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, rel_h, rel_w, scale):
+        out = _attend(q, k, v, rel_h, rel_w, scale)
+        ctx.save_for_backward(q, k, v, rel_h, rel_w, out)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, rel_h, rel_w, out = ctx.saved_tensors
+        scale = ctx.scale
+        Bp, H, W = q.shape[0], rel_h.shape[-1], rel_w.shape[-1]
+        delta = (grad * out).sum(dim=1)  # (B', N)
+        dq, dh, dw = [], [], []
+        dk, dv = torch.zeros_like(k), torch.zeros_like(v)
+        for i0, i1 in _blocks(Bp, q.shape[-1]):
+            p = _block_probabilities(q, k, rel_h, rel_w, i0, i1, scale)
+            g = grad[:, :, i0:i1]
+            dv.baddbmm_(g, p)
+            ds = torch.bmm(g.transpose(1, 2), v).sub_(delta[:, i0:i1, None]).mul_(p)  # d logits
+            dq.append(torch.bmm(k, ds.transpose(1, 2)))
+            dk.baddbmm_(q[:, :, i0:i1], ds)
+            grid = ds.view(Bp, i1 - i0, H, W)
+            dh.append(grid.sum(dim=3))
+            dw.append(grid.sum(dim=2))
+        return (torch.cat(dq, dim=2).mul_(scale), dk.mul_(scale), dv, torch.cat(dh, dim=1), torch.cat(dw, dim=1),
+                None)
+
+
+@register_impl("mhsa", "blocked",
+               description="all heads in each product, the logits of blocks of queries at a time (cache-sized), the "
+                           "relative logits broadcast into them; backward recomputes each block")
+def blocked(self: MultiHeadSelfAttention, x: torch.Tensor) -> torch.Tensor:
+    B, C, H, W = x.shape
+    for side in (H, W):
+        check_fits("mhsa", side, None, self.cfg.size)
+    h, dh, n = self.heads, C // self.heads, H * W
+    # the projection's rows reordered (head, q/k/v, channel), so that each of q, k, v is one (B h, d, N) batch
+    weight = self.to_qkv.weight.view(3, h, dh, C).transpose(0, 1).reshape(3 * C, C)
+    q, k, v = torch.matmul(weight, x.reshape(B, C, n)).view(B * h, 3, dh, n).unbind(1)
+    rel_h, rel_w = self.relative_logits(q.view(B, h, dh, n).transpose(2, 3), H, W, dh**-0.5)
+    args = (q, k, v, rel_h.view(B * h, n, H), rel_w.view(B * h, n, W), dh**-0.5)
+    grads = torch.is_grad_enabled() and any(t.requires_grad for t in args[:5])
+    out = _BlockedAttention.apply(*args) if grads else _attend(*args)
+    return downsample(out.view(B, C, H, W), self.cfg.stride)
 
 
 # augmented runs dense while one head's logits over the batch (B N^2 values) are at most this many: 32 MiB in fp32,
