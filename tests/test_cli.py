@@ -580,7 +580,7 @@ def test_a_value_given_twice_is_measured_once(capsys, tmp_path):
     db = str(tmp_path / "r.sqlite")
     code, out, _ = run_cli(capsys, "run", "--scope", "module", "--variants", "conv,conv", "--res", "8,8", "--dim",
                            "8,8", "--batch", "1,1", "--dtype", "fp32,fp32", "--mode", "infer,infer", "--db", db, *FAST)
-    assert code == 0 and "\n1 cases; results in" in out and len(store.load_results(db)) == 1
+    assert code == 0 and "\n1 case; results in" in out and len(store.load_results(db)) == 1
     from attnbench.api import plan  # the Python API alike
 
     assert plan(variants=["conv"], scope="module", res=[8, 8], dim=[8, 8], batch=[2, 2]) == plan(
