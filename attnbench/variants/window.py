@@ -246,8 +246,13 @@ def tokens(self: WindowAttention, x: torch.Tensor) -> torch.Tensor:
     qkv = F.linear(rows, self.qkv.weight.view(3 * C, C), self.qkv.bias)
     q, k, v = qkv.view(B * windows, m * m, 3, h, dh).permute(2, 0, 3, 1, 4).unbind(0)  # (B windows, h, m^2, d)
     mask = self.additive(layout).to(q.dtype)
-    if shift:  # one mask per window: the kernel takes it per image and window
-        mask = mask.expand(B, -1, -1, -1, -1).flatten(0, 1)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=dh**-0.5)  # memory: (B windows, m^2, h, d)
+    if mask.requires_grad:  # the bias learns: the fused kernel gives its mask no gradient (its fallback would
+        # compute this, checking every row for -inf besides), so the products, the mask broadcast over the images
+        logits = ((q * dh**-0.5) @ k.transpose(-1, -2)).view(B, windows, h, m * m, m * m) + mask
+        out = logits.softmax(dim=-1).view(B * windows, h, m * m, m * m) @ v
+    else:
+        if shift:  # one mask per window: the kernel takes it per image and window
+            mask = mask.expand(B, -1, -1, -1, -1).flatten(0, 1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=dh**-0.5)  # memory: (B windows, m^2, h, d)
     out = F.linear(out.transpose(1, 2).reshape(B, windows * m * m, C), self.proj.weight.view(C, C), self.proj.bias)
     return downsample(out.transpose(1, 2).index_select(2, layout.target).view(B, C, H, W), self.cfg.stride)
