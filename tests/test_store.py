@@ -8,24 +8,16 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from conftest import stopped_midway
+from store_processes import open_together, row, write_rows
 
 from attnbench import store
 from attnbench.cli import main
 from attnbench.record import Epoch, Record
-
-
-def row(name: str, env: str = "e1", **extra) -> Record:
-    """A measured case called ``name`` (which sets its side) on host ``env``."""
-    base = dict(run_id="r", scope="module", variant="gsa", arch="", res=zlib.crc32(name.encode()) % 10**6 + 1,
-                batch=1, dim=16, dtype="fp32", device="cpu", mode="infer", threads=1, impl="pixelmajor",
-                status="ok", macs=10, uncounted_ops={"aten::softmax": 1}, host=env)
-    return Record.from_row({**base, **extra})
 
 
 def key(name: str) -> str:
@@ -99,17 +91,12 @@ def test_a_directory_that_cannot_be_created(tmp_path):
         store.open_store(blocker / "sub" / "r.sqlite")
 
 
-def _writer(db, start):
-    for i in range(start, start + 25):
-        store.write(db, row(f"k{i}"))
-
-
 @pytest.mark.slow
 def test_several_processes_write_one_store(tmp_path):
     db = tmp_path / "r.sqlite"
     store.open_store(db).close()
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_writer, args=(str(db), 25 * i)) for i in range(4)]
+    procs = [ctx.Process(target=write_rows, args=(str(db), 25 * i)) for i in range(4)]
     for p in procs:
         p.start()
     for p in procs:
@@ -155,11 +142,6 @@ def test_rows_from_before_implementations_record_the_one_that_measured_them(tmp_
         assert attnbench.list_impls(variant)[0] == impl
 
 
-def _open(db: str, barrier) -> None:
-    barrier.wait()
-    store.open_store(db).close()
-
-
 @pytest.mark.slow
 def test_an_old_store_opened_by_several_processes_at_once_is_upgraded_once(tmp_path):
     for trial in range(3):
@@ -167,7 +149,7 @@ def test_an_old_store_opened_by_several_processes_at_once_is_upgraded_once(tmp_p
         _old_store(db, without="impl")
         ctx = mp.get_context("spawn")
         barrier = ctx.Barrier(4)
-        procs = [ctx.Process(target=_open, args=(str(db), barrier)) for _ in range(4)]
+        procs = [ctx.Process(target=open_together, args=(str(db), barrier)) for _ in range(4)]
         for p in procs:
             p.start()
         for p in procs:
