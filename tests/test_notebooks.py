@@ -31,6 +31,9 @@ COMPARED = ["results.ipynb"]  # trains nothing, runs in seconds: executed and co
 # What a notebook that trains runs with here, set after its parameters (its first code cell, which assigns each
 # name): every cell runs, on a shorter training than a reader's
 QUICK = {"attention_maps.ipynb": {"STEPS": 5}}
+# ... and on a smaller draw of the generated data set (the notebook reads 200 test images): its training and
+# evaluation at a reader's size (10,000 and 2,000 images) took most of the notebook's time for 5 steps
+SMALL_DATA = {"attention_maps.ipynb": "import attnbench.data\nattnbench.data.LONGRANGE_SIZES = (640, 200)"}
 
 
 @pytest.mark.slow
@@ -41,7 +44,8 @@ def test_notebook_executes(path):
     if quick:
         first = next(i for i, cell in enumerate(nb.cells) if cell.cell_type == "code")
         assert all(f"{name} = " in nb.cells[first].source for name in quick), f"{path.name}: its parameters moved"
-        nb.cells.insert(first + 1, nbformat.v4.new_code_cell("\n".join(f"{k} = {v!r}" for k, v in quick.items())))
+        nb.cells.insert(first + 1, nbformat.v4.new_code_cell("\n".join(
+            [f"{k} = {v!r}" for k, v in quick.items()] + [SMALL_DATA.get(path.name, "")])))
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
     assert images, f"{path.name} drew no figure"
