@@ -208,18 +208,18 @@ def test_momentum_zero_trains_with_plain_sgd(tmp_path):
 
 @pytest.mark.slow
 def test_a_full_disk_while_writing_a_checkpoint_is_one_line(tmp_path):
-    """Files over 1 MiB cannot be written (the kernel's file size limit, as a full disk): the checkpoint of a
-    network of 2 MiB fails, in one line, and leaves no partial file."""
+    """Files over 256 KiB cannot be written (the kernel's file size limit, as a full disk): the checkpoint of a
+    network of 0.3 MiB fails, in one line, and leaves no partial file."""
     import resource
     import signal
 
     def limited():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails (EFBIG) instead of killing the process
-        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 18, 1 << 18))
 
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "attnbench", "train", "--model", "conv_probe", "--dataset", "digits",
-                           "--width", "8", "--steps", "1", "--batch", "256", "--out", str(out),
+                           "--width", "4", "--steps", "1", "--batch", "256", "--out", str(out),
                            "--db", str(tmp_path / "r.sqlite")], capture_output=True, text=True, preexec_fn=limited)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip() == (f"attnbench train: Cannot write the checkpoint {out / 'checkpoint.pt'}: the write "
@@ -718,9 +718,10 @@ def test_probe_heads_are_the_most_of_eight_channels_or_more_that_the_variant_acc
 
 
 @pytest.mark.slow
-def test_variant_options_reach_the_network_are_stored_and_make_their_own_setup(tmp_path, capsys):
+def test_variant_options_reach_the_network_are_stored_and_make_their_own_setup(tmp_path, capsys, monkeypatch):
     from attnbench.tables import accuracy_table
 
+    monkeypatch.setattr("attnbench.data.LONGRANGE_SIZES", (300, 100))  # generated: a small draw is enough here
     db = tmp_path / "r.sqlite"
     common = ["train", "--dataset", "longrange", "--model", "nonlocal_probe", "--batch", "128", "--steps", "1",
               "--db", str(db), "--skip-finished"]
