@@ -20,9 +20,14 @@ def attnbench(*args, path=(EXAMPLE,)):
                           timeout=600)
 
 
+@pytest.fixture(scope="module")
+def listed():
+    """`attnbench list` with the example plugin installed: one command for the tests that read it."""
+    return attnbench("list")
+
+
 @pytest.mark.slow
-def test_a_plugins_variant_is_listed_swept_built_into_networks_and_reported(tmp_path):
-    listed = attnbench("list")
+def test_a_plugins_variant_is_listed_swept_built_into_networks_and_reported(tmp_path, listed):
     assert listed.returncode == 0 and "  gate: sigmoid-gated 1x1 convolution" in listed.stdout
     assert "gate_resnet50" in listed.stdout
     db = str(tmp_path / "r.sqlite")
@@ -63,9 +68,8 @@ def test_the_projects_own_tests_cover_the_shipped_variants_only():
 
 
 @pytest.mark.slow
-def test_a_plugins_network_is_listed_and_measured(tmp_path):
-    listed = attnbench("list")
-    assert "gated_tiny" in listed.stdout
+def test_a_plugins_network_is_listed_and_measured(tmp_path, listed):
+    assert listed.returncode == 0 and "gated_tiny" in listed.stdout
     db = str(tmp_path / "r.sqlite")
     run = attnbench("run", "--model", "gated_tiny", "--res", "16", "--width", "1,2", "--min-run-time", "0.01",
                     "--threads", "1", "--db", db)
