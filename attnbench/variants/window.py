@@ -24,7 +24,12 @@ Implementations (one parameter set, the same function):
   projections are single matrix products with their bias and the fused attention kernel reads q, k
   and v in place; the outputs are gathered back to NCHW by the inverse index. Where the reference
   moves the map through two rolls and two window permutes in NCHW order (runs of a few pixels), each
-  gather here moves whole rows of channels.
+  gather here moves whole rows of channels. In training (the bias learning) the attention is explicit
+  products, as the fused kernel gives its mask no gradient.
+
+Every implementation keeps, per map side, the token order, the shift mask and the bias table's index
+of each pair (``layout``), as Swin keeps its mask and index in buffers; only the bias is gathered from
+the table at each call.
 
 Deviations: the bias table is built for ``window``; a smaller window (small maps) uses its central
 offsets where Swin would build a smaller table.
