@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import gc
 import re
 from collections.abc import Callable
@@ -41,7 +42,9 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (mal
 KEPT_HEAP_BYTES = 1 << 30
 
 
+@functools.lru_cache(maxsize=1)
 def _libc() -> ctypes.CDLL | None:
+    """The C library, found once per process (each case asks twice: its allocator, then each peak reading)."""
     name = ctypes.util.find_library("c")
     return ctypes.CDLL(name) if name else None
 
