@@ -121,10 +121,14 @@ def pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     input and output, and its backward through more (twice the time of a training step's projection).
     """
     B, C, H, W = x.shape
-    weight = conv.weight.view(conv.out_channels, C).expand(B, -1, -1)
-    x = x.reshape(B, C, H * W)
-    out = torch.bmm(weight, x) if conv.bias is None else torch.baddbmm(conv.bias[:, None], weight, x)
-    return out.view(B, conv.out_channels, H, W)
+    return project(conv.weight.view(conv.out_channels, C), conv.bias, x.reshape(B, C, H * W)).view(B, -1, H, W)
+
+
+def project(weight: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    """``weight`` (O, C) times each image's (C, N) matrix of ``x`` (B, C, N), plus ``bias`` (O) where given: the
+    product of :func:`pointwise`, for a weight arranged otherwise than its convolution's (rows reordered)."""
+    weight = weight.expand(x.shape[0], -1, -1)
+    return torch.bmm(weight, x) if bias is None else torch.baddbmm(bias[:, None], weight, x)
 
 
 def batch_norm(x: torch.Tensor, bn: nn.BatchNorm2d, channel_dims: tuple[int, ...],

@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnbench.registry import Variant, VariantConfig, register_impl, register_variant
-from attnbench.variants._common import check_fits, downsample, relative_to_absolute
+from attnbench.variants._common import check_fits, downsample, project, relative_to_absolute
 
 
 @dataclass(frozen=True)
@@ -226,7 +226,7 @@ def blocked(self: MultiHeadSelfAttention, x: torch.Tensor) -> torch.Tensor:
     h, dh, n = self.heads, C // self.heads, H * W
     # the projection's rows reordered (head, q/k/v, channel), so that each of q, k, v is one (B h, d, N) batch
     weight = self.to_qkv.weight.view(3, h, dh, C).transpose(0, 1).reshape(3 * C, C)
-    q, k, v = torch.matmul(weight, x.reshape(B, C, n)).view(B * h, 3, dh, n).unbind(1)
+    q, k, v = project(weight, None, x.reshape(B, C, n)).view(B * h, 3, dh, n).unbind(1)
     rel_h, rel_w = self.relative_logits(q.view(B, h, dh, n).transpose(2, 3), H, W, dh**-0.5)
     args = (q, k, v, rel_h.view(B * h, n, H), rel_w.view(B * h, n, W), dh**-0.5)
     grads = torch.is_grad_enabled() and any(t.requires_grad for t in args[:5])
