@@ -415,3 +415,45 @@ def test_windows_keep_their_layout_per_map_and_never_a_fake_one(impl):
         with torch.no_grad():
             torch.testing.assert_close(layer(x), make("window", **options).double().eval()(x), rtol=0, atol=0)
         predict_peak_memory(layer, shape, "infer", dtype=torch.float64, device=DEVICE)
+
+
+@pytest.mark.parametrize("channels", [8, 48])  # below and above the channels from which training convolves
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_1x1_projections_compute_the_convolution_by_either_kernel_with_its_gradients(channels, dtype, channels_last):
+    """project / pointwise, to_rows and from_rows against nn.Conv2d in float64, forward without gradients and
+    forward and backward with, in both dtypes and input layouts: each regime takes one of the two kernels."""
+    from attnbench.variants._common import convolves, from_rows, pointwise, to_rows
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(channels, 24, 1).to(dtype)
+    x = torch.randn(3, channels, 5, 7).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    ref = torch.nn.Conv2d(channels, 24, 1).double()
+    ref.load_state_dict(conv.state_dict())
+    tol = {"atol": 1e-4, "rtol": 1e-4} if dtype == torch.float32 else {"atol": 0.1, "rtol": 0.02}
+
+    def rows_of(m):
+        return m.permute(0, 2, 3, 1).flatten(1, 2)
+
+    forms = {"pointwise": lambda t: pointwise(conv, t), "to_rows": lambda t: to_rows(conv, t),
+             "from_rows": lambda t: from_rows(conv, rows_of(t), 5, 7)}
+    for name, form in forms.items():
+        want_of = (lambda t: rows_of(ref(t))) if name == "to_rows" else ref
+        with torch.no_grad():
+            assert convolves(x, conv.weight, conv.bias) == (dtype == torch.float32)
+            torch.testing.assert_close(form(x).double(), want_of(x.double()), **tol, msg=name)
+        xg = x.detach().requires_grad_()
+        assert convolves(xg, conv.weight, conv.bias) == (dtype == torch.float32 and channels >= 32)
+        out = form(xg)
+        grad = torch.randn_like(out)
+        out.backward(grad)
+        xr = x.double().requires_grad_()
+        want = want_of(xr)
+        want.backward(grad.double())
+        torch.testing.assert_close(out.double(), want, **tol, msg=name)
+        torch.testing.assert_close(xg.grad.double(), xr.grad, **tol, msg=name)
+        for p, q in zip(conv.parameters(), ref.parameters(), strict=True):
+            torch.testing.assert_close(p.grad.double(), q.grad, **{k: 10 * v for k, v in tol.items()}, msg=name)
+        conv.zero_grad(), ref.zero_grad()

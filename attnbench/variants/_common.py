@@ -113,22 +113,59 @@ def check_fits(name: str, length: int, span: int | None, size: int) -> None:
 
 
 def pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """A 1x1 convolution as one matrix product per image.
-
-    Same result and MACs as ``conv(x)``; on CPUs the NCHW convolution kernel is several times
-    slower than the matrix product for 1x1 kernels. A batched product with the weight expanded over
-    the batch (a view): ``matmul`` of a matrix and a batch goes through transposed copies of the
-    input and output, and its backward through more (twice the time of a training step's projection).
-    """
+    """``conv(x)`` for a 1x1 convolution, through :func:`project` (same result and MACs)."""
     B, C, H, W = x.shape
     return project(conv.weight.view(conv.out_channels, C), conv.bias, x.reshape(B, C, H * W)).view(B, -1, H, W)
 
 
+# a float32 projection on a CPU runs as oneDNN's 1x1 convolution from this many input channels while it records
+# gradients, and always without; below, in other dtypes and on GPUs, as a matrix product (measured: see project)
+CONV_FROM_CHANNELS = 32
+
+
+def convolves(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether the 1x1 projection of ``x`` (channels in dim 1) is faster as a convolution than as a matrix product."""
+    records = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
+    return x.device.type == "cpu" and x.dtype == torch.float32 and (x.shape[1] >= CONV_FROM_CHANNELS or not records)
+
+
 def project(weight: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
-    """``weight`` (O, C) times each image's (C, N) matrix of ``x`` (B, C, N), plus ``bias`` (O) where given: the
-    product of :func:`pointwise`, for a weight arranged otherwise than its convolution's (rows reordered)."""
+    """``weight`` (O, C) times each image's (C, N) matrix of ``x`` (B, C, N), plus ``bias`` (O) where given:
+    the product of :func:`pointwise`, also for a weight arranged otherwise than its convolution's (rows
+    reordered). Returns a contiguous (B, O, N).
+
+    Two kernels, the same function (:func:`convolves` chooses). A batched matrix product, the weight expanded
+    over the batch (a view; ``matmul`` of a matrix and a batch goes through transposed copies of the input and
+    output, and its backward through more). And oneDNN's 1x1 convolution, which on a CPU in float32 forward
+    takes about half the time of every matrix-product form (batched, one product over the batch, per image,
+    token-major ``linear``) from 2 threads: ms at 2 threads, in a process that keeps its freed memory (as a
+    case's does), product / convolution: 8x512x14x14 to 1536 (BoT50's last stage) 12.6 / 5.7, 1x128x56x56 to
+    384 1.47 / 0.75, 8x64x56x56 to 192 3.6 / 2.4, 8x128x56x56 to 384 12.5 / 7.4; forward and backward,
+    64x32x32x32 to 96 8.2 / 8.0, 8x128x56x56 to 384 38.9 / 25.6, but 64x14x32x32 to 42 (a probe's layer)
+    3.0 / 3.8. In bfloat16 the product (AMX) wins: 8x128x56x56 to 384 3.3 / 4.4 ms.
+    """
+    if convolves(x, weight, bias):
+        return F.conv2d(x.unsqueeze(-1), weight[:, :, None, None], bias).squeeze(-1).contiguous()
     weight = weight.expand(x.shape[0], -1, -1)
     return torch.bmm(weight, x) if bias is None else torch.baddbmm(bias[:, None], weight, x)
+
+
+def to_rows(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` of a 1x1 convolution as token-major rows (B, H W, O): pixel by pixel, channels contiguous.
+    As a convolution in channels-last layout where :func:`convolves` says so, else as ``linear`` of x's rows."""
+    if convolves(x, conv.weight, conv.bias):
+        out = F.conv2d(x.contiguous(memory_format=torch.channels_last), conv.weight, conv.bias)
+        return out.permute(0, 2, 3, 1).flatten(1, 2)
+    return F.linear(x.flatten(2).transpose(1, 2), conv.weight.flatten(1), conv.bias)
+
+
+def from_rows(conv: nn.Conv2d, rows: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """``conv`` of the map whose token-major rows (B, H W, C) are ``rows``: (B, O, H, W) in channels-last layout."""
+    B, _, C = rows.shape
+    grid = rows.view(B, H, W, C).permute(0, 3, 1, 2)
+    if convolves(grid, conv.weight, conv.bias):
+        return F.conv2d(grid, conv.weight, conv.bias)
+    return F.linear(rows, conv.weight.flatten(1), conv.bias).view(B, H, W, -1).permute(0, 3, 1, 2)
 
 
 def batch_norm(x: torch.Tensor, bn: nn.BatchNorm2d, channel_dims: tuple[int, ...],

@@ -19,13 +19,14 @@ Implementations (one parameter set, the same function):
   and the shift mask broadcast over the batch.
 * ``sdpa`` (GPUs): ``scaled_dot_product_attention`` per window, the bias and shift mask as its
   additive mask (laid out per image and window, as fused kernels take it).
-* ``tokens`` (CPUs): the pixels gathered once, by one index that folds the padding's crop, the roll
-  and the partition in, into token-major rows (pixel by pixel, channels contiguous), so both
-  projections are single matrix products with their bias and the fused attention kernel reads q, k
-  and v in place; the outputs are gathered back to NCHW by the inverse index. Where the reference
-  moves the map through two rolls and two window permutes in NCHW order (runs of a few pixels), each
-  gather here moves whole rows of channels. In training (the bias learning) the attention is explicit
-  products, as the fused kernel gives its mask no gradient.
+* ``tokens`` (CPUs): the projection's token-major rows (pixel by pixel, channels contiguous: a
+  channels-last 1x1 convolution, or ``linear`` where a matrix product is faster, see
+  ``_common.convolves``) gathered once, by one index that folds the padding's crop, the roll and the
+  partition in, so the fused attention kernel reads q, k and v in place; the outputs are gathered back
+  to pixel order by the inverse index and projected in the same layout, so the result is a
+  channels-last map. Where the reference moves the map through two rolls and two window permutes in
+  NCHW order (runs of a few pixels), each gather here moves whole rows of channels. In training (the
+  bias learning) the attention is explicit products, as the fused kernel gives its mask no gradient.
 
 Every implementation keeps, per map side, the token order, the shift mask and the bias table's index
 of each pair (``layout``), as Swin keeps its mask and index in buffers; only the bias is gathered from
@@ -53,7 +54,7 @@ import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensor
 
 from attnbench.registry import VariantConfig, register_impl, register_variant
-from attnbench.variants._common import BiasedWindowAttention, downsample, pointwise
+from attnbench.variants._common import BiasedWindowAttention, downsample, from_rows, pointwise, to_rows
 
 MASKED = -100.0  # what Swin adds to the logits of pairs the shift brought together
 LAYOUTS_KEPT = 16  # map sides whose layout a layer keeps (a network meets one or two; evaluation a few more)
@@ -247,8 +248,7 @@ def tokens(self: WindowAttention, x: torch.Tensor) -> torch.Tensor:
     layout = self.layout(x)
     if (Hp, Wp) != (H, W):
         x = F.pad(x, (0, Wp - W, 0, Hp - H))
-    rows = x.flatten(2).transpose(1, 2)[:, layout.source]  # (B, windows m^2, C)
-    qkv = F.linear(rows, self.qkv.weight.view(3 * C, C), self.qkv.bias)
+    qkv = to_rows(self.qkv, x)[:, layout.source]  # (B, windows m^2, 3C)
     q, k, v = qkv.view(B * windows, m * m, 3, h, dh).permute(2, 0, 3, 1, 4).unbind(0)  # (B windows, h, m^2, d)
     mask = self.additive(layout).to(q.dtype)
     if mask.requires_grad:  # the bias learns: the fused kernel gives its mask no gradient (its fallback would
@@ -259,5 +259,5 @@ def tokens(self: WindowAttention, x: torch.Tensor) -> torch.Tensor:
         if shift:  # one mask per window: the kernel takes it per image and window
             mask = mask.expand(B, -1, -1, -1, -1).flatten(0, 1)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=dh**-0.5)  # memory: (B windows, m^2, h, d)
-    out = F.linear(out.transpose(1, 2).reshape(B, windows * m * m, C), self.proj.weight.view(C, C), self.proj.bias)
-    return downsample(out.transpose(1, 2).index_select(2, layout.target).view(B, C, H, W), self.cfg.stride)
+    out = out.transpose(1, 2).reshape(B, windows * m * m, C).index_select(1, layout.target)  # (B, H W, C)
+    return downsample(from_rows(self.proj, out, H, W), self.cfg.stride)
