@@ -45,7 +45,7 @@ from attnbench.registry import VariantConfig, register_impl, register_variant
 from attnbench.variants._common import BiasedWindowAttention, downsample, pointwise
 from attnbench.variants.local import _flex, _flex_check, create_block_mask
 
-CHUNK_ELEMENTS = 1 << 21  # attention logits per chunk of tiles (8 MiB in fp32)
+CHUNK_ELEMENTS = 1 << 20  # attention logits per chunk of tiles (4 MiB in fp32)
 
 
 @dataclass(frozen=True)
