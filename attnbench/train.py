@@ -150,11 +150,17 @@ def image_side(cfg: TrainConfig) -> int:
     return cfg.image_size or (DEFAULT_IMAGEFOLDER_SIDE if cfg.dataset == "imagefolder" else IMAGE_SIDE)
 
 
+def _said(err: BaseException) -> str:
+    """An exception of another's code in one line: its type and its message's first line."""
+    return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+
+
 def build(cfg: TrainConfig, num_classes: int) -> nn.Module:
     """The run's network, its weights drawn from the seed. A network from elsewhere (timm, a user's builder)
     takes the classes and the image side, and must map images of that side to logits: checked here on one
     image, so that a network whose input size does not suit the data set is refused before training."""
     from attnbench.models import build_model, get_model_spec
+    from attnbench.models.registry import NotAModuleError
 
     torch.manual_seed(cfg.seed)
     spec = get_model_spec(cfg.model)
@@ -164,11 +170,16 @@ def build(cfg: TrainConfig, num_classes: int) -> nn.Module:
                            **parse_options(cfg.options))
     try:
         net = build_model(cfg.model, num_classes=num_classes, image_size=side)
+    except NotAModuleError as err:
+        raise TrainError(str(err)) from None
+    except Exception as err:  # noqa: BLE001 - whatever the foreign builder raises, said in one line
+        raise TrainError(f"{cfg.model} could not be built for {side} x {side} images of {cfg.dataset}: "
+                         f"{_said(err)}") from None
+    try:
         with torch.no_grad():
             shape = tuple(net.eval()(torch.zeros(1, 3, side, side)).shape)
     except Exception as err:  # noqa: BLE001 - whatever the foreign network raises, said in one line
-        raise TrainError(f"{cfg.model} cannot take {side} x {side} images of {cfg.dataset}: {type(err).__name__}: "
-                         f"{str(err).splitlines()[0] if str(err) else ''}") from None
+        raise TrainError(f"{cfg.model} cannot take {side} x {side} images of {cfg.dataset}: {_said(err)}") from None
     if shape != (1, num_classes):
         raise TrainError(f"{cfg.model} maps a {side} x {side} image to {shape}, not to the {num_classes} logits of "
                          f"{cfg.dataset}.")

@@ -358,3 +358,62 @@ def test_a_builder_that_returns_no_module_is_refused_before_the_sweep(tmp_path, 
     cases = Sweep(model=["odd_nets:logged"], res=[16, 48], device=["cpu"]).cases()
     assert len(cases) == 2 and (tmp_path / "calls.txt").read_text() == "meta 48\n"  # once, on the meta device
     assert len(Sweep(model=["odd_nets:reads_a_value"], res=[16], device=["cpu"]).cases()) == 1
+
+
+def test_a_builder_or_its_module_that_calls_sys_exit_is_a_failure_said_in_one_line(tmp_path, monkeypatch, capsys):
+    """A user's code that ends the process (a script parsing sys.argv on import, a builder calling sys.exit) fails
+    like any other: one line and exit code 2 where it is refused, an error case where a sweep runs it; never a
+    silent exit of attnbench (with code 0 for sys.exit(0))."""
+    from attnbench.cli import main
+    from attnbench.sweep import Sweep
+
+    (tmp_path / "script_nets.py").write_text("raise SystemExit(2)  # as argparse does when an option is missing\n")
+    (tmp_path / "quitting_nets.py").write_text(textwrap.dedent("""
+        import sys
+
+        def build(num_classes=1000):
+            sys.exit(0)
+    """))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    with pytest.raises(KeyError, match=r"Cannot import script_nets for the network 'script_nets:build': it called "
+                                       r"sys.exit\(2\)"):
+        get_model_spec("script_nets:build")
+    with pytest.raises(RuntimeError, match=r"quitting_nets:build called sys.exit\(0\) instead of returning a network"):
+        get_model_spec("quitting_nets:build").build()
+    assert len(Sweep(model=["quitting_nets:build"], res=[16], device=["cpu"]).cases()) == 1  # left to its case
+    assert main(["train", "--model", "quitting_nets:build", "--dataset", "digits", "--steps", "1", "--db", "r.sqlite",
+                 "--out", "runs"]) == 2
+    assert capsys.readouterr().err == ("attnbench train: quitting_nets:build could not be built for 32 x 32 images "
+                                       "of digits: RuntimeError: quitting_nets:build called sys.exit(0) instead of "
+                                       "returning a network.\n")
+
+
+def test_training_says_whether_a_builder_failed_or_its_network_cannot_take_the_images(tmp_path, monkeypatch, capsys):
+    from attnbench.cli import main
+
+    (tmp_path / "picky_nets.py").write_text(textwrap.dedent("""
+        from torch import nn
+
+        def broken(num_classes=1000):
+            raise ValueError("no weights here")
+
+        def text(num_classes=1000):
+            return "a network"
+
+        def large(num_classes=1000):
+            return nn.Sequential(nn.Conv2d(3, 4, 33), nn.Flatten(), nn.LazyLinear(num_classes))
+    """))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    said = {}
+    for name in ("broken", "text", "large"):
+        assert main(["train", "--model", f"picky_nets:{name}", "--dataset", "digits", "--steps", "1", "--db",
+                     "r.sqlite", "--out", name]) == 2
+        said[name] = capsys.readouterr().err
+    assert said["broken"] == ("attnbench train: picky_nets:broken could not be built for 32 x 32 images of digits: "
+                              "ValueError: no weights here\n")
+    assert said["text"] == "attnbench train: picky_nets:text returned str, not a torch.nn.Module.\n"
+    assert said["large"].startswith("attnbench train: picky_nets:large cannot take 32 x 32 images of digits: "
+                                    "RuntimeError: ") and len(said["large"].splitlines()) == 1
+    assert not (tmp_path / "r.sqlite").exists() or store.load_training(tmp_path / "r.sqlite").empty

@@ -94,7 +94,12 @@ class ModelSpec:
             if extra:
                 raise ValueError(f"{self.name} is a network from elsewhere: it takes no {', '.join(extra)} "
                                  "(attnbench's options apply to its own networks).")
-            net = self.builder(**{k: v for k, v in given.items() if self.accepts(k)})
+            try:
+                net = self.builder(**{k: v for k, v in given.items() if self.accepts(k)})
+            except SystemExit as err:  # a builder that ends the process failed to build: its case says so, as for
+                # any exception, and the sweep or training goes on or stops in one line
+                raise RuntimeError(f"{self.name} called sys.exit({err.code!r}) instead of returning a "
+                                   "network.") from None
             if not isinstance(net, nn.Module):
                 raise NotAModuleError(f"{self.name} returned {'None' if net is None else type(net).__name__}, not "
                                       "a torch.nn.Module.")
@@ -329,9 +334,11 @@ def _custom_spec(name: str) -> ModelSpec:
         sys.path.append(os.getcwd())
     try:
         module = importlib.import_module(path)
-    except Exception as err:  # noqa: BLE001 - any failure of the user's import is one line
-        raise UnknownModelError(f"Cannot import {path} for the network '{name}': {type(err).__name__}: "
-                                f"{str(err).splitlines()[0] if str(err) else ''}") from None
+    except (Exception, SystemExit) as err:  # noqa: BLE001 - any failure of the user's import is one line (a module
+        # that parses sys.argv when imported, as a script does, exits)
+        why = f"it called sys.exit({err.code!r})" if isinstance(err, SystemExit) else (
+            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+        raise UnknownModelError(f"Cannot import {path} for the network '{name}': {why}") from None
     target: Any = module
     for part in attr.split("."):
         target = getattr(target, part, None)
