@@ -33,6 +33,8 @@ import time
 import torch
 
 import attnbench
+from attnbench.arguments import positive_float, positive_int, split
+from attnbench.choices import unknown_name_message
 from attnbench.env import cpu_model
 from attnbench.measure.latency import make_step, measure_latency
 from attnbench.measure.memory import keep_freed_memory
@@ -62,6 +64,7 @@ CASES = [
     *[("efficiency", "nonlocal", {"subsample": False}, s) for s in EFFICIENCY_SIZES],
     *[("efficiency", "neighborhood", {**heads("neighborhood", s[1]), "window": 7}, s) for s in EFFICIENCY_SIZES],
 ]
+OPTIONS_WIDTH = max(len(",".join(f"{k}={v}" for k, v in options.items())) for _, _, options, _ in CASES)
 EQUAL_TOLERANCE = 1e-9  # float64 max abs difference over the output's largest magnitude
 RESNET_BATCHES = (1, 8)
 RESNET_GOAL = 0.10  # the harness's median over the plain timer's of timm's resnet50: within 10 % either way
@@ -94,14 +97,14 @@ def spread(values: list[float]) -> str:
 def compare_peers(args) -> bool:
     """The peers' table; True when every pair is equal and every ratio meets its goal."""
     ok = True
-    header = (f"{'variant':12} {'options':28} {'input':14} {'size':14} {'ours ms (range)':>22} "
+    header = (f"{'variant':12} {'options':{OPTIONS_WIDTH}} {'input':14} {'size':14} {'ours ms (range)':>22} "
               f"{'peer ms (range)':>22} {'ratio':>6} {'equal':>5} {'max abs diff':>12}  peer")
     print(header + "\n" + "-" * len(header), flush=True)
     for label, variant, options, shape in CASES:
         if args.only and variant not in args.only:
             continue
         opts = ",".join(f"{k}={v}" for k, v in options.items())
-        lead = f"{variant:12} {opts:28} {'x'.join(map(str, shape)):14} {label:14}"
+        lead = f"{variant:12} {opts:{OPTIONS_WIDTH}} {'x'.join(map(str, shape)):14} {label:14}"
         reason = missing(variant)
         if reason:
             print(f"{lead} no peer here: {reason}", flush=True)
@@ -185,14 +188,26 @@ def compare_resnet50(args, timm) -> bool:
     return ok
 
 
+ONLY = [*dict.fromkeys(variant for _, variant, _, _ in CASES), "resnet50"]  # what --only selects
+
+
+def comparisons(text: str) -> list[str]:
+    """--only: names of ONLY (an unknown one would select nothing and pass every goal)."""
+    names = split(text)
+    for name in names:
+        if name not in ONLY:
+            raise argparse.ArgumentTypeError(unknown_name_message("comparison", name, ONLY))
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds of timed runs per round")
-    parser.add_argument("--rounds", type=int, default=5, help="alternating timing rounds")
-    parser.add_argument("--only", default=None, help="comma-separated variants, and/or resnet50 (default: all)")
+    parser.add_argument("--threads", type=positive_int("threads"), default=2)
+    parser.add_argument("--min-run-time", type=positive_float, default=1.0, help="seconds of timed runs per round")
+    parser.add_argument("--rounds", type=positive_int("rounds"), default=5, help="alternating timing rounds")
+    parser.add_argument("--only", type=comparisons, default=None,
+                        help=f"comma-separated, of {', '.join(ONLY)} (default: all)")
     args = parser.parse_args(argv)
-    args.only = args.only.split(",") if args.only else None
     try:
         import timm
     except Exception as err:  # noqa: BLE001 - timm absent, or present but not importable beside this torch

@@ -92,6 +92,23 @@ def test_the_peers_script_says_in_one_line_when_timm_is_missing(tmp_path):
     assert done.stdout.count("\n") == 1 and "timm does not import" in done.stdout, done.stdout
 
 
+@pytest.mark.parametrize("args, said", [
+    (["--only", "gsa"], "argument --only: Unknown comparison 'gsa'. Available: mhsa, window, nonlocal, neighborhood, "
+                        "resnet50."),
+    (["--rounds", "0"], "argument --rounds: rounds 0 must be at least 1"),
+    (["--min-run-time", "-1"], "argument --min-run-time: -1.0 must be a positive number"),
+])
+def test_the_peers_script_refuses_what_would_compare_nothing_or_fail_after_the_work(args, said):
+    """An --only that names nothing the script compares selected nothing and passed every goal, --rounds 0 or
+    --threads 0 ended in a traceback, a negative --min-run-time was taken: each is refused before anything
+    runs, timm or not."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "peers.py"), *args], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 2 and not done.stdout, done.stdout
+    assert done.stderr.splitlines()[-1].startswith(f"peers.py: error: {said}"), done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_the_gpu_scripts_peer_and_timm_sections_say_in_one_line_what_cannot_run(tmp_path):
     """benchmarks/gpu.py's peer and timm sections, on the CPU at a small size: a library that does not import is one
     line each, not a failure."""
