@@ -45,6 +45,25 @@ def test_register_model_is_a_decorator_that_refuses_a_name_twice(scratch_registr
         register_model(name="timm:mine")(lambda num_classes=1000: None)
 
 
+def test_a_network_whose_variant_is_not_registered_is_refused_in_one_line(scratch_registry, tmp_path, capsys):
+    """A package's network may name a variant that no package registers (misspelt, or its plugin not installed):
+    it is refused by name, where `run` ended in UnknownVariantError's traceback."""
+    from attnbench.cli import main
+
+    @register_model(variant="gsaa")
+    def misspelt_net(num_classes=1000):
+        return nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))
+
+    said = (f"Network 'misspelt_net' (from {__name__}) holds the variant 'gsaa', which is not registered. "
+            f"Variants: {', '.join(attnbench.list_variants())}.")
+    with pytest.raises(KeyError) as refused:
+        attnbench.build_model("misspelt_net")
+    assert str(refused.value) == said
+    db = tmp_path / "r.sqlite"
+    assert main(["run", "--model", "conv_probe,misspelt_net", "--res", "16", "--db", str(db), *FAST]) == 2
+    assert capsys.readouterr().err == f"attnbench run: --model: {said}\n" and not db.exists()
+
+
 def test_list_models_filters_with_wildcards_in_natural_order():
     every = list_models()
     assert list_models("*_resnet50") == sorted(f"{v}_resnet50" for v in attnbench.list_variants() if v != "conv")

@@ -253,7 +253,11 @@ def get_model_spec(name: str) -> ModelSpec:
     name = _ALIASES.get(name, name)
     if name not in specs:
         raise UnknownModelError(_unknown("model", name, list(specs)))
-    return specs[name]
+    spec = specs[name]
+    if spec.variant not in list_variants():  # registered by a package whose variant is missing or misspelt
+        raise UnknownModelError(f"Network '{name}' (from {spec.source}) holds the variant '{spec.variant}', which "
+                                f"is not registered. Variants: {', '.join(list_variants())}.")
+    return spec
 
 
 def _unknown(kind: str, name: str, available: list[str]) -> str:
