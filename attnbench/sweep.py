@@ -7,7 +7,7 @@ import itertools
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -208,6 +208,14 @@ class Sweep:
     shard: tuple[int, int] | None = None
     model: Sequence[str] | None = None
     width: Sequence[float] = SWEEP_DEFAULTS["width"]
+
+    def __post_init__(self) -> None:
+        """A lone item where a list is expected (``model="timm:resnet50"``, ``res=224``) is that one item: a
+        string was read letter by letter ("Unknown model 'm'") and a number raised TypeError."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if "Sequence" in str(f.type) and isinstance(value, str | int | float):
+                object.__setattr__(self, f.name, (value,))
 
     def subjects(self) -> list[Subject]:
         """What the sweep measures: its variants (module scope), or its networks (model scope)."""

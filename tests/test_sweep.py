@@ -58,6 +58,16 @@ def test_networks_by_name_beside_variants_take_their_variant_from_the_registry()
     assert [c.key for c in aliased] == [cases[2].key]
 
 
+def test_a_lone_item_where_a_list_is_expected_is_that_one_item():
+    """From Python, ``model="botnet50"`` or ``res=32`` names one network or side, as ``["botnet50"]`` and ``[32]``
+    do: a string was read letter by letter ("Unknown model 'b'"), a number raised TypeError."""
+    listed = Sweep(variants=["gsa"], model=["botnet50"], res=[32], batch=[2], dtype=["fp32"], mode=["infer"],
+                   device=["cpu"], width=[1.0], threads=1).cases()
+    lone = Sweep(variants="gsa", model="botnet50", res=32, batch=2, dtype="fp32", mode="infer", device="cpu",
+                 width=1.0, threads=1).cases()
+    assert [c.key for c in lone] == [c.key for c in listed] and len(listed) == 2
+
+
 def test_width_is_an_axis_of_networks_with_its_own_keys():
     from attnbench.harness import shape_key
 
