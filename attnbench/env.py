@@ -79,8 +79,8 @@ def measuring_code_hash() -> str:
 @functools.cache
 def package_hash(module: str) -> str | None:
     """A hash of the source of the top-level package that ``module`` belongs to (a plugin, timm, a user's
-    builder), or None for attnbench's own (covered by :func:`measuring_code_hash`) and for code without
-    source files (built-in modules)."""
+    builder; for a module in no package, its folder's modules), or None for attnbench's own (covered by
+    :func:`measuring_code_hash`) and for code without source files (built-in modules)."""
     top = module.split(".")[0]
     if not top or top == "attnbench":
         return None
@@ -93,8 +93,9 @@ def package_hash(module: str) -> str | None:
     if spec.submodule_search_locations:  # a package: every source file under it
         roots = [Path(p) for p in spec.submodule_search_locations]
         files = [(root.parent, f) for root in roots for f in root.rglob("*.py")]
-    elif spec.origin and spec.origin.endswith(".py"):
-        files = [(Path(spec.origin).parent, Path(spec.origin))]
+    elif spec.origin and spec.origin.endswith(".py"):  # a module in no package: it and the modules beside it,
+        folder = Path(spec.origin).parent  # which it may import as its own (nets.py importing layers.py)
+        files = [(folder, f) for f in folder.glob("*.py")]
     else:
         return None
     digest = hashlib.sha256()

@@ -231,6 +231,25 @@ def test_the_code_hash_covers_the_package_that_defines_a_network_from_elsewhere(
     assert env.code_hash(["other_pkg.nets"]) != with_pkg
 
 
+def test_the_code_hash_of_a_module_in_no_package_covers_the_modules_beside_it(tmp_path, monkeypatch):
+    """A flat folder (flat_nets.py importing flat_layers.py, no __init__.py): a change to the module it imports
+    measures again. The hash covered flat_nets.py alone, and a sweep served the old network's stored rows."""
+    from attnbench import env
+
+    (tmp_path / "flat_layers.py").write_text("WIDTH = 6\n")
+    (tmp_path / "flat_nets.py").write_text("from flat_layers import WIDTH\n")
+    (tmp_path / "notes.txt").write_text("not code\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    env.package_hash.cache_clear()
+    before = env.code_hash(["flat_nets"])
+    (tmp_path / "notes.txt").write_text("still not code\n")
+    env.package_hash.cache_clear()
+    assert env.code_hash(["flat_nets"]) == before
+    (tmp_path / "flat_layers.py").write_text("WIDTH = 12\n")
+    env.package_hash.cache_clear()
+    assert env.code_hash(["flat_nets"]) != before
+
+
 # ---- timm (its tests run in .ci/run's second environment, where timm imports) --------------------------------
 
 
