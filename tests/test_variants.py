@@ -417,12 +417,12 @@ def test_windows_keep_their_layout_per_map_and_never_a_fake_one(impl):
         predict_peak_memory(layer, shape, "infer", dtype=torch.float64, device=DEVICE)
 
 
-@pytest.mark.parametrize("channels", [8, 48])  # below and above the channels from which training convolves
+@pytest.mark.parametrize("channels", [8, 64])  # below and from the channels a CPU convolves from
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_1x1_projections_compute_the_convolution_by_either_kernel_with_its_gradients(channels, dtype, channels_last):
     """project / pointwise, to_rows and from_rows against nn.Conv2d in float64, forward without gradients and
-    forward and backward with, in both dtypes and input layouts: each regime takes one of the two kernels."""
+    forward and backward with, in both dtypes and input layouts, by the kernel each regime takes."""
     from attnbench.variants._common import convolves, from_rows, pointwise, to_rows
 
     torch.manual_seed(0)
@@ -441,11 +441,10 @@ def test_1x1_projections_compute_the_convolution_by_either_kernel_with_its_gradi
              "from_rows": lambda t: from_rows(conv, rows_of(t), 5, 7)}
     for name, form in forms.items():
         want_of = (lambda t: rows_of(ref(t))) if name == "to_rows" else ref
+        assert convolves(x) == (dtype == torch.float32 and channels >= 64)
         with torch.no_grad():
-            assert convolves(x, conv.weight, conv.bias) == (dtype == torch.float32)
             torch.testing.assert_close(form(x).double(), want_of(x.double()), **tol, msg=name)
         xg = x.detach().requires_grad_()
-        assert convolves(xg, conv.weight, conv.bias) == (dtype == torch.float32 and channels >= 32)
         out = form(xg)
         grad = torch.randn_like(out)
         out.backward(grad)

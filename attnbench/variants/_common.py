@@ -118,15 +118,14 @@ def pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return project(conv.weight.view(conv.out_channels, C), conv.bias, x.reshape(B, C, H * W)).view(B, -1, H, W)
 
 
-# a float32 projection on a CPU runs as oneDNN's 1x1 convolution from this many input channels while it records
-# gradients, and always without; below, in other dtypes and on GPUs, as a matrix product (measured: see project)
-CONV_FROM_CHANNELS = 32
+# a float32 projection on a CPU runs as oneDNN's 1x1 convolution from this many input channels; below, in other
+# dtypes and on GPUs, as a matrix product (measured: see project)
+CONV_FROM_CHANNELS = 64
 
 
-def convolves(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+def convolves(x: torch.Tensor) -> bool:
     """Whether the 1x1 projection of ``x`` (channels in dim 1) is faster as a convolution than as a matrix product."""
-    records = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
-    return x.device.type == "cpu" and x.dtype == torch.float32 and (x.shape[1] >= CONV_FROM_CHANNELS or not records)
+    return x.device.type == "cpu" and x.dtype == torch.float32 and x.shape[1] >= CONV_FROM_CHANNELS
 
 
 def project(weight: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
@@ -136,15 +135,17 @@ def project(weight: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor) ->
 
     Two kernels, the same function (:func:`convolves` chooses). A batched matrix product, the weight expanded
     over the batch (a view; ``matmul`` of a matrix and a batch goes through transposed copies of the input and
-    output, and its backward through more). And oneDNN's 1x1 convolution, which on a CPU in float32 forward
-    takes about half the time of every matrix-product form (batched, one product over the batch, per image,
-    token-major ``linear``) from 2 threads: ms at 2 threads, in a process that keeps its freed memory (as a
-    case's does), product / convolution: 8x512x14x14 to 1536 (BoT50's last stage) 12.6 / 5.7, 1x128x56x56 to
-    384 1.47 / 0.75, 8x64x56x56 to 192 3.6 / 2.4, 8x128x56x56 to 384 12.5 / 7.4; forward and backward,
-    64x32x32x32 to 96 8.2 / 8.0, 8x128x56x56 to 384 38.9 / 25.6, but 64x14x32x32 to 42 (a probe's layer)
-    3.0 / 3.8. In bfloat16 the product (AMX) wins: 8x128x56x56 to 384 3.3 / 4.4 ms.
+    output, and its backward through more). And oneDNN's 1x1 convolution, which on a CPU in float32 from 64
+    channels takes about half the time of every matrix-product form (batched, one product over the batch, per
+    image, token-major ``linear``) at 2 threads. ms at 2 threads, in a process that keeps its freed memory (as
+    a case's does), product / convolution, forward: 8x512x14x14 to 1536 (BoT50's last stage) 12.6 / 5.7,
+    1x128x56x56 to 384 1.47 / 0.75, 8x128x56x56 to 384 12.5 / 7.4, 8x64x56x56 to 192 3.6 / 2.4; forward and
+    backward: 8x128x56x56 to 384 38.9 / 25.6, 64x64x32x32 to 192 29.1 / 26.1. With fewer channels the
+    convolution's reorders cost more than it saves (64x14x32x32 to 42, a probe's layer: forward 0.8 / 1.4,
+    forward and backward 3.0 / 3.8; 32 channels about even), and in bfloat16 the product (AMX) wins
+    (8x128x56x56 to 384: 3.3 / 4.4).
     """
-    if convolves(x, weight, bias):
+    if convolves(x):
         return F.conv2d(x.unsqueeze(-1), weight[:, :, None, None], bias).squeeze(-1).contiguous()
     weight = weight.expand(x.shape[0], -1, -1)
     return torch.bmm(weight, x) if bias is None else torch.baddbmm(bias[:, None], weight, x)
@@ -153,7 +154,7 @@ def project(weight: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor) ->
 def to_rows(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """``conv(x)`` of a 1x1 convolution as token-major rows (B, H W, O): pixel by pixel, channels contiguous.
     As a convolution in channels-last layout where :func:`convolves` says so, else as ``linear`` of x's rows."""
-    if convolves(x, conv.weight, conv.bias):
+    if convolves(x):
         out = F.conv2d(x.contiguous(memory_format=torch.channels_last), conv.weight, conv.bias)
         return out.permute(0, 2, 3, 1).flatten(1, 2)
     return F.linear(x.flatten(2).transpose(1, 2), conv.weight.flatten(1), conv.bias)
@@ -163,7 +164,7 @@ def from_rows(conv: nn.Conv2d, rows: torch.Tensor, H: int, W: int) -> torch.Tens
     """``conv`` of the map whose token-major rows (B, H W, C) are ``rows``: (B, O, H, W) in channels-last layout."""
     B, _, C = rows.shape
     grid = rows.view(B, H, W, C).permute(0, 3, 1, 2)
-    if convolves(grid, conv.weight, conv.bias):
+    if convolves(grid):
         return F.conv2d(grid, conv.weight, conv.bias)
     return F.linear(rows, conv.weight.flatten(1), conv.bias).view(B, H, W, -1).permute(0, 3, 1, 2)
 
