@@ -30,8 +30,10 @@ def results_summary(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per measured case: ``network`` (the series label: the variant at module scope, the network at
     model scope, with its implementation, options or settings where they vary), where, how, at which side and
     batch, and its samples per second, step time (the median latency), GMACs per sample, parameters and peak
-    memory; a failed case keeps its status and reason."""
-    return pd.DataFrame({
+    memory; a failed case keeps its status and reason. Where rows of different code meet (a builder changed and
+    measured again, say), ``code`` (the first 8 characters of ``code_hash``) follows ``network``, as in the
+    report's tables: the rows would otherwise read as one case twice."""
+    summary = pd.DataFrame({
         "network": labels.series(frame), "device_name": frame.device_name, "mode": frame["mode"],
         "dtype": frame.dtype, "side": frame.res, "batch": frame.batch,
         "samples_per_s": _significant(frame.throughput_per_s), "step_ms": _significant(frame.latency_ms_median),
@@ -39,6 +41,9 @@ def results_summary(frame: pd.DataFrame) -> pd.DataFrame:
         "params": frame.params.astype("Int64"), "peak_mem_mib": _significant(frame.peak_mem_bytes, 2**20),
         "status": frame.status, "reason": frame.reason.fillna(""),
     })
+    if frame.code_hash.fillna("").nunique() > 1:
+        summary.insert(1, "code", frame.code_hash.fillna("-").str[:8].values)
+    return summary
 
 
 def _trained(frame: pd.DataFrame) -> pd.DataFrame:

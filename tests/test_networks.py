@@ -250,6 +250,35 @@ def test_the_code_hash_of_a_module_in_no_package_covers_the_modules_beside_it(tm
     assert env.code_hash(["flat_nets"]) != before
 
 
+def test_an_exports_summary_names_the_code_where_rows_of_different_code_meet(tmp_path, capsys):
+    """A builder changed and measured again leaves both measurements in the store: the summary's rows would read
+    as one case twice (same network, side and batch, different parameters), so ``code`` follows ``network``
+    there, as in the report's tables; a store of one code keeps the summary's columns."""
+    import io
+    import sqlite3
+
+    import pandas as pd
+
+    from attnbench.cli import main
+
+    db = tmp_path / "r.sqlite"
+    assert main(["run", "--model", "conv_probe", "--res", "8", "--db", str(db), *FAST]) == 0
+    capsys.readouterr()
+    assert main(["export", "--db", str(db), "--columns", "summary"]) == 0
+    assert "code" not in pd.read_csv(io.StringIO(capsys.readouterr().out)).columns
+    with sqlite3.connect(db) as conn:  # the same case measured by other code: its row copied under another hash
+        names = [r[1] for r in conn.execute("PRAGMA table_info(results)")]
+        other = {"code_hash": "'0123456789abcdef'", "env_key": "env_key || '+other'"}
+        conn.execute(f"INSERT INTO results ({', '.join(names)}) SELECT {', '.join(other.get(n, n) for n in names)} "
+                     "FROM results")
+    conn.close()
+    every = store.load_results(db)
+    assert main(["export", "--db", str(db), "--columns", "summary"]) == 0
+    summary = pd.read_csv(io.StringIO(capsys.readouterr().out), dtype={"code": str})
+    assert list(summary.columns[:2]) == ["network", "code"] and summary.network.tolist() == ["conv_probe"] * 2
+    assert summary.code.tolist() == every.code_hash.str[:8].tolist() and summary.code.nunique() == 2
+
+
 # ---- timm (its tests run in .ci/run's second environment, where timm imports) --------------------------------
 
 
