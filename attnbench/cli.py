@@ -66,8 +66,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     from attnbench.catalog import catalog
 
     lines = catalog(args.pattern, args.line_width)
-    if not lines:
-        raise UsageError(f"no variant or network matches '{args.pattern}' (`attnbench list` lists them all).")
+    if not lines:  # timm's networks can be named, but none is listed here
+        raise UsageError(f"attnbench list lists attnbench's own variants and networks; timm's are listed by timm."
+                         f"list_models('{args.pattern[5:] or '*'}')." if args.pattern.startswith("timm:") else
+                         f"no variant or network matches '{args.pattern}' (`attnbench list` lists them all).")
     print("\n".join(lines))
     return 0
 

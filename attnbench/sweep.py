@@ -98,6 +98,12 @@ def planned_impl(variant: str, impl: str, device: str, dtype: str, mode: str, sh
         return AUTO
 
 
+def not_in_sweep(flag: str, item: str, variant: str, variants: list[str]) -> str:
+    """The refusal of ``flag``'s ``item`` that names ``variant``, which is not among the sweep's ``variants``."""
+    those = ", ".join(variants) or "it has none: its networks come from elsewhere"
+    return f"Invalid {flag} {item}: '{variant}' is not a variant of this sweep ({those})."
+
+
 def variant_impls(variants: list[str], impls: list[str]) -> dict[str, list[str]]:
     """Which implementations each variant runs: ``VARIANT=NAME`` names one for a variant, a bare ``NAME``
     applies to every variant that has it (``auto`` to all), and a variant named by none runs ``auto``.
@@ -107,8 +113,7 @@ def variant_impls(variants: list[str], impls: list[str]) -> dict[str, list[str]]
         variant, _, name = item.rpartition("=")
         if variant:
             if variant not in chosen:
-                raise ValueError(f"Invalid --impl {item}: '{variant}' is not a variant of this sweep "
-                                 f"({', '.join(variants)}).")
+                raise ValueError(not_in_sweep("--impl", item, variant, variants))
             get_impl(variant, name)
             chosen[variant].append(name)
             continue
@@ -140,8 +145,7 @@ def variant_options(variants: list[str], options: list[str]) -> dict[str, str]:
         if key in SWEEP_SET:
             raise ValueError(f"Invalid --opt {item}: {key} is set by the sweep (--dim, --res, the network).")
         if target and target not in chosen:
-            raise ValueError(f"Invalid --opt {item}: '{target}' is not a variant of this sweep "
-                             f"({', '.join(variants)}).")
+            raise ValueError(not_in_sweep("--opt", item, target, variants))
         takers = [v for v in ([target] if target else variants) if key in get_variant_spec(v).options()]
         if not takers:
             raise ValueError(f"Invalid --opt {item}: no variant of this sweep has an option '{key}'.")

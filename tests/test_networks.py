@@ -72,6 +72,22 @@ def test_list_models_filters_with_wildcards_in_natural_order():
     assert list_models("nothing*") == []
 
 
+def test_a_sweep_of_networks_from_elsewhere_alone_and_a_timm_pattern_of_list_say_what_they_lack(capsys):
+    """--impl or --opt naming a variant in a sweep of networks from elsewhere only said "(...sweep ())"; and
+    `attnbench list 'timm:*'` said no network matches, as if attnbench knew timm's and none matched."""
+    from attnbench.cli import main
+    from attnbench.sweep import Sweep
+
+    for given in (dict(impl=["gsa=plain"]), dict(opt=["gsa.heads=2"])):
+        with pytest.raises(ValueError, match=r"'gsa' is not a variant of this sweep \(it has none: its networks "
+                                             r"come from elsewhere\)\.$"):
+            Sweep(model=["collections:OrderedDict"], res=[16], device=["cpu"], **given).cases()
+    for pattern, theirs in (("timm:*", "*"), ("timm:swin*", "swin*"), ("timm:", "*")):
+        assert main(["list", pattern]) == 2
+        assert capsys.readouterr().err == ("attnbench list lists attnbench's own variants and networks; timm's are "
+                                           f"listed by timm.list_models('{theirs}').\n")
+
+
 def test_a_users_builder_is_a_network(tmp_path, monkeypatch):
     (tmp_path / "user_nets.py").write_text(textwrap.dedent("""
         from torch import nn
