@@ -43,6 +43,9 @@ def test_register_model_is_a_decorator_that_refuses_a_name_twice(scratch_registr
         register_model(name="tiny_gsa_net")(lambda num_classes=1000: None)
     with pytest.raises(ValueError, match="':' marks networks from elsewhere"):
         register_model(name="timm:mine")(lambda num_classes=1000: None)
+    with pytest.raises(ValueError, match="',' separates the names of --model"):  # `--model a,b` is two names
+        register_model(name="gsa,local")(lambda num_classes=1000: None)
+    assert "gsa,local" not in list_models()
 
 
 def test_a_network_whose_variant_is_not_registered_is_refused_in_one_line(scratch_registry, tmp_path, capsys):

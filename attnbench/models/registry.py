@@ -145,7 +145,8 @@ def register_model(fn: Callable | None = None, *, name: str | None = None, varia
                    arch: str | None = None, description: str | None = None):
     """Register the builder ``fn(num_classes=..., **options)`` as one network, named ``name`` (default: the
     function's name), whose attention slot holds ``variant``. Usable as ``@register_model`` or
-    ``@register_model(name=..., variant=...)``. A name already taken raises ``ValueError``."""
+    ``@register_model(name=..., variant=...)``. A name already taken, or holding ``:`` or ``,``, raises
+    ``ValueError``."""
 
     def wrap(f: Callable) -> Callable:
         key = name or f.__name__
@@ -179,6 +180,8 @@ def _check_free(name: str) -> None:
         raise ValueError(f"Network '{name}' is already registered.")
     if ":" in name:
         raise ValueError(f"Invalid network name '{name}': ':' marks networks from elsewhere (timm:NAME, module:fn).")
+    if "," in name:
+        raise ValueError(f"Invalid network name '{name}': ',' separates the names of --model, which could not name it.")
 
 
 def family_name(variant: str, arch: str) -> str:
