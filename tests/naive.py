@@ -225,9 +225,8 @@ def efficient(m, x: torch.Tensor) -> torch.Tensor:
             q = q / q.sum(dim=0, keepdim=True)  # over the head's channels
             v = values[n * dv : (n + 1) * dv]
             for i in range(H * W):
-                for d in range(dk):
-                    for j in range(H * W):
-                        attended[n * dv : (n + 1) * dv, i] += q[d, i] * k[d, j] * v[:, j]
+                for d in range(dk):  # the sum over key positions j of q[d, i] k[d, j] v[:, j], for this query alone
+                    attended[n * dv : (n + 1) * dv, i] += q[d, i] * (k[d] * v).sum(dim=1)
         y = conv1x1(m.reprojection.weight, attended.reshape(-1, H, W), m.reprojection.bias) + img
         out.append(avg_pool2(y) if m.cfg.stride == 2 else y)
     return torch.stack(out)
