@@ -244,6 +244,8 @@ class Sweep:
         try:
             specs = [model_spec_for(v, self.arch) for v in self.variants or ([] if self.model else list_variants())]
             specs += [get_model_spec(name) for name in self.model or ()]
+            for spec in specs:
+                spec.check_reachable()
         except UnknownModelError as e:
             raise ValueError(f"--model: {e}") from None
         for spec in specs:  # a user's builder that returns no nn.Module is refused before anything runs

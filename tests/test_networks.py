@@ -69,6 +69,30 @@ def test_a_network_whose_variant_is_not_registered_is_refused_in_one_line(scratc
     assert "Traceback" not in err and not db.exists()
 
 
+def test_a_network_registered_in_a_session_without_a_file_is_refused_before_the_sweep(scratch_registry, monkeypatch,
+                                                                                      tmp_path):
+    """A notebook or `python -c` registers a network in a __main__ that has no file: the cases' processes, which
+    import __main__ from its file, never see it, and every case failed with "Unknown model". A script's __main__
+    is imported by them, so its networks run."""
+    import types
+
+    from attnbench.sweep import Sweep
+
+    def session_net(num_classes=1000, image_size=224, width=1.0, impl="auto"):
+        return nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))
+
+    session_net.__module__ = "__main__"
+    register_model(variant="conv")(session_net)
+    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))  # a notebook's: no __file__
+    with pytest.raises(ValueError, match=r"^--model: session_net is registered in this interactive session, whose "
+                                         r"code the cases' processes cannot import: register it in a module"):
+        Sweep(model=["conv_probe", "session_net"], res=[16], device=["cpu"]).cases()
+    script = tmp_path / "script.py"
+    script.write_text("")
+    sys.modules["__main__"].__file__ = str(script)
+    assert [c.model for c in Sweep(model=["session_net"], res=[16], device=["cpu"]).cases()] == ["session_net"]
+
+
 def test_list_models_filters_with_wildcards_in_natural_order():
     every = list_models()
     assert list_models("*_resnet50") == sorted(f"{v}_resnet50" for v in attnbench.list_variants() if v != "conv")

@@ -106,6 +106,16 @@ class ModelSpec:
             return net
         return self.builder(num_classes=num_classes, **options)
 
+    def check_reachable(self) -> None:
+        """A network registered in ``__main__`` without a file (a notebook, ``python -c``) is unknown to the cases'
+        processes, which import ``__main__`` only from its file: :class:`UnknownModelError` saying so, before a
+        sweep whose every case would fail with 'Unknown model'."""
+        path = getattr(sys.modules.get("__main__"), "__file__", None)
+        if self.source == "__main__" and not (path and os.path.isfile(path)):
+            raise UnknownModelError(f"{self.name} is registered in this interactive session, whose code the cases' "
+                                    "processes cannot import: register it in a module of yours and import that, or "
+                                    "name its builder as module:callable.")
+
     def check_builds(self, image_size: int) -> None:
         """A user's builder is called once on the meta device (no memory, no weights made) before a sweep, and
         :class:`NotAModuleError` raised where it returns something other than an ``nn.Module``; a builder that
