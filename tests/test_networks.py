@@ -222,7 +222,8 @@ def test_a_cpu_case_is_timed_in_the_steady_state_of_a_process_that_reuses_freed_
         del os.environ["FAULTS_FILE"]
     assert done.returncode == 0, done.stderr
     per_forward = [int(line) for line in faults.read_text().split()]
-    assert len(per_forward) >= 10 and max(per_forward) >= 16384 * 0.9  # a first use faults the block in
+    # the warm-up, the block-size estimate and at least three timed runs (MIN_TIMED_RUNS; more on an idle machine)
+    assert len(per_forward) >= 5 and max(per_forward) >= 16384 * 0.9  # a first use faults the block in
     timed = sorted(per_forward[len(per_forward) // 2:])  # the later half: the timed runs
     assert timed[len(timed) // 2] <= 100, per_forward  # settled: most fault nothing (16384 pages each without it)
 
