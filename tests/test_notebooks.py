@@ -29,9 +29,10 @@ def test_committed_with_the_outputs_of_one_whole_run(path):
 
 COMPARED = ["results.ipynb"]  # trains nothing, runs in seconds: executed and compared below
 # What a notebook that trains runs with here, set after its parameters (its first code cell, which assigns each
-# name): every cell runs, on a shorter training than a reader's
-QUICK = {"attention_maps.ipynb": {"STEPS": 5}}
-# ... and on a smaller draw of the generated data set (the notebook reads 200 test images): its training and
+# name): every cell runs, on a shorter training than a reader's (one step: the training cell's every line runs, and
+# each step's backward through GSA took 10-25 s), and its share table over fewer test images (the same code per image)
+QUICK = {"attention_maps.ipynb": {"STEPS": 1, "IMAGES": 20}}
+# ... and on a smaller draw of the generated data set (the notebook reads IMAGES test images): its training and
 # evaluation at a reader's size (10,000 and 2,000 images) took most of the notebook's time for 5 steps
 SMALL_DATA = {"attention_maps.ipynb": "import attnbench.data\nattnbench.data.LONGRANGE_SIZES = (640, 200)"}
 
