@@ -15,6 +15,8 @@ from __future__ import annotations
 import atexit
 import contextlib
 import multiprocessing as mp
+import os
+import sys
 import tempfile
 from multiprocessing import forkserver
 
@@ -42,10 +44,29 @@ def start() -> None:
     global _STARTED
     if context() is None:
         return
-    forkserver.ensure_running()
+    with main_without_a_file():
+        forkserver.ensure_running()
     if not _STARTED:
         atexit.register(_end)
         _STARTED = True
+
+
+@contextlib.contextmanager
+def main_without_a_file():
+    """While a process starts, hide a ``__main__.__file__`` that names no file (a script read from standard
+    input, ``python - <<EOF``, has ``<stdin>``): multiprocessing runs ``__main__``'s file again in each new
+    process, and there it would fail, ending every case. Hidden, the processes start with an empty
+    ``__main__``, which is all they need (networks registered there are refused before a sweep)."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    hide = path is not None and not os.path.isfile(path)
+    if hide:
+        del main.__file__
+    try:
+        yield
+    finally:
+        if hide:
+            main.__file__ = path
 
 
 def _end() -> None:

@@ -299,7 +299,8 @@ class Worker:
         conn, theirs = ctx.Pipe(duplex=True)
         proc = ctx.Process(target=_serve, args=(theirs, self.reuse), daemon=True)
         try:
-            proc.start()
+            with forkserver.main_without_a_file():
+                proc.start()
         finally:
             theirs.close()
         self.proc, self.conn = proc, conn  # only a process that started is ever joined

@@ -151,6 +151,21 @@ def attnbench_cli(*args, cwd, path=()):
                           timeout=600, cwd=cwd)
 
 
+def test_a_sweep_from_a_script_read_from_standard_input_measures_its_cases(tmp_path):
+    """`python - <<EOF` names its __main__ '<stdin>', which multiprocessing ran again in each case's process (and
+    the fork server), where no such file exists: every case died, exit code 1."""
+    db = str(tmp_path / "r.sqlite")
+    script = ("import attnbench\n"
+              f"rows = attnbench.run(variants=['conv'], arch='probe', res=[8], device=['cpu'], db={db!r},"
+              " min_run_time=0.01, threads=1)\n"
+              "print([status == 'ok' for status in rows.status])\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, env=env, timeout=600,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[True]", done.stdout + done.stderr
+
+
 @pytest.mark.slow
 def test_a_users_network_is_measured_beside_ours_and_again_when_its_code_changes(tmp_path):
     """`run --model mypkg.nets:build,conv_probe`: one sweep, one table; a change to the builder's package
