@@ -246,11 +246,10 @@ def mhsa(m, x: torch.Tensor) -> torch.Tensor:
             sl = slice(n * d, (n + 1) * d)
             for i in range(H):
                 for j in range(W):
-                    logits = torch.zeros(H, W, dtype=x.dtype)
-                    for a in range(H):
-                        for b in range(W):
-                            r = m.rel_height[a - i + size - 1] + m.rel_width[b - j + size - 1]
-                            logits[a, b] = q[sl, i, j] @ (k[sl, a, b] + r) / math.sqrt(d)
+                    # every key (a, b) at once: r[a, b] = r^h_{a-i} + r^w_{b-j}, looked up by offset for this query
+                    r = (m.rel_height[torch.arange(H) - i + size - 1][:, None]
+                         + m.rel_width[torch.arange(W) - j + size - 1][None])  # (H, W, d)
+                    logits = (k[sl].permute(1, 2, 0) + r) @ q[sl, i, j] / math.sqrt(d)  # (H, W)
                     w = torch.softmax(logits.flatten(), dim=0).view(H, W)
                     y[sl, i, j] = (w[None] * v[sl]).sum(dim=(1, 2))
         out.append(avg_pool2(y) if m.cfg.stride == 2 else y)
