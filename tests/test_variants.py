@@ -104,9 +104,9 @@ def skip_unless_supported(variant: str, impl: str, grad: bool) -> None:
 def test_every_implementation_matches_naive_implementation(variant, impl, options, shape):
     m = make_fp64(variant, impl, options).eval()
     x = torch.randn(*shape, dtype=torch.float64)
-    with torch.no_grad():
+    with torch.no_grad():  # the naive one's many small steps too: no gradient is asked for, none is recorded
         got = m(x)
-    want = NAIVE[variant](m, x)
+        want = NAIVE[variant](m, x)
     diff = (got - want).abs().max().item()
     assert diff < 1e-5, f"{variant}/{impl} {options} {shape}: max abs difference {diff:.3g} from the naive one"
 
