@@ -239,6 +239,14 @@ def sdpa(self: WindowAttention, x: torch.Tensor) -> torch.Tensor:
     return self.merge(out, shape, B)
 
 
+def gather_rows(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``rows[:, index]`` for rows (B, N, C): one ``index_select`` over the B N rows, which copies whole rows
+    (2.5-3x faster than the indexing, 8 x 3136 x 384 floats at 2 threads: 1.64 ms against 4.84)."""
+    B, N, C = rows.shape
+    flat = (index[None] + N * torch.arange(B, device=index.device)[:, None]).flatten()
+    return rows.reshape(B * N, C).index_select(0, flat).view(B, -1, C)
+
+
 @register_impl("window", "tokens",
                description="token-major rows gathered by one index (roll and partition folded in), fused attention")
 def tokens(self: WindowAttention, x: torch.Tensor) -> torch.Tensor:
@@ -248,7 +256,7 @@ def tokens(self: WindowAttention, x: torch.Tensor) -> torch.Tensor:
     layout = self.layout(x)
     if (Hp, Wp) != (H, W):
         x = F.pad(x, (0, Wp - W, 0, Hp - H))
-    qkv = to_rows(self.qkv, x)[:, layout.source]  # (B, windows m^2, 3C)
+    qkv = gather_rows(to_rows(self.qkv, x), layout.source)  # (B, windows m^2, 3C)
     q, k, v = qkv.view(B * windows, m * m, 3, h, dh).permute(2, 0, 3, 1, 4).unbind(0)  # (B windows, h, m^2, d)
     mask = self.additive(layout).to(q.dtype)
     if mask.requires_grad:  # the bias learns: the fused kernel gives its mask no gradient (its fallback would
@@ -259,5 +267,5 @@ def tokens(self: WindowAttention, x: torch.Tensor) -> torch.Tensor:
         if shift:  # one mask per window: the kernel takes it per image and window
             mask = mask.expand(B, -1, -1, -1, -1).flatten(0, 1)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=dh**-0.5)  # memory: (B windows, m^2, h, d)
-    out = out.transpose(1, 2).reshape(B, windows * m * m, C).index_select(1, layout.target)  # (B, H W, C)
+    out = gather_rows(out.transpose(1, 2).reshape(B, windows * m * m, C), layout.target)  # (B, H W, C)
     return downsample(from_rows(self.proj, out, H, W), self.cfg.stride)
