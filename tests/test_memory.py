@@ -78,10 +78,12 @@ def block():  # 64 MiB, made, written and freed, as a forward pass's activation 
 
 for _ in range(5):  # the heap settles after a few uses (aligned blocks need a free chunk a little larger)
     block()
-before = faults()
-for _ in range(5):
+per_block = []
+for _ in range(9):
+    before = faults()
     block()
-per_block = (faults() - before) / 5
+    per_block.append(faults() - before)
+per_block = sorted(per_block)[4]  # the median use, as the harness reports the median run
 big = torch.zeros(1)
 peak = peak_memory(lambda: big + torch.ones(64 * 2**20)[:1], "cpu")["peak_mem_bytes"]
 print(kept, per_block, peak)
@@ -92,7 +94,10 @@ print(kept, per_block, peak)
 def test_a_process_that_keeps_freed_memory_reuses_it_without_faults_and_still_reads_its_peak():
     """glibc maps and unmaps every freed 64 MiB block (16384 pages faulted in again on each use); after
     keep_freed_memory the heap keeps it and, once settled, a use faults nothing, while the peak of a 256 MiB
-    allocation still reads 256 MiB (free memory goes back to the system before the peak is reset)."""
+    allocation still reads 256 MiB (free memory goes back to the system before the peak is reset). The median
+    use is compared, as the harness reports the median run: on a loaded machine the heap has been seen to grow
+    once more after the warm-up (one use in five faulting the block in), which a median does not hide in the
+    default allocator, where every use faults."""
     import subprocess
     import sys
 
