@@ -105,26 +105,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     finally:
         progress.close()
-    busy = frame.latency_noise_reason.fillna("").str.contains("other processes|speed changed")
-    if busy.any():
-        print(f"attnbench run: warning: {int(busy.sum())} of {count(len(frame), 'case')} timed while the machine "
-              "was busy (see latency_noise_reason); for stable numbers run nothing else meanwhile, or pin the sweep "
-              "with --threads and taskset, and measure again with --force.", file=sys.stderr)
     if args.results_file:
         from attnbench.columns import as_text, results_summary
 
         written = results_summary(frame) if args.results_columns == "summary" else frame
         write_text(args.results_file, as_text(written, output_format(args.results_file)))
+    from attnbench.console import console_table, sweep_verdict, wrap
+
     if args.json:
         print(frame.to_json(orient="records", indent=1, double_precision=15))
     else:
-        from attnbench.console import console_table, wrap
-
         print(console_table(frame, pivot=args.pivot, width=args.line_width))
         print("", *wrap(f"{count(len(frame), 'case')}; results in {args.db}. Latency: median of the timed runs; MACs "
                         "per forward pass of the batch (1 multiply-add = 1); memory: peak over weights and inputs.",
                         args.line_width), sep="\n")
-    return 0
+    said, code = sweep_verdict(frame)
+    for line in said:
+        print(line, file=sys.stderr)
+    return code
 
 
 def _max_res(args: argparse.Namespace) -> int:

@@ -152,6 +152,28 @@ def max_res_lines(found: Sequence, db: str, width: int) -> list[str]:
     return lines + ["", *wrap(f"every side tried is stored in {db}; the report's largest-fit table reads them.", width)]
 
 
+def sweep_verdict(frame: pd.DataFrame) -> tuple[list[str], int]:
+    """What ``run`` says on standard error after a sweep's table, and its exit code: a warning for cases timed
+    while the machine was busy; then, exit code 1, when a case failed (an error, or its process killed: a bug or
+    input the case cannot take) or when no case was measured at all (every one skipped, out of memory or out of
+    time). Cases that did not fit or finish beside measured ones are a sweep's expected outcome (exit code 0)."""
+    lines = []
+    busy = frame.latency_noise_reason.fillna("").str.contains("other processes|speed changed")
+    if busy.any():
+        lines.append(f"attnbench run: warning: {int(busy.sum())} of {count(len(frame), 'case')} timed while the "
+                     "machine was busy (see latency_noise_reason); for stable numbers run nothing else meanwhile, or "
+                     "pin the sweep with --threads and taskset, and measure again with --force.")
+    statuses = frame.status.value_counts()
+    tally = ", ".join(f"{status} {n}" for status, n in sorted(statuses.items()))
+    failed = int(statuses.get(Status.ERROR, 0) + statuses.get(Status.KILLED, 0))
+    if failed:
+        lines.append(f"attnbench run: {failed} of {count(len(frame), 'case')} failed ({tally}); the reason column "
+                     "says why, and every other case's result is stored.")
+    elif Status.OK not in statuses.index:
+        lines.append(f"attnbench run: no case was measured ({tally}); the reason column says why.")
+    return lines, 1 if failed or Status.OK not in statuses.index else 0
+
+
 def console_table(frame: pd.DataFrame, *, width: int = 100, pivot: str | None = None) -> str:
     """The rows of a sweep as text for a terminal (see the module's docstring)."""
     if frame.empty:

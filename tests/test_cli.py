@@ -101,6 +101,30 @@ def test_a_failing_case_does_not_lose_the_others(tmp_path):
     assert frame.loc["conv", "status"] == "ok"
 
 
+def test_a_sweep_exits_1_when_a_case_failed_or_none_was_measured():
+    """A script running sweeps (set -e, a CI job) learns that one broke: exit code 1 and one line on standard error
+    when a case failed (error or killed), or when none was measured; cases that did not fit or finish beside
+    measured ones are what a sweep over sides expects (exit code 0)."""
+    import pandas as pd
+
+    from attnbench.console import sweep_verdict
+
+    def verdict(*statuses):
+        return sweep_verdict(pd.DataFrame({"status": statuses, "latency_noise_reason": [None] * len(statuses)}))
+
+    assert verdict("ok", "oom", "timeout", "skipped") == ([], 0)
+    assert verdict("ok", "error", "error") == (["attnbench run: 2 of 3 cases failed (error 2, ok 1); the reason column "
+                                                "says why, and every other case's result is stored."], 1)
+    assert verdict("ok", "killed")[1] == 1 and verdict("killed")[0][0].startswith("attnbench run: 1 of 1 case failed")
+    assert verdict("oom", "timeout") == (["attnbench run: no case was measured (oom 1, timeout 1); the reason column "
+                                          "says why."], 1)
+    lines, code = sweep_verdict(pd.DataFrame({"status": ["ok", "ok"], "latency_noise_reason": [
+        "other processes used 0.90 of 2 cores during the timed runs", None]}))
+    assert code == 0 and lines == ["attnbench run: warning: 1 of 2 cases timed while the machine was busy (see "
+                                   "latency_noise_reason); for stable numbers run nothing else meanwhile, or pin the "
+                                   "sweep with --threads and taskset, and measure again with --force."]
+
+
 def test_every_variant_runs_on_a_one_pixel_map(capsys, tmp_path):
     db = str(tmp_path / "r.sqlite")
     code, _, _ = run_cli(capsys, "run", "--scope", "module", "--res", "1", "--dim", "16", "--db", db, *FAST)
@@ -110,17 +134,18 @@ def test_every_variant_runs_on_a_one_pixel_map(capsys, tmp_path):
 def test_a_case_that_cannot_fit_is_skipped_with_its_reason(capsys, tmp_path):
     db = str(tmp_path / "r.sqlite")
     # axial logits at 4096^2 need terabytes; predicted without allocating them
-    code, _, _ = run_cli(capsys, "run", "--scope", "module", "--variants", "axial", "--res", "4096", "--dim", "16",
-                         "--db", db, *FAST)
+    code, _, err = run_cli(capsys, "run", "--scope", "module", "--variants", "axial", "--res", "4096", "--dim", "16",
+                           "--db", db, *FAST)
     row = store.load_results(db).iloc[0]
-    assert code == 0 and row.status == "skipped" and "exceeds" in row.reason and row.predicted_mem_bytes > 2**40
+    assert row.status == "skipped" and "exceeds" in row.reason and row.predicted_mem_bytes > 2**40
+    assert code == 1 and err.endswith("attnbench run: no case was measured (skipped 1); the reason column says why.\n")
 
 
 def test_a_case_over_its_time_limit_times_out(capsys, tmp_path):
     db = str(tmp_path / "r.sqlite")
     code, _, _ = run_cli(capsys, "run", "--variants", "conv", "--res", "224", "--timeout", "0.05", "--db", db, *FAST)
     row = store.load_results(db).iloc[0]
-    assert code == 0 and row.status == "timeout"
+    assert code == 1 and row.status == "timeout"  # nothing was measured
     # the same limit again: the stored time-out stands; a longer one retries it, and the case is measured
     run_cli(capsys, "run", "--variants", "conv", "--res", "224", "--timeout", "0.05", "--db", db, *FAST)
     assert store.load_results(db).run_id.tolist() == [row.run_id]
@@ -392,7 +417,7 @@ def test_a_huge_input_is_skipped_before_anything_is_built(capsys, tmp_path):
     code, _, _ = run_cli(capsys, "run", "--scope", "module", "--variants", "gsa,local", "--res", "100000",
                          "--dim", "16", "--timeout", "20", "--db", db, *FAST)
     frame = store.load_results(db)
-    assert code == 0 and set(frame.status) == {"skipped"}
+    assert code == 1 and set(frame.status) == {"skipped"}
     assert frame.reason.str.contains("the input and one map of its size alone need 1220703 MiB").all()
 
 
