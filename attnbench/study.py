@@ -116,7 +116,8 @@ def run_study(study: Study, *, say: Callable[[str], None] = print,
             run, source = replace(cfg, seed=seed), "given"
             if auto:
                 if tuned is None:
-                    tuned = tune_lr(run, Path(out) / "lr-search", keep=study.continue_unfinished)
+                    tuned = tune_lr(run, Path(out) / "lr-search", keep=study.continue_unfinished,
+                                    say=lambda line, seed=seed: say(f"seed {seed}: {line}"))
                 lr, source = tuned
                 run = replace(run, lr=lr)
                 say(f"seed {seed}: learning rate {source}")

@@ -17,7 +17,7 @@ import time
 import uuid
 import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -403,15 +403,16 @@ def choose_lr(scores: dict[float, tuple[float, float]], n: int) -> float:
     return min(tied, key=lambda lr: (math.inf if math.isnan(scores[lr][1]) else scores[lr][1], lr))
 
 
-def tune_lr(cfg: TrainConfig, out: str | Path, candidates: tuple[float, ...] = LR_CANDIDATES, *, keep: bool = False
-            ) -> tuple[float, str]:
+def tune_lr(cfg: TrainConfig, out: str | Path, candidates: tuple[float, ...] = LR_CANDIDATES, *, keep: bool = False,
+            say: Callable[[str], None] | None = None) -> tuple[float, str]:
     """The learning rate ``--lr auto`` picks, and how: each candidate trains for half the run's steps (its
     own cosine schedule) on the training split less a held-out tenth (drawn with the seed), and is scored on
     that tenth by :func:`choose_lr` (top-1 where it separates the rates, else the held-out loss). While the
     largest rate tried wins, the next one up (x ``LR_FACTOR``) is tried too, and likewise down, within
     ``LR_LIMITS``: the best rate is never an edge of the grid unless it is a limit. The test split is never
     seen. With ``keep``, a candidate whose run an earlier search left in ``out`` continues it (a finished one
-    is read back, not trained again); else each is trained anew. Returns (lr, a one-line account stored
+    is read back, not trained again); else each is trained anew. ``say`` hears one line as each candidate
+    ends (a search of a slow probe takes an hour and more). Returns (lr, a one-line account stored
     with the run, which names the seed whose split chose it: the other seeds of a setup train at the same
     rate)."""
     train_set, _ = datasets(cfg)
@@ -432,6 +433,10 @@ def tune_lr(cfg: TrainConfig, out: str | Path, candidates: tuple[float, ...] = L
                             resume=earlier, overwrite=earlier is None)  # scratch runs: replaced unless continued
             last = history[-1]
             scores[lr] = (0.0, math.nan) if last.get("stopped") == "diverged" else (last["top1_pct"], last["test_loss"])
+            if say is not None:
+                say(f"learning rate {lr:g} ({count(len(scores), 'candidate')} tried, {count(budget, 'step')} each): "
+                    + ("diverged" if math.isnan(scores[lr][1]) else
+                       f"{scores[lr][0]:.1f} % top-1, loss {scores[lr][1]:.3f} on the held-out images"))
         best = choose_lr(scores, len(held))
         up, down = best * LR_FACTOR, best / LR_FACTOR
         todo = ([up] if best == max(scores) and up <= LR_LIMITS[1] else

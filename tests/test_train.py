@@ -662,8 +662,12 @@ def test_lr_auto_extends_the_grid_past_an_edge_that_wins(tmp_path, monkeypatch):
     for peak["lr"], chosen, tried in ((0.8, 0.8, [0.2, 0.1, 0.05, 0.02, 0.4, 0.8, 1.6]),
                                       (1e-4, 0.0025, [0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.0025])):
         trained.clear()
-        lr, source = tr.tune_lr(cfg, tmp_path)
+        heard = []
+        lr, source = tr.tune_lr(cfg, tmp_path, say=heard.append)
         assert lr == chosen and trained == tried
+        # one line as each candidate ends, in the order trained, with its score
+        assert heard == [f"learning rate {x:g} ({i} candidate{'s' * (i > 1)} tried, 4 steps each): 90.0 % top-1, loss "
+                         f"{abs(math.log(x / peak['lr'])):.3f} on the held-out images" for i, x in enumerate(tried, 1)]
         assert f"grid extended by {', '.join(f'{x:g}' for x in sorted(tried[4:]))}" in source
 
 
