@@ -166,12 +166,13 @@ def sweep_verdict(frame: pd.DataFrame) -> tuple[list[str], int]:
     statuses = frame.status.value_counts()
     tally = ", ".join(f"{status} {n}" for status, n in sorted(statuses.items()))
     failed = int(statuses.get(Status.ERROR, 0) + statuses.get(Status.KILLED, 0))
+    measured = Status.OK in statuses.index
     if failed:
         lines.append(f"attnbench run: {failed} of {count(len(frame), 'case')} failed ({tally}); the reason column "
                      "says why, and every other case's result is stored.")
-    elif Status.OK not in statuses.index:
+    elif not measured:
         lines.append(f"attnbench run: no case was measured ({tally}); the reason column says why.")
-    return lines, 1 if failed or Status.OK not in statuses.index else 0
+    return lines, 1 if failed or not measured else 0
 
 
 def console_table(frame: pd.DataFrame, *, width: int = 100, pivot: str | None = None) -> str:

@@ -432,10 +432,11 @@ def tune_lr(cfg: TrainConfig, out: str | Path, candidates: tuple[float, ...] = L
             history = train(replace(cfg, lr=lr, steps=budget, plateau=None), out=folder, data=data, progress=False,
                             resume=earlier, overwrite=earlier is None)  # scratch runs: replaced unless continued
             last = history[-1]
-            scores[lr] = (0.0, math.nan) if last.get("stopped") == "diverged" else (last["top1_pct"], last["test_loss"])
+            diverged = last.get("stopped") == "diverged"
+            scores[lr] = (0.0, math.nan) if diverged else (last["top1_pct"], last["test_loss"])
             if say is not None:
                 say(f"learning rate {lr:g} ({count(len(scores), 'candidate')} tried, {count(budget, 'step')} each): "
-                    + ("diverged" if math.isnan(scores[lr][1]) else
+                    + ("diverged" if diverged else
                        f"{scores[lr][0]:.1f} % top-1, loss {scores[lr][1]:.3f} on the held-out images"))
         best = choose_lr(scores, len(held))
         up, down = best * LR_FACTOR, best / LR_FACTOR
