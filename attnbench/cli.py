@@ -110,7 +110,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         written = results_summary(frame) if args.results_columns == "summary" else frame
         write_text(args.results_file, as_text(written, output_format(args.results_file)))
-    from attnbench.console import console_table, sweep_verdict, wrap
+    from attnbench.console import console_table, say_verdict, wrap
 
     if args.json:
         print(frame.to_json(orient="records", indent=1, double_precision=15))
@@ -119,10 +119,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("", *wrap(f"{count(len(frame), 'case')}; results in {args.db}. Latency: median of the timed runs; MACs "
                         "per forward pass of the batch (1 multiply-add = 1); memory: peak over weights and inputs.",
                         args.line_width), sep="\n")
-    said, code = sweep_verdict(frame)
-    for line in said:
-        print(line, file=sys.stderr)
-    return code
+    return say_verdict(frame)
 
 
 def _max_res(args: argparse.Namespace) -> int:
@@ -158,6 +155,7 @@ def _max_res(args: argparse.Namespace) -> int:
 
 def _launch(args: argparse.Namespace) -> int:
     """``run`` through a launcher: the sweep as a job array, its shard stores merged into --db."""
+    from attnbench.console import say_verdict
     from attnbench.launch import LaunchError, jobs_folder, launch
     from attnbench.sweep import Sweep
 
@@ -174,7 +172,7 @@ def _launch(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     print(f"{count(args.jobs or 1, 'task')} per partition finished; merged into {args.db}: {collected} "
           f"(shard stores and logs under {jobs_folder(args.db)})")
-    return 0
+    return say_verdict(collected.rows)
 
 
 def cmd_collect(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ descriptions.
 from __future__ import annotations
 
 import math
+import sys
 import textwrap
 from collections.abc import Callable, Sequence
 
@@ -173,6 +174,14 @@ def sweep_verdict(frame: pd.DataFrame) -> tuple[list[str], int]:
     elif not measured:
         lines.append(f"attnbench run: no case was measured ({tally}); the reason column says why.")
     return lines, 1 if failed or not measured else 0
+
+
+def say_verdict(frame: pd.DataFrame) -> int:
+    """``sweep_verdict``'s lines on standard error; returns its exit code."""
+    said, code = sweep_verdict(frame)
+    for line in said:
+        print(line, file=sys.stderr)
+    return code
 
 
 def console_table(frame: pd.DataFrame, *, width: int = 100, pivot: str | None = None) -> str:

@@ -15,6 +15,8 @@ import signal
 from collections.abc import Sequence
 from pathlib import Path
 
+import pandas as pd
+
 from attnbench import interrupt, store
 from attnbench.choices import LAUNCHERS, count
 from attnbench.files import safe_name
@@ -31,15 +33,14 @@ def jobs_folder(db: str | Path) -> Path:
     return db.with_name(f"{db.stem}-jobs")
 
 
-def run_shard(sweep: Sweep, index: int, count: int, db: str, run: dict, of_store: str) -> int:
+def run_shard(sweep: Sweep, index: int, count: int, db: str, run: dict, of_store: str) -> pd.DataFrame:
     """One task: shard ``index`` of ``count`` of ``sweep``, planned here, into ``db``, a shard store of the store
-    whose id is ``of_store``. Returns its cases."""
+    whose id is ``of_store``. Returns its cases' rows, as ``api.run`` does."""
     from attnbench import api
 
     cases = dataclasses.replace(sweep, shard=(index, count)).cases()
     store.tie(db, of_store)
-    api.run(cases=cases, db=db, **run)
-    return len(cases)
+    return api.run(cases=cases, db=db, **run)
 
 
 def executor(launcher: str, folder: Path, *, partition: str | None, timeout_min: int, gpus: int):
@@ -61,10 +62,12 @@ def executor(launcher: str, folder: Path, *, partition: str | None, timeout_min:
 @dataclasses.dataclass(frozen=True)
 class Collected:
     """What collecting a launched sweep did: the merge of its shard stores, and how many shard stores in its
-    jobs folder were left out as another store's (one deleted since, whose path this store took)."""
+    jobs folder were left out as another store's (one deleted since, whose path this store took); after a launch,
+    the rows its tasks returned (their cases' results, for the sweep's verdict)."""
 
     merged: store.Merged
     ignored: int
+    rows: pd.DataFrame | None = None
 
     def __str__(self) -> str:
         left = f"; {count(self.ignored, 'shard store')} of another store at this path left out" if self.ignored else ""
@@ -90,11 +93,11 @@ def launch(sweep: Sweep, *, db: str | Path, launcher: str, jobs: int, partitions
         array = ex.map_array(run_shard, [sweep] * jobs, range(1, jobs + 1), [jobs] * jobs, shards,
                              [run or {}] * jobs, [of_store] * jobs)
         submitted += [(partition or launcher, i + 1, job) for i, job in enumerate(array)]
-    failed = []
+    failed, rows = [], []
     try:
         for where, index, job in submitted:
             try:
-                job.result()
+                rows.append(job.result())
             except Exception as e:  # noqa: BLE001 - one failed task must not lose the others' results
                 failed.append(f"{where} task {index} ({job.job_id}): {str(e).strip().splitlines()[-1][:200]}")
     except KeyboardInterrupt as e:  # the tasks end here, and what they finished is merged
@@ -109,7 +112,7 @@ def launch(sweep: Sweep, *, db: str | Path, launcher: str, jobs: int, partitions
     if failed:
         raise LaunchError(f"{len(failed)} of {count(len(submitted), 'task')} failed (the others are merged into {db}): "
                           + "; ".join(failed))
-    return merged
+    return dataclasses.replace(merged, rows=pd.concat(rows, ignore_index=True))
 
 
 def collect(db: str | Path) -> Collected:

@@ -48,6 +48,16 @@ def test_a_store_deleted_and_made_anew_takes_no_rows_from_the_shards_of_the_old_
     assert main(["collect", "--db", str(db)]) == 0 and store.load_results(db).res.tolist() == [12]
 
 
+@pytest.mark.slow
+def test_a_launched_sweep_exits_as_a_sweep_run_here_does(tmp_path, capsys):
+    """Its verdict comes from the rows its tasks returned: nothing measured (axial at 4096 needs terabytes, so its
+    case is skipped) is exit code 1 with the same line as a sweep run here."""
+    code = main(["run", "--scope", "module", "--variants", "axial", "--res", "4096", "--dim", "16", "--threads", "1",
+                 "--db", str(tmp_path / "r.sqlite"), "--launcher", "local"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.endswith("attnbench run: no case was measured (skipped 1); the reason column says why.\n")
+
+
 @pytest.mark.parametrize("args, message", [
     (["--jobs", "0"], "jobs 0 must be at least 1"),
     (["--jobs", "2"], "--jobs applies to --launcher slurm"),
