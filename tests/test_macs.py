@@ -1,5 +1,8 @@
 """MAC counts: every variant against an analytic formula and against torch's FlopCounterMode."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from conftest import VARIANTS
@@ -91,6 +94,19 @@ def test_count_matches_torch_flop_counter(name):
 def test_resnet50_matches_torchvision_count():
     m = attnbench.build_model("resnet50")
     assert attnbench.count_macs(m, torch.randn(1, 3, 224, 224)) == 4_089_184_256
+
+
+def test_a_count_allocates_none_of_the_reference_implementations_work():
+    """mhsa's reference (dense) makes all of its N x N logits at once: 64 GiB at 256 x 256 with 4 heads. The count
+    traces shapes alone, so it is made in a process that may map 8 GiB, and is the analytic one."""
+    side, dim = 256, 16
+    script = (f"import resource; resource.setrlimit(resource.RLIMIT_AS, ({8 * 2**30}, {8 * 2**30})); import torch; "
+              f"import attnbench; m = attnbench.build_variant('mhsa', {dim}, size={side}); "
+              f"print(attnbench.count_macs(m, torch.randn(1, {dim}, {side}, {side})))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    n = side * side
+    assert done.returncode == 0, done.stderr[-500:]
+    assert int(done.stdout) == 3 * n * dim * dim + 2 * n * n * dim + n * 2 * side * dim
 
 
 def test_uncounted_ops_are_reported():
