@@ -129,7 +129,7 @@ def parse_device(text: str) -> torch.device:
         dev = torch.device(text)
     except (RuntimeError, TypeError):
         raise ValueError(f"unknown device '{text}'; use cpu, cuda or cuda:N") from None
-    if dev.type not in ("cpu", "cuda"):
+    if dev.type not in ("cpu", "cuda") or (dev.type == "cpu" and dev.index is not None):  # the CPU has no index
         raise ValueError(f"unsupported device '{text}'; use cpu, cuda or cuda:N")
     if dev.type == "cuda":
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
