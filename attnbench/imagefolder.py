@@ -120,13 +120,13 @@ class ImageFolderSet:
 
     name = "imagefolder"
 
-    def __init__(self, paths: Sequence[str], labels: torch.Tensor, num_classes: int, *, augment: bool, size: int,
-                 workers: int) -> None:
-        self.paths, self.labels, self.num_classes = list(paths), labels, num_classes
+    def __init__(self, paths: Sequence[str], labels: torch.Tensor, classes: Sequence[str], *, augment: bool,
+                 size: int, workers: int) -> None:
+        self.paths, self.labels, self.classes, self.num_classes = list(paths), labels, list(classes), len(classes)
         self.augment, self.size, self.workers = augment, size, workers
 
     def subset(self, idx: torch.Tensor, augment: bool) -> ImageFolderSet:
-        return ImageFolderSet([self.paths[i] for i in idx.tolist()], self.labels[idx], self.num_classes,
+        return ImageFolderSet([self.paths[i] for i in idx.tolist()], self.labels[idx], self.classes,
                               augment=augment, size=self.size, workers=self.workers)
 
     def batches(self, order: torch.Tensor, generator: torch.Generator, part: slice
@@ -186,6 +186,6 @@ def scan(root: str | Path) -> tuple[list[str], dict[str, tuple[list[str], torch.
 def load_imagefolder(root: str | Path, *, size: int, workers: int) -> tuple[ImageFolderSet, ImageFolderSet]:
     """(train, val) of the image folder at ``root``."""
     classes, splits = scan(root)
-    train, val = ((ImageFolderSet(*splits[split], len(classes), augment=split == "train", size=size,
+    train, val = ((ImageFolderSet(*splits[split], classes, augment=split == "train", size=size,
                                   workers=workers)) for split in SPLITS)
     return train, val

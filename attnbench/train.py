@@ -489,6 +489,19 @@ def train(cfg: TrainConfig, *, out: str | Path, resume: str | Path | None = None
         return _train(cfg, out=out, resume=resume, **run)
 
 
+def same_classes(ckpt: dict, path: str | Path, data: Dataset | ImageFolderSet, what: str) -> None:
+    """TrainError unless the data set has the classes the checkpoint's network was trained on: as many, and the
+    same names where both say them (an image folder's sub-folders)."""
+    if data.num_classes != ckpt["num_classes"]:
+        raise TrainError(f"Checkpoint {path}'s network has {ckpt['num_classes']} classes; {what} has "
+                         f"{data.num_classes}.")
+    names, theirs = ckpt.get("classes"), getattr(data, "classes", None)
+    if isinstance(names, list) and theirs is not None and names != list(theirs):
+        differ = [f"{a} / {b}" for a, b in zip(names, theirs) if a != b]
+        raise TrainError(f"Checkpoint {path} was trained on other classes than {what}'s (trained / here: "
+                         f"{', '.join(differ[:3])}).")
+
+
 def _train(cfg: TrainConfig, *, out: str | Path, db: str | Path | None = None, resume: str | Path | None = None,
            stop_after_epoch: int | None = None, progress: bool = True, quiet: bool = False,
            lr_source: str | None = None, width_source: str | None = None, data: Splits | None = None) -> list[dict]:
@@ -522,9 +535,8 @@ def _train(cfg: TrainConfig, *, out: str | Path, db: str | Path | None = None, r
     train_set, test_set = data or datasets(cfg)
     if model is None:
         model = build(cfg, train_set.num_classes)
-    elif ckpt["num_classes"] != train_set.num_classes:
-        raise TrainError(f"Checkpoint {resume} has {ckpt['num_classes']} classes; the data set has "
-                         f"{train_set.num_classes}.")
+    else:
+        same_classes(ckpt, resume, train_set, f"{cfg.dataset}{f' in {cfg.data_dir}' if cfg.data_dir else ''}")
     model = model.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                 nesterov=cfg.momentum > 0)  # momentum 0: plain SGD
@@ -612,7 +624,8 @@ def _train(cfg: TrainConfig, *, out: str | Path, db: str | Path | None = None, r
                 if not diverged:  # a diverged run's weights are not finite: its last checkpoint stays
                     _save(out / "checkpoint.pt", {
                         "format": CHECKPOINT_FORMAT, "config": asdict(cfg), "epoch": epoch + 1, "run_id": run_id,
-                        "num_classes": train_set.num_classes, "model": model.state_dict(),
+                        "num_classes": train_set.num_classes, "classes": getattr(train_set, "classes", None),
+                        "model": model.state_dict(),
                         "optimizer": optimizer.state_dict(), "history": history, "run": run,
                     })
                 if db is not None:

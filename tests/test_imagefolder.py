@@ -136,6 +136,28 @@ def test_train_and_eval_on_an_image_folder(tmp_path, capsys):
     assert top1 == pytest.approx(rows.top1_pct.iloc[len(runs[0]) - 1])
 
 
+def test_a_checkpoint_is_evaluated_only_on_the_classes_it_was_trained_on(tmp_path, capsys):
+    """Another folder with more classes, or as many with other names, is refused in one line before anything is
+    stored: its labels would index past the network's outputs, or mean other things."""
+    root = write_tree(tmp_path / "tree", per_class=(2, 1))
+    assert main(["train", "--dataset", "imagefolder", "--data-dir", str(root), "--model", "conv_probe", "--width",
+                 "0.25", "--batch", "2", "--steps", "1", "--image-size", "16", "--workers", "0", "--out",
+                 str(tmp_path / "run"), "--db", str(tmp_path / "r.sqlite")]) == 0
+    more, renamed = write_tree(tmp_path / "more", per_class=(1, 1)), write_tree(tmp_path / "renamed", per_class=(1, 1))
+    for split in ("train", "val"):
+        (more / split / "fox").mkdir()
+        __import__("shutil").copy(more / split / "cat" / "0.jpg", more / split / "fox" / "0.jpg")
+        (renamed / split / "cat").rename(renamed / split / "lynx")
+    n = len(COLOURS)
+    for folder, message in [(more, f"network has {n} classes; imagefolder in {more} has {n + 1}."),
+                            (renamed, "was trained on other classes than imagefolder in")]:
+        code = main(["eval", "--checkpoint", str(tmp_path / "run" / "checkpoint.pt"), "--dataset", "imagefolder",
+                     "--data-dir", str(folder), "--db", str(tmp_path / "e.sqlite")])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "e.sqlite").exists() or store.load_evaluations(tmp_path / "e.sqlite").empty
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda root: None, "needs --data-dir"),
     (lambda root: (root / "missing").mkdir(), "no folder"),

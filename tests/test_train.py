@@ -344,6 +344,11 @@ def test_checkpoints_of_a_newer_attnbench_bad_values_or_other_weights(tmp_path, 
         assert main(["eval", "--checkpoint", str(variant(name, change)), "--dataset", "digits"]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
+    # its data set edited: a 10-class network is not evaluated on longrange's 2 classes
+    other = variant("dataset.pt", lambda c: c["config"].update(dataset="longrange"))
+    assert main(["eval", "--checkpoint", str(other), "--dataset", "longrange", "--db", str(tmp_path / "e.sqlite")]) == 2
+    err = capsys.readouterr().err
+    assert f"Checkpoint {other}'s network has 10 classes; longrange has 2." in err and err.count("\n") == 1, err
     weights = variant("weights.pt", lambda c: c.update(model={k: v[:1] if v.dim() else v
                                                                for k, v in good["model"].items()}))
     assert main(["eval", "--checkpoint", str(weights), "--dataset", "digits"]) == 2
