@@ -1,0 +1,46 @@
+"""The benchmark scripts' control flow, with a stand-in `attnbench` on PATH that records each call and exits as
+told: what they run and how they end, not what attnbench measures (tested everywhere else)."""
+
+import os
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def script(name, args, tmp_path, exits):
+    """Run benchmarks/``name``; the stand-in exits with ``exits`` (a shell case on its arguments), else 0.
+    Returns the exit code, stderr and the calls made (each call's arguments, joined)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    calls = tmp_path / "calls"
+    fake = bin_dir / "attnbench"
+    fake.write_text(f'#!/usr/bin/env bash\necho "$*" >> {calls}\ncase "$*" in {exits} esac\nexit 0\n')
+    fake.chmod(0o755)
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / name), *args], capture_output=True, text=True,
+                          cwd=tmp_path, env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}, timeout=60)
+    return done.returncode, done.stderr, calls.read_text().splitlines() if calls.exists() else []
+
+
+def test_accuracy_goes_on_past_a_diverged_run_and_exits_1_at_its_end(tmp_path):
+    code, _, calls = script("accuracy.sh", ["t.sqlite", "conv gsa"], tmp_path,
+                            '*"--model conv_probe --dataset longrange"*) exit 1;;')
+    setups = [" ".join(c.split()[1:5]) for c in calls]
+    assert code == 1 and setups == ["--model conv_probe --dataset longrange", "--model gsa_probe --dataset longrange",
+                                    "--model conv_probe --dataset digits", "--model gsa_probe --dataset digits"]
+    assert all("--db t.sqlite" in c and "--skip-finished --continue" in c for c in calls)
+
+
+def test_accuracy_stops_at_any_other_failure_and_needs_its_store(tmp_path):
+    code, _, calls = script("accuracy.sh", ["t.sqlite", "conv gsa"], tmp_path, '*"--model gsa_probe"*) exit 2;;')
+    assert code == 2 and len(calls) == 2
+    (tmp_path / "bare").mkdir()
+    code, err, calls = script("accuracy.sh", [], tmp_path / "bare", "")
+    assert code == 2 and err.startswith("usage: bash benchmarks/accuracy.sh STORE") and calls == []
+
+
+def test_reference_needs_a_store_named_and_runs_every_sweep_into_it(tmp_path):
+    code, err, calls = script("reference.sh", [], tmp_path, "")
+    assert code == 2 and "committed reports/reference.sqlite" in err and calls == []
+    code, _, calls = script("reference.sh", ["cpu.sqlite"], tmp_path, "")
+    assert code == 0 and len(calls) == 4 and all(c.startswith("run ") and c.endswith("--db cpu.sqlite") for c in calls)
