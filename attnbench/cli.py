@@ -155,7 +155,7 @@ def _max_res(args: argparse.Namespace) -> int:
 
 def _launch(args: argparse.Namespace) -> int:
     """``run`` through a launcher: the sweep as a job array, its shard stores merged into --db."""
-    from attnbench.console import say_verdict
+    from attnbench.console import console_table, say_verdict
     from attnbench.launch import LaunchError, jobs_folder, launch
     from attnbench.sweep import Sweep
 
@@ -170,6 +170,7 @@ def _launch(args: argparse.Namespace) -> int:
                            partitions=args.partition or [], timeout_min=args.job_minutes, gpus=args.gpus, run=run)
     except LaunchError as e:
         raise UsageError(str(e)) from None
+    print(console_table(collected.rows, width=args.line_width), "", sep="\n")
     print(f"{count(args.jobs or 1, 'task')} per partition finished; merged into {args.db}: {collected} "
           f"(shard stores and logs under {jobs_folder(args.db)})")
     return say_verdict(collected.rows)

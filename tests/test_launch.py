@@ -21,6 +21,8 @@ def test_a_local_array_runs_every_shard_and_merges_them(tmp_path, capsys):
     shards = sorted(p.name for p in jobs_folder(db).glob("*.sqlite"))
     of_store = store.meta(db, "store_id")
     assert shards == [f"local-shard-{i}-of-2-{of_store[:8]}.sqlite" for i in (1, 2)] and "3 new rows" in out
+    table = [line.split() for line in out.splitlines()]  # the sweep's table, as a run here prints it
+    assert sorted(row[0] for row in table if row[1:2] == ["8"]) == ["conv", "gsa", "nonlocal"]
     assert {store.meta(jobs_folder(db) / s, "shard_of") for s in shards} == {of_store}
     # each task ran its own shard: together they are the sweep, once
     per_shard = [len(store.load_results(jobs_folder(db) / s)) for s in shards]
