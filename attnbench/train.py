@@ -240,7 +240,12 @@ def load_checkpoint(path: str | Path) -> dict:
     """A checkpoint written by :func:`train`, loaded as weights only: tensors and plain containers, never
     code (a pickle that would import or call anything is refused). Clear errors for missing,
     corrupted, unsafe or foreign files."""
+    if not str(path):
+        raise TrainError("No checkpoint named (an empty path).")
     path = Path(path)
+    if path.is_dir():
+        inside = " (name the checkpoint.pt inside it)" if (path / "checkpoint.pt").is_file() else ""
+        raise TrainError(f"{path} is a folder, not a checkpoint{inside}.")
     if not path.is_file():
         raise TrainError(f"No checkpoint at {path}.")
     _check_archive(path)
@@ -424,6 +429,7 @@ def tune_lr(cfg: TrainConfig, out: str | Path, candidates: tuple[float, ...] = L
     run_steps = cfg.steps or cfg.epochs * (len(fit) // cfg.batch)
     budget = max(1, int(run_steps * TUNING_SHARE))
     scores: dict[float, tuple[float, float]] = {}
+    diverged: set[float] = set()
     todo = list(candidates)
     while todo:
         for lr in todo:
@@ -432,18 +438,20 @@ def tune_lr(cfg: TrainConfig, out: str | Path, candidates: tuple[float, ...] = L
             history = train(replace(cfg, lr=lr, steps=budget, plateau=None), out=folder, data=data, progress=False,
                             resume=earlier, overwrite=earlier is None)  # scratch runs: replaced unless continued
             last = history[-1]
-            diverged = last.get("stopped") == "diverged"
-            scores[lr] = (0.0, math.nan) if diverged else (last["top1_pct"], last["test_loss"])
+            if last.get("stopped") == "diverged":
+                diverged.add(lr)
+            scores[lr] = (0.0, math.nan) if lr in diverged else (last["top1_pct"], last["test_loss"])
             if say is not None:
-                say(f"learning rate {lr:g} ({count(len(scores), 'candidate')} tried, {count(budget, 'step')} each): "
-                    + ("diverged" if diverged else
+                say(f"learning rate {lr:g} (candidate {len(scores)}, {count(budget, 'step')}): "
+                    + ("diverged" if lr in diverged else
                        f"{scores[lr][0]:.1f} % top-1, loss {scores[lr][1]:.3f} on the held-out images"))
         best = choose_lr(scores, len(held))
         up, down = best * LR_FACTOR, best / LR_FACTOR
         todo = ([up] if best == max(scores) and up <= LR_LIMITS[1] else
                 [down] if best == min(scores) and down >= LR_LIMITS[0] else [])
-    extended = sorted(set(scores) - set(candidates))
-    account = (f"validation: {best:g} of " + ", ".join(f"{lr:g} ({top1:.1f} %, loss {loss:.3f})"
+    extended = [lr for lr in scores if lr not in candidates]  # in the order tried
+    account = (f"validation: {best:g} of " + ", ".join(f"{lr:g} (diverged)" if lr in diverged else
+                                                       f"{lr:g} ({top1:.1f} %, loss {loss:.3f})"
                                                        for lr, (top1, loss) in sorted(scores.items(), reverse=True))
                + (f" (grid extended by {', '.join(f'{lr:g}' for lr in extended)})" if extended else "")
                + f"; each {count(budget, 'step')}, top-1 (ties within {TIE_Z:g} standard errors: lowest loss) on "

@@ -315,6 +315,9 @@ def test_checkpoints_of_another_model_or_corrupted(tmp_path, capsys):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(ckpt.read_bytes()[:1000])
     assert_refused_by_eval_and_resume(bad, "not a readable checkpoint", tmp_path, capsys)
+    assert_refused_by_eval_and_resume(tmp_path / "run", f"{tmp_path / 'run'} is a folder, not a checkpoint (name the "
+                                      "checkpoint.pt inside it).", tmp_path, capsys)
+    assert_refused_by_eval_and_resume("", "No checkpoint named (an empty path).", tmp_path, capsys)
     assert evaluate_at_sides(ckpt, "digits")[0].top1_pct >= 0
 
 
@@ -660,6 +663,8 @@ def test_lr_auto_extends_the_grid_past_an_edge_that_wins(tmp_path, monkeypatch):
     def fake_train(cfg, *, out, data, progress, resume, overwrite):
         assert overwrite and resume is None  # the search's runs are scratch, replaced by the next search
         trained.append(cfg.lr)
+        if cfg.lr == 0.2 and peak["lr"] == 0.05:  # the third search: its largest rate diverges
+            return [{"top1_pct": None, "test_loss": None, "stopped": "diverged"}]
         return [{"top1_pct": 90.0, "test_loss": abs(math.log(cfg.lr / peak["lr"]))}]
 
     monkeypatch.setattr(tr, "train", fake_train)
@@ -671,9 +676,13 @@ def test_lr_auto_extends_the_grid_past_an_edge_that_wins(tmp_path, monkeypatch):
         lr, source = tr.tune_lr(cfg, tmp_path, say=heard.append)
         assert lr == chosen and trained == tried
         # one line as each candidate ends, in the order trained, with its score
-        assert heard == [f"learning rate {x:g} ({i} candidate{'s' * (i > 1)} tried, 4 steps each): 90.0 % top-1, loss "
+        assert heard == [f"learning rate {x:g} (candidate {i}, 4 steps): 90.0 % top-1, loss "
                          f"{abs(math.log(x / peak['lr'])):.3f} on the held-out images" for i, x in enumerate(tried, 1)]
-        assert f"grid extended by {', '.join(f'{x:g}' for x in sorted(tried[4:]))}" in source
+        assert f"(grid extended by {', '.join(f'{x:g}' for x in tried[4:])});" in source  # in the order tried
+    peak["lr"] = 0.05
+    lr, source = tr.tune_lr(cfg, tmp_path, say=heard.append)
+    assert lr == 0.05 and heard[-4] == "learning rate 0.2 (candidate 1, 4 steps): diverged"
+    assert source.startswith("validation: 0.05 of 0.2 (diverged), 0.1 (90.0 %, loss 0.693), ")
 
 
 def test_match_picks_the_width_with_the_reference_cost(tmp_path, capsys):
