@@ -19,7 +19,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from attnbench.choices import NOISY, PIVOTS, Status, count
-from attnbench.labels import series
+from attnbench.labels import series, subjects
 
 # the units of a kind, from the smallest: (size in the stored unit, name)
 TIME_UNITS = [(1e-3, "µs"), (1.0, "ms"), (1e3, "s")]  # stored in ms
@@ -76,6 +76,17 @@ def _shared(rows: pd.DataFrame) -> tuple[list[str], list[str]]:
         if text:
             said.append(text)
     return varying, said
+
+
+def _implementations(rows: pd.DataFrame) -> str:
+    """Which implementation each variant or network ran, where its rows ran one (where they ran several, each
+    row's label says which), in the order of the rows: chosen by ``auto`` or by ``--impl``, it is what was timed."""
+    ran: dict[str, set[str]] = {}
+    for subject, impl in zip(subjects(rows), rows.impl.fillna("")):
+        if impl:
+            ran.setdefault(subject, set()).add(impl)
+    said = [f"{subject} {impls.pop()}" for subject, impls in ran.items() if len(impls) == 1]
+    return f"implementation: {', '.join(said)}" if said else ""
 
 
 def _status(rows: pd.DataFrame) -> tuple[list[str], list[str]]:
@@ -193,6 +204,8 @@ def console_table(frame: pd.DataFrame, *, width: int = 100, pivot: str | None = 
     status, notes = _status(rows)
     noisy = rows.latency_noisy.fillna(0).astype(bool)
     lines = wrap(", ".join(said), width) if said else []
+    ran = _implementations(rows)
+    lines += wrap(ran, width) if ran else []
     if pivot is not None:
         title, table, keys = _pivot(rows, varying, pivot, noisy)
         lines += wrap(title, width)

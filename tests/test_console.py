@@ -47,11 +47,19 @@ def test_the_flat_table_says_shared_facts_once_and_marks_noise_and_failures():
                                     "latency_ms_iqr": None, "macs": None, "peak_mem_bytes": None})])
     lines = console_table(rows).splitlines()
     assert lines[0] == "module scope, batch 1, dim 64, fp32, cpu, infer, 2 threads"
-    header = lines[1]
+    assert lines[1] == "implementation: gsa ref, nonlocal ref"  # what was timed, auto's choice or --impl's
+    header = lines[2]
     assert "latency (ms ± IQR)" in header and "MACs (M)" in header and "memory (MiB)" in header
-    assert "0.5120 ± 0.026" in lines[3] and "2.048 ± 0.10 ~" in lines[4]  # 0.002 x 16² ms, noisy marked
-    assert "oom [1]" in lines[5] and lines[-1] == "[1] oom: CUDA out of memory"
+    assert "0.5120 ± 0.026" in lines[4] and "2.048 ± 0.10 ~" in lines[5]  # 0.002 x 16² ms, noisy marked
+    assert "oom [1]" in lines[6] and lines[-1] == "[1] oom: CUDA out of memory"
     assert any(line.startswith("~ noisy") for line in lines)
+
+
+def test_an_implementation_is_said_once_per_variant_or_in_the_label_where_it_varies():
+    rows = frame([("gsa", 16, {"impl": "batched"}), ("gsa", 16, {"impl": "plain"}), ("local", 16, {"impl": "flex"})])
+    lines = console_table(rows).splitlines()
+    assert lines[1] == "implementation: local flex"
+    assert [line.split()[0] for line in lines[4:]] == ["gsa/batched", "gsa/plain", "local"]
 
 
 def test_no_line_is_wider_than_asked():
@@ -66,26 +74,27 @@ def test_the_pivot_is_a_grid_of_one_metric_by_resolution():
     rows = frame([("gsa", 16, {}), ("gsa", 32, {}), ("conv", 16, {}),
                   ("conv", 32, {"status": "skipped", "reason": "too large"})])
     lines = console_table(rows, pivot="latency").splitlines()
-    assert lines[1] == "latency (ms) by resolution (columns: side in pixels)"
-    header, cells = lines[2].split(), {line.split()[0]: line.split()[1:] for line in lines[4:6]}
+    assert lines[1] == "implementation: gsa ref, conv ref"
+    assert lines[2] == "latency (ms) by resolution (columns: side in pixels)"
+    header, cells = lines[3].split(), {line.split()[0]: line.split()[1:] for line in lines[5:7]}
     assert header == ["network", "16", "32"]
     assert cells == {"gsa": ["0.5120", "2.048"], "conv": ["0.5120", "skipped"]}
     memory = console_table(rows, pivot="memory").splitlines()
-    assert memory[1].startswith("peak memory (MiB)") and memory[4].split()[1:] == ["1.000", "4.000"]
+    assert memory[2].startswith("peak memory (MiB)") and memory[5].split()[1:] == ["1.000", "4.000"]
 
 
 def test_a_table_wider_than_the_line_is_printed_in_blocks_that_repeat_the_key():
     rows = frame([("gsa", 16, {"batch": 8, "options": "span=15,heads=8"}), ("local", 32, {"dtype": "bf16"}),
                   ("axial", 64, {"mode": "train", "status": "oom", "reason": "out of memory"})])
     whole = console_table(rows, width=1000).splitlines()
-    cells = {cell.strip() for line in whole[3:6] for cell in line.split("  ") if cell.strip()}
+    cells = {cell.strip() for line in whole[4:7] for cell in line.split("  ") if cell.strip()}
     assert {"0.5120 ± 0.026", "2.048 ± 0.10", "oom [1]", "gsa[span=15,heads=8]", "bf16"} <= cells
     for width in (90, 60):  # the whole key repeated; at 60 it leaves no room: rows numbered, '#' and case repeated
         lines = console_table(rows, width=width).splitlines()
         assert max(map(len, lines)) <= width and not any("..." in line for line in lines)
         # every column of the whole table, with its unit, and every cell of it, is in one of the blocks
         for header in ("params (K)", "MACs (M)", "latency (ms ± IQR)", "memory (MiB)", "status", "batch", "mode"):
-            assert header in whole[1] and any(header in line for line in lines)
+            assert header in whole[2] and any(header in line for line in lines)
         for cell in cells:
             assert any(cell in line for line in lines), cell
         blocks = "\n".join(lines).split("\n\n")
