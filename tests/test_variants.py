@@ -1,5 +1,7 @@
 """Every registered variant, against the contract and against a naive implementation of its paper."""
 
+import warnings
+
 import pytest
 import torch
 from conftest import DEVICE, VARIANTS, randomize_norms
@@ -456,3 +458,16 @@ def test_1x1_projections_compute_the_convolution_by_either_kernel_with_its_gradi
         for p, q in zip(conv.parameters(), ref.parameters(), strict=True):
             torch.testing.assert_close(p.grad.double(), q.grad, **{k: 10 * v for k, v in tol.items()}, msg=name)
         conv.zero_grad(), ref.zero_grad()
+
+
+@pytest.mark.parametrize("name", ["local", "neighborhood"])
+def test_flex_runs_eagerly_off_gpus_without_torchs_warning_on_every_call(name):
+    """torch warns that flex_attention was called without torch.compile; attnbench runs it so on purpose on a CPU
+    (checked, not fast), and says so in the README, so the warning would only fill a sweep's stderr."""
+    if "flex" not in attnbench.list_impls(name):
+        pytest.skip("this torch has no FlexAttention")
+    layer = attnbench.build_variant(name, 16, size=8, impl="flex").eval()
+    with warnings.catch_warnings(record=True) as heard, torch.no_grad():
+        warnings.simplefilter("always")
+        out = layer(torch.randn(1, 16, 8, 8))
+    assert out.shape == (1, 16, 8, 8) and not [w for w in heard if "torch.compile" in str(w.message)]

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -241,8 +242,10 @@ def _flex(device: torch.device):
     """FlexAttention, compiled into fused kernels for GPU inputs (eager, unfused, for others and inside a
     graph that is itself being compiled)."""
     global _FLEX_COMPILED
-    if torch.compiler.is_compiling() or device.type != "cuda":
+    if torch.compiler.is_compiling():
         return flex_attention
+    if device.type != "cuda":
+        return _eager_flex
     if _FLEX_COMPILED is None:
         compiled = torch.compile(flex_attention, dynamic=False)
 
@@ -254,6 +257,14 @@ def _flex(device: torch.device):
 
         _FLEX_COMPILED = run
     return _FLEX_COMPILED
+
+
+def _eager_flex(*args, **kwargs):
+    """FlexAttention run eagerly, as it is on purpose off GPUs (there it is checked, not fast), without torch's
+    multi-line warning that it was called without torch.compile on every sweep's stderr."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "flex_attention called without torch.compile", UserWarning)
+        return flex_attention(*args, **kwargs)
 
 
 FLEX_RECOMPILE_LIMIT = 64
