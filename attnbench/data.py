@@ -340,6 +340,22 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, seed: int = 0
     return _in_memory(name, data_dir, seed, IMAGE_SIDE)
 
 
+IN_MEMORY_IMAGES = {"digits": 1797, "longrange": sum(LONGRANGE_SIZES), **dict.fromkeys(CIFAR, 60_000)}  # all splits
+
+
+def check_fits(name: str, side: int) -> None:
+    """MemoryError, in one line, when data set ``name``'s images at ``side`` x ``side`` (float32, held twice while
+    they are normalised) would not fit in the memory available now: a side the allocator grants but the machine
+    cannot hold would otherwise bring in the kernel's out-of-memory killer, which may end another process."""
+    from attnbench.measure.memory import available_memory
+
+    need = IN_MEMORY_IMAGES[name] * 3 * side * side * 4 * 2
+    available = available_memory("cpu")
+    if available is not None and need > available:
+        raise MemoryError(f"its images at {side} x {side} need about {need / 2**30:.1f} GiB; "
+                          f"{available / 2**30:.1f} GiB is available")
+
+
 def load_at_side(name: str, side: int, data_dir: str | Path | None = None, *, seed: int = 0, workers: int = 0
                  ) -> tuple[Dataset, Dataset] | tuple[ImageFolderSet, ImageFolderSet]:
     """(train, test) of data set ``name`` with images of ``side`` x ``side`` pixels, as a network trained on it at
@@ -353,6 +369,8 @@ def load_at_side(name: str, side: int, data_dir: str | Path | None = None, *, se
 def _in_memory(name: str, data_dir: str | Path | None, seed: int, side: int) -> tuple[Dataset, Dataset]:
     """(train, test) of a data set held in memory, at ``side``, normalised with its training split's statistics
     at ``IMAGE_SIDE``."""
+    if name in IN_MEMORY_IMAGES:
+        check_fits(name, side)
     if name in CIFAR:
         layout = CIFAR[name]
         if data_dir is None:

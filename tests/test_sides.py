@@ -337,3 +337,20 @@ def test_bad_sides_are_refused_before_any_work(tmp_path, capsys, command, datase
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not db.exists() or store.load_evaluations(db).empty and store.load_training(db).empty
+
+
+def test_a_side_whose_images_cannot_fit_is_an_error_row_and_the_other_sides_go_on(tmp_path, monkeypatch):
+    """Held in memory, digits' 1797 images at side s take 1797 x 3 s^2 floats, twice while normalised: 2.8 MB at 8,
+    176 MB at 64. With 10 MiB available, 64 is refused before any of it is allocated (where the allocator would
+    grant it and the machine could not hold it, the kernel's OOM killer would end a process) and 8 is evaluated."""
+    import attnbench.measure.memory as memory
+
+    train(TrainConfig(model="conv_probe", dataset="digits", batch=256, steps=1, width=0.25), out=tmp_path / "run",
+          progress=False)
+    monkeypatch.setattr(memory, "available_memory", lambda device: 10 * 2**20)
+    with pytest.raises(MemoryError, match=r"^its images at 64 x 64 need about 0.2 GiB; 0.0 GiB is available$"):
+        load_at_side("digits", 64)
+    rows = evaluate_at_sides(tmp_path / "run" / "checkpoint.pt", "digits", [64, 8])
+    assert [(r.side, r.status) for r in rows] == [(64, "error"), (8, "ok")]
+    assert rows[0].reason == ("digits at side 64: MemoryError: its images at 64 x 64 need about 0.2 GiB; 0.0 GiB is "
+                              "available")
