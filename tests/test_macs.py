@@ -109,6 +109,29 @@ def test_a_count_allocates_none_of_the_reference_implementations_work():
     assert int(done.stdout) == 3 * n * dim * dim + 2 * n * n * dim + n * 2 * side * dim
 
 
+@pytest.mark.parametrize("name", VARIANTS)
+def test_a_network_counts_as_if_traced_whole_on_the_reference(name):
+    """A network does not trace on meta tensors (its convolutions), so it is traced on real ones with each attention
+    layer counted alone on meta: the count is the one a real trace of the whole network on the references gives."""
+    from attnbench.measure.macs import _analyse
+
+    net = attnbench.build_model(f"{name}_probe", num_classes=10, image_size=24).eval()
+    x = torch.randn(1, 3, 24, 24)
+    whole = _analyse(net, (x,))  # every layer on its reference, on real tensors
+    count = analyse_macs(net, x)
+    assert (count.macs, count.uncounted_ops) == (whole.macs, whole.uncounted_ops)
+
+
+def test_a_networks_count_allocates_none_of_its_attention_references_work():
+    """mhsa_probe at 256: its layers' dense logits (256^2 squared: 16 GiB a head) would not fit; counted in a
+    process that may map 12 GiB."""
+    script = (f"import resource; resource.setrlimit(resource.RLIMIT_AS, ({12 * 2**30}, {12 * 2**30})); import torch; "
+              "import attnbench; m = attnbench.build_model('mhsa_probe', num_classes=10, image_size=256); "
+              "print(attnbench.count_macs(m, torch.randn(1, 3, 256, 256)))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and int(done.stdout) > 0, done.stderr[-500:]
+
+
 def test_uncounted_ops_are_reported():
     count = analyse_macs(attnbench.build_variant("gsa", C, size=12), torch.randn(1, C, 12, 12))
     assert "aten::softmax" in count.uncounted_ops

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from attnbench.measure.flop_handles import HANDLES
-from attnbench.registry import reference_impls
+from attnbench.registry import Variant, reference_impls
 
 
 @dataclass(frozen=True)
@@ -32,12 +33,46 @@ def analyse_macs(module: nn.Module, inputs: torch.Tensor | tuple[torch.Tensor, .
     it is traced on a copy of ``module`` on the meta device, which allocates nothing: the reference
     implementation's whole logits (mhsa's N x N at 256 x 256 are 16 GiB at 64 channels) cost no memory even where
     the implementation that runs needs far less. Where the meta trace fails (torch's meta convolution does not
-    trace: a network's stem), on the inputs themselves."""
+    trace: a network's stem), the network is traced on the inputs themselves with each attention layer standing in
+    as zeros of its output's shape, whose count is its reference's traced alone on the meta device at the input it
+    gets (a layer that cannot be, on its reference with the network): a trace keeps every value it saw, so even a
+    memory-lean implementation traced on real tensors holds all of its logits at once."""
     inputs = inputs if isinstance(inputs, tuple) else (inputs,)
     try:
         return _analyse(_on_meta(module), tuple(i.to("meta") for i in inputs))
     except Exception:  # noqa: BLE001 - any op or module that cannot run on meta tensors: counted on the real ones
-        return _analyse(module, inputs)
+        return _analyse(module, inputs, _layers_on_meta(module, inputs))
+
+
+def _layers_on_meta(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> dict[str, tuple[MacCount, tuple]]:
+    """Each attention layer of ``module`` counted alone on the meta device at the input it gets in one forward pass
+    (found by an untraced forward of a meta copy, which runs where tracing does not), with its output's shape, by
+    name; a layer that does not count on meta is left out."""
+    copy_ = _on_meta(module).eval()
+    shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+
+    def seen(name: str):
+        def hook(_module, args, out) -> None:
+            shapes.setdefault(name, (tuple(args[0].shape), tuple(out.shape)))
+        return hook
+
+    layers = dict(copy_.named_modules())
+    hooks = [sub.register_forward_hook(seen(name)) for name, sub in layers.items() if isinstance(sub, Variant)]
+    try:
+        with torch.no_grad(), reference_impls(copy_):
+            copy_(*(i.to("meta") for i in inputs))
+    except Exception:  # noqa: BLE001 - a network that does not run on meta tensors: every layer on the real ones
+        return {}
+    finally:
+        for h in hooks:
+            h.remove()
+    counted = {}
+    for name, (shape, out) in shapes.items():
+        try:
+            counted[name] = (_analyse(layers[name], (torch.empty(shape, device="meta"),)), out)
+        except Exception:  # noqa: BLE001 - this layer is traced with the network, on its reference
+            pass
+    return counted
 
 
 def _on_meta(module: nn.Module) -> nn.Module:
@@ -47,12 +82,18 @@ def _on_meta(module: nn.Module) -> nn.Module:
     return copy.deepcopy(module, memo)
 
 
-def _analyse(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> MacCount:
+def _analyse(module: nn.Module, inputs: tuple[torch.Tensor, ...],
+             counted: dict[str, tuple[MacCount, tuple]] | None = None) -> MacCount:
+    """The count of one traced forward pass; the submodules named in ``counted`` stand in as zeros of the output
+    shape given, and count as the count given."""
     from fvcore.nn import FlopCountAnalysis
 
+    counted = counted or {}
     declared: dict[str, int] = {}
     hooks = []
     for name, sub in module.named_modules():
+        if any(name == c or name.startswith(c + ".") for c in counted):
+            continue
         if callable(getattr(sub, "macs", None)) and not any(name.startswith(d + ".") for d in declared):
             declared[name] = 0
 
@@ -62,6 +103,9 @@ def _analyse(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> MacCount:
             hooks.append(sub.register_forward_hook(hook))
     was_training = module.training
     module.eval()
+    layers = dict(module.named_modules())
+    for name, (_, out) in counted.items():
+        layers[name].forward = lambda x, *_args, out=out, **_kwargs: x.new_zeros(out)
     try:
         analysis = FlopCountAnalysis(module, inputs)
         analysis.set_op_handle(**HANDLES)
@@ -70,14 +114,20 @@ def _analyse(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> MacCount:
             warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python values
             total = analysis.total()
             by_module = analysis.by_module()
-            uncounted = dict(analysis.unsupported_ops())
+            uncounted = Counter(analysis.unsupported_ops())
+            for name, (count, _) in counted.items():  # the stand-in's ops, for the reference's
+                uncounted.subtract(analysis.unsupported_ops(name))
+                uncounted.update(count.uncounted_ops)
     finally:
         for h in hooks:
             h.remove()
+        for name in counted:
+            del layers[name].forward
         module.train(was_training)
-    for name, macs in declared.items():
+    for name, macs in {**declared, **{name: count.macs for name, (count, _) in counted.items()}}.items():
         total += macs - by_module.get(name, 0)
-    return MacCount(int(total), uncounted, tuple(n or type(module).__name__ for n in declared))
+    declared_by = [n or type(module).__name__ for n in declared] + [n for n, (c, _) in counted.items() if c.declared_by]
+    return MacCount(int(total), {op: n for op, n in uncounted.items() if n > 0}, tuple(declared_by))
 
 
 def count_macs(module: nn.Module, inputs: torch.Tensor | tuple[torch.Tensor, ...]) -> int:
