@@ -85,7 +85,7 @@ class TrainConfig:
             ("epochs", whole(self.epochs, 1), at_least_1),
             ("batch", whole(self.batch, 1), at_least_1),
             ("lr", finite(self.lr) and self.lr > 0, "a finite number above 0"),
-            ("momentum", finite(self.momentum) and self.momentum >= 0, "a finite number of at least 0"),
+            ("momentum", finite(self.momentum) and 0 <= self.momentum < 1, "at least 0 and below 1"),
             ("weight_decay", finite(self.weight_decay) and self.weight_decay >= 0, "a finite number of at least 0"),
             ("width", finite(self.width) and self.width > 0, "a finite number above 0"),
             ("stem", self.stem in (("",) if foreign else ("conv", "cifar")),
@@ -438,7 +438,8 @@ def tune_lr(cfg: TrainConfig, out: str | Path, candidates: tuple[float, ...] = L
             history = train(replace(cfg, lr=lr, steps=budget, plateau=None), out=folder, data=data, progress=False,
                             resume=earlier, overwrite=earlier is None)  # scratch runs: replaced unless continued
             last = history[-1]
-            if last.get("stopped") == "diverged":
+            loss = last.get("test_loss")  # not finite: the last step left the weights so, after the loss was read
+            if last.get("stopped") == "diverged" or loss is None or not math.isfinite(loss):
                 diverged.add(lr)
             scores[lr] = (0.0, math.nan) if lr in diverged else (last["top1_pct"], last["test_loss"])
             if say is not None:

@@ -146,9 +146,11 @@ def test_two_process_torchrun_matches_one_process(tmp_path):
         (["--model", "resnet26", "--dataset", "digits", "--epochs", "0"], "epochs 0 must be at least 1"),
         # hyperparameters a run cannot train with are refused before anything runs
         (["--model", "conv_probe", "--dataset", "digits", "--momentum", "nan"],
-         "Invalid momentum=nan: momentum must be a finite number of at least 0."),
+         "Invalid momentum=nan: momentum must be at least 0 and below 1."),
         (["--model", "conv_probe", "--dataset", "digits", "--momentum", "-5"],
-         "Invalid momentum=-5.0: momentum must be a finite number of at least 0."),
+         "Invalid momentum=-5.0: momentum must be at least 0 and below 1."),
+        (["--model", "conv_probe", "--dataset", "digits", "--momentum", "1"],  # its updates grow without end
+         "Invalid momentum=1.0: momentum must be at least 0 and below 1."),
         (["--model", "conv_probe", "--dataset", "digits", "--weight-decay", "inf"],
          "Invalid weight_decay=inf: weight_decay must be a finite number of at least 0."),
         (["--model", "conv_probe", "--dataset", "digits", "--weight-decay", "-1"],
@@ -665,6 +667,8 @@ def test_lr_auto_extends_the_grid_past_an_edge_that_wins(tmp_path, monkeypatch):
         trained.append(cfg.lr)
         if cfg.lr == 0.2 and peak["lr"] == 0.05:  # the third search: its largest rate diverges
             return [{"top1_pct": None, "test_loss": None, "stopped": "diverged"}]
+        if cfg.lr == 0.02 and peak["lr"] == 0.05:  # and its last step leaves the weights of 0.02 non-finite
+            return [{"top1_pct": 8.3, "test_loss": float("nan"), "stopped": "budget"}]
         return [{"top1_pct": 90.0, "test_loss": abs(math.log(cfg.lr / peak["lr"]))}]
 
     monkeypatch.setattr(tr, "train", fake_train)
@@ -683,6 +687,7 @@ def test_lr_auto_extends_the_grid_past_an_edge_that_wins(tmp_path, monkeypatch):
     lr, source = tr.tune_lr(cfg, tmp_path, say=heard.append)
     assert lr == 0.05 and heard[-4] == "learning rate 0.2 (candidate 1, 4 steps): diverged"
     assert source.startswith("validation: 0.05 of 0.2 (diverged), 0.1 (90.0 %, loss 0.693), ")
+    assert "0.02 (diverged)" in source and heard[-1] == "learning rate 0.02 (candidate 4, 4 steps): diverged"
 
 
 def test_match_picks_the_width_with_the_reference_cost(tmp_path, capsys):
