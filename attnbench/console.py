@@ -85,7 +85,7 @@ def _implementations(rows: pd.DataFrame) -> str:
     for subject, impl in zip(subjects(rows), rows.impl.fillna("")):
         if impl:
             ran.setdefault(subject, set()).add(impl)
-    said = [f"{subject} {impls.pop()}" for subject, impls in ran.items() if len(impls) == 1]
+    said = [f"{subject}={impls.pop()}" for subject, impls in ran.items() if len(impls) == 1]  # as --impl writes it
     return f"implementation: {', '.join(said)}" if said else ""
 
 
@@ -212,7 +212,7 @@ def console_table(frame: pd.DataFrame, *, width: int = 100, pivot: str | None = 
     else:
         table, keys = _flat(rows, varying, status, noisy)
     lines += fit_table(table, keys, width)
-    if noisy.any():
+    if noisy.any() and pivot in (None, "latency"):  # the only tables whose cells carry the mark
         lines += wrap(f"{NOISY} noisy timing: spread (IQR) above 10 % of the median, too few runs, or a busy "
                       "machine", width)
     for note in notes:

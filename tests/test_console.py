@@ -47,7 +47,7 @@ def test_the_flat_table_says_shared_facts_once_and_marks_noise_and_failures():
                                     "latency_ms_iqr": None, "macs": None, "peak_mem_bytes": None})])
     lines = console_table(rows).splitlines()
     assert lines[0] == "module scope, batch 1, dim 64, fp32, cpu, infer, 2 threads"
-    assert lines[1] == "implementation: gsa ref, nonlocal ref"  # what was timed, auto's choice or --impl's
+    assert lines[1] == "implementation: gsa=ref, nonlocal=ref"  # what was timed, auto's choice or --impl's
     header = lines[2]
     assert "latency (ms ± IQR)" in header and "MACs (M)" in header and "memory (MiB)" in header
     assert "0.5120 ± 0.026" in lines[4] and "2.048 ± 0.10 ~" in lines[5]  # 0.002 x 16² ms, noisy marked
@@ -58,7 +58,7 @@ def test_the_flat_table_says_shared_facts_once_and_marks_noise_and_failures():
 def test_an_implementation_is_said_once_per_variant_or_in_the_label_where_it_varies():
     rows = frame([("gsa", 16, {"impl": "batched"}), ("gsa", 16, {"impl": "plain"}), ("local", 16, {"impl": "flex"})])
     lines = console_table(rows).splitlines()
-    assert lines[1] == "implementation: local flex"
+    assert lines[1] == "implementation: local=flex"
     assert [line.split()[0] for line in lines[4:]] == ["gsa/batched", "gsa/plain", "local"]
 
 
@@ -74,11 +74,14 @@ def test_the_pivot_is_a_grid_of_one_metric_by_resolution():
     rows = frame([("gsa", 16, {}), ("gsa", 32, {}), ("conv", 16, {}),
                   ("conv", 32, {"status": "skipped", "reason": "too large"})])
     lines = console_table(rows, pivot="latency").splitlines()
-    assert lines[1] == "implementation: gsa ref, conv ref"
+    assert lines[1] == "implementation: gsa=ref, conv=ref"
     assert lines[2] == "latency (ms) by resolution (columns: side in pixels)"
     header, cells = lines[3].split(), {line.split()[0]: line.split()[1:] for line in lines[5:7]}
     assert header == ["network", "16", "32"]
     assert cells == {"gsa": ["0.5120", "2.048"], "conv": ["0.5120", "skipped"]}
+    assert not any(line.startswith("~ noisy") for line in lines)  # no cell is noisy here
+    noisy = frame([("gsa", 16, {"latency_noisy": True}), ("gsa", 32, {})])
+    assert "~ noisy" in console_table(noisy, pivot="latency") and "~" not in console_table(noisy, pivot="macs")
     memory = console_table(rows, pivot="memory").splitlines()
     assert memory[2].startswith("peak memory (MiB)") and memory[5].split()[1:] == ["1.000", "4.000"]
 
