@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import attnbench
 from attnbench.measure.flop_handles import einsum_equation_macs, matmul_macs
-from attnbench.measure.macs import analyse_macs
+from attnbench.measure.macs import analyse_macs, count_macs
 
 # C = 32 keeps every per-head width above 1: torch.einsum turns size-1 contractions into mul + sum,
 # which FlopCounterMode does not count
@@ -130,6 +130,18 @@ def test_a_networks_count_allocates_none_of_its_attention_references_work():
               "print(attnbench.count_macs(m, torch.randn(1, 3, 256, 256)))")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and int(done.stdout) > 0, done.stderr[-500:]
+
+
+def test_a_module_that_cannot_be_copied_is_counted_on_its_inputs():
+    """A user's network holding a lock cannot be copied onto the meta device: it is traced as it is, to the same
+    count."""
+    import threading
+
+    net = attnbench.build_model("gsa_probe", num_classes=10, image_size=16).eval()
+    x = torch.randn(1, 3, 16, 16)
+    plain = count_macs(net, x)
+    net.lock = threading.Lock()
+    assert count_macs(net, x) == plain
 
 
 def test_uncounted_ops_are_reported():

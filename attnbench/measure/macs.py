@@ -39,16 +39,20 @@ def analyse_macs(module: nn.Module, inputs: torch.Tensor | tuple[torch.Tensor, .
     memory-lean implementation traced on real tensors holds all of its logits at once."""
     inputs = inputs if isinstance(inputs, tuple) else (inputs,)
     try:
-        return _analyse(_on_meta(module), tuple(i.to("meta") for i in inputs))
+        meta = _on_meta(module)
+    except Exception:  # noqa: BLE001 - a module that cannot be copied: every layer on its reference, real tensors
+        return _analyse(module, inputs)
+    try:
+        return _analyse(meta, tuple(i.to("meta") for i in inputs))
     except Exception:  # noqa: BLE001 - any op or module that cannot run on meta tensors: counted on the real ones
-        return _analyse(module, inputs, _layers_on_meta(module, inputs))
+        return _analyse(module, inputs, _layers_on_meta(meta, inputs))
 
 
-def _layers_on_meta(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> dict[str, tuple[MacCount, tuple]]:
-    """Each attention layer of ``module`` counted alone on the meta device at the input it gets in one forward pass
-    (found by an untraced forward of a meta copy, which runs where tracing does not), with its output's shape, by
-    name; a layer that does not count on meta is left out."""
-    copy_ = _on_meta(module).eval()
+def _layers_on_meta(copy_: nn.Module, inputs: tuple[torch.Tensor, ...]) -> dict[str, tuple[MacCount, tuple]]:
+    """Each attention layer of ``copy_`` (a module's meta copy) counted alone on the meta device at the input it
+    gets in one forward pass (found by an untraced forward, which runs where tracing does not), with its output's
+    shape, by name; a layer that does not count on meta is left out."""
+    copy_.eval()
     shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
 
     def seen(name: str):
