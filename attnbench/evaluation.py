@@ -148,7 +148,7 @@ def evaluate_at_sides(path: str | Path, dataset: str, sides: Sequence[int] | Non
                 failed = _failure(e, count_params(trained)["params"], f"{dataset} at side {side}: ")
                 rows = [Evaluation(**run, side=side, tables=tables, **failed) for tables, _ in todo]
             else:
-                same_classes(ckpt, path, train_set, f"{dataset}{f' in {cfg.data_dir}' if cfg.data_dir else ''}")
+                same_classes(ckpt, path, train_set, cfg)
                 seen = None  # training images evaluated: where the data set is held in memory
                 if isinstance(train_set, Dataset):
                     seen = train_set.subset(torch.arange(min(TRAIN_EVAL_IMAGES, len(train_set.labels))), False)

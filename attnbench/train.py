@@ -441,7 +441,7 @@ def tune_lr(cfg: TrainConfig, out: str | Path, candidates: tuple[float, ...] = L
             loss = last.get("test_loss")  # not finite: the last step left the weights so, after the loss was read
             if last.get("stopped") == "diverged" or loss is None or not math.isfinite(loss):
                 diverged.add(lr)
-            scores[lr] = (0.0, math.nan) if lr in diverged else (last["top1_pct"], last["test_loss"])
+            scores[lr] = (0.0, math.nan) if lr in diverged else (last["top1_pct"], loss)
             if say is not None:
                 say(f"learning rate {lr:g} (candidate {len(scores)}, {count(budget, 'step')}): "
                     + ("diverged" if lr in diverged else
@@ -498,9 +498,10 @@ def train(cfg: TrainConfig, *, out: str | Path, resume: str | Path | None = None
         return _train(cfg, out=out, resume=resume, **run)
 
 
-def same_classes(ckpt: dict, path: str | Path, data: Dataset | ImageFolderSet, what: str) -> None:
-    """TrainError unless the data set has the classes the checkpoint's network was trained on: as many, and the
-    same names where both say them (an image folder's sub-folders)."""
+def same_classes(ckpt: dict, path: str | Path, data: Dataset | ImageFolderSet, cfg: TrainConfig) -> None:
+    """TrainError unless the data set of ``cfg`` (``data``) has the classes the checkpoint's network was trained on:
+    as many, and the same names where both say them (an image folder's sub-folders)."""
+    what = f"{cfg.dataset}{f' in {cfg.data_dir}' if cfg.data_dir else ''}"
     if data.num_classes != ckpt["num_classes"]:
         raise TrainError(f"Checkpoint {path}'s network has {ckpt['num_classes']} classes; {what} has "
                          f"{data.num_classes}.")
@@ -545,7 +546,7 @@ def _train(cfg: TrainConfig, *, out: str | Path, db: str | Path | None = None, r
     if model is None:
         model = build(cfg, train_set.num_classes)
     else:
-        same_classes(ckpt, resume, train_set, f"{cfg.dataset}{f' in {cfg.data_dir}' if cfg.data_dir else ''}")
+        same_classes(ckpt, resume, train_set, cfg)
     model = model.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                 nesterov=cfg.momentum > 0)  # momentum 0: plain SGD
