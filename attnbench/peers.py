@@ -18,6 +18,9 @@ NCHW input and returns the same NCHW output). The peers:
   embedded-Gaussian block without subsampling (``subsample=False``).
 * ``neighborhood``: NATTEN's ``na2d`` between our projections, with our bias zeroed (NATTEN >= 0.20 has
   no relative position bias), so the peer computes our function only for a module whose bias is zero.
+  Without its compiled library (a CPU, or a source install without CUDA) NATTEN runs its Flex Attention
+  backend, eager (it compiles Flex on CUDA only), in float32, float16 or bfloat16: the pair is compared
+  in float32 (``Peer.exact_dtype``).
 
 The other variants have no peer computing their function: ``efficient`` and GSA's content branch are
 linear (a softmax over positions of the keys, no query-key product), GSA's positional branch and
@@ -44,6 +47,7 @@ class Peer:
     library: str  # the module that must import
     description: str  # what the peer is, in a few words
     build: Callable[[nn.Module, tuple[int, ...]], nn.Module]
+    exact_dtype: torch.dtype = torch.float64  # the most precise dtype the peer computes in: equality is checked in it
 
 
 def _to(peer: nn.Module, like: nn.Module) -> nn.Module:
@@ -149,7 +153,8 @@ PEERS = {
     "mhsa": Peer("mhsa", "timm", "timm BottleneckAttn (scale_pos_embed)", timm_mhsa),
     "window": Peer("window", "timm", "timm Swin WindowAttention + block's roll/partition", timm_window),
     "nonlocal": Peer("nonlocal", "timm", "timm NonLocalAttn (use_scale=False)", timm_nonlocal),
-    "neighborhood": Peer("neighborhood", "natten", "NATTEN na2d (no bias)", natten_neighborhood),
+    "neighborhood": Peer("neighborhood", "natten", "NATTEN na2d (no bias; compared in fp32)", natten_neighborhood,
+                         exact_dtype=torch.float32),
 }
 
 
@@ -168,6 +173,22 @@ def build_peer(name: str, module: nn.Module, shape: tuple[int, ...]) -> nn.Modul
     if name not in PEERS:
         raise KeyError(f"No peer for variant '{name}'. Peers: {', '.join(PEERS)}.")
     return PEERS[name].build(module, shape)
+
+
+EQUAL_TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-5}  # max abs difference over the output's largest magnitude
+
+
+def same_function(name: str, options: dict, shape: tuple[int, ...], seed: int = 0) -> tuple[float, bool]:
+    """Max abs difference of ours and the peer on one random input of ``shape``, in the peer's exact dtype, and
+    whether that is equality up to that dtype's rounding (:data:`EQUAL_TOLERANCE`, relative to the output's
+    largest magnitude)."""
+    dtype = PEERS[name].exact_dtype
+    ours, peer = build_pair(name, options, shape, dtype=dtype, seed=seed)
+    x = torch.randn(*shape, dtype=dtype)
+    with torch.no_grad():
+        want, got = peer(x), ours(x)
+    diff = (got - want).abs().max().item()
+    return diff, diff <= EQUAL_TOLERANCE[dtype] * max(1.0, want.abs().max().item())
 
 
 def build_pair(name: str, options: dict, shape: tuple[int, ...], *, dtype: torch.dtype = torch.float32,

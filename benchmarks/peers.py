@@ -5,21 +5,21 @@ latency beside a plain timer of timm's resnet50.
 
 Needs timm (``pip install -e ".[timm]"``, with a torchvision that imports beside your torch); without
 it, says so and exits 0. For each peer of ``attnbench.peers`` (timm's BottleneckAttn for mhsa, Swin's
-WindowAttention with its block's roll and partition for window, NonLocalAttn for nonlocal, NATTEN's
-na2d for neighborhood where NATTEN imports), at each size below: the same weights in both, the outputs
-compared in float64 (max abs difference; ``equal`` when below 1e-9 relative to the output's scale),
-then forward latency in fp32 (eval, no grad), ``torch.utils.benchmark`` medians, ours (``impl="auto"``)
-and the peer alternating in one process for ``--rounds`` rounds, and the ratio ours / peer (goal: at
-most 1). The peers are timed with the allocator as a case's process sets it (keep_freed_memory: what the
-harness measures our variants with, and what a process under jemalloc or tcmalloc sees; under glibc's
-default the larger sizes page-fault their freed outputs in again on every forward, ours and the peer's
-alike), so their table comes after the resnet50 one, which needs glibc's default first: the harness's
-median for our resnet50 at 224 (``attnbench run --variants conv --arch resnet50``, each case a fresh
-process) beside a plain ``perf_counter`` timer of timm's ``resnet50`` and of ours, alternating, first
-with this process's allocator as it starts (glibc's default: its forwards page-fault their freed
-activations in again) and then as each case's process runs it (keep_freed_memory; goal: the harness
-within 10 % of timm's timer in that same setting, either way). Exits 1 when a pair is not equal or a
-goal is missed.
+WindowAttention with its block's roll and partition for window, NonLocalAttn for nonlocal, NATTEN's na2d
+for neighborhood where NATTEN imports), at each size below: the same weights in both, the outputs
+compared in float64 (NATTEN's in float32, its most precise; max abs difference; ``equal`` when below
+1e-9 relative to the output's scale, 1e-5 in float32), then forward latency in fp32 (eval, no grad),
+``torch.utils.benchmark`` medians, ours (``impl="auto"``) and the peer alternating in one process for
+``--rounds`` rounds, and the ratio ours / peer (goal: at most 1). The peers are timed with the allocator
+as a case's process sets it (keep_freed_memory: what the harness measures our variants with, and what a
+process under jemalloc or tcmalloc sees; under glibc's default the larger sizes page-fault their freed
+outputs in again on every forward, ours and the peer's alike), so their table comes after the resnet50
+one, which needs glibc's default first: the harness's median for our resnet50 at 224 (``attnbench run
+--variants conv --arch resnet50``, each case a fresh process) beside a plain ``perf_counter`` timer of
+timm's ``resnet50`` and of ours, alternating, first with this process's allocator as it starts (glibc's
+default: its forwards page-fault their freed activations in again) and then as each case's process runs
+it (keep_freed_memory; goal: the harness within 10 % of timm's timer in that same setting, either way).
+Exits 1 when a pair is not equal or a goal is missed.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from attnbench.choices import unknown_name_message
 from attnbench.env import cpu_model
 from attnbench.measure.latency import make_step, measure_latency
 from attnbench.measure.memory import keep_freed_memory
-from attnbench.peers import PEERS, build_pair, missing
+from attnbench.peers import PEERS, build_pair, missing, same_function
 
 EFFICIENCY_SIZES = [(1, 128, 56, 56), (1, 128, 64, 64), (8, 64, 56, 56)]  # benchmarks/efficiency.py's inputs
 
@@ -65,19 +65,8 @@ CASES = [
     *[("efficiency", "neighborhood", {**heads("neighborhood", s[1]), "window": 7}, s) for s in EFFICIENCY_SIZES],
 ]
 OPTIONS_WIDTH = max(len(",".join(f"{k}={v}" for k, v in options.items())) for _, _, options, _ in CASES)
-EQUAL_TOLERANCE = 1e-9  # float64 max abs difference over the output's largest magnitude
 RESNET_BATCHES = (1, 8)
 RESNET_GOAL = 0.10  # the harness's median over the plain timer's of timm's resnet50: within 10 % either way
-
-
-def difference(variant: str, options: dict, shape: tuple[int, ...]) -> tuple[float, bool]:
-    """Max abs difference of the two outputs in float64, and whether that is equality up to rounding."""
-    ours, peer = build_pair(variant, options, shape, dtype=torch.float64)
-    x = torch.randn(*shape, dtype=torch.float64)
-    with torch.no_grad():
-        want, got = peer(x), ours(x)
-    diff = (got - want).abs().max().item()
-    return diff, diff <= EQUAL_TOLERANCE * max(1.0, want.abs().max().item())
 
 
 def alternate(steps: dict, batch: int, args) -> dict[str, list[float]]:
@@ -110,7 +99,7 @@ def compare_peers(args) -> bool:
             print(f"{lead} no peer here: {reason}", flush=True)
             continue
         try:
-            diff, equal = difference(variant, options, shape)
+            diff, equal = same_function(variant, options, shape)
         except ValueError as err:  # not the same function at this size (said why)
             print(f"{lead} {err}", flush=True)
             continue

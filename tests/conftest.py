@@ -1,4 +1,5 @@
 import contextlib
+import importlib
 import os
 import subprocess
 import sys
@@ -40,22 +41,27 @@ def randomize_norms(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return module
 
 
-def timm_missing() -> str | None:
-    """Why timm cannot be used here (it is absent, or its torchvision does not import beside this torch), or None."""
+def library_missing(library: str) -> str | None:
+    """Why ``library`` (timm, natten) cannot be used here (it is absent, or does not import beside this torch: timm's
+    torchvision), or None."""
     try:
-        import timm  # noqa: F401
+        importlib.import_module(library)
     except Exception as err:  # noqa: BLE001 - a failing import has many forms
-        return f"needs timm, which does not import here ({type(err).__name__}); .ci/run's second stage installs it"
+        return f"needs {library}, which does not import here ({type(err).__name__}); .ci/run's second stage installs it"
     return None
 
 
+LIBRARY_MARKS = ("timm", "natten")  # a test marked with one needs that library
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``timm`` are skipped, with the reason, where timm does not import (imported only when such a
-    test was collected)."""
-    marked = [item for item in items if item.get_closest_marker("timm")]
-    reason = timm_missing() if marked else None
-    for item in marked if reason else ():
-        item.add_marker(pytest.mark.skip(reason=reason))
+    """Tests marked ``timm`` or ``natten`` are skipped, with the reason, where that library does not import
+    (imported only when such a test was collected)."""
+    for library in LIBRARY_MARKS:
+        marked = [item for item in items if item.get_closest_marker(library)]
+        reason = library_missing(library) if marked else None
+        for item in marked if reason else ():
+            item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture(params=VARIANTS)

@@ -1,18 +1,21 @@
 """Neighbourhood attention against NATTEN (the `[natten]` extra), a second library's reading of the same
 clamped windows. NATTEN >= 0.20 has no relative position bias, so the bias is zeroed on our side; the
-comparison checks which keys every query meets, at the borders above all. Skipped without NATTEN."""
+comparison checks which keys every query meets, at the borders above all. Marked ``natten``: skipped, with the
+reason, where NATTEN does not import."""
 
 import pytest
 import torch
 
 import attnbench
 
-natten = pytest.importorskip("natten")
+pytestmark = pytest.mark.natten
 
 
 @pytest.mark.parametrize("window", [3, 5, 7])
 @pytest.mark.parametrize("shape", [(2, 32, 9, 10), (1, 32, 7, 13)], ids=str)  # heads of 16: NATTEN's Flex minimum
 def test_clamped_windows_match_natten(window, shape):
+    import natten
+
     B, C, H, W = shape
     torch.manual_seed(0)
     for impl in ("tiles", "flex"):

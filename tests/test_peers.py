@@ -1,6 +1,7 @@
 """Our variants against maintained libraries' implementations of the same functions (attnbench.peers), in
 float64: timm's BottleneckAttn, Swin's WindowAttention with its block's roll and partition, NonLocalAttn
-(marked ``timm``: skipped where timm does not import), and NATTEN's na2d where NATTEN is installed.
+(marked ``timm``: skipped where timm does not import); and in float32, its most precise on a CPU, NATTEN's
+na2d (marked ``natten``: skipped where NATTEN does not import).
 Every implementation of ours is compared, so each has a second library's check besides tests/naive.py."""
 
 import os
@@ -13,28 +14,31 @@ import torch
 from conftest import randomize_norms
 
 import attnbench
-from attnbench.peers import build_peer, missing
+from attnbench import peers
+from attnbench.peers import EQUAL_TOLERANCE, PEERS, build_pair, build_peer, missing, same_function
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def assert_same_function(variant: str, options: dict, shape: tuple[int, ...], size: int | None = None,
                          zero_bias: bool = False) -> None:
+    dtype = PEERS[variant].exact_dtype
     torch.manual_seed(0)
     ours = randomize_norms(attnbench.build_variant(variant, shape[1], size=size or max(shape[2:]), **options))
-    ours = ours.double().eval()
+    ours = ours.to(dtype).eval()
     if zero_bias:
         with torch.no_grad():
             ours.rpb.zero_()
-    x = torch.randn(*shape, dtype=torch.float64)
+    x = torch.randn(*shape, dtype=dtype)
     peer = build_peer(variant, ours, shape).eval()
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-5
     with torch.no_grad():
         want = peer(x)
         assert want.shape == ours(x).shape
         for impl in attnbench.list_impls(variant):
             ours.impl = impl
             diff = (ours(x) - want).abs().max().item()
-            assert diff < 1e-12, f"{variant}/{impl} {options} {shape}: max abs difference {diff:.3g} from the peer"
+            assert diff < tolerance, f"{variant}/{impl} {options} {shape}: max abs difference {diff:.3g} from the peer"
 
 
 @pytest.mark.timm
@@ -77,10 +81,41 @@ def test_peers_refuse_what_would_not_be_the_same_function(variant, options, shap
         build_peer(variant, m, shape)
 
 
+@pytest.mark.natten
 @pytest.mark.parametrize("window", [3, 5])
 def test_neighborhood_is_nattens_na2d_without_bias(window):
-    pytest.importorskip("natten")
     assert_same_function("neighborhood", {"heads": 2, "window": window}, (2, 32, 9, 10), zero_bias=True)
+
+
+@pytest.mark.timm
+@pytest.mark.natten
+@pytest.mark.parametrize("variant, options, shape", [
+    ("mhsa", {"heads": 4}, (1, 32, 6, 6)),
+    ("window", {"heads": 2, "window": 3, "shifted": True}, (1, 32, 9, 9)),
+    ("nonlocal", {"subsample": False}, (1, 16, 6, 6)),
+    ("neighborhood", {"heads": 2, "window": 3}, (1, 32, 7, 8)),
+])
+def test_the_peers_scripts_equality_holds_for_the_same_function_and_fails_for_another(variant, options, shape,
+                                                                                       monkeypatch):
+    diff, equal = same_function(variant, options, shape)
+    assert equal and diff <= EQUAL_TOLERANCE[PEERS[variant].exact_dtype], (variant, diff)
+
+    def off_by_one_unit(*args, **kwargs):  # a peer whose outputs differ from ours by one part in 10^4
+        ours, peer = build_pair(*args, **kwargs)
+        return ours, Scaled(peer)
+
+    monkeypatch.setattr(peers, "build_pair", off_by_one_unit)
+    diff, equal = same_function(variant, options, shape)
+    assert not equal and diff > 0, (variant, diff)
+
+
+class Scaled(torch.nn.Module):
+    def __init__(self, peer: torch.nn.Module):
+        super().__init__()
+        self.peer = peer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.peer(x) * (1 + 1e-4)
 
 
 def test_the_peers_script_says_in_one_line_when_timm_is_missing(tmp_path):
