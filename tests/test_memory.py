@@ -1,13 +1,15 @@
 """Peak memory: measured on a known allocation, and predicted without running."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
-from attnbench.measure.memory import cpu_peak_supported, peak_memory, predict_peak_memory
+from attnbench.measure.memory import _cgroup_left, cpu_peak_supported, peak_memory, predict_peak_memory
 
 MIB = 2**20
+GIB = 2**30
 
 
 class Allocates(torch.nn.Module):
@@ -114,3 +116,72 @@ def test_a_process_that_keeps_freed_memory_reuses_it_without_faults_and_still_re
     assert faults_kept <= 0.01 * pages
     for peak in (peak_kept, peak_default):
         assert abs(peak - 256 * MIB) <= 0.1 * 256 * MIB, peak
+
+
+ADDRESS_SPACE = """
+import resource, sys
+from attnbench.data import check_fits
+from attnbench.measure.memory import _status_bytes, available_memory
+size = _status_bytes("VmSize")
+resource.setrlimit(resource.RLIMIT_AS, (size + int(sys.argv[1]), resource.RLIM_INFINITY))
+available = available_memory("cpu")
+grown = _status_bytes("VmSize") - size
+try:
+    check_fits("digits", 150)  # 1797 images, 3 x 150 x 150 floats, held twice: about 0.9 GiB
+    refused = ""
+except MemoryError as err:
+    refused = str(err)
+print(available, grown)
+print(refused)
+"""
+
+
+@pytest.mark.skipif(not cpu_peak_supported(), reason="needs Linux's /proc/self/status")
+def test_available_memory_is_what_the_address_space_limit_leaves():
+    """Under ``ulimit -v`` a process can allocate only up to its limit, however much the machine has free: with
+    the limit set 512 MiB above the process's size, what is available is 512 MiB less what the process has grown
+    by since, not the machine's MemAvailable; and eval refuses a side whose images would not fit in it, in one
+    line, rather than failing to allocate them."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", ADDRESS_SPACE, str(512 * MIB)], capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    available, grown = (int(v) for v in out[0].split())
+    assert abs(available - (512 * MIB - grown)) <= MIB, (available, grown)
+    assert "need about 0.9 GiB" in out[1] and "0.5 GiB is available" in out[1], out[1]
+
+
+def cgroup_tree(tmp_path, version: int, levels: dict[str, tuple[str, int]]) -> tuple[Path, Path]:
+    """A cgroup hierarchy under tmp_path (levels: path -> (limit, use)) and a /proc/self/cgroup naming the
+    deepest level for this process."""
+    top = tmp_path / "cgroup" if version == 2 else tmp_path / "cgroup" / "memory"
+    limit_file, use_file = ("memory.max", "memory.current") if version == 2 else (
+        "memory.limit_in_bytes", "memory.usage_in_bytes")
+    for path, (limit, use) in levels.items():
+        folder = top / path.strip("/")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / limit_file).write_text(f"{limit}\n")
+        (folder / use_file).write_text(f"{use}\n")
+    deepest = max(levels, key=len)
+    membership = tmp_path / "proc-self-cgroup"
+    membership.write_text(f"0::{deepest}\n" if version == 2 else f"5:cpu,cpuacct:/\n4:memory:{deepest}\n0::/\n")
+    return membership, tmp_path / "cgroup"
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_available_memory_is_what_the_tightest_cgroup_limit_leaves(tmp_path, version):
+    """A container's or a Slurm job's memory limit is its cgroup's, or an ancestor's: what is left is the least of
+    each level's limit less its use; a level without a limit ("max" in v2, about 2^63 in v1) limits nothing."""
+    unlimited = "max" if version == 2 else str(2**63 - 4096)
+    membership, root = cgroup_tree(tmp_path, version, {
+        "/": (unlimited, 50 * GIB),
+        "/job": (8 * GIB, 7 * GIB),  # 1 GiB left: the tightest
+        "/job/step": (4 * GIB, 1 * GIB),  # 3 GiB left
+    })
+    assert _cgroup_left(membership, root) == 1 * GIB
+    membership, root = cgroup_tree(tmp_path / "free", version, {"/": (unlimited, 1), "/a": (unlimited, 1)})
+    assert _cgroup_left(membership, root) is None
+    membership, root = cgroup_tree(tmp_path / "over", version, {"/a": (2 * GIB, 3 * GIB)})  # over its limit
+    assert _cgroup_left(membership, root) == 0
+    assert _cgroup_left(tmp_path / "no-such-file", root) is None

@@ -173,12 +173,67 @@ def predict_peak_memory(
 
 
 def available_memory(device: torch.device | str) -> int | None:
-    """Bytes a new allocation can use now: free GPU memory, or the system's MemAvailable."""
+    """Bytes a new allocation can use now: free GPU memory; on the CPU the least of the system's MemAvailable,
+    what this process's address-space limit (``ulimit -v``) leaves above its virtual size, and what its cgroup's
+    memory limit (a container's, a Slurm job's) leaves above the cgroup's use. None when none of them is known."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
+    known = [b for b in (_meminfo_available(), _address_space_left(), _cgroup_left()) if b is not None]
+    return min(known) if known else None
+
+
+def _meminfo_available() -> int | None:
     try:
         match = re.search(r"^MemAvailable:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.MULTILINE)
     except OSError:
         return None
     return int(match.group(1)) * 1024 if match else None
+
+
+def _address_space_left() -> int | None:
+    """RLIMIT_AS's soft limit less this process's virtual size (VmSize), or None without a limit."""
+    try:
+        import resource
+    except ImportError:  # not a Unix
+        return None
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit == resource.RLIM_INFINITY:
+        return None
+    try:
+        return max(0, limit - _status_bytes("VmSize"))
+    except (OSError, RuntimeError):  # no /proc, or no VmSize in it
+        return None
+
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CGROUP_FILES = {2: ("memory.max", "memory.current"), 1: ("memory.limit_in_bytes", "memory.usage_in_bytes")}
+
+
+def _cgroup_left(membership: Path = Path("/proc/self/cgroup"), root: Path = CGROUP_ROOT) -> int | None:
+    """What the memory limits of this process's cgroup and its ancestors (v2, or v1's memory controller) leave
+    above each one's use, the least of them; None without a limit (v2 writes "max", v1 a number near 2^63)."""
+    try:
+        lines = [line.split(":", 2) for line in membership.read_text().splitlines()]
+    except OSError:
+        return None
+    for _, controllers, path in (parts for parts in lines if len(parts) == 3):
+        if controllers == "":
+            version, top = 2, root
+        elif "memory" in controllers.split(","):
+            version, top = 1, root / "memory"
+        else:
+            continue
+        limit_file, use_file = CGROUP_FILES[version]
+        folder = top / path.strip("/")
+        left = []
+        for level in (folder, *folder.parents[: len(folder.parts) - len(top.parts)]):  # up to the top, inclusive
+            try:
+                limit, use = (level / limit_file).read_text().strip(), (level / use_file).read_text().strip()
+                if limit != "max" and int(limit) < 2**62:
+                    left.append(max(0, int(limit) - int(use)))
+            except (OSError, ValueError):
+                continue
+        if left:
+            return min(left)
+    return None
