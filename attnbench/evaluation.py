@@ -37,6 +37,7 @@ from attnbench.train import (
     image_side,
     load_checkpoint,
     load_weights,
+    loss_text,
     run_setup,
     same_classes,
     usable_device,
@@ -210,4 +211,4 @@ def describe(row: Evaluation) -> str:
     top5 = f", top-5 {row.top5_pct:.2f} %" if row.top5_pct is not None else ""
     seen = (f", train top-1 {row.train_top1_pct:.2f} % ({count(row.train_images, 'image')})"
             if row.train_top1_pct is not None else "")
-    return f"{what}: test loss {row.test_loss:.4f}, top-1 {row.top1_pct:.2f} %{top5}{seen}"
+    return f"{what}: test loss {loss_text(row.test_loss, 4)}, top-1 {row.top1_pct:.2f} %{top5}{seen}"

@@ -128,6 +128,12 @@ MATH_FIELDS = ("model", "dataset", "epochs", "batch", "lr", "momentum", "weight_
                "steps", "options", "image_size")
 
 
+def loss_text(value: float, decimals: int = 3) -> str:
+    """A loss for a line of text: fixed decimals, or a mantissa and exponent from 10^4 on (a diverging run's
+    losses reach 10^30 and beyond before they stop being finite)."""
+    return f"{value:.{decimals}f}" if abs(value) < 1e4 else f"{value:.{decimals}g}"
+
+
 def plateaued(losses: list[float], patience: int) -> bool:
     """Whether the last ``patience`` epochs' training losses all failed to improve on the best before them
     by more than ``PLATEAU_GAIN`` (relative)."""
@@ -445,14 +451,14 @@ def tune_lr(cfg: TrainConfig, out: str | Path, candidates: tuple[float, ...] = L
             if say is not None:
                 say(f"learning rate {lr:g} (candidate {len(scores)}, {count(budget, 'step')}): "
                     + ("diverged" if lr in diverged else
-                       f"{scores[lr][0]:.1f} % top-1, loss {scores[lr][1]:.3f} on the held-out images"))
+                       f"{scores[lr][0]:.1f} % top-1, loss {loss_text(scores[lr][1])} on the held-out images"))
         best = choose_lr(scores, len(held))
         up, down = best * LR_FACTOR, best / LR_FACTOR
         todo = ([up] if best == max(scores) and up <= LR_LIMITS[1] else
                 [down] if best == min(scores) and down >= LR_LIMITS[0] else [])
     extended = [lr for lr in scores if lr not in candidates]  # in the order tried
     account = (f"validation: {best:g} of " + ", ".join(f"{lr:g} (diverged)" if lr in diverged else
-                                                       f"{lr:g} ({top1:.1f} %, loss {loss:.3f})"
+                                                       f"{lr:g} ({top1:.1f} %, loss {loss_text(loss)})"
                                                        for lr, (top1, loss) in sorted(scores.items(), reverse=True))
                + (f" (grid extended by {', '.join(f'{lr:g}' for lr in extended)})" if extended else "")
                + f"; each {count(budget, 'step')}, top-1 (ties within {TIE_Z:g} standard errors: lowest loss) on "
@@ -606,10 +612,10 @@ def _train(cfg: TrainConfig, *, out: str | Path, db: str | Path | None = None, r
             seen += cfg.batch
             loss_sum += loss.item()
             correct += (logits.argmax(dim=1) == y).sum().item()
-            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            bar.set_postfix(loss=loss_text(loss.item()), refresh=False)
             if due is not None and due():
                 print(f"epoch {epoch + 1}/{epochs}, step {step + 1}/{len(order)} (step {epoch * steps + step + 1}/"
-                      f"{total}): loss {loss.item():.4f}, {seen / (time.perf_counter() - start):.0f} img/s",
+                      f"{total}): loss {loss_text(loss.item(), 4)}, {seen / (time.perf_counter() - start):.0f} img/s",
                       flush=True)
         if world > 1:
             sums = torch.tensor([loss_sum, float(correct)], device=device)
@@ -647,7 +653,7 @@ def _train(cfg: TrainConfig, *, out: str | Path, db: str | Path | None = None, r
                       "stopped", flush=True)
             elif progress:
                 top5 = f", top-5 {metrics['top5_pct']:.2f} %" if metrics["top5_pct"] is not None else ""
-                print(f"epoch {epoch + 1}/{epochs} (step {done}/{total}): loss {metrics['train_loss']:.4f}, "
+                print(f"epoch {epoch + 1}/{epochs} (step {done}/{total}): loss {loss_text(metrics['train_loss'], 4)}, "
                       f"train top-1 {metrics['train_top1_pct']:.2f} %, test top-1 {metrics['top1_pct']:.2f} %{top5}, "
                       f"{metrics['images_per_s']:.0f} img/s, {epoch_s:.1f} s"
                       + (f"; stopped: {stopped}" if stopped == "plateau" else ""), flush=True)

@@ -21,7 +21,7 @@ from attnbench.cli import main
 from attnbench.data import CIFAR, PATTERNS, DataError, augment, load_cifar, load_dataset, make_longrange
 from attnbench.evaluation import evaluate_at_sides
 from attnbench.record import Environment, Epoch
-from attnbench.train import TrainConfig, TrainError, build, load_checkpoint, train
+from attnbench.train import TrainConfig, TrainError, build, load_checkpoint, loss_text, train
 
 TINY = ["--model", "resnet26", "--width", "0.25", "--stem", "cifar", "--batch", "16", "--lr", "0.05"]
 
@@ -200,6 +200,17 @@ def test_a_run_whose_loss_goes_non_finite_is_stored_as_diverged_never_as_finishe
     assert not (out / "checkpoint.pt").exists()
     assert store.finished_runs(store.load_training(db)).empty  # not in the accuracy table, not --skip-finished
     assert main([*args, "--skip-finished"]) == 1  # trained again, not skipped
+
+
+@pytest.mark.parametrize("value, decimals, text", [
+    (0.69314, 3, "0.693"), (0.0021, 3, "0.002"), (9999.5, 4, "9999.5000"), (-2.5, 4, "-2.5000"),
+    (1.2345e4, 3, "1.23e+04"), (3.3e38, 4, "3.3e+38"), (float("nan"), 3, "nan"), (float("inf"), 4, "inf"),
+])
+def test_a_loss_prints_in_a_few_characters_at_any_magnitude(value, decimals, text):
+    """A diverging rate's losses reach 10^38 before they stop being finite; fixed decimals would print 39 digits
+    into the stored account of --lr auto and every progress line."""
+    assert loss_text(value, decimals) == text
+    assert len(loss_text(value * 1e10, decimals)) <= 10
 
 
 def test_momentum_zero_trains_with_plain_sgd(tmp_path):
