@@ -28,7 +28,7 @@ import io
 import pickle
 import tarfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -325,16 +325,18 @@ def make_longrange(n: int, seed: int, distractors: int = 3, side: int = IMAGE_SI
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None, *, seed: int = 0, image_size: int | None = None,
-                 workers: int = 0) -> tuple[Dataset, Dataset] | tuple[ImageFolderSet, ImageFolderSet]:
+                 workers: int = 0, classes: Sequence[str] | None = None
+                 ) -> tuple[Dataset, Dataset] | tuple[ImageFolderSet | None, ImageFolderSet]:
     """(train, test) of data set ``name``; the test split is normalised with the train statistics.
     ``imagefolder`` is read from ``data_dir`` as it is used, at ``image_size`` (default 224) in ``workers``
-    processes (:mod:`attnbench.imagefolder`); the others are held in memory, 32 x 32."""
+    processes (:mod:`attnbench.imagefolder`; with ``classes``, a trained network's, a folder with val/ only has no
+    train split: None); the others are held in memory, 32 x 32."""
     if name == "imagefolder":
         from attnbench.imagefolder import load_imagefolder
 
         if data_dir is None:
             raise DataError("imagefolder needs --data-dir: a folder with train/<class>/*.jpg and val/<class>/*.jpg.")
-        return load_imagefolder(data_dir, size=image_size or DEFAULT_IMAGEFOLDER_SIDE, workers=workers)
+        return load_imagefolder(data_dir, size=image_size or DEFAULT_IMAGEFOLDER_SIDE, workers=workers, classes=classes)
     if image_size not in (None, IMAGE_SIDE):
         raise DataError(f"{name} images are {IMAGE_SIDE} x {IMAGE_SIDE}; --image-size is for imagefolder.")
     return _in_memory(name, data_dir, seed, IMAGE_SIDE)
@@ -356,13 +358,14 @@ def check_fits(name: str, side: int) -> None:
                           f"{available / 2**30:.1f} GiB is available")
 
 
-def load_at_side(name: str, side: int, data_dir: str | Path | None = None, *, seed: int = 0, workers: int = 0
-                 ) -> tuple[Dataset, Dataset] | tuple[ImageFolderSet, ImageFolderSet]:
+def load_at_side(name: str, side: int, data_dir: str | Path | None = None, *, seed: int = 0, workers: int = 0,
+                 classes: Sequence[str] | None = None
+                 ) -> tuple[Dataset, Dataset] | tuple[ImageFolderSet | None, ImageFolderSet]:
     """(train, test) of data set ``name`` with images of ``side`` x ``side`` pixels, as a network trained on it at
     its own side sees them at another (see the module's docstring): normalised as in training, with the
-    training split's statistics at its own side (imagefolder: ImageNet's)."""
+    training split's statistics at its own side (imagefolder: ImageNet's; ``classes`` as for :func:`load_dataset`)."""
     if name == "imagefolder":
-        return load_dataset(name, data_dir, seed=seed, image_size=side, workers=workers)
+        return load_dataset(name, data_dir, seed=seed, image_size=side, workers=workers, classes=classes)
     return _in_memory(name, data_dir, seed, side)
 
 

@@ -135,6 +135,7 @@ def evaluate_at_sides(path: str | Path, dataset: str, sides: Sequence[int] | Non
     trained = network_at(ckpt, path, image_side(cfg), "trained")  # before any data set is loaded
     run = {"run_id": str(ckpt["run_id"]), **run_setup(cfg), **_run_of(ckpt), "epoch": ckpt["epoch"],
            "num_classes": ckpt["num_classes"], "environment": environment(device)}
+    classes = ckpt.get("classes") if isinstance(ckpt.get("classes"), list) else None  # an image folder's: val/ will do
     made = []
     with contextlib.ExitStack() as stack:  # the store is opened (and checked) once the checkpoint has been
         writer = stack.enter_context(store.Writer(db)) if db is not None else None
@@ -144,12 +145,13 @@ def evaluate_at_sides(path: str | Path, dataset: str, sides: Sequence[int] | Non
             if not todo:
                 continue
             try:
-                train_set, test_set = load_at_side(dataset, side, cfg.data_dir, seed=cfg.seed, workers=cfg.workers)
+                train_set, test_set = load_at_side(dataset, side, cfg.data_dir, seed=cfg.seed, workers=cfg.workers,
+                                                   classes=classes)
             except (RuntimeError, MemoryError) as e:  # its images do not fit in memory: the other sides go on
                 failed = _failure(e, count_params(trained)["params"], f"{dataset} at side {side}: ")
                 rows = [Evaluation(**run, side=side, tables=tables, **failed) for tables, _ in todo]
             else:
-                same_classes(ckpt, path, train_set, cfg)
+                same_classes(ckpt, path, test_set if train_set is None else train_set, cfg)
                 seen = None  # training images evaluated: where the data set is held in memory
                 if isinstance(train_set, Dataset):
                     seen = train_set.subset(torch.arange(min(TRAIN_EVAL_IMAGES, len(train_set.labels))), False)

@@ -154,23 +154,29 @@ class ImageFolderSet:
             yield batch
 
 
-def scan(root: str | Path) -> tuple[list[str], dict[str, tuple[list[str], torch.Tensor]]]:
-    """The classes (the training split's sub-folders, sorted) and each split's image paths and labels."""
+def scan(root: str | Path, classes: Sequence[str] | None = None
+         ) -> tuple[list[str], dict[str, tuple[list[str], torch.Tensor]]]:
+    """The classes (the training split's sub-folders, sorted) and each split's image paths and labels. With
+    ``classes`` (a trained network's, to evaluate it) and no train/ folder, val/ alone, labelled by ``classes``."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"imagefolder: no folder {root}.")
-    missing = [split for split in SPLITS if not (root / split).is_dir()]
+    splits_here = SPLITS if classes is None or (root / "train").is_dir() else ("val",)
+    missing = [split for split in splits_here if not (root / split).is_dir()]
     if missing:
         raise DataError(f"imagefolder: {root} has no {' or '.join(f'{m}/' for m in missing)} folder; expected "
-                        f"{root}/train/<class>/*.jpg and {root}/val/<class>/*.jpg.")
-    classes = sorted(d.name for d in (root / "train").iterdir() if d.is_dir())
-    if not classes:
-        raise DataError(f"imagefolder: {root}/train has no class folders.")
+                        + (f"{root}/train/<class>/*.jpg and {root}/val/<class>/*.jpg." if len(splits_here) == 2 else
+                           f"{root}/val/<class>/*.jpg (or train/ beside it)."))
+    if "train" in splits_here:
+        classes = sorted(d.name for d in (root / "train").iterdir() if d.is_dir())
+        if not classes:
+            raise DataError(f"imagefolder: {root}/train has no class folders.")
     splits = {}
-    for split in SPLITS:
+    for split in splits_here:
         unknown = sorted({d.name for d in (root / split).iterdir() if d.is_dir()} - set(classes))
         if unknown:
-            raise DataError(f"imagefolder: {root}/{split} has classes that train/ lacks: {', '.join(unknown[:5])}.")
+            lacks = "train/ lacks" if "train" in splits_here else "the network was not trained on"
+            raise DataError(f"imagefolder: {root}/{split} has classes that {lacks}: {', '.join(unknown[:5])}.")
         paths, labels = [], []
         for label, name in enumerate(classes):
             folder = root / split / name
@@ -180,12 +186,14 @@ def scan(root: str | Path) -> tuple[list[str], dict[str, tuple[list[str], torch.
         if not paths:
             raise DataError(f"imagefolder: {root}/{split} holds no images ({', '.join(EXTENSIONS)}).")
         splits[split] = (paths, torch.tensor(labels))
-    return classes, splits
+    return list(classes), splits
 
 
-def load_imagefolder(root: str | Path, *, size: int, workers: int) -> tuple[ImageFolderSet, ImageFolderSet]:
-    """(train, val) of the image folder at ``root``."""
-    classes, splits = scan(root)
-    train, val = ((ImageFolderSet(*splits[split], classes, augment=split == "train", size=size,
-                                  workers=workers)) for split in SPLITS)
+def load_imagefolder(root: str | Path, *, size: int, workers: int, classes: Sequence[str] | None = None
+                     ) -> tuple[ImageFolderSet | None, ImageFolderSet]:
+    """(train, val) of the image folder at ``root``; with ``classes`` (see :func:`scan`) train is None where the
+    folder has val/ only."""
+    classes, splits = scan(root, classes)
+    train, val = ((ImageFolderSet(*splits[split], classes, augment=split == "train", size=size, workers=workers)
+                   if split in splits else None) for split in SPLITS)
     return train, val

@@ -12,7 +12,7 @@ from PIL import Image
 from attnbench import store
 from attnbench.cli import main
 from attnbench.data import DataError, load_dataset
-from attnbench.imagefolder import CROP_RATIO, CROP_SCALE, MEAN, STD, center_crop_box, random_crop_box, read_image
+from attnbench.imagefolder import CROP_RATIO, CROP_SCALE, MEAN, STD, center_crop_box, random_crop_box, read_image, scan
 
 COLOURS = {"cat": (200, 30, 30), "dog": (30, 200, 30), "eel": (30, 30, 200)}
 
@@ -156,6 +156,37 @@ def test_a_checkpoint_is_evaluated_only_on_the_classes_it_was_trained_on(tmp_pat
         err = capsys.readouterr().err
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "e.sqlite").exists() or store.load_evaluations(tmp_path / "e.sqlite").empty
+
+
+def test_a_checkpoint_is_evaluated_on_a_folder_with_val_only(tmp_path, capsys):
+    """Evaluating needs the validation images alone (ImageNet's val/ without its 1.28 million training images): the
+    checkpoint names its classes, which label val/'s folders; the top-1 is the one the full folder gives; train
+    is still required to train, and val/ classes the network never saw are refused in one line."""
+    root = write_tree(tmp_path / "tree", per_class=(2, 2))
+    ckpt = str(tmp_path / "run" / "checkpoint.pt")
+    assert main(["train", "--dataset", "imagefolder", "--data-dir", str(root), "--model", "conv_probe", "--width",
+                 "0.25", "--batch", "2", "--steps", "2", "--image-size", "16", "--workers", "0", "--out",
+                 str(tmp_path / "run"), "--db", str(tmp_path / "r.sqlite")]) == 0
+    val_only = tmp_path / "val-only"
+    __import__("shutil").copytree(root / "val", val_only / "val")
+    capsys.readouterr()
+    outs = []
+    for folder in (root, val_only):
+        assert main(["eval", "--checkpoint", ckpt, "--dataset", "imagefolder", "--data-dir", str(folder), "--res",
+                     "16,20", "--db", str(tmp_path / "e.sqlite")]) == 0
+        outs.append([line.split(": ", 1)[1] for line in capsys.readouterr().out.splitlines() if "top-1" in line])
+    assert len(outs[0]) == 2 and outs[0] == outs[1], outs
+    __import__("shutil").rmtree(val_only / "val" / "cat")  # a class without validation images keeps its label
+    classes, splits = scan(val_only, list(COLOURS))
+    assert classes == list(COLOURS) and list(splits) == ["val"] and splits["val"][1].tolist() == [1, 1, 2, 2]
+    (val_only / "val" / "dog").rename(val_only / "val" / "wolf")
+    db = ["--db", str(tmp_path / "e.sqlite")]
+    assert main(["eval", "--checkpoint", ckpt, "--dataset", "imagefolder", "--data-dir", str(val_only), *db]) == 2
+    err = capsys.readouterr().err
+    assert "val has classes that the network was not trained on: wolf" in err and len(err.strip().splitlines()) == 1
+    assert main(["train", "--dataset", "imagefolder", "--data-dir", str(val_only), "--model", "conv_probe",
+                 "--steps", "1", "--out", str(tmp_path / "again"), *db]) == 2
+    assert "has no train/ folder" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("change, message", [
