@@ -82,13 +82,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _max_res(args)
     cases = plan(args)
     check_db(args.db)
+    if args.results_file:
+        args.results_file = results_file(args.results_file)
     if args.launcher:
         return _launch(args)
     for name in ("partition", "jobs"):
         if getattr(args, name) is not None:
             raise UsageError(f"--{name} applies to --launcher slurm (or local).")
-    if args.results_file:
-        args.results_file = results_file(args.results_file)
     progress = Progress(len(cases), "case", quiet=args.quiet, bar=not args.json)
 
     def on_case(case, record) -> None:
@@ -105,20 +105,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     finally:
         progress.close()
+    return _show(frame, args, f"{count(len(frame), 'case')}; results in {args.db}")
+
+
+def _show(frame, args: argparse.Namespace, said: str) -> int:
+    """A sweep's rows into --results-file, then printed (JSON, or the table and ``said`` with the units under
+    it); the exit status they call for."""
+    from attnbench.console import console_table, say_verdict, wrap
+
     if args.results_file:
         from attnbench.columns import as_text, results_summary
 
         written = results_summary(frame) if args.results_columns == "summary" else frame
         write_text(args.results_file, as_text(written, output_format(args.results_file)))
-    from attnbench.console import console_table, say_verdict, wrap
-
     if args.json:
         print(frame.to_json(orient="records", indent=1, double_precision=15))
     else:
         print(console_table(frame, pivot=args.pivot, width=args.line_width))
-        print("", *wrap(f"{count(len(frame), 'case')}; results in {args.db}. Latency: median of the timed runs; MACs "
-                        "per forward pass of the batch (1 multiply-add = 1); memory: peak over weights and inputs.",
-                        args.line_width), sep="\n")
+        print("", *wrap(f"{said}. Latency: median of the timed runs; MACs per forward pass of the batch "
+                        "(1 multiply-add = 1); memory: peak over weights and inputs.", args.line_width), sep="\n")
     return say_verdict(frame)
 
 
@@ -155,14 +160,13 @@ def _max_res(args: argparse.Namespace) -> int:
 
 def _launch(args: argparse.Namespace) -> int:
     """``run`` through a launcher: the sweep as a job array, its shard stores merged into --db."""
-    from attnbench.console import console_table, say_verdict
     from attnbench.launch import LaunchError, jobs_folder, launch
     from attnbench.sweep import Sweep
 
     if args.launcher == "local" and args.partition:
         raise UsageError("--partition applies to --launcher slurm.")
-    if args.shard or args.results_file or args.json or args.pivot:
-        raise UsageError("--shard, --results-file, --json and --pivot apply to a sweep run here, not launched.")
+    if args.shard:
+        raise UsageError("--shard applies to a sweep run here; --launcher shards the sweep itself.")
     sweep = Sweep(**sweep_fields(args))
     run = dict(timeout=args.timeout, min_run_time=args.min_run_time, force=args.force, retry_failed=args.retry_failed)
     try:
@@ -170,10 +174,8 @@ def _launch(args: argparse.Namespace) -> int:
                            partitions=args.partition or [], timeout_min=args.job_minutes, gpus=args.gpus, run=run)
     except LaunchError as e:
         raise UsageError(str(e)) from None
-    print(console_table(collected.rows, width=args.line_width), "", sep="\n")
-    print(f"{count(args.jobs or 1, 'task')} per partition finished; merged into {args.db}: {collected} "
-          f"(shard stores and logs under {jobs_folder(args.db)})")
-    return say_verdict(collected.rows)
+    return _show(collected.rows, args, f"{count(args.jobs or 1, 'task')} per partition finished; merged into "
+                 f"{args.db}: {collected} (shard stores and logs under {jobs_folder(args.db)})")
 
 
 def cmd_collect(args: argparse.Namespace) -> int:

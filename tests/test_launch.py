@@ -1,5 +1,8 @@
 """Sweeps launched as job arrays through submitit (its local executor here, as Slurm's stand-in)."""
 
+import json
+
+import pandas as pd
 import pytest
 
 from attnbench import store
@@ -20,7 +23,8 @@ def test_a_local_array_runs_every_shard_and_merges_them(tmp_path, capsys):
     assert sorted(frame.variant) == ["conv", "gsa", "nonlocal"] and set(frame.status) == {"ok"}
     shards = sorted(p.name for p in jobs_folder(db).glob("*.sqlite"))
     of_store = store.meta(db, "store_id")
-    assert shards == [f"local-shard-{i}-of-2-{of_store[:8]}.sqlite" for i in (1, 2)] and "3 new rows" in out
+    assert shards == [f"local-shard-{i}-of-2-{of_store[:8]}.sqlite" for i in (1, 2)]
+    assert "3 new rows" in " ".join(out.split())  # the line under the table may wrap
     table = [line.split() for line in out.splitlines()]  # the sweep's table, as a run here prints it
     assert sorted(row[0] for row in table if row[1:2] == ["8"]) == ["conv", "gsa", "nonlocal"]
     assert {store.meta(jobs_folder(db) / s, "shard_of") for s in shards} == {of_store}
@@ -45,7 +49,8 @@ def test_a_store_deleted_and_made_anew_takes_no_rows_from_the_shards_of_the_old_
     assert main(["collect", "--db", str(db)]) == 2
     assert "(1 of another store at that path, ignored)" in capsys.readouterr().err
     assert launched("12") == 0
-    assert "1 new row; 1 shard store of another store at this path left out" in capsys.readouterr().out
+    said = " ".join(capsys.readouterr().out.split())  # the line under the table may wrap
+    assert "1 new row; 1 shard store of another store at this path left out" in said
     assert store.load_results(db).res.tolist() == [12]  # the deleted row does not come back
     assert main(["collect", "--db", str(db)]) == 0 and store.load_results(db).res.tolist() == [12]
 
@@ -60,7 +65,20 @@ def test_a_launched_sweep_exits_as_a_sweep_run_here_does(tmp_path, capsys):
     assert code == 1 and err.endswith("attnbench run: no case was measured (skipped 1); the reason column says why.\n")
 
 
+@pytest.mark.slow
+def test_a_launched_sweep_prints_json_and_writes_a_results_file_as_a_sweep_run_here_does(tmp_path, capsys):
+    db, written = tmp_path / "r.sqlite", tmp_path / "rows.csv"
+    assert main(["run", "--scope", "module", "--variants", "conv,gsa", "--res", "8", "--dim", "8", "--min-run-time",
+                 "0.01", "--threads", "1", "--db", str(db), "--launcher", "local", "--json",
+                 "--results-file", str(written)]) == 0
+    rows = json.loads(capsys.readouterr().out)  # nothing else on stdout
+    assert sorted(r["variant"] for r in rows) == ["conv", "gsa"] and {r["status"] for r in rows} == {"ok"}
+    assert sorted(pd.read_csv(written).network) == ["conv", "gsa"]  # the summary columns, as a run here writes
+    assert sorted(store.load_results(db).case_key) == sorted(r["case_key"] for r in rows)
+
+
 @pytest.mark.parametrize("args, message", [
+    (["--launcher", "local", "--shard", "1/2"], "--shard applies to a sweep run here"),
     (["--jobs", "0"], "jobs 0 must be at least 1"),
     (["--jobs", "2"], "--jobs applies to --launcher slurm"),
     (["--launcher", "local", "--partition", "a100"], "--partition applies to --launcher slurm"),
