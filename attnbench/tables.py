@@ -130,17 +130,25 @@ def published_table() -> pd.DataFrame:
     })
 
 
+# what makes the runs of one trained setup (its seeds): the device by its type (cpu, cuda), not its model, so that
+# seeds trained in several sittings on different hosts are one setup (their hosts are listed: ``trained on``)
 SETUP_KEYS = ["dataset", "image_size", "model", "options", "width", "lr", "batch", "steps", "epochs", "plateau",
-              "device_name", "world_size"]  # what makes the runs of one trained setup (its seeds)
+              "dtype", "device", "world_size"]
 
 
 def by_setup(runs: pd.DataFrame) -> pd.DataFrame:
     """Rows of training runs (or their evaluations) with ``SETUP_KEYS`` ready to group by: ``lr`` is "auto" for
-    every rate ``--lr auto`` chose (one setup, whatever each seed chose; the rate in ``chosen``), missing values
-    "-"."""
+    every rate ``--lr auto`` chose (one setup, whatever each seed chose; the rate in ``chosen``), ``device`` its
+    type (``cuda:1`` is cuda), missing values "-"."""
     tuned = runs.lr_source.fillna("").str.startswith("validation")
-    runs = runs.assign(chosen=runs.lr, options=runs.options.fillna(""), lr=runs.lr.astype(object).where(~tuned, "auto"))
+    runs = runs.assign(chosen=runs.lr, options=runs.options.fillna(""), lr=runs.lr.astype(object).where(~tuned, "auto"),
+                       device=runs.device.str.split(":").str[0])
     return runs.assign(**{k: runs[k].astype(object).where(runs[k].notna(), "-") for k in SETUP_KEYS})
+
+
+def hosts(runs: pd.DataFrame) -> str:
+    """The devices (CPU or GPU models) some runs were made on, sorted, comma-separated."""
+    return ", ".join(sorted(set(runs.device_name.dropna()))) or "-"
 
 
 def setup_label(setup: dict) -> str:
@@ -165,17 +173,15 @@ def accuracy_table(frame: pd.DataFrame, training: pd.DataFrame) -> pd.DataFrame:
     difference in points (marked when a side has one seed, so no spread to judge it by)."""
     last = finished_runs(training)
     time_s = training.groupby("run_id").epoch_s.sum()
-    latency = {}
     measured = frame[(frame.scope == Scope.MODEL) & (frame.status == Status.OK) & (frame.res == 32) & (frame.batch == 1)
                      & (frame.dtype == "fp32") & (frame["mode"] == "infer") & (setups(frame) == "")]
-    for r in measured.sort_values("created_utc").itertuples():  # the newest measurement of a network wins
-        latency[(r.model, float(r.width), r.options, r.device_name)] = r.latency_ms_median
+    measured = measured.assign(options=measured.options.fillna(""), device=measured.device.str.split(":").str[0])
     last = by_setup(last.assign(time_s=last.run_id.map(time_s)))
     rows = []
     for key, runs in last.groupby(SETUP_KEYS, sort=True):
         setup = dict(zip(SETUP_KEYS, key))
         test, train = runs.top1_pct, runs.train_top1_pct
-        measured_as = (setup["model"], float(setup["width"]), setup["options"], setup["device_name"])
+        latency = newest_latency(measured, setup, set(runs.device_name.dropna()))
         rows.append({"dataset": setup["dataset"], "image side": setup["image_size"],
                      "model": setup_label(setup), "variant": runs.variant.iloc[0], "width": setup["width"],
                      "lr": lr_label(setup, runs), "seeds": len(runs),
@@ -185,8 +191,9 @@ def accuracy_table(frame: pd.DataFrame, training: pd.DataFrame) -> pd.DataFrame:
                      "params": int(runs.params.iloc[0]),
                      "MACs per image (M)": round(runs.macs_per_image.iloc[0] / 1e6, 2),
                      "training time (s)": round(runs.time_s.mean(), 1),
-                     "latency ms (batch 1)": round(latency[measured_as], 3) if measured_as in latency else math.nan,
-                     "device": setup["device_name"], "processes": setup["world_size"],
+                     "latency ms (batch 1)": round(latency.latency_ms_median, 3) if latency is not None else math.nan,
+                     "latency on": latency.device_name if latency is not None else "-",
+                     "device": setup["device"], "trained on": hosts(runs), "processes": setup["world_size"],
                      "commit": ", ".join(sorted(set(runs.git_commit.dropna().str[:12]))) or "-"})
     table = pd.DataFrame(rows)
     if table.empty:
@@ -201,6 +208,18 @@ def accuracy_table(frame: pd.DataFrame, training: pd.DataFrame) -> pd.DataFrame:
             table.at[i, "vs best"] = ("best" if gap == 0 else f"-{gap:.2f} (one seed)" if one_seed
                                       else "within spread" if gap <= spread else f"-{gap:.2f}")
     return table
+
+
+def newest_latency(measured: pd.DataFrame, setup: dict, names: set[str]):
+    """The newest latency row of a setup's network (model, width, options) on a device of its type: on one of the
+    devices it was trained on (``names``) where there is one, else on any."""
+    rows = measured[(measured.model == setup["model"]) & (measured.width.astype(float) == float(setup["width"]))
+                    & (measured.options == setup["options"])
+                    & ((measured.device == setup["device"]) | (setup["device"] == "-"))]  # "-": not recorded
+    if rows.empty:
+        return None
+    same = rows[rows.device_name.isin(names)]
+    return (same if len(same) else rows).sort_values("created_utc").iloc[-1]
 
 
 def resolution_table(evaluations: pd.DataFrame) -> pd.DataFrame:
@@ -226,7 +245,7 @@ def resolution_table(evaluations: pd.DataFrame) -> pd.DataFrame:
                      "chance (%)": round(100 / runs.num_classes.dropna().iloc[0], 2)
                      if runs.num_classes.notna().any() else math.nan,
                      "not run": f"{len(failed)} {failed.status.iloc[0]}: {failed.reason.iloc[0]}" if len(failed)
-                     else "", "device": setup["device_name"], "setup": key[: len(SETUP_KEYS)]})
+                     else "", "device": setup["device"], "evaluated on": hosts(runs), "setup": key[: len(SETUP_KEYS)]})
     table = pd.DataFrame(rows)
     if table.empty:
         return table

@@ -150,20 +150,26 @@ def test_accuracy_against_cost(db, tmp_path):
             "local_probe": (60.0, 4e6, 3.0, 1.0), "axial_probe": (55.0, 2e6, 4.0, 0.5)}
     for model, (top1, macs, latency, width) in runs.items():
         variant = model.split("_")[0]
-        for epoch in (1, 2):
-            store.write_training(db, Epoch(
-                run_id=f"{model}-1", epoch=epoch, epochs=2, model=model, dataset="longrange", train_loss=0.5,
-                top1_pct=top1 - (2 - epoch), top5_pct=100.0, epoch_s=3.0, params=100, macs_per_image=int(macs),
-                width=width, world_size=1, seed=0, variant=variant, environment=Environment(device_name="Test CPU")))
+        for seed, host in enumerate(("Test CPU", "Other CPU") if model == "gsa_probe" else ("Test CPU",)):
+            for epoch in (1, 2):  # gsa's second seed finished in another sitting, on another host: the same setup
+                store.write_training(db, Epoch(
+                    run_id=f"{model}-{seed}", epoch=epoch, epochs=2, model=model, dataset="longrange", train_loss=0.5,
+                    top1_pct=top1 - (2 - epoch) - seed, top5_pct=100.0, epoch_s=3.0, params=100,
+                    macs_per_image=int(macs), width=width, world_size=1, seed=seed, variant=variant, device="cpu",
+                    dtype="fp32", environment=Environment(device_name=host)))
         store.write(db, row(variant, 32, scope="model", batch=1, k=1.0, arch="probe", latency_ms_median=latency))
     # the axial probe trained at width 0.5 is measured at that width too (run --width), and at width 1 slower
     store.write(db, row("axial", 32, scope="model", batch=1, k=1.0, arch="probe", latency_ms_median=1.5, width=0.5))
+    # local measured later on a host it was not trained on: its training host's measurement is the one shown
+    store.write(db, row("local", 32, scope="model", batch=1, k=1.0, arch="probe", latency_ms_median=9.0,
+                        name="Third CPU", created_utc="2026-11-28T00:00:00"))
     rep = report([db], tmp_path / "out", published=False)
     acc = rep.tables["accuracy"].set_index("model")
-    assert acc.loc["gsa_probe", "top-1 (%)"] == 95.0 and acc.loc["gsa_probe", "training time (s)"] == 6.0
-    assert acc.loc["local_probe", "latency ms (batch 1)"] == 3.0
+    assert acc.loc["gsa_probe", "top-1 (%)"] == 94.5 and acc.loc["gsa_probe", "training time (s)"] == 6.0
+    assert acc.loc["gsa_probe", "seeds"] == 2 and acc.loc["gsa_probe", "trained on"] == "Other CPU, Test CPU"
+    assert acc.loc["local_probe", "latency ms (batch 1)"] == 3.0 and acc.loc["local_probe", "latency on"] == "Test CPU"
     assert acc.loc["axial_probe", "latency ms (batch 1)"] == 1.5  # the width it was trained at, not width 1
-    assert {"accuracy_macs_longrange_test-cpu", "accuracy_latency_longrange_test-cpu"} <= set(rep.figures)
+    assert {"accuracy_macs_longrange_cpu", "accuracy_latency_longrange_cpu"} <= set(rep.figures)
 
 
 def test_a_store_of_training_runs_alone_reports_its_accuracy(tmp_path):
@@ -348,7 +354,7 @@ def test_accuracy_across_resolutions_table_figure_and_which_holds_best(tmp_path)
     from attnbench.tables import holds_best, resolution_retention
 
     db = tmp_path / "sides.sqlite"
-    env = Environment(device_name="Test CPU")
+    env, other = Environment(device_name="Test CPU"), Environment(device_name="Other CPU")  # gsa's seed 1 elsewhere
     top1 = {  # (model, seed): {(side, tables): top-1}; None: refused
         ("gsa_probe", 0): {(32, "trained"): 100.0, (24, "trained"): 96.0, (48, "trained"): 80.0,
                            (24, "interpolated"): 97.0, (48, "interpolated"): 90.0},
@@ -364,17 +370,19 @@ def test_accuracy_across_resolutions_table_figure_and_which_holds_best(tmp_path)
                 run_id=f"{model}-{seed}", model=model, dataset="longrange", seed=seed, image_size=32, side=side,
                 tables=tables, status="ok" if value is not None else "refused", top1_pct=value, num_classes=2,
                 reason=None if value is not None else "mhsa: input side 48 exceeds size=32", width=1.0, lr=0.1,
-                train_top1_pct=value, environment=env))
+                train_top1_pct=value, device="cpu", dtype="fp32",
+                environment=other if (model, seed) == ("gsa_probe", 1) else env))
     rep = report([db], tmp_path / "out", published=False)
     table = rep.tables["resolution"].set_index(["model", "tables", "side"])
     gsa = table.loc[("gsa_probe", "trained", 48)]
     assert (gsa["seeds"], gsa["top-1 (%)"], gsa["vs trained side"], gsa["chance (%)"]) == (2, 79.0, -20.0, 50.0)
     assert gsa["top-1 std"] == round(float(np.std([80.0, 78.0], ddof=1)), 2)
+    assert gsa["evaluated on"] == "Other CPU, Test CPU" and gsa["device"] == "cpu"  # one setup over two hosts
     assert table.loc[("gsa_probe", "interpolated", 48), "vs trained side"] == -10.0
     refused = table.loc[("mhsa_probe", "trained", 48)]
     assert refused["seeds"] == 0 and refused["not run"] == "1 refused: mhsa: input side 48 exceeds size=32"
     assert "accuracy" not in rep.tables  # evaluations are not training runs
-    assert "resolution_longrange_test-cpu" in rep.figures
+    assert "resolution_longrange_cpu" in rep.figures
     # retention: the share of the accuracy above chance kept away from 32, averaged over 24 and 48
     kept = resolution_retention(store.load_evaluations(db)).set_index(["model", "tables"])["retained (%)"]
     expected = {("gsa_probe", "interpolated"): (46 / 49 + 39 / 49) / 2,
