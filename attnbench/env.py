@@ -100,7 +100,13 @@ def package_hash(module: str) -> str | None:
         return None
     digest = hashlib.sha256()
     for base, path in sorted(files, key=lambda pair: str(pair[1])):
-        digest.update(path.relative_to(base).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+        if not path.is_file():  # an editor's lock (.#nets.py, a dangling link) or a folder named *.py: no source
+            continue
+        try:
+            source = path.read_bytes()
+        except OSError:  # unreadable: nothing imports it either; its name still counts
+            source = b"\0unreadable"
+        digest.update(path.relative_to(base).as_posix().encode() + b"\0" + source + b"\0")
     return digest.hexdigest()[:16]
 
 

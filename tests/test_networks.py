@@ -289,7 +289,14 @@ def test_the_code_hash_covers_the_package_that_defines_a_network_from_elsewhere(
     assert env.code_hash(["attnbench.variants.gsa"]) == base  # attnbench's own: the measuring code's hash
     (tmp_path / "other_pkg" / "deep.py").write_text("X = 2\n")
     env.package_hash.cache_clear()
-    assert env.code_hash(["other_pkg.nets"]) != with_pkg
+    changed = env.code_hash(["other_pkg.nets"])
+    assert changed != with_pkg
+    # what an editor leaves while a file is open (Emacs' lock: a dangling link named .#deep.py), a folder named
+    # like a module and an unreadable file are no source: the hash is made all the same (it raised)
+    (tmp_path / "other_pkg" / ".#deep.py").symlink_to("root@host.12345:1700000000")
+    (tmp_path / "other_pkg" / "data.py").mkdir()
+    env.package_hash.cache_clear()
+    assert env.code_hash(["other_pkg.nets"]) == changed
 
 
 def test_the_code_hash_of_a_module_in_no_package_covers_the_modules_beside_it(tmp_path, monkeypatch):
