@@ -145,6 +145,18 @@ def _check_tables(conn: sqlite3.Connection, path: Path) -> set[str]:
     return tables
 
 
+def store_path(path: str | Path) -> Path:
+    """``path`` as a store's file, or StoreError in one line for a path that names no file: empty, or ending in
+    a separator (Path would drop it, and SQLite make a file where the user meant a folder)."""
+    text = os.fspath(path)
+    if not text:
+        raise StoreError("The store's path is empty; name a file, e.g. reports/results.sqlite.")
+    if text.endswith(("/", os.sep)):
+        raise StoreError(f"{text} ends in a separator: it names a folder, not a results store file "
+                         f"(e.g. {text}results.sqlite).")
+    return Path(text)
+
+
 def _make_parent(path: Path, *, create: bool = True) -> None:
     """The folder a store at ``path`` goes in, made if need be (if ``create``, else the store must exist);
     StoreError if ``path`` or its folder cannot be."""
@@ -167,7 +179,7 @@ def _make_parent(path: Path, *, create: bool = True) -> None:
 def open_store(path: str | Path, *, create: bool = True) -> sqlite3.Connection:
     """Open a store for writing (creating it, if asked), checking that it is one and that its schema is
     known; a store from before a column was added gains it here."""
-    path = Path(path)
+    path = store_path(path)
     _make_parent(path, create=create)
 
     def prepare(conn: sqlite3.Connection) -> None:
@@ -279,7 +291,7 @@ def query(path: str | Path, body: Callable[[sqlite3.Connection], T]) -> T:
     written: a store in rollback-journal mode is read as it is; a WAL store whose WAL holds nothing is read
     as an immutable file, again if a writer changed it meanwhile; one whose WAL holds rows is read through
     its own ``-shm`` where this process may write that, else from a copy of both in a temporary folder."""
-    path = Path(path)
+    path = store_path(path)
     try:
         if not path.is_file():
             raise StoreError(f"No results store at {path}.")
@@ -598,7 +610,7 @@ def merge(sources: Iterable[str | Path], out: str | Path) -> Merged:
     """Copy the rows of every source store into ``out``, all or nothing. A case measured in the same
     environment in several stores (different runs) is a conflict: the newest measurement is kept and
     the conflicts are counted. Sources are only read (older ones as the migration would fill them)."""
-    sources = list(sources)
+    sources, out = list(sources), store_path(out)
     if Path(out).exists() and any(Path(src).resolve() == Path(out).resolve() for src in sources):
         raise StoreError(f"Cannot merge {out} into itself: name an output that is not a source.")
     read = [(load_results(src), load_training(src), load_evaluations(src)) for src in sources]  # a bad one stops all

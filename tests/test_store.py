@@ -425,3 +425,23 @@ def test_networks_stored_before_the_model_column_are_named_alike_by_readers_and_
     with sqlite3.connect(db) as conn:
         assert [r[0] for r in conn.execute("SELECT model FROM results ORDER BY rowid")] == expected
     assert asdict(Record.from_row(store.load_results(db).iloc[0].to_dict()).case)["model"] == "gsa_resnet50"
+
+
+@pytest.mark.parametrize("name, message", [
+    ("", "The store's path is empty"),
+    ("made/", "ends in a separator: it names a folder, not a results store file"),
+    ("kept.sqlite/", "ends in a separator"),  # an existing store named with a slash after it
+])
+def test_a_path_that_names_no_file_is_refused_by_every_store_operation_and_makes_nothing(tmp_path, monkeypatch, name,
+                                                                                         message):
+    """Path("made/") drops the slash and SQLite would make a file named "made" where the user meant a folder,
+    then os.stat("made/") raised NotADirectoryError after it (train: after its first epoch, whose rows were
+    lost); "" became ".", a folder. Every entry point refuses such a path in one line before anything is made."""
+    monkeypatch.chdir(tmp_path)
+    store.write(tmp_path / "kept.sqlite", row("a"))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for operation in (lambda: store.check_writable(name), lambda: store.Writer(name),
+                      lambda: store.load_results(name), lambda: store.merge([tmp_path / "kept.sqlite"], name)):
+        with pytest.raises(store.StoreError, match=message):
+            operation()
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
