@@ -278,14 +278,19 @@ def _check_archive(path: Path) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
             records = archive.infolist()
-        size = path.stat().st_size
+            size = path.stat().st_size
+            for record in records:
+                if (record.compress_type != zipfile.ZIP_STORED or record.compress_size != record.file_size
+                        or record.header_offset + record.file_size > size):
+                    raise TrainError(f"{path} holds a record ({record.filename}: {record.file_size:,} bytes) that is "
+                                     "compressed or larger than the file; torch.save writes neither, so it is refused "
+                                     "unread.")
+            damaged = archive.testzip()  # every record against the checksum torch.save wrote: torch.load checks none
     except (zipfile.BadZipFile, OSError, ValueError, EOFError):
         raise TrainError(f"{path} is not a readable checkpoint (not a torch.save archive).") from None
-    for record in records:
-        if (record.compress_type != zipfile.ZIP_STORED or record.compress_size != record.file_size
-                or record.header_offset + record.file_size > size):
-            raise TrainError(f"{path} holds a record ({record.filename}: {record.file_size:,} bytes) that is "
-                             "compressed or larger than the file; torch.save writes neither, so it is refused unread.")
+    if damaged is not None:
+        raise TrainError(f"{path} is damaged: its record {damaged} does not match the checksum it was saved with "
+                         "(a broken copy or disk); refused.")
 
 
 def _fits(ckpt: dict, path: str | Path, states: list[tuple[str, object, torch.Size]]) -> None:

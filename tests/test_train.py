@@ -331,6 +331,16 @@ def test_checkpoints_of_another_model_or_corrupted(tmp_path, capsys):
     assert_refused_by_eval_and_resume(tmp_path / "run", f"{tmp_path / 'run'} is a folder, not a checkpoint (name the "
                                       "checkpoint.pt inside it).", tmp_path, capsys)
     assert_refused_by_eval_and_resume("", "No checkpoint named (an empty path).", tmp_path, capsys)
+    # one weight's bytes damaged in place (a bad copy or disk): the archive still reads, torch.load takes it and
+    # eval stored a nan loss and a top-1 as ok; its record's checksum tells
+    raw = bytearray(ckpt.read_bytes())
+    with zipfile.ZipFile(ckpt) as archive:
+        record = max(archive.infolist(), key=lambda info: info.file_size)
+        at = raw.find(archive.read(record)) + record.file_size // 2
+    raw[at : at + 8] = b"\xff\xff\xff\x7f\xff\xff\xff\x7f"
+    (tmp_path / "damaged.pt").write_bytes(bytes(raw))
+    assert_refused_by_eval_and_resume(tmp_path / "damaged.pt", f"its record {record.filename} does not match the "
+                                      "checksum it was saved with", tmp_path, capsys)
     assert evaluate_at_sides(ckpt, "digits")[0].top1_pct >= 0
 
 
