@@ -34,6 +34,7 @@ from attnbench.train import (
     TrainError,
     claimed,
     image_side,
+    load_checkpoint,
     match_width,
     refuse_earlier_run,
     train,
@@ -111,20 +112,28 @@ def run_study(study: Study, *, say: Callable[[str], None] = print,
             if study.eval_res and checkpoint.is_file() and int(os.environ.get("RANK", "0")) == 0:
                 evaluate(checkpoint)  # the sides not stored yet
             continue
+        resumed = load_checkpoint(resumes[seed]) if resumes[seed] is not None else None
         with interrupt.keeping(partial(_kept, seed, out, study.db, time.time())), \
                 claimed(out, resume=resumes[seed], overwrite=study.overwrite):  # the learning rate's search too
             run, source = replace(cfg, seed=seed), "given"
             if auto:
                 if tuned is None:
-                    tuned = tune_lr(run, Path(out) / "lr-search", keep=study.continue_unfinished,
-                                    say=lambda line, seed=seed: say(f"seed {seed}: {line}"))
+                    tuned = (searched_rate(resumed, resumes[seed]) if resumed is not None else
+                             tune_lr(run, Path(out) / "lr-search", keep=study.continue_unfinished,
+                                     say=lambda line, seed=seed: say(f"seed {seed}: {line}")))
                 lr, source = tuned
+                if lr is None:
+                    warn(f"seed {seed}: every learning rate tried diverged, nothing trained ({source})")
+                    return [s for s in seeds if s not in finished]
                 run = replace(run, lr=lr)
                 say(f"seed {seed}: learning rate {source}")
             history = train(run, out=out, db=study.db, resume=resumes[seed], overwrite=study.overwrite,
                             stop_after_epoch=study.stop_after_epoch, quiet=study.quiet, lr_source=source,
                             width_source=width_source)
-        if history and history[-1]["stopped"] == "diverged":
+        if resumed is not None and len(history) == len(resumed["history"]):
+            say(f"seed {seed}: {resumes[seed]} was trained to its end (epoch {resumed['epoch']}): nothing more to "
+                "train or store")
+        elif history and history[-1]["stopped"] == "diverged":
             diverged.append(seed)
             warn(f"seed {seed}: diverged in epoch {history[-1]['epoch']} (the training loss is not finite), stored "
                  f"in {study.db} as such, not as a finished run")
@@ -133,6 +142,16 @@ def run_study(study: Study, *, say: Callable[[str], None] = print,
             if study.eval_res:
                 evaluate(checkpoint)
     return diverged
+
+
+def searched_rate(ckpt: dict, path: str | Path) -> tuple[float, str]:
+    """The rate a resumed run's ``--lr auto`` chose, and how, as its checkpoint keeps them: a resumed run trains
+    on at it, never searching again (the search costs about as much as the run)."""
+    source = ckpt.get("run", {}).get("lr_source") if isinstance(ckpt.get("run"), dict) else None
+    if not isinstance(source, str) or not source.startswith("validation"):
+        raise TrainError(f"Checkpoint {path} was trained at a given learning rate ({ckpt['config'].get('lr')}), not "
+                         "one --lr auto chose; resume it with that --lr.")
+    return float(ckpt["config"]["lr"]), source
 
 
 def _config(study: Study, say: Callable[[str], None]) -> tuple[TrainConfig, str]:

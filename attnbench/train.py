@@ -420,7 +420,7 @@ def choose_lr(scores: dict[float, tuple[float, float]], n: int) -> float:
 
 
 def tune_lr(cfg: TrainConfig, out: str | Path, candidates: tuple[float, ...] = LR_CANDIDATES, *, keep: bool = False,
-            say: Callable[[str], None] | None = None) -> tuple[float, str]:
+            say: Callable[[str], None] | None = None) -> tuple[float | None, str]:
     """The learning rate ``--lr auto`` picks, and how: each candidate trains for half the run's steps (its
     own cosine schedule) on the training split less a held-out tenth (drawn with the seed), and is scored on
     that tenth by :func:`choose_lr` (top-1 where it separates the rates, else the held-out loss). While the
@@ -430,7 +430,7 @@ def tune_lr(cfg: TrainConfig, out: str | Path, candidates: tuple[float, ...] = L
     is read back, not trained again); else each is trained anew. ``say`` hears one line as each candidate
     ends (a search of a slow probe takes an hour and more). Returns (lr, a one-line account stored
     with the run, which names the seed whose split chose it: the other seeds of a setup train at the same
-    rate)."""
+    rate); lr is None when every rate tried diverged (down to the lower limit: nothing is left to train at)."""
     train_set, _ = datasets(cfg)
     n = len(train_set.labels)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 7919))
@@ -468,7 +468,7 @@ def tune_lr(cfg: TrainConfig, out: str | Path, candidates: tuple[float, ...] = L
                + (f" (grid extended by {', '.join(f'{lr:g}' for lr in extended)})" if extended else "")
                + f"; each {count(budget, 'step')}, top-1 (ties within {TIE_Z:g} standard errors: lowest loss) on "
                f"{count(len(held), 'held-out training image')} of seed {cfg.seed}")
-    return best, account
+    return (None if best in diverged else best), account
 
 
 def refuse_earlier_run(out: str | Path, *, resume: str | Path | None = None, overwrite: bool = False) -> None:

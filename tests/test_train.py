@@ -711,6 +711,48 @@ def test_lr_auto_extends_the_grid_past_an_edge_that_wins(tmp_path, monkeypatch):
     assert "0.02 (diverged)" in source and heard[-1] == "learning rate 0.02 (candidate 4, 4 steps): diverged"
 
 
+def test_lr_auto_where_every_rate_diverges_trains_nothing_and_exits_1(tmp_path, capsys):
+    """A weight decay of 10^4 diverges at every rate: the search goes down to its lower limit, then says so in
+    one line and exits 1 with nothing trained or stored (it trained a full run at a rate that had diverged, and
+    stored it as chosen by validation)."""
+    db, out = tmp_path / "r.sqlite", tmp_path / "run"
+    code = main(["train", "--model", "conv_probe", "--dataset", "digits", "--width", "0.25", "--steps", "30",
+                 "--batch", "64", "--lr", "auto", "--weight-decay", "1e4", "--seeds", "0,1", "--db", str(db),
+                 "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 1
+    tried = [line for line in captured.out.splitlines() if "(candidate" in line]
+    assert len(tried) == 7 and all(line.endswith("diverged") for line in tried)  # 0.2 down to 0.0025
+    assert ("seed 0: every learning rate tried diverged, nothing trained (validation: 0.0025 of 0.2 (diverged)"
+            in captured.err) and captured.err.count("\n") == 1
+    assert store.load_training(db).empty and not (out / "s0" / "checkpoint.pt").exists()
+
+
+def test_a_resumed_lr_auto_run_trains_on_at_the_rate_its_search_chose(tmp_path, capsys, monkeypatch):
+    """--resume (or --continue) of a --lr auto run takes the rate and its account from the checkpoint: the search
+    ran again first (about as long as the run); a run trained at a given rate is refused for --lr auto."""
+    import attnbench.study as study
+
+    db, out = tmp_path / "r.sqlite", tmp_path / "run"
+    common = ["train", "--model", "conv_probe", "--dataset", "digits", "--width", "0.25", "--steps", "44",
+              "--batch", "64", "--lr", "auto", "--db", str(db), "--out", str(out)]
+    assert main([*common, "--stop-after-epoch", "1"]) == 0
+    chosen = store.load_training(db).lr_source.iloc[0]
+    monkeypatch.setattr(study, "tune_lr", lambda *a, **k: pytest.fail("searched again"))
+    capsys.readouterr()
+    assert main([*common, "--resume", str(out / "checkpoint.pt")]) == 0
+    rows = store.load_training(db)
+    assert rows.epoch.tolist() == [1, 2] and set(rows.lr_source) == {chosen}
+    assert f"learning rate {chosen}" in capsys.readouterr().out
+    assert main([*common, "--resume", str(out / "checkpoint.pt")]) == 0  # finished: nothing more, and it says so
+    assert "was trained to its end (epoch 2): nothing more to train or store" in capsys.readouterr().out
+    assert len(store.load_training(db)) == 2
+    given = tmp_path / "given"
+    assert main([*common[:-4], "--lr", "0.1", "--stop-after-epoch", "1", "--out", str(given), "--db", str(db)]) == 0
+    assert main([*common[:-2], "--out", str(given), "--resume", str(given / "checkpoint.pt")]) == 2
+    assert "was trained at a given learning rate (0.1)" in capsys.readouterr().err
+
+
 def test_match_picks_the_width_with_the_reference_cost(tmp_path, capsys):
     import attnbench
 
