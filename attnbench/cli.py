@@ -284,7 +284,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from attnbench import store
     from attnbench.data import DataError
-    from attnbench.evaluation import describe, evaluate_at_sides
+    from attnbench.evaluation import describe, evaluate_at_sides, say_verdict
     from attnbench.train import TrainError
 
     try:
@@ -292,8 +292,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                  device=args.device, batch=args.batch, on_row=lambda row: print(describe(row)))
     except (DataError, TrainError, store.StoreError) as e:
         raise UsageError(str(e)) from None
-    print(count(len(rows), "evaluation") + (f" stored in {args.db}" if args.db else ""))
-    return 0
+    return say_verdict(rows, args.db)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,6 +14,8 @@ accuracy table (training epochs only) never reads.
 from __future__ import annotations
 
 import contextlib
+import sys
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -214,3 +216,16 @@ def describe(row: Evaluation) -> str:
     seen = (f", train top-1 {row.train_top1_pct:.2f} % ({count(row.train_images, 'image')})"
             if row.train_top1_pct is not None else "")
     return f"{what}: test loss {loss_text(row.test_loss, 4)}, top-1 {row.top1_pct:.2f} %{top5}{seen}"
+
+
+def say_verdict(rows: Sequence[Evaluation], db: str | Path | None) -> int:
+    """A line saying how many evaluations ended how (and where they are stored); on standard error, one saying
+    how many failed (out of memory, an error: not a side the network refuses, its documented behaviour).
+    Returns the exit code: 1 where some failed."""
+    ended = Counter(str(row.status) for row in rows)
+    print(count(len(rows), "evaluation") + (f" ({', '.join(f'{n} {s}' for s, n in ended.items())})" if rows else "")
+          + (f" stored in {db}" if db else ""))
+    failed = sum(n for s, n in ended.items() if s not in (Status.OK, Status.REFUSED))
+    if failed:
+        print(f"attnbench eval: {count(failed, 'evaluation')} failed; the reason is in its row above", file=sys.stderr)
+    return 1 if failed else 0

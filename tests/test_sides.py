@@ -260,7 +260,7 @@ def test_eval_at_several_sides_prints_and_stores_one_row_per_side(tmp_path, caps
     assert list(zip(rows.side, rows.tables, rows.status)) == [
         (24, "trained", "ok"), (24, "interpolated", "ok"), (32, "trained", "ok"), (40, "trained", "refused"),
         (40, "interpolated", "ok")]
-    assert "5 evaluations stored" in out and out.count("digits at ") == 5
+    assert "5 evaluations (4 ok, 1 refused) stored" in out and out.count("digits at ") == 5  # refused: exit 0
     refused = rows[rows.status == "refused"].iloc[0]
     assert "exceeds size=32" in refused.reason and math.isnan(refused.top1_pct)
     assert "digits at 40 x 40 (trained at 32): refused: axial: input side 40 exceeds size=32" in out
@@ -297,13 +297,17 @@ def test_a_side_whose_images_do_not_fit_in_memory_is_an_error_row_and_the_other_
         return real(dataset, side, *args, **kwargs)
 
     monkeypatch.setattr(attnbench.evaluation, "load_at_side", load_at_side)
+    # exit 1 as a sweep with a failed case does, so that a script notices; the other sides are stored all the same
     assert main(["eval", "--checkpoint", str(tmp_path / "run" / "checkpoint.pt"), "--dataset", "digits", "--res",
-                 "24,100000,40", "--db", str(db)]) == 0
+                 "24,100000,40", "--db", str(db)]) == 1
     rows = store.load_evaluations(db)
     assert list(zip(rows.side, rows.status)) == [(24, "ok"), (100_000, "error"), (40, "ok")]
     assert rows.reason[1] == ("digits at side 100000: RuntimeError: DefaultCPUAllocator: can't allocate memory: "
                               "you tried to allocate 71880000000000 bytes.")
-    assert "digits at 100000 x 100000 (trained at 32): error: digits at side 100000" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "digits at 100000 x 100000 (trained at 32): error: digits at side 100000" in out
+    assert f"3 evaluations (2 ok, 1 error) stored in {db}" in out
+    assert err == "attnbench eval: 1 evaluation failed; the reason is in its row above\n"
 
 
 @pytest.mark.slow
