@@ -38,6 +38,9 @@ Splits = tuple[Dataset, Dataset] | tuple[ImageFolderSet, ImageFolderSet]  # (tra
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16}
 
 
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
 class TrainError(Exception):
     """Bad training input (a checkpoint of another model, a corrupted file, ...), in one line."""
 
@@ -84,9 +87,11 @@ class TrainConfig:
             ("data_dir", self.data_dir is None or isinstance(self.data_dir, str), "a folder"),
             ("epochs", whole(self.epochs, 1), at_least_1),
             ("batch", whole(self.batch, 1), at_least_1),
-            ("lr", finite(self.lr) and self.lr > 0, "a finite number above 0"),
+            # the optimizer multiplies float32 weights by them: a larger number cannot be converted (a traceback)
+            ("lr", finite(self.lr) and 0 < self.lr <= FLOAT32_MAX, "above 0 and at most 3.4e38 (float32's largest)"),
             ("momentum", finite(self.momentum) and 0 <= self.momentum < 1, "at least 0 and below 1"),
-            ("weight_decay", finite(self.weight_decay) and self.weight_decay >= 0, "a finite number of at least 0"),
+            ("weight_decay", finite(self.weight_decay) and 0 <= self.weight_decay <= FLOAT32_MAX,
+             "at least 0 and at most 3.4e38 (float32's largest)"),
             ("width", finite(self.width) and self.width > 0, "a finite number above 0"),
             ("stem", self.stem in (("",) if foreign else ("conv", "cifar")),
              "'' for a network from elsewhere" if foreign else "conv or cifar"),

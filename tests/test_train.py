@@ -152,9 +152,14 @@ def test_two_process_torchrun_matches_one_process(tmp_path):
         (["--model", "conv_probe", "--dataset", "digits", "--momentum", "1"],  # its updates grow without end
          "Invalid momentum=1.0: momentum must be at least 0 and below 1."),
         (["--model", "conv_probe", "--dataset", "digits", "--weight-decay", "inf"],
-         "Invalid weight_decay=inf: weight_decay must be a finite number of at least 0."),
+         "Invalid weight_decay=inf: weight_decay must be at least 0 and at most 3.4e38 (float32's largest)."),
         (["--model", "conv_probe", "--dataset", "digits", "--weight-decay", "-1"],
-         "Invalid weight_decay=-1.0: weight_decay must be a finite number of at least 0."),
+         "Invalid weight_decay=-1.0: weight_decay must be at least 0 and at most 3.4e38 (float32's largest)."),
+        # beyond float32: the optimizer could not convert it for the weights (a traceback after the data loaded)
+        (["--model", "conv_probe", "--dataset", "digits", "--weight-decay", "1e39"],
+         "Invalid weight_decay=1e+39: weight_decay must be at least 0 and at most 3.4e38 (float32's largest)."),
+        (["--model", "conv_probe", "--dataset", "digits", "--lr", "1e39"],
+         "Invalid lr=1e+39: lr must be above 0 and at most 3.4e38 (float32's largest)."),
         (["--model", "conv_probe", "--dataset", "digits", "--seed", "-1"],
          "Invalid seed=-1: seed must be a whole number of at least 0, below 2^32."),
         # whole numbers beyond what a store holds, or a seed beyond what the generators take
