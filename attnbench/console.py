@@ -79,13 +79,21 @@ def _shared(rows: pd.DataFrame) -> tuple[list[str], list[str]]:
 
 
 def _implementations(rows: pd.DataFrame) -> str:
-    """Which implementation each variant or network ran, where its rows ran one (where they ran several, each
-    row's label says which), in the order of the rows: chosen by ``auto`` or by ``--impl``, it is what was timed."""
-    ran: dict[str, set[str]] = {}
-    for subject, impl in zip(subjects(rows), rows.impl.fillna("")):
-        if impl:
-            ran.setdefault(subject, set()).add(impl)
-    said = [f"{subject}={impls.pop()}" for subject, impls in ran.items() if len(impls) == 1]  # as --impl writes it
+    """Which implementation each variant ran, in the order of the rows, as ``--impl`` writes it (``local=flex``,
+    also at model scope, where the rows are networks): chosen by ``auto`` or by ``--impl``, it is what was timed.
+    Where a variant's networks ran different ones (auto chooses per input), each is named after it; where one
+    network or module ran several, each row's label says which."""
+    ran: dict[str, dict[str, list[str]]] = {}  # variant -> implementation -> the networks (or modules) that ran it
+    for variant, subject, impl in zip(rows.variant.fillna(""), subjects(rows), rows.impl.fillna("")):
+        if variant and impl:
+            names = ran.setdefault(variant, {}).setdefault(impl, [])
+            names += [] if subject in names else [subject]
+    said = []
+    for variant, impls in ran.items():
+        if len(impls) == 1:
+            said.append(f"{variant}={next(iter(impls))}")
+        elif len({name for names in impls.values() for name in names}) == sum(map(len, impls.values())):
+            said += [f"{variant}={impl} ({', '.join(names)})" for impl, names in impls.items()]
     return f"implementation: {', '.join(said)}" if said else ""
 
 

@@ -62,6 +62,19 @@ def test_an_implementation_is_said_once_per_variant_or_in_the_label_where_it_var
     assert [line.split()[0] for line in lines[4:]] == ["gsa/batched", "gsa/plain", "local"]
 
 
+def test_at_model_scope_the_implementation_line_names_variants_as_impl_takes_them():
+    """Networks' rows say which implementation their attention ran by the variant (local=flex, what --impl
+    accepts; it printed local_probe=flex, which --impl refuses); a variant that ran different implementations in
+    different networks (auto chooses per input) names each network after its implementation."""
+    net = {"scope": "model", "arch": "probe", "dim": 0}
+    rows = frame([("local", 32, {**net, "model": "local_probe", "impl": "flex"}),
+                  ("gsa", 32, {**net, "model": "gsa_probe", "impl": "pixelmajor"}),
+                  ("gsa", 224, {**net, "model": "gsa_resnet50", "arch": "resnet50", "impl": "batched"}),
+                  ("gsa", 32, {**net, "model": "gsa_resnet26", "arch": "resnet26", "impl": "pixelmajor"})])
+    assert console_table(rows).splitlines()[1] == ("implementation: local=flex, gsa=pixelmajor (gsa_probe, "
+                                                   "gsa_resnet26), gsa=batched (gsa_resnet50)")
+
+
 def test_no_line_is_wider_than_asked():
     long = {"reason": "predicted peak 41232 MiB exceeds the 22636 MiB available on cpu " * 3, "status": "skipped"}
     rows = frame([("gsa", 16, {"batch": 8, "options": "span=15,heads=8"}), ("local", 32, long),
