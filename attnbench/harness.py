@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from torch.nn.parameter import is_lazy
 
 from attnbench import forkserver, interrupt, store
 from attnbench.choices import Scope, Status, torch_dtype
@@ -75,6 +76,11 @@ def build_case(case: Case) -> tuple[torch.nn.Module, tuple[int, ...]]:
         ours = {"impl": case.impl, "width": case.width, **case.variant_options} if case.variant else {}
         module = build_model(case.model, num_classes=NUM_CLASSES, image_size=case.res, **ours)
     module = module.to(case.device, torch_dtype(case.dtype))
+    if any(is_lazy(p) for p in module.parameters()):  # nn.LazyLinear and its kin: shapes known after one forward
+        training = module.training
+        with torch.no_grad():  # in eval mode: running statistics stay as built
+            module.eval()(torch.zeros(1, *input_shape(case)[1:], device=case.device, dtype=torch_dtype(case.dtype)))
+        module.train(training)
     return module.to(memory_format=torch.channels_last) if case.channels_last else module, input_shape(case)
 
 

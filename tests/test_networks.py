@@ -145,6 +145,34 @@ def test_a_users_builder_is_a_network(tmp_path, monkeypatch):
         get_model_spec("no_such_nets:build")
 
 
+def test_a_users_network_with_lazy_layers_is_measured_as_it_trains(tmp_path, monkeypatch):
+    """nn.LazyLinear learns its input width at the first forward: the memory prediction cloned its uninitialised
+    weight and the case was an error, though the network trains. The case's network is run once on a zero image
+    first (eval mode, no gradient: its batch norm's statistics untouched); then parameters and MACs are the
+    materialised network's (a hand count) and its running statistics those it was built with."""
+    from attnbench.harness import build_case, measure_case
+    from attnbench.record import Case
+
+    (tmp_path / "lazy_nets.py").write_text(textwrap.dedent("""
+        from torch import nn
+
+        def build(num_classes=1000):
+            return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(4),
+                                 nn.Flatten(), nn.LazyLinear(num_classes))
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for mode in ("infer", "train"):
+        case = Case("model", "", "custom", 16, 2, 0, "fp32", "cpu", mode, 1, "", model="lazy_nets:build")
+        module, _ = build_case(case)
+        assert module.training and module[5].weight.shape == (1000, 128)  # as built (the harness sets the mode)
+        assert module[1].running_mean.abs().sum() == 0 and module[1].num_batches_tracked == 0
+        measured = measure_case(case, min_run_time=0.01)
+        assert measured.status == "ok", measured.reason
+        conv, linear = 3 * 8 * 9 * 16 * 16, 8 * 4 * 4 * 1000
+        assert measured.params == (3 * 8 * 9 + 8) + 2 * 8 + (128 * 1000 + 1000)
+        assert measured.macs == 2 * (conv + linear)  # the batch of 2
+
+
 def attnbench_cli(*args, cwd, path=()):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([*map(str, path), *sys.path])}
     return subprocess.run([sys.executable, "-m", "attnbench", *args], capture_output=True, text=True, env=env,
