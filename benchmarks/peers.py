@@ -25,6 +25,7 @@ Exits 1 when a pair is not equal or a goal is missed.
 from __future__ import annotations
 
 import argparse
+import importlib
 import statistics
 import sys
 import tempfile
@@ -177,6 +178,7 @@ def compare_resnet50(args, timm) -> bool:
     return ok
 
 
+INSTALL = {"timm": 'pip install -e ".[timm]"', "natten": "pip install --no-build-isolation natten"}
 ONLY = [*dict.fromkeys(variant for _, variant, _, _ in CASES), "resnet50"]  # what --only selects
 
 
@@ -197,19 +199,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", type=comparisons, default=None,
                         help=f"comma-separated, of {', '.join(ONLY)} (default: all)")
     args = parser.parse_args(argv)
-    try:
-        import timm
-    except Exception as err:  # noqa: BLE001 - timm absent, or present but not importable beside this torch
-        print(f"peers: timm does not import here ({type(err).__name__}); install it (pip install -e \".[timm]\") "
-              "to compare against it")
+    chosen = args.only or ONLY
+    needed = dict.fromkeys("timm" if name == "resnet50" else PEERS[name].library for name in chosen)
+    versions = {}
+    for library in needed:
+        try:
+            versions[library] = importlib.import_module(library).__version__
+        except Exception as err:  # noqa: BLE001 - absent, or present but not importable beside this torch
+            needed[library] = type(err).__name__
+    if not versions:
+        said = ", ".join(f"{lib} does not import here ({why}; {INSTALL[lib]})" for lib, why in needed.items())
+        print(f"peers: {said}: nothing to compare against")
         return 0
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, timm {timm.__version__}, {args.threads} threads, fp32, CPU ({cpu_model()}), "
-          f"forward (eval, no grad); latency: median of {args.rounds} alternating rounds of torch.utils.benchmark "
-          f"medians ({args.min_run_time:g} s each), range in brackets; ratio = ours / peer (goal <= 1)\n")
+    print(f"torch {torch.__version__}, {', '.join(f'{lib} {v}' for lib, v in versions.items())}, {args.threads} "
+          f"threads, fp32, CPU ({cpu_model()}), forward (eval, no grad); latency: median of {args.rounds} alternating "
+          f"rounds of torch.utils.benchmark medians ({args.min_run_time:g} s each), range in brackets; ratio = ours / "
+          "peer (goal <= 1)\n")
     ok = True
-    if not args.only or "resnet50" in args.only:
-        ok &= compare_resnet50(args, timm)
+    if "resnet50" in chosen:
+        if "timm" in versions:
+            ok &= compare_resnet50(args, importlib.import_module("timm"))
+        else:
+            print(f"resnet50: no comparison here: timm does not import ({needed['timm']})")
     keep_freed_memory()  # the peers are timed as a case's process runs, which the harness measures our variants in
     ok &= compare_peers(args)
     return 0 if ok else 1

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import randomize_norms
+from conftest import library_missing, randomize_norms
 
 import attnbench
 from attnbench import peers
@@ -118,13 +118,18 @@ class Scaled(torch.nn.Module):
         return self.peer(x) * (1 + 1e-4)
 
 
-def test_the_peers_script_says_in_one_line_when_timm_is_missing(tmp_path):
-    if not missing("mhsa"):
-        pytest.skip("timm imports here; the script runs its comparisons instead")
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "peers.py")], capture_output=True, text=True,
-                          timeout=120, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
+@pytest.mark.parametrize("only, library", [([], "timm"), (["--only", "neighborhood"], "natten")])
+def test_the_peers_script_says_in_one_line_when_the_library_it_needs_is_missing(tmp_path, only, library):
+    """Each comparison names the library it needs: --only neighborhood said timm was missing, where NATTEN is
+    what it compares against."""
+    if library_missing(library) is None:
+        pytest.skip(f"{library} imports here; the script runs its comparisons instead")
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "peers.py"), *only], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr
-    assert done.stdout.count("\n") == 1 and "timm does not import" in done.stdout, done.stdout
+    assert done.stdout.count("\n") == 1 and f"{library} does not import here" in done.stdout, done.stdout
+    if library == "natten":
+        assert "timm" not in done.stdout
 
 
 @pytest.mark.parametrize("args, said", [
