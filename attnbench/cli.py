@@ -325,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     storage = run.add_argument_group("storage", "where the results are kept")
     storage.add_argument("--db", default=DEFAULT_DB, help="results store (SQLite)")
     storage.add_argument("--results-file", default=None, metavar="FILE",
-                         help="also write the sweep's rows to FILE, CSV or JSON by its extension (as timm's)")
+                         help="also write the sweep's rows to FILE: .csv, .md or .json (as timm's)")
     storage.add_argument("--results-columns", choices=COLUMN_SETS, default="summary",
                          help="--results-file's columns: summary (network, side, batch, dtype, samples_per_s, "
                               "step_ms, gmacs_per_sample, params, ...) or all (every stored column)")
@@ -341,9 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
     launcher.add_argument("--job-minutes", type=positive_int("job-minutes"), default=60, help="time limit per task")
     launcher.add_argument("--gpus", type=positive_int("gpus"), default=1, help="GPUs per Slurm task")
     output = run.add_argument_group("output", "what is printed")
-    output.add_argument("--json", action="store_true", help="print the rows as JSON")
-    output.add_argument("--pivot", nargs="?", const="latency", choices=PIVOTS, default=None,
-                        help="print one metric as a grid of cases by resolution (latency if none named)")
+    printed = output.add_mutually_exclusive_group()  # the rows as JSON, or one metric's grid: not both
+    printed.add_argument("--json", action="store_true", help="print the rows as JSON")
+    printed.add_argument("--pivot", nargs="?", const="latency", choices=PIVOTS, default=None,
+                         help="print one metric as a grid of cases by resolution (latency if none named)")
     add_line_width_argument(output)
     output.add_argument("--quiet", action="store_true",
                         help="no progress on stderr (a bar on a terminal, else a line per finished case)")

@@ -215,7 +215,7 @@ def console_table(frame: pd.DataFrame, *, width: int = 100, pivot: str | None = 
     ran = _implementations(rows)
     lines += wrap(ran, width) if ran else []
     if pivot is not None:
-        title, table, keys = _pivot(rows, varying, pivot, noisy)
+        title, table, keys = _pivot(rows, varying, pivot, status, noisy)
         lines += wrap(title, width)
     else:
         table, keys = _flat(rows, varying, status, noisy)
@@ -257,14 +257,16 @@ def _flat(rows: pd.DataFrame, varying: list[str], status: list[str], noisy: pd.S
     return table, keys
 
 
-def _pivot(rows: pd.DataFrame, varying: list[str], metric: str, noisy: pd.Series) -> tuple[str, pd.DataFrame, int]:
-    """The grid's title, the grid, and how many of its first columns are the row's key."""
+def _pivot(rows: pd.DataFrame, varying: list[str], metric: str, status: list[str], noisy: pd.Series
+           ) -> tuple[str, pd.DataFrame, int]:
+    """The grid's title, the grid, and how many of its first columns are the row's key; a case that did not
+    end ok shows its ``status`` cell (``error [1]``: the note below the grid says why)."""
     column, units, header = PIVOT_COLUMNS[metric]
     size, name = unit_for(rows[column], units)
     keys = _keys(rows, varying)
     cells = pd.concat([keys, rows.res], axis=1).assign(cell=[
-        (figure(v, size) + (f" {NOISY}" if n and column == "latency_ms_median" else "")) if s == Status.OK else s
-        for v, s, n in zip(rows[column], rows.status, noisy)])
+        (figure(v, size) + (f" {NOISY}" if n and column == "latency_ms_median" else "")) if s == Status.OK else c
+        for v, s, c, n in zip(rows[column], rows.status, status, noisy)])
     grid = cells.pivot_table(index=list(keys.columns), columns="res", values="cell", aggfunc="first", sort=False)
     grid = grid[sorted(grid.columns)].fillna("")
     grid.columns = [str(r) for r in grid.columns]

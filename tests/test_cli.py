@@ -218,6 +218,7 @@ def test_retry_failed_measures_stored_failures_again(capsys, tmp_path):
         (["--timeout", "1e10"], "a case's time limit is more than 0 and at most 604800 s (a week), not 1e+10 s"),
         (["--device", "cpu:3"], "unsupported device 'cpu:3'; use cpu, cuda or cuda:N"),  # a CPU has no index
         (["--device", "cpu,cpu:0"], "unsupported device 'cpu:0'; use cpu, cuda or cuda:N"),
+        (["--json", "--pivot"], "argument --pivot: not allowed with argument --json"),  # JSON had dropped the grid
         pytest.param(["--launcher", "slurm"], 'cannot start: Could not detect "srun"',
                      marks=pytest.mark.skipif(shutil.which("srun") is not None, reason="this machine has Slurm")),
     ],

@@ -91,7 +91,8 @@ def test_the_pivot_is_a_grid_of_one_metric_by_resolution():
     assert lines[2] == "latency (ms) by resolution (columns: side in pixels)"
     header, cells = lines[3].split(), {line.split()[0]: line.split()[1:] for line in lines[5:7]}
     assert header == ["network", "16", "32"]
-    assert cells == {"gsa": ["0.5120", "2.048"], "conv": ["0.5120", "skipped"]}
+    assert cells == {"gsa": ["0.5120", "2.048"], "conv": ["0.5120", "skipped", "[1]"]}  # its note says why
+    assert lines[-1] == "[1] skipped: too large"
     assert not any(line.startswith("~ noisy") for line in lines)  # no cell is noisy here
     noisy = frame([("gsa", 16, {"latency_noisy": True}), ("gsa", 32, {})])
     assert "~ noisy" in console_table(noisy, pivot="latency") and "~" not in console_table(noisy, pivot="macs")
