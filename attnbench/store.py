@@ -203,7 +203,15 @@ def open_store(path: str | Path, *, create: bool = True) -> sqlite3.Connection:
 
 def check_writable(path: str | Path) -> None:
     """The store opens for writing (made if it is missing), found before any work is done: ``StoreError``
-    otherwise."""
+    otherwise. A store file that cannot be opened for writing (read-only, immutable) is refused before SQLite
+    opens it, which would leave its -wal and -shm files beside it."""
+    path = store_path(path)
+    if path.is_file():
+        try:
+            with open(path, "r+b"):
+                pass
+        except OSError as e:
+            raise StoreError(f"Cannot write the store {path}: {e.strerror}.") from None
     try:
         with closing(open_store(path)) as conn:
             conn.execute("BEGIN IMMEDIATE")  # fails at once on a store that cannot be written

@@ -301,6 +301,11 @@ def test_a_read_only_store_read_leaves_nothing_that_blocks_its_writer_later(tmp_
     read = _bound_by_permissions(f"from attnbench.cli import main; main(['export', '--db', {str(db)!r}])")
     assert read.returncode == 0 and key("a") in read.stdout, read.stderr
     assert sorted(p.name for p in folder.iterdir()) == ["r.sqlite"]
+    # a sweep into it is refused in one line before SQLite opens it, which left -wal and -shm files beside it
+    sweep = _bound_by_permissions("from attnbench.cli import main; raise SystemExit(main(['run', '--scope', "
+                                  f"'module', '--variants', 'conv', '--res', '8', '--dim', '8', '--db', {str(db)!r}]))")
+    assert sweep.returncode == 2 and f"Cannot write the store {db}: Permission denied." in sweep.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["r.sqlite"]
     db.chmod(0o644)
     wrote = _bound_by_permissions(f"from attnbench import store; from attnbench.record import Record; "
                                   f"store.write({str(db)!r}, Record.from_row({row('b').row()!r}))")
