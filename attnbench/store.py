@@ -12,6 +12,7 @@ it, never the other way round.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import re
@@ -206,11 +207,13 @@ def check_writable(path: str | Path) -> None:
     otherwise. A store file that cannot be opened for writing (read-only, immutable) is refused before SQLite
     opens it, which would leave its -wal and -shm files beside it."""
     path = store_path(path)
-    if path.is_file():
-        try:
-            with open(path, "r+b"):
-                pass
-        except OSError as e:
+    try:
+        with open(path, "r+b"):
+            pass
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        pass  # made below, or refused there with its reason
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise StoreError(f"Cannot write the store {path}: {e.strerror}.") from None
     try:
         with closing(open_store(path)) as conn:

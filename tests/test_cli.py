@@ -704,7 +704,7 @@ def test_run_prints_a_line_per_finished_case_when_not_on_a_terminal(capsys, tmp_
     if quiet:
         assert lines == []
     else:
-        assert [line.split()[:2] for line in lines] == [["[1/2]", "conv"], ["[2/2]", "gsa"]]
+        assert [line.split()[:2] for line in lines] == [["[1/2]", "conv/native"], ["[2/2]", "gsa/pixelmajor"]]
         assert all(line.endswith(" ms") and ": ok " in line for line in lines)
 
 

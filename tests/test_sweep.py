@@ -37,6 +37,10 @@ def test_implementations_resolve_per_device_without_duplicates():
                    ("cuda:0", "conv", "native"), ("cuda:0", "gsa", "batched"), ("cuda:0", "gsa", "pixelmajor")]
     named = sweep(res=[16], batch=[1], dtypes=["fp32"], impls=["gsa=plain", "gsa=batched"])
     assert sorted(c.impl for c in named) == ["batched", "native", "plain"]
+    # each case's progress line names its implementation: two cases that differ by it alone read apart
+    assert sorted(c.label for c in named) == ["conv/native res=16 b=1 fp32 cpu infer",
+                                              "gsa/batched res=16 b=1 fp32 cpu infer",
+                                              "gsa/plain res=16 b=1 fp32 cpu infer"]
 
 
 def test_model_scope_ignores_dim():
