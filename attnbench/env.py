@@ -92,7 +92,7 @@ def package_hash(module: str) -> str | None:
         return None
     if spec.submodule_search_locations:  # a package: every source file under it
         roots = [Path(p) for p in spec.submodule_search_locations]
-        files = [(root.parent, f) for root in roots for f in root.rglob("*.py")]
+        files = [(root.parent, f) for root in roots for f in sources_under(root)]
     elif spec.origin and spec.origin.endswith(".py"):  # a module in no package: it and the modules beside it,
         folder = Path(spec.origin).parent  # which it may import as its own (nets.py importing layers.py)
         files = [(folder, f) for f in folder.glob("*.py")]
@@ -106,8 +106,27 @@ def package_hash(module: str) -> str | None:
             source = path.read_bytes()
         except OSError:  # unreadable: nothing imports it either; its name still counts
             source = b"\0unreadable"
-        digest.update(path.relative_to(base).as_posix().encode() + b"\0" + source + b"\0")
+        digest.update(os.fsencode(path.relative_to(base).as_posix()) + b"\0" + source + b"\0")
     return digest.hexdigest()[:16]
+
+
+def sources_under(root: Path) -> list[Path]:
+    """The ``*.py`` files under ``root``, through linked folders too (a subpackage linked in from elsewhere is
+    imported as the package's own; ``rglob`` skips links), each real folder once (a link loop ends)."""
+    found, seen = [], set()
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        try:
+            st = os.stat(folder)
+        except OSError:
+            subfolders.clear()
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            subfolders.clear()
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        subfolders.sort()
+        found += [Path(folder, name) for name in sorted(names) if name.endswith(".py")]
+    return found
 
 
 def code_hash(modules: Iterable[str] = ()) -> str:

@@ -325,6 +325,18 @@ def test_the_code_hash_covers_the_package_that_defines_a_network_from_elsewhere(
     (tmp_path / "other_pkg" / "data.py").mkdir()
     env.package_hash.cache_clear()
     assert env.code_hash(["other_pkg.nets"]) == changed
+    # a subpackage linked in from elsewhere is the package's own code (rglob skipped linked folders: an edit there
+    # served the old rows); a link back up the tree ends; a file name that is not UTF-8 is hashed by its bytes
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "layers.py").write_text("WIDTH = 8\n")
+    (tmp_path / "other_pkg" / "sub").symlink_to(tmp_path / "shared", target_is_directory=True)
+    (tmp_path / "shared" / "loop").symlink_to(tmp_path / "other_pkg", target_is_directory=True)
+    (tmp_path / "other_pkg" / os.fsdecode(b"\xff.py")).write_text("Y = 1\n")
+    env.package_hash.cache_clear()
+    linked = env.code_hash(["other_pkg.nets"])
+    (tmp_path / "shared" / "layers.py").write_text("WIDTH = 16\n")
+    env.package_hash.cache_clear()
+    assert env.code_hash(["other_pkg.nets"]) not in (linked, changed)
 
 
 def test_the_code_hash_of_a_module_in_no_package_covers_the_modules_beside_it(tmp_path, monkeypatch):
