@@ -188,11 +188,14 @@ def sweep_verdict(frame: pd.DataFrame) -> tuple[list[str], int]:
     failed = int(statuses.get(Status.ERROR, 0) + statuses.get(Status.KILLED, 0))
     measured = Status.OK in statuses.index
     if failed:
-        lines.append(f"attnbench run: {failed} of {count(len(frame), 'case')} failed ({tally}); the reason column "
-                     "says why, and every other case's result is stored.")
+        lines.append(f"attnbench run: {failed} of {count(len(frame), 'case')} failed ({tally}); {WHY}, and every "
+                     "other case's result is stored.")
     elif not measured:
-        lines.append(f"attnbench run: no case was measured ({tally}); the reason column says why.")
+        lines.append(f"attnbench run: no case was measured ({tally}); {WHY}.")
     return lines, 1 if failed or not measured else 0
+
+
+WHY = "the numbered notes under the table say why (with --json: each row's reason)"  # a grid has no reason column
 
 
 def say_verdict(frame: pd.DataFrame) -> int:

@@ -121,6 +121,8 @@ def evaluate_at_sides(path: str | Path, dataset: str, sides: Sequence[int] | Non
     ``skip_stored``, sides the store already holds for the run are not evaluated again) and passed to
     ``on_row`` as it is made. ``TrainError`` or ``DataError`` for bad input, before anything is evaluated."""
     device = usable_device(device)
+    if db is not None:
+        store.check_writable(db)  # before SQLite opens a store it could not write (it left -wal and -shm beside it)
     ckpt = load_checkpoint(path)
     cfg = checkpoint_config(ckpt, path)
     if dataset != cfg.dataset:
@@ -227,5 +229,6 @@ def say_verdict(rows: Sequence[Evaluation], db: str | Path | None) -> int:
           + (f" stored in {db}" if db else ""))
     failed = sum(n for s, n in ended.items() if s not in (Status.OK, Status.REFUSED))
     if failed:
-        print(f"attnbench eval: {count(failed, 'evaluation')} failed; the reason is in its row above", file=sys.stderr)
+        rows_say = "its row above says" if failed == 1 else "their rows above say"
+        print(f"attnbench eval: {count(failed, 'evaluation')} failed; {rows_say} why", file=sys.stderr)
     return 1 if failed else 0

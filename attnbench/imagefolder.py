@@ -165,8 +165,8 @@ def scan(root: str | Path, classes: Sequence[str] | None = None
     missing = [split for split in splits_here if not (root / split).is_dir()]
     if missing:
         raise DataError(f"imagefolder: {root} has no {' or '.join(f'{m}/' for m in missing)} folder; expected "
-                        + (f"{root}/train/<class>/*.jpg and {root}/val/<class>/*.jpg." if len(splits_here) == 2 else
-                           f"{root}/val/<class>/*.jpg (or train/ beside it)."))
+                        + (f"{root}/train/<class>/*.jpg and {root}/val/<class>/*.jpg." if classes is None else
+                           f"{root}/val/<class>/*.jpg (evaluating needs val/ alone)."))
     if "train" in splits_here:
         classes = sorted(d.name for d in (root / "train").iterdir() if d.is_dir())
         if not classes:

@@ -87,9 +87,8 @@ class Case:
     def label(self) -> str:
         """The case in a line of progress: ``gsa/batched res=56 b=1 fp32 cpu infer`` (the implementation it runs,
         which auto chose or --impl named: with --impl auto,plain two cases differ by it alone)."""
-        what = self.variant if self.scope == Scope.MODULE else self.model + (f" width={self.width:g}" if self.width != 1
-                                                                          else "")
-        what += f"/{self.impl}" if self.impl else ""
+        what = (self.variant if self.scope == Scope.MODULE else self.model) + (f"/{self.impl}" if self.impl else "")
+        what += f" width={self.width:g}" if self.scope == Scope.MODEL and self.width != 1 else ""
         return f"{what} res={self.res} b={self.batch} {self.dtype} {self.device} {self.mode}{self.setup}"
 
     @property

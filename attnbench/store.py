@@ -626,6 +626,7 @@ def merge(sources: Iterable[str | Path], out: str | Path) -> Merged:
         raise StoreError(f"Cannot merge {out} into itself: name an output that is not a source.")
     read = [(load_results(src), load_training(src), load_evaluations(src)) for src in sources]  # a bad one stops all
     if Path(out).exists():  # one transaction, in place (a sweep may be writing it meanwhile)
+        check_writable(out)
         return _merge_into(read, sources, out, out)
     _make_parent(Path(out))
     try:

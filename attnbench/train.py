@@ -314,6 +314,10 @@ def load_weights(ckpt: dict, path: str | Path, model: nn.Module) -> None:
     if not isinstance(weights, dict) or set(weights) != set(params):
         raise TrainError(f"Checkpoint {path} does not fit network {ckpt['config'].get('model')}: other weights.")
     _fits(ckpt, path, [(f"weight {name}", weights[name], want.shape) for name, want in params.items()])
+    for name, tensor in weights.items():  # training never keeps a checkpoint whose weights are not finite
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise TrainError(f"Checkpoint {path}'s weight {name} is not finite (nan or inf): a damaged file, which "
+                             "training never writes; refused.")
     model.load_state_dict(weights)
 
 
@@ -467,13 +471,14 @@ def tune_lr(cfg: TrainConfig, out: str | Path, candidates: tuple[float, ...] = L
         todo = ([up] if best == max(scores) and up <= LR_LIMITS[1] else
                 [down] if best == min(scores) and down >= LR_LIMITS[0] else [])
     extended = [lr for lr in scores if lr not in candidates]  # in the order tried
-    account = (f"validation: {best:g} of " + ", ".join(f"{lr:g} (diverged)" if lr in diverged else
-                                                       f"{lr:g} ({top1:.1f} %, loss {loss_text(loss)})"
-                                                       for lr, (top1, loss) in sorted(scores.items(), reverse=True))
+    chosen = None if best in diverged else best
+    account = (f"validation: {'none' if chosen is None else format(chosen, 'g')} of "
+               + ", ".join(f"{lr:g} (diverged)" if lr in diverged else f"{lr:g} ({top1:.1f} %, loss {loss_text(loss)})"
+                           for lr, (top1, loss) in sorted(scores.items(), reverse=True))
                + (f" (grid extended by {', '.join(f'{lr:g}' for lr in extended)})" if extended else "")
                + f"; each {count(budget, 'step')}, top-1 (ties within {TIE_Z:g} standard errors: lowest loss) on "
                f"{count(len(held), 'held-out training image')} of seed {cfg.seed}")
-    return (None if best in diverged else best), account
+    return chosen, account
 
 
 def refuse_earlier_run(out: str | Path, *, resume: str | Path | None = None, overwrite: bool = False) -> None:

@@ -20,6 +20,7 @@ import torch
 import attnbench
 from attnbench import store
 from attnbench.cli import main
+from attnbench.console import WHY
 from attnbench.record import Record
 
 FAST = ["--min-run-time", "0.01", "--threads", "1"]
@@ -113,11 +114,10 @@ def test_a_sweep_exits_1_when_a_case_failed_or_none_was_measured():
         return sweep_verdict(pd.DataFrame({"status": statuses, "latency_noise_reason": [None] * len(statuses)}))
 
     assert verdict("ok", "oom", "timeout", "skipped") == ([], 0)
-    assert verdict("ok", "error", "error") == (["attnbench run: 2 of 3 cases failed (error 2, ok 1); the reason column "
-                                                "says why, and every other case's result is stored."], 1)
+    assert verdict("ok", "error", "error") == ([f"attnbench run: 2 of 3 cases failed (error 2, ok 1); {WHY}, and "
+                                                "every other case's result is stored."], 1)
     assert verdict("ok", "killed")[1] == 1 and verdict("killed")[0][0].startswith("attnbench run: 1 of 1 case failed")
-    assert verdict("oom", "timeout") == (["attnbench run: no case was measured (oom 1, timeout 1); the reason column "
-                                          "says why."], 1)
+    assert verdict("oom", "timeout") == ([f"attnbench run: no case was measured (oom 1, timeout 1); {WHY}."], 1)
     lines, code = sweep_verdict(pd.DataFrame({"status": ["ok", "ok"], "latency_noise_reason": [
         "other processes used 0.90 of 2 cores during the timed runs", None]}))
     assert code == 0 and lines == ["attnbench run: warning: 1 of 2 cases timed while the machine was busy (see "
@@ -138,7 +138,7 @@ def test_a_case_that_cannot_fit_is_skipped_with_its_reason(capsys, tmp_path):
                            "--db", db, *FAST)
     row = store.load_results(db).iloc[0]
     assert row.status == "skipped" and "exceeds" in row.reason and row.predicted_mem_bytes > 2**40
-    assert code == 1 and err.endswith("attnbench run: no case was measured (skipped 1); the reason column says why.\n")
+    assert code == 1 and err.endswith(f"attnbench run: no case was measured (skipped 1); {WHY}.\n")
 
 
 def test_a_case_over_its_time_limit_times_out(capsys, tmp_path):

@@ -7,6 +7,7 @@ import pytest
 
 from attnbench import store
 from attnbench.cli import main
+from attnbench.console import WHY
 from attnbench.launch import jobs_folder
 
 pytest.importorskip("submitit")
@@ -62,7 +63,7 @@ def test_a_launched_sweep_exits_as_a_sweep_run_here_does(tmp_path, capsys):
     code = main(["run", "--scope", "module", "--variants", "axial", "--res", "4096", "--dim", "16", "--threads", "1",
                  "--db", str(tmp_path / "r.sqlite"), "--launcher", "local"])
     err = capsys.readouterr().err
-    assert code == 1 and err.endswith("attnbench run: no case was measured (skipped 1); the reason column says why.\n")
+    assert code == 1 and err.endswith(f"attnbench run: no case was measured (skipped 1); {WHY}.\n")
 
 
 @pytest.mark.slow

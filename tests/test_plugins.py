@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from attnbench import store
+from attnbench.console import WHY
 
 EXAMPLE = Path(__file__).resolve().parent / "plugin_example"
 
@@ -225,8 +226,8 @@ def test_a_variant_whose_output_has_the_wrong_shape_is_an_error_not_a_measuremen
     swept = attnbench("run", "--scope", "module", "--variants", "halver,widener,gate", "--res", "8", "--dim", "4",
                       "--batch", "2", "--min-run-time", "0.01", "--threads", "1", "--db", db, path=(EXAMPLE, tmp_path))
     assert swept.returncode == 1 and swept.stderr.splitlines()[-1] == (
-        "attnbench run: 2 of 3 cases failed (error 2, ok 1); the reason column says why, and every other case's "
-        "result is stored."), swept.stderr
+        f"attnbench run: 2 of 3 cases failed (error 2, ok 1); {WHY}, and every other case's result is stored."
+    ), swept.stderr
     rows = store.load_results(db).set_index("variant")
     assert rows.status.to_dict() == {"halver": "error", "widener": "error", "gate": "ok"}
     assert rows.reason.halver == "the variant's output has shape (2, 4, 4, 8), not (2, 4, 8, 8)"

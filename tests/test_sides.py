@@ -307,7 +307,7 @@ def test_a_side_whose_images_do_not_fit_in_memory_is_an_error_row_and_the_other_
     out, err = capsys.readouterr()
     assert "digits at 100000 x 100000 (trained at 32): error: digits at side 100000" in out
     assert f"3 evaluations (2 ok, 1 error) stored in {db}" in out
-    assert err == "attnbench eval: 1 evaluation failed; the reason is in its row above\n"
+    assert err == "attnbench eval: 1 evaluation failed; its row above says why\n"
 
 
 @pytest.mark.slow

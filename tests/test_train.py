@@ -346,6 +346,17 @@ def test_checkpoints_of_another_model_or_corrupted(tmp_path, capsys):
     (tmp_path / "damaged.pt").write_bytes(bytes(raw))
     assert_refused_by_eval_and_resume(tmp_path / "damaged.pt", f"its record {record.filename} does not match the "
                                       "checksum it was saved with", tmp_path, capsys)
+    # the same damage written with a fresh checksum (saved again): its weights are not finite, which no training
+    # leaves in a checkpoint (a diverged run keeps its last finite one)
+    saved = load_checkpoint(ckpt)
+    saved["model"]["stem.0.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(saved, tmp_path / "nan.pt")
+    assert main(["eval", "--checkpoint", str(tmp_path / "nan.pt"), "--dataset", "digits", "--db",
+                 str(tmp_path / "nan.sqlite")]) == 2
+    err = capsys.readouterr().err
+    assert "weight stem.0.weight is not finite (nan or inf)" in err and err.count("\n") == 1
+    with pytest.raises(TrainError, match="weight stem.0.weight is not finite"):
+        train(cfg, out=tmp_path / "resumed", resume=tmp_path / "nan.pt", progress=False)
     assert evaluate_at_sides(ckpt, "digits")[0].top1_pct >= 0
 
 
@@ -728,7 +739,7 @@ def test_lr_auto_where_every_rate_diverges_trains_nothing_and_exits_1(tmp_path, 
     assert code == 1
     tried = [line for line in captured.out.splitlines() if "(candidate" in line]
     assert len(tried) == 7 and all(line.endswith("diverged") for line in tried)  # 0.2 down to 0.0025
-    assert ("seed 0: every learning rate tried diverged, nothing trained (validation: 0.0025 of 0.2 (diverged)"
+    assert ("seed 0: every learning rate tried diverged, nothing trained (validation: none of 0.2 (diverged)"
             in captured.err) and captured.err.count("\n") == 1
     assert store.load_training(db).empty and not (out / "s0" / "checkpoint.pt").exists()
 
