@@ -86,14 +86,16 @@ def run_study(study: Study, *, say: Callable[[str], None] = print,
     seeds = study.seeds or [study.seed]
     outs = {seed: (f"{study.out}/s{seed}" if study.out and len(seeds) > 1 else study.out)
             or f"runs/{files.safe_name(study.model)}-{study.dataset}-s{seed}" for seed in seeds}
-    for out in outs.values():
-        files.check_folder("--out", out)
-    if study.db is not None:
-        store.check_writable(study.db)
-    auto = study.lr == "auto"
-    finished = finished_seeds(study.db, cfg, auto) if study.skip_finished else {}
     resumes = {seed: Path(out, "checkpoint.pt") if study.continue_unfinished and Path(out, "checkpoint.pt").is_file()
                else study.resume for seed, out in outs.items()}
+    for resume in {r for r in resumes.values() if r is not None}:  # a damaged one refused before anything is made
+        load_checkpoint(resume)
+    if study.db is not None:  # (made if missing) before the folders, which a refused store left empty
+        store.check_writable(study.db)
+    for out in outs.values():
+        files.check_folder("--out", out)
+    auto = study.lr == "auto"
+    finished = finished_seeds(study.db, cfg, auto) if study.skip_finished else {}
     for seed in set(seeds) - set(finished):  # every seed's folder before any seed trains
         refuse_earlier_run(outs[seed], resume=resumes[seed], overwrite=study.overwrite)
     for side in study.eval_res or []:

@@ -310,13 +310,15 @@ def test_a_cifar_batch_of_anything_but_numbers_is_refused(tmp_path, content, nam
 
 
 def assert_refused_by_eval_and_resume(path, message, tmp_path, capsys) -> None:
-    """`eval --checkpoint` and `train --resume` both refuse ``path`` with one line saying ``message``."""
+    """`eval --checkpoint` and `train --resume` both refuse ``path`` with one line saying ``message``; train
+    before it makes its --out folder or its store."""
     for args in (["eval", "--checkpoint", str(path), "--dataset", "digits", "--db", str(tmp_path / "r.sqlite")],
                  ["train", "--model", "conv_probe", "--dataset", "digits", "--resume", str(path),
-                  "--out", str(tmp_path / "y"), "--db", str(tmp_path / "r.sqlite")]):
+                  "--out", str(tmp_path / "y"), "--db", str(tmp_path / "t.sqlite")]):
         assert main(args) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "y").exists() and not (tmp_path / "t.sqlite").exists()
 
 
 def test_checkpoints_of_another_model_or_corrupted(tmp_path, capsys):
