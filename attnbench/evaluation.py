@@ -121,8 +121,8 @@ def evaluate_at_sides(path: str | Path, dataset: str, sides: Sequence[int] | Non
     ``skip_stored``, sides the store already holds for the run are not evaluated again) and passed to
     ``on_row`` as it is made. ``TrainError`` or ``DataError`` for bad input, before anything is evaluated."""
     device = usable_device(device)
-    if db is not None:
-        store.check_writable(db)  # before SQLite opens a store it could not write (it left -wal and -shm beside it)
+    if db is not None:  # a store it could not write, before SQLite opens it (which left -wal and -shm beside it);
+        store.refuse_read_only(db)  # the store is made once the checkpoint and the sides have been checked
     ckpt = load_checkpoint(path)
     cfg = checkpoint_config(ckpt, path)
     if dataset != cfg.dataset:

@@ -202,19 +202,26 @@ def open_store(path: str | Path, *, create: bool = True) -> sqlite3.Connection:
     return _opened(path, lambda: _connect(path), prepare)
 
 
-def check_writable(path: str | Path) -> None:
-    """The store opens for writing (made if it is missing), found before any work is done: ``StoreError``
-    otherwise. A store file that cannot be opened for writing (read-only, immutable) is refused before SQLite
-    opens it, which would leave its -wal and -shm files beside it."""
+def refuse_read_only(path: str | Path) -> Path:
+    """``path`` as a store's file (:func:`store_path`), StoreError where it names a store file that cannot be
+    opened for writing (read-only, immutable): found before SQLite opens it, which would leave its -wal and -shm
+    files beside it. Makes nothing."""
     path = store_path(path)
     try:
         with open(path, "r+b"):
             pass
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        pass  # made below, or refused there with its reason
+        pass  # made when it is written, or refused then with its reason
     except OSError as e:
         if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise StoreError(f"Cannot write the store {path}: {e.strerror}.") from None
+    return path
+
+
+def check_writable(path: str | Path) -> None:
+    """The store opens for writing (made if it is missing), found before any work is done: ``StoreError``
+    otherwise (a read-only store before SQLite opens it: :func:`refuse_read_only`)."""
+    path = refuse_read_only(path)
     try:
         with closing(open_store(path)) as conn:
             conn.execute("BEGIN IMMEDIATE")  # fails at once on a store that cannot be written

@@ -319,6 +319,7 @@ def assert_refused_by_eval_and_resume(path, message, tmp_path, capsys) -> None:
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1
     assert not (tmp_path / "y").exists() and not (tmp_path / "t.sqlite").exists()
+    assert not (tmp_path / "r.sqlite").exists() or store.load_evaluations(tmp_path / "r.sqlite").empty
 
 
 def test_checkpoints_of_another_model_or_corrupted(tmp_path, capsys):
