@@ -142,8 +142,13 @@ def by_setup(runs: pd.DataFrame) -> pd.DataFrame:
     type (``cuda:1`` is cuda), missing values "-"."""
     tuned = runs.lr_source.fillna("").str.startswith("validation")
     runs = runs.assign(chosen=runs.lr, options=runs.options.fillna(""), lr=runs.lr.astype(object).where(~tuned, "auto"),
-                       device=runs.device.str.split(":").str[0])
+                       device=device_types(runs.device))
     return runs.assign(**{k: runs[k].astype(object).where(runs[k].notna(), "-") for k in SETUP_KEYS})
+
+
+def device_types(devices: pd.Series) -> pd.Series:
+    """Each device's type (``cuda:1`` is cuda); a missing one (a store from before it was recorded) stays missing."""
+    return devices.map(lambda d: d.split(":")[0] if isinstance(d, str) else None)
 
 
 def hosts(runs: pd.DataFrame) -> str:
@@ -175,7 +180,7 @@ def accuracy_table(frame: pd.DataFrame, training: pd.DataFrame) -> pd.DataFrame:
     time_s = training.groupby("run_id").epoch_s.sum()
     measured = frame[(frame.scope == Scope.MODEL) & (frame.status == Status.OK) & (frame.res == 32) & (frame.batch == 1)
                      & (frame.dtype == "fp32") & (frame["mode"] == "infer") & (setups(frame) == "")]
-    measured = measured.assign(options=measured.options.fillna(""), device=measured.device.str.split(":").str[0])
+    measured = measured.assign(options=measured.options.fillna(""), device=device_types(measured.device))
     last = by_setup(last.assign(time_s=last.run_id.map(time_s)))
     rows = []
     for key, runs in last.groupby(SETUP_KEYS, sort=True):
