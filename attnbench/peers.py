@@ -158,14 +158,20 @@ PEERS = {
 }
 
 
-def missing(name: str) -> str | None:
-    """Why the peer of variant ``name`` cannot be built here (its library does not import), or None."""
-    library = PEERS[name].library
+def library_missing(library: str) -> str | None:
+    """Why ``library`` (timm, natten) does not import here, as its error's type and first line, or None."""
     try:
         importlib.import_module(library)
     except Exception as err:  # noqa: BLE001 - an import can fail in many ways (a torch mismatch among them)
-        return f"{library} does not import ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+        return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
     return None
+
+
+def missing(name: str) -> str | None:
+    """Why the peer of variant ``name`` cannot be built here (its library does not import), or None."""
+    library = PEERS[name].library
+    cause = library_missing(library)
+    return None if cause is None else f"{library} does not import ({cause})"
 
 
 def build_peer(name: str, module: nn.Module, shape: tuple[int, ...]) -> nn.Module:

@@ -39,7 +39,7 @@ from attnbench.choices import unknown_name_message
 from attnbench.env import cpu_model
 from attnbench.measure.latency import make_step, measure_latency
 from attnbench.measure.memory import keep_freed_memory
-from attnbench.peers import PEERS, build_pair, missing, same_function
+from attnbench.peers import PEERS, build_pair, library_missing, missing, same_function
 
 EFFICIENCY_SIZES = [(1, 128, 56, 56), (1, 128, 64, 64), (8, 64, 56, 56)]  # benchmarks/efficiency.py's inputs
 
@@ -200,16 +200,12 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma-separated, of {', '.join(ONLY)} (default: all)")
     args = parser.parse_args(argv)
     chosen = args.only or ONLY
-    needed = dict.fromkeys("timm" if name == "resnet50" else PEERS[name].library for name in chosen)
-    versions = {}
-    for library in needed:
-        try:
-            versions[library] = importlib.import_module(library).__version__
-        except Exception as err:  # noqa: BLE001 - absent, or present but not importable beside this torch
-            needed[library] = type(err).__name__
+    needed = {lib: library_missing(lib) for lib in dict.fromkeys(
+        "timm" if name == "resnet50" else PEERS[name].library for name in chosen)}
+    versions = {lib: importlib.import_module(lib).__version__ for lib, why in needed.items() if why is None}
     if not versions:
-        said = ", ".join(f"{lib} does not import here ({why}; {INSTALL[lib]})" for lib, why in needed.items())
-        print(f"peers: {said}: nothing to compare against")
+        said = "; ".join(f"{lib} does not import here ({why}): {INSTALL[lib]}" for lib, why in needed.items())
+        print(f"peers: {said}; nothing to compare against")
         return 0
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {', '.join(f'{lib} {v}' for lib, v in versions.items())}, {args.threads} "

@@ -1,5 +1,4 @@
 import contextlib
-import importlib
 import os
 import subprocess
 import sys
@@ -42,13 +41,12 @@ def randomize_norms(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 
 def library_missing(library: str) -> str | None:
-    """Why ``library`` (timm, natten) cannot be used here (it is absent, or does not import beside this torch: timm's
-    torchvision), or None."""
-    try:
-        importlib.import_module(library)
-    except Exception as err:  # noqa: BLE001 - a failing import has many forms
-        return f"needs {library}, which does not import here ({type(err).__name__}); .ci/run's second stage installs it"
-    return None
+    """Why ``library`` (timm, natten) cannot be used here (attnbench.peers says), as a test's skip reason, or None."""
+    from attnbench.peers import library_missing as why
+
+    reason = why(library)
+    return None if reason is None else (f"needs {library}, which does not import here ({reason}); .ci/run's second "
+                                        "stage installs it")
 
 
 LIBRARY_MARKS = ("timm", "natten")  # a test marked with one needs that library
