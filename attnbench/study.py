@@ -88,8 +88,8 @@ def run_study(study: Study, *, say: Callable[[str], None] = print,
             or f"runs/{files.safe_name(study.model)}-{study.dataset}-s{seed}" for seed in seeds}
     resumes = {seed: Path(out, "checkpoint.pt") if study.continue_unfinished and Path(out, "checkpoint.pt").is_file()
                else study.resume for seed, out in outs.items()}
-    for resume in {r for r in resumes.values() if r is not None}:  # a damaged one refused before anything is made
-        load_checkpoint(resume)
+    # every checkpoint resumed, read (and a damaged one refused) once, before anything is made
+    checkpoints = {r: load_checkpoint(r) for r in {r for r in resumes.values() if r is not None}}
     if study.db is not None:  # (made if missing) before the folders, which a refused store left empty
         store.check_writable(study.db)
     for out in outs.values():
@@ -114,7 +114,7 @@ def run_study(study: Study, *, say: Callable[[str], None] = print,
             if study.eval_res and checkpoint.is_file() and int(os.environ.get("RANK", "0")) == 0:
                 evaluate(checkpoint)  # the sides not stored yet
             continue
-        resumed = load_checkpoint(resumes[seed]) if resumes[seed] is not None else None
+        resumed = checkpoints.get(resumes[seed])
         with interrupt.keeping(partial(_kept, seed, out, study.db, time.time())), \
                 claimed(out, resume=resumes[seed], overwrite=study.overwrite):  # the learning rate's search too
             run, source = replace(cfg, seed=seed), "given"
