@@ -9,6 +9,8 @@ builds no network: the published figures and our counts beside them are the pack
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import re
 import shutil
@@ -201,18 +203,24 @@ def report(dbs: Sequence[str | Path], out: str | Path = DEFAULT_REPORT, *, publi
     """
     frame, training, evaluations = load(dbs)
     out = Path(out)
+    made = list(itertools.takewhile(lambda f: not f.exists(), (out, *out.parents)))  # by mkdir, deepest first
     out.mkdir(parents=True, exist_ok=True)
     files.remove_stale(out, STAGING)  # of reports killed before they could clean up
     _earlier_files(out)  # a folder that is not a report is refused before any work
     staging = Path(tempfile.mkdtemp(prefix=STAGING, dir=out))
+    moved = False
     try:
         files.owned(staging)
         rep = _write_report(frame, training, evaluations, dbs, staging, published, formats)
         written = sorted(f.relative_to(staging).as_posix() for f in rep.files)
         with files.hold(out, "attnbench report", wait=True):  # one report moves its files in at a time
             _move_in(out, staging, written, _earlier_files(out))
+        moved = True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        for folder in made if not moved else ():  # a report that failed leaves no folder it made behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
     rep.files = [out / f.relative_to(staging) for f in rep.files]
     return rep
 

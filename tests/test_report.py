@@ -223,6 +223,22 @@ def test_a_new_report_replaces_the_old_one_whole(db, tmp_path, monkeypatch):
     assert _files(out) == before  # the old report, whole, and no staging folder left
 
 
+def test_a_failed_report_leaves_no_folder_it_made_and_keeps_one_the_user_made(db, tmp_path, monkeypatch):
+    import sys
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sys.modules["attnbench.report"], "environments", full_disk)  # after tables and figures
+    for out, made_by_user in ((tmp_path / "new" / "report", False), (tmp_path / "empty", True)):
+        if made_by_user:
+            out.mkdir()
+        with pytest.raises(OSError, match="No space"):
+            report([db], out, published=False)
+        assert out.exists() == made_by_user and (not made_by_user or not any(out.iterdir()))
+    assert sorted(tmp_path.iterdir()) == [tmp_path / "empty", tmp_path / "known.sqlite"]
+
+
 def test_a_report_refuses_a_folder_of_the_users_files_and_changes_nothing(db, tmp_path, capsys):
     out = tmp_path / "paper"
     (out / "tables").mkdir(parents=True)
