@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -90,19 +90,16 @@ def run_study(study: Study, *, say: Callable[[str], None] = print,
                else study.resume for seed, out in outs.items()}
     # every checkpoint resumed, read (and a damaged one refused) once, before anything is made
     checkpoints = {r: load_checkpoint(r) for r in {r for r in resumes.values() if r is not None}}
-    if study.db is not None:  # (made if missing) before the folders, which a refused store left empty
-        store.check_writable(study.db)
-    for out in outs.values():
-        files.check_folder("--out", out)
-    auto = study.lr == "auto"
-    finished = finished_seeds(study.db, cfg, auto) if study.skip_finished else {}
-    for seed in set(seeds) - set(finished):  # every seed's folder before any seed trains
-        refuse_earlier_run(outs[seed], resume=resumes[seed], overwrite=study.overwrite)
     for side in study.eval_res or []:
         try:
             check_side(study.dataset, side)
         except DataError as e:
             raise DataError(f"--eval-res: {e}") from None
+    auto = study.lr == "auto"
+    finished = finished_seeds(study.db, cfg, auto) if study.skip_finished else {}
+    for seed in set(seeds) - set(finished):  # every seed's folder before any seed trains
+        refuse_earlier_run(outs[seed], resume=resumes[seed], overwrite=study.overwrite)
+    _make_store_and_folders(study.db, outs.values())
     tuned = next(iter(finished.values())) if auto and finished else None
     evaluate = partial(evaluate_at_sides, dataset=study.dataset, sides=study.eval_res, data_dir=study.data_dir,
                        db=study.db, device=study.device, skip_stored=True, on_row=lambda row: say(describe(row)))
@@ -223,6 +220,21 @@ def conv_of(spec) -> str:
     """The convolution network of the same family (conv_probe for gsa_probe, resnet26 for gsa_resnet26), or the
     network itself where it has no family."""
     return family_name("conv", spec.arch) if spec.arch in list_archs() else spec.name
+
+
+def _make_store_and_folders(db: str | None, outs: Iterable[str]) -> None:
+    """The store (made if missing) and every ``--out`` folder, checked writable after every check that makes
+    nothing: a folder refused removes the store this made, so that a refused command leaves nothing behind."""
+    new_store = db is not None and not Path(db).exists()
+    if db is not None:
+        store.check_writable(db)
+    try:
+        for out in outs:
+            files.check_folder("--out", out)
+    except files.Unwritable:
+        if new_store:
+            Path(db).unlink(missing_ok=True)
+        raise
 
 
 def finished_seeds(db: str | None, cfg: TrainConfig, auto: bool) -> dict[int, tuple[float, str]]:

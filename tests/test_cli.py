@@ -457,7 +457,8 @@ def test_outputs_are_checked_before_any_work(capsys, tmp_path):
         (["export", "--db", "reports/reference.sqlite", "-o", str(tmp_path / "no" / "x.csv")], "cannot write"),
         (["report", "--db", "reports/reference.sqlite", "--out", str(a_file)], "is a file, not a folder"),
         (["profile", "--variants", "conv", "--res", "8", "--out", str(a_file)], "is a file, not a folder"),
-        (["train", "--model", "conv_probe", "--dataset", "digits", "--out", str(a_file)], "is a file, not a folder"),
+        (["train", "--model", "conv_probe", "--dataset", "digits", "--out", str(a_file), "--db",
+          str(tmp_path / "new.sqlite")], "is a file, not a folder"),
         (["train", "--model", "conv_probe", "--dataset", "digits", "--out", str(tmp_path / "t"),
           "--db", str(tmp_path)], "is a folder, not a results store"),
         (["run", "--variants", "conv", "--db", str(tmp_path / ("x" * 300) / "r.sqlite")], "Cannot"),
@@ -467,6 +468,7 @@ def test_outputs_are_checked_before_any_work(capsys, tmp_path):
         code, out, err = run_cli(capsys, *args)
         assert code == 2 and message in err and err.count("\n") == 1, (args, err)
         assert time.monotonic() - start < 30, f"{args}: the check came after the work"
+    assert not (tmp_path / "new.sqlite").exists()  # the store is made only when every output can be written
 
 
 def test_a_store_without_a_readable_schema_version(capsys, tmp_path):
