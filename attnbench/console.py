@@ -82,8 +82,9 @@ def _implementations(rows: pd.DataFrame) -> str:
     """Which implementation each variant ran, in the order of the rows, as ``--impl`` writes it (``local=flex``,
     also at model scope, where the rows are networks): chosen by ``auto`` or by ``--impl``, it is what was timed.
     Where a variant's networks ran different ones (auto chooses per input), each is named after it; where one
-    network or module ran several, each row's label says which."""
+    network or module ran several, each row's label says which. A case skipped ran nothing."""
     ran: dict[str, dict[str, list[str]]] = {}  # variant -> implementation -> the networks (or modules) that ran it
+    rows = rows[rows.status != Status.SKIPPED]
     for variant, subject, impl in zip(rows.variant.fillna(""), subjects(rows), rows.impl.fillna("")):
         if variant and impl:
             names = ran.setdefault(variant, {}).setdefault(impl, [])

@@ -62,6 +62,13 @@ def test_an_implementation_is_said_once_per_variant_or_in_the_label_where_it_var
     assert [line.split()[0] for line in lines[4:]] == ["gsa/batched", "gsa/plain", "local"]
 
 
+def test_the_implementation_line_names_no_implementation_that_only_skipped_cases_planned():
+    skipped = {"status": "skipped", "reason": "predicted peak does not fit"}
+    rows = frame([("gsa", 16, {"impl": "batched"}), ("gsa", 512, {"impl": "plain", **skipped}),
+                  ("nonlocal", 512, {"impl": "blocked", **skipped})])
+    assert console_table(rows).splitlines()[1] == "implementation: gsa=batched"
+
+
 def test_at_model_scope_the_implementation_line_names_variants_as_impl_takes_them():
     """Networks' rows say which implementation their attention ran by the variant (local=flex, what --impl
     accepts; it printed local_probe=flex, which --impl refuses); a variant that ran different implementations in
