@@ -288,8 +288,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from attnbench.train import TrainError
 
     try:
-        rows = evaluate_at_sides(args.checkpoint, args.dataset, args.res, data_dir=args.data_dir, db=args.db,
-                                 device=args.device, batch=args.batch, on_row=lambda row: print(describe(row)))
+        rows = evaluate_at_sides(args.checkpoint, args.dataset, args.res, on_row=lambda row: print(describe(row)),
+                                 **{k: getattr(args, k) for k in ("data_dir", "db", "device", "batch", "model")})
     except (DataError, TrainError, store.StoreError) as e:
         raise UsageError(str(e)) from None
     return say_verdict(rows, args.db)
@@ -418,6 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate a checkpoint on a data set's test split, at one side or several")
     ev.add_argument("--checkpoint", required=True)
     ev.add_argument("--dataset", required=True, choices=DATASETS)
+    ev.add_argument("--model", default=None, help="the checkpoint's network where it is one of yours (module:callable)")
     ev.add_argument("--data-dir", default=None)
     ev.add_argument("--res", type=positive_ints("resolution"), default=None,
                     help="image sides, comma-separated (default: the side trained at); each is evaluated with the "

@@ -112,18 +112,21 @@ def network_at(ckpt: dict, path: str | Path, side: int, tables: str) -> nn.Modul
 
 def evaluate_at_sides(path: str | Path, dataset: str, sides: Sequence[int] | None = None, *,
                       data_dir: str | None = None, db: str | Path | None = None, device: str = "cpu",
-                      batch: int = 256, skip_stored: bool = False,
+                      batch: int = 256, skip_stored: bool = False, model: str | None = None,
                       on_row: Callable[[Evaluation], None] | None = None) -> list[Evaluation]:
     """Evaluate the checkpoint at ``path`` on ``dataset`` (the one it was trained on) at each of ``sides`` (default:
     the side trained at), as trained and, where that differs, with its tables interpolated: top-1 and top-5 on
     the test split, top-1 on up to ``TRAIN_EVAL_IMAGES`` training images where the data set is held in memory.
     Each row is stored in ``db`` (replacing an earlier evaluation of the run at that side; with
     ``skip_stored``, sides the store already holds for the run are not evaluated again) and passed to
-    ``on_row`` as it is made. ``TrainError`` or ``DataError`` for bad input, before anything is evaluated."""
+    ``on_row`` as it is made. ``model``: the network the user names, to build one from a module of theirs
+    (:func:`load_checkpoint`). ``TrainError`` or ``DataError`` for bad input, before anything is evaluated."""
+    from attnbench.models import get_model_spec
+
     device = usable_device(device)
     if db is not None:  # a store it could not write, before SQLite opens it (which left -wal and -shm beside it);
         store.refuse_read_only(db)  # the store is made once the checkpoint and the sides have been checked
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, model=model)
     cfg = checkpoint_config(ckpt, path)
     if dataset != cfg.dataset:
         raise TrainError(f"Checkpoint {path} was trained on {cfg.dataset}, not {dataset}.")
@@ -137,7 +140,8 @@ def evaluate_at_sides(path: str | Path, dataset: str, sides: Sequence[int] | Non
         rows = rows[rows.run_id == ckpt["run_id"]]
         stored = set(zip(rows.side, rows.tables))
     trained = network_at(ckpt, path, image_side(cfg), "trained")  # before any data set is loaded
-    run = {"run_id": str(ckpt["run_id"]), **run_setup(cfg), **_run_of(ckpt), "epoch": ckpt["epoch"],
+    run = {"run_id": ckpt["run_id"], **run_setup(cfg), **_run_of(ckpt), "epoch": ckpt["epoch"],
+           "variant": get_model_spec(cfg.model).variant,
            "num_classes": ckpt["num_classes"], "environment": environment(device)}
     classes = ckpt.get("classes") if isinstance(ckpt.get("classes"), list) else None  # an image folder's: val/ will do
     made = []

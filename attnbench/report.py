@@ -78,6 +78,9 @@ def load(dbs: Sequence[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.Data
                          ignore_index=True).drop_duplicates(["run_id", "epoch"])
     evaluations = pd.concat([store.load_evaluations(db).assign(store=Path(db).name) for db in dbs],
                             ignore_index=True).drop_duplicates(["run_id", "side", "tables"])
+    # evaluations stored before they carried the variant: their run's, where its training is stored
+    evaluations["variant"] = evaluations.variant.fillna(evaluations.run_id.map(
+        training.drop_duplicates("run_id").set_index("run_id").variant))
     if frame.empty and training.empty and evaluations.empty:
         raise ReportError(f"The store{'s' if len(dbs) > 1 else ''} {', '.join(map(str, dbs))} hold no results; "
                           "run `attnbench run` or `attnbench train` first.")

@@ -21,6 +21,7 @@ from functools import partial
 from pathlib import Path
 
 from attnbench import files, interrupt, store
+from attnbench.choices import Status, count
 from attnbench.data import CLASSES, DataError, check_side
 from attnbench.evaluation import describe, evaluate_at_sides
 from attnbench.models import UnknownModelError, get_model_spec, list_archs
@@ -81,7 +82,8 @@ class Study:
 
 def run_study(study: Study, *, say: Callable[[str], None] = print,
               warn: Callable[[str], None] = print) -> list[int]:
-    """Train ``study``'s seeds; the seeds whose training diverged (stored as such, not as finished runs)."""
+    """Train ``study``'s seeds; the seeds whose training diverged (stored as such, not as finished runs) or whose
+    evaluation at a side of ``eval_res`` failed (as ``eval``'s: not a side the network refuses)."""
     cfg, width_source = _config(study, say)
     seeds = study.seeds or [study.seed]
     outs = {seed: (f"{study.out}/s{seed}" if study.out and len(seeds) > 1 else study.out)
@@ -89,7 +91,7 @@ def run_study(study: Study, *, say: Callable[[str], None] = print,
     resumes = {seed: Path(out, "checkpoint.pt") if study.continue_unfinished and Path(out, "checkpoint.pt").is_file()
                else study.resume for seed, out in outs.items()}
     # every checkpoint resumed, read (and a damaged one refused) once, before anything is made
-    checkpoints = {r: load_checkpoint(r) for r in {r for r in resumes.values() if r is not None}}
+    checkpoints = {r: load_checkpoint(r, model=study.model) for r in {r for r in resumes.values() if r is not None}}
     for side in study.eval_res or []:
         try:
             check_side(study.dataset, side)
@@ -101,15 +103,25 @@ def run_study(study: Study, *, say: Callable[[str], None] = print,
         refuse_earlier_run(outs[seed], resume=resumes[seed], overwrite=study.overwrite)
     _make_store_and_folders(study.db, outs.values())
     tuned = next(iter(finished.values())) if auto and finished else None
-    evaluate = partial(evaluate_at_sides, dataset=study.dataset, sides=study.eval_res, data_dir=study.data_dir,
-                       db=study.db, device=study.device, skip_stored=True, on_row=lambda row: say(describe(row)))
+    evaluate_sides = partial(evaluate_at_sides, dataset=study.dataset, sides=study.eval_res, data_dir=study.data_dir,
+                             db=study.db, device=study.device, skip_stored=True, model=study.model,
+                             on_row=lambda row: say(describe(row)))
+    failing: list[int] = []
+
+    def evaluate(seed: int, checkpoint: Path) -> None:
+        failed = sum(row.status not in (Status.OK, Status.REFUSED) for row in evaluate_sides(checkpoint))
+        if failed:
+            failing.append(seed)
+            rows_say = "its row above says" if failed == 1 else "their rows above say"
+            warn(f"seed {seed}: {count(failed, 'evaluation')} failed; {rows_say} why")
+
     diverged = []
     for seed, out in outs.items():
         checkpoint = Path(out, "checkpoint.pt")
         if seed in finished:
             say(f"seed {seed}: already trained to its end in {study.db}, skipped")
             if study.eval_res and checkpoint.is_file() and int(os.environ.get("RANK", "0")) == 0:
-                evaluate(checkpoint)  # the sides not stored yet
+                evaluate(seed, checkpoint)  # the sides not stored yet
             continue
         resumed = checkpoints.get(resumes[seed])
         with interrupt.keeping(partial(_kept, seed, out, study.db, time.time())), \
@@ -139,8 +151,8 @@ def run_study(study: Study, *, say: Callable[[str], None] = print,
         elif history:
             say(f"seed {seed}: checkpoint {out}/checkpoint.pt; metrics stored in {study.db}")
             if study.eval_res:
-                evaluate(checkpoint)
-    return diverged
+                evaluate(seed, checkpoint)
+    return sorted(set(diverged + failing))
 
 
 def searched_rate(ckpt: dict, path: str | Path) -> tuple[float, str]:

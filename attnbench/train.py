@@ -13,6 +13,7 @@ import contextlib
 import math
 import os
 import pickle
+import sys
 import time
 import uuid
 import warnings
@@ -247,10 +248,13 @@ def _save(path: Path, payload: dict) -> None:
 CHECKPOINT_KEYS = ("format", "config", "epoch", "run_id", "num_classes", "model", "optimizer", "history")
 
 
-def load_checkpoint(path: str | Path) -> dict:
+def load_checkpoint(path: str | Path, *, model: str | None = None) -> dict:
     """A checkpoint written by :func:`train`, loaded as weights only: tensors and plain containers, never
     code (a pickle that would import or call anything is refused). Clear errors for missing,
-    corrupted, unsafe or foreign files."""
+    corrupted, unsafe or foreign files, and for fields of the wrong kind (stored as they are, they would
+    make the store unreadable). A checkpoint names its network; one from a module of the user's
+    (``module:callable``) is built only where that module is already imported or ``model``, the network
+    the user named, is that one: a name in a file imports no code."""
     if not str(path):
         raise TrainError("No checkpoint named (an empty path).")
     path = Path(path)
@@ -273,7 +277,29 @@ def load_checkpoint(path: str | Path) -> dict:
     missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
     if missing:
         raise TrainError(f"{path} is an incomplete attnbench checkpoint (no {', '.join(missing)}).")
+    found = {**{k: ckpt[k] for k in CHECKPOINT_KINDS},
+             "network": ckpt["config"].get("model") if isinstance(ckpt["config"], dict) else None}
+    for key, value in found.items():
+        kind = CHECKPOINT_KINDS.get(key, str)
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise TrainError(f"{path} is not a valid attnbench checkpoint: its {key} is {type(value).__name__} "
+                             f"{str(value)[:40]!r}, not {kind.__name__}.")
+    _refuse_foreign_code(path, found["network"], model)
     return ckpt
+
+
+# the fields stored or used as they are, and what each must be (and the config's model, "network", a name)
+CHECKPOINT_KINDS = {"config": dict, "epoch": int, "run_id": str, "num_classes": int, "model": dict,
+                    "optimizer": dict, "history": list}
+
+
+def _refuse_foreign_code(path: Path, network: str, named: str | None) -> None:
+    """TrainError where the checkpoint's ``network`` is a builder in a module not imported yet that the user did
+    not name (``named``): building it would import, and so run, whatever module the file names."""
+    module, sep, _ = network.partition(":")
+    if sep and module != "timm" and network != named and module not in sys.modules:
+        raise TrainError(f"{path} holds the network {network}, built by code of yours: a checkpoint imports no code "
+                         f"it names; give --model {network} to build it.")
 
 
 def _check_archive(path: Path) -> None:
@@ -555,7 +581,7 @@ def _train(cfg: TrainConfig, *, out: str | Path, db: str | Path | None = None, r
     device = cfg.device if cfg.device != "cuda" or world == 1 else f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     ckpt, model = None, None
     if resume is not None:  # checked, and its weights loaded, before the data sets are
-        ckpt = load_checkpoint(resume)
+        ckpt = load_checkpoint(resume, model=cfg.model)
         saved = asdict(checkpoint_config(ckpt, resume))  # fields added since it was written: their defaults
         for name in MATH_FIELDS:
             if saved[name] != getattr(cfg, name):

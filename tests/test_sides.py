@@ -2,6 +2,7 @@
 every data set made at another side, and `eval --res` / `train --eval-res` storing one row per side."""
 
 import math
+import sqlite3
 from dataclasses import asdict
 
 import numpy as np
@@ -15,6 +16,7 @@ from attnbench import store
 from attnbench.cli import main
 from attnbench.data import DataError, load_at_side, load_dataset, make_longrange
 from attnbench.evaluation import evaluate_at_sides, network_at, resize_bias, resize_offsets
+from attnbench.report import load
 from attnbench.train import TrainConfig, build, train
 
 # What a layer built for one side does on a larger one (its docstring says why): the same function (nothing is
@@ -266,6 +268,10 @@ def test_eval_at_several_sides_prints_and_stores_one_row_per_side(tmp_path, caps
     assert "digits at 40 x 40 (trained at 32): refused: axial: input side 40 exceeds size=32" in out
     # everything that identifies the run, and at the side trained at the training's own result
     assert set(rows.run_id) == set(training.run_id) and set(rows.model) == {"axial_probe"}
+    assert set(rows.variant) == set(training.variant) == {"axial"}
+    with sqlite3.connect(db) as conn:  # as evaluations stored before they carried it: the report takes the run's
+        conn.execute("UPDATE evaluations SET variant = NULL")
+    assert set(load([db])[2].variant) == {"axial"}
     assert set(rows.seed) == {3} and set(rows.width) == {0.5} and set(rows.image_size) == {32}
     assert set(rows.epochs) == set(training.epochs) and set(rows.world_size) == {1}
     at32 = rows[rows.side == 32].iloc[0]
@@ -308,6 +314,11 @@ def test_a_side_whose_images_do_not_fit_in_memory_is_an_error_row_and_the_other_
     assert "digits at 100000 x 100000 (trained at 32): error: digits at side 100000" in out
     assert f"3 evaluations (2 ok, 1 error) stored in {db}" in out
     assert err == "attnbench eval: 1 evaluation failed; its row above says why\n"
+    # train --eval-res as eval: exit 1, and a line saying so
+    assert main(["train", "--model", "conv_probe", "--dataset", "digits", "--width", "0.5", "--steps", "1", "--out",
+                 str(tmp_path / "trained"), "--db", str(db), "--eval-res", "24,100000"]) == 1
+    assert capsys.readouterr().err == "seed 0: 1 evaluation failed; its row above says why\n"
+    assert len(store.load_evaluations(db)) == 5
 
 
 @pytest.mark.slow

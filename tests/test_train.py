@@ -489,6 +489,57 @@ def test_a_checkpoint_missing_keys_is_named(tmp_path):
         load_checkpoint(path)
 
 
+def _edited_checkpoint(tmp_path, name, edit):
+    """A real checkpoint (conv_probe, one step) with ``edit`` applied to its fields, saved as ``name``."""
+    run = tmp_path / "run"
+    if not (run / "checkpoint.pt").exists():
+        train(TrainConfig("conv_probe", "digits", width=0.5, batch=64, steps=1), out=run, progress=False)
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    edit(ckpt)
+    torch.save(ckpt, tmp_path / name)
+    return tmp_path / name
+
+
+def test_a_checkpoint_naming_code_of_a_module_not_imported_imports_nothing_unless_the_user_names_it(
+        tmp_path, monkeypatch, capsys):
+    """The network a checkpoint names is data: `module:callable` there imported and called whatever a crafted file
+    named (`os:abort` ended the process)."""
+    (tmp_path / "planted.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').close()\ndef build(**kw): pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = _edited_checkpoint(tmp_path, "crafted.pt", lambda c: c["config"].update(model="planted:build"))
+    db = tmp_path / "r.sqlite"
+    for args in (["eval", "--checkpoint", str(path), "--dataset", "digits", "--db", str(db)],
+                 ["train", "--model", "conv_probe", "--dataset", "digits", "--resume", str(path), "--db", str(db),
+                  "--out", str(tmp_path / "again")]):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert "holds the network planted:build, built by code of yours" in err and err.count("\n") == 1
+    assert not (tmp_path / "ran").exists() and "planted" not in sys.modules and not db.exists()
+    assert load_checkpoint(path, model="planted:build")["config"]["model"] == "planted:build"  # named: let through
+    assert not (tmp_path / "ran").exists()  # (loading imports nothing; building it would)
+
+
+@pytest.mark.parametrize("field, value, said", [
+    ("epoch", "x", "its epoch is str 'x', not int"), ("run_id", 123, "its run_id is int '123', not str"),
+    ("num_classes", True, "its num_classes is bool 'True', not int"), ("history", {}, "its history is dict"),
+    ("network", 7, "its network is int '7', not str")])
+def test_a_checkpoint_field_of_the_wrong_kind_is_refused_before_anything_is_stored(tmp_path, capsys, field, value,
+                                                                                  said):
+    """An epoch 'x' was stored as it was, and every later report refused the store as damaged."""
+    def edit(ckpt):
+        if field == "network":
+            ckpt["config"]["model"] = value
+        else:
+            ckpt[field] = value
+
+    path = _edited_checkpoint(tmp_path, f"{field}.pt", edit)
+    db = tmp_path / "r.sqlite"
+    assert main(["eval", "--checkpoint", str(path), "--dataset", "digits", "--db", str(db)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path} is not a valid attnbench checkpoint: {said}" in err and err.count("\n") == 1
+    assert not db.exists()
+
+
 # How each probe's blocks are built: (the branch is the block's output less its input (an inserted block,
 # residual of its own), the branch ends with the variant's own normalisation). Every variant must be listed.
 PROBE_BLOCKS = {"conv": (False, True), "axial": (False, True), "gsa": (False, False), "local": (False, False),
