@@ -220,12 +220,13 @@ def check_db(path: str) -> None:
         raise UsageError(str(e)) from None
 
 
-def check_out_dir(option: str, path: str) -> None:
-    """An output folder that exists as one, or can be made, and can be written, before any work is done."""
+def check_out_dir(option: str, path: str, *, make: bool = True) -> None:
+    """An output folder that exists as one, or can be made (here, unless ``make`` is false), and can be written,
+    before any work is done."""
     from attnbench import files
 
     try:
-        files.check_folder(option, path)
+        files.check_folder(option, path, make=make)
     except files.Unwritable as e:
         raise UsageError(str(e)) from None
 

@@ -227,7 +227,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from attnbench import interrupt, store
     from attnbench.report import ReportError, os_error, report
 
-    check_out_dir("--out", args.out)
+    check_out_dir("--out", args.out, make=False)  # made by the report once it has its stores
     try:
         with interrupt.keeping(lambda: f"a report is swapped in only when whole: {args.out} holds the previous one"):
             rep = report(args.db or [DEFAULT_DB], args.out, formats=args.formats)

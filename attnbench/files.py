@@ -128,14 +128,21 @@ class Unwritable(Exception):
     """A folder that cannot be made or written; the message says why, in one line."""
 
 
-def check_folder(what: str, path: str | Path) -> None:
+def check_folder(what: str, path: str | Path, *, make: bool = True) -> None:
     """``path`` is a folder, or can be made one, and can be written, found before the work whose results go there:
-    :class:`Unwritable` (naming it as ``what``, e.g. ``--out``) otherwise."""
+    :class:`Unwritable` (naming it as ``what``, e.g. ``--out``) otherwise. It is made here unless ``make`` is
+    false (a command that makes it only once it has something to put there): then a missing one is judged by the
+    nearest folder above it that exists."""
     folder = Path(path)
     try:
         if folder.exists() and not folder.is_dir():
             raise Unwritable(f"{what} {path} is a file, not a folder.")
-        folder.mkdir(parents=True, exist_ok=True)
+        if make:
+            folder.mkdir(parents=True, exist_ok=True)
+        else:
+            folder = next(f for f in (folder, *folder.absolute().parents) if f.exists())
+            if not folder.is_dir():
+                raise Unwritable(f"cannot make {what} {path}: {folder} is a file.")
     except OSError as e:  # a name over 255 characters, a folder in the way of its parents, ...
         raise Unwritable(f"cannot make {what} {path}: {e.strerror}.") from None
     if not os.access(folder, os.W_OK):

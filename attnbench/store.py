@@ -526,6 +526,16 @@ def load_evaluations(path: str | Path) -> pd.DataFrame:
     return _read(path, "evaluations", EVALUATION_NAMES, "rowid")
 
 
+def holds_nothing(path: str | Path) -> bool:
+    """Whether the store holds no row: no case, no training epoch, no evaluation."""
+    def counted(conn: sqlite3.Connection) -> int:
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        return sum(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]  # noqa: S608 - our own table names
+                   for t in ("results", "training", "evaluations") if t in tables)
+
+    return query(path, counted) == 0
+
+
 FINISHED = ("plateau", "budget")  # why a run that reached its end stopped (a run that diverged did not)
 
 

@@ -13,9 +13,11 @@ line; what the study does is said through ``say`` (one line each) and ``warn``.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -84,6 +86,8 @@ def run_study(study: Study, *, say: Callable[[str], None] = print,
               warn: Callable[[str], None] = print) -> list[int]:
     """Train ``study``'s seeds; the seeds whose training diverged (stored as such, not as finished runs) or whose
     evaluation at a side of ``eval_res`` failed (as ``eval``'s: not a side the network refuses)."""
+    if study.out is not None and not str(study.out).strip():
+        raise TrainError("--out is empty: name a folder, or leave it out for runs/MODEL-DATASET-sSEED.")
     cfg, width_source = _config(study, say)
     seeds = study.seeds or [study.seed]
     outs = {seed: (f"{study.out}/s{seed}" if study.out and len(seeds) > 1 else study.out)
@@ -101,58 +105,58 @@ def run_study(study: Study, *, say: Callable[[str], None] = print,
     finished = finished_seeds(study.db, cfg, auto) if study.skip_finished else {}
     for seed in set(seeds) - set(finished):  # every seed's folder before any seed trains
         refuse_earlier_run(outs[seed], resume=resumes[seed], overwrite=study.overwrite)
-    _make_store_and_folders(study.db, outs.values())
-    tuned = next(iter(finished.values())) if auto and finished else None
-    evaluate_sides = partial(evaluate_at_sides, dataset=study.dataset, sides=study.eval_res, data_dir=study.data_dir,
-                             db=study.db, device=study.device, skip_stored=True, model=study.model,
-                             on_row=lambda row: say(describe(row)))
-    failing: list[int] = []
+    with _outputs_made(study.db, outs.values()):  # and removed again where the run fails before using them
+        tuned = next(iter(finished.values())) if auto and finished else None
+        evaluate_sides = partial(evaluate_at_sides, dataset=study.dataset, sides=study.eval_res,
+                                 data_dir=study.data_dir, db=study.db, device=study.device, skip_stored=True,
+                                 model=study.model, on_row=lambda row: say(describe(row)))
+        failing: list[int] = []
 
-    def evaluate(seed: int, checkpoint: Path) -> None:
-        failed = sum(row.status not in (Status.OK, Status.REFUSED) for row in evaluate_sides(checkpoint))
-        if failed:
-            failing.append(seed)
-            rows_say = "its row above says" if failed == 1 else "their rows above say"
-            warn(f"seed {seed}: {count(failed, 'evaluation')} failed; {rows_say} why")
+        def evaluate(seed: int, checkpoint: Path) -> None:
+            failed = sum(row.status not in (Status.OK, Status.REFUSED) for row in evaluate_sides(checkpoint))
+            if failed:
+                failing.append(seed)
+                rows_say = "its row above says" if failed == 1 else "their rows above say"
+                warn(f"seed {seed}: {count(failed, 'evaluation')} failed; {rows_say} why")
 
-    diverged = []
-    for seed, out in outs.items():
-        checkpoint = Path(out, "checkpoint.pt")
-        if seed in finished:
-            say(f"seed {seed}: already trained to its end in {study.db}, skipped")
-            if study.eval_res and checkpoint.is_file() and int(os.environ.get("RANK", "0")) == 0:
-                evaluate(seed, checkpoint)  # the sides not stored yet
-            continue
-        resumed = checkpoints.get(resumes[seed])
-        with interrupt.keeping(partial(_kept, seed, out, study.db, time.time())), \
-                claimed(out, resume=resumes[seed], overwrite=study.overwrite):  # the learning rate's search too
-            run, source = replace(cfg, seed=seed), "given"
-            if auto:
-                if tuned is None:
-                    tuned = (searched_rate(resumed, resumes[seed]) if resumed is not None else
-                             tune_lr(run, Path(out) / "lr-search", keep=study.continue_unfinished,
-                                     say=lambda line, seed=seed: say(f"seed {seed}: {line}")))
-                lr, source = tuned
-                if lr is None:
-                    warn(f"seed {seed}: every learning rate tried diverged, nothing trained ({source})")
-                    return [s for s in seeds if s not in finished]
-                run = replace(run, lr=lr)
-                say(f"seed {seed}: learning rate {source}")
-            history = train(run, out=out, db=study.db, resume=resumes[seed], overwrite=study.overwrite,
-                            stop_after_epoch=study.stop_after_epoch, quiet=study.quiet, lr_source=source,
-                            width_source=width_source)
-        if resumed is not None and len(history) == len(resumed["history"]):
-            say(f"seed {seed}: {resumes[seed]} was trained to its end (epoch {resumed['epoch']}): nothing more to "
-                "train or store")
-        elif history and history[-1]["stopped"] == "diverged":
-            diverged.append(seed)
-            warn(f"seed {seed}: diverged in epoch {history[-1]['epoch']} (the training loss is not finite), stored "
-                 f"in {study.db} as such, not as a finished run")
-        elif history:
-            say(f"seed {seed}: checkpoint {out}/checkpoint.pt; metrics stored in {study.db}")
-            if study.eval_res:
-                evaluate(seed, checkpoint)
-    return sorted(set(diverged + failing))
+        diverged = []
+        for seed, out in outs.items():
+            checkpoint = Path(out, "checkpoint.pt")
+            if seed in finished:
+                say(f"seed {seed}: already trained to its end in {study.db}, skipped")
+                if study.eval_res and checkpoint.is_file() and int(os.environ.get("RANK", "0")) == 0:
+                    evaluate(seed, checkpoint)  # the sides not stored yet
+                continue
+            resumed = checkpoints.get(resumes[seed])
+            with interrupt.keeping(partial(_kept, seed, out, study.db, time.time())), \
+                    claimed(out, resume=resumes[seed], overwrite=study.overwrite):  # the learning rate's search too
+                run, source = replace(cfg, seed=seed), "given"
+                if auto:
+                    if tuned is None:
+                        tuned = (searched_rate(resumed, resumes[seed]) if resumed is not None else
+                                 tune_lr(run, Path(out) / "lr-search", keep=study.continue_unfinished,
+                                         say=lambda line, seed=seed: say(f"seed {seed}: {line}")))
+                    lr, source = tuned
+                    if lr is None:
+                        warn(f"seed {seed}: every learning rate tried diverged, nothing trained ({source})")
+                        return [s for s in seeds if s not in finished]
+                    run = replace(run, lr=lr)
+                    say(f"seed {seed}: learning rate {source}")
+                history = train(run, out=out, db=study.db, resume=resumes[seed], overwrite=study.overwrite,
+                                stop_after_epoch=study.stop_after_epoch, quiet=study.quiet, lr_source=source,
+                                width_source=width_source)
+            if resumed is not None and len(history) == len(resumed["history"]):
+                say(f"seed {seed}: {resumes[seed]} was trained to its end (epoch {resumed['epoch']}): nothing more to "
+                    "train or store")
+            elif history and history[-1]["stopped"] == "diverged":
+                diverged.append(seed)
+                warn(f"seed {seed}: diverged in epoch {history[-1]['epoch']} (the training loss is not finite), stored "
+                     f"in {study.db} as such, not as a finished run")
+            elif history:
+                say(f"seed {seed}: checkpoint {out}/checkpoint.pt; metrics stored in {study.db}")
+                if study.eval_res:
+                    evaluate(seed, checkpoint)
+        return sorted(set(diverged + failing))
 
 
 def searched_rate(ckpt: dict, path: str | Path) -> tuple[float, str]:
@@ -234,18 +238,27 @@ def conv_of(spec) -> str:
     return family_name("conv", spec.arch) if spec.arch in list_archs() else spec.name
 
 
-def _make_store_and_folders(db: str | None, outs: Iterable[str]) -> None:
+@contextlib.contextmanager
+def _outputs_made(db: str | None, outs: Iterable[str]) -> Iterator[None]:
     """The store (made if missing) and every ``--out`` folder, checked writable after every check that makes
-    nothing: a folder refused removes the store this made, so that a refused command leaves nothing behind."""
+    nothing; where the block then fails or is interrupted (a data set refused as it loads, a signal before the
+    first epoch), the store and the folders this made are removed again while they hold nothing: a refused
+    command leaves nothing behind."""
+    outs = [Path(out) for out in outs]
+    made = {f for out in outs for f in itertools.takewhile(lambda f: not f.exists(), (out, *out.parents))}
     new_store = db is not None and not Path(db).exists()
-    if db is not None:
-        store.check_writable(db)
     try:
+        if db is not None:
+            store.check_writable(db)
         for out in outs:
             files.check_folder("--out", out)
-    except files.Unwritable:
-        if new_store:
-            Path(db).unlink(missing_ok=True)
+        yield
+    except BaseException:
+        if new_store and Path(db).exists() and store.holds_nothing(db):
+            Path(db).unlink()
+        for folder in sorted(made, key=lambda f: len(f.parts), reverse=True):  # the deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise
 
 

@@ -459,6 +459,7 @@ def test_outputs_are_checked_before_any_work(capsys, tmp_path):
         (["profile", "--variants", "conv", "--res", "8", "--out", str(a_file)], "is a file, not a folder"),
         (["train", "--model", "conv_probe", "--dataset", "digits", "--out", str(a_file), "--db",
           str(tmp_path / "new.sqlite")], "is a file, not a folder"),
+        (["train", "--model", "conv_probe", "--dataset", "digits", "--out", ""], "--out is empty"),
         (["train", "--model", "conv_probe", "--dataset", "digits", "--out", str(tmp_path / "t"),
           "--db", str(tmp_path)], "is a folder, not a results store"),
         (["run", "--variants", "conv", "--db", str(tmp_path / ("x" * 300) / "r.sqlite")], "Cannot"),
@@ -469,6 +470,17 @@ def test_outputs_are_checked_before_any_work(capsys, tmp_path):
         assert code == 2 and message in err and err.count("\n") == 1, (args, err)
         assert time.monotonic() - start < 30, f"{args}: the check came after the work"
     assert not (tmp_path / "new.sqlite").exists()  # the store is made only when every output can be written
+
+
+def test_a_refused_report_makes_no_folder(capsys, tmp_path):
+    (tmp_path / "not-a-store.sqlite").write_text("text")
+    for db in (tmp_path / "missing.sqlite", tmp_path / "not-a-store.sqlite"):
+        code, _, err = run_cli(capsys, "report", "--db", str(db), "--out", str(tmp_path / "rep" / "deep"))
+        assert code == 2 and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-store.sqlite"]
+    code, _, err = run_cli(capsys, "report", "--db", "reports/reference.sqlite", "--out",
+                           str(tmp_path / "not-a-store.sqlite" / "rep"))
+    assert code == 2 and "not-a-store.sqlite is a file" in err and err.count("\n") == 1
 
 
 def test_a_store_without_a_readable_schema_version(capsys, tmp_path):

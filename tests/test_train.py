@@ -489,6 +489,26 @@ def test_a_checkpoint_missing_keys_is_named(tmp_path):
         load_checkpoint(path)
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--dataset", "cifar10"], "cifar10 needs --data-dir"),
+    (["--dataset", "digits", "--batch", "100000"], "larger than the 1442 training images"),
+    (["--dataset", "digits", "--seeds", "0,1", "--batch", "100000"], "larger than the 1442 training images")])
+def test_a_train_refused_as_its_data_loads_leaves_nothing_it_made(tmp_path, capsys, args, message):
+    """The store and the --out folders are made after every check that makes nothing, but a data set is checked
+    as it loads: a refusal there left an empty store and empty folders behind."""
+    (tmp_path / "mine").mkdir()
+    assert main(["train", "--model", "conv_probe", *args, "--steps", "1", "--out", str(tmp_path / "o" / "deep"),
+                 "--db", str(tmp_path / "s.sqlite")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+    db = tmp_path / "mine" / "s.sqlite"  # a store already there stays, empty or not
+    store.check_writable(db)
+    assert main(["train", "--model", "conv_probe", *args, "--steps", "1", "--out", str(tmp_path / "mine" / "o"),
+                 "--db", str(db)]) == 2
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["s.sqlite"]
+
+
 def _edited_checkpoint(tmp_path, name, edit):
     """A real checkpoint (conv_probe, one step) with ``edit`` applied to its fields, saved as ``name``."""
     run = tmp_path / "run"
