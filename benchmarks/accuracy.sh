@@ -7,20 +7,24 @@
 # tables sized to its training map, with them interpolated); non-local twice, with the paper's
 # zero-initialised output scale and with it started at 1; all into one results store. Its cost columns
 # are the trained networks' parameters and MACs and, once every run has ended, the inference latency of
-# each network as trained (its width and variant options: `attnbench run --width`, batch 1, 32 x 32, into
-# the same store, after training so that no training process shares the CPU with the timings). Finished
-# runs and measured networks are skipped (and missing evaluations made), so the script may be run in
-# several sittings; benchmarks/probe_steps.py says what each probe costs here. A run (or learning-rate search) that a sitting left unfinished continues from
-# its last epoch (--continue).
+# each network as trained (its width and variant options, `attnbench run --width`, batch 1, 32 x 32, into
+# the same store, after training so that no training process shares the CPU with the timings; run's
+# networks have a 1000-class head where the trained ones have 2 or 10 classes: at most 0.3 % of a probe's
+# MACs). Finished runs and measured networks are skipped (and missing evaluations made), so the script may
+# be run in several sittings; benchmarks/probe_steps.py says what each probe costs here. A run (or
+# learning-rate search) that a sitting left unfinished continues from its last epoch (--continue).
 # A run that diverges (train exits 1) is stored as diverged, and a latency case that fails is stored as
 # failed; the table goes on with the next setup and the script exits 1 at its end. Any other failure (bad
 # input: 2, a signal) stops it there.
-#   bash benchmarks/accuracy.sh STORE [variants] [seeds]   (a fresh store, e.g. /tmp/accuracy.sqlite, or the one
-#   an earlier sitting of the same commit wrote: reports/accuracy.sqlite is another commit's table)
+#   bash benchmarks/accuracy.sh STORE ["variant variant ..."] [seed,seed,...]   (a fresh store, e.g.
+#   /tmp/accuracy.sqlite, or the one an earlier sitting of the same commit wrote: reports/accuracy.sqlite is
+#   another commit's table); runs/ and its checkpoints are written in the current folder
 set -euo pipefail
-[ $# -ge 1 ] || { echo "usage: bash benchmarks/accuracy.sh STORE [variants] [seeds] (a fresh store, or an earlier sitting's of this commit)" >&2; exit 2; }
+usage='usage: bash benchmarks/accuracy.sh STORE ["variant variant ..."] [seed,seed,...] (a fresh store, or an earlier sitting'"'"'s of this commit)'
+[ $# -ge 1 ] || { echo "$usage" >&2; exit 2; }
 db=$1
 variants=${2:-conv nonlocal gsa axial local window neighborhood mhsa efficient}
+case $variants in *,*) echo "variants are separated by spaces, not commas: $usage" >&2; exit 2 ;; esac
 seeds=${3:-0,1,2}
 sides=24,32,48
 budget() { case $1 in longrange) echo 1500 ;; digits) echo 600 ;; esac; }
