@@ -339,7 +339,7 @@ def resolution_figure(table: pd.DataFrame, title: str):
     per trained setup: solid as trained, dashed with its tables interpolated; bars one standard deviation over
     its seeds (cut at 100 %); the side trained at dotted, chance dashed grey. A side a network did not run at
     leaves a gap in its line."""
-    table = table.assign(hue=table.variant.where(table.variant.fillna("") != "", table.model))
+    table = table.assign(hue=table.variant.where(table.variant.notna() & (table.variant != ""), table.model))
     palette = colours(table.hue)
     fig, (ax,) = new_figure(1, 7.5)
     models = sorted(set(table.model))

@@ -145,6 +145,10 @@ def summary(dbs: Sequence[str | Path], *, as_markdown: bool = False, width: int 
     at most ``width`` characters: what every row of a table shares said once above it, and a wider table in
     blocks of its columns, each repeating the row's key (:func:`attnbench.console.fit_table`)."""
     tables = summary_tables(*load(dbs))
+    if not tables:
+        raise ReportError(f"The store{'s' if len(dbs) > 1 else ''} {', '.join(map(str, dbs))} hold nothing a summary "
+                          "compares (no measured case, no finished training run); `attnbench report` draws what "
+                          "they hold.")
     note = summary_note(tables)
     if as_markdown:
         return "\n".join([f"### {SUMMARY[name]}\n\n{markdown(table)}\n" for name, table in tables.items()]
@@ -293,7 +297,7 @@ def _write_report(frame: pd.DataFrame, training: pd.DataFrame, evaluations: pd.D
     for name, table in tables.items():
         _write_table(rep, out, name, table)
         summary_index += [f"### {SUMMARY[name]}", "", markdown(table), "", f"([csv](tables/{name}.csv))", ""]
-    summary_index += [summary_note(tables), ""]
+    summary_index = summary_index + [summary_note(tables), ""] if tables else []  # evaluations alone: none
 
     if len(frame):
         index.append("## Results\n")

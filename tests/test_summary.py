@@ -155,6 +155,19 @@ def test_the_summary_tops_the_report_index_and_the_terminal_prints_it(measured, 
     assert err.startswith("attnbench summary: ") and err.count("\n") == 1
 
 
+def test_stores_of_evaluations_alone_have_no_summary_and_the_terminal_says_so(tmp_path, capsys):
+    db = tmp_path / "ev.sqlite"
+    for side in (24, 32):
+        store.write_evaluation(db, Evaluation(run_id="r", model="gsa_probe", dataset="digits", image_size=32, side=side,
+                                              top1_pct=90.0, num_classes=10))
+    report([db], tmp_path / "out", published=False)
+    index = (tmp_path / "out" / "README.md").read_text()
+    assert "Summary" not in index and "## Accuracy across resolutions" in index
+    assert main(["summary", "--db", str(db)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "hold nothing a summary compares" in err and err.count("\n") == 1
+
+
 def test_the_terminal_summary_fits_the_line_width_in_blocks_that_repeat_the_key(measured, capsys, monkeypatch):
     db, _ = measured
     tables = summary_tables(*load([db]))
