@@ -128,6 +128,14 @@ class Unwritable(Exception):
     """A folder that cannot be made or written; the message says why, in one line."""
 
 
+def exists(path: str | Path) -> bool:
+    """Whether ``path`` exists: False too for a name the system refuses (too long), which cannot."""
+    try:
+        return Path(path).exists()
+    except OSError:
+        return False
+
+
 def check_folder(what: str, path: str | Path, *, make: bool = True) -> None:
     """``path`` is a folder, or can be made one, and can be written, found before the work whose results go there:
     :class:`Unwritable` (naming it as ``what``, e.g. ``--out``) otherwise. It is made here unless ``make`` is

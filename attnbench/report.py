@@ -210,7 +210,7 @@ def report(dbs: Sequence[str | Path], out: str | Path = DEFAULT_REPORT, *, publi
     """
     frame, training, evaluations = load(dbs)
     out = Path(out)
-    made = list(itertools.takewhile(lambda f: not f.exists(), (out, *out.parents)))  # by mkdir, deepest first
+    made = list(itertools.takewhile(lambda f: not files.exists(f), (out, *out.parents)))  # by mkdir, deepest first
     out.mkdir(parents=True, exist_ok=True)
     files.remove_stale(out, STAGING)  # of reports killed before they could clean up
     _earlier_files(out)  # a folder that is not a report is refused before any work

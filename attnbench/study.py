@@ -245,7 +245,7 @@ def _outputs_made(db: str | None, outs: Iterable[str]) -> Iterator[None]:
     first epoch), the store and the folders this made are removed again while they hold nothing: a refused
     command leaves nothing behind."""
     outs = [Path(out) for out in outs]
-    made = {f for out in outs for f in itertools.takewhile(lambda f: not f.exists(), (out, *out.parents))}
+    made = {f for out in outs for f in itertools.takewhile(lambda f: not files.exists(f), (out, *out.parents))}
     new_store = db is not None and not Path(db).exists()
     try:
         if db is not None:

@@ -511,7 +511,10 @@ def refuse_earlier_run(out: str | Path, *, resume: str | Path | None = None, ove
     """TrainError if ``out`` holds the checkpoint of a run that a new one would replace, unless the new one
     resumes that very checkpoint or ``overwrite`` says to replace it."""
     existing = Path(out) / "checkpoint.pt"
-    if overwrite or not existing.exists():
+    try:
+        if overwrite or not existing.is_file():
+            return
+    except OSError:  # a name the system refuses holds no run: --out's own check says why
         return
     if resume is not None and Path(resume).exists() and os.path.samefile(resume, existing):
         return
