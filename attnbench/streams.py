@@ -9,6 +9,7 @@ from __future__ import annotations
 import codecs
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from typing import TextIO
 
@@ -71,8 +72,15 @@ def _plain(err: UnicodeError) -> tuple[str, int]:
 
 def plain_streams() -> None:
     """Standard output and error that cannot encode a character (``PYTHONIOENCODING=ascii``, a C locale) write
-    an ASCII spelling of it (``µs`` as ``us``, ``±`` as ``+-``, others escaped) instead of failing."""
+    an ASCII spelling of it (``µs`` as ``us``, ``±`` as ``+-``, others escaped) instead of failing; a warning is
+    one line, its message (not the file, line and source that raised it)."""
+    warnings.formatwarning = _one_line
     codecs.register_error("attnbench.plain", _plain)
     for stream in (sys.stdout, sys.stderr):
         if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="attnbench.plain")
+
+
+def _one_line(message: Warning | str, category: type[Warning], *where: object, **kwargs: object) -> str:
+    first = str(message).splitlines()[0] if str(message) else category.__name__
+    return f"attnbench: warning: {first}\n"

@@ -338,7 +338,12 @@ def load_weights(ckpt: dict, path: str | Path, model: nn.Module) -> None:
     """The checkpoint's weights into ``model``, every tensor's shape checked against the network's first."""
     weights, params = ckpt["model"], model.state_dict()
     if not isinstance(weights, dict) or set(weights) != set(params):
-        raise TrainError(f"Checkpoint {path} does not fit network {ckpt['config'].get('model')}: other weights.")
+        lacks = sorted(set(params) - set(weights)) if isinstance(weights, dict) else ["all"]
+        extra = sorted(set(weights) - set(params)) if isinstance(weights, dict) else []
+        said = [f"{count(len(lacks), 'weight')} of the network missing ({lacks[0]}, ...)"] * bool(lacks) + [
+            f"{count(len(extra), 'weight')} it does not have ({extra[0]}, ...)"] * bool(extra)
+        raise TrainError(f"Checkpoint {path} does not fit network {ckpt['config'].get('model')}: "
+                         f"{'; '.join(said)}.")
     _fits(ckpt, path, [(f"weight {name}", weights[name], want.shape) for name, want in params.items()])
     for name, tensor in weights.items():  # training never keeps a checkpoint whose weights are not finite
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
@@ -361,6 +366,9 @@ def load_optimizer(ckpt: dict, path: str | Path, optimizer: torch.optim.Optimize
         raise TrainError(f"Checkpoint {path} holds the optimizer state of another network.") from None
 
 
+_WARNED: set[str] = set()
+
+
 def checkpoint_config(ckpt: dict, path: str | Path) -> TrainConfig:
     """The configuration a checkpoint was trained with. Keys this attnbench does not know (a newer one
     wrote them) are left out with a warning; a value it would not accept is a TrainError."""
@@ -369,9 +377,10 @@ def checkpoint_config(ckpt: dict, path: str | Path) -> TrainConfig:
         raise TrainError(f"{path} has no readable configuration.")
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(map(str, set(saved) - known))
-    if unknown:
-        warnings.warn(f"{path} was written with options this attnbench does not know, ignored: {', '.join(unknown)}",
-                      stacklevel=2)
+    said = f"{path} was written with options this attnbench does not know, ignored: {', '.join(unknown)}"
+    if unknown and said not in _WARNED:  # once, however often the checkpoint's configuration is read
+        _WARNED.add(said)
+        warnings.warn(said, stacklevel=2)
     try:
         return TrainConfig(**{k: v for k, v in saved.items() if k in known})
     except TypeError as e:  # a field without a default is missing

@@ -403,6 +403,16 @@ def test_checkpoints_of_a_newer_attnbench_bad_values_or_other_weights(tmp_path, 
                  "--db", str(tmp_path / "r.sqlite")]) == 2
     err = capsys.readouterr().err
     assert f"Checkpoint {weights} does not fit network conv_probe" in err and err.count("\n") == 1
+    renamed = variant("renamed.pt", lambda c: c.update(model={k.replace("fc.", "head."): v
+                                                               for k, v in good["model"].items()}))
+    assert main(["eval", "--checkpoint", str(renamed), "--dataset", "digits"]) == 2
+    assert ("conv_probe: 2 weights of the network missing (fc.bias, ...); 2 weights it does not have (head.bias, "
+            "...).") in capsys.readouterr().err
+    # on the command line the newer checkpoint's warning is one line, not Python's file, line and source
+    done = subprocess.run([sys.executable, "-m", "attnbench", "eval", "--checkpoint", str(newer), "--dataset",
+                           "digits", "--db", str(tmp_path / "w.sqlite")], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stderr == (f"attnbench: warning: {newer} was written with options this "
+                                                    "attnbench does not know, ignored: ema_decay\n")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
