@@ -123,13 +123,15 @@ class VariantConfig:
             wanted = " or ".join(name for _, name in rules) + (" (or none)" if type(None) in kinds else "")
             raise ValueError(f"Invalid {f.name}={value!r}: {f.name} must be {wanted}.")
 
-    def check_extents(self, side: int) -> None:
-        """The spatial extents (``_extents``) reach at most every pixel of a ``side`` x ``side`` map, ``2 side - 1``
-        pixels, or are no wider than the variant's default. A wider one reaches no further and only grows its
-        tables (a span of 10^8 is 800 M parameters)."""
-        defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        for name in self._extents:
-            value, default = getattr(self, name, None), defaults.get(name)
+    @classmethod
+    def check_extents(cls, options: dict[str, Any], side: int) -> None:
+        """The spatial extents (``_extents``) that ``options`` set reach at most every pixel of a ``side`` x ``side``
+        map, ``2 side - 1`` pixels, or are no wider than the variant's default. A wider one reaches no further and
+        only grows its tables (a span of 10^8 is 800 M parameters), so it is refused before any layer is built,
+        whatever its channels."""
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        for name in cls._extents:
+            value, default = options.get(name), defaults.get(name)
             most = max(2 * side - 1, default if isinstance(default, int) else 0)
             if isinstance(value, int) and value > most:
                 raise ValueError(f"Invalid {name}={value}: wider than {most} pixels, all that a map of side {side} "

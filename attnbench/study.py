@@ -29,7 +29,6 @@ from attnbench.evaluation import describe, evaluate_at_sides
 from attnbench.models import UnknownModelError, get_model_spec, list_archs
 from attnbench.models.registry import family_name
 from attnbench.record import parse_options
-from attnbench.registry import get_variant_spec
 from attnbench.sweep import variant_options
 from attnbench.train import (
     LR_CANDIDATES,
@@ -175,8 +174,9 @@ def _config(study: Study, say: Callable[[str], None]) -> tuple[TrainConfig, str]
     spec = None
     try:
         spec = get_model_spec(study.model)
+        reference = study.match_to or conv_of(spec)
         if study.match:
-            get_model_spec(study.match_to or conv_of(spec))
+            get_model_spec(reference)
     except UnknownModelError as e:
         raise TrainError(("--match-to: " if spec else "") + str(e)) from None
     if spec.foreign:
@@ -200,9 +200,14 @@ def _config(study: Study, say: Callable[[str], None]) -> tuple[TrainConfig, str]
                       momentum=study.momentum, weight_decay=study.weight_decay, width=study.width, stem=stem,
                       dtype=study.dtype, device=usable_device(study.device), seed=seeds[0], steps=study.steps,
                       plateau=study.plateau, options=options, image_size=study.image_size, workers=study.workers)
+    if not spec.foreign:  # the network at its width with its options; with --match, the reference at --width
+        checked, given = (get_model_spec(reference), "") if study.match else (spec, options)
+        try:
+            checked.check_options(image_side(cfg), parse_options(given), width=study.width, stem=stem)
+        except ValueError as e:
+            raise TrainError(str(e)) from None
     if not study.match:
         return cfg, "given"
-    reference = study.match_to or conv_of(spec)
     width, cost, target = match_width(study.model, reference, study.match, num_classes=CLASSES[study.dataset],
                                       reference_width=study.width, stem=stem, options=options)
     source = f"matched to {reference} at width {study.width:g} in {study.match}: {cost:,} against {target:,}"
@@ -225,11 +230,9 @@ def train_options(spec, opts: list[str]) -> str:
     if not spec.variant:
         raise TrainError(f"--opt sets a variant's options; {spec.name} has no attnbench variant.")
     try:
-        options = variant_options([spec.variant], opts)[spec.variant]
-        get_variant_spec(spec.variant).make_config(64, **parse_options(options))
-    except (ValueError, TypeError) as e:
-        raise TrainError(f"--opt for {spec.name}: {e}" if "--opt" not in str(e) else str(e)) from None
-    return options
+        return variant_options([spec.variant], opts)[spec.variant]
+    except ValueError as e:
+        raise TrainError(str(e)) from None
 
 
 def conv_of(spec) -> str:

@@ -261,6 +261,8 @@ class Sweep:
 
     def cases(self) -> list[Case]:
         """The sweep's cases (its shard's); ``ValueError`` with a one-line reason for anything invalid."""
+        from attnbench.models import get_model_spec
+
         subjects = self.subjects()
         for name, choices in (("dtype", DTYPE_NAMES), ("mode", MODES)):
             for item in getattr(self, name):
@@ -278,15 +280,21 @@ class Sweep:
             raise ValueError(f"Invalid width={bad[0]!r}: give positive multipliers.")
         variants = list(dict.fromkeys(s.variant for s in subjects if s.variant))
         options = variant_options(variants, list(self.opt))
+        side = max(self.res or [DEFAULT_RES[self.scope]])
         for v in variants:
-            # module scope: each dim; model scope: the narrowest bottleneck width, of which the others are multiples
-            for d in self.dim if self.scope == Scope.MODULE else [64]:
+            spec, given = get_variant_spec(v), parse_options(options[v])
+            try:
+                spec.config_cls.check_extents(given, side)
+            except ValueError as e:
+                raise ValueError(f"--opt for variant '{v}': {e}") from None
+            for d in self.dim if self.scope == Scope.MODULE else []:
                 try:
-                    get_variant_spec(v).make_config(d, **parse_options(options[v])).check_extents(
-                        max(self.res or [DEFAULT_RES[self.scope]]))
+                    spec.make_config(d, **given)
                 except (ValueError, TypeError) as e:
-                    what = f"--dim {d}" if self.scope == Scope.MODULE else "--opt"
-                    raise ValueError(f"{what} for variant '{v}': {e}") from None
+                    raise ValueError(f"--dim {d} for variant '{v}': {e}") from None
+        registered = [s for s in subjects if s.model and s.variant]  # networks with a variant: their widths and options
+        for s, w in itertools.product(registered, self.width):
+            get_model_spec(s.model).check_options(side, parse_options(options[s.variant]), width=float(w))
         most = MAX_THREADS_PER_CORE * (os.cpu_count() or 1)
         if self.threads is not None and not 1 <= self.threads <= most:
             raise ValueError(f"Invalid threads={self.threads}: at most {MAX_THREADS_PER_CORE} per core, "

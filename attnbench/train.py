@@ -419,23 +419,27 @@ def match_width(model: str, reference: str, metric: str, *, num_classes: int, re
     """The width multiplier at which ``model`` (with its variant's ``options``) costs what ``reference`` (at
     ``reference_width``, with its defaults) costs, in parameters or MACs: the closest of ``WIDTHS`` that
     builds, if within ``MATCH_TOLERANCE``. Returns (width, the model's cost, the reference's); TrainError
-    when no width comes that close."""
+    when no width builds, or none comes that close."""
     target = network_cost(reference, metric, width=reference_width, num_classes=num_classes, stem=stem)
     best: tuple[float, float, int] | None = None  # (relative gap, width, cost)
+    refused = None  # the first refusal, said when no width builds
     for width in WIDTHS:
         try:
             cost = network_cost(model, metric, width=width, num_classes=num_classes, stem=stem, options=options)
-        except ValueError:  # a width the variant's options do not allow (heads, even head widths)
+        except ValueError as e:  # a width the variant's options do not allow (heads, even head widths)
+            refused = refused or e
             continue
         gap = abs(cost - target) / target
         if best is None or gap < best[0]:
             best = (gap, width, cost)
         if cost > target * (1 + MATCH_TOLERANCE):  # costs grow with the width: nothing closer beyond
             break
-    if best is None or best[0] > MATCH_TOLERANCE:
-        closest = f"; the closest is width {best[1]:g}, {100 * best[0]:.1f} % off" if best else ""
+    if best is None:  # its options suit no width
+        raise TrainError(f"{model} builds at none of the widths --match tries, {WIDTHS[0]:g} to {WIDTHS[-1]:g}: "
+                         f"{refused}")
+    if best[0] > MATCH_TOLERANCE:
         raise TrainError(f"No width of {model} matches {reference}'s {metric} ({target:,}) within "
-                         f"{100 * MATCH_TOLERANCE:g} %{closest}.")
+                         f"{100 * MATCH_TOLERANCE:g} %; the closest is width {best[1]:g}, {100 * best[0]:.1f} % off.")
     return best[1], best[2], target
 
 

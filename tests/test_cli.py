@@ -199,7 +199,8 @@ def test_retry_failed_measures_stored_failures_again(capsys, tmp_path):
         (["--variants", "gsa", "--opt", "size=3"], "size is set by the sweep"),
         (["--variants", "gsa", "--opt", "local.window=3"], "'local' is not a variant of this sweep (gsa)"),
         (["--variants", "gsa", "--opt", "gsa.window=3"], "no variant of this sweep has an option 'window'"),
-        (["--variants", "gsa", "--opt", "span=2"], "--opt for variant 'gsa': Invalid span=2"),
+        (["--variants", "gsa", "--opt", "span=2"],
+         "--opt for gsa_resnet50 at width 1, whose gsa layers have 64, 128, 256, 512 channels: Invalid span=2"),
         (["--scope", "module", "--variants", "gsa", "--dim", "16", "--opt", "heads=3"],
          "--dim 16 for variant 'gsa': Invalid dim=16: dim must be divisible by heads=3"),
         (["--variants", "gsa", "--opt", "span"], "options are KEY=VALUE"),
@@ -227,6 +228,26 @@ def test_bad_arguments_are_one_line_and_exit_2(capsys, tmp_path, args, message):
     code, out, err = run_cli(capsys, "run", "--db", str(tmp_path / "r.sqlite"), *args)
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args, message", [
+    # a network's variant options are checked at the channels of its layers: 16 in a probe at width 1, where
+    # 32 heads were a case stored as an error
+    (["--model", "window_probe", "--opt", "heads=32"], "--opt for window_probe at width 1, whose window layers have "
+     "16 channels: Invalid dim=16: dim must be divisible by heads=32 (nearest valid: 32)."),
+    (["--variants", "gsa", "--arch", "probe", "--width", "1,2", "--opt", "heads=3"],
+     "--opt for gsa_probe at width 1, whose gsa layers have 16 channels: Invalid dim=16: dim must be divisible by "
+     "heads=3 (nearest valid: 15)."),
+    (["--variants", "gsa", "--opt", "heads=3"], "--opt for gsa_resnet50 at width 1, whose gsa layers have 64, 128, "
+     "256, 512 channels: Invalid dim=64: dim must be divisible by heads=3 (nearest valid: 63)."),
+    (["--variants", "local", "--width", "0.125"], "local_resnet50 at width 0.125: Invalid dim=8 with heads=8: the "
+     "head width dim/heads must be even (its halves hold the row and column embeddings)."),
+])
+def test_a_networks_width_and_options_are_refused_at_its_channels_before_anything_is_made(capsys, tmp_path, args,
+                                                                                            message):
+    code, out, err = run_cli(capsys, "run", "--res", "16", "--db", str(tmp_path / "r.sqlite"), *args)
+    assert (code, out, err) == (2, "", f"attnbench run: {message}\n")
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")

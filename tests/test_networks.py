@@ -282,6 +282,19 @@ def test_the_width_axis_measures_each_network_at_its_width(tmp_path):
     assert frame[frame.model == "gsa_probe"].params.is_monotonic_increasing
 
 
+def test_a_networks_options_are_checked_at_the_channels_of_its_layers():
+    """3 heads divide a probe's 15 channels (width 15/16) and a ResNet-50's at width 0.75 (48 to 384), not those
+    at width 1: each sweep is planned where its layers take them, and refused where they do not."""
+    for model, width, other in (("window_probe", 0.9375, 1.0), ("gsa_resnet50", 0.75, 1.0)):
+        cases = attnbench.api.plan(model=[model], width=[width], opt=["heads=3"], res=[32], device=["cpu"], threads=1)
+        assert [(c.width, c.options) for c in cases] == [(width, "heads=3")]
+        net = attnbench.build_model(model, width=width, image_size=32, **cases[0].variant_options)
+        layers = [m for m in net.modules() if isinstance(m, attnbench.registry.Variant) and m.cfg.heads == 3]
+        assert layers and all(m.cfg.dim % 3 == 0 for m in layers)
+        with pytest.raises(ValueError, match=f"--opt for {model} at width 1, .* must be divisible by heads=3"):
+            attnbench.api.plan(model=[model], width=[width, other], opt=["heads=3"], res=[32], device=["cpu"])
+
+
 def test_the_code_hash_covers_the_measuring_code_only(tmp_path, monkeypatch):
     """A help text or a plot colour measures nothing again; a variant, network or measurement does."""
     from attnbench import env

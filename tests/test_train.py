@@ -881,6 +881,35 @@ def test_match_picks_the_width_with_the_reference_cost(tmp_path, capsys):
     assert code == 2 and "No width of local_probe matches conv_probe's params" in err and "closest is width 2" in err
 
 
+@pytest.mark.parametrize("args, message", [
+    # the options at the network's channels (16 at width 1; 32 at width 2), not at 64: a traceback, or a nearest
+    # valid width of 63 channels
+    (["--model", "window_probe", "--opt", "heads=32"], "--opt for window_probe at width 1, whose window layers "
+     "have 16 channels: Invalid dim=16: dim must be divisible by heads=32 (nearest valid: 32)."),
+    (["--model", "window_probe", "--opt", "heads=3"], "--opt for window_probe at width 1, whose window layers "
+     "have 16 channels: Invalid dim=16: dim must be divisible by heads=3 (nearest valid: 15)."),
+    (["--model", "gsa_probe", "--width", "2", "--opt", "heads=3"], "--opt for gsa_probe at width 2, whose gsa "
+     "layers have 32 channels: Invalid dim=32: dim must be divisible by heads=3 (nearest valid: 30)."),
+    (["--model", "gsa_probe", "--match", "params", "--opt", "span=2"], "gsa_probe builds at none of the widths "
+     "--match tries, 0.5 to 8: Invalid span=2: span must be a positive odd integer (or None)."),
+])
+def test_a_networks_width_and_options_are_refused_at_its_channels_before_anything_is_made(capsys, tmp_path, args,
+                                                                                            message):
+    code = main(["train", "--dataset", "digits", "--steps", "1", "--batch", "16", "--db", str(tmp_path / "r.sqlite"),
+                 "--out", str(tmp_path / "runs" / "x"), *args])
+    assert (code, capsys.readouterr().err) == (2, f"attnbench train: {message}\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_networks_options_are_accepted_at_channels_they_suit():
+    """3 heads divide the 15 channels of a window probe at width 15/16."""
+    from attnbench.study import Study, _config
+
+    cfg, source = _config(Study(model="window_probe", dataset="digits", width=0.9375, opt=["heads=3"]), print)
+    assert (cfg.width, cfg.options, source) == (0.9375, "heads=3", "given")
+    assert {block.cfg.heads for block in build(cfg, 10).blocks} == {3}
+
+
 def test_probe_heads_are_the_most_of_eight_channels_or_more_that_the_variant_accepts():
     import attnbench
 
@@ -929,7 +958,8 @@ def test_variant_options_reach_the_network_are_stored_and_make_their_own_setup(t
     assert main([*common, "--opt", "zero_init=maybe", "--out", str(tmp_path / "bad")]) == 2
     assert main([*common, "--opt", "span=3", "--out", str(tmp_path / "bad")]) == 2
     err = capsys.readouterr().err
-    assert "--opt for nonlocal_probe: Invalid zero_init='maybe': zero_init must be true or false" in err
+    assert ("--opt for nonlocal_probe at width 1, whose nonlocal layers have 16 channels: Invalid zero_init='maybe': "
+            "zero_init must be true or false") in err
     assert "no variant of this sweep has an option 'span'" in err
 
 

@@ -36,7 +36,7 @@ from typing import Any
 
 from torch import nn
 
-from attnbench.registry import get_variant_spec, list_variants, load_plugins
+from attnbench.registry import Variant, get_variant_spec, list_variants, load_plugins
 
 PLUGIN_GROUP = "attnbench.models"  # the entry-point group through which other packages add networks
 TIMM_PREFIX = "timm:"
@@ -116,20 +116,48 @@ class ModelSpec:
                                     "processes cannot import: register it in a module of yours and import that, or "
                                     "name its builder as module:callable.")
 
-    def check_builds(self, image_size: int) -> None:
-        """A user's builder is called once on the meta device (no memory, no weights made) before a sweep, and
-        :class:`NotAModuleError` raised where it returns something other than an ``nn.Module``; a builder that
-        fails there (it loads weights, say) is left to its cases, which say why."""
-        if self.kind != "custom":
-            return
+    def build_on_meta(self, **options: Any) -> nn.Module:
+        """The network built on the meta device: its shapes alone, no memory, no weights drawn."""
         import torch
 
+        with torch.device("meta"):
+            return self.build(**options)
+
+    def check_builds(self, image_size: int) -> None:
+        """A user's builder is called once on the meta device before a sweep, and :class:`NotAModuleError` raised
+        where it returns something other than an ``nn.Module``; a builder that fails there (it loads weights, say)
+        is left to its cases, which say why."""
+        if self.kind != "custom":
+            return
         try:
-            with torch.device("meta"):
-                self.build(image_size=image_size)
+            self.build_on_meta(image_size=image_size)
         except NotAModuleError:
             raise
         except Exception:  # noqa: BLE001, S110 - any other failure is its cases' to report, with their reason
+            pass
+
+    def check_options(self, image_size: int, options: dict[str, Any], **settings: Any) -> None:
+        """One of attnbench's networks is built on the meta device with its ``settings`` (``width``, ``stem``), then
+        with its variant's ``options`` too, before a sweep or a training run: a ``ValueError`` of its builder is
+        what the user gave, raised in one line naming the network and its width (and, for the options, the channels
+        of its variant's layers, which the options must suit). Any other failure (an operation the meta device
+        lacks) is left to the network's build, which says why."""
+        width = settings.get("width", 1.0)
+        try:
+            plain = self.build_on_meta(image_size=image_size, **settings)
+        except ValueError as e:
+            raise ValueError(f"{self.name} at width {width:g}: {e}") from None
+        except Exception:  # noqa: BLE001 - not the user's input: the network's build says why
+            return
+        if not options:
+            return
+        dims = sorted({m.cfg.dim for m in plain.modules() if isinstance(m, Variant) and m.variant_name == self.variant})
+        try:
+            self.build_on_meta(image_size=image_size, **settings, **options)
+        except ValueError as e:
+            raise ValueError(f"--opt for {self.name} at width {width:g}, whose {self.variant} layers have "
+                             f"{', '.join(map(str, dims))} channels: {e}") from None
+        except Exception:  # noqa: BLE001, S110 - not the user's input: the network's build says why
             pass
 
 
