@@ -380,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "that wins, twice or half it, until one inside wins")
     tr.add_argument("--momentum", type=float, default=0.9)
     tr.add_argument("--weight-decay", type=float, default=5e-4)
-    tr.add_argument("--width", type=positive_float, default=1.0, help="channel multiplier, e.g. 0.25")
+    tr.add_argument("--width", type=positive_float, default=1.0, help="channel multiplier, e.g. 0.5")
     tr.add_argument("--stem", choices=("conv", "cifar"), default=None,
                     help="attnbench's ResNets: conv (7x7 + max-pool) or cifar (3x3) (default: cifar)")
     tr.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")

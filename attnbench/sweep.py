@@ -4,7 +4,6 @@ Python API alike, and expands into the cross product of its options as small fro
 from __future__ import annotations
 
 import itertools
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -262,6 +261,7 @@ class Sweep:
     def cases(self) -> list[Case]:
         """The sweep's cases (its shard's); ``ValueError`` with a one-line reason for anything invalid."""
         from attnbench.models import get_model_spec
+        from attnbench.models.registry import check_multiplier
 
         subjects = self.subjects()
         for name, choices in (("dtype", DTYPE_NAMES), ("mode", MODES)):
@@ -275,9 +275,8 @@ class Sweep:
             bad = [v for v in getattr(self, name) or () if not isinstance(v, int) or v < 1]
             if bad:
                 raise ValueError(f"Invalid {name}={bad[0]!r}: give whole numbers of at least 1.")
-        bad = [w for w in self.width if isinstance(w, bool) or not isinstance(w, int | float) or not 0 < w < math.inf]
-        if bad:
-            raise ValueError(f"Invalid width={bad[0]!r}: give positive multipliers.")
+        for w in self.width:
+            check_multiplier(w)
         variants = list(dict.fromkeys(s.variant for s in subjects if s.variant))
         options = variant_options(variants, list(self.opt))
         side = max(self.res or [DEFAULT_RES[self.scope]])

@@ -230,6 +230,9 @@ def test_bad_arguments_are_one_line_and_exit_2(capsys, tmp_path, args, message):
     assert err.count("\n") == 1 and message in err and "Traceback" not in err
 
 
+PROBE_WIDTHS = "probe widths are multiples of 1/16 (one channel), at least 0.5 (8 channels); nearest:"
+
+
 @pytest.mark.parametrize("args, message", [
     # a network's variant options are checked at the channels of its layers: 16 in a probe at width 1, where
     # 32 heads were a case stored as an error
@@ -240,6 +243,13 @@ def test_bad_arguments_are_one_line_and_exit_2(capsys, tmp_path, args, message):
      "heads=3 (nearest valid: 15)."),
     (["--variants", "gsa", "--opt", "heads=3"], "--opt for gsa_resnet50 at width 1, whose gsa layers have 64, 128, "
      "256, 512 channels: Invalid dim=64: dim must be divisible by heads=3 (nearest valid: 63)."),
+    # a probe's width gives it exactly width x 16 channels, or it is refused: it was clamped to 8 and truncated
+    (["--model", "conv_probe", "--width", "0.001"], f"conv_probe at width 0.001 would have 0.016 channels: "
+     f"{PROBE_WIDTHS} 0.5."),
+    (["--model", "conv_probe", "--width", "1e-9"], f"conv_probe at width 1e-09 would have 1.6e-08 channels: "
+     f"{PROBE_WIDTHS} 0.5."),
+    (["--variants", "conv,gsa", "--arch", "probe", "--width", "0.5,0.55"],
+     f"conv_probe at width 0.55 would have 8.8 channels: {PROBE_WIDTHS} 0.5, 0.5625."),
     (["--variants", "local", "--width", "0.125"], "local_resnet50 at width 0.125: Invalid dim=8 with heads=8: the "
      "head width dim/heads must be even (its halves hold the row and column embeddings)."),
 ])

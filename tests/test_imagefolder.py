@@ -141,7 +141,7 @@ def test_a_checkpoint_is_evaluated_only_on_the_classes_it_was_trained_on(tmp_pat
     stored: its labels would index past the network's outputs, or mean other things."""
     root = write_tree(tmp_path / "tree", per_class=(2, 1))
     assert main(["train", "--dataset", "imagefolder", "--data-dir", str(root), "--model", "conv_probe", "--width",
-                 "0.25", "--batch", "2", "--steps", "1", "--image-size", "16", "--workers", "0", "--out",
+                 "0.5", "--batch", "2", "--steps", "1", "--image-size", "16", "--workers", "0", "--out",
                  str(tmp_path / "run"), "--db", str(tmp_path / "r.sqlite")]) == 0
     more, renamed = write_tree(tmp_path / "more", per_class=(1, 1)), write_tree(tmp_path / "renamed", per_class=(1, 1))
     for split in ("train", "val"):
@@ -165,7 +165,7 @@ def test_a_checkpoint_is_evaluated_on_a_folder_with_val_only(tmp_path, capsys):
     root = write_tree(tmp_path / "tree", per_class=(2, 2))
     ckpt = str(tmp_path / "run" / "checkpoint.pt")
     assert main(["train", "--dataset", "imagefolder", "--data-dir", str(root), "--model", "conv_probe", "--width",
-                 "0.25", "--batch", "2", "--steps", "2", "--image-size", "16", "--workers", "0", "--out",
+                 "0.5", "--batch", "2", "--steps", "2", "--image-size", "16", "--workers", "0", "--out",
                  str(tmp_path / "run"), "--db", str(tmp_path / "r.sqlite")]) == 0
     val_only = tmp_path / "val-only"
     __import__("shutil").copytree(root / "val", val_only / "val")

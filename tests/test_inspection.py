@@ -18,7 +18,7 @@ def test_erf_support_matches_each_mechanism():
 
 
 def test_erf_of_a_network_and_its_figure():
-    net = attnbench.build_model("conv_probe", num_classes=2, width=0.25)
+    net = attnbench.build_model("conv_probe", num_classes=2, width=0.5)
     erf = effective_receptive_field(net, (3, 17, 17), samples=2)
     # stem and two 3x3 blocks: a 7x7 field around the centre
     assert nz_box(erf) == (5, 11)

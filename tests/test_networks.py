@@ -282,6 +282,22 @@ def test_the_width_axis_measures_each_network_at_its_width(tmp_path):
     assert frame[frame.model == "gsa_probe"].params.is_monotonic_increasing
 
 
+@pytest.mark.parametrize("width", [0.5, 0.5625, 0.875, 1.0, 1.375, 1.625, 2.0])
+def test_a_probe_at_an_accepted_width_has_exactly_width_times_16_channels(width):
+    """Not a clamped or truncated count: 0.5 and 0.5625 are 8 and 9 channels."""
+    c = 16 * width
+    net = attnbench.build_model("conv_probe", num_classes=10, width=width, image_size=32)
+    # a 3x3 stem from 3 channels, two 3x3 convolutions of c to c, three batch norms and a classifier of c features
+    assert sum(p.numel() for p in net.parameters()) == 27 * c + 2 * 9 * c * c + 3 * 2 * c + 10 * c + 10
+
+
+def test_every_probe_has_width_times_16_channels_at_the_widths_the_accuracy_table_trains_at():
+    for width in (0.875, 1.375, 1.625, 2.0):  # as train --match params picks them
+        for variant in attnbench.list_variants(builtin=True):
+            net = get_model_spec(f"{variant}_probe").build_on_meta(num_classes=10, width=width, image_size=32)
+            assert net.fc.weight.shape == (10, 16 * width), (variant, width)
+
+
 def test_a_networks_options_are_checked_at_the_channels_of_its_layers():
     """3 heads divide a probe's 15 channels (width 15/16) and a ResNet-50's at width 0.75 (48 to 384), not those
     at width 1: each sweep is planned where its layers take them, and refused where they do not."""

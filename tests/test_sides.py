@@ -360,7 +360,7 @@ def test_a_side_whose_images_cannot_fit_is_an_error_row_and_the_other_sides_go_o
     grant it and the machine could not hold it, the kernel's OOM killer would end a process) and 8 is evaluated."""
     import attnbench.measure.memory as memory
 
-    train(TrainConfig(model="conv_probe", dataset="digits", batch=256, steps=1, width=0.25), out=tmp_path / "run",
+    train(TrainConfig(model="conv_probe", dataset="digits", batch=256, steps=1, width=0.5), out=tmp_path / "run",
           progress=False)
     monkeypatch.setattr(memory, "available_memory", lambda device: 10 * 2**20)
     with pytest.raises(MemoryError, match=r"^its images at 64 x 64 need about 0.2 GiB; 0.0 GiB is available$"):

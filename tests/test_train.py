@@ -323,11 +323,11 @@ def assert_refused_by_eval_and_resume(path, message, tmp_path, capsys) -> None:
 
 
 def test_checkpoints_of_another_model_or_corrupted(tmp_path, capsys):
-    cfg = TrainConfig(model="conv_probe", dataset="digits", epochs=1, batch=64, width=0.25)
+    cfg = TrainConfig(model="conv_probe", dataset="digits", epochs=1, batch=64, width=0.5)
     train(cfg, out=tmp_path / "run", progress=False)
     ckpt = tmp_path / "run" / "checkpoint.pt"
     code = main(["train", "--model", "gsa_probe", "--dataset", "digits", "--epochs", "1", "--batch", "64",
-                 "--width", "0.25", "--resume", str(ckpt), "--out", str(tmp_path / "x"),
+                 "--width", "0.5", "--resume", str(ckpt), "--out", str(tmp_path / "x"),
                  "--db", str(tmp_path / "r.sqlite")])
     err = capsys.readouterr().err
     assert code == 2 and "is for model='conv_probe', not 'gsa_probe'" in err
@@ -445,7 +445,7 @@ def _oversized_checkpoint(path, compressed: bool, nbytes: int) -> None:
     records compressed (a file of a few hundred KB that inflates to ``nbytes``)."""
     from dataclasses import asdict
 
-    cfg = TrainConfig(model="conv_probe", dataset="digits", width=0.25)
+    cfg = TrainConfig(model="conv_probe", dataset="digits", width=0.5)
     weights = build(cfg, 10).state_dict()
     weights["stem.0.weight"] = torch.empty(nbytes // 4)  # pages never touched: no memory here
     optimizer = {"state": {}, "param_groups": [{"params": list(range(len(weights)))}]}
@@ -470,7 +470,7 @@ def test_a_checkpoint_with_a_huge_tensor_is_refused_before_it_is_in_memory(tmp_p
     code = ("import sys\n"
             "from attnbench.evaluation import evaluate_at_sides\n"
             "from attnbench.train import TrainConfig, TrainError, build, datasets, train\n"
-            "cfg = TrainConfig('conv_probe', 'digits', width=0.25)\n"
+            "cfg = TrainConfig('conv_probe', 'digits', width=0.5)\n"
             "import tqdm, attnbench.measure.macs, attnbench.measure.params  # what either path loads anyway, before\n"
             "build(cfg, 10), datasets(cfg)  # the peak is reset\n"
             "def kib(field):\n"
@@ -647,12 +647,12 @@ def test_seeds_give_mean_spread_and_significance(tmp_path, capsys):
     common = ["train", "--dataset", "digits", "--model", "conv_probe", "--batch", "128", "--steps", "4",
               "--db", str(db)]
     assert main([*common, "--width", "0.5", "--seeds", "0,1,2", "--out", str(tmp_path / "half")]) == 0
-    assert main([*common, "--width", "0.25", "--seeds", "0,1", "--out", str(tmp_path / "quarter")]) == 0
+    assert main([*common, "--width", "0.75", "--seeds", "0,1", "--out", str(tmp_path / "three-quarters")]) == 0
     training = store.load_training(db)
     assert training.run_id.nunique() == 5 and sorted(training.seed.unique()) == [0, 1, 2]
     table = accuracy_table(store.load_results(db), training).set_index("width")
     last = training.sort_values("epoch").groupby("run_id").tail(1)
-    for model, n in ((0.5, 3), (0.25, 2)):
+    for model, n in ((0.5, 3), (0.75, 2)):
         runs = last[last.width == model].top1_pct
         assert table.loc[model, "seeds"] == n
         assert table.loc[model, "top-1 (%)"] == round(runs.mean(), 2)
@@ -682,7 +682,7 @@ def test_continue_takes_up_a_sitting_stopped_midway_where_it_stopped_the_rate_se
     """A table trained in sittings: the first stopped after an epoch of each seed (as a killed one keeps its
     last epoch); --continue reads the finished rate search back instead of training it again and continues
     each seed's run (which then ends as one trained straight through: test_resume_continues_exactly)."""
-    common = ["train", "--dataset", "digits", "--model", "conv_probe", "--width", "0.25", "--batch", "256",
+    common = ["train", "--dataset", "digits", "--model", "conv_probe", "--width", "0.5", "--batch", "256",
               "--steps", "10", "--lr", "auto", "--seeds", "0,1"]
     sittings = tmp_path / "sittings"
     db = str(tmp_path / "r.sqlite")
@@ -816,7 +816,7 @@ def test_lr_auto_where_every_rate_diverges_trains_nothing_and_exits_1(tmp_path, 
     one line and exits 1 with nothing trained or stored (it trained a full run at a rate that had diverged, and
     stored it as chosen by validation)."""
     db, out = tmp_path / "r.sqlite", tmp_path / "run"
-    code = main(["train", "--model", "conv_probe", "--dataset", "digits", "--width", "0.25", "--steps", "30",
+    code = main(["train", "--model", "conv_probe", "--dataset", "digits", "--width", "0.5", "--steps", "30",
                  "--batch", "64", "--lr", "auto", "--weight-decay", "1e4", "--seeds", "0,1", "--db", str(db),
                  "--out", str(out)])
     captured = capsys.readouterr()
@@ -834,7 +834,7 @@ def test_a_resumed_lr_auto_run_trains_on_at_the_rate_its_search_chose(tmp_path, 
     import attnbench.study as study
 
     db, out = tmp_path / "r.sqlite", tmp_path / "run"
-    common = ["train", "--model", "conv_probe", "--dataset", "digits", "--width", "0.25", "--steps", "44",
+    common = ["train", "--model", "conv_probe", "--dataset", "digits", "--width", "0.5", "--steps", "44",
               "--batch", "64", "--lr", "auto", "--db", str(db), "--out", str(out)]
     assert main([*common, "--stop-after-epoch", "1"]) == 0
     chosen = store.load_training(db).lr_source.iloc[0]
@@ -881,6 +881,9 @@ def test_match_picks_the_width_with_the_reference_cost(tmp_path, capsys):
     assert code == 2 and "No width of local_probe matches conv_probe's params" in err and "closest is width 2" in err
 
 
+PROBE_WIDTHS = "probe widths are multiples of 1/16 (one channel), at least 0.5 (8 channels); nearest:"
+
+
 @pytest.mark.parametrize("args, message", [
     # the options at the network's channels (16 at width 1; 32 at width 2), not at 64: a traceback, or a nearest
     # valid width of 63 channels
@@ -890,6 +893,14 @@ def test_match_picks_the_width_with_the_reference_cost(tmp_path, capsys):
      "have 16 channels: Invalid dim=16: dim must be divisible by heads=3 (nearest valid: 15)."),
     (["--model", "gsa_probe", "--width", "2", "--opt", "heads=3"], "--opt for gsa_probe at width 2, whose gsa "
      "layers have 32 channels: Invalid dim=32: dim must be divisible by heads=3 (nearest valid: 30)."),
+    # widths that gave a clamped or truncated network, stored as the width asked for
+    (["--model", "conv_probe", "--width", "0.001"], f"conv_probe at width 0.001 would have 0.016 channels: "
+     f"{PROBE_WIDTHS} 0.5."),
+    (["--model", "gsa_probe", "--width", "0.55"], f"gsa_probe at width 0.55 would have 8.8 channels: "
+     f"{PROBE_WIDTHS} 0.5, 0.5625."),
+    # with --match, --width is the reference's
+    (["--model", "gsa_probe", "--match", "params", "--width", "0.55"], f"conv_probe at width 0.55 would have 8.8 "
+     f"channels: {PROBE_WIDTHS} 0.5, 0.5625."),
     (["--model", "gsa_probe", "--match", "params", "--opt", "span=2"], "gsa_probe builds at none of the widths "
      "--match tries, 0.5 to 8: Invalid span=2: span must be a positive odd integer (or None)."),
 ])
@@ -902,12 +913,18 @@ def test_a_networks_width_and_options_are_refused_at_its_channels_before_anythin
 
 
 def test_a_networks_options_are_accepted_at_channels_they_suit():
-    """3 heads divide the 15 channels of a window probe at width 15/16."""
+    """3 heads divide the 15 channels of a window probe at width 15/16, and --match tries only widths a probe
+    takes, whole channels of at least 8."""
+    from attnbench.models import get_model_spec
     from attnbench.study import Study, _config
+    from attnbench.train import WIDTHS
 
     cfg, source = _config(Study(model="window_probe", dataset="digits", width=0.9375, opt=["heads=3"]), print)
     assert (cfg.width, cfg.options, source) == (0.9375, "heads=3", "given")
     assert {block.cfg.heads for block in build(cfg, 10).blocks} == {3}
+    for width in WIDTHS:
+        net = get_model_spec("conv_probe").build_on_meta(width=width, image_size=32)
+        assert net.fc.weight.shape[1] == 16 * width
 
 
 def test_probe_heads_are_the_most_of_eight_channels_or_more_that_the_variant_accepts():
@@ -963,7 +980,7 @@ def test_variant_options_reach_the_network_are_stored_and_make_their_own_setup(t
     assert "no variant of this sweep has an option 'span'" in err
 
 
-QUICK = ["train", "--dataset", "digits", "--model", "conv_probe", "--width", "0.25", "--batch", "128", "--steps", "2"]
+QUICK = ["train", "--dataset", "digits", "--model", "conv_probe", "--width", "0.5", "--batch", "128", "--steps", "2"]
 
 
 def test_a_second_train_into_the_same_out_is_refused_unless_it_resumes_or_overwrites(tmp_path, capsys):
@@ -992,7 +1009,7 @@ def test_a_second_train_into_the_same_out_is_refused_unless_it_resumes_or_overwr
 @pytest.mark.slow
 def test_two_trains_into_one_folder_at_once_the_second_is_refused_naming_the_first(tmp_path, capsys):
     out = tmp_path / "run"
-    call = (f"module.train(module.TrainConfig('conv_probe', 'digits', width=0.25, batch=128, steps=2), "
+    call = (f"module.train(module.TrainConfig('conv_probe', 'digits', width=0.5, batch=128, steps=2), "
             f"out={str(out)!r}, progress=False)")
     with stopped_midway("attnbench.train", "_save", call) as first:  # training, about to save its checkpoint
         assert main([*QUICK, "--out", str(out), "--db", str(tmp_path / "r.sqlite")]) == 2

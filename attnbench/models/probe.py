@@ -1,9 +1,9 @@
 """Probe networks: a stem, two blocks of one variant at full resolution, global pooling, a classifier.
 
-Small enough to train on a CPU (16 channels; attention variants get the most heads of at least 8
-channels each that the variant accepts at that width, unless told otherwise), and shallow enough that
-whether a network relates distant pixels depends on the variant alone: with 3x3 convolutions the
-receptive field before pooling is 7x7.
+Small enough to train on a CPU (16 channels, width x 16 at another width; attention variants get the most heads
+of at least 8 channels each that the variant accepts at that width, unless told otherwise), and shallow enough
+that whether a network relates distant pixels depends on the variant alone: with 3x3 convolutions the receptive
+field before pooling is 7x7.
 
 Every variant gets the same block: ``x <- relu(x + norm(branch(x)))``. The branch of a variant that
 replaces a convolution (``placement`` "replace") is the layer itself; a variant that is a residual
@@ -17,10 +17,12 @@ the probe's. So every probe has one normalisation and one ReLU per block, and no
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
-from attnbench.models.registry import register_family
+from attnbench.models.registry import WidthError, check_multiplier, family_name, register_family
 from attnbench.registry import build_variant, get_variant_spec
 
 
@@ -64,11 +66,29 @@ class ProbeNet(nn.Module):
         return self.fc(self.features(x).mean(dim=(2, 3)))
 
 
+CHANNELS = 16  # a probe's channels at width 1
+LEAST_CHANNELS = 8  # and its fewest
+
+
+def probe_channels(variant: str, width: float) -> int:
+    """The channels of ``variant``'s probe at ``width``: exactly ``width`` x 16, so that the width a case or a run
+    is labelled with is the network's. :class:`WidthError` for a width that would give fewer than 8 channels or a
+    fraction of one (stored as that width, it would be measured as another), naming the nearest widths that give
+    a whole number."""
+    check_multiplier(width)
+    channels = width * CHANNELS
+    if channels >= LEAST_CHANNELS and float(channels).is_integer():
+        return int(channels)
+    nearest = dict.fromkeys(max(LEAST_CHANNELS, c) for c in (math.floor(channels), math.ceil(channels)))
+    raise WidthError(f"{family_name(variant, 'probe')} at width {width:g} would have {channels:g} channels: probe "
+                     f"widths are multiples of 1/{CHANNELS} (one channel), at least {LEAST_CHANNELS / CHANNELS:g} "
+                     f"({LEAST_CHANNELS} channels); nearest: {', '.join(f'{c / CHANNELS:g}' for c in nearest)}.")
+
+
 @register_family("probe", description="probe: a stem and two blocks at full resolution")
 def probe(variant: str, num_classes: int = 1000, **options) -> ProbeNet:
-    """``width`` multiplies the 16 channels (at least 8); ``stem`` is ignored (a probe has its own)."""
+    """``width`` multiplies the 16 channels (see :func:`probe_channels`); ``stem`` is ignored (a probe has its
+    own)."""
     options.pop("stem", None)
-    width = options.pop("width", 1.0)  # a multiplier here as for ResNets, which check theirs
-    if isinstance(width, bool) or not isinstance(width, int | float) or not width > 0:
-        raise ValueError(f"Invalid width={width!r}: width must be a positive multiplier.")
-    return ProbeNet(variant, num_classes=num_classes, width=max(8, int(16 * width)), **options)
+    width = probe_channels(variant, options.pop("width", 1.0))
+    return ProbeNet(variant, num_classes=num_classes, width=width, **options)

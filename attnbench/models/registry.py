@@ -27,6 +27,7 @@ import difflib
 import fnmatch
 import importlib
 import inspect
+import math
 import os
 import re
 import sys
@@ -45,6 +46,17 @@ FOREIGN_OPTIONS = ("num_classes", "image_size")  # what a network from elsewhere
 
 class NotAModuleError(TypeError):
     """A network's builder returned something other than an ``nn.Module``."""
+
+
+class WidthError(ValueError):
+    """A width at which a network cannot have the channels it multiplies; the message names the network, the width
+    and the nearest widths it can have."""
+
+
+def check_multiplier(width: Any) -> None:
+    """``ValueError`` unless ``width``, a network's channel multiplier, is a positive finite number."""
+    if isinstance(width, bool) or not isinstance(width, int | float) or not 0 < width < math.inf:
+        raise ValueError(f"Invalid width={width!r}: width must be a positive multiplier.")
 
 
 class UnknownModelError(KeyError):
@@ -145,6 +157,8 @@ class ModelSpec:
         width = settings.get("width", 1.0)
         try:
             plain = self.build_on_meta(image_size=image_size, **settings)
+        except WidthError:  # names the network and its width already
+            raise
         except ValueError as e:
             raise ValueError(f"{self.name} at width {width:g}: {e}") from None
         except Exception:  # noqa: BLE001 - not the user's input: the network's build says why

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from attnbench.models.registry import register_family, register_model
+from attnbench.models.registry import check_multiplier, register_family, register_model
 from attnbench.registry import build_variant, get_variant_spec
 
 DEPTHS = {26: (1, 2, 4, 1), 38: (2, 3, 5, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
@@ -89,8 +89,7 @@ class ResNet(nn.Module):
             raise ValueError(f"Invalid depth={depth}: depth must be one of {', '.join(map(str, DEPTHS))}.")
         if stem not in STEMS:
             raise ValueError(f"Invalid stem={stem!r}: stem must be one of {', '.join(STEMS)}.")
-        if not width > 0:
-            raise ValueError(f"Invalid width={width}: width must be a positive multiplier.")
+        check_multiplier(width)
         spec = get_variant_spec(variant)
         inserted = spec.placement == "insert"
         spatial = "conv" if inserted else variant
