@@ -100,6 +100,8 @@ def network_at(ckpt: dict, path: str | Path, side: int, tables: str) -> nn.Modul
                                 image_size=side, **scaled)
     except (ValueError, TypeError, KeyError) as e:
         raise TrainError(f"Checkpoint {path}'s network cannot be built: {e.args[0] if e.args else e}") from None
+    except (RuntimeError, MemoryError) as e:  # its head (num_classes) or its width too large to allocate
+        raise TrainError(f"Checkpoint {path}'s network cannot be built: {_failure(e, 0, '')['reason']}") from None
     if tables == "trained":
         load_weights(ckpt, path, model)
         return model.eval()

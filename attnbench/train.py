@@ -13,7 +13,7 @@ import contextlib
 import math
 import os
 import pickle
-import sys
+import re
 import time
 import uuid
 import warnings
@@ -253,8 +253,8 @@ def load_checkpoint(path: str | Path, *, model: str | None = None) -> dict:
     code (a pickle that would import or call anything is refused). Clear errors for missing,
     corrupted, unsafe or foreign files, and for fields of the wrong kind (stored as they are, they would
     make the store unreadable). A checkpoint names its network; one from a module of the user's
-    (``module:callable``) is built only where that module is already imported or ``model``, the network
-    the user named, is that one: a name in a file imports no code."""
+    (``module:callable``) is built only where ``model``, the network the user named, is that one: a name in a
+    file calls no code."""
     if not str(path):
         raise TrainError("No checkpoint named (an empty path).")
     path = Path(path)
@@ -284,6 +284,9 @@ def load_checkpoint(path: str | Path, *, model: str | None = None) -> dict:
         if isinstance(value, bool) or not isinstance(value, kind):
             raise TrainError(f"{path} is not a valid attnbench checkpoint: its {key} is {type(value).__name__} "
                              f"{str(value)[:40]!r}, not {kind.__name__}.")
+    why = _out_of_range(ckpt)
+    if why:
+        raise TrainError(f"{path} is not a valid attnbench checkpoint: {why}.")
     _refuse_foreign_code(path, found["network"], model)
     return ckpt
 
@@ -293,12 +296,32 @@ CHECKPOINT_KINDS = {"config": dict, "epoch": int, "run_id": str, "num_classes": 
                     "optimizer": dict, "history": list}
 
 
+# a run's name: what train makes (network-dataset-sSEED-hex) and more, but one line of printable characters
+RUN_ID = re.compile(r"[^\s\x00-\x1f\x7f]{1,300}")
+
+
+def _out_of_range(ckpt: dict) -> str | None:
+    """What is wrong with a checkpoint's fields of the right kind, or None: its epoch is one of its history's
+    epochs (each a dict), its classes a count a head can have, its run's name one printable line."""
+    history = ckpt["history"]
+    if not all(isinstance(entry, dict) for entry in history):
+        return "its history holds entries that are not epochs"
+    if not 1 <= ckpt["epoch"] <= len(history):
+        return f"its epoch is {str(ckpt['epoch'])[:40]}, where its history holds {len(history)} epochs"
+    if not 1 <= ckpt["num_classes"] <= 2**31:  # (ImageNet-21k has 21,843)
+        return f"its num_classes is {str(ckpt['num_classes'])[:40]}"
+    if not RUN_ID.fullmatch(ckpt["run_id"]):
+        return f"its run_id {ckpt['run_id'][:40]!r} is not one line of 1 to 300 printable characters"
+    return None
+
+
 def _refuse_foreign_code(path: Path, network: str, named: str | None) -> None:
-    """TrainError where the checkpoint's ``network`` is a builder in a module not imported yet that the user did
-    not name (``named``): building it would import, and so run, whatever module the file names."""
+    """TrainError where the checkpoint's ``network`` is a builder of a module (``module:callable``) that the user
+    did not name (``named``): building it would call, and import, whatever the file names (``os:abort`` is
+    imported already)."""
     module, sep, _ = network.partition(":")
-    if sep and module != "timm" and network != named and module not in sys.modules:
-        raise TrainError(f"{path} holds the network {network}, built by code of yours: a checkpoint imports no code "
+    if sep and module != "timm" and network != named:
+        raise TrainError(f"{path} holds the network {network}, built by code of yours: a checkpoint calls no code "
                          f"it names; give --model {network} to build it.")
 
 
@@ -339,9 +362,9 @@ def load_weights(ckpt: dict, path: str | Path, model: nn.Module) -> None:
     weights, params = ckpt["model"], model.state_dict()
     if not isinstance(weights, dict) or set(weights) != set(params):
         lacks = sorted(set(params) - set(weights)) if isinstance(weights, dict) else ["all"]
-        extra = sorted(set(weights) - set(params)) if isinstance(weights, dict) else []
-        said = [f"{count(len(lacks), 'weight')} of the network missing ({lacks[0]}, ...)"] * bool(lacks) + [
-            f"{count(len(extra), 'weight')} it does not have ({extra[0]}, ...)"] * bool(extra)
+        extra = sorted(map(str, set(weights) - set(params))) if isinstance(weights, dict) else []
+        said = ([f"{count(len(lacks), 'weight')} of the network missing ({lacks[0][:80]}, ...)"] if lacks else []) + (
+            [f"{count(len(extra), 'weight')} it does not have ({extra[0][:80]}, ...)"] if extra else [])
         raise TrainError(f"Checkpoint {path} does not fit network {ckpt['config'].get('model')}: "
                          f"{'; '.join(said)}.")
     _fits(ckpt, path, [(f"weight {name}", weights[name], want.shape) for name, want in params.items()])

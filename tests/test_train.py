@@ -408,6 +408,14 @@ def test_checkpoints_of_a_newer_attnbench_bad_values_or_other_weights(tmp_path, 
     assert main(["eval", "--checkpoint", str(renamed), "--dataset", "digits"]) == 2
     assert ("conv_probe: 2 weights of the network missing (fc.bias, ...); 2 weights it does not have (head.bias, "
             "...).") in capsys.readouterr().err
+    for name, weights, said in (  # only missing, only extra (one not even a name): an IndexError, a TypeError
+            ("lacking.pt", {k: v for k, v in good["model"].items() if k != "fc.bias"},
+             "conv_probe: 1 weight of the network missing (fc.bias, ...)."),
+            ("extra.pt", {**good["model"], 7: torch.zeros(1)}, "conv_probe: 1 weight it does not have (7, ...).")):
+        assert main(["eval", "--checkpoint", str(variant(name, lambda c: c.update(model=weights))),
+                     "--dataset", "digits"]) == 2
+        err = capsys.readouterr().err
+        assert said in err and err.count("\n") == 1, err
     # on the command line the newer checkpoint's warning is one line, not Python's file, line and source
     done = subprocess.run([sys.executable, "-m", "attnbench", "eval", "--checkpoint", str(newer), "--dataset",
                            "digits", "--db", str(tmp_path / "w.sqlite")], capture_output=True, text=True)
@@ -451,7 +459,7 @@ def _oversized_checkpoint(path, compressed: bool, nbytes: int) -> None:
     optimizer = {"state": {}, "param_groups": [{"params": list(range(len(weights)))}]}
     plain = path.with_suffix(".plain") if compressed else path
     torch.save({"format": "attnbench-checkpoint-1", "config": asdict(cfg), "epoch": 1, "run_id": "r",
-                "num_classes": 10, "model": weights, "optimizer": optimizer, "history": []}, plain)
+                "num_classes": 10, "model": weights, "optimizer": optimizer, "history": [{}]}, plain)
     if compressed:
         with zipfile.ZipFile(plain) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as dst:
             for info in src.infolist():
@@ -530,7 +538,7 @@ def _edited_checkpoint(tmp_path, name, edit):
     return tmp_path / name
 
 
-def test_a_checkpoint_naming_code_of_a_module_not_imported_imports_nothing_unless_the_user_names_it(
+def test_a_checkpoint_naming_code_of_a_module_calls_nothing_unless_the_user_names_it(
         tmp_path, monkeypatch, capsys):
     """The network a checkpoint names is data: `module:callable` there imported and called whatever a crafted file
     named (`os:abort` ended the process)."""
@@ -547,15 +555,28 @@ def test_a_checkpoint_naming_code_of_a_module_not_imported_imports_nothing_unles
     assert not (tmp_path / "ran").exists() and "planted" not in sys.modules and not db.exists()
     assert load_checkpoint(path, model="planted:build")["config"]["model"] == "planted:build"  # named: let through
     assert not (tmp_path / "ran").exists()  # (loading imports nothing; building it would)
+    # a module imported already is no exception: os:abort would end the process
+    aborts = _edited_checkpoint(tmp_path, "aborts.pt", lambda c: c["config"].update(model="os:abort"))
+    assert main(["eval", "--checkpoint", str(aborts), "--dataset", "digits", "--db", str(db)]) == 2
+    err = capsys.readouterr().err
+    assert "holds the network os:abort, built by code of yours: a checkpoint calls no code it names; give --model " \
+           "os:abort to build it." in err and err.count("\n") == 1
 
 
 @pytest.mark.parametrize("field, value, said", [
     ("epoch", "x", "its epoch is str 'x', not int"), ("run_id", 123, "its run_id is int '123', not str"),
     ("num_classes", True, "its num_classes is bool 'True', not int"), ("history", {}, "its history is dict"),
-    ("network", 7, "its network is int '7', not str")])
+    ("network", 7, "its network is int '7', not str"),
+    ("epoch", 0, "its epoch is 0, where its history holds 1 epochs"),
+    ("epoch", 10**30, "its epoch is 1000000000000000000000000000000, where its history holds 1 epochs"),
+    ("history", [1], "its history holds entries that are not epochs"),
+    ("num_classes", 0, "its num_classes is 0"), ("num_classes", 10**12, "its num_classes is 1000000000000"),
+    ("run_id", "", "its run_id '' is not one line"), ("run_id", "a\nb", "its run_id 'a\\nb' is not one line"),
+    ("run_id", "x" * 301, "its run_id 'xxxxxxxxxx")])
 def test_a_checkpoint_field_of_the_wrong_kind_is_refused_before_anything_is_stored(tmp_path, capsys, field, value,
                                                                                   said):
-    """An epoch 'x' was stored as it was, and every later report refused the store as damaged."""
+    """An epoch 'x' was stored as it was, and every later report refused the store as damaged; an epoch beyond
+    SQLite's integers, a run_id of many lines and a head of 10**12 classes were tracebacks."""
     def edit(ckpt):
         if field == "network":
             ckpt["config"]["model"] = value
