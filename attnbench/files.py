@@ -141,6 +141,8 @@ def check_folder(what: str, path: str | Path, *, make: bool = True) -> None:
     :class:`Unwritable` (naming it as ``what``, e.g. ``--out``) otherwise. It is made here unless ``make`` is
     false (a command that makes it only once it has something to put there): then a missing one is judged by the
     nearest folder above it that exists."""
+    if not str(path).strip():  # Path("") is the working folder
+        raise Unwritable(f"{what} is empty: name a folder.")
     folder = Path(path)
     try:
         if folder.exists() and not folder.is_dir():

@@ -68,6 +68,11 @@ class Report:
     formats: Sequence[str] = FIGURE_FORMATS  # of the figures' files
 
 
+def _stores(dbs: Sequence) -> str:
+    """The subject of a sentence about the stores ``dbs``: "The store a holds", "The stores a, b hold"."""
+    return f"The store {dbs[0]} holds" if len(dbs) == 1 else f"The stores {', '.join(map(str, dbs))} hold"
+
+
 def load(dbs: Sequence[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Every measured case, every training epoch and every evaluation at a side of the stores, in a stable order."""
     if not dbs:
@@ -82,7 +87,7 @@ def load(dbs: Sequence[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.Data
     evaluations["variant"] = evaluations.variant.fillna(evaluations.run_id.map(
         training.drop_duplicates("run_id").set_index("run_id").variant))
     if frame.empty and training.empty and evaluations.empty:
-        raise ReportError(f"The store{'s' if len(dbs) > 1 else ''} {', '.join(map(str, dbs))} hold no results; "
+        raise ReportError(f"{_stores(dbs)} no results; "
                           "run `attnbench run` or `attnbench train` first.")
     if training.empty and evaluations.empty and not (frame.status == Status.OK).any():
         raise ReportError("Every stored case failed (" + ", ".join(sorted(set(frame.status))) +
@@ -146,9 +151,8 @@ def summary(dbs: Sequence[str | Path], *, as_markdown: bool = False, width: int 
     blocks of its columns, each repeating the row's key (:func:`attnbench.console.fit_table`)."""
     tables = summary_tables(*load(dbs))
     if not tables:
-        raise ReportError(f"The store{'s' if len(dbs) > 1 else ''} {', '.join(map(str, dbs))} hold nothing a summary "
-                          "compares (no measured case, no finished training run); `attnbench report` draws what "
-                          "they hold.")
+        raise ReportError(f"{_stores(dbs)} nothing a summary compares (no measured case, no finished training "
+                          f"run); `attnbench report` draws what {'they hold' if len(dbs) > 1 else 'it holds'}.")
     note = summary_note(tables)
     if as_markdown:
         return "\n".join([f"### {SUMMARY[name]}\n\n{markdown(table)}\n" for name, table in tables.items()]

@@ -104,7 +104,7 @@ def run_study(study: Study, *, say: Callable[[str], None] = print,
     finished = finished_seeds(study.db, cfg, auto) if study.skip_finished else {}
     for seed in set(seeds) - set(finished):  # every seed's folder before any seed trains
         refuse_earlier_run(outs[seed], resume=resumes[seed], overwrite=study.overwrite)
-    with _outputs_made(study.db, outs.values()):  # and removed again where the run fails before using them
+    with _outputs_made(study.db, outs.values()):  # and removed again where nothing is written in them
         tuned = next(iter(finished.values())) if auto and finished else None
         evaluate_sides = partial(evaluate_at_sides, dataset=study.dataset, sides=study.eval_res,
                                  data_dir=study.data_dir, db=study.db, device=study.device, skip_stored=True,
@@ -147,6 +147,8 @@ def run_study(study: Study, *, say: Callable[[str], None] = print,
             if resumed is not None and len(history) == len(resumed["history"]):
                 say(f"seed {seed}: {resumes[seed]} was trained to its end (epoch {resumed['epoch']}): nothing more to "
                     "train or store")
+                if study.eval_res:
+                    evaluate(seed, resumes[seed])  # the sides not stored yet
             elif history and history[-1]["stopped"] == "diverged":
                 diverged.append(seed)
                 warn(f"seed {seed}: diverged in epoch {history[-1]['epoch']} (the training loss is not finite), stored "
@@ -244,11 +246,13 @@ def conv_of(spec) -> str:
 @contextlib.contextmanager
 def _outputs_made(db: str | None, outs: Iterable[str]) -> Iterator[None]:
     """The store (made if missing) and every ``--out`` folder, checked writable after every check that makes
-    nothing; where the block then fails or is interrupted (a data set refused as it loads, a signal before the
-    first epoch), the store and the folders this made are removed again while they hold nothing: a refused
-    command leaves nothing behind."""
+    nothing; once the block ends, the store and the folders this made (with their new parents, the store's
+    among them) are removed again while they hold nothing, as does what is empty inside them: a refused or
+    interrupted command (a data set refused as it loads, a signal before the first epoch, in a learning-rate
+    search) or one with nothing to do (every seed trained already) leaves nothing behind."""
     outs = [Path(out) for out in outs]
-    made = {f for out in outs for f in itertools.takewhile(lambda f: not files.exists(f), (out, *out.parents))}
+    paths = outs + ([Path(db).parent] if db is not None else [])
+    made = {f for path in paths for f in itertools.takewhile(lambda f: not files.exists(f), (path, *path.parents))}
     new_store = db is not None and not Path(db).exists()
     try:
         if db is not None:
@@ -256,13 +260,13 @@ def _outputs_made(db: str | None, outs: Iterable[str]) -> Iterator[None]:
         for out in outs:
             files.check_folder("--out", out)
         yield
-    except BaseException:
+    finally:
         if new_store and Path(db).exists() and store.holds_nothing(db):
             Path(db).unlink()
         for folder in sorted(made, key=lambda f: len(f.parts), reverse=True):  # the deepest first
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        raise
+            for inner, _, _ in sorted(os.walk(folder), key=lambda walked: -len(Path(walked[0]).parts)):
+                with contextlib.suppress(OSError):
+                    Path(inner).rmdir()  # only where empty
 
 
 def finished_seeds(db: str | None, cfg: TrainConfig, auto: bool) -> dict[int, tuple[float, str]]:

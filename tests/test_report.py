@@ -109,8 +109,10 @@ def test_regenerating_gives_identical_tables(db, tmp_path):
 def test_empty_and_failed_stores_are_refused_clearly(tmp_path, capsys):
     empty = tmp_path / "empty.sqlite"
     store.open_store(empty).close()
-    with pytest.raises(ReportError, match="hold no results"):
+    with pytest.raises(ReportError, match="The store .*empty.sqlite holds no results"):
         report([empty], tmp_path / "out")
+    with pytest.raises(ReportError, match="The stores .*empty.sqlite, .*empty.sqlite hold no results"):
+        report([empty, empty], tmp_path / "out")
     failed = tmp_path / "failed.sqlite"
     store.write(failed, row("gsa", 4096, status="oom"))
     with pytest.raises(ReportError, match="Every stored case failed \\(oom\\)"):

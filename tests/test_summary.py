@@ -165,7 +165,10 @@ def test_stores_of_evaluations_alone_have_no_summary_and_the_terminal_says_so(tm
     assert "Summary" not in index and "## Accuracy across resolutions" in index
     assert main(["summary", "--db", str(db)]) == 2
     out, err = capsys.readouterr()
-    assert out == "" and "hold nothing a summary compares" in err and err.count("\n") == 1
+    assert out == "" and err.count("\n") == 1 and (f"The store {db} holds nothing a summary compares" in err
+                                                   and "draws what it holds." in err)
+    assert main(["summary", "--db", str(db), "--db", str(db)]) == 2
+    assert f"The stores {db}, {db} hold nothing" in capsys.readouterr().err
 
 
 def test_the_terminal_summary_fits_the_line_width_in_blocks_that_repeat_the_key(measured, capsys, monkeypatch):

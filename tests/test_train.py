@@ -20,7 +20,7 @@ from attnbench import store
 from attnbench.cli import main
 from attnbench.data import CIFAR, PATTERNS, DataError, augment, load_cifar, load_dataset, make_longrange
 from attnbench.evaluation import evaluate_at_sides
-from attnbench.record import Environment, Epoch
+from attnbench.record import Environment, Epoch, Evaluation
 from attnbench.train import TrainConfig, TrainError, build, load_checkpoint, loss_text, train
 
 TINY = ["--model", "resnet26", "--width", "0.25", "--stem", "cifar", "--batch", "16", "--lr", "0.05"]
@@ -412,7 +412,7 @@ def test_checkpoints_of_a_newer_attnbench_bad_values_or_other_weights(tmp_path, 
             ("lacking.pt", {k: v for k, v in good["model"].items() if k != "fc.bias"},
              "conv_probe: 1 weight of the network missing (fc.bias, ...)."),
             ("extra.pt", {**good["model"], 7: torch.zeros(1)}, "conv_probe: 1 weight it does not have (7, ...).")):
-        assert main(["eval", "--checkpoint", str(variant(name, lambda c: c.update(model=weights))),
+        assert main(["eval", "--checkpoint", str(variant(name, lambda c, w=weights: c.update(model=w))),
                      "--dataset", "digits"]) == 2
         err = capsys.readouterr().err
         assert said in err and err.count("\n") == 1, err
@@ -525,6 +525,43 @@ def test_a_train_refused_as_its_data_loads_leaves_nothing_it_made(tmp_path, caps
     assert main(["train", "--model", "conv_probe", *args, "--steps", "1", "--out", str(tmp_path / "mine" / "o"),
                  "--db", str(db)]) == 2
     assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["s.sqlite"]
+
+
+def test_outputs_made_are_removed_where_they_hold_nothing_however_the_block_ends(tmp_path):
+    """What a train makes (the store, its new folder, the --out folders and what is made empty inside them, as a
+    learning-rate search's lr-0.1) goes again while it holds nothing, on failure and on success alike (every seed
+    trained already); what held something or was there before stays."""
+    from attnbench.study import _outputs_made
+
+    (tmp_path / "mine").mkdir()
+    db, outs = tmp_path / "new" / "s.sqlite", [tmp_path / "o" / "s0", tmp_path / "mine" / "s1"]
+    with pytest.raises(KeyboardInterrupt), _outputs_made(str(db), map(str, outs)):
+        assert db.exists() and all(out.is_dir() for out in outs)
+        (outs[0] / "lr-search" / "lr-0.1").mkdir(parents=True)
+        raise KeyboardInterrupt
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"] and not any((tmp_path / "mine").iterdir())
+    with _outputs_made(str(db), map(str, outs)):  # nothing to do: the same, without an error
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+    with _outputs_made(str(db), map(str, outs)):
+        (outs[0] / "lr-search" / "lr-0.1").mkdir(parents=True)
+        (outs[0] / "lr-search" / "lr-0.1" / "checkpoint.pt").write_bytes(b"x")
+        (outs[0] / "lr-search" / "lr-0.2").mkdir()
+        store.write_evaluation(db, Evaluation(run_id="r", model="gsa_probe", dataset="digits", image_size=32,
+                                              side=32, top1_pct=90.0, num_classes=10))
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
+        "mine", "new", "new/s.sqlite", "o", "o/s0", "o/s0/lr-search", "o/s0/lr-search/lr-0.1",
+        "o/s0/lr-search/lr-0.1/checkpoint.pt"]
+
+
+def test_out_and_report_out_empty_are_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    store.write_evaluation("r.sqlite", Evaluation(run_id="r", model="gsa_probe", dataset="digits", image_size=32,
+                                                  side=32, top1_pct=90.0, num_classes=10))
+    assert main(["report", "--db", "r.sqlite", "--out", ""]) == 2
+    err = capsys.readouterr().err
+    assert "--out is empty: name a folder." in err and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.sqlite"]
 
 
 def _edited_checkpoint(tmp_path, name, edit):
@@ -846,7 +883,7 @@ def test_lr_auto_where_every_rate_diverges_trains_nothing_and_exits_1(tmp_path, 
     assert len(tried) == 7 and all(line.endswith("diverged") for line in tried)  # 0.2 down to 0.0025
     assert ("seed 0: every learning rate tried diverged, nothing trained (validation: none of 0.2 (diverged)"
             in captured.err) and captured.err.count("\n") == 1
-    assert store.load_training(db).empty and not (out / "s0" / "checkpoint.pt").exists()
+    assert not db.exists() and not (out / "s0" / "checkpoint.pt").exists()  # the empty store it made is gone
 
 
 def test_a_resumed_lr_auto_run_trains_on_at_the_rate_its_search_chose(tmp_path, capsys, monkeypatch):
@@ -868,6 +905,11 @@ def test_a_resumed_lr_auto_run_trains_on_at_the_rate_its_search_chose(tmp_path, 
     assert main([*common, "--resume", str(out / "checkpoint.pt")]) == 0  # finished: nothing more, and it says so
     assert "was trained to its end (epoch 2): nothing more to train or store" in capsys.readouterr().out
     assert len(store.load_training(db)) == 2
+    # finished, with sides to evaluate at: the sides not stored yet are evaluated, as for a seed skipped as finished
+    assert main([*common, "--resume", str(out / "checkpoint.pt"), "--eval-res", "24"]) == 0
+    assert "digits at 24 x 24 (trained at 32): test loss" in capsys.readouterr().out
+    evaluated = store.load_evaluations(db)
+    assert evaluated.side.tolist() == [24] and evaluated.run_id.tolist() == [store.load_training(db).run_id[0]]
     given = tmp_path / "given"
     assert main([*common[:-4], "--lr", "0.1", "--stop-after-epoch", "1", "--out", str(given), "--db", str(db)]) == 0
     assert main([*common[:-2], "--out", str(given), "--resume", str(given / "checkpoint.pt")]) == 2
