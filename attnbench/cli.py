@@ -217,9 +217,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
             merged = store.merge(args.sources, args.output)
     except store.StoreError as e:
         raise UsageError(str(e)) from None
-    conflicts = (f"; {count(merged.conflicts, 'case')} measured differently in the same environment, the newest kept"
-                 if merged.conflicts else "")
-    print(f"merged {count(len(args.sources), 'store')} into {args.output}: {count(merged.added, 'new row')}{conflicts}")
+    print(f"merged {count(len(args.sources), 'store')} into {args.output}: {merged}")
     return 0
 
 

@@ -71,7 +71,7 @@ class Collected:
 
     def __str__(self) -> str:
         left = f"; {count(self.ignored, 'shard store')} of another store at this path left out" if self.ignored else ""
-        return f"{count(self.merged.added, 'new row')}{left}"
+        return f"{self.merged}{left}"
 
 
 def launch(sweep: Sweep, *, db: str | Path, launcher: str, jobs: int, partitions: Sequence[str] = (),

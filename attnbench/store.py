@@ -627,11 +627,21 @@ def _plain_rows(frame: pd.DataFrame) -> list[tuple]:
 
 @dataclass(frozen=True)
 class Merged:
-    """What a merge did: results rows added, and measurements of one case and environment that
-    differed between the stores (the newer kept)."""
+    """What a merge did: results rows added, measurements of one case and environment that differed between
+    the stores (the newer kept), and training epochs and evaluations added (those of a run and epoch, or run and
+    side, already held are not added twice)."""
 
     added: int
     conflicts: int
+    epochs: int = 0
+    evaluations: int = 0
+
+    def __str__(self) -> str:
+        """"2 new rows", and the training epochs and evaluations added where there are any, and the conflicts."""
+        added = [count(self.added, "new row")] + [count(n, what) for n, what in (
+            (self.epochs, "training epoch"), (self.evaluations, "evaluation")) if n]
+        return ", ".join(added) + (f"; {count(self.conflicts, 'case')} measured differently in the same "
+                                   "environment, the newest kept" if self.conflicts else "")
 
 
 def merge(sources: Iterable[str | Path], out: str | Path) -> Merged:
@@ -660,6 +670,7 @@ def _merge_into(read: list[tuple[pd.DataFrame, ...]], sources: list, out: str | 
     keys = ["case_key", "env_key"]
     with closing(open_store(path)) as dst:
         before = pd.read_sql_query("SELECT case_key, env_key, run_id FROM results", dst)
+        held = [dst.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] for table in ("training", "evaluations")]
         runs = pd.concat([before, *(r[keys + ["run_id"]] for r, _, _ in read)], ignore_index=True)
         conflicts = int((runs.drop_duplicates().groupby(keys).size() > 1).sum())
         newest = (_insert_sql("results", NAMES) + " ON CONFLICT (case_key, env_key) DO UPDATE SET "
@@ -678,4 +689,6 @@ def _merge_into(read: list[tuple[pd.DataFrame, ...]], sources: list, out: str | 
             dst.execute("ROLLBACK")
             raise StoreError(f"Cannot merge {', '.join(map(str, sources))} into {out}: {e}.") from None
         added = dst.execute("SELECT COUNT(*) FROM results").fetchone()[0] - len(before)
-        return Merged(added, conflicts)
+        epochs, evaluations = (dst.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] - n
+                               for table, n in zip(("training", "evaluations"), held))
+        return Merged(added, conflicts, epochs, evaluations)

@@ -337,7 +337,7 @@ def test_a_store_in_a_folder_that_cannot_be_written_is_read_whole(tmp_path, wal)
     assert sorted(p.name for p in folder.iterdir()) == before
 
 
-def test_evaluations_have_a_table_of_their_own_that_older_stores_gain_and_merges_copy(tmp_path):
+def test_evaluations_have_a_table_of_their_own_that_older_stores_gain_and_merges_copy(tmp_path, capsys):
     from attnbench.record import Evaluation
 
     old = tmp_path / "old.sqlite"
@@ -355,8 +355,18 @@ def test_evaluations_have_a_table_of_their_own_that_older_stores_gain_and_merges
                                                               (32, "trained", "ok")]
     assert store.load_training(old).empty  # an evaluation is never a training epoch
     out = tmp_path / "merged.sqlite"
-    store.merge([old], out)
+    assert store.merge([old], out).evaluations == 3
     assert store.load_evaluations(out).drop(columns="created_utc").equals(read.drop(columns="created_utc"))
+    merged = store.merge([old, old], out)  # held already: none added twice, and the merge says so
+    assert (merged.added, merged.epochs, merged.evaluations) == (0, 0, 0) and str(merged) == "0 new rows"
+    assert len(store.load_evaluations(out)) == 3
+    trained, again = tmp_path / "trained.sqlite", tmp_path / "again.sqlite"
+    for epoch in (1, 2):
+        store.write_training(trained, Epoch(run_id="t", epoch=epoch, epochs=2, model="conv_probe", dataset="digits"))
+    assert main(["merge", str(old), str(out), str(trained), "-o", str(again)]) == 0
+    results = len(store.load_results(old))  # the old store's measured cases
+    assert results > 1 and capsys.readouterr().out == (f"merged 3 stores into {again}: {results} new rows, "
+                                                       "2 training epochs, 3 evaluations\n")
 
 
 def _damage(db, sql: str) -> None:
