@@ -336,14 +336,19 @@ def accuracy_figure(table: pd.DataFrame, cost: str, label: str, title: str):
 
 def resolution_figure(table: pd.DataFrame, title: str):
     """Top-1 against the side tested (rows of :func:`attnbench.tables.resolution_table` for one data set), one line
-    per trained setup: solid as trained, dashed with its tables interpolated; bars one standard deviation over
-    its seeds (cut at 100 %); the side trained at dotted, chance dashed grey. A side a network did not run at
-    leaves a gap in its line."""
+    per trained setup: solid as trained, dashed with its tables interpolated, which starts from the side trained
+    at (where the network is the trained one: a line from 24 to 48 alone drew a value at 32 no network has);
+    bars one standard deviation over its seeds (cut at 100 %); the side trained at dotted, chance dashed grey. A
+    side a network did not run at leaves a gap in its line."""
     table = table.assign(hue=table.variant.where(table.variant.notna() & (table.variant != ""), table.model))
     palette = colours(table.hue)
     fig, (ax,) = new_figure(1, 7.5)
     models = sorted(set(table.model))
+    own = table[(table.tables == "trained") & (table.side == table["trained at"])]
     for (model, tables), rows in table.groupby(["model", "tables"], sort=True):
+        if tables != "trained":
+            at_own = own[own.model == model]
+            rows = pd.concat([rows, at_own[~at_own.side.isin(rows.side)]])
         rows = rows.sort_values("side")
         y, std = rows["top-1 (%)"], rows["top-1 std"].fillna(0)
         ax.errorbar(rows.side, y, yerr=[std, np.minimum(std, 100 - y)], capsize=3, ms=5,

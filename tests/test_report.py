@@ -401,6 +401,11 @@ def test_accuracy_across_resolutions_table_figure_and_which_holds_best(tmp_path)
     assert refused["seeds"] == 0 and refused["not run"] == "1 refused: mhsa: input side 48 exceeds size=32"
     assert "accuracy" not in rep.tables  # evaluations are not training runs
     assert "resolution_longrange_cpu" in rep.figures
+    (ax,) = rep.figures["resolution_longrange_cpu"].axes
+    drawn = {c.get_label(): c.lines[0] for c in ax.containers}  # each series' error bar: its line
+    assert list(drawn["gsa_probe, interpolated"].get_xdata()) == [24, 32, 48]  # from the trained network at 32
+    assert list(drawn["gsa_probe, interpolated"].get_ydata()) == [96.0, 99.0, 89.0]
+    assert list(drawn["mhsa_probe"].get_xdata()) == [24, 32, 48] and np.isnan(drawn["mhsa_probe"].get_ydata()[2])
     # retention: the share of the accuracy above chance kept away from 32, averaged over 24 and 48
     kept = resolution_retention(store.load_evaluations(db)).set_index(["model", "tables"])["retained (%)"]
     expected = {("gsa_probe", "interpolated"): (46 / 49 + 39 / 49) / 2,
