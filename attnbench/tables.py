@@ -136,6 +136,17 @@ SETUP_KEYS = ["dataset", "image_size", "model", "options", "width", "lr", "batch
               "dtype", "device", "world_size"]
 
 
+def one_run_per_seed(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows (of :func:`by_setup`: training runs or their evaluations) of the newest run of each seed of a
+    setup: a seed trained again (with --overwrite, or into another --out) is one seed, not two of one value
+    with no spread; rows without a seed are kept as they are."""
+    seeded = rows[rows.seed.notna()]
+    newest = seeded.run_id.map(seeded.groupby("run_id").created_utc.max())
+    kept = seeded.assign(newest=newest).sort_values(["newest", "run_id"]).drop_duplicates(
+        [*SETUP_KEYS, "seed"], keep="last").run_id
+    return rows[rows.seed.isna() | rows.run_id.isin(kept)]
+
+
 def by_setup(runs: pd.DataFrame) -> pd.DataFrame:
     """Rows of training runs (or their evaluations) with ``SETUP_KEYS`` ready to group by: ``lr`` is "auto" for
     every rate ``--lr auto`` chose (one setup, whatever each seed chose; the rate in ``chosen``), ``device`` its
@@ -181,7 +192,7 @@ def accuracy_table(frame: pd.DataFrame, training: pd.DataFrame) -> pd.DataFrame:
     measured = frame[(frame.scope == Scope.MODEL) & (frame.status == Status.OK) & (frame.res == 32) & (frame.batch == 1)
                      & (frame.dtype == "fp32") & (frame["mode"] == "infer") & (setups(frame) == "")]
     measured = measured.assign(options=measured.options.fillna(""), device=device_types(measured.device))
-    last = by_setup(last.assign(time_s=last.run_id.map(time_s)))
+    last = one_run_per_seed(by_setup(last.assign(time_s=last.run_id.map(time_s))))
     rows = []
     for key, runs in last.groupby(SETUP_KEYS, sort=True):
         setup = dict(zip(SETUP_KEYS, key))
@@ -234,7 +245,7 @@ def resolution_table(evaluations: pd.DataFrame) -> pd.DataFrame:
     setup's top-1 at the side it was trained at (points), and, where some seeds' network did not run at the
     side, how many and why."""
     rows = []
-    evaluations = by_setup(evaluations)
+    evaluations = one_run_per_seed(by_setup(evaluations))
     groups = evaluations.groupby([*SETUP_KEYS, "tables", "side"], sort=True)
     for key, runs in groups:
         setup = dict(zip([*SETUP_KEYS, "tables", "side"], key))
@@ -472,10 +483,9 @@ def accuracy_summary(acc: pd.DataFrame, evaluations: pd.DataFrame) -> pd.DataFra
     Pareto fronts of top-1 against MACs and against latency (cheapest first; no latency columns where no
     setup's latency was measured); and, from evaluations at other sides, the setup that holds its accuracy best
     away from the side it was trained at."""
-    held = holds_best(evaluations) if len(evaluations) else pd.DataFrame(columns=["dataset", "model", "tables",
-                                                                                    "retained (%)"])
-    held = {dataset: f"{model}, {tables} tables ({kept:.1f} % kept)" for dataset, model, tables, kept
-            in zip(held.dataset, held.model, held.tables, held["retained (%)"])}
+    held = holds_best(evaluations) if len(evaluations) else pd.DataFrame()
+    held = {} if held.empty else {dataset: f"{model}, {tables} tables ({kept:.1f} % kept)" for dataset, model, tables,
+                                  kept in zip(held.dataset, held.model, held.tables, held["retained (%)"])}
     costs = [("MACs per image (M)", "fewest MACs", COUNT_UNITS, "MACs")]
     if acc["latency ms (batch 1)"].notna().any():  # no latency columns for a store of training runs alone
         costs.append(("latency ms (batch 1)", "lowest latency", TIME_UNITS, ""))

@@ -138,6 +138,31 @@ def test_accuracy_summary_most_accurate_for_its_cost_fronts_and_who_holds_best(t
     assert got["holds best away from its side"] == "gsa_probe, trained tables (90.0 % kept)"
 
 
+def test_a_seed_trained_again_counts_once_by_its_newest_run_and_nothing_held_is_said_as_such(tmp_path, capsys):
+    """Seed 0 trained twice (with --overwrite, or into another --out) made 'two seeds' of one value (std 0), and
+    evaluations from which no setup holds an accuracy (made at the side trained at alone) stopped the
+    summary and the report with an AttributeError."""
+    db = tmp_path / "acc.sqlite"
+    for run, seed, top1, when in (("old", 0, 40.0, "2026-01-01T00:00:00"), ("new", 0, 60.0, "2026-01-02T00:00:00"),
+                                  ("other", 1, 70.0, "2026-01-01T12:00:00")):
+        env = Environment(device_name="Test CPU", created_utc=when)
+        store.write_training(db, Epoch(run_id=run, epoch=1, epochs=1, model="conv_probe", dataset="digits", seed=seed,
+                                       top1_pct=top1, params=100, macs_per_image=10**6, width=1.0, world_size=1,
+                                       variant="conv", environment=env))
+        store.write_evaluation(db, Evaluation(run_id=run, model="conv_probe", dataset="digits", seed=seed,
+                                              image_size=32, side=32, top1_pct=top1, num_classes=10, width=1.0,
+                                              environment=env))  # at its own side only: nothing away to hold
+    tables = summary_tables(*load([db]))
+    assert tables["summary_accuracy"].iloc[0]["most accurate"] == "conv_probe (65.00 %, 2 seeds)"  # 60 and 70
+    assert tables["summary_accuracy"].iloc[0]["holds best away from its side"] == "-"
+    rep = report([db], tmp_path / "out", published=False)
+    (acc,) = rep.tables["accuracy"].itertuples()
+    assert (acc.seeds, acc._8) == (2, 65.0) and rep.tables["accuracy"]["top-1 std"][0] == round(2 ** 0.5 * 5, 2)
+    at = rep.tables["resolution"].set_index("side")
+    assert at.loc[32, "seeds"] == 2 and at.loc[32, "top-1 (%)"] == 65.0
+    assert main(["summary", "--db", str(db)]) == 0 and "conv_probe (65.00 %, 2 seeds)" in capsys.readouterr().out
+
+
 def test_the_summary_tops_the_report_index_and_the_terminal_prints_it(measured, tmp_path, capsys):
     db, _ = measured
     rep = report([db], tmp_path / "out", published=False)
