@@ -147,7 +147,8 @@ def evaluate_at_sides(path: str | Path, dataset: str, sides: Sequence[int] | Non
            "num_classes": ckpt["num_classes"], "environment": environment(device)}
     classes = ckpt.get("classes") if isinstance(ckpt.get("classes"), list) else None  # an image folder's: val/ will do
     made = []
-    with contextlib.ExitStack() as stack:  # the store is opened (and checked) once the checkpoint has been
+    with contextlib.ExitStack() as stack:  # the store is opened (and checked) once the checkpoint has been, and
+        stack.enter_context(store.outputs_made(db))  # removed again where it holds nothing (a data set refused)
         writer = stack.enter_context(store.Writer(db)) if db is not None else None
         for side in sides:
             networks = [("trained", trained), ("interpolated", network_at(ckpt, path, side, "interpolated"))]

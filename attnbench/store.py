@@ -12,7 +12,9 @@ it, never the other way round.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import itertools
 import math
 import os
 import re
@@ -21,7 +23,7 @@ import sqlite3
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
@@ -534,6 +536,32 @@ def holds_nothing(path: str | Path) -> bool:
                    for t in ("results", "training", "evaluations") if t in tables)
 
     return query(path, counted) == 0
+
+
+@contextlib.contextmanager
+def outputs_made(db: str | Path | None, outs: Iterable[str | Path] = ()) -> Iterator[None]:
+    """The store ``db`` (made if missing) and every ``--out`` folder, checked writable (a command's outputs, after
+    every check that makes nothing); once the block ends, the store and the folders this made (with their new
+    parents, the store's among them) are removed again while they hold nothing, as is what is empty inside
+    them: a refused or interrupted command (a data set refused as it loads, a signal before the first epoch, in
+    a learning-rate search) or one with nothing to do (every seed trained already) leaves nothing behind."""
+    outs = [Path(out) for out in outs]
+    paths = outs + ([Path(db).parent] if db is not None else [])
+    made = {f for path in paths for f in itertools.takewhile(lambda f: not files.exists(f), (path, *path.parents))}
+    new_store = db is not None and not files.exists(db)
+    try:
+        if db is not None:
+            check_writable(db)
+        for out in outs:
+            files.check_folder("--out", out)
+        yield
+    finally:
+        if new_store and files.exists(db) and holds_nothing(db):
+            Path(db).unlink()
+        for folder in sorted(made, key=lambda f: len(f.parts), reverse=True):  # the deepest first
+            for inner, _, _ in sorted(os.walk(folder), key=lambda walked: -len(Path(walked[0]).parts)):
+                with contextlib.suppress(OSError):
+                    Path(inner).rmdir()  # only where empty
 
 
 FINISHED = ("plateau", "budget")  # why a run that reached its end stopped (a run that diverged did not)

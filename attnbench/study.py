@@ -13,11 +13,9 @@ line; what the study does is said through ``say`` (one line each) and ``warn``.
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -104,7 +102,7 @@ def run_study(study: Study, *, say: Callable[[str], None] = print,
     finished = finished_seeds(study.db, cfg, auto) if study.skip_finished else {}
     for seed in set(seeds) - set(finished):  # every seed's folder before any seed trains
         refuse_earlier_run(outs[seed], resume=resumes[seed], overwrite=study.overwrite)
-    with _outputs_made(study.db, outs.values()):  # and removed again where nothing is written in them
+    with store.outputs_made(study.db, outs.values()):  # and removed again where nothing is written in them
         tuned = next(iter(finished.values())) if auto and finished else None
         evaluate_sides = partial(evaluate_at_sides, dataset=study.dataset, sides=study.eval_res,
                                  data_dir=study.data_dir, db=study.db, device=study.device, skip_stored=True,
@@ -123,8 +121,13 @@ def run_study(study: Study, *, say: Callable[[str], None] = print,
             checkpoint = Path(out, "checkpoint.pt")
             if seed in finished:
                 say(f"seed {seed}: already trained to its end in {study.db}, skipped")
-                if study.eval_res and checkpoint.is_file() and int(os.environ.get("RANK", "0")) == 0:
-                    evaluate(seed, checkpoint)  # the sides not stored yet
+                if study.eval_res and int(os.environ.get("RANK", "0")) == 0:
+                    if checkpoint.is_file():
+                        evaluate(seed, checkpoint)  # the sides not stored yet
+                    else:  # trained into another --out
+                        failing.append(seed)
+                        warn(f"seed {seed}: no checkpoint in {out} to evaluate at --eval-res's sides; name the --out "
+                             "it was trained into, or evaluate its checkpoint with attnbench eval")
                 continue
             resumed = checkpoints.get(resumes[seed])
             with interrupt.keeping(partial(_kept, seed, out, study.db, time.time())), \
@@ -241,32 +244,6 @@ def conv_of(spec) -> str:
     """The convolution network of the same family (conv_probe for gsa_probe, resnet26 for gsa_resnet26), or the
     network itself where it has no family."""
     return family_name("conv", spec.arch) if spec.arch in list_archs() else spec.name
-
-
-@contextlib.contextmanager
-def _outputs_made(db: str | None, outs: Iterable[str]) -> Iterator[None]:
-    """The store (made if missing) and every ``--out`` folder, checked writable after every check that makes
-    nothing; once the block ends, the store and the folders this made (with their new parents, the store's
-    among them) are removed again while they hold nothing, as does what is empty inside them: a refused or
-    interrupted command (a data set refused as it loads, a signal before the first epoch, in a learning-rate
-    search) or one with nothing to do (every seed trained already) leaves nothing behind."""
-    outs = [Path(out) for out in outs]
-    paths = outs + ([Path(db).parent] if db is not None else [])
-    made = {f for path in paths for f in itertools.takewhile(lambda f: not files.exists(f), (path, *path.parents))}
-    new_store = db is not None and not Path(db).exists()
-    try:
-        if db is not None:
-            store.check_writable(db)
-        for out in outs:
-            files.check_folder("--out", out)
-        yield
-    finally:
-        if new_store and Path(db).exists() and store.holds_nothing(db):
-            Path(db).unlink()
-        for folder in sorted(made, key=lambda f: len(f.parts), reverse=True):  # the deepest first
-            for inner, _, _ in sorted(os.walk(folder), key=lambda walked: -len(Path(walked[0]).parts)):
-                with contextlib.suppress(OSError):
-                    Path(inner).rmdir()  # only where empty
 
 
 def finished_seeds(db: str | None, cfg: TrainConfig, auto: bool) -> dict[int, tuple[float, str]]:

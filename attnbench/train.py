@@ -103,6 +103,9 @@ class TrainConfig:
             ("plateau", self.plateau is None or whole(self.plateau, 1), at_least_1),
             ("options", isinstance(self.options, str), "key=value,..."),
             ("image_size", self.image_size is None or whole(self.image_size, 1), at_least_1),
+            ("image_size", self.image_size in (None, IMAGE_SIDE) or self.dataset == "imagefolder",
+             f"{IMAGE_SIDE} for {self.dataset}, whose images are {IMAGE_SIDE} x {IMAGE_SIDE} (--image-size is for "
+             "imagefolder)"),
             ("workers", whole(self.workers, 0), at_least_0),
         )
         for name, valid, rule in rules:
@@ -258,10 +261,14 @@ def load_checkpoint(path: str | Path, *, model: str | None = None) -> dict:
     if not str(path):
         raise TrainError("No checkpoint named (an empty path).")
     path = Path(path)
-    if path.is_dir():
+    try:
+        folder, found = path.is_dir(), path.is_file()
+    except OSError as e:  # a name the system refuses (too long)
+        raise TrainError(f"No checkpoint at {str(path)[:80]}...: {e.strerror}.") from None
+    if folder:
         inside = " (name the checkpoint.pt inside it)" if (path / "checkpoint.pt").is_file() else ""
         raise TrainError(f"{path} is a folder, not a checkpoint{inside}.")
-    if not path.is_file():
+    if not found:
         raise TrainError(f"No checkpoint at {path}.")
     _check_archive(path)
     try:  # the tensors stay in the file (mapped, read as they are used) until they are checked and copied
@@ -298,14 +305,37 @@ CHECKPOINT_KINDS = {"config": dict, "epoch": int, "run_id": str, "num_classes": 
 
 # a run's name: what train makes (network-dataset-sSEED-hex) and more, but one line of printable characters
 RUN_ID = re.compile(r"[^\s\x00-\x1f\x7f]{1,300}")
+ONE_LINE = re.compile(r"[^\x00-\x1f\x7f]{0,1000}")  # a text field: one line, no control characters
+
+
+# an epoch of a checkpoint's history: what each field must be where it is given (None: not measured)
+HISTORY_KINDS = {"epoch": int, "step": int, "train_loss": float, "train_top1_pct": float, "images_per_s": float,
+                 "epoch_s": float, "test_loss": float, "top1_pct": float, "top5_pct": float, "stopped": str}
+
+
+def _plain(value: object, kind: type | tuple = (bool, int, float, str)) -> bool:
+    """Whether ``value`` can be stored and printed as it is: None, or of ``kind`` (a float may be given as an
+    int; a bool is no number), a whole number a store holds, a string of one line."""
+    if value is None:
+        return True
+    if not isinstance(value, (int, float) if kind is float else kind) or (
+            isinstance(value, bool) and kind in (int, float)):
+        return False
+    if isinstance(value, int) and not isinstance(value, bool):
+        return abs(value) <= INTEGER_MAX
+    return not isinstance(value, str) or bool(ONE_LINE.fullmatch(value))
 
 
 def _out_of_range(ckpt: dict) -> str | None:
     """What is wrong with a checkpoint's fields of the right kind, or None: its epoch is one of its history's
-    epochs (each a dict), its classes a count a head can have, its run's name one printable line."""
-    history = ckpt["history"]
-    if not all(isinstance(entry, dict) for entry in history):
+    epochs (each a dict of plain values), its classes a count a head can have, its run's name one printable
+    line, what it says of its run (epochs, processes, how its rate and width were chosen) plain values."""
+    history, run = ckpt["history"], ckpt.get("run", {})
+    if not all(isinstance(entry, dict) and all(_plain(entry.get(k), kind) for k, kind in HISTORY_KINDS.items())
+               for entry in history):
         return "its history holds entries that are not epochs"
+    if not isinstance(run, dict) or not all(_plain(value) for value in run.values()):
+        return "what it says of its run is not plain values (whole numbers a store holds, lines of text)"
     if not 1 <= ckpt["epoch"] <= len(history):
         return f"its epoch is {str(ckpt['epoch'])[:40]}, where its history holds {len(history)} epochs"
     if not 1 <= ckpt["num_classes"] <= 2**31:  # (ImageNet-21k has 21,843)
@@ -347,14 +377,20 @@ def _check_archive(path: Path) -> None:
                          "(a broken copy or disk); refused.")
 
 
-def _fits(ckpt: dict, path: str | Path, states: list[tuple[str, object, torch.Size]]) -> None:
-    """TrainError naming the first of ``states`` (what, the checkpoint's tensor, the shape the network has for
-    it) that is not a tensor of that shape: checked before any is read."""
-    for what, tensor, shape in states:
-        if not isinstance(tensor, torch.Tensor) or tensor.shape != shape:
+def _fits(ckpt: dict, path: str | Path, states: list[tuple[str, object, torch.Tensor]]) -> None:
+    """TrainError naming the first of ``states`` (what, the checkpoint's tensor, the network's tensor for it) that
+    is not a plain tensor (dense, in memory: not sparse, nor meta) of the network's shape and dtype: checked
+    before any is read (integer weights were cast and evaluated, a meta tensor failed midway)."""
+    for what, tensor, want in states:
+        if not isinstance(tensor, torch.Tensor) or tensor.shape != want.shape:
             got = f"shape {tuple(tensor.shape)}" if isinstance(tensor, torch.Tensor) else type(tensor).__name__
             raise TrainError(f"Checkpoint {path} does not fit network {ckpt['config'].get('model')}: its {what} "
-                             f"is {got}, the network's {tuple(shape)}.")
+                             f"is {got}, the network's {tuple(want.shape)}.")
+        if tensor.layout != torch.strided or tensor.device.type != "cpu" or tensor.dtype != want.dtype:
+            kind = (f"{str(tensor.layout).removeprefix('torch.')} {str(tensor.dtype).removeprefix('torch.')} "
+                    f"on {tensor.device.type}")
+            raise TrainError(f"Checkpoint {path}'s {what} is a {kind} tensor, where training writes dense "
+                             f"{str(want.dtype).removeprefix('torch.')} ones in memory: a damaged file; refused.")
 
 
 def load_weights(ckpt: dict, path: str | Path, model: nn.Module) -> None:
@@ -367,26 +403,38 @@ def load_weights(ckpt: dict, path: str | Path, model: nn.Module) -> None:
             [f"{count(len(extra), 'weight')} it does not have ({extra[0][:80]}, ...)"] if extra else [])
         raise TrainError(f"Checkpoint {path} does not fit network {ckpt['config'].get('model')}: "
                          f"{'; '.join(said)}.")
-    _fits(ckpt, path, [(f"weight {name}", weights[name], want.shape) for name, want in params.items()])
+    _fits(ckpt, path, [(f"weight {name}", weights[name], want) for name, want in params.items()])
     for name, tensor in weights.items():  # training never keeps a checkpoint whose weights are not finite
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise TrainError(f"Checkpoint {path}'s weight {name} is not finite (nan or inf): a damaged file, which "
                              "training never writes; refused.")
+        if name.endswith("running_var") and (tensor < 0).any():  # a variance: its square root normalises
+            raise TrainError(f"Checkpoint {path}'s {name} is negative somewhere: a damaged file; refused.")
     model.load_state_dict(weights)
 
 
+# what an SGD group holds that its steps depend on, besides the rate (which the schedule sets at every step)
+OPTIMIZER_MATH = ("momentum", "dampening", "weight_decay", "nesterov", "maximize")
+
+
 def load_optimizer(ckpt: dict, path: str | Path, optimizer: torch.optim.Optimizer) -> None:
-    """The checkpoint's optimizer state into ``optimizer``, every tensor's shape checked against its parameter's
-    first."""
+    """The checkpoint's optimizer state into ``optimizer`` (built from the run's config), every tensor checked
+    against its parameter first, and every group's momentum, weight decay, ... against the config's: a group
+    edited to momentum 5 trained on to a loss of 1e10 and was stored as a finished run."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    built = [{k: group[k] for k in OPTIMIZER_MATH if k in group} for group in optimizer.param_groups]
     try:
-        states = [(f"optimizer state {i}", value, params[int(i)].shape)
-                  for i, state in ckpt["optimizer"]["state"].items() for value in state.values()
-                  if isinstance(value, torch.Tensor) and value.dim()]
+        states = [(f"optimizer state {i}", value, params[int(i)])
+                  for i, state in ckpt["optimizer"]["state"].items() for value in state.values() if value is not None]
         _fits(ckpt, path, states)
         optimizer.load_state_dict(ckpt["optimizer"])
     except (TypeError, KeyError, AttributeError, ValueError, IndexError):
         raise TrainError(f"Checkpoint {path} holds the optimizer state of another network.") from None
+    for group, want in zip(optimizer.param_groups, built):
+        for key, value in want.items():
+            if group.get(key) != value:
+                raise TrainError(f"Checkpoint {path}'s optimizer has {key} {str(group.get(key))[:40]}, where its "
+                                 f"config trains with {value}: a damaged file; refused.")
 
 
 _WARNED: set[str] = set()

@@ -531,19 +531,17 @@ def test_outputs_made_are_removed_where_they_hold_nothing_however_the_block_ends
     """What a train makes (the store, its new folder, the --out folders and what is made empty inside them, as a
     learning-rate search's lr-0.1) goes again while it holds nothing, on failure and on success alike (every seed
     trained already); what held something or was there before stays."""
-    from attnbench.study import _outputs_made
-
     (tmp_path / "mine").mkdir()
     db, outs = tmp_path / "new" / "s.sqlite", [tmp_path / "o" / "s0", tmp_path / "mine" / "s1"]
-    with pytest.raises(KeyboardInterrupt), _outputs_made(str(db), map(str, outs)):
+    with pytest.raises(KeyboardInterrupt), store.outputs_made(str(db), map(str, outs)):
         assert db.exists() and all(out.is_dir() for out in outs)
         (outs[0] / "lr-search" / "lr-0.1").mkdir(parents=True)
         raise KeyboardInterrupt
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"] and not any((tmp_path / "mine").iterdir())
-    with _outputs_made(str(db), map(str, outs)):  # nothing to do: the same, without an error
+    with store.outputs_made(str(db), map(str, outs)):  # nothing to do: the same, without an error
         pass
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
-    with _outputs_made(str(db), map(str, outs)):
+    with store.outputs_made(str(db), map(str, outs)):
         (outs[0] / "lr-search" / "lr-0.1").mkdir(parents=True)
         (outs[0] / "lr-search" / "lr-0.1" / "checkpoint.pt").write_bytes(b"x")
         (outs[0] / "lr-search" / "lr-0.2").mkdir()
@@ -626,6 +624,97 @@ def test_a_checkpoint_field_of_the_wrong_kind_is_refused_before_anything_is_stor
     err = capsys.readouterr().err
     assert f"{path} is not a valid attnbench checkpoint: {said}" in err and err.count("\n") == 1
     assert not db.exists()
+
+
+def _first(ckpt, suffix):
+    """The name of the checkpoint's first weight whose name ends with ``suffix``."""
+    return next(name for name in ckpt["model"] if name.endswith(suffix))
+
+
+def _set_weight(suffix, make):
+    def edit(ckpt):
+        name = _first(ckpt, suffix)
+        ckpt["model"][name] = make(ckpt["model"][name])
+    return edit
+
+
+def _set_momentum(make):
+    def edit(ckpt):
+        state = ckpt["optimizer"]["state"][0]
+        state["momentum_buffer"] = make(state["momentum_buffer"])
+    return edit
+
+
+@pytest.mark.parametrize("edit, said", [
+    (lambda c: c["history"][-1].update(step=2**70), "its history holds entries that are not epochs"),
+    (lambda c: c["history"][-1].update(train_loss="abc"), "its history holds entries that are not epochs"),
+    (lambda c: c["run"].update(epochs=2**70), "what it says of its run is not plain values"),
+    (lambda c: c["run"].update(lr_source="validation\nevil"), "what it says of its run is not plain values"),
+    (lambda c: c["config"].update(image_size=10**9), "Invalid image_size=1000000000: image_size must be 32 for digits"),
+    (_set_weight("weight", lambda t: torch.empty(t.shape, device="meta")), "is a strided float32 on meta tensor"),
+    (_set_weight("weight", lambda t: t.to_sparse()), "is a sparse_coo float32 on cpu tensor"),
+    (_set_weight("weight", lambda t: t.long()), "is a strided int64 on cpu tensor, where training writes dense "
+                                                "float32 ones in memory: a damaged file; refused."),
+    (_set_weight("running_var", lambda t: -t), "running_var is negative somewhere: a damaged file; refused."),
+    (_set_momentum(lambda t: torch.empty(t.shape, device="meta")), "optimizer state 0 is a strided float32 on meta"),
+    (_set_momentum(lambda t: "x"), "does not fit network conv_probe: its optimizer state 0 is str"),
+    (lambda c: [g.update(momentum=5.0) for g in c["optimizer"]["param_groups"]],
+     "optimizer has momentum 5.0, where its config trains with 0.9: a damaged file; refused."),
+], ids=["step", "loss", "epochs", "lr_source", "image_size", "meta", "sparse", "int64", "variance", "meta state",
+        "text state", "momentum"])
+def test_a_damaged_checkpoint_is_refused_in_one_line_by_eval_and_by_resume(tmp_path, capsys, edit, said):
+    """Fields a store cannot hold (a step of 2**70: OverflowError, and an empty store left), text of many lines,
+    tensors that are not dense float32 ones in memory (meta and sparse: tracebacks; int64: evaluated as they
+    were, a negative variance: a loss of nan stored as ok), and an optimizer edited to momentum 5 (trained on
+    to a loss of 1e10, stored as finished): each is one line and exit 2, and leaves nothing."""
+    path = _edited_checkpoint(tmp_path, "damaged.pt", edit)
+    db = tmp_path / "new" / "r.sqlite"
+    optimizer = "optimizer" in said  # read by a resumed train only
+    commands = [["train", "--model", "conv_probe", "--dataset", "digits", "--width", "0.5", "--batch", "64",
+                 "--steps", "1", "--resume", str(path), "--out", str(tmp_path / "again"), "--db", str(db)]]
+    if not optimizer:
+        commands.append(["eval", "--checkpoint", str(path), "--dataset", "digits", "--res", "32,24", "--db", str(db)])
+    for args in commands:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert said in err and err.count("\n") == 1, err
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged.pt", "run"]
+
+
+def test_train_skip_finished_says_where_no_checkpoint_is_to_evaluate_and_exits_1(tmp_path, capsys):
+    db = tmp_path / "r.sqlite"
+    common = ["train", "--model", "conv_probe", "--dataset", "digits", "--width", "0.5", "--batch", "64", "--steps",
+              "2", "--db", str(db)]
+    assert main([*common, "--out", str(tmp_path / "first")]) == 0
+    assert main([*common, "--out", str(tmp_path / "second"), "--skip-finished", "--eval-res", "24"]) == 1
+    captured = capsys.readouterr()
+    assert (f"seed 0: no checkpoint in {tmp_path / 'second'} to evaluate at --eval-res's sides; name the --out it "
+            "was trained into") in captured.err and captured.err.count("\n") == 1
+    assert store.load_evaluations(db).empty and not (tmp_path / "second").exists()
+    assert main([*common, "--out", str(tmp_path / "first"), "--skip-finished", "--eval-res", "24"]) == 0
+    assert store.load_evaluations(db).side.tolist() == [24]
+
+
+def test_names_too_long_for_the_system_are_one_line(tmp_path, capsys):
+    long = "a" * 300
+    for args, said in ((["train", "--model", "conv_probe", "--dataset", "digits", "--width", "0.5", "--steps", "1",
+                         "--out", str(tmp_path / "o"), "--db", str(tmp_path / f"{long}.sqlite")], "File name too long"),
+                       (["eval", "--checkpoint", str(tmp_path / f"{long}.pt"), "--dataset", "digits"],
+                        "File name too long")):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert said in err and err.count("\n") == 1, err
+    assert not any(tmp_path.iterdir())
+
+
+def test_eval_whose_data_set_cannot_load_leaves_no_store(tmp_path, capsys):
+    path = _edited_checkpoint(tmp_path, "cifar.pt", lambda c: c["config"].update(dataset="cifar10"))
+    db = tmp_path / "new" / "s.sqlite"
+    assert main(["eval", "--checkpoint", str(path), "--dataset", "cifar10", "--data-dir", str(tmp_path / "none"),
+                 "--db", str(db)]) == 2
+    err = capsys.readouterr().err
+    assert "none does not exist; it should hold cifar-10-batches-py" in err and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cifar.pt", "run"]
 
 
 # How each probe's blocks are built: (the branch is the block's output less its input (an inserted block,
