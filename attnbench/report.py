@@ -86,6 +86,9 @@ def load(dbs: Sequence[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.Data
     # evaluations stored before they carried the variant: their run's, where its training is stored
     evaluations["variant"] = evaluations.variant.fillna(evaluations.run_id.map(
         training.drop_duplicates("run_id").set_index("run_id").variant))
+    # and when their run finished training, where it is stored (a finished run's stand for its seed)
+    evaluations["finished_utc"] = evaluations.run_id.map(
+        store.finished_runs(training).set_index("run_id").created_utc)
     if frame.empty and training.empty and evaluations.empty:
         raise ReportError(f"{_stores(dbs)} no results; "
                           "run `attnbench run` or `attnbench train` first.")

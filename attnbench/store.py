@@ -656,20 +656,23 @@ def _plain_rows(frame: pd.DataFrame) -> list[tuple]:
 @dataclass(frozen=True)
 class Merged:
     """What a merge did: results rows added, measurements of one case and environment that differed between
-    the stores (the newer kept), and training epochs and evaluations added (those of a run and epoch, or run and
-    side, already held are not added twice)."""
+    the stores (the newer kept), training epochs and evaluations added (those of a run and epoch, or run and
+    side, already held are not added twice), and those held in different versions (the newer kept)."""
 
     added: int
     conflicts: int
     epochs: int = 0
     evaluations: int = 0
+    redone: int = 0  # training epochs and evaluations held in different versions (a run resumed, evaluated again)
 
     def __str__(self) -> str:
         """"2 new rows", and the training epochs and evaluations added where there are any, and the conflicts."""
         added = [count(self.added, "new row")] + [count(n, what) for n, what in (
             (self.epochs, "training epoch"), (self.evaluations, "evaluation")) if n]
         return ", ".join(added) + (f"; {count(self.conflicts, 'case')} measured differently in the same "
-                                   "environment, the newest kept" if self.conflicts else "")
+                                   "environment, the newest kept" if self.conflicts else "") + (
+            f"; {count(self.redone, 'training epoch or evaluation', 'training epochs or evaluations')} stored "
+            "differently by different sittings, the newest kept" if self.redone else "")
 
 
 def merge(sources: Iterable[str | Path], out: str | Path) -> Merged:
@@ -694,29 +697,33 @@ def merge(sources: Iterable[str | Path], out: str | Path) -> Merged:
 def _merge_into(read: list[tuple[pd.DataFrame, ...]], sources: list, out: str | Path,
                 path: str | Path) -> Merged:
     """Merge the rows ``read`` from ``sources`` into the store at ``path`` (``out``, or the temporary file
-    that becomes it)."""
-    keys = ["case_key", "env_key"]
+    that becomes it): of rows under one key (a case in an environment, a run's epoch, a run's evaluation at a
+    side), the newest is kept."""
     with closing(open_store(path)) as dst:
-        before = pd.read_sql_query("SELECT case_key, env_key, run_id FROM results", dst)
-        held = [dst.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] for table in ("training", "evaluations")]
-        runs = pd.concat([before, *(r[keys + ["run_id"]] for r, _, _ in read)], ignore_index=True)
-        conflicts = int((runs.drop_duplicates().groupby(keys).size() > 1).sum())
-        newest = (_insert_sql("results", NAMES) + " ON CONFLICT (case_key, env_key) DO UPDATE SET "
-                  + ", ".join(f"{c} = excluded.{c}" for c in NAMES)
-                  + " WHERE excluded.created_utc > results.created_utc")
+        columns = {table: list(dict.fromkeys([*key.split(", "), "run_id", "created_utc"]))
+                   for table, (_, key) in TABLES.items()}
+        held = {table: pd.read_sql_query(f"SELECT {', '.join(columns[table])} FROM {table}", dst)  # noqa: S608
+                for table in TABLES}
+        twice = []  # per table, the keys stored in different versions: other runs, or the same at other times
+        for (table, (_, key)), rows in zip(TABLES.items(), zip(*read)):
+            keys = key.split(", ")
+            same = ["run_id"] if table == "results" else ["created_utc"]
+            versions = pd.concat([held[table], *(r[columns[table]] for r in rows)],
+                                 ignore_index=True).drop_duplicates(list(dict.fromkeys(keys + same)))
+            twice.append(int((versions.groupby(keys, dropna=False).size() > 1).sum()))
         try:
             dst.execute("BEGIN IMMEDIATE")
-            for results, training, evaluations in read:
-                dst.executemany(newest, _plain_rows(results[NAMES]))
-                dst.executemany(_insert_sql("training", TRAINING_NAMES, "OR IGNORE"),
-                                _plain_rows(training[TRAINING_NAMES]))
-                dst.executemany(_insert_sql("evaluations", EVALUATION_NAMES, "OR IGNORE"),
-                                _plain_rows(evaluations[EVALUATION_NAMES]))
+            for frames in read:
+                for (table, (_, key)), names, rows in zip(TABLES.items(), (NAMES, TRAINING_NAMES, EVALUATION_NAMES),
+                                                          frames):
+                    dst.executemany(_insert_sql(table, names) + f" ON CONFLICT ({key}) DO UPDATE SET "
+                                    + ", ".join(f"{c} = excluded.{c}" for c in names)
+                                    + f" WHERE excluded.created_utc > {table}.created_utc OR ({table}.created_utc IS "
+                                    "NULL AND excluded.created_utc IS NOT NULL)", _plain_rows(rows[names]))
             dst.execute("COMMIT")
         except sqlite3.Error as e:
             dst.execute("ROLLBACK")
             raise StoreError(f"Cannot merge {', '.join(map(str, sources))} into {out}: {e}.") from None
-        added = dst.execute("SELECT COUNT(*) FROM results").fetchone()[0] - len(before)
-        epochs, evaluations = (dst.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] - n
-                               for table, n in zip(("training", "evaluations"), held))
-        return Merged(added, conflicts, epochs, evaluations)
+        added, epochs, evaluations = (dst.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] - len(held[table])
+                                      for table in TABLES)
+        return Merged(added, twice[0], epochs, evaluations, twice[1] + twice[2])

@@ -139,11 +139,14 @@ SETUP_KEYS = ["dataset", "image_size", "model", "options", "width", "lr", "batch
 def one_run_per_seed(rows: pd.DataFrame) -> pd.DataFrame:
     """The rows (of :func:`by_setup`: training runs or their evaluations) of the newest run of each seed of a
     setup: a seed trained again (with --overwrite, or into another --out) is one seed, not two of one value
-    with no spread; rows without a seed are kept as they are."""
+    with no spread. Evaluations carry when their run finished training (``finished_utc``, where the stores
+    hold it): a finished run's are preferred to those of a checkpoint evaluated midway, however recent, and
+    are ranked by that time. Rows without a seed are kept as they are."""
     seeded = rows[rows.seed.notna()]
     newest = seeded.run_id.map(seeded.groupby("run_id").created_utc.max())
-    kept = seeded.assign(newest=newest).sort_values(["newest", "run_id"]).drop_duplicates(
-        [*SETUP_KEYS, "seed"], keep="last").run_id
+    finished = seeded.get("finished_utc", pd.Series(None, index=seeded.index)).astype(object)
+    kept = seeded.assign(done=finished.notna(), newest=finished.where(finished.notna(), newest)).sort_values(
+        ["done", "newest", "run_id"]).drop_duplicates([*SETUP_KEYS, "seed"], keep="last").run_id
     return rows[rows.seed.isna() | rows.run_id.isin(kept)]
 
 

@@ -336,6 +336,9 @@ def _out_of_range(ckpt: dict) -> str | None:
         return "its history holds entries that are not epochs"
     if not isinstance(run, dict) or not all(_plain(value) for value in run.values()):
         return "what it says of its run is not plain values (whole numbers a store holds, lines of text)"
+    for key in ("epochs", "world_size"):
+        if run.get(key) is not None and not (_plain(run[key], int) and run[key] >= 1):
+            return f"its run's {key} is {str(run[key])[:40]}, not a count"
     if not 1 <= ckpt["epoch"] <= len(history):
         return f"its epoch is {str(ckpt['epoch'])[:40]}, where its history holds {len(history)} epochs"
     if not 1 <= ckpt["num_classes"] <= 2**31:  # (ImageNet-21k has 21,843)
@@ -423,13 +426,19 @@ def load_optimizer(ckpt: dict, path: str | Path, optimizer: torch.optim.Optimize
     edited to momentum 5 trained on to a loss of 1e10 and was stored as a finished run."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
     built = [{k: group[k] for k in OPTIMIZER_MATH if k in group} for group in optimizer.param_groups]
-    try:
-        states = [(f"optimizer state {i}", value, params[int(i)])
-                  for i, state in ckpt["optimizer"]["state"].items() for value in state.values() if value is not None]
+    ids = [group["params"] for group in optimizer.state_dict()["param_groups"]]  # each parameter's number
+    try:  # torch gives each state to the parameter at its place in its group's ids: those must be the network's
+        saved = ckpt["optimizer"]
+        if [group["params"] for group in saved["param_groups"]] != ids or not set(saved["state"]) <= set(sum(ids, [])):
+            raise ValueError("its parameters are numbered otherwise")
+        states = [(f"optimizer state {i}", value, params[i])
+                  for i, state in saved["state"].items() for value in state.values() if value is not None]
         _fits(ckpt, path, states)
-        optimizer.load_state_dict(ckpt["optimizer"])
+        optimizer.load_state_dict(saved)
     except (TypeError, KeyError, AttributeError, ValueError, IndexError):
         raise TrainError(f"Checkpoint {path} holds the optimizer state of another network.") from None
+    if not all(torch.isfinite(tensor).all() for _, tensor, _ in states if tensor.is_floating_point()):
+        raise TrainError(f"Checkpoint {path}'s optimizer state is not finite (nan or inf): a damaged file; refused.")
     for group, want in zip(optimizer.param_groups, built):
         for key, value in want.items():
             if group.get(key) != value:

@@ -17,7 +17,7 @@ from store_processes import open_together, row, write_rows
 
 from attnbench import store
 from attnbench.cli import main
-from attnbench.record import Epoch, Record
+from attnbench.record import Environment, Epoch, Record
 
 
 def key(name: str) -> str:
@@ -360,13 +360,24 @@ def test_evaluations_have_a_table_of_their_own_that_older_stores_gain_and_merges
     merged = store.merge([old, old], out)  # held already: none added twice, and the merge says so
     assert (merged.added, merged.epochs, merged.evaluations) == (0, 0, 0) and str(merged) == "0 new rows"
     assert len(store.load_evaluations(out)) == 3
+    later = tmp_path / "later.sqlite"  # the run evaluated again at 32, later: its newer row is kept, and said
+    store.write_evaluation(later, Evaluation(run_id="run", model="gsa_probe", dataset="digits", image_size=32, side=32,
+                                             top1_pct=95.0, environment=Environment(created_utc="2099-01-01")))
+    merged = store.merge([later], out)
+    assert (merged.evaluations, merged.redone) == (0, 1) and str(merged) == (
+        "0 new rows; 1 training epoch or evaluation stored differently by different sittings, the newest kept")
+    assert store.load_evaluations(out).set_index("side").top1_pct.get(32) == 95.0
+    assert store.merge([old], out).redone == 1  # the older version again: the newer stays
+    assert store.load_evaluations(out).set_index("side").top1_pct.get(32) == 95.0
     trained, again = tmp_path / "trained.sqlite", tmp_path / "again.sqlite"
     for epoch in (1, 2):
         store.write_training(trained, Epoch(run_id="t", epoch=epoch, epochs=2, model="conv_probe", dataset="digits"))
     assert main(["merge", str(old), str(out), str(trained), "-o", str(again)]) == 0
     results = len(store.load_results(old))  # the old store's measured cases
     assert results > 1 and capsys.readouterr().out == (f"merged 3 stores into {again}: {results} new rows, "
-                                                       "2 training epochs, 3 evaluations\n")
+                                                       "2 training epochs, 3 evaluations; 1 training epoch or "
+                                                       "evaluation stored differently by different sittings, the "
+                                                       "newest kept\n")
 
 
 def _damage(db, sql: str) -> None:

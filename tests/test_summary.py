@@ -152,7 +152,10 @@ def test_a_seed_trained_again_counts_once_by_its_newest_run_and_nothing_held_is_
         store.write_evaluation(db, Evaluation(run_id=run, model="conv_probe", dataset="digits", seed=seed,
                                               image_size=32, side=32, top1_pct=top1, num_classes=10, width=1.0,
                                               environment=env))  # at its own side only: nothing away to hold
-    tables = summary_tables(*load([db]))
+    midway = Environment(device_name="Test CPU", created_utc="2026-01-03T00:00:00")  # a checkpoint of seed 0's
+    store.write_evaluation(db, Evaluation(run_id="midway", model="conv_probe", dataset="digits", seed=0, image_size=32,
+                                          side=32, top1_pct=10.0, num_classes=10, width=1.0, environment=midway))
+    tables = summary_tables(*load([db]))  # evaluated latest, but not a finished run: the finished ones stand
     assert tables["summary_accuracy"].iloc[0]["most accurate"] == "conv_probe (65.00 %, 2 seeds)"  # 60 and 70
     assert tables["summary_accuracy"].iloc[0]["holds best away from its side"] == "-"
     rep = report([db], tmp_path / "out", published=False)

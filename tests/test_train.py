@@ -660,13 +660,19 @@ def _set_momentum(make):
     (_set_momentum(lambda t: "x"), "does not fit network conv_probe: its optimizer state 0 is str"),
     (lambda c: [g.update(momentum=5.0) for g in c["optimizer"]["param_groups"]],
      "optimizer has momentum 5.0, where its config trains with 0.9: a damaged file; refused."),
+    (lambda c: c["optimizer"]["param_groups"][0]["params"].reverse(), "holds the optimizer state of another network"),
+    (lambda c: c["optimizer"]["param_groups"][0]["params"].__setitem__(0, "0"),
+     "holds the optimizer state of another network"),
+    (_set_momentum(lambda t: torch.full_like(t, math.nan)), "optimizer state is not finite (nan or inf)"),
+    (lambda c: c["run"].update(epochs=-5), "its run's epochs is -5, not a count"),
 ], ids=["step", "loss", "epochs", "lr_source", "image_size", "meta", "sparse", "int64", "variance", "meta state",
-        "text state", "momentum"])
+        "text state", "momentum", "ids swapped", "id text", "nan state", "epochs -5"])
 def test_a_damaged_checkpoint_is_refused_in_one_line_by_eval_and_by_resume(tmp_path, capsys, edit, said):
     """Fields a store cannot hold (a step of 2**70: OverflowError, and an empty store left), text of many lines,
     tensors that are not dense float32 ones in memory (meta and sparse: tracebacks; int64: evaluated as they
     were, a negative variance: a loss of nan stored as ok), and an optimizer edited to momentum 5 (trained on
-    to a loss of 1e10, stored as finished): each is one line and exit 2, and leaves nothing."""
+    to a loss of 1e10, stored as finished; its parameters numbered otherwise: a traceback, or a momentum dropped):
+    each is one line and exit 2, and leaves nothing."""
     path = _edited_checkpoint(tmp_path, "damaged.pt", edit)
     db = tmp_path / "new" / "r.sqlite"
     optimizer = "optimizer" in said  # read by a resumed train only
