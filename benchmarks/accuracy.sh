@@ -25,6 +25,9 @@ usage='usage: bash benchmarks/accuracy.sh STORE ["variant variant ..."] [seed,se
 db=$1
 variants=${2:-conv nonlocal gsa axial local window neighborhood mhsa efficient}
 case $variants in *,*) echo "variants are separated by spaces, not commas: $usage" >&2; exit 2 ;; esac
+for v in $variants; do  # names (attnbench list names them), not "gsa;local", which stopped the table at train
+  case $v in *[!a-z0-9_]*) echo "not a variant's name: '$v' (attnbench list names them): $usage" >&2; exit 2 ;; esac
+done
 seeds=${3:-0,1,2}
 sides=24,32,48
 budget() { case $1 in longrange) echo 1500 ;; digits) echo 600 ;; esac; }
