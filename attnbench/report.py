@@ -387,12 +387,14 @@ def _write_report(frame: pd.DataFrame, training: pd.DataFrame, evaluations: pd.D
     sides = resolution_table(evaluations) if len(evaluations) else pd.DataFrame()
     if len(sides):
         _write_table(rep, out, "resolution", sides)
-        _write_table(rep, out, "resolution_retention", resolution_retention(evaluations))
         index += ["", "## Accuracy across resolutions\n",
                   "- [each trained setup's top-1 at every side it was tested at, as trained and with its tables "
-                  "interpolated (mean, std, n over its seeds)](tables/resolution.md)",
-                  "- [how much of its accuracy above chance each setup keeps away from the side it was trained "
-                  "at](tables/resolution_retention.md)"]
+                  "interpolated (mean, std, n over its seeds)](tables/resolution.md)"]
+        retained = resolution_retention(evaluations)
+        if len(retained):  # none where no setup was tested away from its side above chance there
+            _write_table(rep, out, "resolution_retention", retained)
+            index.append("- [how much of its accuracy above chance each setup keeps away from the side it was "
+                         "trained at](tables/resolution_retention.md)")
         for (dataset, device), t in sides.groupby(["dataset", "device"], sort=True):
             tag = f"{dataset}_{slug(device)}"
             _write_figure(rep, out, f"resolution_{tag}", resolution_figure(

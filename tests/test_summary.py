@@ -161,6 +161,9 @@ def test_a_seed_trained_again_counts_once_by_its_newest_run_and_nothing_held_is_
     rep = report([db], tmp_path / "out", published=False)
     (acc,) = rep.tables["accuracy"].itertuples()
     assert (acc.seeds, acc._8) == (2, 65.0) and rep.tables["accuracy"]["top-1 std"][0] == round(2 ** 0.5 * 5, 2)
+    assert "resolution_retention" not in rep.tables and not (tmp_path / "out" / "tables" / "resolution_retention.md"
+                                                             ).exists()  # at its own side only: no empty table
+    assert "resolution_retention" not in (tmp_path / "out" / "README.md").read_text()
     at = rep.tables["resolution"].set_index("side")
     assert at.loc[32, "seeds"] == 2 and at.loc[32, "top-1 (%)"] == 65.0
     assert main(["summary", "--db", str(db)]) == 0 and "conv_probe (65.00 %, 2 seeds)" in capsys.readouterr().out
