@@ -35,6 +35,7 @@ from attnbench.train import (
     TrainError,
     build,
     checkpoint_config,
+    error_line,
     evaluate,
     image_side,
     load_checkpoint,
@@ -101,7 +102,7 @@ def network_at(ckpt: dict, path: str | Path, side: int, tables: str) -> nn.Modul
     except (ValueError, TypeError, KeyError) as e:
         raise TrainError(f"Checkpoint {path}'s network cannot be built: {e.args[0] if e.args else e}") from None
     except (RuntimeError, MemoryError) as e:  # its head (num_classes) or its width too large to allocate
-        raise TrainError(f"Checkpoint {path}'s network cannot be built: {_failure(e, 0, '')['reason']}") from None
+        raise TrainError(f"Checkpoint {path}'s network cannot be built: {error_line(e)}") from None
     if tables == "trained":
         load_weights(ckpt, path, model)
         return model.eval()
@@ -212,7 +213,7 @@ def _measure(net: nn.Module, test: Dataset, seen: Dataset | None, side: int, bat
 def _failure(error: Exception, params: int, where: str = "") -> dict:
     """An evaluation row's fields for a side that failed with ``error``."""
     return {"status": Status.ERROR, "params": params,
-            "reason": f"{where}{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"}
+            "reason": f"{where}{error_line(error)}"}
 
 
 def describe(row: Evaluation) -> str:

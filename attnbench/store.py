@@ -709,7 +709,7 @@ def _merge_into(read: list[tuple[pd.DataFrame, ...]], sources: list, out: str | 
             keys = key.split(", ")
             same = ["run_id"] if table == "results" else ["created_utc"]
             versions = pd.concat([held[table], *(r[columns[table]] for r in rows)],
-                                 ignore_index=True).drop_duplicates(list(dict.fromkeys(keys + same)))
+                                 ignore_index=True).drop_duplicates(keys + same)
             twice.append(int((versions.groupby(keys, dropna=False).size() > 1).sum()))
         try:
             dst.execute("BEGIN IMMEDIATE")

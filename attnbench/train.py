@@ -165,7 +165,7 @@ def image_side(cfg: TrainConfig) -> int:
     return cfg.image_size or (DEFAULT_IMAGEFOLDER_SIDE if cfg.dataset == "imagefolder" else IMAGE_SIDE)
 
 
-def _said(err: BaseException) -> str:
+def error_line(err: BaseException) -> str:
     """An exception of another's code in one line: its type and its message's first line."""
     return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
 
@@ -189,12 +189,13 @@ def build(cfg: TrainConfig, num_classes: int) -> nn.Module:
         raise TrainError(str(err)) from None
     except Exception as err:  # noqa: BLE001 - whatever the foreign builder raises, said in one line
         raise TrainError(f"{cfg.model} could not be built for {side} x {side} images of {cfg.dataset}: "
-                         f"{_said(err)}") from None
+                         f"{error_line(err)}") from None
     try:
         with torch.no_grad():
             shape = tuple(net.eval()(torch.zeros(1, 3, side, side)).shape)
     except Exception as err:  # noqa: BLE001 - whatever the foreign network raises, said in one line
-        raise TrainError(f"{cfg.model} cannot take {side} x {side} images of {cfg.dataset}: {_said(err)}") from None
+        raise TrainError(f"{cfg.model} cannot take {side} x {side} images of {cfg.dataset}: "
+                         f"{error_line(err)}") from None
     if shape != (1, num_classes):
         raise TrainError(f"{cfg.model} maps a {side} x {side} image to {shape}, not to the {num_classes} logits of "
                          f"{cfg.dataset}.")
