@@ -74,11 +74,16 @@ def _stores(dbs: Sequence) -> str:
 
 
 def load(dbs: Sequence[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Every measured case, every training epoch and every evaluation at a side of the stores, in a stable order."""
+    """Every measured case, every training epoch and every evaluation at a side of the stores, in a stable order.
+    A case measured again in a later store (another sitting: not a copy, which is dropped) is kept with
+    ``shadowed`` set: the listings, figures and fits show the first store's (:func:`costs`), while the cost
+    summaries, which compare each store's cases apart, and the accuracy table, which takes a trained network's
+    latency from the store of its runs, see every store's."""
     if not dbs:
         raise ReportError("No results store given.")
     frame = pd.concat([store.load_results(db).assign(store=Path(db).name) for db in dbs], ignore_index=True)
-    frame = frame.drop_duplicates(["case_key", "env_key"])
+    frame = frame.drop_duplicates(["case_key", "env_key", "created_utc"])  # a store given twice, or merged
+    frame["shadowed"] = frame.duplicated(["case_key", "env_key"])
     training = pd.concat([store.load_training(db).assign(store=Path(db).name) for db in dbs],
                          ignore_index=True).drop_duplicates(["run_id", "epoch"])
     evaluations = pd.concat([store.load_evaluations(db).assign(store=Path(db).name) for db in dbs],
@@ -113,9 +118,10 @@ SUMMARY = {  # table name -> its heading: the summary at the top of a report, an
     "summary_sides": "Fastest across resolutions (modules)",
 }
 COST_NOTE = (
-    "Each cell names the winner among the series measured alike, with its figure; the runner-up's latency is "
-    "given over the fastest's ('within IQR': the two medians lie closer than their spreads, no clear winner; "
-    "~: a noisy timing). The latency-memory front lists the series that no other beats on both, fastest first.")
+    "Each cell names the winner among the series measured alike (in one store), with its figure; the runner-up's "
+    "latency is given over the fastest's ('within IQR': the two medians lie closer than their spreads, no clear "
+    "winner; ~: a noisy timing). The latency-memory front lists the series that no other beats on both, fastest "
+    "first.")
 ACCURACY_NOTE = (
     "A front of top-1 against a cost lists the setups that no other beats on both, cheapest first. 'As accurate' "
     "is the best setup or one within its seeds' spread: the most accuracy per MAC{per_ms} is the cheapest of those.")
@@ -130,6 +136,11 @@ def summary_note(tables: dict[str, pd.DataFrame]) -> str:
     return " ".join(notes)
 
 
+def costs(frame: pd.DataFrame) -> pd.DataFrame:
+    """The measured cases of :func:`load` that the listings, figures and fits show: the first store's of a case."""
+    return frame[~frame.shadowed]
+
+
 def summary_tables(frame: pd.DataFrame, training: pd.DataFrame, evaluations: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Who wins where (:data:`SUMMARY` names them), for the tables that have rows: the most accurate setups and the
     most accurate for their cost, with the Pareto fronts and the one that holds its accuracy best away from its
@@ -138,14 +149,14 @@ def summary_tables(frame: pd.DataFrame, training: pd.DataFrame, evaluations: pd.
     acc = accuracy_table(frame, training) if len(training) else pd.DataFrame()
     tables = {"summary_accuracy": accuracy_summary(acc, evaluations) if len(acc) else pd.DataFrame()}
     for scope in (Scope.MODEL, Scope.MODULE):
-        table = cost_summary(frame[frame.scope == scope])
+        table = cost_summary(frame[frame.scope == scope])  # each store's cases apart, every one of them
         unused = ["scope"] + ["dim"] * (scope == Scope.MODEL)  # a network has no dim
         tables[f"summary_{scope}"] = table.drop(columns=unused) if len(table) else table
-    tables["summary_sides"] = fastest_by_side(frame)
+    tables["summary_sides"] = fastest_by_side(costs(frame))
     return {name: table for name, table in tables.items() if len(table)}
 
 
-SUMMARY_KEYS = ("dataset", "image side", "device", "dtype", "mode", "dim", "batch", "res")  # a row's key
+SUMMARY_KEYS = ("dataset", "image side", "device", "dtype", "mode", "dim", "batch", "res", "store")  # a row's key
 
 
 def summary(dbs: Sequence[str | Path], *, as_markdown: bool = False, width: int = 100) -> str:
@@ -301,6 +312,7 @@ def _write_report(frame: pd.DataFrame, training: pd.DataFrame, evaluations: pd.D
     index: list[str] = []
     summary_index = ["## Summary: who wins where", ""]
     tables = summary_tables(frame, training, evaluations)
+    timed, frame = frame, costs(frame)  # every measurement: for the accuracy table's latencies and the stores' rows
     for name, table in tables.items():
         _write_table(rep, out, name, table)
         summary_index += [f"### {SUMMARY[name]}", "", markdown(table), "", f"([csv](tables/{name}.csv))", ""]
@@ -367,7 +379,7 @@ def _write_report(frame: pd.DataFrame, training: pd.DataFrame, evaluations: pd.D
                     f"Latency across devices: {scope} scope, res {res}, {dtype}, {mode}"))
                 index.append(f"- {scope} scope at {res}, {dtype}: ![devices](figures/devices_{tag}.png)")
 
-    acc = accuracy_table(frame, training) if len(training) else pd.DataFrame()
+    acc = accuracy_table(timed, training) if len(training) else pd.DataFrame()
     if len(acc):  # (none while every run is still in progress)
         _write_table(rep, out, "accuracy", acc)
         index += ["", "## Accuracy against cost\n", "- [each trained setup over its seeds: test and train top-1 "
@@ -407,7 +419,7 @@ def _write_report(frame: pd.DataFrame, training: pd.DataFrame, evaluations: pd.D
                   "- [our parameters and MACs beside the papers'](tables/published.md): MACs count one "
                   "multiply-add as 1; figures published at 2 per MAC are halved before comparing."]
 
-    env = environments(frame, training, evaluations)
+    env = environments(timed, training, evaluations)
     _write_table(rep, out, "environments", env, numbers=False)
     measured = ("Latency is the median of `torch.utils.benchmark` runs (IQR beside it; marked ~ where the timing "
                 "was flagged noisy: a wide spread, or other processes using the CPU meanwhile, with the reason in "

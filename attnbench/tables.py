@@ -200,7 +200,7 @@ def accuracy_table(frame: pd.DataFrame, training: pd.DataFrame) -> pd.DataFrame:
     for key, runs in last.groupby(SETUP_KEYS, sort=True):
         setup = dict(zip(SETUP_KEYS, key))
         test, train = runs.top1_pct, runs.train_top1_pct
-        latency = newest_latency(measured, setup, set(runs.device_name.dropna()))
+        latency = newest_latency(measured, setup, runs)
         rows.append({"dataset": setup["dataset"], "image side": setup["image_size"],
                      "model": setup_label(setup), "variant": runs.variant.iloc[0], "width": setup["width"],
                      "lr": lr_label(setup, runs), "seeds": len(runs),
@@ -229,16 +229,18 @@ def accuracy_table(frame: pd.DataFrame, training: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def newest_latency(measured: pd.DataFrame, setup: dict, names: set[str]):
-    """The newest latency row of a setup's network (model, width, options) on a device of its type: on one of the
-    devices it was trained on (``names``) where there is one, else on any."""
+def newest_latency(measured: pd.DataFrame, setup: dict, runs: pd.DataFrame):
+    """The newest latency row of a setup's network (model, width, options) on a device of its type: measured in
+    a store that holds its ``runs`` where there is one (the table's own sitting, where its other networks were
+    timed: the same network timed in another store, another day, took a quarter less time here), then on one of
+    the devices it was trained on where there is one, else on any."""
     rows = measured[(measured.model == setup["model"]) & (measured.width.astype(float) == float(setup["width"]))
                     & (measured.options == setup["options"])
                     & ((measured.device == setup["device"]) | (setup["device"] == "-"))]  # "-": not recorded
-    if rows.empty:
-        return None
-    same = rows[rows.device_name.isin(names)]
-    return (same if len(same) else rows).sort_values("created_utc").iloc[-1]
+    for preferred in ("store", "device_name"):
+        if preferred in rows and preferred in runs and rows[preferred].isin(set(runs[preferred].dropna())).any():
+            rows = rows[rows[preferred].isin(set(runs[preferred].dropna()))]
+    return rows.sort_values("created_utc").iloc[-1] if len(rows) else None
 
 
 def resolution_table(evaluations: pd.DataFrame) -> pd.DataFrame:
@@ -433,15 +435,18 @@ def cost_summary(frame: pd.DataFrame) -> pd.DataFrame:
     """Who wins where on cost: per scope, device, dtype, mode, dim (modules), batch and resolution, among the
     series that ran there, the fastest (median latency, noisy timings marked) and the runner-up, the leanest in
     peak memory, MACs and parameters, and the Pareto front of latency against peak memory (the series that no
-    other beats on both; fastest first)."""
+    other beats on both; fastest first). Rows of several stores are compared within each store (a ``store``
+    column): two sittings of one machine differ by up to a quarter in every timing here, so a series timed in
+    one would win or lose against the other's by the day it was timed on; merge stores to compare them."""
     ok = frame[frame.status == Status.OK]
+    apart = ["store"] if "store" in ok and ok.store.nunique() > 1 else []
     rows = []
-    for key, group in ok.groupby(SUMMARY_KEYS, sort=True):
+    for key, group in ok.groupby(SUMMARY_KEYS + apart, sort=True):
         g = _newest(group).reset_index(drop=True)
         fastest = g.loc[g.latency_ms_median.idxmin()]
         lean = g.dropna(subset=["peak_mem_bytes"]).reset_index(drop=True)
         front = pareto(list(lean.latency_ms_median), list(-lean.peak_mem_bytes.astype(float)))
-        rows.append(dict(zip(["scope", "device", "dtype", "mode", "dim", "batch", "res"], key)) | {
+        rows.append(dict(zip(["scope", "device", "dtype", "mode", "dim", "batch", "res", *apart], key)) | {
             "series": len(g),
             "fastest": f"{fastest.series} ({amount(fastest.latency_ms_median, TIME_UNITS)}"
                        + (f" {NOISY}" if fastest.latency_noisy == 1 else "") + ")",

@@ -174,6 +174,36 @@ def test_accuracy_against_cost(db, tmp_path):
     assert {"accuracy_macs_longrange_cpu", "accuracy_latency_longrange_cpu"} <= set(rep.figures)
 
 
+def test_a_network_timed_in_two_stores_each_table_takes_its_own_sittings_latency(tmp_path):
+    """The reference store times every probe at width 1, the accuracy table's store times its trained networks
+    again another day: the listings keep the first store's timing of a case, the summary compares each store's
+    cases apart, the accuracy table takes its runs' store's; a store given twice, or beside its merge, counts once."""
+    reference, trained = tmp_path / "reference.sqlite", tmp_path / "accuracy.sqlite"
+    for variant, latency in (("conv", 0.38), ("gsa", 1.5)):
+        store.write(reference, row(variant, 32, scope="model", arch="probe", k=1.0, latency_ms_median=latency))
+    for variant, latency, width in (("conv", 0.28, 1.0), ("gsa", 0.9, 0.875)):  # gsa as trained, at its width
+        store.write(trained, row(variant, 32, scope="model", arch="probe", k=1.0, latency_ms_median=latency,
+                                 width=width, created_utc="2026-12-03T00:00:00"))
+    store.write_training(trained, Epoch(
+        run_id="conv-0", epoch=1, epochs=1, model="conv_probe", dataset="digits", train_loss=0.5, top1_pct=95.0,
+        top5_pct=100.0, epoch_s=3.0, params=100, macs_per_image=10**6, width=1.0, world_size=1, seed=0,
+        variant="conv", device="cpu", dtype="fp32", environment=Environment(device_name="Test CPU")))
+    assert main(["merge", str(trained), "-o", str(tmp_path / "merged.sqlite")]) == 0
+    for dbs in ([reference, trained], [reference, trained, trained], [reference, trained, tmp_path / "merged.sqlite"]):
+        rep = report(dbs, tmp_path / "out", published=False)
+        assert rep.tables["accuracy"].set_index("model").loc["conv_probe", "latency ms (batch 1)"] == 0.28
+        results = rep.tables["results_test-cpu_model"].set_index("case")
+        assert len(results) == 3 and results.loc["conv_probe", "latency ms (median ± IQR)"].startswith("0.380 ")
+        # each store's sitting compared apart: gsa x0.875 (0.9 ms) never beside the reference's conv (0.38)
+        summary = rep.tables["summary_model"].set_index("store")
+        assert summary.loc["reference.sqlite", "fastest"] == "conv_probe (380 µs)"
+        assert summary.loc["reference.sqlite", "runner-up"] == "gsa_probe (x3.95)"
+        assert summary.loc["accuracy.sqlite", "fastest"] == "conv_probe (280 µs)"  # its sitting's own conv
+        assert summary.loc["accuracy.sqlite", "runner-up"] == "gsa_probe x0.875 (x3.21)"
+        env = rep.tables["environments"].set_index(["store", "table"])
+        assert env.loc[("accuracy.sqlite", "results"), "rows"] == 2  # its timings are counted where they are stored
+
+
 def test_a_store_of_training_runs_alone_reports_its_accuracy(tmp_path):
     db = tmp_path / "trained.sqlite"
     for model, top1, epochs in (("axial_probe", 99.0, 3),  # in progress (or killed): epoch 1 of 3
