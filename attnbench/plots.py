@@ -288,20 +288,32 @@ def dots_figure(g: pd.DataFrame, column: str, label: str, by: str, by_label: str
     return fig
 
 
-def label_offsets(x: Sequence[float], y: Sequence[float], *, near: float = 0.04) -> list[tuple[int, int, str]]:
-    """Where each point's name goes, as (dx, dy) in points and its alignment, on a log x and linear y axis:
-    left of points in the right 40 % of the x range (a name to the right of the last point would run off
-    the axes), right of the others; points within ``near`` of a point named before (as fractions of the
-    ranges) stack their names below its, so that coincident points stay legible."""
+MARGIN = 0.08  # of an accuracy figure's data range, on each side
+
+
+def label_offsets(x: Sequence[float], y: Sequence[float], names: Sequence[str], size: tuple[float, float], *,
+                  char: float = 4.2, line: float = 9.0) -> list[tuple[int, int, str]]:
+    """Where each point's name goes, as (dx, dy) in points and its alignment, on a log x and linear y axis of
+    ``size`` (width, height) points: left of points in the right 40 % of the x range (a name to the right of
+    the last point would run off the axes), right of the others; a name that would overlap one placed before
+    (``char`` points a character of the 7-point font, ``line`` points a line) goes a line lower, and again,
+    until it is clear, so that the names of points near one another stay legible."""
     lx = np.log10(np.asarray(x, float))
     ya = np.asarray(y, float)
-    fx = (lx - lx.min()) / (np.ptp(lx) or 1.0)
-    fy = (ya - ya.min()) / (np.ptp(ya) or 1.0)
-    offsets = []
-    for i in range(len(lx)):
-        stacked = sum(abs(fx[i] - fx[j]) < near and abs(fy[i] - fy[j]) < near for j in range(i))
-        left = fx[i] > 0.6
-        offsets.append((-5 if left else 5, 3 - 10 * stacked, "right" if left else "left"))
+    px = (lx - lx.min()) / (np.ptp(lx) or 1.0) * size[0]
+    py = (ya - ya.min()) / (np.ptp(ya) or 1.0) * size[1]
+    offsets: list[tuple[int, int, str]] = []
+    placed: list[tuple[float, float, float]] = []  # each name's left and right edges and baseline, in points
+    for i, name in enumerate(names):
+        left = px[i] > 0.6 * size[0]
+        dx = -5 if left else 5
+        start = px[i] + dx - (len(name) * char if left else 0)
+        end = start + len(name) * char
+        dy = 3
+        while any(start < b and a < end and abs(py[i] + dy - base) < line for a, b, base in placed):
+            dy -= line
+        placed.append((start, end, py[i] + dy))
+        offsets.append((dx, int(dy), "right" if left else "left"))
     return offsets
 
 
@@ -310,11 +322,19 @@ def accuracy_figure(table: pd.DataFrame, cost: str, label: str, title: str):
     cut at 100 %), with the Pareto front."""
     from matplotlib.ticker import LogFormatter
 
+    class PlainLogFormatter(LogFormatter):
+        """The ticks LogFormatter names, each as a plain number."""
+
+        def __call__(self, x, pos=None):
+            return f"{x:g}" if super().__call__(x, pos) else ""
+
     t = table.assign(hue=table.variant.where(table.variant.fillna("") != "", table.model))
     palette = colours(t.hue)
     fig, (ax,) = new_figure(1, 6.5)
     t = t.dropna(subset=[cost]).reset_index(drop=True)
-    offsets = label_offsets(t[cost], t["top-1 (%)"])
+    box, data = ax.get_position(), 1 / (1 + 2 * MARGIN)  # the axes in figure fractions; the data's share of them
+    offsets = label_offsets(t[cost], t["top-1 (%)"], list(t.model), (box.width * fig.get_figwidth() * 72 * data,
+                                                                      box.height * fig.get_figheight() * 72 * data))
     marker = dict(zip(t.sort_values("model").model, t.sort_values("model").groupby("hue").cumcount()))
     for model, x, y, std, (dx, dy, ha), key in zip(t.model, t[cost], t["top-1 (%)"], t["top-1 std"], offsets, t.hue):
         colour = palette.get(key)
@@ -322,12 +342,12 @@ def accuracy_figure(table: pd.DataFrame, cost: str, label: str, title: str):
         ax.errorbar(x, y, yerr=bar, fmt=MARKERS[marker[model] % len(MARKERS)], ms=6, capsize=3, color=colour,
                     zorder=3)
         ax.annotate(model, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, fontsize=7, color=colour)
-    ax.margins(x=0.08, y=0.08)
+    ax.margins(x=MARGIN, y=MARGIN)
     front = pareto(list(t[cost]), list(t["top-1 (%)"]))
     ax.plot(t.loc[front, cost], t.loc[front, "top-1 (%)"], "--", color="grey", label="Pareto front", zorder=2)
     finish(fig, ax, title, xscale="log", xlabel=label, ylabel="test top-1 (%)")
-    ax.xaxis.set_major_formatter(LogFormatter())  # plain numbers (4, 6, 20), not 4 x 10^0
-    ax.xaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1.5, 0.5)))
+    ax.xaxis.set_major_formatter(PlainLogFormatter())  # plain numbers (0.3, 4, 20), not 3e-01 or 4 x 10^0
+    ax.xaxis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(1.5, 0.5)))
     legend(fig, [ax])
     return fig
 

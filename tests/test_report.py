@@ -1,6 +1,8 @@
 """Reports from a store built here with known costs: exponents, files, determinism, clear refusals."""
 
 import hashlib
+import itertools
+import math
 import re
 import shutil
 import signal
@@ -136,15 +138,29 @@ def test_pareto_front():
     assert pareto(cost, acc) == [0, 2, 4]
 
 
-def test_names_of_coincident_points_stack_and_names_at_the_right_edge_go_left():
+def test_names_of_near_points_stack_and_names_at_the_right_edge_go_left():
     from attnbench.plots import label_offsets
 
+    size, char, line = (400.0, 250.0), 3.9, 9.0
     # two networks at the same cost and accuracy (non-local with either initial scale), one cheap, one costly
     x, y = [22.0, 22.0, 4.4, 9.0], [100.0, 100.0, 100.0, 51.6]
-    (dx0, dy0, ha0), (dx1, dy1, ha1), (dx2, dy2, ha2), (_, _, ha3) = label_offsets(x, y)
+    names = ["nonlocal_probe", "nonlocal_probe (zero_init=False)", "axial_probe", "conv_probe"]
+    (dx0, dy0, ha0), (dx1, dy1, ha1), (dx2, dy2, ha2), (_, _, ha3) = label_offsets(x, y, names, size)
     assert (ha0, ha1) == ("right", "right") and dx0 < 0 and dy1 < dy0  # left of the point, the second below
     assert ha2 == "left" and dx2 > 0 and dy2 == dy0  # nothing near it: the first row, to the right
     assert ha3 == "left"  # 9 is at 44 % of the log range 4.4 to 22: room on its right
+    # longrange's top row: three names right of points 4.4, 5.3 and 6.1 M MACs apart on a range to 62 M
+    x, y = [4.4, 5.3, 6.1, 62.0, 9.0, 10.4, 12.7], [100.0, 100.0, 100.0, 100.0, 49.8, 49.1, 50.3]
+    names = ["axial_probe", "efficient_probe", "gsa_probe", "mhsa_probe", "neighborhood_probe", "window_probe",
+             "local_probe"]
+    offsets = label_offsets(x, y, names, size, char=char, line=line)
+    lx = [math.log10(v / min(x)) / math.log10(max(x) / min(x)) * size[0] for v in x]
+    py = [(v - min(y)) / (max(y) - min(y)) * size[1] for v in y]
+    boxes = [(p + dx - (len(n) * char if ha == "right" else 0), p + dx + (0 if ha == "right" else len(n) * char),
+              q + dy) for p, q, n, (dx, dy, ha) in zip(lx, py, names, offsets)]
+    for (a0, a1, ay), (b0, b1, by) in itertools.combinations(boxes, 2):  # no two names overlap
+        assert a1 <= b0 or b1 <= a0 or abs(ay - by) >= line
+    assert offsets[1][1] == offsets[0][1] - line and offsets[2][1] == offsets[0][1]  # gsa's name clears axial's
 
 
 def test_accuracy_against_cost(db, tmp_path):
