@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -131,9 +132,18 @@ def evaluate_at_sides(path: str | Path, dataset: str, sides: Sequence[int] | Non
         store.refuse_read_only(db)  # the store is made once the checkpoint and the sides have been checked
     ckpt = load_checkpoint(path, model=model)
     cfg = checkpoint_config(ckpt, path)
+    if model is not None and model != cfg.model:  # it would build nothing: a name given in vain is a mistake
+        raise TrainError(f"{path} holds the network {cfg.model}, not {model}: --model names the checkpoint's own "
+                         "network, where it is one of yours (module:callable).")
     if dataset != cfg.dataset:
         raise TrainError(f"Checkpoint {path} was trained on {cfg.dataset}, not {dataset}.")
     cfg = replace(cfg, data_dir=data_dir or cfg.data_dir)
+    last = ckpt["history"][-1] if ckpt["history"] else {}
+    epochs = _run_of(ckpt).get("epochs", cfg.epochs)
+    if not (last.get("stopped") in store.FINISHED or (last.get("stopped") is None and ckpt["epoch"] == epochs)):
+        warnings.warn(f"{path} is its run's checkpoint at epoch {ckpt['epoch']}, before the run's end: these are "
+                      "evaluations of the network midway (the report prefers, per seed, a finished run's)",
+                      stacklevel=2)
     sides = list(dict.fromkeys(sides or [image_side(cfg)]))
     for side in sides:
         check_side(dataset, side)

@@ -103,7 +103,7 @@ def run_study(study: Study, *, say: Callable[[str], None] = print,
     for seed in set(seeds) - set(finished):  # every seed's folder before any seed trains
         refuse_earlier_run(outs[seed], resume=resumes[seed], overwrite=study.overwrite)
     with store.outputs_made(study.db, outs.values()):  # and removed again where nothing is written in them
-        tuned = next(iter(finished.values())) if auto and finished else None
+        tuned = next(iter(finished.values()))[:2] if auto and finished else None
         evaluate_sides = partial(evaluate_at_sides, dataset=study.dataset, sides=study.eval_res,
                                  data_dir=study.data_dir, db=study.db, device=study.device, skip_stored=True,
                                  model=study.model, on_row=lambda row: say(describe(row)))
@@ -124,6 +124,8 @@ def run_study(study: Study, *, say: Callable[[str], None] = print,
                 if study.eval_res and int(os.environ.get("RANK", "0")) == 0:
                     if checkpoint.is_file():
                         evaluate(seed, checkpoint)  # the sides not stored yet
+                    elif set(study.eval_res) <= stored_sides(study.db, finished[seed][2]):
+                        say(f"seed {seed}: evaluated at every --eval-res side in {study.db} already")
                     else:  # trained into another --out
                         failing.append(seed)
                         warn(f"seed {seed}: no checkpoint in {out} to evaluate at --eval-res's sides; name the --out "
@@ -158,8 +160,10 @@ def run_study(study: Study, *, say: Callable[[str], None] = print,
                      f"in {study.db} as such, not as a finished run")
             elif history:
                 say(f"seed {seed}: checkpoint {out}/checkpoint.pt; metrics stored in {study.db}")
-                if study.eval_res:
+                if study.eval_res and history[-1]["stopped"] in store.FINISHED:
                     evaluate(seed, checkpoint)
+                elif study.eval_res:  # a network midway is not the one the run makes: --continue evaluates that
+                    say(f"seed {seed}: stopped before its end; --eval-res evaluates it once --continue ends it")
         return sorted(set(diverged + failing))
 
 
@@ -246,10 +250,16 @@ def conv_of(spec) -> str:
     return family_name("conv", spec.arch) if spec.arch in list_archs() else spec.name
 
 
-def finished_seeds(db: str | None, cfg: TrainConfig, auto: bool) -> dict[int, tuple[float, str]]:
+def stored_sides(db: str, run_id: str) -> set[int]:
+    """The sides the store ``db`` holds an evaluation of the run ``run_id`` at."""
+    rows = store.load_evaluations(db)
+    return set(rows[rows.run_id == run_id].side)
+
+
+def finished_seeds(db: str | None, cfg: TrainConfig, auto: bool) -> dict[int, tuple[float, str, str]]:
     """The seeds of ``cfg``'s setup that the store holds a finished run of (``store.finished_runs``, as the
-    accuracy table counts them), lowest first, each with its learning rate and how it was chosen; with
-    ``auto``, runs whose rate was chosen on validation, whatever it was."""
+    accuracy table counts them), lowest first, each with its learning rate, how it was chosen and its run id;
+    with ``auto``, runs whose rate was chosen on validation, whatever it was."""
     if db is None or not Path(db).exists():
         return {}
     same = store.finished_runs(store.load_training(db))
@@ -262,4 +272,4 @@ def finished_seeds(db: str | None, cfg: TrainConfig, auto: bool) -> dict[int, tu
             () if auto else ("lr",)):
         value = getattr(cfg, name)
         same = same[same[name].isna()] if value is None else same[same[name] == value]
-    return {int(row.seed): (float(row.lr), row.lr_source) for row in same.sort_values("seed").itertuples()}
+    return {int(row.seed): (float(row.lr), row.lr_source, row.run_id) for row in same.sort_values("seed").itertuples()}

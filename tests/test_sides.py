@@ -284,6 +284,12 @@ def test_eval_at_several_sides_prints_and_stores_one_row_per_side(tmp_path, caps
     # evaluated again: the rows are replaced, not doubled
     assert main(["eval", "--checkpoint", ckpt, "--dataset", "digits", "--res", "32", "--db", str(db)]) == 0
     assert len(store.load_evaluations(db)) == 5
+    capsys.readouterr()
+    # --model names the checkpoint's own network: another name builds nothing and is refused, not ignored
+    assert main(["eval", "--checkpoint", ckpt, "--dataset", "digits", "--model", "gsa_probe", "--db", str(db)]) == 2
+    err = capsys.readouterr().err
+    assert f"{ckpt} holds the network axial_probe, not gsa_probe" in err and err.count("\n") == 1
+    assert len(store.load_evaluations(db)) == 5
 
 
 def test_a_side_whose_images_do_not_fit_in_memory_is_an_error_row_and_the_other_sides_go_on(tmp_path, capsys,

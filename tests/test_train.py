@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import warnings
 import zipfile
 
 import numpy as np
@@ -699,6 +700,29 @@ def test_train_skip_finished_says_where_no_checkpoint_is_to_evaluate_and_exits_1
     assert store.load_evaluations(db).empty and not (tmp_path / "second").exists()
     assert main([*common, "--out", str(tmp_path / "first"), "--skip-finished", "--eval-res", "24"]) == 0
     assert store.load_evaluations(db).side.tolist() == [24]
+    capsys.readouterr()
+    # every side asked for is stored: nothing to evaluate, so no checkpoint is needed (a rebuilt workspace's table)
+    assert main([*common, "--out", str(tmp_path / "third"), "--skip-finished", "--eval-res", "24"]) == 0
+    assert f"seed 0: evaluated at every --eval-res side in {db} already" in capsys.readouterr().out
+    assert not (tmp_path / "third").exists()
+
+
+def test_train_eval_res_evaluates_a_run_once_it_has_ended_not_midway(tmp_path, capsys):
+    db = tmp_path / "r.sqlite"
+    common = ["train", "--model", "conv_probe", "--dataset", "digits", "--width", "0.5", "--batch", "64", "--epochs",
+              "2", "--db", str(db), "--out", str(tmp_path / "run"), "--eval-res", "24"]
+    assert main([*common, "--stop-after-epoch", "1"]) == 0
+    assert "seed 0: stopped before its end; --eval-res evaluates it once --continue ends it" in capsys.readouterr().out
+    assert store.load_evaluations(db).empty  # a network midway is not the run's result
+    ckpt = tmp_path / "run" / "checkpoint.pt"  # eval of it is the user's to ask: it says what it evaluates
+    with pytest.warns(UserWarning, match=f"{re.escape(str(ckpt))} is its run's checkpoint at epoch 1, before the run"):
+        assert main(["eval", "--checkpoint", str(ckpt), "--dataset", "digits", "--res", "24"]) == 0
+    assert main([*common, "--continue"]) == 0
+    evaluated = store.load_evaluations(db)
+    assert evaluated.side.tolist() == [24] and evaluated.epoch.tolist() == [2]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the finished run's checkpoint: no warning
+        assert main(["eval", "--checkpoint", str(ckpt), "--dataset", "digits", "--res", "24"]) == 0
 
 
 def test_names_too_long_for_the_system_are_one_line(tmp_path, capsys):
