@@ -680,7 +680,7 @@ def merge(sources: Iterable[str | Path], out: str | Path) -> Merged:
     environment in several stores (different runs) is a conflict: the newest measurement is kept and
     the conflicts are counted. Sources are only read (older ones as the migration would fill them)."""
     sources, out = list(sources), store_path(out)
-    if Path(out).exists() and any(Path(src).resolve() == Path(out).resolve() for src in sources):
+    if Path(out).exists() and any(Path(src).exists() and os.path.samefile(src, out) for src in sources):  # links too
         raise StoreError(f"Cannot merge {out} into itself: name an output that is not a source.")
     read = [(load_results(src), load_training(src), load_evaluations(src)) for src in sources]  # a bad one stops all
     if Path(out).exists():  # one transaction, in place (a sweep may be writing it meanwhile)

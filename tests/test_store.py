@@ -185,6 +185,13 @@ def test_merge_into_a_source_is_refused(tmp_path):
     store.write(db, row("a"))
     with pytest.raises(store.StoreError, match="into itself"):
         store.merge([db], db)
+    other, linked = tmp_path / "b.sqlite", tmp_path / "hard.sqlite"
+    store.write(other, row("b"))
+    os.link(db, linked)  # another name of the same file: merging into it would write into the source
+    before = db.read_bytes()
+    with pytest.raises(store.StoreError, match="into itself"):
+        store.merge([other, db], linked)
+    assert db.read_bytes() == before
 
 
 def test_merge_is_all_or_nothing(tmp_path, monkeypatch):
