@@ -25,6 +25,7 @@ usage='usage: bash benchmarks/accuracy.sh STORE ["variant variant ..."] [seed,se
 db=$1
 variants=${2:-conv nonlocal gsa axial local window neighborhood mhsa efficient}
 case $variants in *,*) echo "variants are separated by spaces, not commas: $usage" >&2; exit 2 ;; esac
+[ -n "${variants//[[:space:]]/}" ] || { echo "no variant named: $usage" >&2; exit 2; }  # " " trained nothing, then failed
 for v in $variants; do  # names (attnbench list names them), not "gsa;local", which stopped the table at train
   case $v in *[!a-z0-9_]*) echo "not a variant's name: '$v' (attnbench list names them): $usage" >&2; exit 2 ;; esac
 done

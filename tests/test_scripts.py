@@ -42,6 +42,8 @@ def test_accuracy_stops_at_any_other_failure_and_needs_its_store(tmp_path):
     assert code == 2 and err.startswith("variants are separated by spaces, not commas") and calls == []
     code, err, calls = script("accuracy.sh", ["t.sqlite", "conv gsa;local"], tmp_path / "bare", "")
     assert code == 2 and err.startswith("not a variant's name: 'gsa;local' (attnbench list names them)") and calls == []
+    code, err, calls = script("accuracy.sh", ["t.sqlite", " "], tmp_path / "bare", "")  # a traceback at export
+    assert code == 2 and err.startswith("no variant named: usage:") and calls == []
 
 
 STORED = ('[{"model": "nonlocal_probe", "width": 2.0, "options": "zero_init=False,heads=2"},'
