@@ -282,22 +282,28 @@ MIN_GAIN_PCT = 5.0  # points above chance a setup needs at its own side to have 
 
 def resolution_retention(evaluations: pd.DataFrame) -> pd.DataFrame:
     """How well each trained setup holds its accuracy away from the side it was trained at, per tables: the
-    share of its top-1 above chance at its own side (the network as trained) that remains at the other sides
-    tested, averaged over them (a side it did not run at keeps none; below chance counts as none). Setups
-    within ``MIN_GAIN_PCT`` points of chance at their own side have nothing to hold and are left out.
-    Best first within each data set."""
-    table = resolution_table(evaluations)
+    share of its top-1 above chance at its own side (the network as trained) that remains at the other sides,
+    averaged over the sides every setup of its data set (and training side) was tested at, so that setups are
+    compared like for like. A side the network refuses keeps none (it cannot run there); one where it failed
+    (out of memory on that machine, an error) is no result and is left out; below chance keeps none, and above
+    its own side's top-1 keeps all (the rest is the seeds' noise). Setups within ``MIN_GAIN_PCT`` points of
+    chance at their own side have nothing to hold and are left out. Best first within each data set."""
+    table = resolution_table(evaluations[evaluations.status != Status.ERROR])
     if table.empty:
         return table
+    keys = ["dataset", "model", "width", "lr", "trained at", "device"]
+    away = table[(table.side != table["trained at"]) & (table.tables == "trained")]
+    common = {key: set.intersection(*(set(g.side) for _, g in group.groupby(keys, sort=False)))
+              for key, group in away.groupby(["dataset", "trained at"], sort=False)}
     out = []
-    for (dataset, model, width, lr, trained_at, device), setup in table.groupby(
-            ["dataset", "model", "width", "lr", "trained at", "device"], sort=True):
+    for (dataset, model, width, lr, trained_at, device), setup in table.groupby(keys, sort=True):
         home = setup[(setup.tables == "trained") & (setup.side == trained_at)]["top-1 (%)"]
         chance = setup["chance (%)"].iloc[0]
+        sides = common.get((dataset, trained_at), set())
         if home.empty or not home.iloc[0] - chance >= MIN_GAIN_PCT:
             continue
-        for tables, rows in setup[setup.side != trained_at].groupby("tables", sort=True):
-            kept = ((rows["top-1 (%)"].fillna(chance) - chance) / (home.iloc[0] - chance)).clip(lower=0)
+        for tables, rows in setup[setup.side.isin(sides)].groupby("tables", sort=True):
+            kept = ((rows["top-1 (%)"].fillna(chance) - chance) / (home.iloc[0] - chance)).clip(0, 1)
             out.append({"dataset": dataset, "model": model, "width": width, "lr": lr, "tables": tables,
                         "trained at": trained_at, "top-1 there (%)": home.iloc[0],
                         "sides": ", ".join(str(s) for s in rows.side),
@@ -311,10 +317,14 @@ def resolution_retention(evaluations: pd.DataFrame) -> pd.DataFrame:
 
 
 def holds_best(evaluations: pd.DataFrame) -> pd.DataFrame:
-    """Per data set, the setup (and tables) that holds its accuracy best away from the side it was trained at
-    (:func:`resolution_retention`'s first row): the mechanism least hurt by a change of resolution."""
+    """Per data set, the setups (and tables) that hold their accuracy best away from the side they were trained
+    at (:func:`resolution_retention`'s first rows, every one tied with the first): the mechanisms least hurt by
+    a change of resolution."""
     retained = resolution_retention(evaluations)
-    return retained.groupby("dataset", sort=True).head(1).reset_index(drop=True) if len(retained) else retained
+    if retained.empty:
+        return retained
+    best = retained.groupby("dataset")["retained (%)"].transform("max")
+    return retained[retained["retained (%)"] == best].reset_index(drop=True)
 
 
 def pareto(cost: Sequence[float], accuracy: Sequence[float]) -> list[int]:
@@ -492,8 +502,10 @@ def accuracy_summary(acc: pd.DataFrame, evaluations: pd.DataFrame) -> pd.DataFra
     setup's latency was measured); and, from evaluations at other sides, the setup that holds its accuracy best
     away from the side it was trained at."""
     held = holds_best(evaluations) if len(evaluations) else pd.DataFrame()
-    held = {} if held.empty else {dataset: f"{model}, {tables} tables ({kept:.1f} % kept)" for dataset, model, tables,
-                                  kept in zip(held.dataset, held.model, held.tables, held["retained (%)"])}
+    held = {dataset: ", ".join(model + ("" if tables == "trained" else " (tables interpolated)")
+                               for model, tables in zip(g.model, g.tables))
+            + f" ({g['retained (%)'].iloc[0]:.1f} % kept)" for dataset, g in held.groupby("dataset", sort=True)
+            } if len(held) else {}
     costs = [("MACs per image (M)", "fewest MACs", COUNT_UNITS, "MACs")]
     if acc["latency ms (batch 1)"].notna().any():  # no latency columns for a store of training runs alone
         costs.append(("latency ms (batch 1)", "lowest latency", TIME_UNITS, ""))

@@ -462,6 +462,26 @@ def test_accuracy_across_resolutions_table_figure_and_which_holds_best(tmp_path)
     assert list(kept.index) == sorted(expected, key=lambda k: -expected[k])  # best first
     best = holds_best(store.load_evaluations(db))
     assert list(zip(best.dataset, best.model, best.tables)) == [("longrange", "gsa_probe", "interpolated")]
+    # a side only gsa was tested at is not compared; a side it failed at here (memory) is no result, not 0 kept;
+    # two non-local setups above their own side's top-1 at 24 and 48 (seed noise) keep all of it, and tie
+    extra = {("gsa_probe", 0, 64, "ok"): 60.0, ("gsa_probe", 0, 1000, "error"): None,
+             ("nonlocal_probe", 0, 32, "ok"): 90.0, ("nonlocal_probe", 0, 24, "ok"): 92.0,
+             ("nonlocal_probe", 0, 48, "ok"): 95.0, ("nonlocal_probe (zero_init=False)", 0, 32, "ok"): 100.0,
+             ("nonlocal_probe (zero_init=False)", 0, 24, "ok"): 100.0,
+             ("nonlocal_probe (zero_init=False)", 0, 48, "ok"): 100.0}
+    for (label, seed, side, status), value in extra.items():
+        store.write_evaluation(db, Evaluation(
+            run_id=f"{label}-{seed}", model=label.split()[0], dataset="longrange", seed=seed, image_size=32,
+            side=side, status=status, top1_pct=value, num_classes=2, width=1.0, lr=0.1, device="cpu",
+            dtype="fp32", options="zero_init=False" if "zero" in label else "", environment=env,
+            reason="out of memory" if status == "error" else None))
+    again = resolution_retention(store.load_evaluations(db)).set_index(["model", "tables"])
+    assert again.loc[("gsa_probe", "trained"), "sides"] == "24, 48"
+    assert again["retained (%)"].to_dict() == {**{k: round(100 * v, 1) for k, v in expected.items()},
+                                               ("nonlocal_probe", "trained"): 100.0,
+                                               ("nonlocal_probe (zero_init=False)", "trained"): 100.0}
+    best = holds_best(store.load_evaluations(db))
+    assert list(best.model) == ["nonlocal_probe", "nonlocal_probe (zero_init=False)"]
 def test_networks_measured_with_and_without_a_setting_keep_their_columns_and_their_conv_baseline(tmp_path):
     """Labels are derived beside the columns, never written over them: conv eager and conv channels-last side
     by side are two series, and each network is compared with the conv network measured alike."""

@@ -135,7 +135,7 @@ def test_accuracy_summary_most_accurate_for_its_cost_fronts_and_who_holds_best(t
     timed = [m for m in names if runs[m][2] is not None]
     front = brute_front([(runs[m][2], mean[m]) for m in timed])
     assert got["front: top-1 vs latency"] == ", ".join(timed[i] for i in front) == "conv_probe, gsa_probe"
-    assert got["holds best away from its side"] == "gsa_probe, trained tables (90.0 % kept)"
+    assert got["holds best away from its side"] == "gsa_probe (90.0 % kept)"  # as trained: conv has no tables
 
 
 def test_a_seed_trained_again_counts_once_by_its_newest_run_and_nothing_held_is_said_as_such(tmp_path, capsys):
