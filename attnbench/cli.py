@@ -217,7 +217,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
             merged = store.merge(args.sources, args.output)
     except store.StoreError as e:
         raise UsageError(str(e)) from None
-    print(f"merged {count(len(args.sources), 'store')} into {args.output}: {merged}")
+    stores = len({os.path.realpath(src) for src in args.sources})  # a store named twice is one store
+    print(f"merged {count(stores, 'store')} into {args.output}: {merged}")
     return 0
 
 

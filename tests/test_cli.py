@@ -879,6 +879,9 @@ def test_one_of_a_thing_is_said_in_the_singular(capsys, tmp_path):
     assert code == 0 and re.search(r"\b1 thread\b", out) and "\n1 case; results in" in out
     code, out, _ = run_cli(capsys, "merge", db, "-o", merged)
     assert code == 0 and out == f"merged 1 store into {merged}: 1 new row\n"
+    again = str(tmp_path / "again.sqlite")  # a store named twice (by two spellings) is one store
+    code, out, _ = run_cli(capsys, "merge", db, str(tmp_path / "." / "r.sqlite"), "-o", again)
+    assert code == 0 and out == f"merged 1 store into {again}: 1 new row\n"
     code, out, _ = run_cli(capsys, "run", "--scope", "module", "--variants", "conv,gsa", "--res", "8", "--dim", "8",
                            "--db", db, "--threads", "2", "--min-run-time", "0.01")
     assert code == 0 and "2 threads" in out and "\n2 cases; results in" in out
