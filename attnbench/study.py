@@ -151,7 +151,7 @@ def run_study(study: Study, *, say: Callable[[str], None] = print,
                                 width_source=width_source)
             if resumed is not None and len(history) == len(resumed["history"]):
                 say(f"seed {seed}: {resumes[seed]} was trained to its end (epoch {resumed['epoch']}): nothing more to "
-                    "train or store")
+                    "train" + (", its --eval-res sides not stored yet evaluated" if study.eval_res else " or store"))
                 if study.eval_res:
                     evaluate(seed, resumes[seed])  # the sides not stored yet
             elif history and history[-1]["stopped"] == "diverged":
