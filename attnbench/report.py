@@ -81,12 +81,14 @@ def load(dbs: Sequence[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.Data
     latency from the store of its runs, see every store's."""
     if not dbs:
         raise ReportError("No results store given.")
-    frame = pd.concat([store.load_results(db).assign(store=Path(db).name) for db in dbs], ignore_index=True)
+    paths = {Path(db).resolve() for db in dbs}  # a store is named by its file, or by its path where two share a name
+    named = {db: Path(db).name if sum(p.name == Path(db).name for p in paths) == 1 else str(db) for db in dbs}
+    frame = pd.concat([store.load_results(db).assign(store=named[db]) for db in dbs], ignore_index=True)
     frame = frame.drop_duplicates(["case_key", "env_key", "created_utc"])  # a store given twice, or merged
     frame["shadowed"] = frame.duplicated(["case_key", "env_key"])
-    training = pd.concat([store.load_training(db).assign(store=Path(db).name) for db in dbs],
+    training = pd.concat([store.load_training(db).assign(store=named[db]) for db in dbs],
                          ignore_index=True).drop_duplicates(["run_id", "epoch"])
-    evaluations = pd.concat([store.load_evaluations(db).assign(store=Path(db).name) for db in dbs],
+    evaluations = pd.concat([store.load_evaluations(db).assign(store=named[db]) for db in dbs],
                             ignore_index=True).drop_duplicates(["run_id", "side", "tables"])
     # evaluations stored before they carried the variant: their run's, where its training is stored
     evaluations["variant"] = evaluations.variant.fillna(evaluations.run_id.map(

@@ -220,6 +220,19 @@ def test_a_network_timed_in_two_stores_each_table_takes_its_own_sittings_latency
         assert env.loc[("accuracy.sqlite", "results"), "rows"] == 2  # its timings are counted where they are stored
 
 
+def test_stores_of_one_file_name_in_two_folders_are_two_stores(tmp_path):
+    """Each machine's results.sqlite, copied into a folder of its own: compared apart, named by their paths."""
+    paths = [tmp_path / name / "results.sqlite" for name in ("a", "b")]
+    for path, (latency, when) in zip(paths, ((0.4, "2026-12-01T00:00:00"), (0.3, "2026-12-03T00:00:00"))):
+        path.parent.mkdir()
+        store.write(path, row("conv", 32, scope="model", arch="probe", k=1.0, latency_ms_median=latency,
+                              created_utc=when))
+        store.write(path, row("gsa", 32, scope="model", arch="probe", k=1.0, latency_ms_median=1.2, created_utc=when))
+    summary = report(paths, tmp_path / "out", published=False).tables["summary_model"].set_index("store")
+    assert summary.loc[str(paths[0]), "fastest"] == "conv_probe (400 µs)"
+    assert summary.loc[str(paths[1]), "fastest"] == "conv_probe (300 µs)"
+
+
 def test_a_store_of_training_runs_alone_reports_its_accuracy(tmp_path):
     db = tmp_path / "trained.sqlite"
     for model, top1, epochs in (("axial_probe", 99.0, 3),  # in progress (or killed): epoch 1 of 3
