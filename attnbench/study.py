@@ -122,14 +122,17 @@ def run_study(study: Study, *, say: Callable[[str], None] = print,
             if seed in finished:
                 say(f"seed {seed}: already trained to its end in {study.db}, skipped")
                 if study.eval_res and int(os.environ.get("RANK", "0")) == 0:
-                    if checkpoint.is_file():
+                    ours = checkpoint.is_file() and load_checkpoint(checkpoint, model=study.model)["run_id"] == \
+                        finished[seed][2]  # not another run trained into the folder since
+                    if ours:
                         evaluate(seed, checkpoint)  # the sides not stored yet
                     elif set(study.eval_res) <= stored_sides(study.db, finished[seed][2]):
                         say(f"seed {seed}: evaluated at every --eval-res side in {study.db} already")
                     else:  # trained into another --out
                         failing.append(seed)
-                        warn(f"seed {seed}: no checkpoint in {out} to evaluate at --eval-res's sides; name the --out "
-                             "it was trained into, or evaluate its checkpoint with attnbench eval")
+                        warn(f"seed {seed}: no checkpoint of its finished run in {out} to evaluate at --eval-res's "
+                             "sides; name the --out it was trained into, or evaluate its checkpoint with attnbench "
+                             "eval")
                 continue
             resumed = checkpoints.get(resumes[seed])
             with interrupt.keeping(partial(_kept, seed, out, study.db, time.time())), \

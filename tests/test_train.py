@@ -695,8 +695,8 @@ def test_train_skip_finished_says_where_no_checkpoint_is_to_evaluate_and_exits_1
     assert main([*common, "--out", str(tmp_path / "first")]) == 0
     assert main([*common, "--out", str(tmp_path / "second"), "--skip-finished", "--eval-res", "24"]) == 1
     captured = capsys.readouterr()
-    assert (f"seed 0: no checkpoint in {tmp_path / 'second'} to evaluate at --eval-res's sides; name the --out it "
-            "was trained into") in captured.err and captured.err.count("\n") == 1
+    assert (f"seed 0: no checkpoint of its finished run in {tmp_path / 'second'} to evaluate at --eval-res's sides; "
+            "name the --out it was trained into") in captured.err and captured.err.count("\n") == 1
     assert store.load_evaluations(db).empty and not (tmp_path / "second").exists()
     assert main([*common, "--out", str(tmp_path / "first"), "--skip-finished", "--eval-res", "24"]) == 0
     assert store.load_evaluations(db).side.tolist() == [24]
@@ -705,6 +705,14 @@ def test_train_skip_finished_says_where_no_checkpoint_is_to_evaluate_and_exits_1
     assert main([*common, "--out", str(tmp_path / "third"), "--skip-finished", "--eval-res", "24"]) == 0
     assert f"seed 0: evaluated at every --eval-res side in {db} already" in capsys.readouterr().out
     assert not (tmp_path / "third").exists()
+    # another run trained into the finished run's folder since (another store): its checkpoint is not the one to
+    # evaluate for the finished run's missing side
+    other = [a if a != str(db) else str(tmp_path / "other.sqlite") for a in common]
+    assert main([*other, "--out", str(tmp_path / "first"), "--overwrite", "--seed", "1"]) == 0
+    capsys.readouterr()
+    assert main([*common, "--out", str(tmp_path / "first"), "--skip-finished", "--eval-res", "24,40"]) == 1
+    assert "seed 0: no checkpoint of its finished run in" in capsys.readouterr().err
+    assert store.load_evaluations(db).side.tolist() == [24]
 
 
 def test_train_eval_res_evaluates_a_run_once_it_has_ended_not_midway(tmp_path, capsys):
