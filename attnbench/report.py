@@ -154,7 +154,7 @@ def summary_tables(frame: pd.DataFrame, training: pd.DataFrame, evaluations: pd.
         table = cost_summary(frame[frame.scope == scope])  # each store's cases apart, every one of them
         unused = ["scope"] + ["dim"] * (scope == Scope.MODEL)  # a network has no dim
         tables[f"summary_{scope}"] = table.drop(columns=unused) if len(table) else table
-    tables["summary_sides"] = fastest_by_side(costs(frame))
+    tables["summary_sides"] = fastest_by_side(frame)
     return {name: table for name, table in tables.items() if len(table)}
 
 

@@ -285,14 +285,16 @@ def resolution_retention(evaluations: pd.DataFrame) -> pd.DataFrame:
     share of its top-1 above chance at its own side (the network as trained) that remains at the other sides,
     averaged over the sides every setup of its data set (and training side) was tested at, so that setups are
     compared like for like. A side the network refuses keeps none (it cannot run there); one where it failed
-    (out of memory on that machine, an error) is no result and is left out; below chance keeps none, and above
-    its own side's top-1 keeps all (the rest is the seeds' noise). Setups within ``MIN_GAIN_PCT`` points of
-    chance at their own side have nothing to hold and are left out. Best first within each data set."""
+    (out of memory on that machine, an error) is no result and is left out of its average alone; below chance
+    keeps none, and above its own side's top-1 keeps all (the rest is the seeds' noise). Setups within
+    ``MIN_GAIN_PCT`` points of chance at their own side have nothing to hold and are left out. Best first within
+    each data set."""
     table = resolution_table(evaluations[evaluations.status != Status.ERROR])
     if table.empty:
         return table
     keys = ["dataset", "model", "width", "lr", "trained at", "device"]
-    away = table[(table.side != table["trained at"]) & (table.tables == "trained")]
+    tested = resolution_table(evaluations)  # failures too: one setup's failure drops that side for it alone
+    away = tested[(tested.side != tested["trained at"]) & (tested.tables == "trained")]
     common = {key: set.intersection(*(set(g.side) for _, g in group.groupby(keys, sort=False)))
               for key, group in away.groupby(["dataset", "trained at"], sort=False)}
     out = []
@@ -441,15 +443,20 @@ def _runner_up(rows: pd.DataFrame) -> str:
     return f"{second.series} (x{ratio:.2f}{', within IQR' if close else ''})"
 
 
+def stores_apart(frame: pd.DataFrame) -> list[str]:
+    """``["store"]`` where rows of several stores are compared, else none: two sittings of one machine differ by
+    up to a quarter in every timing here, so a series timed in one would win or lose against the other's by the
+    day it was timed on; the summaries compare each store's apart (``attnbench merge`` makes one of several)."""
+    return ["store"] if "store" in frame and frame.store.nunique() > 1 else []
+
+
 def cost_summary(frame: pd.DataFrame) -> pd.DataFrame:
     """Who wins where on cost: per scope, device, dtype, mode, dim (modules), batch and resolution, among the
     series that ran there, the fastest (median latency, noisy timings marked) and the runner-up, the leanest in
     peak memory, MACs and parameters, and the Pareto front of latency against peak memory (the series that no
-    other beats on both; fastest first). Rows of several stores are compared within each store (a ``store``
-    column): two sittings of one machine differ by up to a quarter in every timing here, so a series timed in
-    one would win or lose against the other's by the day it was timed on; merge stores to compare them."""
+    other beats on both; fastest first); each store apart (:func:`stores_apart`)."""
     ok = frame[frame.status == Status.OK]
-    apart = ["store"] if "store" in ok and ok.store.nunique() > 1 else []
+    apart = stores_apart(ok)
     rows = []
     for key, group in ok.groupby(SUMMARY_KEYS + apart, sort=True):
         g = _newest(group).reset_index(drop=True)
@@ -472,14 +479,14 @@ def cost_summary(frame: pd.DataFrame) -> pd.DataFrame:
 def fastest_by_side(frame: pd.DataFrame) -> pd.DataFrame:
     """Latency against resolution at module scope, as its lower envelope: per device, dtype, mode, dim and batch
     measured at two sides or more, which series is fastest over which sides ('conv 16-128, window 256-512'), and
-    the same among the attention variants (every variant but conv)."""
+    the same among the attention variants (every variant but conv); each store apart (:func:`stores_apart`)."""
     ok = frame[(frame.status == Status.OK) & (frame.scope == Scope.MODULE)]
+    keys = ["device", "dtype", "mode", "dim", "batch", *stores_apart(ok)]
     rows = []
-    for (device, dtype, mode, dim, batch), g in ok.groupby(["device_label", "dtype", "mode", "dim", "batch"],
-                                                            sort=True):
+    for key, g in ok.assign(device=ok.device_label).groupby(keys, sort=True):
         if g.res.nunique() < 2:
             continue
-        row = {"device": device, "dtype": dtype, "mode": mode, "dim": dim, "batch": batch}
+        row = dict(zip(keys, key))
         for column, rows_of in (("fastest by side", g), ("fastest attention by side", g[g.variant != "conv"])):
             spans: list[list] = []  # [series, first side, last side]
             for res, at in rows_of.groupby("res", sort=True):

@@ -17,7 +17,7 @@ from conftest import stopped_midway
 from attnbench import store
 from attnbench.cli import main
 from attnbench.record import Environment, Epoch, Record
-from attnbench.report import ReportError, load, report
+from attnbench.report import ReportError, load, report, summary_tables
 from attnbench.tables import fit_exponent
 
 EXPONENTS = {"conv": 1.0, "gsa": 1.5, "nonlocal": 2.0}
@@ -231,6 +231,20 @@ def test_stores_of_one_file_name_in_two_folders_are_two_stores(tmp_path):
     summary = report(paths, tmp_path / "out", published=False).tables["summary_model"].set_index("store")
     assert summary.loc[str(paths[0]), "fastest"] == "conv_probe (400 µs)"
     assert summary.loc[str(paths[1]), "fastest"] == "conv_probe (300 µs)"
+
+
+def test_fastest_across_sides_is_judged_within_each_store(tmp_path):
+    """conv timed in a slow sitting alone, gsa in another: across sides each store is its own comparison."""
+    slow, other = tmp_path / "slow.sqlite", tmp_path / "other.sqlite"
+    for res in (16, 32):
+        store.write(slow, row("conv", res, k=1.0, latency_ms_median=10.0 * res, created_utc="2026-12-03T00:00:00"))
+        store.write(other, row("gsa", res, k=1.0, latency_ms_median=1.0 * res))
+        store.write(other, row("conv", res, k=1.0, latency_ms_median=0.5 * res))
+    for order in ([slow, other], [other, slow]):
+        sides = summary_tables(*load(order))["summary_sides"].set_index("store")
+        assert sides.loc["other.sqlite", "fastest by side"] == "conv 16-32"  # its own conv, not slow's
+        assert sides.loc["slow.sqlite", "fastest by side"] == "conv 16-32"
+        assert sides.loc["other.sqlite", "fastest attention by side"] == "gsa 16-32"
 
 
 def test_a_store_of_training_runs_alone_reports_its_accuracy(tmp_path):
@@ -481,7 +495,9 @@ def test_accuracy_across_resolutions_table_figure_and_which_holds_best(tmp_path)
              ("nonlocal_probe", 0, 32, "ok"): 90.0, ("nonlocal_probe", 0, 24, "ok"): 92.0,
              ("nonlocal_probe", 0, 48, "ok"): 95.0, ("nonlocal_probe (zero_init=False)", 0, 32, "ok"): 100.0,
              ("nonlocal_probe (zero_init=False)", 0, 24, "ok"): 100.0,
-             ("nonlocal_probe (zero_init=False)", 0, 48, "ok"): 100.0}
+             ("nonlocal_probe (zero_init=False)", 0, 48, "ok"): 100.0,
+             ("axial_probe", 0, 32, "ok"): 100.0, ("axial_probe", 0, 24, "ok"): 90.0,
+             ("axial_probe", 0, 48, "error"): None}  # axial's failure at 48 drops 48 for axial alone
     for (label, seed, side, status), value in extra.items():
         store.write_evaluation(db, Evaluation(
             run_id=f"{label}-{seed}", model=label.split()[0], dataset="longrange", seed=seed, image_size=32,
@@ -490,9 +506,12 @@ def test_accuracy_across_resolutions_table_figure_and_which_holds_best(tmp_path)
             reason="out of memory" if status == "error" else None))
     again = resolution_retention(store.load_evaluations(db)).set_index(["model", "tables"])
     assert again.loc[("gsa_probe", "trained"), "sides"] == "24, 48"
+    assert again.loc[("mhsa_probe", "trained"), "sides"] == "24, 48"  # refused at 48: still counted
     assert again["retained (%)"].to_dict() == {**{k: round(100 * v, 1) for k, v in expected.items()},
                                                ("nonlocal_probe", "trained"): 100.0,
-                                               ("nonlocal_probe (zero_init=False)", "trained"): 100.0}
+                                               ("nonlocal_probe (zero_init=False)", "trained"): 100.0,
+                                               ("axial_probe", "trained"): 80.0}
+    assert again.loc[("axial_probe", "trained"), "sides"] == "24"
     best = holds_best(store.load_evaluations(db))
     assert list(best.model) == ["nonlocal_probe", "nonlocal_probe (zero_init=False)"]
 def test_networks_measured_with_and_without_a_setting_keep_their_columns_and_their_conv_baseline(tmp_path):
