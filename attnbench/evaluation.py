@@ -139,8 +139,7 @@ def evaluate_at_sides(path: str | Path, dataset: str, sides: Sequence[int] | Non
         raise TrainError(f"Checkpoint {path} was trained on {cfg.dataset}, not {dataset}.")
     cfg = replace(cfg, data_dir=data_dir or cfg.data_dir)
     last = ckpt["history"][-1] if ckpt["history"] else {}
-    epochs = _run_of(ckpt).get("epochs", cfg.epochs)
-    if not (last.get("stopped") in store.FINISHED or (last.get("stopped") is None and ckpt["epoch"] == epochs)):
+    if not store.reached_end(last.get("stopped"), ckpt["epoch"], _run_of(ckpt).get("epochs", cfg.epochs)):
         warnings.warn(f"{path} is its run's checkpoint at epoch {ckpt['epoch']}, before the run's end: these are "
                       "evaluations of the network midway (the report prefers, per seed, a finished run's)",
                       stacklevel=2)

@@ -567,13 +567,19 @@ def outputs_made(db: str | Path | None, outs: Iterable[str | Path] = ()) -> Iter
 FINISHED = ("plateau", "budget")  # why a run that reached its end stopped (a run that diverged did not)
 
 
+def reached_end(stopped: str | None, epoch: int, epochs: int) -> bool:
+    """Whether a run whose latest epoch is ``epoch`` of ``epochs`` and says it ``stopped`` so reached its end: it
+    says why it stopped (``plateau`` or ``budget``) or, stored before runs said so, it is the last of its epochs.
+    A run still in progress, killed in a sitting, or stopped because its loss went non-finite (``diverged``) has
+    not: its latest epoch is not a result."""
+    return stopped in FINISHED or (pd.isna(stopped) and epoch == epochs)
+
+
 def finished_runs(training: pd.DataFrame) -> pd.DataFrame:
-    """The last epoch of each run that reached its end: it says why it stopped (``plateau`` or ``budget``)
-    or, stored before runs said so, it is the last of its epochs. A run still in progress, killed in a
-    sitting, or stopped because its loss went non-finite (``diverged``) is left out: its latest epoch is not
-    a result."""
+    """The last epoch of each run that reached its end (:func:`reached_end`)."""
     last = training.sort_values("epoch").groupby("run_id", sort=False).tail(1)
-    return last[last.stopped.isin(FINISHED) | (last.stopped.isna() & (last.epoch == last.epochs))]
+    ended = [reached_end(*run) for run in zip(last.stopped, last.epoch, last.epochs)]
+    return last[pd.Series(ended, index=last.index, dtype=bool)]
 
 
 def stored_cases(path: str | Path, env_key: str) -> dict[str, dict]:
